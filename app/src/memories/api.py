@@ -1,0 +1,177 @@
+"""The HTTP API: health, version, and storing and searching memories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .config import Settings
+
+log = logging.getLogger("memories")
+
+
+class NewMemory(BaseModel):
+    text: str = Field(min_length=1, max_length=10_000)
+    embedding: list[float]
+
+
+class Cache:
+    """Search results in Redis, keyed by a generation that every insert moves on.
+
+    Redis is optional: when it is missing or fails, searches go to the database.
+    """
+
+    def __init__(self, url: str | None, ttl: int) -> None:
+        self.ttl = ttl
+        self.client = None
+        if url:
+            import redis
+
+            self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def _key(self, vector: str, k: int) -> str | None:
+        generation = self.client.get("memories:generation") or b"0"
+        digest = hashlib.sha256(f"{vector}|{k}".encode()).hexdigest()
+        return f"memories:search:{generation.decode()}:{digest}"
+
+    def get(self, vector: str, k: int) -> tuple[str | None, list | None]:
+        if self.client is None:
+            return None, None
+        try:
+            key = self._key(vector, k)
+            cached = self.client.get(key)
+            return key, (json.loads(cached) if cached is not None else None)
+        except Exception as err:  # noqa: BLE001 - a cache failure must never fail a search.
+            log.warning("redis unavailable, searching the database: %s", err)
+            return None, None
+
+    def put(self, key: str | None, results: list) -> None:
+        if self.client is None or key is None:
+            return
+        try:
+            self.client.set(key, json.dumps(results), ex=self.ttl)
+        except Exception as err:  # noqa: BLE001
+            log.warning("redis unavailable, result not cached: %s", err)
+
+    def invalidate(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.incr("memories:generation")
+        except Exception as err:  # noqa: BLE001
+            log.warning("redis unavailable, cache not invalidated: %s", err)
+
+
+def _vector_literal(values: list[float], dim: int) -> str:
+    if len(values) != dim:
+        raise HTTPException(
+            status_code=422,
+            detail=f"embedding has {len(values)} values, this service expects {dim} (EMBEDDING_DIM)",
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise HTTPException(status_code=422, detail="embedding values must be finite numbers")
+    if not any(values):
+        raise HTTPException(status_code=422, detail="embedding must not be all zeros (no cosine distance)")
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+def _parse_embedding(raw: str) -> list[float]:
+    try:
+        return [float(part) for part in raw.split(",")]
+    except ValueError:
+        raise HTTPException(
+            status_code=422,
+            detail="embedding must be comma-separated numbers, e.g. embedding=0.1,0.2,0.3",
+        ) from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=False)
+    cache = Cache(settings.redis_url, settings.cache_ttl)
+    dim = settings.embedding_dim
+
+    async def lifespan(_app: FastAPI):
+        pool.open(wait=False)
+        yield
+        pool.close(timeout=1)
+
+    app = FastAPI(title="memories", version=__version__, lifespan=lifespan)
+
+    @app.get("/v1/health")
+    def health() -> JSONResponse:
+        try:
+            with pool.connection(timeout=2) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except Exception as err:  # noqa: BLE001 - any failure means "not healthy".
+            return JSONResponse(
+                status_code=503,
+                content={"status": "unavailable", "version": __version__, "database": str(err)},
+            )
+        return JSONResponse({"status": "ok", "version": __version__, "database": "ok"})
+
+    @app.get("/v1/version")
+    def version() -> dict:
+        return {"version": __version__}
+
+    @app.post("/v1/memories", status_code=201)
+    def add_memory(memory: NewMemory) -> dict:
+        vector = _vector_literal(memory.embedding, dim)
+        with pool.connection() as conn:
+            row = conn.execute(
+                "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
+                (memory.text, vector),
+            ).fetchone()
+        cache.invalidate()
+        return {"id": row[0]}
+
+    @app.get("/v1/memories/search")
+    def search(
+        response: Response,
+        embedding: Annotated[str, Query(description="comma-separated floats")],
+        k: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> list[dict]:
+        vector = _vector_literal(_parse_embedding(embedding), dim)
+        key, cached = cache.get(vector, k)
+        if cached is not None:
+            response.headers["X-Cache"] = "hit"
+            return cached
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, text, embedding <=> %s::vector AS distance "
+                "FROM memories ORDER BY embedding <=> %s::vector LIMIT %s",
+                (vector, vector, k),
+            ).fetchall()
+        results = [{"id": r[0], "text": r[1], "distance": float(r[2])} for r in rows]
+        cache.put(key, results)
+        response.headers["X-Cache"] = "miss" if cache.client is not None else "off"
+        return results
+
+    if settings.otlp_endpoint:
+        _instrument(app)
+    return app
+
+
+def _instrument(app: FastAPI) -> None:
+    """Exports traces over OTLP/HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT`."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "memories", "service.version": __version__})
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)

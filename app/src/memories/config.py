@@ -1,0 +1,96 @@
+"""Settings read once from the environment, with errors that name the variable at fault."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import quote
+
+_POSTGRES_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    embedding_dim: int
+    redis_url: str | None
+    otlp_endpoint: str | None
+    host: str
+    port: int
+    db_wait_timeout: float
+    cache_ttl: int
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range: use {low} to {high}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def database_url(env: dict[str, str]) -> str:
+    """Returns the one database URL, from `DATABASE_URL` or from the `POSTGRES_*` parts.
+
+    Both at once is an error: with two sources the service could silently use a database other
+    than the one its operator meant.
+    """
+    parts = [name for name in _POSTGRES_PARTS if env.get(name)]
+    url = env.get("DATABASE_URL")
+    if url:
+        if parts:
+            raise ConfigError(
+                f"DATABASE_URL and {', '.join(parts)} are both set: set only DATABASE_URL, "
+                "or only the POSTGRES_* parts"
+            )
+        if not url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
+        return url
+    if not parts:
+        raise ConfigError(
+            "no database configured: set DATABASE_URL=postgresql://USER:PASSWORD@HOST:PORT/DB"
+        )
+    missing = [name for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB") if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set when DATABASE_URL is not")
+    user = quote(env["POSTGRES_USER"], safe="")
+    password = env.get("POSTGRES_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = _int(env, "POSTGRES_PORT", 5432, 1, 65535)
+    return f"postgresql://{auth}@{env['POSTGRES_HOST']}:{port}/{quote(env['POSTGRES_DB'], safe='')}"
+
+
+def load(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    return Settings(
+        database_url=database_url(env),
+        embedding_dim=_int(env, "EMBEDDING_DIM", 384, 1, 16000),
+        redis_url=env.get("REDIS_URL") or None,
+        otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        host=env.get("HOST", "0.0.0.0"),
+        port=_int(env, "PORT", 8283, 1, 65535),
+        db_wait_timeout=_float(env, "DB_WAIT_TIMEOUT", 30.0),
+        cache_ttl=_int(env, "CACHE_TTL", 300, 1, 86400),
+    )

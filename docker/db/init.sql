@@ -1,0 +1,14 @@
+-- Run once, when the db container initialises an empty data directory.
+-- The server applies the same schema idempotently at start-up (for EMBEDDING_DIM), so this file
+-- only has to be right for the default dimension.
+CREATE EXTENSION IF NOT EXISTS vector;
+
+CREATE TABLE IF NOT EXISTS memories (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    text text NOT NULL,
+    embedding vector(384) NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS memories_embedding_idx
+    ON memories USING hnsw (embedding vector_cosine_ops);

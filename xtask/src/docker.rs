@@ -1,0 +1,80 @@
+//! The one place that makes docker commands, and the checks that the engine and its plugins are
+//! there, each failure naming its fix.
+
+use anyhow::{Result, bail};
+use camino::Utf8Path;
+use xshell::{Shell, cmd};
+
+use crate::plan::Step;
+
+/// Makes every `docker buildx` invocation: `docker buildx [--builder NAME] ARGS...`.
+///
+/// Without `builder`, buildx itself honours `BUILDX_BUILDER`, then the current builder.
+pub fn buildx(root: &Utf8Path, builder: Option<&str>) -> Step {
+    let step = Step::new("docker", root).arg("buildx");
+    match builder {
+        Some(name) => step.args(["--builder", name]),
+        None => step,
+    }
+}
+
+/// Checks, in order, the docker CLI, the daemon and the buildx plugin.
+pub fn require_buildx(sh: &Shell) -> Result<()> {
+    require_engine(sh)?;
+    if cmd!(sh, "docker buildx version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        bail!(
+            "docker buildx is required: install the buildx plugin (Debian: apt-get install docker-buildx; \
+             elsewhere see https://docs.docker.com/build/install-buildx/)"
+        );
+    }
+    Ok(())
+}
+
+/// Checks the docker CLI and that the daemon answers (honouring `DOCKER_HOST`/`DOCKER_CONTEXT`).
+pub fn require_engine(sh: &Shell) -> Result<()> {
+    if which::which("docker").is_err() {
+        bail!("the docker CLI is required: install Docker Engine and put `docker` on PATH");
+    }
+    let format = "{{.Server.Version}}";
+    let answer = cmd!(sh, "docker version --format {format}")
+        .quiet()
+        .ignore_stderr()
+        .read();
+    if answer.map_or(true, |v| v.trim().is_empty()) {
+        let target = match (
+            std::env::var("DOCKER_HOST"),
+            std::env::var("DOCKER_CONTEXT"),
+        ) {
+            (Ok(host), _) if !host.is_empty() => format!(" at DOCKER_HOST={host}"),
+            (_, Ok(context)) if !context.is_empty() => format!(" of DOCKER_CONTEXT={context}"),
+            _ => String::new(),
+        };
+        bail!(
+            "cannot reach the Docker daemon{target}: start it (e.g. `sudo systemctl start docker`), \
+             or point DOCKER_HOST at a running engine"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildx_constructor_sets_the_builder_before_the_subcommand() {
+        let step = buildx(Utf8Path::new("/repo"), Some("remote")).arg("bake");
+        assert_eq!(step.args, ["buildx", "--builder", "remote", "bake"]);
+        assert_eq!(step.cwd, "/repo");
+        assert_eq!(
+            buildx(Utf8Path::new("/r"), None).arg("ls").args,
+            ["buildx", "ls"]
+        );
+    }
+}

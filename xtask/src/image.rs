@@ -1,0 +1,332 @@
+//! `cargo xtask build`: every image rendered into one bake definition from typed Rust, so all
+//! images build in one BuildKit session; then the refs and digests that came out.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Map, Value, json};
+use xshell::Shell;
+
+use crate::cli::{BuildArgs, ImageName};
+use crate::docker;
+use crate::plan::{self, Step};
+use crate::platform::Platform;
+use crate::version::Revision;
+
+/// Where an image comes from: its Dockerfile and target, and its title label.
+pub struct ImageSource {
+    pub dockerfile: &'static str,
+    pub target: &'static str,
+    pub title: &'static str,
+}
+
+pub fn source(image: ImageName) -> ImageSource {
+    match image {
+        ImageName::Server => ImageSource {
+            dockerfile: "docker/server/Dockerfile",
+            target: "runtime",
+            title: "memories-server",
+        },
+        ImageName::Standalone => ImageSource {
+            dockerfile: "docker/server/Dockerfile",
+            target: "standalone",
+            title: "memories-standalone",
+        },
+        ImageName::Db => ImageSource {
+            dockerfile: "docker/db/Dockerfile",
+            target: "db",
+            title: "memories-db",
+        },
+    }
+}
+
+/// The repository an image is named under: `<registry>/<image>`, or `memories/<image>` locally.
+pub fn repository(registry: Option<&str>, image: ImageName) -> String {
+    match registry {
+        Some(registry) => format!("{registry}/{image}"),
+        None => format!("memories/{image}"),
+    }
+}
+
+/// What to build, independent of how the command line spelled it.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub images: Vec<ImageName>,
+    pub platforms: Option<Vec<Platform>>,
+    pub push: bool,
+    pub registry: Option<String>,
+    pub builder: Option<String>,
+    pub no_cache: bool,
+}
+
+impl From<&BuildArgs> for BuildRequest {
+    fn from(args: &BuildArgs) -> BuildRequest {
+        BuildRequest {
+            images: args.images.clone(),
+            platforms: args.platform.clone(),
+            push: args.push,
+            registry: args.registry.clone(),
+            builder: args.builder.clone(),
+            no_cache: args.no_cache,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PlannedImage {
+    pub image: ImageName,
+    pub refs: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub images: Vec<PlannedImage>,
+    pub bake: Value,
+    pub metadata_file: Utf8PathBuf,
+    pub step: Step,
+}
+
+impl BuildPlan {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "images": self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect::<Vec<_>>(),
+            "bake": self.bake,
+            "steps": [self.step.to_json()],
+        })
+    }
+}
+
+/// Plans a build: no side effects, so tests can assert on it without Docker.
+pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> BuildPlan {
+    let images: Vec<ImageName> = if request.images.is_empty() {
+        ImageName::ALL.to_vec()
+    } else {
+        request
+            .images
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let tags = revision.build_tags();
+    let mut targets = Map::new();
+    let mut planned = Vec::new();
+    for &image in &images {
+        let source = source(image);
+        let repository = repository(request.registry.as_deref(), image);
+        let refs: Vec<String> = tags
+            .iter()
+            .map(|tag| format!("{repository}:{tag}"))
+            .collect();
+        let mut labels: Map<String, Value> = revision
+            .labels()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::from(v)))
+            .collect();
+        labels.insert("org.opencontainers.image.title".into(), source.title.into());
+        let mut target = json!({
+            "context": ".",
+            "dockerfile": source.dockerfile,
+            "target": source.target,
+            "tags": refs,
+            "labels": labels,
+            "output": [if request.push { "type=registry" } else { "type=docker" }],
+        });
+        if let Some(platforms) = &request.platforms {
+            let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+            target["platforms"] = platforms.into();
+        }
+        targets.insert(image.as_str().into(), target);
+        planned.push(PlannedImage { image, refs });
+    }
+    let names: Vec<&str> = images.iter().map(|i| i.as_str()).collect();
+    let bake = json!({ "group": { "default": { "targets": names } }, "target": targets });
+    let metadata_file = root.join("target/xtask/bake-metadata.json");
+    let mut step = docker::buildx(root, request.builder.as_deref())
+        .args(["bake", "--file", "-", "--metadata-file"])
+        .arg(metadata_file.as_str());
+    if request.no_cache {
+        step = step.arg("--no-cache");
+    }
+    let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
+    BuildPlan {
+        images: planned,
+        bake,
+        metadata_file,
+        step,
+    }
+}
+
+/// A built image: its refs and the digest buildx reported.
+#[derive(Debug)]
+pub struct Built {
+    pub image: ImageName,
+    pub refs: Vec<String>,
+    pub digest: Option<String>,
+}
+
+/// Runs a planned build and reads the digests back from buildx's metadata file.
+pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
+    docker::require_buildx(sh)?;
+    let dir = plan
+        .metadata_file
+        .parent()
+        .expect("metadata file has a parent");
+    sh.create_dir(dir)
+        .with_context(|| format!("cannot create {dir}"))?;
+    let _ = sh.remove_path(&plan.metadata_file);
+    plan.step.run().context("image build failed")?;
+    let metadata = sh
+        .read_file(&plan.metadata_file)
+        .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
+    let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
+    Ok(plan
+        .images
+        .iter()
+        .map(|planned| Built {
+            image: planned.image,
+            refs: planned.refs.clone(),
+            digest: metadata[planned.image.as_str()]["containerimage.digest"]
+                .as_str()
+                .map(str::to_owned),
+        })
+        .collect())
+}
+
+pub fn run(sh: &Shell, root: &Utf8Path, args: &BuildArgs) -> Result<()> {
+    let revision = Revision::read(sh, root)?;
+    let plan = plan(root, &revision, &BuildRequest::from(args));
+    if args.output.dry_run {
+        if args.output.json {
+            println!("{:#}", plan.to_json());
+        } else {
+            plan::print_plan(std::slice::from_ref(&plan.step));
+        }
+        return Ok(());
+    }
+    let built = execute(sh, &plan)?;
+    if args.output.json {
+        let images: Vec<Value> = built
+            .iter()
+            .map(|b| json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest}))
+            .collect();
+        println!("{:#}", json!({ "images": images }));
+    } else {
+        for b in &built {
+            for r in &b.refs {
+                println!("{r} {}", b.digest.as_deref().unwrap_or("-"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{AppVersion, rfc3339_utc};
+
+    fn revision() -> Revision {
+        Revision {
+            version: AppVersion::parse("0.4.2").unwrap(),
+            commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
+            dirty: false,
+            created: rfc3339_utc(1_700_000_000),
+            source: Some("https://example.com/memories.git".into()),
+        }
+    }
+
+    #[test]
+    fn default_plan_builds_every_image_in_one_bake_and_loads() {
+        let plan = plan(
+            Utf8Path::new("/repo"),
+            &revision(),
+            &BuildRequest::default(),
+        );
+        assert_eq!(
+            plan.step.args,
+            [
+                "buildx",
+                "bake",
+                "--file",
+                "-",
+                "--metadata-file",
+                "/repo/target/xtask/bake-metadata.json"
+            ]
+        );
+        assert_eq!(
+            plan.bake["group"]["default"]["targets"],
+            json!(["server", "standalone", "db"])
+        );
+        let server = &plan.bake["target"]["server"];
+        assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
+        assert_eq!(server["target"], "runtime");
+        assert_eq!(server["output"], json!(["type=docker"]));
+        assert_eq!(
+            server["tags"],
+            json!([
+                "memories/server:0.4.2",
+                "memories/server:0.4.2-abcdef0",
+                "memories/server:sha-abcdef0"
+            ])
+        );
+        assert!(
+            server.get("platforms").is_none(),
+            "the builder's own platform by default"
+        );
+        let labels = &server["labels"];
+        assert_eq!(labels["org.opencontainers.image.version"], "0.4.2");
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            "abcdef0123456789abcdef0123456789abcdef01"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.created"],
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            "https://example.com/memories.git"
+        );
+        assert_eq!(labels["org.opencontainers.image.title"], "memories-server");
+        assert_eq!(plan.bake["target"]["standalone"]["target"], "standalone");
+        assert_eq!(
+            plan.bake["target"]["db"]["dockerfile"],
+            "docker/db/Dockerfile"
+        );
+        let stdin: Value = serde_json::from_str(plan.step.stdin.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            stdin, plan.bake,
+            "the bake file is exactly what goes to stdin"
+        );
+    }
+
+    #[test]
+    fn flags_reach_the_plan() {
+        let request = BuildRequest {
+            images: vec![ImageName::Db, ImageName::Server, ImageName::Db],
+            platforms: Some(crate::platform::parse_list("linux/amd64,linux/aarch64").unwrap()),
+            push: true,
+            registry: Some("127.0.0.1:5000/acme".into()),
+            builder: Some("multi".into()),
+            no_cache: true,
+        };
+        let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
+        assert_eq!(
+            plan.step.args[..4],
+            ["buildx", "--builder", "multi", "bake"]
+        );
+        assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
+        assert_eq!(
+            plan.bake["group"]["default"]["targets"],
+            json!(["server", "db"])
+        );
+        let db = &plan.bake["target"]["db"];
+        assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
+        assert_eq!(db["output"], json!(["type=registry"]));
+        assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
+        assert!(plan.bake["target"].get("standalone").is_none());
+    }
+}

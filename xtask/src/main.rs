@@ -1,0 +1,52 @@
+//! `cargo xtask`: parse the command line, root one shell at the repository, dispatch.
+//!
+//! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap).
+
+mod bench;
+mod cli;
+mod docker;
+mod image;
+mod plan;
+mod platform;
+mod version;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::Parser;
+use xshell::Shell;
+
+use crate::cli::{Bench, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = project_root();
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    match cli.command {
+        Command::Version(args) => version::run(&sh, &root, args.json),
+        Command::Build(args) => image::run(&sh, &root, &args),
+        Command::Bench(args) => match args.bench {
+            Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
+        },
+    }
+}
+
+/// The repository root: the parent of this crate's manifest directory.
+fn project_root() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_owned()
+}
