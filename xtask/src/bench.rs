@@ -9,37 +9,20 @@ use camino::Utf8Path;
 use serde_json::json;
 use xshell::Shell;
 
+use crate::cli::ImageName;
 use crate::docker;
+use crate::image::{self, BuildRequest};
 use crate::plan::Step;
-
-const BARE_TAG: &str = "memories-bench/server:bare";
+use crate::version::Revision;
 
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
-/// Dockerfile and target.
+/// Dockerfile and target, with the same tags and labels, so both produce the same image.
 pub fn build(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     docker::require_buildx(sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
-    let source = crate::image::source(crate::cli::ImageName::Server);
-    let peer = docker::buildx(root, None).args([
-        "build",
-        "--load",
-        "--file",
-        source.dockerfile,
-        "--target",
-        source.target,
-        "--tag",
-        BARE_TAG,
-        ".",
-    ]);
-    let result = measure(&ours, &peer, runs);
-    // The peer's tag is ours to remove whatever happened; the image itself is shared with ours.
-    let _ = Command::new("docker")
-        .args(["image", "rm", BARE_TAG])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let (ours_times, peer_times) = result?;
+    let peer = bare_build(root, &Revision::read(sh, root)?);
+    let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
     let report = Report::new(
         "cargo xtask build server (no-op)",
         ours_times,
@@ -48,6 +31,29 @@ pub fn build(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     );
     report.print(json);
     Ok(())
+}
+
+/// The hand-written `docker buildx build` that gives what `cargo xtask build server` gives.
+fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
+    let request = BuildRequest {
+        images: vec![ImageName::Server],
+        ..BuildRequest::default()
+    };
+    let plan = image::plan(root, revision, &request);
+    let target = &plan.bake["target"]["server"];
+    let mut step = docker::buildx(root, None).args(["build", "--load"]);
+    step = step.args(["--file", target["dockerfile"].as_str().unwrap_or_default()]);
+    step = step.args(["--target", target["target"].as_str().unwrap_or_default()]);
+    for tag in target["tags"].as_array().into_iter().flatten() {
+        step = step.args(["--tag", tag.as_str().unwrap_or_default()]);
+    }
+    for (key, value) in target["labels"].as_object().into_iter().flatten() {
+        step = step.args([
+            "--label".to_owned(),
+            format!("{key}={}", value.as_str().unwrap_or_default()),
+        ]);
+    }
+    step.arg(".")
 }
 
 fn measure(ours: &Step, peer: &Step, runs: u32) -> Result<(Vec<Duration>, Vec<Duration>)> {
@@ -173,6 +179,27 @@ pub fn median(samples: &[Duration]) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_builds_the_same_image_by_hand() {
+        let revision = Revision {
+            version: crate::version::AppVersion::parse("1.0.0").unwrap(),
+            commit: "1234567890123456789012345678901234567890".into(),
+            dirty: false,
+            created: "2020-01-01T00:00:00Z".into(),
+            source: None,
+        };
+        let step = bare_build(Utf8Path::new("/repo"), &revision).to_string();
+        assert!(
+            step.starts_with(
+                "docker buildx build --load --file docker/server/Dockerfile --target runtime \
+                 --tag memories/server:1.0.0 --tag memories/server:1.0.0-1234567 --tag memories/server:sha-1234567 \
+                 --label org.opencontainers.image.created=2020-01-01T00:00:00Z"
+            ),
+            "{step}"
+        );
+        assert!(step.ends_with(" ."), "{step}");
+    }
 
     #[test]
     fn medians_and_ratios() {

@@ -18,6 +18,24 @@ pub fn buildx(root: &Utf8Path, builder: Option<&str>) -> Step {
     }
 }
 
+/// Checks that the docker CLI is on PATH: cheap enough for every run.
+pub fn require_cli() -> Result<()> {
+    if which::which("docker").is_err() {
+        bail!("the docker CLI is required: install Docker Engine and put `docker` on PATH");
+    }
+    Ok(())
+}
+
+/// Explains a failed buildx command when the cause is the setup rather than the build: a
+/// stopped daemon or a missing plugin. Runs only after a failure, so a successful build pays
+/// nothing for it.
+pub fn explain_buildx_failure(sh: &Shell, failure: anyhow::Error) -> anyhow::Error {
+    match require_buildx(sh) {
+        Ok(()) => failure,
+        Err(setup) => setup,
+    }
+}
+
 /// Checks, in order, the docker CLI, the daemon and the buildx plugin.
 pub fn require_buildx(sh: &Shell) -> Result<()> {
     require_engine(sh)?;
@@ -38,9 +56,7 @@ pub fn require_buildx(sh: &Shell) -> Result<()> {
 
 /// Checks the docker CLI and that the daemon answers (honouring `DOCKER_HOST`/`DOCKER_CONTEXT`).
 pub fn require_engine(sh: &Shell) -> Result<()> {
-    if which::which("docker").is_err() {
-        bail!("the docker CLI is required: install Docker Engine and put `docker` on PATH");
-    }
+    require_cli()?;
     let format = "{{.Server.Version}}";
     let answer = cmd!(sh, "docker version --format {format}")
         .quiet()

@@ -169,7 +169,7 @@ pub struct Built {
 
 /// Runs a planned build and reads the digests back from buildx's metadata file.
 pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
-    docker::require_buildx(sh)?;
+    docker::require_cli()?;
     let dir = plan
         .metadata_file
         .parent()
@@ -177,7 +177,10 @@ pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
     sh.create_dir(dir)
         .with_context(|| format!("cannot create {dir}"))?;
     let _ = sh.remove_path(&plan.metadata_file);
-    plan.step.run().context("image build failed")?;
+    plan.step
+        .run()
+        .map_err(|err| docker::explain_buildx_failure(sh, err))
+        .context("image build failed")?;
     let metadata = sh
         .read_file(&plan.metadata_file)
         .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
