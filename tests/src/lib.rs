@@ -1,1 +1,197 @@
+//! Helpers for the Docker-backed test suite: running `cargo xtask`, requiring a live engine,
+//! containers and volumes that clean themselves up, and a minimal HTTP client.
+//!
+//! Every test here needs a running Docker engine. Without one they fail with the fix; they are
+//! never skipped, so a green run always means the images were really built and run.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_owned()
+}
+
+/// Runs `cargo xtask ARGS...` at the repository root; stderr passes through for the log.
+pub fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run cargo xtask")
+}
+
+/// Runs `cargo xtask ARGS...` and returns its stdout, panicking on failure.
+pub fn xtask_ok(args: &[&str]) -> String {
+    let output = xtask(args);
+    assert!(
+        output.status.success(),
+        "cargo xtask {} failed: {:?}",
+        args.join(" "),
+        output.status
+    );
+    String::from_utf8(output.stdout).expect("stdout is UTF-8")
+}
+
+/// Panics with the fix unless a Docker engine answers.
+pub fn require_docker() {
+    let answer = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    match answer {
+        Ok(output) if output.status.success() => {}
+        _ => panic!(
+            "these tests need a running Docker engine with buildx: run ../shared/docker-env/setup \
+             (as root) or start dockerd; they are never skipped"
+        ),
+    }
+}
+
+/// Runs `docker ARGS...` and returns its stdout, panicking with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let output = docker_output(args);
+    assert!(
+        output.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    String::from_utf8(output.stdout)
+        .expect("docker output is UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// Runs `docker ARGS...` and returns whatever happened.
+pub fn docker_output(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run docker")
+}
+
+/// A name no other test or run on this machine uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Docker objects a test created, removed when the test ends however it ends.
+#[derive(Default)]
+pub struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn container(&mut self, name: &str) {
+        self.containers.push(name.to_owned());
+    }
+
+    pub fn volume(&mut self, name: &str) {
+        self.volumes.push(name.to_owned());
+    }
+
+    pub fn image(&mut self, reference: &str) {
+        self.images.push(reference.to_owned());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker_output(&["rm", "--force", "--volumes", c]);
+        }
+        for v in &self.volumes {
+            let _ = docker_output(&["volume", "rm", "--force", v]);
+        }
+        for i in &self.images {
+            let _ = docker_output(&["image", "rm", i]);
+        }
+    }
+}
+
+/// The host port that `container`'s `port`/tcp is published on.
+pub fn published_port(container: &str, port: u16) -> u16 {
+    let mapping = docker(&["port", container, &format!("{port}/tcp")]);
+    let first = mapping.lines().next().expect("the port is published");
+    first
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad mapping {first}"))
+}
+
+/// A response: status code and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request to 127.0.0.1 with `Connection: close`; `None` when it cannot connect
+/// or the answer is cut short.
+pub fn http(method: &str, port: u16, path: &str, json_body: Option<&str>) -> Option<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = json_body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Response {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+/// Polls `GET path` every 100 ms until it answers 200; returns how long that took.
+pub fn wait_for_200(port: u16, path: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let mut last = String::from("no answer");
+    while start.elapsed() < timeout {
+        match http("GET", port, path, None) {
+            Some(r) if r.status == 200 => return start.elapsed(),
+            Some(r) => last = format!("{} {}", r.status, r.body),
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("GET {path} on port {port} did not answer 200 within {timeout:?}; last: {last}")
+}
+
+/// The app version in `app/pyproject.toml`, read the simple way, independently of xtask.
+pub fn pyproject_version() -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join("app/pyproject.toml")).expect("read pyproject");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("version"))
+        .expect("a version line");
+    line.split('"').nth(1).expect("a quoted version").to_owned()
+}

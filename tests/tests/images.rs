@@ -1,0 +1,272 @@
+//! The images, built for real by `cargo xtask build` and run: labels, the standalone image's
+//! API, its clean shutdown and durable data, the db image, and an arm64 build under emulation.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{
+    Cleanup, docker, docker_output, http, published_port, pyproject_version, require_docker,
+    unique_name, wait_for_200, xtask_ok,
+};
+
+/// `cargo xtask build --json`, once for the whole binary.
+fn built() -> &'static Value {
+    static BUILT: OnceLock<Value> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        require_docker();
+        serde_json::from_str(&xtask_ok(&["build", "--json"])).expect("build --json prints JSON")
+    })
+}
+
+/// The first ref of a built image, e.g. `memories/standalone:0.1.0`.
+fn image_ref(image: &str) -> String {
+    let images = built()["images"].as_array().expect("images");
+    let entry = images
+        .iter()
+        .find(|i| i["image"] == image)
+        .unwrap_or_else(|| panic!("{image} built"));
+    entry["refs"][0].as_str().expect("a ref").to_owned()
+}
+
+fn label(reference: &str, key: &str) -> String {
+    docker(&[
+        "image",
+        "inspect",
+        "--format",
+        &format!("{{{{index .Config.Labels \"{key}\"}}}}"),
+        reference,
+    ])
+}
+
+#[test]
+fn every_image_builds_with_its_tags_labels_and_digest() {
+    let version = pyproject_version();
+    let head = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(tests::repo_root())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let images = built()["images"].as_array().expect("images");
+    let names: Vec<&str> = images
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["server", "standalone", "db"]);
+    for image in images {
+        let digest = image["digest"].as_str().expect("a digest per image");
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        let refs: Vec<&str> = image["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(refs.len(), 3);
+        assert!(refs[0].ends_with(&format!(":{version}")), "{refs:?}");
+        assert!(refs[2].contains(":sha-"), "{refs:?}");
+        for r in &refs {
+            docker(&["image", "inspect", "--format", "{{.Id}}", r]);
+        }
+        assert_eq!(label(refs[0], "org.opencontainers.image.version"), version);
+        assert!(label(refs[0], "org.opencontainers.image.revision").starts_with(head.trim()));
+        assert!(!label(refs[0], "org.opencontainers.image.created").is_empty());
+        assert!(!label(refs[0], "org.opencontainers.image.source").is_empty());
+    }
+}
+
+#[test]
+fn runtime_images_run_as_non_root() {
+    for image in ["server", "standalone"] {
+        let uid = docker(&["run", "--rm", "--entrypoint", "id", &image_ref(image), "-u"]);
+        assert_ne!(uid, "0", "{image} runs as root");
+    }
+}
+
+#[test]
+fn standalone_image_serves_stops_fast_and_keeps_its_data() {
+    let image = image_ref("standalone");
+    let mut cleanup = Cleanup::default();
+    let name = unique_name("memories-standalone-test");
+    let volume = format!("{name}-data");
+    cleanup.container(&name);
+    cleanup.volume(&volume);
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--publish",
+        "127.0.0.1::8283",
+        "--volume",
+        &format!("{volume}:/var/lib/memories"),
+        &image,
+    ]);
+    let port = published_port(&name, 8283);
+    let took = wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    eprintln!("standalone healthy after {took:?}");
+
+    let health: Value =
+        serde_json::from_str(&http("GET", port, "/v1/health", None).unwrap().body).unwrap();
+    assert_eq!(health["status"], "ok");
+    let version: Value =
+        serde_json::from_str(&http("GET", port, "/v1/version", None).unwrap().body).unwrap();
+    assert_eq!(version["version"], pyproject_version());
+    assert_eq!(
+        label(&image, "org.opencontainers.image.version"),
+        pyproject_version()
+    );
+
+    let mut near = vec![0.0f32; 384];
+    near[0] = 1.0;
+    let mut far = vec![0.0f32; 384];
+    far[1] = 1.0;
+    for (text, embedding) in [("near", &near), ("far", &far)] {
+        let body = serde_json::json!({"text": text, "embedding": embedding}).to_string();
+        let created = http("POST", port, "/v1/memories", Some(&body)).unwrap();
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    let mut query = near.clone();
+    query[1] = 0.1;
+    let query: Vec<String> = query.iter().map(|v| v.to_string()).collect();
+    let search_path = format!("/v1/memories/search?embedding={}&k=2", query.join(","));
+    let search = |port| -> Value {
+        let response = http("GET", port, &search_path, None).unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        serde_json::from_str(&response.body).unwrap()
+    };
+    let found = search(port);
+    assert_eq!(found[0]["text"], "near");
+    assert_eq!(found[1]["text"], "far");
+
+    let wrong = http("GET", port, "/v1/memories/search?embedding=1,2,3", None).unwrap();
+    assert_eq!(wrong.status, 422);
+    assert!(wrong.body.contains("expects 384"), "{}", wrong.body);
+    let bad_json = http("POST", port, "/v1/memories", Some("{not json")).unwrap();
+    assert_eq!(bad_json.status, 422);
+
+    let start = Instant::now();
+    docker(&["stop", &name]);
+    let stopped = start.elapsed();
+    assert!(
+        stopped < Duration::from_secs(3),
+        "docker stop took {stopped:?}"
+    );
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]),
+        "0"
+    );
+
+    docker(&["start", &name]);
+    let port = published_port(&name, 8283);
+    wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    let found = search(port);
+    assert_eq!(
+        found.as_array().unwrap().len(),
+        2,
+        "the rows survive a restart: {found}"
+    );
+    let logs = docker_output(&["logs", &name]);
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("database system is shut down"),
+        "a clean shutdown is logged:\n{logs}"
+    );
+    for crash in ["not properly shut down", "automatic recovery in progress"] {
+        assert!(
+            !logs.contains(crash),
+            "the restarted database logged `{crash}`:\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn db_image_needs_a_password_and_turns_healthy_over_tcp_with_the_schema() {
+    let image = image_ref("db");
+    let refused = docker_output(&["run", "--rm", &image]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("POSTGRES_PASSWORD is not set"));
+
+    let mut cleanup = Cleanup::default();
+    let name = unique_name("memories-db-test");
+    cleanup.container(&name);
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--env",
+        "POSTGRES_PASSWORD=test-only",
+        &image,
+    ]);
+    let start = Instant::now();
+    loop {
+        let status = docker(&["inspect", "--format", "{{.State.Health.Status}}", &name]);
+        if status == "healthy" {
+            break;
+        }
+        assert_ne!(status, "unhealthy");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "db not healthy after 60 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let columns = docker(&[
+        "exec",
+        &name,
+        "psql",
+        "--host=127.0.0.1",
+        "--username=memories",
+        "--dbname=memories",
+        "--tuples-only",
+        "--no-align",
+        "--command",
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'memories'::regclass AND attname = 'embedding'",
+    ]);
+    assert_eq!(columns, "vector(384)");
+}
+
+#[test]
+fn server_builds_for_arm64_and_runs_there() {
+    require_docker();
+    let registry = unique_name("localhost/arm64-test");
+    let out = xtask_ok(&[
+        "build",
+        "server",
+        "--platform",
+        "linux/aarch64",
+        "--registry",
+        &registry,
+        "--json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    let mut cleanup = Cleanup::default();
+    let refs: Vec<String> = out["images"][0]["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    for r in &refs {
+        cleanup.image(r);
+    }
+    let machine = docker(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "--entrypoint",
+        "python",
+        &refs[0],
+        "-c",
+        "import platform, psycopg, memories.api; print(platform.machine())",
+    ]);
+    assert_eq!(machine, "aarch64");
+}
