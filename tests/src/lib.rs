@@ -34,12 +34,7 @@ pub fn xtask(args: &[&str]) -> Output {
 /// Runs `cargo xtask ARGS...` and returns its stdout, panicking on failure.
 pub fn xtask_ok(args: &[&str]) -> String {
     let output = xtask(args);
-    assert!(
-        output.status.success(),
-        "cargo xtask {} failed: {:?}",
-        args.join(" "),
-        output.status
-    );
+    assert!(output.status.success(), "cargo xtask {} failed: {:?}", args.join(" "), output.status);
     String::from_utf8(output.stdout).expect("stdout is UTF-8")
 }
 
@@ -67,29 +62,18 @@ pub fn docker(args: &[&str]) -> String {
         args.join(" "),
         String::from_utf8_lossy(&output.stderr).trim()
     );
-    String::from_utf8(output.stdout)
-        .expect("docker output is UTF-8")
-        .trim()
-        .to_owned()
+    String::from_utf8(output.stdout).expect("docker output is UTF-8").trim().to_owned()
 }
 
 /// Runs `docker ARGS...` and returns whatever happened.
 pub fn docker_output(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run docker")
+    Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker")
 }
 
 /// A name no other test or run on this machine uses.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Docker objects a test created, removed when the test ends however it ends.
@@ -163,11 +147,7 @@ pub fn http(method: &str, port: u16, path: &str, json_body: Option<&str>) -> Opt
     stream.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Response {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    })
+    Some(Response { status, headers: head.to_ascii_lowercase(), body: body.to_owned() })
 }
 
 /// Polls `GET path` every 100 ms until it answers 200; returns how long that took.
@@ -189,9 +169,6 @@ pub fn wait_for_200(port: u16, path: &str, timeout: Duration) -> Duration {
 pub fn pyproject_version() -> String {
     let text =
         std::fs::read_to_string(repo_root().join("app/pyproject.toml")).expect("read pyproject");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("version"))
-        .expect("a version line");
+    let line = text.lines().find(|l| l.starts_with("version")).expect("a version line");
     line.split('"').nth(1).expect("a quoted version").to_owned()
 }

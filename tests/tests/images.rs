@@ -22,10 +22,8 @@ fn built() -> &'static Value {
 /// The first ref of a built image, e.g. `memories/standalone:0.1.0`.
 fn image_ref(image: &str) -> String {
     let images = built()["images"].as_array().expect("images");
-    let entry = images
-        .iter()
-        .find(|i| i["image"] == image)
-        .unwrap_or_else(|| panic!("{image} built"));
+    let entry =
+        images.iter().find(|i| i["image"] == image).unwrap_or_else(|| panic!("{image} built"));
     entry["refs"][0].as_str().expect("a ref").to_owned()
 }
 
@@ -52,20 +50,13 @@ fn every_image_builds_with_its_tags_labels_and_digest() {
     )
     .unwrap();
     let images = built()["images"].as_array().expect("images");
-    let names: Vec<&str> = images
-        .iter()
-        .map(|i| i["image"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = images.iter().map(|i| i["image"].as_str().unwrap()).collect();
     assert_eq!(names, ["server", "standalone", "db"]);
     for image in images {
         let digest = image["digest"].as_str().expect("a digest per image");
         assert!(digest.starts_with("sha256:"), "{digest}");
-        let refs: Vec<&str> = image["refs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap())
-            .collect();
+        let refs: Vec<&str> =
+            image["refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
         assert_eq!(refs.len(), 3);
         assert!(refs[0].ends_with(&format!(":{version}")), "{refs:?}");
         assert!(refs[2].contains(":sha-"), "{refs:?}");
@@ -116,10 +107,7 @@ fn standalone_image_serves_stops_fast_and_keeps_its_data() {
     let version: Value =
         serde_json::from_str(&http("GET", port, "/v1/version", None).unwrap().body).unwrap();
     assert_eq!(version["version"], pyproject_version());
-    assert_eq!(
-        label(&image, "org.opencontainers.image.version"),
-        pyproject_version()
-    );
+    assert_eq!(label(&image, "org.opencontainers.image.version"), pyproject_version());
 
     let mut near = vec![0.0f32; 384];
     near[0] = 1.0;
@@ -152,36 +140,20 @@ fn standalone_image_serves_stops_fast_and_keeps_its_data() {
     let start = Instant::now();
     docker(&["stop", &name]);
     let stopped = start.elapsed();
-    assert!(
-        stopped < Duration::from_secs(3),
-        "docker stop took {stopped:?}"
-    );
-    assert_eq!(
-        docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]),
-        "0"
-    );
+    assert!(stopped < Duration::from_secs(3), "docker stop took {stopped:?}");
+    assert_eq!(docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]), "0");
 
     docker(&["start", &name]);
     let port = published_port(&name, 8283);
     wait_for_200(port, "/v1/health", Duration::from_secs(30));
     let found = search(port);
-    assert_eq!(
-        found.as_array().unwrap().len(),
-        2,
-        "the rows survive a restart: {found}"
-    );
+    assert_eq!(found.as_array().unwrap().len(), 2, "the rows survive a restart: {found}");
     let logs = docker_output(&["logs", &name]);
     let logs =
         String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
-    assert!(
-        logs.contains("database system is shut down"),
-        "a clean shutdown is logged:\n{logs}"
-    );
+    assert!(logs.contains("database system is shut down"), "a clean shutdown is logged:\n{logs}");
     for crash in ["not properly shut down", "automatic recovery in progress"] {
-        assert!(
-            !logs.contains(crash),
-            "the restarted database logged `{crash}`:\n{logs}"
-        );
+        assert!(!logs.contains(crash), "the restarted database logged `{crash}`:\n{logs}");
     }
 }
 
@@ -195,15 +167,7 @@ fn db_image_needs_a_password_and_turns_healthy_over_tcp_with_the_schema() {
     let mut cleanup = Cleanup::default();
     let name = unique_name("memories-db-test");
     cleanup.container(&name);
-    docker(&[
-        "run",
-        "--detach",
-        "--name",
-        &name,
-        "--env",
-        "POSTGRES_PASSWORD=test-only",
-        &image,
-    ]);
+    docker(&["run", "--detach", "--name", &name, "--env", "POSTGRES_PASSWORD=test-only", &image]);
     let start = Instant::now();
     loop {
         let status = docker(&["inspect", "--format", "{{.State.Health.Status}}", &name]);
@@ -211,14 +175,13 @@ fn db_image_needs_a_password_and_turns_healthy_over_tcp_with_the_schema() {
             break;
         }
         assert_ne!(status, "unhealthy");
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "db not healthy after 60 s: {status}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(60), "db not healthy after 60 s: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let columns = docker(&[
         "exec",
+        "--env",
+        "PGPASSWORD=test-only",
         &name,
         "psql",
         "--host=127.0.0.1",

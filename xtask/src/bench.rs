@@ -35,10 +35,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
 
 /// The hand-written `docker buildx build` that gives what `cargo xtask build server` gives.
 fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
-    let request = BuildRequest {
-        images: vec![ImageName::Server],
-        ..BuildRequest::default()
-    };
+    let request = BuildRequest { images: vec![ImageName::Server], ..BuildRequest::default() };
     let plan = image::plan(root, revision, &request);
     let target = &plan.bake["target"]["server"];
     let mut step = docker::buildx(root, None).args(["build", "--load"]);
@@ -48,10 +45,8 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
         step = step.args(["--tag", tag.as_str().unwrap_or_default()]);
     }
     for (key, value) in target["labels"].as_object().into_iter().flatten() {
-        step = step.args([
-            "--label".to_owned(),
-            format!("{key}={}", value.as_str().unwrap_or_default()),
-        ]);
+        step = step
+            .args(["--label".to_owned(), format!("{key}={}", value.as_str().unwrap_or_default())]);
     }
     step.arg(".")
 }
@@ -89,11 +84,7 @@ fn time(step: &Step) -> Result<Duration> {
     let elapsed = start.elapsed();
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
         bail!("`{step}` failed during the benchmark: {last}");
     }
     Ok(elapsed)
@@ -112,10 +103,7 @@ impl Report {
         peer: &'static str,
         b: Vec<Duration>,
     ) -> Report {
-        Report {
-            ours: (ours, a),
-            peer: (peer, b),
-        }
+        Report { ours: (ours, a), peer: (peer, b) }
     }
 
     pub fn ratio(&self) -> f64 {
@@ -137,10 +125,7 @@ impl Report {
             );
             return;
         }
-        println!(
-            "{:<36} {:>6} {:>10} {:>10} {:>10}",
-            "", "runs", "median", "min", "max"
-        );
+        println!("{:<36} {:>6} {:>10} {:>10} {:>10}", "", "runs", "median", "min", "max");
         for (name, samples) in [&self.ours, &self.peer] {
             let min = samples.iter().min().copied().unwrap_or_default();
             let max = samples.iter().max().copied().unwrap_or_default();
@@ -152,12 +137,7 @@ impl Report {
                 ms(max)
             );
         }
-        println!(
-            "{:<36} {:>6} {:>10.2}x",
-            "ratio (ours / peer, medians)",
-            "",
-            self.ratio()
-        );
+        println!("{:<36} {:>6} {:>10.2}x", "ratio (ours / peer, medians)", "", self.ratio());
     }
 }
 
@@ -203,11 +183,7 @@ mod tests {
 
     #[test]
     fn medians_and_ratios() {
-        let ms = |v: &[u64]| {
-            v.iter()
-                .map(|&m| Duration::from_millis(m))
-                .collect::<Vec<_>>()
-        };
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
         assert_eq!(median(&ms(&[5, 1, 3])), Duration::from_millis(3));
         assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
         assert_eq!(median(&[]), Duration::ZERO);

@@ -4,19 +4,14 @@ use std::fmt;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::platform::Platform;
+use crate::platform::PlatformList;
 
 /// Typed build-and-ship tasks for the memories service.
 ///
 /// Every task plans first and then runs; `--dry-run` prints the plan and runs nothing.
 /// Progress and echoed commands go to stderr; results go to stdout (JSON with `--json`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    version,
-    propagate_version = true
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,7 +42,7 @@ pub struct BuildArgs {
     /// Target platforms, comma-separated, e.g. `linux/amd64,linux/arm64`; `x86_64` and `aarch64`
     /// are accepted for amd64 and arm64. Default: the builder's own platform.
     #[arg(long, value_name = "LIST", value_parser = crate::platform::parse_list)]
-    pub platform: Option<Vec<Platform>>,
+    pub platform: Option<PlatformList>,
     /// Push to the registry instead of loading into the local image store.
     #[arg(long, requires = "registry")]
     pub push: bool,
@@ -139,9 +134,7 @@ pub fn parse_registry(raw: &str) -> Result<String, String> {
     let mut parts = trimmed.split('/');
     let host = parts.next().unwrap_or_default();
     let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
     if !host_ok {
         return Err(format!("`{host}` is not a registry host: use HOST[:PORT]"));
     }
@@ -165,21 +158,10 @@ mod tests {
 
     #[test]
     fn registry_forms() {
-        assert_eq!(
-            parse_registry("127.0.0.1:5000/acme/").unwrap(),
-            "127.0.0.1:5000/acme"
-        );
+        assert_eq!(parse_registry("127.0.0.1:5000/acme/").unwrap(), "127.0.0.1:5000/acme");
         assert_eq!(parse_registry("ghcr.io").unwrap(), "ghcr.io");
-        assert!(
-            parse_registry("http://127.0.0.1:5000")
-                .unwrap_err()
-                .contains("scheme")
-        );
-        assert!(
-            parse_registry("reg/Acme")
-                .unwrap_err()
-                .contains("namespace")
-        );
+        assert!(parse_registry("http://127.0.0.1:5000").unwrap_err().contains("scheme"));
+        assert!(parse_registry("reg/Acme").unwrap_err().contains("namespace"));
         assert!(parse_registry("").is_err());
         assert!(parse_registry("reg//x").is_err());
     }

@@ -39,13 +39,7 @@ pub fn explain_buildx_failure(sh: &Shell, failure: anyhow::Error) -> anyhow::Err
 /// Checks, in order, the docker CLI, the daemon and the buildx plugin.
 pub fn require_buildx(sh: &Shell) -> Result<()> {
     require_engine(sh)?;
-    if cmd!(sh, "docker buildx version")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
+    if cmd!(sh, "docker buildx version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
         bail!(
             "docker buildx is required: install the buildx plugin (Debian: apt-get install docker-buildx; \
              elsewhere see https://docs.docker.com/build/install-buildx/)"
@@ -58,15 +52,9 @@ pub fn require_buildx(sh: &Shell) -> Result<()> {
 pub fn require_engine(sh: &Shell) -> Result<()> {
     require_cli()?;
     let format = "{{.Server.Version}}";
-    let answer = cmd!(sh, "docker version --format {format}")
-        .quiet()
-        .ignore_stderr()
-        .read();
+    let answer = cmd!(sh, "docker version --format {format}").quiet().ignore_stderr().read();
     if answer.map_or(true, |v| v.trim().is_empty()) {
-        let target = match (
-            std::env::var("DOCKER_HOST"),
-            std::env::var("DOCKER_CONTEXT"),
-        ) {
+        let target = match (std::env::var("DOCKER_HOST"), std::env::var("DOCKER_CONTEXT")) {
             (Ok(host), _) if !host.is_empty() => format!(" at DOCKER_HOST={host}"),
             (_, Ok(context)) if !context.is_empty() => format!(" of DOCKER_CONTEXT={context}"),
             _ => String::new(),
@@ -88,9 +76,6 @@ mod tests {
         let step = buildx(Utf8Path::new("/repo"), Some("remote")).arg("bake");
         assert_eq!(step.args, ["buildx", "--builder", "remote", "bake"]);
         assert_eq!(step.cwd, "/repo");
-        assert_eq!(
-            buildx(Utf8Path::new("/r"), None).arg("ls").args,
-            ["buildx", "ls"]
-        );
+        assert_eq!(buildx(Utf8Path::new("/r"), None).arg("ls").args, ["buildx", "ls"]);
     }
 }

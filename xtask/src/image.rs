@@ -33,11 +33,9 @@ pub fn source(image: ImageName) -> ImageSource {
             target: "standalone",
             title: "memories-standalone",
         },
-        ImageName::Db => ImageSource {
-            dockerfile: "docker/db/Dockerfile",
-            target: "db",
-            title: "memories-db",
-        },
+        ImageName::Db => {
+            ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
+        }
     }
 }
 
@@ -64,7 +62,7 @@ impl From<&BuildArgs> for BuildRequest {
     fn from(args: &BuildArgs) -> BuildRequest {
         BuildRequest {
             images: args.images.clone(),
-            platforms: args.platform.clone(),
+            platforms: args.platform.clone().map(|list| list.0),
             push: args.push,
             registry: args.registry.clone(),
             builder: args.builder.clone(),
@@ -102,13 +100,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let images: Vec<ImageName> = if request.images.is_empty() {
         ImageName::ALL.to_vec()
     } else {
-        request
-            .images
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
+        request.images.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
     };
     let tags = revision.build_tags();
     let mut targets = Map::new();
@@ -116,15 +108,9 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     for &image in &images {
         let source = source(image);
         let repository = repository(request.registry.as_deref(), image);
-        let refs: Vec<String> = tags
-            .iter()
-            .map(|tag| format!("{repository}:{tag}"))
-            .collect();
-        let mut labels: Map<String, Value> = revision
-            .labels()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::from(v)))
-            .collect();
+        let refs: Vec<String> = tags.iter().map(|tag| format!("{repository}:{tag}")).collect();
+        let mut labels: Map<String, Value> =
+            revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         labels.insert("org.opencontainers.image.title".into(), source.title.into());
         let mut target = json!({
             "context": ".",
@@ -151,12 +137,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         step = step.arg("--no-cache");
     }
     let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
-    BuildPlan {
-        images: planned,
-        bake,
-        metadata_file,
-        step,
-    }
+    BuildPlan { images: planned, bake, metadata_file, step }
 }
 
 /// A built image: its refs and the digest buildx reported.
@@ -170,12 +151,8 @@ pub struct Built {
 /// Runs a planned build and reads the digests back from buildx's metadata file.
 pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
-    let dir = plan
-        .metadata_file
-        .parent()
-        .expect("metadata file has a parent");
-    sh.create_dir(dir)
-        .with_context(|| format!("cannot create {dir}"))?;
+    let dir = plan.metadata_file.parent().expect("metadata file has a parent");
+    sh.create_dir(dir).with_context(|| format!("cannot create {dir}"))?;
     let _ = sh.remove_path(&plan.metadata_file);
     plan.step
         .run()
@@ -243,11 +220,7 @@ mod tests {
 
     #[test]
     fn default_plan_builds_every_image_in_one_bake_and_loads() {
-        let plan = plan(
-            Utf8Path::new("/repo"),
-            &revision(),
-            &BuildRequest::default(),
-        );
+        let plan = plan(Utf8Path::new("/repo"), &revision(), &BuildRequest::default());
         assert_eq!(
             plan.step.args,
             [
@@ -259,10 +232,7 @@ mod tests {
                 "/repo/target/xtask/bake-metadata.json"
             ]
         );
-        assert_eq!(
-            plan.bake["group"]["default"]["targets"],
-            json!(["server", "standalone", "db"])
-        );
+        assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "standalone", "db"]));
         let server = &plan.bake["target"]["server"];
         assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
         assert_eq!(server["target"], "runtime");
@@ -275,57 +245,36 @@ mod tests {
                 "memories/server:sha-abcdef0"
             ])
         );
-        assert!(
-            server.get("platforms").is_none(),
-            "the builder's own platform by default"
-        );
+        assert!(server.get("platforms").is_none(), "the builder's own platform by default");
         let labels = &server["labels"];
         assert_eq!(labels["org.opencontainers.image.version"], "0.4.2");
         assert_eq!(
             labels["org.opencontainers.image.revision"],
             "abcdef0123456789abcdef0123456789abcdef01"
         );
-        assert_eq!(
-            labels["org.opencontainers.image.created"],
-            "2023-11-14T22:13:20Z"
-        );
-        assert_eq!(
-            labels["org.opencontainers.image.source"],
-            "https://example.com/memories.git"
-        );
+        assert_eq!(labels["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+        assert_eq!(labels["org.opencontainers.image.source"], "https://example.com/memories.git");
         assert_eq!(labels["org.opencontainers.image.title"], "memories-server");
         assert_eq!(plan.bake["target"]["standalone"]["target"], "standalone");
-        assert_eq!(
-            plan.bake["target"]["db"]["dockerfile"],
-            "docker/db/Dockerfile"
-        );
+        assert_eq!(plan.bake["target"]["db"]["dockerfile"], "docker/db/Dockerfile");
         let stdin: Value = serde_json::from_str(plan.step.stdin.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            stdin, plan.bake,
-            "the bake file is exactly what goes to stdin"
-        );
+        assert_eq!(stdin, plan.bake, "the bake file is exactly what goes to stdin");
     }
 
     #[test]
     fn flags_reach_the_plan() {
         let request = BuildRequest {
             images: vec![ImageName::Db, ImageName::Server, ImageName::Db],
-            platforms: Some(crate::platform::parse_list("linux/amd64,linux/aarch64").unwrap()),
+            platforms: Some(crate::platform::parse_list("linux/amd64,linux/aarch64").unwrap().0),
             push: true,
             registry: Some("127.0.0.1:5000/acme".into()),
             builder: Some("multi".into()),
             no_cache: true,
         };
         let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
-        assert_eq!(
-            plan.step.args[..4],
-            ["buildx", "--builder", "multi", "bake"]
-        );
+        assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
         assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
-        assert_eq!(
-            plan.bake["group"]["default"]["targets"],
-            json!(["server", "db"])
-        );
+        assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
         let db = &plan.bake["target"]["db"];
         assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
         assert_eq!(db["output"], json!(["type=registry"]));

@@ -48,11 +48,8 @@ impl Step {
     }
 
     pub fn to_json(&self) -> Value {
-        let env: serde_json::Map<String, Value> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-            .collect();
+        let env: serde_json::Map<String, Value> =
+            self.env.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
         json!({
             "program": self.program,
             "args": self.args,
@@ -65,24 +62,19 @@ impl Step {
     /// Runs the step with its stdout sent to our stderr: stdout is kept for results.
     pub fn run(&self) -> Result<()> {
         eprintln!("$ {self}");
-        let mut expression = duct::cmd(&self.program, &self.args)
-            .dir(&self.cwd)
-            .stdout_to_stderr()
-            .unchecked();
+        let mut expression =
+            duct::cmd(&self.program, &self.args).dir(&self.cwd).stdout_to_stderr().unchecked();
         for (key, value) in &self.env {
             expression = expression.env(key, value);
         }
         if let Some(input) = &self.stdin {
             expression = expression.stdin_bytes(input.as_bytes());
         }
-        let output = expression
-            .run()
-            .with_context(|| format!("cannot start `{}`", self.program))?;
+        let output =
+            expression.run().with_context(|| format!("cannot start `{}`", self.program))?;
         if !output.status.success() {
-            let status = output
-                .status
-                .code()
-                .map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+            let status =
+                output.status.code().map_or_else(|| "a signal".to_owned(), |c| c.to_string());
             bail!("`{}` failed with exit status {status}", self.short());
         }
         Ok(())
@@ -97,10 +89,7 @@ impl Step {
             .take_while(|a| !a.starts_with('-'))
             .take(2)
             .collect();
-        std::iter::once(self.program.as_str())
-            .chain(words)
-            .collect::<Vec<_>>()
-            .join(" ")
+        std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -124,14 +113,8 @@ impl fmt::Display for Step {
 
 fn quote(word: &str) -> String {
     let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
 /// Prints a plan on stdout: each step as a command line, with its stdin below it.
@@ -154,10 +137,7 @@ mod tests {
         let step = Step::new("docker", "/repo")
             .args(["buildx", "bake", "--set", "*.labels.x=a b", "it's"])
             .stdin("{}".into());
-        assert_eq!(
-            step.to_string(),
-            "docker buildx bake --set '*.labels.x=a b' 'it'\\''s' <stdin"
-        );
+        assert_eq!(step.to_string(), "docker buildx bake --set '*.labels.x=a b' 'it'\\''s' <stdin");
         assert_eq!(step.short(), "docker buildx bake");
     }
 
@@ -166,9 +146,7 @@ mod tests {
         let step = Step::new("false", ".").arg("--flag");
         let err = step.run().unwrap_err().to_string();
         assert_eq!(err, "`false` failed with exit status 1");
-        let missing = Step::new("definitely-not-a-program-xtask", ".")
-            .run()
-            .unwrap_err();
+        let missing = Step::new("definitely-not-a-program-xtask", ".").run().unwrap_err();
         assert!(missing.to_string().contains("cannot start"), "{missing}");
     }
 }

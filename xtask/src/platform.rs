@@ -10,9 +10,7 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
-const ARCHES: &[&str] = &[
-    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
-];
+const ARCHES: &[&str] = &["amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64"];
 
 impl Platform {
     pub fn parse(raw: &str) -> Result<Platform, String> {
@@ -24,9 +22,7 @@ impl Platform {
             _ => return Err(format!("`{raw}` is not a platform: {accepted}")),
         };
         if os != "linux" {
-            return Err(format!(
-                "`{raw}`: only linux images are built here: {accepted}"
-            ));
+            return Err(format!("`{raw}`: only linux images are built here: {accepted}"));
         }
         let (arch, folded_variant) = match arch {
             "x86_64" | "x86-64" => ("amd64", None),
@@ -40,27 +36,16 @@ impl Platform {
                 ARCHES.join(", ")
             ));
         }
-        let variant = variant
-            .map(str::to_owned)
-            .or(folded_variant.map(str::to_owned));
+        let variant = variant.map(str::to_owned).or(folded_variant.map(str::to_owned));
         if let Some(v) = &variant {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(format!(
-                    "`{raw}`: `{v}` is not a platform variant: {accepted}"
-                ));
+                return Err(format!("`{raw}`: `{v}` is not a platform variant: {accepted}"));
             }
         }
         // arm64 images are v8 whatever the spelling; keep one name for one platform.
-        let variant = if arch == "arm64" && variant.as_deref() == Some("v8") {
-            None
-        } else {
-            variant
-        };
-        Ok(Platform {
-            os: os.to_owned(),
-            arch: arch.to_owned(),
-            variant,
-        })
+        let variant =
+            if arch == "arm64" && variant.as_deref() == Some("v8") { None } else { variant };
+        Ok(Platform { os: os.to_owned(), arch: arch.to_owned(), variant })
     }
 }
 
@@ -74,21 +59,23 @@ impl fmt::Display for Platform {
     }
 }
 
+/// A `--platform` value: platforms in the order given, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformList(pub Vec<Platform>);
+
 /// Parses a comma-separated list, keeping the first occurrence of each platform in order.
-pub fn parse_list(raw: &str) -> Result<Vec<Platform>, String> {
+pub fn parse_list(raw: &str) -> Result<PlatformList, String> {
     let mut platforms: Vec<Platform> = Vec::new();
     for item in raw.split(',').map(str::trim) {
         if item.is_empty() {
-            return Err(format!(
-                "`{raw}` has an empty entry: use e.g. linux/amd64,linux/arm64"
-            ));
+            return Err(format!("`{raw}` has an empty entry: use e.g. linux/amd64,linux/arm64"));
         }
         let platform = Platform::parse(item)?;
         if !platforms.contains(&platform) {
             platforms.push(platform);
         }
     }
-    Ok(platforms)
+    Ok(PlatformList(platforms))
 }
 
 #[cfg(test)]
@@ -96,43 +83,22 @@ mod tests {
     use super::*;
 
     fn list(raw: &str) -> Vec<String> {
-        parse_list(raw)
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        parse_list(raw).unwrap().0.iter().map(ToString::to_string).collect()
     }
 
     #[test]
     fn aliases_fold_and_duplicates_go() {
-        assert_eq!(
-            list("linux/amd64,linux/arm64,linux/x86_64"),
-            ["linux/amd64", "linux/arm64"]
-        );
+        assert_eq!(list("linux/amd64,linux/arm64,linux/x86_64"), ["linux/amd64", "linux/arm64"]);
         assert_eq!(list("linux/aarch64, linux/arm64/v8"), ["linux/arm64"]);
         assert_eq!(list("linux/arm/v7,linux/armhf"), ["linux/arm/v7"]);
     }
 
     #[test]
     fn malformed_platforms_say_what_is_accepted() {
-        for bad in [
-            "amd64",
-            "linux/",
-            "windows/amd64",
-            "linux/sparc",
-            "linux/arm/v-7",
-            "a/b/c/d",
-        ] {
+        for bad in ["amd64", "linux/", "windows/amd64", "linux/sparc", "linux/arm/v-7", "a/b/c/d"] {
             let err = parse_list(bad).unwrap_err();
-            assert!(
-                err.contains(bad.trim_end_matches('/')) || err.contains("arch"),
-                "{err}"
-            );
+            assert!(err.contains(bad.trim_end_matches('/')) || err.contains("arch"), "{err}");
         }
-        assert!(
-            parse_list("linux/amd64,,linux/arm64")
-                .unwrap_err()
-                .contains("empty entry")
-        );
+        assert!(parse_list("linux/amd64,,linux/arm64").unwrap_err().contains("empty entry"));
     }
 }

@@ -38,9 +38,8 @@ impl AppVersion {
             if head.len() > 1 && head.starts_with('0') {
                 bail!("version `{raw}` has a leading zero in `{head}`: {form}");
             }
-            *number = head
-                .parse()
-                .with_context(|| format!("version `{raw}`: `{head}` is too large"))?;
+            *number =
+                head.parse().with_context(|| format!("version `{raw}`: `{head}` is too large"))?;
             rest = tail;
             if i < 2 {
                 rest = rest
@@ -50,9 +49,7 @@ impl AppVersion {
         }
         let suffix_ok = rest.is_empty()
             || (rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '.' || c == '-')
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
                 && rest.len() <= 64);
         if !suffix_ok {
             bail!("version `{raw}` has a suffix `{rest}` that cannot be an image tag: {form}");
@@ -74,11 +71,7 @@ impl AppVersion {
 
 impl fmt::Display for AppVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}.{}{}",
-            self.major, self.minor, self.patch, self.suffix
-        )
+        write!(f, "{}.{}.{}{}", self.major, self.minor, self.patch, self.suffix)
     }
 }
 
@@ -89,9 +82,7 @@ pub fn version_from_pyproject(text: &str) -> Result<AppVersion> {
         .get("project")
         .and_then(|p| p.get("version"))
         .context("no `version` in its [project] table: add e.g. version = \"0.1.0\"")?;
-    let version = version
-        .as_str()
-        .context("`project.version` is not a string")?;
+    let version = version.as_str().context("`project.version` is not a string")?;
     AppVersion::parse(version)
 }
 
@@ -113,9 +104,7 @@ pub struct Revision {
 impl Revision {
     pub fn read(sh: &Shell, root: &Utf8Path) -> Result<Revision> {
         let path = root.join(PYPROJECT);
-        let text = sh
-            .read_file(&path)
-            .with_context(|| format!("cannot read {PYPROJECT}"))?;
+        let text = sh.read_file(&path).with_context(|| format!("cannot read {PYPROJECT}"))?;
         let version = version_from_pyproject(&text).with_context(|| format!("in {PYPROJECT}"))?;
         let git_error =
             || "cannot read the git revision: run inside a git checkout with at least one commit";
@@ -124,21 +113,13 @@ impl Revision {
             .ignore_stderr()
             .read()
             .with_context(git_error)?;
-        let status = cmd!(sh, "git status --porcelain")
-            .quiet()
-            .read()
-            .with_context(git_error)?;
+        let status = cmd!(sh, "git status --porcelain").quiet().read().with_context(git_error)?;
         let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(epoch) if !epoch.is_empty() => epoch,
-            _ => cmd!(sh, "git log -1 --format=%ct")
-                .quiet()
-                .read()
-                .with_context(git_error)?,
+            _ => cmd!(sh, "git log -1 --format=%ct").quiet().read().with_context(git_error)?,
         };
-        let epoch: i64 = epoch
-            .trim()
-            .parse()
-            .with_context(|| format!("`{epoch}` is not a unix time"))?;
+        let epoch: i64 =
+            epoch.trim().parse().with_context(|| format!("`{epoch}` is not a unix time"))?;
         let source = cmd!(sh, "git remote get-url origin")
             .quiet()
             .ignore_stderr()
@@ -157,30 +138,19 @@ impl Revision {
     /// The short hash used in tags, with `-dirty` when the tree has uncommitted changes.
     pub fn short(&self) -> String {
         let short = &self.commit[..self.commit.len().min(7)];
-        if self.dirty {
-            format!("{short}-dirty")
-        } else {
-            short.to_owned()
-        }
+        if self.dirty { format!("{short}-dirty") } else { short.to_owned() }
     }
 
     /// The tags every build gets: `<version>`, `<version>-<sha>` and `sha-<sha>`.
     pub fn build_tags(&self) -> Vec<String> {
         let short = self.short();
-        vec![
-            self.version.to_string(),
-            format!("{}-{short}", self.version),
-            format!("sha-{short}"),
-        ]
+        vec![self.version.to_string(), format!("{}-{short}", self.version), format!("sha-{short}")]
     }
 
     /// The OCI labels of every image, `title` aside.
     pub fn labels(&self) -> Vec<(&'static str, String)> {
-        let revision = if self.dirty {
-            format!("{}-dirty", self.commit)
-        } else {
-            self.commit.clone()
-        };
+        let revision =
+            if self.dirty { format!("{}-dirty", self.commit) } else { self.commit.clone() };
         vec![
             ("org.opencontainers.image.version", self.version.to_string()),
             ("org.opencontainers.image.revision", revision),
@@ -264,19 +234,13 @@ mod tests {
     #[test]
     fn versions_parse() {
         let v = AppVersion::parse("1.20.3").unwrap();
-        assert_eq!(
-            (v.major, v.minor, v.patch, v.suffix.as_str()),
-            (1, 20, 3, "")
-        );
+        assert_eq!((v.major, v.minor, v.patch, v.suffix.as_str()), (1, 20, 3, ""));
         assert!(!v.is_prerelease());
         assert!(AppVersion::parse("1.2.0rc1").unwrap().is_prerelease());
         assert!(AppVersion::parse("1.2.0.dev4").unwrap().is_prerelease());
         assert!(AppVersion::parse("1.2.0-beta.1").unwrap().is_prerelease());
         assert!(!AppVersion::parse("1.2.0.post1").unwrap().is_prerelease());
-        assert_eq!(
-            AppVersion::parse("1.2.0rc1").unwrap().to_string(),
-            "1.2.0rc1"
-        );
+        assert_eq!(AppVersion::parse("1.2.0rc1").unwrap().to_string(), "1.2.0rc1");
     }
 
     #[test]
@@ -301,15 +265,11 @@ mod tests {
     fn pyproject_version() {
         let text = "[project]\nname = \"memories\"\nversion = \"0.3.1\"\n";
         assert_eq!(version_from_pyproject(text).unwrap().to_string(), "0.3.1");
-        let missing = format!(
-            "{:#}",
-            version_from_pyproject("[project]\nname = \"x\"\n").unwrap_err()
-        );
+        let missing =
+            format!("{:#}", version_from_pyproject("[project]\nname = \"x\"\n").unwrap_err());
         assert!(missing.contains("no `version`"), "{missing}");
-        let typed = format!(
-            "{:#}",
-            version_from_pyproject("[project]\nversion = 1\n").unwrap_err()
-        );
+        let typed =
+            format!("{:#}", version_from_pyproject("[project]\nversion = 1\n").unwrap_err());
         assert!(typed.contains("not a string"), "{typed}");
         let broken = format!("{:#}", version_from_pyproject("[project\n").unwrap_err());
         assert!(broken.contains("not valid TOML"), "{broken}");
@@ -342,9 +302,6 @@ mod tests {
             strip_credentials("https://user:tok@example.com/a.git"),
             "https://example.com/a.git"
         );
-        assert_eq!(
-            strip_credentials("git@example.com:a.git"),
-            "git@example.com:a.git"
-        );
+        assert_eq!(strip_credentials("git@example.com:a.git"), "git@example.com:a.git");
     }
 }

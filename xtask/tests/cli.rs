@@ -1,0 +1,144 @@
+//! The command line as a user meets it, with no Docker engine: help, plans, exit codes, and
+//! proof that `--dry-run` runs no docker command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn xtask(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args).current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A directory whose `docker` records each call and fails, placed first on PATH.
+fn fake_docker(test: &str) -> (String, PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("calls.log");
+    let script = dir.join("docker");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 1\n", log.display()))
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    (path, log)
+}
+
+fn run_without_docker(test: &str, args: &[&str]) -> (Output, PathBuf) {
+    let (path, log) = fake_docker(test);
+    let output =
+        xtask(args).env("PATH", path).env("DOCKER_HOST", "tcp://127.0.0.1:9").output().unwrap();
+    (output, log)
+}
+
+#[test]
+fn help_lists_the_tasks_that_exist() {
+    let output = xtask(&["--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for task in ["version", "build", "bench"] {
+        assert!(help.contains(&format!("  {task} ")), "{help}");
+    }
+}
+
+#[test]
+fn dry_run_prints_the_bake_plan_and_runs_no_docker_command() {
+    let (output, log) = run_without_docker("dry-run", &["build", "--dry-run"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("docker buildx bake --file - --metadata-file "), "{stdout}");
+    assert!(stdout.contains("\"dockerfile\": \"docker/server/Dockerfile\""), "{stdout}");
+    assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
+fn dry_run_json_is_the_plan() {
+    let (output, log) = run_without_docker(
+        "dry-run-json",
+        &[
+            "build",
+            "db",
+            "--platform",
+            "linux/amd64,linux/x86_64,linux/arm64",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["images"][0]["image"], "db");
+    assert_eq!(
+        plan["bake"]["target"]["db"]["platforms"],
+        serde_json::json!(["linux/amd64", "linux/arm64"])
+    );
+    assert_eq!(plan["steps"][0]["program"], "docker");
+    assert!(!log.exists());
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_is_accepted() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["build", "nosuch"], "possible values: server, standalone, db"),
+        (&["build", "--platform", "linux/sparc"], "unknown architecture `sparc`"),
+        (&["build", "--platform", "amd64"], "use os/arch"),
+        (&["build", "--push"], "--registry"),
+    ];
+    for (args, says) in cases {
+        let output = xtask(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_stopped_daemon_is_named_with_the_fix_and_exits_1() {
+    let output =
+        xtask(&["build", "server"]).env("DOCKER_HOST", "tcp://127.0.0.1:9").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: image build failed: cannot reach the Docker daemon at DOCKER_HOST=tcp://127.0.0.1:9"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_docker_cli_is_named_with_the_fix() {
+    // git stays reachable: only docker is missing.
+    assert!(Path::new("/usr/bin/git").exists(), "this test expects git in /usr/bin");
+    let output = xtask(&["build"]).env("PATH", "/usr/bin:/bin").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("the docker CLI is required"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn version_json_matches_pyproject() {
+    let output = xtask(&["version", "--json"]).output().unwrap();
+    assert!(output.status.success());
+    let version: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pyproject = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/pyproject.toml"),
+    )
+    .unwrap();
+    let expected =
+        pyproject.lines().find(|l| l.starts_with("version")).unwrap().split('"').nth(1).unwrap();
+    assert_eq!(version["version"], expected);
+    let tags = version["tags"].as_array().unwrap();
+    assert_eq!(tags[0], expected);
+    assert!(tags[2].as_str().unwrap().starts_with("sha-"));
+}
