@@ -1,0 +1,193 @@
+//! Repository checks: rules every Dockerfile and build input must follow, read as text, with
+//! no Docker engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn dockerfiles() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root().join("docker")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().unwrap().to_string_lossy().starts_with("Dockerfile") {
+                found.push(path);
+            }
+        }
+    }
+    assert!(!found.is_empty(), "no Dockerfile under docker/");
+    found.sort();
+    found
+}
+
+/// Joins continuation lines and drops comments and blank lines.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(trimmed);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct Stage {
+    base: String,
+    user: Option<String>,
+    healthcheck: bool,
+    copies_from: Vec<String>,
+}
+
+/// The stages of a Dockerfile by name (unnamed ones by index), in order.
+fn stages(text: &str) -> Vec<(String, Stage)> {
+    let mut stages: Vec<(String, Stage)> = Vec::new();
+    for instruction in instructions(text) {
+        let mut words = instruction.split_whitespace();
+        let keyword = words.next().unwrap().to_ascii_uppercase();
+        let rest: Vec<&str> = words.collect();
+        if keyword == "FROM" {
+            let args: Vec<&str> = rest.iter().copied().filter(|w| !w.starts_with("--")).collect();
+            let name = match args.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+                _ => stages.len().to_string(),
+            };
+            stages.push((name, Stage { base: args[0].to_owned(), ..Stage::default() }));
+            continue;
+        }
+        let (_, stage) = stages.last_mut().expect("an instruction before FROM");
+        match keyword.as_str() {
+            "USER" => stage.user = Some(rest.join(" ")),
+            "HEALTHCHECK" => stage.healthcheck = rest.first() != Some(&"NONE"),
+            "COPY" => {
+                for word in rest {
+                    if let Some(from) = word.strip_prefix("--from=") {
+                        stage.copies_from.push(from.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    stages
+}
+
+#[test]
+fn no_dockerfile_has_a_syntax_line() {
+    // A `# syntax=` line makes BuildKit pull a frontend image, which fails offline.
+    for path in dockerfiles() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let directive = line.trim_start_matches('#').trim().to_ascii_lowercase();
+            assert!(
+                !(line.trim_start().starts_with('#') && directive.starts_with("syntax")),
+                "{}:{}: remove the `# syntax=` line",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn the_only_external_base_is_debian_trixie_slim() {
+    for path in dockerfiles() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut known = BTreeSet::new();
+        for (name, stage) in stages(&text) {
+            assert!(
+                known.contains(&stage.base) || stage.base == "debian:trixie-slim",
+                "{}: stage {name} is FROM {}: build FROM debian:trixie-slim or an earlier stage",
+                path.display(),
+                stage.base
+            );
+            known.insert(name);
+        }
+    }
+}
+
+#[test]
+fn final_images_run_as_non_root_with_a_healthcheck() {
+    let mut leaves_seen = 0;
+    for path in dockerfiles() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stages = stages(&text);
+        let by_name: BTreeMap<&str, &Stage> = stages.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let used: BTreeSet<&str> = stages
+            .iter()
+            .flat_map(|(_, s)| s.copies_from.iter().map(String::as_str).chain([s.base.as_str()]))
+            .collect();
+        // Follows FROM to the nearest stage that sets the property.
+        let inherited = |name: &str, get: &dyn Fn(&Stage) -> Option<String>| {
+            let mut current = by_name.get(name).copied();
+            while let Some(stage) = current {
+                if let Some(value) = get(stage) {
+                    return Some(value);
+                }
+                current = by_name.get(stage.base.as_str()).copied();
+            }
+            None
+        };
+        for (name, _) in stages.iter().filter(|(n, _)| !used.contains(n.as_str())) {
+            leaves_seen += 1;
+            let user = inherited(name, &|s| s.user.clone()).unwrap_or_else(|| "root".into());
+            let user_name = user.split(':').next().unwrap();
+            assert!(
+                !matches!(user_name, "root" | "0"),
+                "{}: target {name} runs as {user}: add a non-root USER",
+                path.display()
+            );
+            assert!(
+                inherited(name, &|s| s.healthcheck.then(String::new)).is_some(),
+                "{}: target {name} has no HEALTHCHECK",
+                path.display()
+            );
+        }
+    }
+    assert!(leaves_seen >= 3, "expected the runtime, standalone and db targets");
+}
+
+#[test]
+fn dockerignore_keeps_build_output_and_git_out_of_contexts() {
+    let text = std::fs::read_to_string(root().join(".dockerignore"))
+        .expect(".dockerignore at the repository root (the context of every image)");
+    let lines: BTreeSet<&str> = text.lines().map(str::trim).collect();
+    for needed in ["target/", ".git/", "**/__pycache__/", "**/.venv/"] {
+        assert!(lines.contains(needed), ".dockerignore lacks `{needed}`");
+    }
+}
+
+#[test]
+fn python_dependencies_are_locked() {
+    let lock = std::fs::read_to_string(root().join("app/uv.lock"))
+        .expect("app/uv.lock: run `uv lock` in app/ and commit it");
+    assert!(lock.contains("name = \"memories\""), "uv.lock does not lock the memories project");
+}
+
+#[test]
+fn the_stage_parser_sees_what_the_checks_rely_on() {
+    let text = "FROM debian:trixie-slim AS a\nUSER x\nHEALTHCHECK CMD \\\n  true\n\
+                FROM a AS b\n# comment\nCOPY --from=a /x /y\nFROM debian:trixie-slim\n";
+    let stages = stages(text);
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b", "2"]);
+    assert_eq!(stages[0].1.user.as_deref(), Some("x"));
+    assert!(stages[0].1.healthcheck);
+    assert_eq!(stages[1].1.base, "a");
+    assert_eq!(stages[1].1.copies_from, ["a"]);
+}
