@@ -233,3 +233,34 @@ fn server_builds_for_arm64_and_runs_there() {
     ]);
     assert_eq!(machine, "aarch64");
 }
+
+#[test]
+fn server_start_up_fails_in_one_line_when_the_database_is_wrong_or_absent() {
+    let image = image_ref("server");
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "memories: error: no database configured: set DATABASE_URL="),
+        (
+            &["DATABASE_URL=postgresql://u:secret@db/x", "POSTGRES_HOST=other"],
+            "memories: error: DATABASE_URL and POSTGRES_HOST are both set",
+        ),
+        (
+            &["DATABASE_URL=postgresql://u:secret@127.0.0.1:9/x", "DB_WAIT_TIMEOUT=1"],
+            "memories: error: database at 127.0.0.1:9/x not ready after 1s:",
+        ),
+    ];
+    for (env, says) in cases {
+        let mut args = vec!["run", "--rm"];
+        for e in env {
+            args.extend(["--env", e]);
+        }
+        args.push(&image);
+        let start = Instant::now();
+        let output = docker_output(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{env:?}: {stderr}");
+        assert!(start.elapsed() < Duration::from_secs(15), "{env:?} took {:?}", start.elapsed());
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with(says), "{env:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+    }
+}
