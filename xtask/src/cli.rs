@@ -1,10 +1,12 @@
 //! The command line: every task and flag, with doc comments as the only help text.
 
 use std::fmt;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::platform::PlatformList;
+use crate::wait::Probe;
 
 /// Typed build-and-ship tasks for the memories service.
 ///
@@ -23,8 +25,40 @@ pub enum Command {
     Version(VersionArgs),
     /// Build the images (all, or the named ones) in one buildx bake session.
     Build(BuildArgs),
+    /// Wait until services are ready: ports, HTTP endpoints, databases, containers, logs.
+    ///
+    /// Exit status: 0 when ready, 124 on timeout, 1 when a probe failed for good (an unhealthy
+    /// or exited container, a refused password), 2 for a bad spec.
+    #[command(after_help = crate::wait::spec::FORMS)]
+    WaitFor(WaitForArgs),
     /// Measure a task against its peer in the same run and print the ratio.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WaitForArgs {
+    /// What to wait for, e.g. `tcp://127.0.0.1:5432` or `http://127.0.0.1:8283/v1/health`.
+    #[arg(required = true, value_name = "PROBE", value_parser = parse_probe)]
+    pub probes: Vec<Probe>,
+    /// The one deadline for all probes (e.g. 500ms, 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = crate::wait::parse_duration)]
+    pub timeout: Duration,
+    /// The longest pause between two attempts of one probe.
+    #[arg(long, default_value = "25ms", value_parser = crate::wait::parse_duration)]
+    pub max_interval: Duration,
+    /// Done when any probe is ready, instead of all.
+    #[arg(long)]
+    pub any: bool,
+    /// Print the result as JSON on stdout: per probe, when it was ready, attempts, last error.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing on stderr but errors.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_probe(raw: &str) -> Result<Probe, String> {
+    Probe::parse(raw).map_err(|e| format!("{e}\n\n{}", crate::wait::spec::FORMS))
 }
 
 #[derive(Debug, Args)]

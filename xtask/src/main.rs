@@ -1,6 +1,7 @@
 //! `cargo xtask`: parse the command line, root one shell at the repository, dispatch.
 //!
-//! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap).
+//! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap),
+//! 124 when a wait timed out.
 
 mod bench;
 mod cli;
@@ -9,6 +10,7 @@ mod image;
 mod plan;
 mod platform;
 mod version;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -25,7 +27,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if err.is::<wait::TimedOut>() { 124 } else { 1 })
         }
     }
 }
@@ -37,6 +39,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version(args) => version::run(&sh, &root, args.json),
         Command::Build(args) => image::run(&sh, &root, &args),
+        Command::WaitFor(args) => wait::run(&args),
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
         },
