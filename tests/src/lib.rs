@@ -31,6 +31,17 @@ pub fn xtask(args: &[&str]) -> Output {
         .expect("cannot run cargo xtask")
 }
 
+/// Runs `cargo xtask ARGS...` with stdout and stderr captured.
+pub fn xtask_captured(args: &[&str]) -> Output {
+    Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run cargo xtask")
+}
+
 /// Runs `cargo xtask ARGS...` and returns its stdout, panicking on failure.
 pub fn xtask_ok(args: &[&str]) -> String {
     let output = xtask(args);
@@ -79,6 +90,7 @@ pub fn unique_name(prefix: &str) -> String {
 /// Docker objects a test created, removed when the test ends however it ends.
 #[derive(Default)]
 pub struct Cleanup {
+    compose: Vec<(String, PathBuf)>,
     containers: Vec<String>,
     volumes: Vec<String>,
     images: Vec<String>,
@@ -87,6 +99,11 @@ pub struct Cleanup {
 impl Cleanup {
     pub fn container(&mut self, name: &str) {
         self.containers.push(name.to_owned());
+    }
+
+    /// A compose project started from `file`, taken down with its volumes.
+    pub fn compose(&mut self, project: &str, file: &Path) {
+        self.compose.push((project.to_owned(), file.to_owned()));
     }
 
     pub fn volume(&mut self, name: &str) {
@@ -100,6 +117,20 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for (project, file) in &self.compose {
+            let file = file.to_string_lossy();
+            let _ = docker_output(&[
+                "compose",
+                "--project-name",
+                project,
+                "--file",
+                &file,
+                "down",
+                "--volumes",
+                "--timeout",
+                "1",
+            ]);
+        }
         for c in &self.containers {
             let _ = docker_output(&["rm", "--force", "--volumes", c]);
         }

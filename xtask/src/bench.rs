@@ -23,12 +23,10 @@ pub fn build(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
     let peer = bare_build(root, &Revision::read(sh, root)?);
     let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
-    let report = Report::new(
-        "cargo xtask build server (no-op)",
-        ours_times,
-        "docker buildx build (no-op)",
-        peer_times,
-    );
+    let report = Report {
+        ours: Side::new("cargo xtask build server (no-op)", ours_times),
+        peer: Side::new("docker buildx build (no-op)", peer_times),
+    };
     report.print(json);
     Ok(())
 }
@@ -49,6 +47,80 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
             .args(["--label".to_owned(), format!("{key}={}", value.as_str().unwrap_or_default())]);
     }
     step.arg(".")
+}
+
+/// How long after a port opens each side notices it: ours, and the shell loop we replace.
+pub fn wait(root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?;
+    // The loop of a typical wait_for_service.sh; bash's /dev/tcp stands in where nc is missing.
+    let (peer_name, peer_loop) = if which::which("nc").is_ok() {
+        ("nc -z; sleep 1 loop", r#"until nc -z 127.0.0.1 "$1"; do sleep 1; done"#)
+    } else {
+        (
+            "/dev/tcp; sleep 1 loop (no nc here)",
+            r#"until (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; do sleep 1; done"#,
+        )
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        eprintln!("run {run}/{runs}");
+        for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let delay = Duration::from_millis(300 + seed % 1000);
+            let port = free_port()?;
+            let step = if side == 0 {
+                Step::new(exe, root)
+                    .args(["wait-for", "--quiet", "--timeout", "30s"])
+                    .arg(format!("tcp://127.0.0.1:{port}"))
+            } else {
+                Step::new("bash", root).args(["-c", peer_loop, "bash"]).arg(port.to_string())
+            };
+            let lag = lag_after_open(&step, port, delay)?;
+            if side == 0 { ours.push(lag) } else { peer.push(lag) }
+        }
+    }
+    let report = Report {
+        ours: Side::new("cargo xtask wait-for tcp://", ours),
+        peer: Side::new(peer_name, peer),
+    };
+    report.print(json);
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts the waiter, opens the port after `delay`, and returns how long the waiter took to
+/// exit after that.
+fn lag_after_open(step: &Step, port: u16, delay: Duration) -> Result<Duration> {
+    let mut child = Command::new(&step.program)
+        .args(&step.args)
+        .current_dir(&step.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start `{step}`"))?;
+    std::thread::sleep(delay);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("cannot open port {port} for the benchmark"))?;
+    let opened = Instant::now();
+    let status = child.wait().context("cannot wait for the waiter")?;
+    let lag = opened.elapsed();
+    drop(listener);
+    if !status.success() {
+        bail!("`{step}` failed during the benchmark with {status}");
+    }
+    Ok(lag)
 }
 
 fn measure(ours: &Step, peer: &Step, runs: u32) -> Result<(Vec<Duration>, Vec<Duration>)> {
@@ -90,54 +162,66 @@ fn time(step: &Step) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// Two sides of one benchmark, with their samples.
+/// One side of a benchmark: what ran, and how long each run took.
+pub struct Side {
+    pub name: String,
+    pub samples: Vec<Duration>,
+}
+
+impl Side {
+    pub fn new(name: impl Into<String>, samples: Vec<Duration>) -> Side {
+        Side { name: name.into(), samples }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name,
+            "median_ms": ms(median(&self.samples)),
+            "p90_ms": ms(p90(&self.samples)),
+            "samples_ms": self.samples.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Ours against a peer measured in the same run.
 pub struct Report {
-    ours: (&'static str, Vec<Duration>),
-    peer: (&'static str, Vec<Duration>),
+    pub ours: Side,
+    pub peer: Side,
 }
 
 impl Report {
-    pub fn new(
-        ours: &'static str,
-        a: Vec<Duration>,
-        peer: &'static str,
-        b: Vec<Duration>,
-    ) -> Report {
-        Report { ours: (ours, a), peer: (peer, b) }
-    }
-
+    /// Ours over the peer, by medians: below 1 is faster.
     pub fn ratio(&self) -> f64 {
-        median(&self.ours.1).as_secs_f64() / median(&self.peer.1).as_secs_f64().max(1e-9)
+        median(&self.ours.samples).as_secs_f64()
+            / median(&self.peer.samples).as_secs_f64().max(1e-9)
     }
 
-    fn print(&self, json: bool) {
+    pub fn print(&self, json: bool) {
         if json {
-            let side = |(name, samples): &(&str, Vec<Duration>)| {
-                json!({
-                    "name": name,
-                    "median_ms": ms(median(samples)),
-                    "samples_ms": samples.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                })
-            };
-            println!(
-                "{:#}",
-                json!({"ours": side(&self.ours), "peer": side(&self.peer), "ratio": self.ratio()})
-            );
+            let value = json!({"ours": self.ours.to_json(), "peer": self.peer.to_json(), "ratio": self.ratio()});
+            println!("{value:#}");
             return;
         }
-        println!("{:<36} {:>6} {:>10} {:>10} {:>10}", "", "runs", "median", "min", "max");
-        for (name, samples) in [&self.ours, &self.peer] {
-            let min = samples.iter().min().copied().unwrap_or_default();
-            let max = samples.iter().max().copied().unwrap_or_default();
+        let width = self.ours.name.len().max(self.peer.name.len()).max(28);
+        println!(
+            "{:<width$} {:>5} {:>9} {:>9} {:>9} {:>9}",
+            "", "runs", "median", "p90", "min", "max"
+        );
+        for side in [&self.ours, &self.peer] {
+            let s = &side.samples;
+            let min = s.iter().min().copied().unwrap_or_default();
+            let max = s.iter().max().copied().unwrap_or_default();
             println!(
-                "{name:<36} {:>6} {:>9.0}ms {:>8.0}ms {:>8.0}ms",
-                samples.len(),
-                ms(median(samples)),
+                "{:<width$} {:>5} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms",
+                side.name,
+                s.len(),
+                ms(median(s)),
+                ms(p90(s)),
                 ms(min),
                 ms(max)
             );
         }
-        println!("{:<36} {:>6} {:>10.2}x", "ratio (ours / peer, medians)", "", self.ratio());
+        println!("{:<width$} {:>5} {:>8.2}x", "ratio (ours / peer, medians)", "", self.ratio());
     }
 }
 
@@ -153,6 +237,16 @@ pub fn median(samples: &[Duration]) -> Duration {
         0 => Duration::ZERO,
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
+    }
+}
+
+/// The 90th percentile, by nearest rank.
+pub fn p90(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    match sorted.len() {
+        0 => Duration::ZERO,
+        n => sorted[(n * 9).div_ceil(10) - 1],
     }
 }
 
@@ -187,7 +281,14 @@ mod tests {
         assert_eq!(median(&ms(&[5, 1, 3])), Duration::from_millis(3));
         assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
         assert_eq!(median(&[]), Duration::ZERO);
-        let report = Report::new("a", ms(&[120, 130, 110]), "b", ms(&[100, 90, 110]));
+        let report = Report {
+            ours: Side::new("a", ms(&[120, 130, 110])),
+            peer: Side::new("b", ms(&[100, 90, 110])),
+        };
         assert!((report.ratio() - 1.2).abs() < 1e-9);
+        let ten = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(p90(&ten), Duration::from_millis(9));
+        assert_eq!(p90(&ms(&[7])), Duration::from_millis(7));
+        assert_eq!(p90(&ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])), Duration::from_millis(10));
     }
 }

@@ -113,6 +113,16 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Bench {
+    /// Detection lag after a port opens at a random moment: `cargo xtask wait-for` against a
+    /// `nc -z; sleep 1` loop, interleaved.
+    Wait {
+        /// Runs of each side.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=500))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
     /// Dockerfile and target, interleaved, with warm caches.
     Build {
@@ -134,16 +144,20 @@ pub enum ImageName {
     Standalone,
     /// PostgreSQL 17 + pgvector with the schema.
     Db,
+    /// Redis, for the server's optional search cache.
+    Redis,
 }
 
 impl ImageName {
-    pub const ALL: [ImageName; 3] = [ImageName::Server, ImageName::Standalone, ImageName::Db];
+    pub const ALL: [ImageName; 4] =
+        [ImageName::Server, ImageName::Standalone, ImageName::Db, ImageName::Redis];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ImageName::Server => "server",
             ImageName::Standalone => "standalone",
             ImageName::Db => "db",
+            ImageName::Redis => "redis",
         }
     }
 }

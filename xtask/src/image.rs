@@ -33,6 +33,11 @@ pub fn source(image: ImageName) -> ImageSource {
             target: "standalone",
             title: "memories-standalone",
         },
+        ImageName::Redis => ImageSource {
+            dockerfile: "docker/redis/Dockerfile",
+            target: "redis",
+            title: "memories-redis",
+        },
         ImageName::Db => {
             ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
         }
@@ -232,7 +237,10 @@ mod tests {
                 "/repo/target/xtask/bake-metadata.json"
             ]
         );
-        assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "standalone", "db"]));
+        assert_eq!(
+            plan.bake["group"]["default"]["targets"],
+            json!(["server", "standalone", "db", "redis"])
+        );
         let server = &plan.bake["target"]["server"];
         assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
         assert_eq!(server["target"], "runtime");

@@ -42,6 +42,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::WaitFor(args) => wait::run(&args),
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
+            Bench::Wait { runs, json } => bench::wait(&root, runs, json),
         },
     }
 }

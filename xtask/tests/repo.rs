@@ -159,7 +159,7 @@ fn final_images_run_as_non_root_with_a_healthcheck() {
             );
         }
     }
-    assert!(leaves_seen >= 3, "expected the runtime, standalone and db targets");
+    assert!(leaves_seen >= 4, "expected the runtime, standalone, db and redis targets");
 }
 
 #[test]
