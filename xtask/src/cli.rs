@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::platform::PlatformList;
+use crate::stack::Profile;
 use crate::wait::Probe;
 
 /// Typed build-and-ship tasks for the memories service.
@@ -25,6 +26,20 @@ pub enum Command {
     Version(VersionArgs),
     /// Build the images (all, or the named ones) in one buildx bake session.
     Build(BuildArgs),
+    /// The local stack: build what changed, start it, wait until ready, print the URLs.
+    ///
+    /// With no subcommand, `dev up`. Ports are bound to 127.0.0.1 only; data survives `dev down`
+    /// unless `--volumes` is given. `COMPOSE_PROJECT_NAME` names the project (default
+    /// memories-dev).
+    Dev(DevArgs),
+    /// All the tests: unit and Docker-backed tests, then the end-to-end suite against an
+    /// isolated stack that is always torn down (also on Ctrl-C, which exits 130).
+    Test(TestArgs),
+    /// The production stack: validate it, start or stop it, or deploy it to Docker Swarm.
+    Prod(ProdArgs),
+    /// Try the service: the standalone image (with its own database) on 127.0.0.1, data in a
+    /// named volume. Ctrl-C stops it cleanly.
+    Run(RunArgs),
     /// Wait until services are ready: ports, HTTP endpoints, databases, containers, logs.
     ///
     /// Exit status: 0 when ready, 124 on timeout, 1 when a probe failed for good (an unhealthy
@@ -59,6 +74,155 @@ pub struct WaitForArgs {
 
 fn parse_probe(raw: &str) -> Result<Probe, String> {
     Probe::parse(raw).map_err(|e| format!("{e}\n\n{}", crate::wait::spec::FORMS))
+}
+
+/// Service names of the stack, for `dev logs|exec|restart`.
+const SERVICES: [&str; 4] = ["db", "server", "redis", "otel-collector"];
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    pub action: Option<DevAction>,
+    #[command(flatten)]
+    pub up: DevUpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevAction {
+    /// Build what changed, start the stack, wait until it is ready, print the URLs.
+    Up(DevUpArgs),
+    /// Stop and remove the stack's containers and network; data volumes are kept.
+    Down {
+        /// Also remove the data volumes (the database's rows are lost).
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Show the logs of the stack, or of one service.
+    Logs {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        service: Option<String>,
+        /// Keep following new lines until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// List the stack's containers and their health.
+    Ps,
+    /// Run a command in a service's container, e.g. `cargo xtask dev exec db -- psql -U memories`.
+    Exec {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        service: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Restart one service and wait until the stack is ready again.
+    Restart {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        service: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevUpArgs {
+    /// Use the images as they are; do not build.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Optional parts: `cache` (Redis), `otel` (an OpenTelemetry collector); repeat or
+    /// separate with commas.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub profile: Vec<Profile>,
+    /// After the stack is ready, follow its logs; Ctrl-C then stops the stack (data is kept).
+    #[arg(long)]
+    pub attach: bool,
+    /// How long to wait for the stack to be ready.
+    #[arg(long, default_value = "120s", value_parser = crate::wait::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Leave the stack running afterwards, for a look (it says how to remove it).
+    #[arg(long)]
+    pub keep: bool,
+    /// Skip `cargo test --workspace`; run only the end-to-end suite.
+    #[arg(long)]
+    pub e2e_only: bool,
+    /// The compose project name (default: unique per run, so parallel runs never collide).
+    #[arg(long, value_name = "NAME", value_parser = parse_project)]
+    pub project: Option<String>,
+    /// How long to wait for the stack to be ready.
+    #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
+    pub timeout: Duration,
+    /// Only the end-to-end tests whose names contain this, after `--`.
+    #[arg(last = true)]
+    pub filter: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProdArgs {
+    #[command(subcommand)]
+    pub action: ProdAction,
+    /// An env file with the stack's secrets (POSTGRES_PASSWORD=...), read after compose/prod.env.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub env_file: Vec<camino::Utf8PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProdAction {
+    /// Validate the merged prod definition and print it.
+    Config,
+    /// Build, start the prod stack (proxy published, two server replicas), wait until ready.
+    Up {
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop and remove the prod stack; volumes are kept unless `--volumes`.
+    Down {
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Deploy the same prod definition to Docker Swarm and wait until every replica is healthy.
+    Deploy {
+        /// Deploy with `docker stack deploy` (the engine must be a swarm manager).
+        #[arg(long, required = true)]
+        swarm: bool,
+        /// The stack name.
+        #[arg(long, default_value = "memories", value_parser = parse_project)]
+        stack: String,
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Use the image as it is; do not build.
+    #[arg(long)]
+    pub no_build: bool,
+    /// The port on 127.0.0.1.
+    #[arg(long, default_value_t = 8283)]
+    pub port: u16,
+    /// The named volume that keeps the data between runs.
+    #[arg(long, default_value = "memories-standalone-data")]
+    pub volume: String,
+}
+
+/// Compose project names: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
+fn parse_project(raw: &str) -> Result<String, String> {
+    let ok = raw.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("`{raw}` is not a project name: use lowercase letters, digits, `-` and `_`"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -146,11 +310,18 @@ pub enum ImageName {
     Db,
     /// Redis, for the server's optional search cache.
     Redis,
+    /// nginx in front of the server (prod).
+    Proxy,
 }
 
 impl ImageName {
-    pub const ALL: [ImageName; 4] =
-        [ImageName::Server, ImageName::Standalone, ImageName::Db, ImageName::Redis];
+    pub const ALL: [ImageName; 5] = [
+        ImageName::Server,
+        ImageName::Standalone,
+        ImageName::Db,
+        ImageName::Redis,
+        ImageName::Proxy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -158,6 +329,7 @@ impl ImageName {
             ImageName::Standalone => "standalone",
             ImageName::Db => "db",
             ImageName::Redis => "redis",
+            ImageName::Proxy => "proxy",
         }
     }
 }

@@ -33,6 +33,11 @@ pub fn source(image: ImageName) -> ImageSource {
             target: "standalone",
             title: "memories-standalone",
         },
+        ImageName::Proxy => ImageSource {
+            dockerfile: "docker/proxy/Dockerfile",
+            target: "proxy",
+            title: "memories-proxy",
+        },
         ImageName::Redis => ImageSource {
             dockerfile: "docker/redis/Dockerfile",
             target: "redis",
@@ -239,7 +244,7 @@ mod tests {
         );
         assert_eq!(
             plan.bake["group"]["default"]["targets"],
-            json!(["server", "standalone", "db", "redis"])
+            json!(["server", "standalone", "db", "redis", "proxy"])
         );
         let server = &plan.bake["target"]["server"];
         assert_eq!(server["dockerfile"], "docker/server/Dockerfile");

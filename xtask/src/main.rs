@@ -1,14 +1,17 @@
 //! `cargo xtask`: parse the command line, root one shell at the repository, dispatch.
 //!
 //! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap),
-//! 124 when a wait timed out.
+//! 124 when a wait timed out, 130 when interrupted (Ctrl-C or SIGTERM).
 
 mod bench;
 mod cli;
 mod docker;
 mod image;
+mod interrupt;
 mod plan;
 mod platform;
+mod stack;
+mod tasks;
 mod version;
 mod wait;
 
@@ -23,11 +26,19 @@ use crate::cli::{Bench, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    interrupt::install();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(if err.is::<wait::TimedOut>() { 124 } else { 1 })
+            let code = if err.is::<interrupt::Interrupted>() {
+                130
+            } else if err.is::<wait::TimedOut>() {
+                124
+            } else {
+                1
+            };
+            ExitCode::from(code)
         }
     }
 }
@@ -40,6 +51,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Version(args) => version::run(&sh, &root, args.json),
         Command::Build(args) => image::run(&sh, &root, &args),
         Command::WaitFor(args) => wait::run(&args),
+        Command::Dev(args) => tasks::dev(&sh, &root, args),
+        Command::Test(args) => tasks::test(&sh, &root, &args),
+        Command::Prod(args) => tasks::prod(&sh, &root, args),
+        Command::Run(args) => tasks::run(&sh, &root, &args),
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
             Bench::Wait { runs, json } => bench::wait(&root, runs, json),

@@ -6,6 +6,8 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8PathBuf;
 use serde_json::{Value, json};
 
+use crate::interrupt::{self, Interrupted};
+
 /// One command to run: program, argv, extra environment, working directory and stdin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -15,6 +17,9 @@ pub struct Step {
     pub cwd: Utf8PathBuf,
     /// Bytes fed to the command's stdin (for instance a bake definition).
     pub stdin: Option<String>,
+    /// The command's stdout is the task's result (logs, exec, config): it goes to our stdout
+    /// instead of stderr.
+    pub stdout_is_data: bool,
 }
 
 impl Step {
@@ -25,6 +30,7 @@ impl Step {
             env: Vec::new(),
             cwd: cwd.into(),
             stdin: None,
+            stdout_is_data: false,
         }
     }
 
@@ -39,6 +45,17 @@ impl Step {
         S: Into<String>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Step {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends the command's stdout to ours: it is the task's result.
+    pub fn stdout_is_data(mut self) -> Step {
+        self.stdout_is_data = true;
         self
     }
 
@@ -59,22 +76,85 @@ impl Step {
         })
     }
 
-    /// Runs the step with its stdout sent to our stderr: stdout is kept for results.
+    /// Runs the step with its stdout sent to our stderr: stdout is kept for results. On Ctrl-C
+    /// or SIGTERM the child gets SIGTERM (then SIGKILL after 10 s) and the step fails with
+    /// [`Interrupted`].
     pub fn run(&self) -> Result<()> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.run_regardless()
+    }
+
+    /// Like [`Step::run`], but runs even after an interrupt: for clean-up steps, which must
+    /// finish whatever happened.
+    pub fn run_regardless(&self) -> Result<()> {
+        let started_interrupted = interrupt::is_set();
+        let output = self.supervise(!started_interrupted, false)?;
+        if !started_interrupted && interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)
+    }
+
+    /// Runs the step and returns its stdout (its stderr passes through).
+    pub fn read(&self) -> Result<String> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let output = self.supervise(true, true)?;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)?;
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed non-UTF-8", self.short()))
+    }
+
+    fn supervise(&self, stop_on_interrupt: bool, capture: bool) -> Result<std::process::Output> {
         eprintln!("$ {self}");
-        let mut expression =
-            duct::cmd(&self.program, &self.args).dir(&self.cwd).stdout_to_stderr().unchecked();
+        let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
+        expression =
+            if capture { expression.stdout_capture() } else { expression.stdout_to_stderr() };
         for (key, value) in &self.env {
             expression = expression.env(key, value);
         }
         if let Some(input) = &self.stdin {
             expression = expression.stdin_bytes(input.as_bytes());
         }
-        let output =
-            expression.run().with_context(|| format!("cannot start `{}`", self.program))?;
-        if !output.status.success() {
-            let status =
-                output.status.code().map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+        let handle =
+            expression.start().with_context(|| format!("cannot start `{}`", self.program))?;
+        let mut signalled: Option<std::time::Instant> = None;
+        loop {
+            if let Some(output) =
+                handle.try_wait().with_context(|| format!("cannot wait for `{}`", self.program))?
+            {
+                return Ok(output.clone());
+            }
+            if stop_on_interrupt && interrupt::is_set() {
+                match signalled {
+                    None => {
+                        for pid in handle.pids() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGTERM,
+                            );
+                        }
+                        signalled = Some(std::time::Instant::now());
+                    }
+                    Some(at) if at.elapsed() > std::time::Duration::from_secs(10) => {
+                        let _ = handle.kill();
+                    }
+                    Some(_) => {}
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn check(&self, status: &std::process::ExitStatus) -> Result<()> {
+        if !status.success() {
+            let status = status.code().map_or_else(|| "a signal".to_owned(), |c| c.to_string());
             bail!("`{}` failed with exit status {status}", self.short());
         }
         Ok(())

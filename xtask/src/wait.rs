@@ -98,6 +98,8 @@ pub struct WaitOptions {
     pub attempt_timeout: Duration,
     /// Done when any probe is ready, rather than all.
     pub any: bool,
+    /// Set from outside (Ctrl-C) to give up at once.
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 impl Default for WaitOptions {
@@ -108,6 +110,7 @@ impl Default for WaitOptions {
             min_interval: Duration::from_millis(5),
             attempt_timeout: Duration::from_secs(2),
             any: false,
+            cancel: None,
         }
     }
 }
@@ -146,6 +149,7 @@ pub enum Verdict {
     Ready,
     TimedOut,
     Failed,
+    Interrupted,
 }
 
 #[derive(Debug)]
@@ -271,9 +275,10 @@ pub fn wait(
                     seed,
                 );
                 let mut attempts = 0;
+                let cancelled = || options.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
                 loop {
                     let now = clock.now();
-                    if stop.load(Ordering::SeqCst) || now >= deadline {
+                    if stop.load(Ordering::SeqCst) || cancelled() || now >= deadline {
                         return;
                     }
                     attempts += 1;
@@ -293,7 +298,7 @@ pub fn wait(
                         Attempt::NotYet(error) => report(Event::NotYet { index, attempts, error }),
                     }
                     let now = clock.now();
-                    if now >= deadline || stop.load(Ordering::SeqCst) {
+                    if now >= deadline || stop.load(Ordering::SeqCst) || cancelled() {
                         return;
                     }
                     check.wait_for_change(clock, backoff.pause().min(deadline - now));
@@ -308,8 +313,10 @@ pub fn wait(
         }
     });
     let shared = shared.into_inner().unwrap();
+    let interrupted = options.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    let fallback = if interrupted { Verdict::Interrupted } else { Verdict::TimedOut };
     Outcome {
-        verdict: shared.verdict.unwrap_or(Verdict::TimedOut),
+        verdict: shared.verdict.unwrap_or(fallback),
         elapsed: clock.now() - start,
         reports: shared.reports,
     }
@@ -359,6 +366,7 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
         timeout: args.timeout,
         max_interval: args.max_interval,
         any: args.any,
+        cancel: Some(crate::interrupt::flag()),
         ..WaitOptions::default()
     };
     let mut status = Status::new(args.quiet, args.probes.len());
@@ -371,6 +379,7 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
             Verdict::Ready => "ready",
             Verdict::TimedOut => "timed_out",
             Verdict::Failed => "failed",
+            Verdict::Interrupted => "interrupted",
         };
         let probes: Vec<_> = outcome.reports.iter().map(ProbeReport::to_json).collect();
         println!(
@@ -378,6 +387,12 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
             json!({"verdict": verdict, "elapsed_ms": outcome.elapsed.as_millis() as u64, "probes": probes})
         );
     }
+    outcome_result(&outcome, args.timeout)
+}
+
+/// The outcome of a wait as a task result: timeouts and interrupts as their own errors, so
+/// they exit 124 and 130.
+pub fn outcome_result(outcome: &Outcome, timeout: Duration) -> Result<()> {
     let describe = |state: State| {
         outcome
             .reports
@@ -394,13 +409,14 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
             .join("; ")
     };
     match outcome.verdict {
+        Verdict::Interrupted => Err(crate::interrupt::Interrupted.into()),
         Verdict::Ready => Ok(()),
         Verdict::Failed => {
             bail!("not ready, and waiting will not help: {}", describe(State::Failed))
         }
         Verdict::TimedOut => Err(TimedOut(format!(
             "timed out after {:?} waiting for {}",
-            args.timeout,
+            timeout,
             describe(State::Pending)
         ))
         .into()),

@@ -85,7 +85,7 @@ fn dry_run_json_is_the_plan() {
 #[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
     let cases: [(&[&str], &str); 4] = [
-        (&["build", "nosuch"], "possible values: server, standalone, db, redis"),
+        (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy"),
         (&["build", "--platform", "linux/sparc"], "unknown architecture `sparc`"),
         (&["build", "--platform", "amd64"], "use os/arch"),
         (&["build", "--push"], "--registry"),

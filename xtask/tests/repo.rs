@@ -159,7 +159,7 @@ fn final_images_run_as_non_root_with_a_healthcheck() {
             );
         }
     }
-    assert!(leaves_seen >= 4, "expected the runtime, standalone, db and redis targets");
+    assert!(leaves_seen >= 5, "expected the runtime, standalone, db, redis and proxy targets");
 }
 
 #[test]

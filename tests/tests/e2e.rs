@@ -1,0 +1,134 @@
+//! End-to-end tests against a live stack, run by `cargo xtask test`, which starts the stack
+//! (with the `cache` profile), discovers the server's port, and passes it in `MEMORIES_URL`,
+//! with the compose project in `MEMORIES_PROJECT`.
+
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::{docker, http, pyproject_version, wait_for_200};
+
+/// Tests share the stack; the one that restarts the server takes it alone.
+static STACK: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    STACK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The server's port and the compose project, from the environment `cargo xtask test` sets.
+fn stack() -> (u16, String) {
+    let url = std::env::var("MEMORIES_URL")
+        .expect("MEMORIES_URL is not set: run the end-to-end tests through `cargo xtask test`");
+    let port = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok());
+    let project = std::env::var("MEMORIES_PROJECT").expect("MEMORIES_PROJECT is not set");
+    (port.unwrap_or_else(|| panic!("MEMORIES_URL `{url}` has no port")), project)
+}
+
+fn get_json(port: u16, path: &str) -> (u16, Value, String) {
+    let response = http("GET", port, path, None).unwrap_or_else(|| panic!("GET {path}: no answer"));
+    let body = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    (response.status, body, response.headers)
+}
+
+/// A unit vector along `axis`, slightly tilted towards `axis + 1`, tagged by `salt`.
+fn embedding(axis: usize, salt: f32) -> Vec<f32> {
+    let mut v = vec![0.0f32; 384];
+    v[axis % 384] = 1.0;
+    v[(axis + 1) % 384] = salt;
+    v
+}
+
+fn insert(port: u16, text: &str, embedding: &[f32]) -> i64 {
+    let body = json!({"text": text, "embedding": embedding}).to_string();
+    let response = http("POST", port, "/v1/memories", Some(&body)).expect("POST answers");
+    assert_eq!(response.status, 201, "{}", response.body);
+    serde_json::from_str::<Value>(&response.body).unwrap()["id"].as_i64().unwrap()
+}
+
+fn search_path(embedding: &[f32], k: usize) -> String {
+    let values: Vec<String> = embedding.iter().map(|v| v.to_string()).collect();
+    format!("/v1/memories/search?embedding={}&k={k}", values.join(","))
+}
+
+#[test]
+fn health_reports_ok_and_the_version() {
+    let _shared = shared();
+    let (port, _) = stack();
+    let (status, body, _) = get_json(port, "/v1/health");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], pyproject_version());
+}
+
+#[test]
+fn version_equals_pyproject() {
+    let _shared = shared();
+    let (port, _) = stack();
+    let (status, body, _) = get_json(port, "/v1/version");
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], pyproject_version());
+}
+
+#[test]
+fn nearest_neighbours_come_back_through_pgvector() {
+    let _shared = shared();
+    let (port, _) = stack();
+    let axis = 100 + (std::process::id() as usize % 50);
+    let near = insert(port, "e2e near", &embedding(axis, 0.05));
+    let far = insert(port, "e2e far", &embedding(axis + 2, 0.0));
+    let (status, found, _) = get_json(port, &search_path(&embedding(axis, 0.0), 2));
+    assert_eq!(status, 200, "{found}");
+    let ids: Vec<i64> = found.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids[0], near, "{found}");
+    assert!(found[0]["distance"].as_f64().unwrap() < found[1]["distance"].as_f64().unwrap());
+    assert_ne!(ids[0], far);
+
+    let (status, body, _) = get_json(port, "/v1/memories/search?embedding=1,2,3");
+    assert_eq!(status, 422);
+    assert!(body.to_string().contains("expects 384"), "{body}");
+}
+
+#[test]
+fn a_repeated_search_is_served_from_redis() {
+    let _shared = shared();
+    let (port, _) = stack();
+    insert(port, "e2e cached", &embedding(7, 0.3));
+    let path = search_path(&embedding(7, 0.31), 3);
+    let (_, first, headers) = get_json(port, &path);
+    assert!(headers.contains("x-cache: miss"), "the first search misses: {headers}");
+    let (_, second, headers) = get_json(port, &path);
+    assert!(headers.contains("x-cache: hit"), "the second search hits: {headers}");
+    assert_eq!(first, second);
+    // An insert moves the cache on: the next search sees it.
+    insert(port, "e2e cached 2", &embedding(7, 0.31));
+    let (_, _, headers) = get_json(port, &path);
+    assert!(headers.contains("x-cache: miss"), "an insert invalidates: {headers}");
+}
+
+#[test]
+fn data_survives_a_server_restart() {
+    let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (port, project) = stack();
+    let id = insert(port, "e2e durable", &embedding(250, 0.7));
+    let container = docker(&[
+        "ps",
+        "--quiet",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.service=server",
+    ]);
+    assert!(!container.is_empty(), "no server container in project {project}");
+    docker(&["restart", "--time", "5", &container]);
+    // The published port stays the same across a restart of the same container.
+    let port_after: u16 = docker(&["port", &container, "8283/tcp"])
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    wait_for_200(port_after, "/v1/health", Duration::from_secs(60));
+    let (_, found, _) = get_json(port_after, &search_path(&embedding(250, 0.7), 1));
+    assert_eq!(found[0]["id"].as_i64(), Some(id), "{found}");
+    let _ = port;
+}

@@ -1,0 +1,438 @@
+//! Stacks: the compose definition under `compose/`, the one constructor of every
+//! `docker compose` invocation, and the one lifecycle every stack task follows:
+//! build -> up -> wait (our probes) -> act -> on failure, `ps` and the failing services' logs
+//! -> tear down what this run created -> the original result. Ctrl-C and SIGTERM take the same
+//! path and exit 130.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::ValueEnum;
+use serde_json::Value;
+use xshell::Shell;
+
+use crate::cli::ImageName;
+use crate::image::{self, BuildRequest};
+use crate::interrupt;
+use crate::plan::Step;
+use crate::version::Revision;
+use crate::wait::{self, Probe, SystemClock, WaitOptions};
+
+/// Which overlay of the one definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Dev,
+    Test,
+    Prod,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Dev => "dev",
+            Mode::Test => "test",
+            Mode::Prod => "prod",
+        }
+    }
+}
+
+/// Optional parts of a stack (compose profiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Profile {
+    /// Redis as the server's search cache.
+    Cache,
+    /// An OpenTelemetry collector receiving the server's traces (its upstream image must be
+    /// pullable).
+    Otel,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Cache => "cache",
+            Profile::Otel => "otel",
+        }
+    }
+}
+
+/// One stack: a compose project made from the base file and one overlay.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub root: Utf8PathBuf,
+    pub mode: Mode,
+    pub project: String,
+    pub profiles: Vec<Profile>,
+    /// The image tag every service runs (`<version>-<sha>` of the build).
+    pub tag: String,
+    /// Env files after the mode's own (`compose/<mode>.env`), e.g. prod secrets.
+    pub env_files: Vec<Utf8PathBuf>,
+}
+
+impl Stack {
+    pub fn new(
+        root: &Utf8Path,
+        mode: Mode,
+        project: String,
+        profiles: &[Profile],
+        tag: String,
+    ) -> Stack {
+        let mut profiles = profiles.to_vec();
+        profiles.sort();
+        profiles.dedup();
+        Stack { root: root.to_owned(), mode, project, profiles, tag, env_files: Vec::new() }
+    }
+
+    /// Makes every `docker compose` invocation: project name, each file, the env files, the
+    /// profiles and the variables that pick the images, run from the repository root.
+    pub fn compose(&self) -> Step {
+        let mut step = Step::new("docker", &self.root)
+            .args(["compose", "--project-name", &self.project])
+            .args(["--file", "compose/compose.yaml", "--file"])
+            .arg(format!("compose/{}.yaml", self.mode.name()))
+            .args(["--env-file".to_owned(), format!("compose/{}.env", self.mode.name())]);
+        for file in &self.env_files {
+            step = step.args(["--env-file", file.as_str()]);
+        }
+        for profile in &self.profiles {
+            step = step.args(["--profile", profile.name()]);
+        }
+        step = step.env("MEMORIES_TAG", &self.tag);
+        if self.profiles.contains(&Profile::Cache) {
+            step = step.env("REDIS_URL", "redis://redis:6379/0");
+        }
+        if self.profiles.contains(&Profile::Otel) {
+            step = step.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318");
+        }
+        step
+    }
+
+    /// The same, with every profile enabled: for commands that must see every container the
+    /// project may have (down, ps, logs), whatever profiles `up` used.
+    pub fn compose_all_profiles(&self) -> Step {
+        Stack { profiles: vec![Profile::Cache, Profile::Otel], ..self.clone() }.compose()
+    }
+
+    /// The services this stack runs, in start order.
+    pub fn services(&self) -> Vec<&'static str> {
+        let mut services = vec!["db", "server"];
+        if self.profiles.contains(&Profile::Cache) {
+            services.push("redis");
+        }
+        if self.profiles.contains(&Profile::Otel) {
+            services.push("otel-collector");
+        }
+        if self.mode == Mode::Prod {
+            services.push("proxy");
+        }
+        services
+    }
+
+    /// The images this stack needs built.
+    pub fn images(&self) -> Vec<ImageName> {
+        let mut images = vec![ImageName::Server, ImageName::Db];
+        if self.profiles.contains(&Profile::Cache) {
+            images.push(ImageName::Redis);
+        }
+        if self.mode == Mode::Prod {
+            images.push(ImageName::Proxy);
+        }
+        images
+    }
+
+    /// How each service is known to be ready: through its published port where it has one,
+    /// else its container's healthcheck. The server counts as ready on `/v1/health` 200, which
+    /// it answers only when its database does.
+    pub fn probes(&self, ports: &dyn Fn(&str, u16) -> Option<u16>) -> Vec<(&'static str, Probe)> {
+        let health = |service: &str| Probe::ComposeHealthy {
+            project: self.project.clone(),
+            service: service.into(),
+        };
+        self.services()
+            .into_iter()
+            .map(|service| {
+                let probe = match (service, self.mode) {
+                    ("server", Mode::Dev | Mode::Test) => match ports("server", 8283) {
+                        Some(port) => http_health(port),
+                        None => health(service),
+                    },
+                    ("redis", Mode::Dev | Mode::Test) => match ports("redis", 6379) {
+                        Some(port) => {
+                            Probe::Redis { host: "127.0.0.1".into(), port, password: None }
+                        }
+                        None => health(service),
+                    },
+                    ("proxy", _) => match ports("proxy", 8080) {
+                        Some(port) => http_health(port),
+                        None => health(service),
+                    },
+                    _ => health(service),
+                };
+                (service, probe)
+            })
+            .collect()
+    }
+
+    /// The host port `service`'s `port` is published on, if it is.
+    pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
+        let step = self.compose().args(["port", service, &port.to_string()]);
+        let output = std::process::Command::new(&step.program)
+            .args(&step.args)
+            .envs(step.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&step.cwd)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim().rsplit(':').next()?.parse().ok().filter(|&p: &u16| p != 0)
+    }
+}
+
+fn http_health(port: u16) -> Probe {
+    Probe::Http {
+        host: "127.0.0.1".into(),
+        port,
+        path: "/v1/health".into(),
+        status: Some(200),
+        contains: None,
+    }
+}
+
+/// Builds the images the stack runs (a no-op when nothing changed).
+pub fn build(sh: &Shell, stack: &Stack, revision: &Revision) -> Result<()> {
+    let request = BuildRequest { images: stack.images(), ..BuildRequest::default() };
+    let plan = image::plan(&stack.root, revision, &request);
+    image::execute(sh, &plan).context("cannot build the stack's images")?;
+    Ok(())
+}
+
+/// The tag a stack runs: the build's `<version>-<sha>` tag, unique to the commit.
+pub fn tag(revision: &Revision) -> String {
+    revision.build_tags()[1].clone()
+}
+
+/// Starts the stack and waits until every service is ready. On failure it prints `ps` and
+/// the logs of the services that did not make it; tearing down is the caller's.
+pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
+    stack
+        .compose()
+        .args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
+        .run()
+        .context("cannot start the stack")?;
+    let probes = stack.probes(&|service, port| stack.published_port(service, port));
+    eprintln!(
+        "waiting up to {timeout:?} for {}",
+        probes.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+    );
+    let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    let options =
+        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
+    let outcome = wait::wait(checks, options, &SystemClock::new(), |event, reports| {
+        if let wait::Event::Ready { index, at, .. } = event {
+            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
+        }
+    });
+    if let Err(err) = wait::outcome_result(&outcome, timeout) {
+        if !interrupt::is_set() {
+            let failing: Vec<&str> = probes
+                .iter()
+                .zip(&outcome.reports)
+                .filter(|(_, r)| r.state != wait::State::Ready)
+                .map(|((service, _), _)| *service)
+                .collect();
+            dump(stack, &failing);
+        }
+        return Err(err.context(format!("stack {} did not become ready", stack.project)));
+    }
+    Ok(probes)
+}
+
+/// Prints `ps` and the last 200 log lines of `services` (all of them when empty), on stderr.
+pub fn dump(stack: &Stack, services: &[&str]) {
+    eprintln!("--- state of stack {} ---", stack.project);
+    let _ = stack.compose_all_profiles().args(["ps", "--all"]).run_regardless();
+    let services: Vec<&str> =
+        if services.is_empty() { stack.services() } else { services.to_vec() };
+    for service in services {
+        eprintln!("--- last 200 log lines of {service} ---");
+        let _ = stack
+            .compose_all_profiles()
+            .args(["logs", "--no-color", "--tail", "200", service])
+            .run_regardless();
+    }
+}
+
+/// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
+/// Runs even after Ctrl-C.
+pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
+    let mut step =
+        stack.compose_all_profiles().args(["down", "--remove-orphans", "--timeout", "5"]);
+    if volumes {
+        step = step.arg("--volumes");
+    }
+    step.run_regardless().with_context(|| format!("cannot tear down stack {}", stack.project))
+}
+
+/// Runs `act` on a started stack; on failure dumps its state; then tears down what this run
+/// created (unless `keep`), and returns the first error.
+pub fn lifecycle(
+    stack: &Stack,
+    timeout: Duration,
+    teardown_volumes: bool,
+    keep: bool,
+    act: impl FnOnce(&[(&'static str, Probe)]) -> Result<()>,
+) -> Result<()> {
+    let result = up_and_wait(stack, timeout).and_then(|probes| {
+        let result = act(&probes);
+        if result.is_err() && !interrupt::is_set() {
+            dump(stack, &[]);
+        }
+        result
+    });
+    if keep {
+        eprintln!(
+            "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
+            stack.project, stack.project
+        );
+        return result;
+    }
+    let teardown = down(stack, teardown_volumes);
+    match (result, teardown) {
+        (Err(err), Err(teardown)) => {
+            eprintln!("error: {teardown:#}");
+            Err(err)
+        }
+        (result, teardown) => result.and(teardown),
+    }
+}
+
+/// Reads `KEY=VALUE` lines of an env file (comments and blanks skipped).
+pub fn env_file_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, _)| k.trim().to_owned())
+        .collect()
+}
+
+/// Fails naming every required secret that neither the environment nor an env file sets.
+pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
+    let mut known: Vec<String> = Vec::new();
+    let mode_env = stack.root.join(format!("compose/{}.env", stack.mode.name()));
+    for file in std::iter::once(&mode_env).chain(&stack.env_files) {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read env file {file}"))?;
+        known.extend(env_file_keys(&text));
+    }
+    let missing: Vec<&str> = secrets
+        .iter()
+        .copied()
+        .filter(|s| {
+            std::env::var(s).map_or(true, |v| v.is_empty()) && !known.iter().any(|k| k == s)
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the {} stack needs {}: export {}, or pass --env-file FILE with {} (it has no default on purpose)",
+            stack.mode.name(),
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            missing.iter().map(|m| format!("{m}=...")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// A compose project name that no other run on this machine uses.
+pub fn unique_project(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{:04x}", std::process::id(), nanos & 0xffff)
+}
+
+/// The swarm state of the engine (`active` when it is a manager or worker).
+pub fn swarm_state(sh: &Shell) -> Result<String> {
+    let format = "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}";
+    let out = xshell::cmd!(sh, "docker info --format {format}")
+        .quiet()
+        .read()
+        .context("cannot ask the engine about swarm")?;
+    Ok(out.trim().to_owned())
+}
+
+/// The merged, interpolated definition as JSON, for a swarm deploy.
+pub fn merged_definition(stack: &Stack) -> Result<Value> {
+    let json = stack
+        .compose()
+        .args(["config", "--format", "json"])
+        .read()
+        .context("the stack definition is not valid")?;
+    serde_json::from_str(&json).context("docker compose config printed no JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(mode: Mode, profiles: &[Profile]) -> Stack {
+        Stack::new(Utf8Path::new("/repo"), mode, "p1".into(), profiles, "0.1.0-abc1234".into())
+    }
+
+    #[test]
+    fn one_constructor_sets_project_files_env_file_and_profiles() {
+        let step = stack(Mode::Test, &[Profile::Cache, Profile::Cache]).compose();
+        assert_eq!(
+            step.args,
+            [
+                "compose",
+                "--project-name",
+                "p1",
+                "--file",
+                "compose/compose.yaml",
+                "--file",
+                "compose/test.yaml",
+                "--env-file",
+                "compose/test.env",
+                "--profile",
+                "cache",
+            ]
+        );
+        assert_eq!(step.cwd, "/repo");
+        assert!(step.env.contains(&("MEMORIES_TAG".into(), "0.1.0-abc1234".into())));
+        assert!(step.env.contains(&("REDIS_URL".into(), "redis://redis:6379/0".into())));
+        let plain = stack(Mode::Dev, &[]).compose();
+        assert!(!plain.env.iter().any(|(k, _)| k == "REDIS_URL"));
+    }
+
+    #[test]
+    fn services_images_and_probes_follow_mode_and_profiles() {
+        let test = stack(Mode::Test, &[Profile::Cache]);
+        assert_eq!(test.services(), ["db", "server", "redis"]);
+        assert_eq!(test.images(), [ImageName::Server, ImageName::Db, ImageName::Redis]);
+        let probes = test.probes(&|service, _| (service != "db").then_some(40000));
+        let shown: Vec<String> = probes.iter().map(|(s, p)| format!("{s} {p}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "db compose://p1/db",
+                "server http://127.0.0.1:40000/v1/health#status=200",
+                "redis redis://127.0.0.1:40000",
+            ]
+        );
+        let prod = stack(Mode::Prod, &[]);
+        assert_eq!(prod.services(), ["db", "server", "proxy"]);
+        assert!(prod.images().contains(&ImageName::Proxy));
+        let probes = prod.probes(&|_, _| None);
+        assert_eq!(probes[1].1.to_string(), "compose://p1/server");
+    }
+
+    #[test]
+    fn env_files_and_project_names() {
+        let keys = env_file_keys("# c\nA=1\nexport B=two\nEMPTY=\n\n  C = 3 \n");
+        assert_eq!(keys, ["A", "B", "C"]);
+        let a = unique_project("memories-test");
+        assert!(a.starts_with(&format!("memories-test-{}-", std::process::id())), "{a}");
+    }
+}

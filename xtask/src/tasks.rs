@@ -1,0 +1,469 @@
+//! The stack tasks: `dev`, `test`, `prod` and `run`, each a thin use of the one lifecycle in
+//! [`crate::stack`].
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use camino::Utf8Path;
+use serde_json::Value;
+use xshell::Shell;
+
+use crate::cli::{
+    DevAction, DevArgs, DevUpArgs, ImageName, ProdAction, ProdArgs, RunArgs, TestArgs,
+};
+use crate::image::{self, BuildRequest};
+use crate::interrupt::{self, Interrupted};
+use crate::plan::Step;
+use crate::stack::{self, Mode, Profile, Stack};
+use crate::version::Revision;
+use crate::wait::{self, Attempt, Check, Probe, SystemClock, WaitOptions};
+
+/// `cargo xtask dev ...`.
+pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
+    let revision = Revision::read(sh, root)?;
+    let project = std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "memories-dev".into());
+    let action = args.action.unwrap_or(DevAction::Up(args.up));
+    let profiles = match &action {
+        DevAction::Up(up) => up.profile.clone(),
+        _ => Vec::new(),
+    };
+    let stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
+    match action {
+        DevAction::Up(up) => dev_up(sh, &stack, &revision, &up),
+        DevAction::Down { volumes } => stack::down(&stack, volumes),
+        DevAction::Logs { service, follow } => {
+            let mut step = stack.compose_all_profiles().arg("logs").stdout_is_data();
+            if follow {
+                step = step.arg("--follow");
+            }
+            step.args(service).run()
+        }
+        DevAction::Ps => stack.compose_all_profiles().args(["ps", "--all"]).stdout_is_data().run(),
+        DevAction::Exec { service, command } => {
+            let mut step = stack.compose_all_profiles().arg("exec");
+            if !std::io::stdin().is_terminal() {
+                step = step.arg("-T");
+            }
+            step.arg(service).arg("--").args(command).stdout_is_data().run()
+        }
+        DevAction::Restart { service } => {
+            stack.compose_all_profiles().args(["restart", &service]).run()?;
+            let running = Stack { profiles: running_profiles(&stack), ..stack.clone() };
+            wait_ready(&running, Duration::from_secs(120))
+        }
+    }
+}
+
+fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
+    if !up.no_build {
+        stack::build(sh, stack, revision)?;
+    }
+    let probes = match stack::up_and_wait(stack, up.timeout) {
+        Ok(probes) => probes,
+        Err(err) => {
+            // What this run started goes; the data stays.
+            let _ = stack::down(stack, false);
+            return Err(err);
+        }
+    };
+    print_endpoints(stack, &probes);
+    eprintln!(
+        "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
+        stack.project
+    );
+    if !up.attach {
+        return Ok(());
+    }
+    let followed =
+        stack.compose().args(["logs", "--follow", "--since", "1s"]).stdout_is_data().run();
+    if interrupt::is_set() {
+        stack::down(stack, false)?;
+        return Err(Interrupted.into());
+    }
+    followed
+}
+
+/// The profiles whose services run now, so a restart waits for what is there.
+fn running_profiles(stack: &Stack) -> Vec<Profile> {
+    let services = stack
+        .compose_all_profiles()
+        .args(["ps", "--services", "--status", "running"])
+        .read()
+        .unwrap_or_default();
+    let mut profiles = Vec::new();
+    if services.lines().any(|s| s == "redis") {
+        profiles.push(Profile::Cache);
+    }
+    if services.lines().any(|s| s == "otel-collector") {
+        profiles.push(Profile::Otel);
+    }
+    profiles
+}
+
+fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
+    let probes = stack.probes(&|service, port| stack.published_port(service, port));
+    let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    let options =
+        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
+    let outcome = wait::wait(checks, options, &SystemClock::new(), |_, _| {});
+    wait::outcome_result(&outcome, timeout)
+}
+
+/// Prints where each service answers, on stdout.
+fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
+    for (service, probe) in probes {
+        match (service, probe) {
+            (_, Probe::Http { host, port, .. }) => println!("{service:<8} http://{host}:{port}"),
+            (_, Probe::Redis { host, port, .. }) => println!("{service:<8} redis://{host}:{port}"),
+            (&"db", _) => match stack.published_port("db", 5432) {
+                Some(port) => println!(
+                    "{service:<8} postgresql://memories@127.0.0.1:{port}/memories (password in compose/{}.env)",
+                    if stack.mode == Mode::Dev { "dev" } else { "test" }
+                ),
+                None => println!("{service:<8} (not published)"),
+            },
+            _ => println!("{service:<8} {probe}"),
+        }
+    }
+}
+
+/// `cargo xtask test`.
+pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !args.e2e_only {
+        Step::new(&cargo, root)
+            .args(["test", "--workspace"])
+            .run()
+            .context("the unit, repository and Docker-backed tests failed")?;
+    }
+    let revision = Revision::read(sh, root)?;
+    let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
+    let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
+    stack::build(sh, &stack, &revision)?;
+    eprintln!("end-to-end tests on stack {}", stack.project);
+    stack::lifecycle(&stack, args.timeout, true, args.keep, |probes| {
+        let url = probes
+            .iter()
+            .find_map(|(service, probe)| match (service, probe) {
+                (&"server", Probe::Http { host, port, .. }) => {
+                    Some(format!("http://{host}:{port}"))
+                }
+                _ => None,
+            })
+            .context("the test stack publishes no server port")?;
+        Step::new(&cargo, root)
+            .args(["test", "--package", "tests", "--test", "e2e", "--"])
+            .args(args.filter.iter().cloned())
+            .env("MEMORIES_URL", &url)
+            .env("MEMORIES_PROJECT", &stack.project)
+            .run()
+            .context("the end-to-end tests failed")
+    })
+}
+
+/// `cargo xtask prod ...`.
+pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
+    let revision = Revision::read(sh, root)?;
+    let project = std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "memories-prod".into());
+    let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
+    stack.env_files = args.env_file.clone();
+    const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
+    match args.action {
+        ProdAction::Config => {
+            stack::require_secrets(&stack, &SECRETS)?;
+            let mut definition = stack::merged_definition(&stack)?;
+            redact(&mut definition);
+            println!("{definition:#}");
+            Ok(())
+        }
+        ProdAction::Up { no_build, timeout } => {
+            stack::require_secrets(&stack, &SECRETS)?;
+            if !no_build {
+                stack::build(sh, &stack, &revision)?;
+            }
+            match stack::up_and_wait(&stack, timeout) {
+                Ok(probes) => {
+                    print_endpoints(&stack, &probes);
+                    eprintln!(
+                        "the prod stack {} is ready; stop it with `cargo xtask prod down`",
+                        stack.project
+                    );
+                    Ok(())
+                }
+                Err(err) => {
+                    let _ = stack::down(&stack, false);
+                    Err(err)
+                }
+            }
+        }
+        ProdAction::Down { volumes } => stack::down(&stack, volumes),
+        ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
+            stack::require_secrets(&stack, &SECRETS)?;
+            deploy_swarm(sh, &stack, &revision, &name, no_build, timeout)
+        }
+    }
+}
+
+/// Replaces the values of secret-looking environment variables with `***`.
+fn redact(definition: &mut Value) {
+    let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for service in services.values_mut() {
+        let Some(env) = service.get_mut("environment").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (key, value) in env.iter_mut() {
+            let key = key.to_ascii_uppercase();
+            if ["PASSWORD", "SECRET", "TOKEN", "KEY"].iter().any(|s| key.contains(s)) {
+                *value = Value::from("***");
+            }
+        }
+    }
+}
+
+/// What a swarm deploy needs changed in the merged compose definition: the keys the swarm
+/// loader does not take, which are compose-only details of start order and naming.
+pub fn for_swarm(mut definition: Value) -> Value {
+    if let Some(object) = definition.as_object_mut() {
+        object.remove("name");
+    }
+    if let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) {
+        for service in services.values_mut() {
+            if let Some(service) = service.as_object_mut() {
+                // Swarm starts services in any order; the server waits for its database.
+                service.remove("depends_on");
+                service.remove("profiles");
+                // Published ports: swarm's routing mesh publishes on every interface anyway.
+                if let Some(ports) = service.get_mut("ports").and_then(Value::as_array_mut) {
+                    for port in ports {
+                        if let Some(port) = port.as_object_mut() {
+                            port.remove("host_ip");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for section in ["networks", "volumes"] {
+        if let Some(items) = definition.get_mut(section).and_then(Value::as_object_mut) {
+            for item in items.values_mut() {
+                if let Some(item) = item.as_object_mut() {
+                    // Let the stack namespace them (`<stack>_db-data`).
+                    item.remove("name");
+                }
+            }
+        }
+    }
+    definition
+}
+
+fn deploy_swarm(
+    sh: &Shell,
+    stack: &Stack,
+    revision: &Revision,
+    name: &str,
+    no_build: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let state = stack::swarm_state(sh)?;
+    if state != "active true" {
+        bail!(
+            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
+        );
+    }
+    if !no_build {
+        stack::build(sh, stack, revision)?;
+    }
+    let definition = for_swarm(stack::merged_definition(stack)?);
+    let dir = stack.root.join("target/xtask");
+    sh.create_dir(&dir)?;
+    let file = dir.join(format!("{name}-swarm.json"));
+    // It holds the interpolated secrets: readable by us only, and removed after the deploy.
+    write_private(&file, &serde_json::to_string_pretty(&definition)?)?;
+    let deployed = Step::new("docker", &stack.root)
+        .args([
+            "stack",
+            "deploy",
+            "--detach=true",
+            "--prune",
+            "--compose-file",
+            file.as_str(),
+            name,
+        ])
+        .run();
+    let _ = std::fs::remove_file(&file);
+    deployed.context("docker stack deploy failed")?;
+    let services: Vec<(String, u64)> = definition["services"]
+        .as_object()
+        .map(|s| {
+            s.iter()
+                .map(|(service, spec)| {
+                    (format!("{name}_{service}"), spec["deploy"]["replicas"].as_u64().unwrap_or(1))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!("waiting up to {timeout:?} for every replica of stack {name} to be healthy");
+    let checks: Vec<(String, Box<dyn Check>)> = services
+        .into_iter()
+        .map(|(service, replicas)| {
+            (
+                format!("{service} ({replicas} healthy)"),
+                Box::new(SwarmService { service, replicas }) as Box<dyn Check>,
+            )
+        })
+        .collect();
+    let options = WaitOptions {
+        timeout,
+        max_interval: Duration::from_millis(500),
+        cancel: Some(interrupt::flag()),
+        ..WaitOptions::default()
+    };
+    let outcome = wait::wait(checks, options, &SystemClock::new(), |event, reports| {
+        if let wait::Event::Ready { index, at, .. } = event {
+            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
+        }
+    });
+    wait::outcome_result(&outcome, timeout)?;
+    eprintln!("stack {name} is deployed; remove it with `docker stack rm {name}`");
+    Ok(())
+}
+
+/// Ready when a swarm service has as many healthy containers as it wants replicas.
+struct SwarmService {
+    service: String,
+    replicas: u64,
+}
+
+impl Check for SwarmService {
+    fn attempt(&mut self, _timeout: Duration) -> Attempt {
+        let output = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={}", self.service),
+            ])
+            .args(["--format", "{{.Status}}"])
+            .output();
+        let Ok(output) = output else { return Attempt::NotYet("cannot run docker ps".into()) };
+        let statuses = String::from_utf8_lossy(&output.stdout);
+        let healthy = statuses.lines().filter(|s| s.contains("(healthy)")).count() as u64;
+        if healthy >= self.replicas {
+            Attempt::Ready
+        } else {
+            Attempt::NotYet(format!("{healthy} of {} replicas healthy", self.replicas))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {path}"))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {path}"))
+}
+
+/// `cargo xtask run`.
+pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
+    let revision = Revision::read(sh, root)?;
+    let request = BuildRequest { images: vec![ImageName::Standalone], ..BuildRequest::default() };
+    let plan = image::plan(root, &revision, &request);
+    if !args.no_build {
+        image::execute(sh, &plan)?;
+    }
+    let reference = &plan.images[0].refs[1];
+    let name = format!("memories-run-{}", args.port);
+    Step::new("docker", root)
+        .args(["run", "--detach", "--rm", "--name", &name])
+        .args(["--publish".to_owned(), format!("127.0.0.1:{}:8283", args.port)])
+        .args(["--volume".to_owned(), format!("{}:/var/lib/memories", args.volume)])
+        .arg(reference.as_str())
+        .run()
+        .with_context(|| {
+            format!("cannot start {reference}: is another `cargo xtask run` using port {} (docker stop {name})?", args.port)
+        })?;
+    let stop = || Step::new("docker", root).args(["stop", &name]).run_regardless();
+    let health = Probe::Http {
+        host: "127.0.0.1".into(),
+        port: args.port,
+        path: "/v1/health".into(),
+        status: Some(200),
+        contains: None,
+    };
+    let timeout = Duration::from_secs(60);
+    let options =
+        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
+    let outcome = wait::wait(wait::checks(&[health]), options, &SystemClock::new(), |_, _| {});
+    if let Err(err) = wait::outcome_result(&outcome, timeout) {
+        let _ = Step::new("docker", root).args(["logs", "--tail", "50", &name]).run_regardless();
+        let _ = stop();
+        return Err(err);
+    }
+    println!("http://127.0.0.1:{}", args.port);
+    eprintln!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
+    let followed = Step::new("docker", root)
+        .args(["logs", "--follow", "--since", "1s", &name])
+        .stdout_is_data()
+        .run();
+    if interrupt::is_set() {
+        stop()?;
+        return Err(Interrupted.into());
+    }
+    followed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn swarm_definition_drops_compose_only_keys() {
+        let merged = json!({
+            "name": "memories-prod",
+            "services": {
+                "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x"},
+                "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}]},
+            },
+            "networks": {"default": {"name": "memories-prod_default"}},
+            "volumes": {"db-data": {"name": "memories-prod_db-data"}},
+        });
+        let swarm = for_swarm(merged);
+        assert!(swarm.get("name").is_none());
+        assert!(swarm["services"]["server"].get("depends_on").is_none());
+        assert_eq!(swarm["services"]["server"]["image"], "x");
+        assert_eq!(
+            swarm["services"]["proxy"]["ports"][0],
+            json!({"target": 8080, "published": "8080"})
+        );
+        assert_eq!(swarm["networks"]["default"], json!({}));
+        assert_eq!(swarm["volumes"]["db-data"], json!({}));
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_printed_definitions() {
+        let mut definition = json!({"services": {"db": {"environment": {
+            "POSTGRES_PASSWORD": "hunter2", "POSTGRES_USER": "memories", "API_TOKEN": "t"
+        }}}});
+        redact(&mut definition);
+        let env = &definition["services"]["db"]["environment"];
+        assert_eq!(env["POSTGRES_PASSWORD"], "***");
+        assert_eq!(env["API_TOKEN"], "***");
+        assert_eq!(env["POSTGRES_USER"], "memories");
+    }
+}
