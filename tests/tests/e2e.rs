@@ -78,7 +78,8 @@ fn nearest_neighbours_come_back_through_pgvector() {
     let far = insert(port, "e2e far", &embedding(axis + 2, 0.0));
     let (status, found, _) = get_json(port, &search_path(&embedding(axis, 0.0), 2));
     assert_eq!(status, 200, "{found}");
-    let ids: Vec<i64> = found.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> =
+        found.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids[0], near, "{found}");
     assert!(found[0]["distance"].as_f64().unwrap() < found[1]["distance"].as_f64().unwrap());
     assert_ne!(ids[0], far);

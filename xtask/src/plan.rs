@@ -114,8 +114,13 @@ impl Step {
     fn supervise(&self, stop_on_interrupt: bool, capture: bool) -> Result<std::process::Output> {
         eprintln!("$ {self}");
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
-        expression =
-            if capture { expression.stdout_capture() } else { expression.stdout_to_stderr() };
+        expression = if capture {
+            expression.stdout_capture()
+        } else if self.stdout_is_data {
+            expression
+        } else {
+            expression.stdout_to_stderr()
+        };
         for (key, value) in &self.env {
             expression = expression.env(key, value);
         }

@@ -205,6 +205,26 @@ pub fn build(sh: &Shell, stack: &Stack, revision: &Revision) -> Result<()> {
     Ok(())
 }
 
+/// Fails naming the first image of the stack that is not in the local image store, for
+/// `--no-build` runs.
+pub fn require_images(stack: &Stack) -> Result<()> {
+    for image in stack.images() {
+        let reference = format!("{}:{}", image::repository(None, image), stack.tag);
+        let found = std::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &reference])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            bail!(
+                "image {reference} is not built: drop --no-build, or run `cargo xtask build {image}`"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The tag a stack runs: the build's `<version>-<sha>` tag, unique to the commit.
 pub fn tag(revision: &Revision) -> String {
     revision.build_tags()[1].clone()

@@ -48,7 +48,7 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
             if !std::io::stdin().is_terminal() {
                 step = step.arg("-T");
             }
-            step.arg(service).arg("--").args(command).stdout_is_data().run()
+            step.arg(service).args(command).stdout_is_data().run()
         }
         DevAction::Restart { service } => {
             stack.compose_all_profiles().args(["restart", &service]).run()?;
@@ -59,7 +59,9 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
 }
 
 fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
-    if !up.no_build {
+    if up.no_build {
+        stack::require_images(stack)?;
+    } else {
         stack::build(sh, stack, revision)?;
     }
     let probes = match stack::up_and_wait(stack, up.timeout) {
@@ -185,7 +187,9 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            if !no_build {
+            if no_build {
+                stack::require_images(&stack)?;
+            } else {
                 stack::build(sh, &stack, &revision)?;
             }
             match stack::up_and_wait(&stack, timeout) {
@@ -279,7 +283,9 @@ fn deploy_swarm(
             "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
         );
     }
-    if !no_build {
+    if no_build {
+        stack::require_images(stack)?;
+    } else {
         stack::build(sh, stack, revision)?;
     }
     let definition = for_swarm(stack::merged_definition(stack)?);
