@@ -250,6 +250,14 @@ pub fn for_swarm(mut definition: Value) -> Value {
                     for port in ports {
                         if let Some(port) = port.as_object_mut() {
                             port.remove("host_ip");
+                            // Compose writes the published port as a string; swarm wants a number.
+                            let published = port
+                                .get("published")
+                                .and_then(Value::as_str)
+                                .and_then(|p| p.parse::<u64>().ok());
+                            if let Some(published) = published {
+                                port.insert("published".into(), published.into());
+                            }
                         }
                     }
                 }
