@@ -236,6 +236,7 @@ fn redact(definition: &mut Value) {
 /// What a swarm deploy needs changed in the merged compose definition: the keys the swarm
 /// loader does not take, which are compose-only details of start order and naming.
 pub fn for_swarm(mut definition: Value) -> Value {
+    drop_nulls(&mut definition);
     if let Some(object) = definition.as_object_mut() {
         object.remove("name");
     }
@@ -275,6 +276,18 @@ pub fn for_swarm(mut definition: Value) -> Value {
         }
     }
     definition
+}
+
+/// Compose prints unset fields as `null`; the swarm loader wants them absent.
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 fn deploy_swarm(
@@ -451,7 +464,7 @@ mod tests {
         let merged = json!({
             "name": "memories-prod",
             "services": {
-                "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x"},
+                "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x", "command": null},
                 "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}]},
             },
             "networks": {"default": {"name": "memories-prod_default"}},
@@ -460,7 +473,7 @@ mod tests {
         let swarm = for_swarm(merged);
         assert!(swarm.get("name").is_none());
         assert!(swarm["services"]["server"].get("depends_on").is_none());
-        assert_eq!(swarm["services"]["server"]["image"], "x");
+        assert_eq!(swarm["services"]["server"], json!({"image": "x"}));
         assert_eq!(
             swarm["services"]["proxy"]["ports"][0],
             json!({"target": 8080, "published": "8080"})
