@@ -90,6 +90,8 @@ pub fn unique_name(prefix: &str) -> String {
 /// Docker objects a test created, removed when the test ends however it ends.
 #[derive(Default)]
 pub struct Cleanup {
+    projects: Vec<String>,
+    stacks: Vec<String>,
     compose: Vec<(String, PathBuf)>,
     containers: Vec<String>,
     volumes: Vec<String>,
@@ -106,6 +108,16 @@ impl Cleanup {
         self.compose.push((project.to_owned(), file.to_owned()));
     }
 
+    /// Everything labelled as part of compose project `name`: containers, networks, volumes.
+    pub fn project(&mut self, name: &str) {
+        self.projects.push(name.to_owned());
+    }
+
+    /// A swarm stack: removed, then its volumes once its containers are gone.
+    pub fn stack(&mut self, name: &str) {
+        self.stacks.push(name.to_owned());
+    }
+
     pub fn volume(&mut self, name: &str) {
         self.volumes.push(name.to_owned());
     }
@@ -117,6 +129,20 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for stack in &self.stacks {
+            let _ = docker_output(&["stack", "rm", stack]);
+            let label = format!("label=com.docker.stack.namespace={stack}");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60)
+                && !docker_output(&["ps", "--all", "--quiet", "--filter", &label]).stdout.is_empty()
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            remove_labelled(&label);
+        }
+        for project in &self.projects {
+            remove_labelled(&format!("label=com.docker.compose.project={project}"));
+        }
         for (project, file) in &self.compose {
             let file = file.to_string_lossy();
             let _ = docker_output(&[
@@ -141,6 +167,55 @@ impl Drop for Cleanup {
             let _ = docker_output(&["image", "rm", i]);
         }
     }
+}
+
+/// Removes the containers, networks and volumes that carry `label` (a `label=K=V` filter).
+fn remove_labelled(label: &str) {
+    let ids = |args: &[&str]| -> Vec<String> {
+        let out = docker_output(args);
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    };
+    for id in ids(&["ps", "--all", "--quiet", "--filter", label]) {
+        let _ = docker_output(&["rm", "--force", "--volumes", &id]);
+    }
+    for id in ids(&["network", "ls", "--quiet", "--filter", label]) {
+        let _ = docker_output(&["network", "rm", &id]);
+    }
+    for id in ids(&["volume", "ls", "--quiet", "--filter", label]) {
+        let _ = docker_output(&["volume", "rm", "--force", &id]);
+    }
+}
+
+/// What is left of compose project or swarm stack objects carrying `label`, one line each.
+pub fn leftovers(label: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for (kind, args) in [
+        ("container", vec!["ps", "--all", "--format", "{{.Names}}", "--filter", label]),
+        ("network", vec!["network", "ls", "--format", "{{.Name}}", "--filter", label]),
+        ("volume", vec!["volume", "ls", "--format", "{{.Name}}", "--filter", label]),
+    ] {
+        let out = docker_output(&args);
+        left.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("{kind} {l}")));
+    }
+    left
+}
+
+/// The xtask binary, built if needed: for tests that signal it directly (no cargo in between).
+pub fn xtask_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "xtask"])
+        .current_dir(repo_root())
+        .status()
+        .expect("cannot run cargo build");
+    assert!(status.success(), "cargo build --package xtask failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    target.join("debug/xtask")
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The host port that `container`'s `port`/tcp is published on.

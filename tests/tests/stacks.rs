@@ -1,0 +1,372 @@
+//! The stack tasks for real: parallel isolated test runs, Ctrl-C mid-wait, dev data across
+//! down and up, prod refusing to start without its secrets, a swarm deploy, `cargo xtask run`,
+//! and the compose definition's own rules.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{
+    Cleanup, docker, docker_output, free_port, http, leftovers, repo_root, require_docker,
+    unique_name, wait_for_200, xtask_binary, xtask_ok,
+};
+
+fn project_label(project: &str) -> String {
+    format!("label=com.docker.compose.project={project}")
+}
+
+/// Builds the images the stacks use once, before tests start stacks from them in parallel.
+fn built() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        require_docker();
+        xtask_ok(&["build", "server", "db", "redis", "proxy", "standalone"]);
+    });
+}
+
+#[test]
+fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let projects = [unique_name("memories-par-a"), unique_name("memories-par-b")];
+    for p in &projects {
+        cleanup.project(p);
+    }
+    let runs: Vec<_> = projects
+        .iter()
+        .map(|project| {
+            Command::new(xtask_binary())
+                .args(["test", "--e2e-only", "--project", project])
+                .current_dir(repo_root())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (project, run) in projects.iter().zip(runs) {
+        let output = run.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{project}: {}",
+            &stderr[stderr.len().saturating_sub(3000)..]
+        );
+        assert!(stderr.contains("test result: ok. 5 passed"), "{project} ran the e2e suite");
+        assert_eq!(
+            leftovers(&project_label(project)),
+            Vec::<String>::new(),
+            "{project} left things behind"
+        );
+    }
+}
+
+#[test]
+fn sigint_mid_wait_tears_the_stack_down_and_exits_130() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-sigint");
+    cleanup.project(&project);
+    let mut child = Command::new(xtask_binary())
+        .args(["test", "--e2e-only", "--project", &project])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.starts_with("waiting up to") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("waiting up to"), "never reached the wait:\n{seen}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains(" down --remove-orphans"), "it tore down:\n{rest}");
+    assert!(!rest.contains("test result"), "the suite did not run after the interrupt");
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+fn dev(project: &str, ports: (u16, u16), args: &[&str]) -> std::process::Output {
+    Command::new(xtask_binary())
+        .arg("dev")
+        .args(args)
+        .env("COMPOSE_PROJECT_NAME", project)
+        .env("DEV_SERVER_PORT", ports.0.to_string())
+        .env("DEV_DB_PORT", ports.1.to_string())
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-dev-test");
+    cleanup.project(&project);
+    let ports = (free_port(), free_port());
+    let up = dev(&project, ports, &["up", "--no-build"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let urls = String::from_utf8_lossy(&up.stdout);
+    assert!(urls.contains(&format!("server   http://127.0.0.1:{}", ports.0)), "{urls}");
+
+    let bindings = docker(&["ps", "--filter", &project_label(&project), "--format", "{{.Ports}}"]);
+    for binding in bindings.split([',', '\n']).map(str::trim).filter(|b| b.contains("->")) {
+        assert!(binding.starts_with("127.0.0.1:"), "dev publishes beyond loopback: {binding}");
+    }
+
+    let mut embedding = vec![0.0f32; 384];
+    embedding[3] = 1.0;
+    let body = json!({"text": "kept", "embedding": embedding}).to_string();
+    let created = http("POST", ports.0, "/v1/memories", Some(&body)).unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let down = dev(&project, ports, &["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(docker(&["ps", "--all", "--quiet", "--filter", &project_label(&project)]).is_empty());
+    let up = dev(&project, ports, &["--no-build"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let query: Vec<String> = embedding.iter().map(|v| v.to_string()).collect();
+    let found = http(
+        "GET",
+        ports.0,
+        &format!("/v1/memories/search?embedding={}&k=1", query.join(",")),
+        None,
+    )
+    .unwrap();
+    let found: Value = serde_json::from_str(&found.body).unwrap();
+    assert_eq!(found[0]["text"], "kept", "the row survived dev down and up: {found}");
+
+    let gone = dev(&project, ports, &["down", "--volumes"]);
+    assert!(gone.status.success());
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+#[test]
+fn prod_refuses_to_start_without_its_secrets() {
+    let project = unique_name("memories-prod-nosecret");
+    let output = Command::new(xtask_binary())
+        .args(["prod", "up", "--no-build"])
+        .env_remove("POSTGRES_PASSWORD")
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.trim().starts_with("error: the prod stack needs POSTGRES_PASSWORD"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    require_docker();
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+#[test]
+fn prod_deploys_to_a_one_node_swarm_with_every_replica_healthy() {
+    built();
+    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    let we_started_the_swarm = state != "active";
+    if we_started_the_swarm {
+        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    }
+    let stack = unique_name("memswarm");
+    let port = free_port();
+    let output = {
+        let mut cleanup = Cleanup::default();
+        cleanup.stack(&stack);
+        let output = Command::new(xtask_binary())
+            .args([
+                "prod",
+                "deploy",
+                "--swarm",
+                "--stack",
+                &stack,
+                "--no-build",
+                "--timeout",
+                "120s",
+            ])
+            .env("POSTGRES_PASSWORD", "swarm-test")
+            .env("PROXY_PORT", port.to_string())
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        if output.status.success() {
+            wait_for_200(port, "/v1/health", Duration::from_secs(30));
+            let replicas = docker(&[
+                "ps",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={stack}_server"),
+                "--format",
+                "{{.Status}}",
+            ]);
+            assert_eq!(
+                replicas.lines().filter(|s| s.contains("(healthy)")).count(),
+                2,
+                "{replicas}"
+            );
+        }
+        output
+    };
+    if we_started_the_swarm {
+        let _ = docker_output(&["swarm", "leave", "--force"]);
+    }
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        leftovers(&format!("label=com.docker.stack.namespace={stack}")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn run_serves_the_standalone_image_and_stops_on_ctrl_c() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let port = free_port();
+    let volume = unique_name("memories-run-data");
+    cleanup.volume(&volume);
+    cleanup.container(&format!("memories-run-{port}"));
+    let mut child = Command::new(xtask_binary())
+        .args(["run", "--no-build", "--port", &port.to_string(), "--volume", &volume])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    assert_eq!(url.trim(), format!("http://127.0.0.1:{port}"));
+    assert_eq!(http("GET", port, "/v1/health", None).unwrap().status, 200);
+    let start = Instant::now();
+    assert!(
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let left =
+        docker(&["ps", "--all", "--quiet", "--filter", &format!("name=memories-run-{port}")]);
+    assert!(left.is_empty(), "the container is gone (--rm)");
+}
+
+/// The merged definition of one mode, as JSON.
+fn merged(mode: &str, profiles: &[&str]) -> Value {
+    let mut args = vec![
+        "compose".to_owned(),
+        "--project-name".into(),
+        "memories-check".into(),
+        "--file".into(),
+        "compose/compose.yaml".into(),
+        "--file".into(),
+        format!("compose/{mode}.yaml"),
+        "--env-file".into(),
+        format!("compose/{mode}.env"),
+    ];
+    for p in profiles {
+        args.extend(["--profile".to_owned(), (*p).to_owned()]);
+    }
+    args.extend(["config".to_owned(), "--format".into(), "json".into()]);
+    let output = Command::new("docker")
+        .args(&args)
+        .env("MEMORIES_TAG", "check")
+        .env("POSTGRES_PASSWORD", "check")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{mode}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn compose_files_validate_with_healthchecks_and_no_database_port_beyond_loopback() {
+    for (mode, profiles) in
+        [("dev", &["cache", "otel"][..]), ("test", &["cache", "otel"]), ("prod", &[])]
+    {
+        let definition = merged(mode, profiles);
+        let services = definition["services"].as_object().unwrap();
+        assert!(services.len() >= 2, "{mode}");
+        for (name, service) in services {
+            let health = &service["healthcheck"];
+            assert!(health["test"].is_array(), "{mode}/{name} has no healthcheck");
+            assert!(health["start_interval"].is_string(), "{mode}/{name} has no start_interval");
+            for port in service["ports"].as_array().into_iter().flatten() {
+                let host_ip = port["host_ip"].as_str().unwrap_or("0.0.0.0");
+                if mode != "prod" || name == "db" {
+                    assert_eq!(
+                        host_ip, "127.0.0.1",
+                        "{mode}/{name} publishes beyond loopback: {port}"
+                    );
+                }
+                if mode == "test" {
+                    assert!(
+                        port.get("published").is_none_or(|p| p == "" || p.is_null()),
+                        "test/{name}: {port}"
+                    );
+                }
+            }
+        }
+        if mode == "prod" {
+            let published: Vec<&String> =
+                services.iter().filter(|(_, s)| s["ports"].is_array()).map(|(n, _)| n).collect();
+            assert_eq!(published, ["proxy"], "prod publishes only the proxy");
+        }
+    }
+    // No default password in prod: without it, the definition does not even validate.
+    let output = Command::new("docker")
+        .args(["compose", "--file", "compose/compose.yaml", "--file", "compose/prod.yaml"])
+        .args(["--env-file", "compose/prod.env", "config", "--quiet"])
+        .env("MEMORIES_TAG", "check")
+        .env_remove("POSTGRES_PASSWORD")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("POSTGRES_PASSWORD is required"));
+}
+
+#[test]
+fn the_otel_collector_config_is_consistent() {
+    use yaml_rust2::YamlLoader;
+    let text = std::fs::read_to_string(repo_root().join("docker/otel/collector.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).expect("collector.yaml is YAML");
+    let config = &docs[0];
+    assert!(
+        !config["receivers"]["otlp"]["protocols"]["http"].is_badvalue(),
+        "OTLP over HTTP is received"
+    );
+    let pipelines = config["service"]["pipelines"].as_hash().expect("service.pipelines");
+    assert!(pipelines.keys().any(|k| k.as_str() == Some("traces")), "a traces pipeline");
+    for (name, pipeline) in pipelines {
+        for section in ["receivers", "processors", "exporters"] {
+            for item in pipeline[section].as_vec().into_iter().flatten() {
+                let item = item.as_str().unwrap();
+                assert!(
+                    !config[section][item].is_badvalue(),
+                    "pipeline {name:?} uses undefined {section}.{item}"
+                );
+            }
+        }
+    }
+    for extension in config["service"]["extensions"].as_vec().into_iter().flatten() {
+        assert!(
+            !config["extensions"][extension.as_str().unwrap()].is_badvalue(),
+            "undefined extension"
+        );
+    }
+    // `cargo xtask dev --profile otel` points the server at port 4318 of the collector.
+    assert_eq!(config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].as_str(), Some("0.0.0.0:4318"));
+}
