@@ -15,13 +15,36 @@ fn shared() -> RwLockReadGuard<'static, ()> {
     STACK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The server's port and the compose project, from the environment `cargo xtask test` sets.
+/// The server's port and the compose project. `cargo xtask test` hands over the endpoint it
+/// discovered (`MEMORIES_URL`) and the project (`MEMORIES_PROJECT`); since a restarted container
+/// may be published on another port, the port is looked up again from the project each time.
 fn stack() -> (u16, String) {
     let url = std::env::var("MEMORIES_URL")
         .expect("MEMORIES_URL is not set: run the end-to-end tests through `cargo xtask test`");
-    let port = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok());
     let project = std::env::var("MEMORIES_PROJECT").expect("MEMORIES_PROJECT is not set");
-    (port.unwrap_or_else(|| panic!("MEMORIES_URL `{url}` has no port")), project)
+    let container = server_container(&project);
+    let port = docker(&["port", &container, "8283/tcp"])
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("the server of {project} (first seen at {url}) is not published")
+        });
+    (port, project)
+}
+
+fn server_container(project: &str) -> String {
+    let container = docker(&[
+        "ps",
+        "--quiet",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.service=server",
+    ]);
+    assert!(!container.is_empty(), "no server container in project {project}");
+    container
 }
 
 fn get_json(port: u16, path: &str) -> (u16, Value, String) {
@@ -111,25 +134,9 @@ fn data_survives_a_server_restart() {
     let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (port, project) = stack();
     let id = insert(port, "e2e durable", &embedding(250, 0.7));
-    let container = docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=server",
-    ]);
-    assert!(!container.is_empty(), "no server container in project {project}");
-    docker(&["restart", "--time", "5", &container]);
-    // The published port stays the same across a restart of the same container.
-    let port_after: u16 = docker(&["port", &container, "8283/tcp"])
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    wait_for_200(port_after, "/v1/health", Duration::from_secs(60));
-    let (_, found, _) = get_json(port_after, &search_path(&embedding(250, 0.7), 1));
+    docker(&["restart", "--time", "5", &server_container(&project)]);
+    let (port, _) = stack();
+    wait_for_200(port, "/v1/health", Duration::from_secs(60));
+    let (_, found, _) = get_json(port, &search_path(&embedding(250, 0.7), 1));
     assert_eq!(found[0]["id"].as_i64(), Some(id), "{found}");
-    let _ = port;
 }
