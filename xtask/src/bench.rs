@@ -13,6 +13,7 @@ use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::plan::Step;
+use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
@@ -92,6 +93,108 @@ pub fn wait(root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     };
     report.print(json);
     Ok(())
+}
+
+/// Time-to-ready of the dev stack: ours against `docker compose up --wait`, same files.
+pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+    docker::require_engine(sh)?;
+    let revision = Revision::read(sh, root)?;
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
+    let tag = stack::tag(&revision);
+    let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
+    stack::require_images(&probe).context("the benchmark starts from warm images")?;
+    let (mut ours, mut peer, mut lag) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        eprintln!("run {run}/{runs}");
+        for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+            let project = stack::unique_project("memories-bench");
+            let stack = Stack::new(root, Mode::Dev, project.clone(), &[], tag.clone());
+            let ports = [("DEV_SERVER_PORT", free_port()?), ("DEV_DB_PORT", free_port()?)];
+            let mut step = if side == 0 {
+                Step::new(&exe, root)
+                    .args(["dev", "up", "--no-build"])
+                    .env("COMPOSE_PROJECT_NAME", &project)
+            } else {
+                stack.compose().args(["up", "--detach", "--wait"])
+            };
+            for (key, port) in ports {
+                step = step.env(key, &port.to_string());
+            }
+            let timed = time(&step);
+            let finished = std::time::SystemTime::now();
+            let own_start = slowest_own_start(&project);
+            let mut down =
+                stack.compose().args(["down", "--volumes", "--remove-orphans", "--timeout", "2"]);
+            for (key, port) in ports {
+                down = down.env(key, &port.to_string());
+            }
+            let _ = Command::new(&down.program)
+                .args(&down.args)
+                .envs(down.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&down.cwd)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let elapsed = timed?;
+            if side == 0 {
+                ours.push(elapsed);
+                if let Some(ready) = own_start {
+                    let done = finished
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    lag.push(Duration::from_secs_f64((done - ready).max(0.0)));
+                }
+            } else {
+                peer.push(elapsed);
+            }
+        }
+    }
+    let report = Report {
+        ours: Side::new("cargo xtask dev (to ready)", ours),
+        peer: Side::new("docker compose up --wait", peer),
+    };
+    report.print(json);
+    if !json {
+        println!(
+            "ours finished {:.0} ms (median) after the slowest service's own start line",
+            ms(median(&lag))
+        );
+    }
+    Ok(())
+}
+
+/// When the slowest service of `project` said it was ready, by its own log: the server's
+/// "Application startup complete" and the database's last "ready to accept connections".
+fn slowest_own_start(project: &str) -> Option<f64> {
+    let mut latest: Option<f64> = None;
+    for (service, line) in [
+        ("server", "Application startup complete"),
+        ("db", "database system is ready to accept connections"),
+    ] {
+        let id = Command::new("docker")
+            .args([
+                "ps",
+                "--quiet",
+                "--filter",
+                &format!("label=com.docker.compose.project={project}"),
+            ])
+            .args(["--filter", &format!("label=com.docker.compose.service={service}")])
+            .output()
+            .ok()?;
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+        let logs = Command::new("docker").args(["logs", "--timestamps", &id]).output().ok()?;
+        let text = String::from_utf8_lossy(&logs.stdout).into_owned()
+            + &String::from_utf8_lossy(&logs.stderr);
+        let at = text
+            .lines()
+            .filter(|l| l.contains(line))
+            .filter_map(|l| crate::version::parse_rfc3339_utc(l.split_whitespace().next()?))
+            .fold(None, |max: Option<f64>, t| Some(max.map_or(t, |m| m.max(t))))?;
+        latest = Some(latest.map_or(at, |l| l.max(at)));
+    }
+    latest
 }
 
 fn free_port() -> Result<u16> {

@@ -277,6 +277,17 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Bench {
+    /// Time-to-ready of the dev stack from warm images: `cargo xtask dev` against
+    /// `docker compose up --detach --wait` on the same files, interleaved; also how long after
+    /// the slowest service's own start each side noticed.
+    Stack {
+        /// Runs of each side.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detection lag after a port opens at a random moment: `cargo xtask wait-for` against a
     /// `nc -z; sleep 1` loop, interleaved.
     Wait {

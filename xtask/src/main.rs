@@ -58,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
             Bench::Wait { runs, json } => bench::wait(&root, runs, json),
+            Bench::Stack { runs, json } => bench::stack(&sh, &root, runs, json),
         },
     }
 }

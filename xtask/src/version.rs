@@ -217,6 +217,27 @@ pub fn run(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (as `docker logs --timestamps` prints) into
+/// seconds since the unix epoch.
+pub fn parse_rfc3339_utc(raw: &str) -> Option<f64> {
+    let raw = raw.strip_suffix('Z')?;
+    let (date, time) = raw.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (hour, minute) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let second: f64 = t.next()?.parse().ok()?;
+    // Days from civil (H. Hinnant), the inverse of `rfc3339_utc`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hour * 3600 + minute * 60) as f64 + second)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +316,11 @@ mod tests {
 
     #[test]
     fn times_and_urls() {
+        for epoch in [0, 951_782_400, 1_795_434_122, 4_102_444_800] {
+            assert_eq!(parse_rfc3339_utc(&rfc3339_utc(epoch)), Some(epoch as f64));
+        }
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:01.250000000Z"), Some(1.25));
+        assert_eq!(parse_rfc3339_utc("yesterday"), None);
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_795_434_122), "2026-11-23T11:42:02Z");

@@ -43,7 +43,7 @@ fn help_lists_the_tasks_that_exist() {
     let output = xtask(&["--help"]).output().unwrap();
     assert!(output.status.success());
     let help = text(&output.stdout);
-    for task in ["version", "build", "bench"] {
+    for task in ["version", "build", "dev", "test", "prod", "run", "wait-for", "bench"] {
         assert!(help.contains(&format!("  {task} ")), "{help}");
     }
 }
