@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(swarm["services"]["server"], json!({"image": "x"}));
         assert_eq!(
             swarm["services"]["proxy"]["ports"][0],
-            json!({"target": 8080, "published": "8080"})
+            json!({"target": 8080, "published": 8080})
         );
         assert_eq!(swarm["networks"]["default"], json!({}));
         assert_eq!(swarm["volumes"]["db-data"], json!({}));
