@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    Cleanup, docker, docker_output, published_port, repo_root, require_docker, unique_name,
-    xtask_captured, xtask_ok,
+    Cleanup, docker, docker_output, free_port, published_port, repo_root, require_docker,
+    unique_name, xtask_captured, xtask_ok,
 };
 
 fn wait_for(args: &[&str]) -> (Option<i32>, Value, String) {
@@ -21,10 +21,6 @@ fn wait_for(args: &[&str]) -> (Option<i32>, Value, String) {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     (output.status.code(), json, stderr)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The db and redis images, built once for this binary.
@@ -128,21 +124,19 @@ fn bad_specs_exit_2_with_the_accepted_forms_and_passwords_stay_hidden() {
 fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
     let (db, _) = images();
     let mut cleanup = Cleanup::default();
-    let name = unique_name("memories-wait-pg");
-    cleanup.container(&name);
-    docker(&[
-        "run",
-        "--detach",
-        "--name",
-        &name,
-        "--env",
-        "POSTGRES_PASSWORD=pw-test",
-        "--publish",
-        "127.0.0.1::5432",
-        db,
-        "-c",
-        "hot_standby=off",
-    ]);
+    let name = container(
+        &mut cleanup,
+        "memories-wait-pg",
+        &[
+            "--env",
+            "POSTGRES_PASSWORD=pw-test",
+            "--publish",
+            "127.0.0.1::5432",
+            db,
+            "-c",
+            "hot_standby=off",
+        ],
+    );
     let port = published_port(&name, 5432);
     let spec = format!("postgres://memories:pw-test@127.0.0.1:{port}/memories");
 
@@ -203,19 +197,11 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
 fn redis_answers_pong_and_a_wrong_password_is_final() {
     let (_, redis) = images();
     let mut cleanup = Cleanup::default();
-    let name = unique_name("memories-wait-redis");
-    cleanup.container(&name);
-    docker(&[
-        "run",
-        "--detach",
-        "--name",
-        &name,
-        "--publish",
-        "127.0.0.1::6379",
-        redis,
-        "--requirepass",
-        "s3cret",
-    ]);
+    let name = container(
+        &mut cleanup,
+        "memories-wait-redis",
+        &["--publish", "127.0.0.1::6379", redis, "--requirepass", "s3cret"],
+    );
     let port = published_port(&name, 6379);
     let (code, _, stderr) =
         wait_for(&["--timeout", "30s", &format!("redis://:s3cret@127.0.0.1:{port}")]);
@@ -230,7 +216,7 @@ fn redis_answers_pong_and_a_wrong_password_is_final() {
     }
 }
 
-fn base_container(cleanup: &mut Cleanup, prefix: &str, args: &[&str]) -> String {
+fn container(cleanup: &mut Cleanup, prefix: &str, args: &[&str]) -> String {
     require_docker();
     let name = unique_name(prefix);
     cleanup.container(&name);
@@ -243,7 +229,7 @@ fn base_container(cleanup: &mut Cleanup, prefix: &str, args: &[&str]) -> String 
 #[test]
 fn container_health_healthy_unhealthy_exited_and_none() {
     let mut cleanup = Cleanup::default();
-    let healthy = base_container(
+    let healthy = container(
         &mut cleanup,
         "memories-wait-healthy",
         &[
@@ -261,7 +247,7 @@ fn container_health_healthy_unhealthy_exited_and_none() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(json["probes"][0]["ready_at_ms"].as_u64().unwrap() >= 900, "{json}");
 
-    let unhealthy = base_container(
+    let unhealthy = container(
         &mut cleanup,
         "memories-wait-unhealthy",
         &[
@@ -276,13 +262,13 @@ fn container_health_healthy_unhealthy_exited_and_none() {
             "60",
         ],
     );
-    let exited = base_container(
+    let exited = container(
         &mut cleanup,
         "memories-wait-exited",
         &["debian:trixie-slim", "sh", "-c", "exit 3"],
     );
     let plain =
-        base_container(&mut cleanup, "memories-wait-plain", &["debian:trixie-slim", "sleep", "60"]);
+        container(&mut cleanup, "memories-wait-plain", &["debian:trixie-slim", "sleep", "60"]);
     for (container, says) in
         [(unhealthy, "is unhealthy"), (exited, "exited with code 3"), (plain, "has no healthcheck")]
     {
@@ -320,7 +306,7 @@ fn compose_log_exec_and_file_probes() {
     let (code, _, stderr) = wait_for(&["--timeout", "30s", &format!("compose://{project}/app")]);
     assert_eq!(code, Some(0), "{stderr}");
 
-    let logs = base_container(
+    let logs = container(
         &mut cleanup,
         "memories-wait-log",
         &["debian:trixie-slim", "sh", "-c", "echo up; sleep 1; echo up; touch /tmp/flag; sleep 60"],

@@ -129,13 +129,7 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
             for (key, port) in ports {
                 down = down.env(key, &port.to_string());
             }
-            let _ = Command::new(&down.program)
-                .args(&down.args)
-                .envs(down.env.iter().map(|(k, v)| (k, v)))
-                .current_dir(&down.cwd)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = down.command().stdout(Stdio::null()).stderr(Stdio::null()).status();
             let elapsed = timed?;
             if side == 0 {
                 ours.push(elapsed);
@@ -205,9 +199,8 @@ fn free_port() -> Result<u16> {
 /// Starts the waiter, opens the port after `delay`, and returns how long the waiter took to
 /// exit after that.
 fn lag_after_open(step: &Step, port: u16, delay: Duration) -> Result<Duration> {
-    let mut child = Command::new(&step.program)
-        .args(&step.args)
-        .current_dir(&step.cwd)
+    let mut child = step
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -248,9 +241,8 @@ fn measure(ours: &Step, peer: &Step, runs: u32) -> Result<(Vec<Duration>, Vec<Du
 
 fn time(step: &Step) -> Result<Duration> {
     let start = Instant::now();
-    let output = Command::new(&step.program)
-        .args(&step.args)
-        .current_dir(&step.cwd)
+    let output = step
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

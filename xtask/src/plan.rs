@@ -76,6 +76,14 @@ impl Step {
         })
     }
 
+    /// The step as a `std::process::Command` with its argv, env and cwd, for callers that need
+    /// the raw process (timing it, reading its output); stdin bytes are theirs to feed.
+    pub fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).current_dir(&self.cwd);
+        command
+    }
+
     /// Runs the step with its stdout sent to our stderr: stdout is kept for results. On Ctrl-C
     /// or SIGTERM the child gets SIGTERM (then SIGKILL after 10 s) and the step fails with
     /// [`Interrupted`].

@@ -176,12 +176,7 @@ impl Stack {
     /// The host port `service`'s `port` is published on, if it is.
     pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
         let step = self.compose().args(["port", service, &port.to_string()]);
-        let output = std::process::Command::new(&step.program)
-            .args(&step.args)
-            .envs(step.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&step.cwd)
-            .output()
-            .ok()?;
+        let output = step.command().output().ok()?;
         let text = String::from_utf8_lossy(&output.stdout);
         text.trim().rsplit(':').next()?.parse().ok().filter(|&p: &u16| p != 0)
     }
@@ -362,6 +357,14 @@ pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The project name of a long-lived stack: `COMPOSE_PROJECT_NAME`, else `default`.
+pub fn project_name(default: &str) -> String {
+    std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| default.into())
 }
 
 /// A compose project name that no other run on this machine uses.

@@ -22,10 +22,7 @@ use crate::wait::{self, Attempt, Check, Probe, SystemClock, WaitOptions};
 /// `cargo xtask dev ...`.
 pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
     let revision = Revision::read(sh, root)?;
-    let project = std::env::var("COMPOSE_PROJECT_NAME")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "memories-dev".into());
+    let project = stack::project_name("memories-dev");
     let action = args.action.unwrap_or(DevAction::Up(args.up));
     let profiles = match &action {
         DevAction::Up(up) => up.profile.clone(),
@@ -170,10 +167,7 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
 /// `cargo xtask prod ...`.
 pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
     let revision = Revision::read(sh, root)?;
-    let project = std::env::var("COMPOSE_PROJECT_NAME")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "memories-prod".into());
+    let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = args.env_file.clone();
     const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
