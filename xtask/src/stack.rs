@@ -156,6 +156,18 @@ impl Stack {
                         Some(port) => http_health(port),
                         None => health(service),
                     },
+                    ("db", Mode::Dev | Mode::Test) => {
+                        match (ports("db", 5432), self.setting("POSTGRES_PASSWORD")) {
+                            (Some(port), password) => Probe::Postgres {
+                                host: "127.0.0.1".into(),
+                                port,
+                                user: "memories".into(),
+                                password,
+                                database: "memories".into(),
+                            },
+                            (None, _) => health(service),
+                        }
+                    }
                     ("redis", Mode::Dev | Mode::Test) => match ports("redis", 6379) {
                         Some(port) => {
                             Probe::Redis { host: "127.0.0.1".into(), port, password: None }
@@ -171,6 +183,22 @@ impl Stack {
                 (service, probe)
             })
             .collect()
+    }
+
+    /// A setting as compose sees it: the environment first, then the env files, last wins.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        if let Ok(value) = std::env::var(key) {
+            return Some(value);
+        }
+        let mode_env = self.root.join(format!("compose/{}.env", self.mode.name()));
+        let mut found = None;
+        for file in std::iter::once(&mode_env).chain(&self.env_files) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if let Some(value) = env_file_value(&text, key) {
+                found = Some(value);
+            }
+        }
+        found
     }
 
     /// The host port `service`'s `port` is published on, if it is.
@@ -320,6 +348,16 @@ pub fn lifecycle(
     }
 }
 
+/// The value of `key` in an env file's text, unquoted.
+pub fn env_file_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .next_back()
+}
+
 /// Reads `KEY=VALUE` lines of an env file (comments and blanks skipped).
 pub fn env_file_keys(text: &str) -> Vec<String> {
     text.lines()
@@ -453,8 +491,11 @@ mod tests {
 
     #[test]
     fn env_files_and_project_names() {
-        let keys = env_file_keys("# c\nA=1\nexport B=two\nEMPTY=\n\n  C = 3 \n");
-        assert_eq!(keys, ["A", "B", "C"]);
+        let text = "# c\nA=1\nexport B=two\nEMPTY=\n\n  C = 3 \nQ=\"x y\"\nA=2\n";
+        assert_eq!(env_file_keys(text), ["A", "B", "C", "Q", "A"]);
+        assert_eq!(env_file_value(text, "A").as_deref(), Some("2"));
+        assert_eq!(env_file_value(text, "Q").as_deref(), Some("x y"));
+        assert_eq!(env_file_value(text, "Z"), None);
         let a = unique_project("memories-test");
         assert!(a.starts_with(&format!("memories-test-{}-", std::process::id())), "{a}");
     }

@@ -13,13 +13,15 @@ use super::postgres;
 use super::{Attempt, Check, Clock, Probe};
 
 pub fn for_probe(probe: &Probe) -> Box<dyn Check> {
-    Box::new(ProbeCheck { probe: probe.clone(), events: None })
+    Box::new(ProbeCheck { probe: probe.clone(), events: None, container: None })
 }
 
 struct ProbeCheck {
     probe: Probe,
     /// `docker events` for the probe's container, started on the first wait.
     events: Option<Events>,
+    /// The container of a compose service, once found (it keeps its id until recreated).
+    container: Option<String>,
 }
 
 impl Check for ProbeCheck {
@@ -47,8 +49,20 @@ impl Check for ProbeCheck {
             }
             Probe::Healthy { container } => health(container, timeout),
             Probe::ComposeHealthy { project, service } => {
-                match compose_container(project, service, timeout) {
-                    Ok(Some(id)) => health(&id, timeout),
+                let found = match &self.container {
+                    Some(id) => Ok(Some(id.clone())),
+                    None => compose_container(project, service, timeout),
+                };
+                match found {
+                    Ok(Some(id)) => {
+                        let attempt = health(&id, timeout);
+                        // A container that vanished (recreated) is looked up again next time.
+                        self.container = match &attempt {
+                            Attempt::NotYet(e) if e.starts_with("no container") => None,
+                            _ => Some(id),
+                        };
+                        attempt
+                    }
                     Ok(None) => Attempt::NotYet(format!(
                         "no container yet for service {service} of project {project}"
                     )),
@@ -84,7 +98,7 @@ impl Check for ProbeCheck {
         };
         let events = self.events.get_or_insert_with(|| Events::start(&filter));
         match &events.receiver {
-            // Any event of the container (health change, start, die) prompts a new look.
+            // A health change, start, death or creation prompts a new look.
             Some(receiver) => {
                 let _ = receiver.recv_timeout(timeout);
             }
@@ -113,6 +127,9 @@ impl Events {
     fn start(filter: &str) -> Events {
         let child = Command::new("docker")
             .args(["events", "--filter", filter, "--format", "{{.Action}}"])
+            // State changes only: not the exec events every healthcheck run makes.
+            .args(["--filter", "event=health_status", "--filter", "event=start"])
+            .args(["--filter", "event=die", "--filter", "event=create"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
