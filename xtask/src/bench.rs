@@ -104,7 +104,8 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     let tag = stack::tag(&revision);
     let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
     stack::require_images(&probe).context("the benchmark starts from warm images")?;
-    let (mut ours, mut peer, mut lag) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    let (mut ours_lag, mut peer_lag) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         eprintln!("run {run}/{runs}");
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
@@ -131,18 +132,13 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
             }
             let _ = down.command().stdout(Stdio::null()).stderr(Stdio::null()).status();
             let elapsed = timed?;
-            if side == 0 {
-                ours.push(elapsed);
-                if let Some(ready) = own_start {
-                    let done = finished
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
-                    lag.push(Duration::from_secs_f64((done - ready).max(0.0)));
-                }
-            } else {
-                peer.push(elapsed);
-            }
+            let done =
+                finished.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let lag = own_start.map(|ready| Duration::from_secs_f64((done - ready).max(0.0)));
+            let (times, lags) =
+                if side == 0 { (&mut ours, &mut ours_lag) } else { (&mut peer, &mut peer_lag) };
+            times.push(elapsed);
+            lags.extend(lag);
         }
     }
     let report = Report {
@@ -152,8 +148,9 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
     report.print(json);
     if !json {
         println!(
-            "ours finished {:.0} ms (median) after the slowest service's own start line",
-            ms(median(&lag))
+            "after the slowest service's own \"ready\" log line, ours finished {:.0} ms later, compose {:.0} ms (medians)",
+            ms(median(&ours_lag)),
+            ms(median(&peer_lag))
         );
     }
     Ok(())
