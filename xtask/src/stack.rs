@@ -201,6 +201,19 @@ impl Stack {
         found
     }
 
+    /// The host port a service is published on by configuration (dev and prod), without asking
+    /// Docker: the `DEV_*_PORT` and `PROXY_PORT` settings or their defaults.
+    pub fn configured_port(&self, service: &str) -> Option<u16> {
+        let (key, default) = match (self.mode, service) {
+            (Mode::Dev, "server") => ("DEV_SERVER_PORT", 8283),
+            (Mode::Dev, "db") => ("DEV_DB_PORT", 5432),
+            (Mode::Dev, "redis") => ("DEV_REDIS_PORT", 6379),
+            (Mode::Prod, "proxy") => ("PROXY_PORT", 8080),
+            _ => return None,
+        };
+        Some(self.setting(key).and_then(|p| p.parse().ok()).unwrap_or(default))
+    }
+
     /// The host port `service`'s `port` is published on, if it is.
     pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
         let step = self.compose().args(["port", service, &port.to_string()]);
@@ -256,17 +269,34 @@ pub fn tag(revision: &Revision) -> String {
 /// Starts the stack and waits until every service is ready. On failure it prints `ps` and
 /// the logs of the services that did not make it; tearing down is the caller's.
 pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
-    stack
-        .compose()
-        .args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
-        .run()
-        .context("cannot start the stack")?;
-    let probes = stack.probes(&|service, port| stack.published_port(service, port));
+    let up = stack.compose().args([
+        "up",
+        "--detach",
+        "--remove-orphans",
+        "--no-build",
+        "--pull",
+        "never",
+    ]);
+    // Where the ports are known beforehand (dev, prod), the probes start with `up` itself, and
+    // `up` is one more check of the same wait: its failure ends the wait at once.
+    let (probes, up_check) = match stack.mode {
+        Mode::Dev | Mode::Prod => {
+            let probes = stack.probes(&|service, _| stack.configured_port(service));
+            (probes, Some(UpCheck::start(&up)?))
+        }
+        Mode::Test => {
+            up.run().context("cannot start the stack")?;
+            (stack.probes(&|service, port| stack.published_port(service, port)), None)
+        }
+    };
     eprintln!(
         "waiting up to {timeout:?} for {}",
         probes.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
     );
-    let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    let mut checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    if let Some(up_check) = up_check {
+        checks.push(("docker compose up".to_owned(), Box::new(up_check)));
+    }
     let options =
         WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
     let outcome = wait::wait(checks, options, &SystemClock::new(), |event, reports| {
@@ -287,6 +317,50 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
         return Err(err.context(format!("stack {} did not become ready", stack.project)));
     }
     Ok(probes)
+}
+
+/// `docker compose up` running beside the probes: ready when it exits 0, failed when it exits
+/// otherwise; stopped if the wait ends first.
+struct UpCheck {
+    child: std::process::Child,
+}
+
+impl UpCheck {
+    fn start(step: &Step) -> Result<UpCheck> {
+        eprintln!("$ {step}");
+        let child = step
+            .command()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::io::stderr())
+            .spawn()
+            .with_context(|| format!("cannot start `{step}`"))?;
+        Ok(UpCheck { child })
+    }
+}
+
+impl wait::Check for UpCheck {
+    fn attempt(&mut self, _timeout: Duration) -> wait::Attempt {
+        match self.child.try_wait() {
+            Ok(Some(status)) if status.success() => wait::Attempt::Ready,
+            Ok(Some(status)) => wait::Attempt::Failed(format!(
+                "cannot start the stack: docker compose up exited with {status}"
+            )),
+            Ok(None) => wait::Attempt::NotYet("starting the containers".into()),
+            Err(e) => wait::Attempt::Failed(format!("cannot wait for docker compose up: {e}")),
+        }
+    }
+}
+
+impl Drop for UpCheck {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Prints `ps` and the last 200 log lines of `services` (all of them when empty), on stderr.

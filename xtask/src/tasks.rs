@@ -115,16 +115,13 @@ fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
 /// Prints where each service answers, on stdout.
 fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
     for (service, probe) in probes {
-        match (service, probe) {
-            (_, Probe::Http { host, port, .. }) => println!("{service:<8} http://{host}:{port}"),
-            (_, Probe::Redis { host, port, .. }) => println!("{service:<8} redis://{host}:{port}"),
-            (&"db", _) => match stack.published_port("db", 5432) {
-                Some(port) => println!(
-                    "{service:<8} postgresql://memories@127.0.0.1:{port}/memories (password in compose/{}.env)",
-                    if stack.mode == Mode::Dev { "dev" } else { "test" }
-                ),
-                None => println!("{service:<8} (not published)"),
-            },
+        match probe {
+            Probe::Http { host, port, .. } => println!("{service:<8} http://{host}:{port}"),
+            Probe::Redis { host, port, .. } => println!("{service:<8} redis://{host}:{port}"),
+            Probe::Postgres { host, port, user, database, .. } => println!(
+                "{service:<8} postgresql://{user}@{host}:{port}/{database} (password in compose/{}.env)",
+                if stack.mode == Mode::Dev { "dev" } else { "test" }
+            ),
             _ => println!("{service:<8} {probe}"),
         }
     }
