@@ -138,7 +138,7 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
         ],
     );
     let port = published_port(&name, 5432);
-    let spec = format!("postgres://memories:pw-test@127.0.0.1:{port}/memories");
+    let spec = format!("postgres://memories:pw-test@127.0.0.1:{port}/waitdb");
 
     // First start: the initialising server listens on its socket only, so ready means done.
     let (code, _, stderr) = wait_for(&["--timeout", "60s", &spec]);
@@ -151,7 +151,7 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
 
     // A wrong password is final: no waiting it out.
     let start = Instant::now();
-    let wrong = format!("postgres://memories:nope@127.0.0.1:{port}/memories");
+    let wrong = format!("postgres://memories:nope@127.0.0.1:{port}/waitdb");
     let (code, json, _) = wait_for(&["--timeout", "30s", &wrong]);
     assert_eq!(code, Some(1));
     assert!(json["probes"][0]["last_error"].as_str().unwrap().contains("28P01"), "{json}");
@@ -162,7 +162,7 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
     docker(&["exec", &name, "touch", &format!("{pgdata}/standby.signal")]);
     docker(&["restart", "--time", "5", &name]);
     let port = published_port(&name, 5432);
-    let spec = format!("postgres://memories:pw-test@127.0.0.1:{port}/memories");
+    let spec = format!("postgres://memories:pw-test@127.0.0.1:{port}/waitdb");
     let (code, json, stderr) = wait_for(&["--timeout", "3s", &spec]);
     assert_eq!(code, Some(124), "{stderr}");
     let last = json["probes"][0]["last_error"].as_str().unwrap_or_default().to_owned();
