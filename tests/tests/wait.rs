@@ -182,7 +182,7 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
         "--host=/run/postgresql",
         "--username=memories",
         "--command=SELECT pg_sleep(20)",
-        "memories",
+        "waitdb",
     ]);
     std::thread::sleep(Duration::from_millis(500));
     docker(&["exec", "--detach", &name, "pg_ctl", "stop", "--mode=smart", "--pgdata", pgdata]);
