@@ -16,7 +16,8 @@ set -eu
 : "${POSTGRES_DB:=memories}"
 marker="$PGDATA/.needs-password"
 
-# initialise DIR USER DB [PASSWORD]: a complete cluster in DIR.
+# initialise DIR USER DB [PASSWORD]: a complete cluster in DIR. WAL segments of 1 MB instead of
+# 16 MB keep the prepared cluster small, and so the copy into a new volume quick.
 initialise() {
     dir=$1 user=$2 db=$3 password=${4:-}
     rm -rf "$dir"
@@ -24,11 +25,11 @@ initialise() {
         pwfile=$(mktemp)
         printf '%s\n' "$password" > "$pwfile"
         initdb --pgdata="$dir" --username="$user" --pwfile="$pwfile" \
-            --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --no-instructions >/dev/null
+            --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --wal-segsize=1 --no-instructions >/dev/null
         rm -f "$pwfile"
     else
         initdb --pgdata="$dir" --username="$user" \
-            --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --no-instructions >/dev/null
+            --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --wal-segsize=1 --no-instructions >/dev/null
     fi
     echo "host all all all scram-sha-256" >> "$dir/pg_hba.conf"
     pg_ctl --pgdata="$dir" --silent --wait \
