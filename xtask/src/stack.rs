@@ -244,19 +244,24 @@ pub fn build(sh: &Shell, stack: &Stack, revision: &Revision) -> Result<()> {
 /// Fails naming the first image of the stack that is not in the local image store, for
 /// `--no-build` runs.
 pub fn require_images(stack: &Stack) -> Result<()> {
-    for image in stack.images() {
-        let reference = format!("{}:{}", image::repository(None, image), stack.tag);
-        let found = std::process::Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", &reference])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            bail!(
-                "image {reference} is not built: drop --no-build, or run `cargo xtask build {image}`"
-            );
-        }
+    let references: Vec<String> = stack
+        .images()
+        .into_iter()
+        .map(|image| format!("{}:{}", image::repository(None, image), stack.tag))
+        .collect();
+    // One call for all: it prints the ids of those found and fails if any is missing.
+    let output = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}"])
+        .args(&references)
+        .output()
+        .context("cannot run docker image inspect")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let missing =
+            references.iter().find(|r| stderr.contains(r.as_str())).unwrap_or(&references[0]);
+        let image = missing.rsplit_once(':').map_or(missing.as_str(), |(repo, _)| repo);
+        let name = image.rsplit('/').next().unwrap_or(image);
+        bail!("image {missing} is not built: drop --no-build, or run `cargo xtask build {name}`");
     }
     Ok(())
 }

@@ -100,7 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
     dim = settings.embedding_dim
 
     async def lifespan(_app: FastAPI):
-        pool.open(wait=False)
+        # Open the first connection before serving, so the first health check is a quick one.
+        pool.open(wait=True, timeout=settings.db_wait_timeout)
         yield
         pool.close(timeout=1)
 
