@@ -33,7 +33,7 @@ fn images() -> &'static (String, String) {
         let first = |name: &str| {
             let image =
                 built["images"].as_array().unwrap().iter().find(|i| i["image"] == name).unwrap();
-            image["refs"][0].as_str().unwrap().to_owned()
+            image["refs"][1].as_str().unwrap().to_owned()
         };
         (first("db"), first("redis"))
     })
@@ -127,9 +127,12 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
     let name = container(
         &mut cleanup,
         "memories-wait-pg",
+        // Another database name than the prepared one: a full first-start initialisation.
         &[
             "--env",
             "POSTGRES_PASSWORD=pw-test",
+            "--env",
+            "POSTGRES_DB=waitdb",
             "--publish",
             "127.0.0.1::5432",
             db,
