@@ -47,6 +47,10 @@ SQL
 
 if [ "${1:-}" = --prepare ]; then
     initialise "$PGDATA.init" memories memories
+    # Without the `postgres` maintenance database the prepared cluster is a quarter smaller,
+    # and a new volume is populated that much sooner. Connect to `memories` instead.
+    echo "DROP DATABASE postgres;" \
+        | postgres --single -D "$PGDATA.init" -c exit_on_error=true -c log_min_messages=warning memories >/dev/null
     touch "$PGDATA.init/.needs-password"
     mv "$PGDATA.init" "$PGDATA"
     exit 0
@@ -67,7 +71,7 @@ if [ -f "$marker" ] && [ "$POSTGRES_USER" = memories ] && [ "$POSTGRES_DB" = mem
     # Single quotes doubled: the password as an SQL literal.
     quoted=$(printf '%s' "$POSTGRES_PASSWORD" | sed "s/'/''/g")
     printf "ALTER ROLE memories PASSWORD '%s';\n" "$quoted" \
-        | postgres --single -D "$PGDATA" -c exit_on_error=true -c log_min_messages=warning postgres >/dev/null
+        | postgres --single -D "$PGDATA" -c exit_on_error=true -c log_min_messages=warning memories >/dev/null
     rm -f "$marker"
     echo "db: password set on the prepared database" >&2
 elif [ -f "$marker" ] || [ ! -s "$PGDATA/PG_VERSION" ]; then
