@@ -2,22 +2,23 @@
 # Entry point of the db image: make sure a database exists, then run PostgreSQL as PID 1 (so
 # `docker stop` reaches it directly and it shuts down cleanly).
 #
-# The image carries a cluster initialised at build time (`db-entrypoint --prepare`) for the
-# default names, with init.sql applied and no password: a first start with those names only
-# sets the password, in single-user mode (no listener at all), which takes a fraction of a
-# second. Other names, or a data directory that is empty (a bind mount), get a full
-# initialisation: a temporary server on the unix socket only applies init.sql and stops, so the
-# TCP healthcheck never sees a half-initialised database as ready. Either way the work happens
-# in a scratch directory renamed into place only when complete, so an interrupted first start
-# leaves nothing that a later start would take for a database.
+# The image carries a cluster prepared at build time (`db-entrypoint --prepare`) for the default
+# names, with init.sql applied and no password, outside the volume. A first start with those
+# names copies it into the volume and sets the password in single-user mode (no listener at
+# all): a fraction of a second, and the container is created without Docker copying data into
+# the volume first. Other names get a full initialisation: a temporary server on the unix socket
+# only applies init.sql and stops, so the TCP healthcheck never sees a half-initialised database
+# as ready. Either way the work happens in a scratch directory renamed into place only when
+# complete, so an interrupted first start leaves nothing a later start would take for a database.
 set -eu
 
 : "${POSTGRES_USER:=memories}"
 : "${POSTGRES_DB:=memories}"
-marker="$PGDATA/.needs-password"
+prepared=/var/lib/postgresql/prepared
+scratch="$PGDATA.init"
 
 # initialise DIR USER DB [PASSWORD]: a complete cluster in DIR. WAL segments of 1 MB instead of
-# 16 MB keep the prepared cluster small, and so the copy into a new volume quick.
+# 16 MB keep the prepared cluster small.
 initialise() {
     dir=$1 user=$2 db=$3 password=${4:-}
     rm -rf "$dir"
@@ -45,18 +46,20 @@ SQL
     pg_ctl --pgdata="$dir" --silent --wait --mode=fast stop
 }
 
+# single DIR DB: runs stdin's SQL in single-user mode, one statement a line.
+single() {
+    postgres --single -D "$1" -c exit_on_error=true -c log_min_messages=warning "$2" >/dev/null
+}
+
 if [ "${1:-}" = --prepare ]; then
-    initialise "$PGDATA.init" memories memories
-    # Without the `postgres` maintenance database the prepared cluster is a quarter smaller,
-    # and a new volume is populated that much sooner. Connect to `memories` instead.
-    echo "DROP DATABASE postgres;" \
-        | postgres --single -D "$PGDATA.init" -c exit_on_error=true -c log_min_messages=warning memories >/dev/null
-    touch "$PGDATA.init/.needs-password"
-    mv "$PGDATA.init" "$PGDATA"
+    initialise "$prepared.init" memories memories
+    # Without the `postgres` maintenance database the prepared cluster is a quarter smaller.
+    echo "DROP DATABASE postgres;" | single "$prepared.init" memories
+    mv "$prepared.init" "$prepared"
     exit 0
 fi
 
-if [ -f "$marker" ] || [ ! -s "$PGDATA/PG_VERSION" ]; then
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -z "${POSTGRES_PASSWORD:-}" ]; then
         echo "db: error: POSTGRES_PASSWORD is not set: the database refuses to start without a password" >&2
         exit 1
@@ -65,21 +68,20 @@ if [ -f "$marker" ] || [ ! -s "$PGDATA/PG_VERSION" ]; then
         *'
 '*) echo "db: error: POSTGRES_PASSWORD must be one line" >&2; exit 1 ;;
     esac
-fi
-
-if [ -f "$marker" ] && [ "$POSTGRES_USER" = memories ] && [ "$POSTGRES_DB" = memories ]; then
-    # Single quotes doubled: the password as an SQL literal.
-    quoted=$(printf '%s' "$POSTGRES_PASSWORD" | sed "s/'/''/g")
-    printf "ALTER ROLE memories PASSWORD '%s';\n" "$quoted" \
-        | postgres --single -D "$PGDATA" -c exit_on_error=true -c log_min_messages=warning memories >/dev/null
-    rm -f "$marker"
-    echo "db: password set on the prepared database" >&2
-elif [ -f "$marker" ] || [ ! -s "$PGDATA/PG_VERSION" ]; then
-    echo "db: initialising a new database in $PGDATA" >&2
-    initialise "$PGDATA.init" "$POSTGRES_USER" "$POSTGRES_DB" "$POSTGRES_PASSWORD"
+    rm -rf "$scratch"
+    if [ "$POSTGRES_USER" = memories ] && [ "$POSTGRES_DB" = memories ] && [ -s "$prepared/PG_VERSION" ]; then
+        cp -a "$prepared" "$scratch"
+        # Single quotes doubled: the password as an SQL literal.
+        quoted=$(printf '%s' "$POSTGRES_PASSWORD" | sed "s/'/''/g")
+        printf "ALTER ROLE memories PASSWORD '%s';\n" "$quoted" | single "$scratch" memories
+        echo "db: prepared database copied, password set" >&2
+    else
+        echo "db: initialising a new database in $PGDATA" >&2
+        initialise "$scratch" "$POSTGRES_USER" "$POSTGRES_DB" "$POSTGRES_PASSWORD"
+        echo "db: initialised" >&2
+    fi
     rm -rf "$PGDATA"
-    mv "$PGDATA.init" "$PGDATA"
-    echo "db: initialised" >&2
+    mv "$scratch" "$PGDATA"
 fi
 
 exec postgres -c listen_addresses='*' -c unix_socket_directories=/run/postgresql "$@"
