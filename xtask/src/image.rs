@@ -139,7 +139,9 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     }
     let names: Vec<&str> = images.iter().map(|i| i.as_str()).collect();
     let bake = json!({ "group": { "default": { "targets": names } }, "target": targets });
-    let metadata_file = root.join("target/xtask/bake-metadata.json");
+    // One file per process: builds running side by side must not read each other's digests.
+    let metadata_file =
+        root.join(format!("target/xtask/bake-metadata-{}.json", std::process::id()));
     let mut step = docker::buildx(root, request.builder.as_deref())
         .args(["bake", "--file", "-", "--metadata-file"])
         .arg(metadata_file.as_str());
@@ -171,6 +173,7 @@ pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
     let metadata = sh
         .read_file(&plan.metadata_file)
         .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
+    let _ = sh.remove_path(&plan.metadata_file);
     let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
     Ok(plan
         .images
@@ -239,7 +242,7 @@ mod tests {
                 "--file",
                 "-",
                 "--metadata-file",
-                "/repo/target/xtask/bake-metadata.json"
+                format!("/repo/target/xtask/bake-metadata-{}.json", std::process::id()).as_str()
             ]
         );
         assert_eq!(
