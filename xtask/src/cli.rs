@@ -46,8 +46,31 @@ pub enum Command {
     /// or exited container, a refused password), 2 for a bad spec.
     #[command(after_help = crate::wait::spec::FORMS)]
     WaitFor(WaitForArgs),
+    /// Check this machine: Rust, the docker CLI and engine, buildx and its platforms, compose
+    /// v2, free disk, and a registry. One line each; exits 1 if anything fails.
+    Doctor(DoctorArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Measure a task against its peer in the same run and print the ratio.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Platforms the builder must be able to build for.
+    #[arg(long, value_name = "LIST", value_parser = crate::platform::parse_list,
+          default_value = "linux/amd64,linux/arm64")]
+    pub platform: PlatformList,
+    /// The buildx builder to check (default: `BUILDX_BUILDER`, else the current builder).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// A registry to check, e.g. `127.0.0.1:5000` (it must answer the registry API).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, Args)]

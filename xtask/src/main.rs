@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod docker;
+mod doctor;
 mod image;
 mod interrupt;
 mod plan;
@@ -55,6 +56,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => tasks::test(&sh, &root, &args),
         Command::Prod(args) => tasks::prod(&sh, &root, args),
         Command::Run(args) => tasks::run(&sh, &root, &args),
+        Command::Doctor(args) => doctor::run(&sh, &args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cargo-xtask",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
             Bench::Wait { runs, json } => bench::wait(&root, runs, json),

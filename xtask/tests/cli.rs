@@ -43,7 +43,18 @@ fn help_lists_the_tasks_that_exist() {
     let output = xtask(&["--help"]).output().unwrap();
     assert!(output.status.success());
     let help = text(&output.stdout);
-    for task in ["version", "build", "dev", "test", "prod", "run", "wait-for", "bench"] {
+    for task in [
+        "version",
+        "build",
+        "dev",
+        "test",
+        "prod",
+        "run",
+        "wait-for",
+        "doctor",
+        "completions",
+        "bench",
+    ] {
         assert!(help.contains(&format!("  {task} ")), "{help}");
     }
 }
@@ -141,4 +152,31 @@ fn version_json_matches_pyproject() {
     let tags = version["tags"].as_array().unwrap();
     assert_eq!(tags[0], expected);
     assert!(tags[2].as_str().unwrap().starts_with("sha-"));
+}
+
+#[test]
+fn doctor_names_a_stopped_daemon_and_its_fix() {
+    let output = xtask(&["doctor"]).env("DOCKER_HOST", "tcp://127.0.0.1:9").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report = text(&output.stdout);
+    let line = report.lines().find(|l| l.starts_with("fail")).expect("a failing line");
+    assert!(line.contains("docker engine"), "{report}");
+    assert!(
+        line.contains("cannot reach the Docker daemon at DOCKER_HOST=tcp://127.0.0.1:9"),
+        "{report}"
+    );
+    assert!(line.contains("systemctl start docker"), "{report}");
+    assert!(text(&output.stderr).contains("1 check failed"));
+}
+
+#[test]
+fn completions_come_from_the_same_command_line() {
+    let output = xtask(&["completions", "bash"]).output().unwrap();
+    assert!(output.status.success());
+    let script = text(&output.stdout);
+    for word in ["wait-for", "doctor", "--dry-run"] {
+        assert!(script.contains(word), "{word} is completed");
+    }
+    let bad = xtask(&["completions", "cmd"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }
