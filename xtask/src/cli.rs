@@ -374,6 +374,13 @@ impl fmt::Display for ImageName {
     }
 }
 
+/// `cargo xtask completions SHELL`: the script for `shell`, on stdout.
+pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "cargo-xtask", &mut std::io::stdout());
+    Ok(())
+}
+
 /// Accepts `HOST[:PORT][/NAMESPACE...]`, lowercase, as a docker image name prefix.
 pub fn parse_registry(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim_end_matches('/');

@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use xshell::Shell;
 
 use crate::cli::DoctorArgs;
 use crate::wait::{Attempt, Probe};
@@ -52,7 +51,7 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-pub fn run(_sh: &Shell, args: &DoctorArgs) -> Result<()> {
+pub fn run(args: &DoctorArgs) -> Result<()> {
     let findings = check(args);
     for f in &findings {
         println!("{:<5} {:<16} {}", f.level, f.what, f.detail);

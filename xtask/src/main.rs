@@ -56,17 +56,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => tasks::test(&sh, &root, &args),
         Command::Prod(args) => tasks::prod(&sh, &root, args),
         Command::Run(args) => tasks::run(&sh, &root, &args),
-        Command::Doctor(args) => doctor::run(&sh, &args),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "cargo-xtask",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Completions { shell } => cli::print_completions(shell),
         Command::Bench(args) => match args.bench {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
             Bench::Wait { runs, json } => bench::wait(&root, runs, json),
