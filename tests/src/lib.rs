@@ -19,27 +19,25 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// Runs `cargo xtask ARGS...` at the repository root; stderr passes through for the log.
-pub fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO"))
+/// `cargo xtask ARGS...` at the repository root, with no stdin.
+fn xtask_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command
         .args(["run", "--quiet", "--package", "xtask", "--"])
         .args(args)
         .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run cargo xtask")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `cargo xtask ARGS...`; stderr passes through for the log.
+pub fn xtask(args: &[&str]) -> Output {
+    xtask_command(args).stderr(Stdio::inherit()).output().expect("cannot run cargo xtask")
 }
 
 /// Runs `cargo xtask ARGS...` with stdout and stderr captured.
 pub fn xtask_captured(args: &[&str]) -> Output {
-    Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "xtask", "--"])
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run cargo xtask")
+    xtask_command(args).output().expect("cannot run cargo xtask")
 }
 
 /// Runs `cargo xtask ARGS...` and returns its stdout, panicking on failure.

@@ -17,7 +17,7 @@ use crate::image::{self, BuildRequest};
 use crate::interrupt;
 use crate::plan::Step;
 use crate::version::Revision;
-use crate::wait::{self, Probe, SystemClock, WaitOptions};
+use crate::wait::{self, Probe, WaitOptions};
 
 /// Which overlay of the one definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,13 +302,7 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
     if let Some(up_check) = up_check {
         checks.push(("docker compose up".to_owned(), Box::new(up_check)));
     }
-    let options =
-        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
-    let outcome = wait::wait(checks, options, &SystemClock::new(), |event, reports| {
-        if let wait::Event::Ready { index, at, .. } = event {
-            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
-        }
-    });
+    let outcome = wait::within_task(checks, WaitOptions { timeout, ..WaitOptions::default() });
     if let Err(err) = wait::outcome_result(&outcome, timeout) {
         if !interrupt::is_set() {
             let failing: Vec<&str> = probes
@@ -437,33 +431,13 @@ pub fn env_file_value(text: &str, key: &str) -> Option<String> {
         .next_back()
 }
 
-/// Reads `KEY=VALUE` lines of an env file (comments and blanks skipped).
-pub fn env_file_keys(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-        .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, _)| k.trim().to_owned())
-        .collect()
-}
-
 /// Fails naming every required secret that neither the environment nor an env file sets.
 pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
-    let mut known: Vec<String> = Vec::new();
-    let mode_env = stack.root.join(format!("compose/{}.env", stack.mode.name()));
-    for file in std::iter::once(&mode_env).chain(&stack.env_files) {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read env file {file}"))?;
-        known.extend(env_file_keys(&text));
+    for file in &stack.env_files {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read env file {file}"))?;
     }
-    let missing: Vec<&str> = secrets
-        .iter()
-        .copied()
-        .filter(|s| {
-            std::env::var(s).map_or(true, |v| v.is_empty()) && !known.iter().any(|k| k == s)
-        })
-        .collect();
+    let missing: Vec<&str> =
+        secrets.iter().copied().filter(|s| stack.setting(s).is_none_or(|v| v.is_empty())).collect();
     if !missing.is_empty() {
         bail!(
             "the {} stack needs {}: export {}, or pass --env-file FILE with {} (it has no default on purpose)",
@@ -571,7 +545,6 @@ mod tests {
     #[test]
     fn env_files_and_project_names() {
         let text = "# c\nA=1\nexport B=two\nEMPTY=\n\n  C = 3 \nQ=\"x y\"\nA=2\n";
-        assert_eq!(env_file_keys(text), ["A", "B", "C", "Q", "A"]);
         assert_eq!(env_file_value(text, "A").as_deref(), Some("2"));
         assert_eq!(env_file_value(text, "Q").as_deref(), Some("x y"));
         assert_eq!(env_file_value(text, "Z"), None);

@@ -17,7 +17,7 @@ use crate::interrupt::{self, Interrupted};
 use crate::plan::Step;
 use crate::stack::{self, Mode, Profile, Stack};
 use crate::version::Revision;
-use crate::wait::{self, Attempt, Check, Probe, SystemClock, WaitOptions};
+use crate::wait::{self, Attempt, Check, Probe, WaitOptions};
 
 /// `cargo xtask dev ...`.
 pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
@@ -106,9 +106,7 @@ fn running_profiles(stack: &Stack) -> Vec<Profile> {
 fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
     let probes = stack.probes(&|service, port| stack.published_port(service, port));
     let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
-    let options =
-        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
-    let outcome = wait::wait(checks, options, &SystemClock::new(), |_, _| {});
+    let outcome = wait::within_task(checks, WaitOptions { timeout, ..WaitOptions::default() });
     wait::outcome_result(&outcome, timeout)
 }
 
@@ -339,17 +337,9 @@ fn deploy_swarm(
             )
         })
         .collect();
-    let options = WaitOptions {
-        timeout,
-        max_interval: Duration::from_millis(500),
-        cancel: Some(interrupt::flag()),
-        ..WaitOptions::default()
-    };
-    let outcome = wait::wait(checks, options, &SystemClock::new(), |event, reports| {
-        if let wait::Event::Ready { index, at, .. } = event {
-            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
-        }
-    });
+    let options =
+        WaitOptions { timeout, max_interval: Duration::from_millis(500), ..WaitOptions::default() };
+    let outcome = wait::within_task(checks, options);
     wait::outcome_result(&outcome, timeout)?;
     eprintln!("stack {name} is deployed; remove it with `docker stack rm {name}`");
     Ok(())
@@ -362,17 +352,15 @@ struct SwarmService {
 }
 
 impl Check for SwarmService {
-    fn attempt(&mut self, _timeout: Duration) -> Attempt {
-        let output = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "--filter",
-                &format!("label=com.docker.swarm.service.name={}", self.service),
-            ])
-            .args(["--format", "{{.Status}}"])
-            .output();
-        let Ok(output) = output else { return Attempt::NotYet("cannot run docker ps".into()) };
-        let statuses = String::from_utf8_lossy(&output.stdout);
+    fn attempt(&mut self, timeout: Duration) -> Attempt {
+        let label = format!("label=com.docker.swarm.service.name={}", self.service);
+        let statuses = match wait::checks::docker(
+            &["ps", "--filter", &label, "--format", "{{.Status}}"],
+            timeout,
+        ) {
+            Ok(statuses) => statuses,
+            Err(e) => return Attempt::NotYet(e),
+        };
         let healthy = statuses.lines().filter(|s| s.contains("(healthy)")).count() as u64;
         if healthy >= self.replicas {
             Attempt::Ready
@@ -424,9 +412,10 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
         contains: None,
     };
     let timeout = Duration::from_secs(60);
-    let options =
-        WaitOptions { timeout, cancel: Some(interrupt::flag()), ..WaitOptions::default() };
-    let outcome = wait::wait(wait::checks(&[health]), options, &SystemClock::new(), |_, _| {});
+    let outcome = wait::within_task(
+        wait::checks(&[health]),
+        WaitOptions { timeout, ..WaitOptions::default() },
+    );
     if let Err(err) = wait::outcome_result(&outcome, timeout) {
         let _ = Step::new("docker", root).args(["logs", "--tail", "50", &name]).run_regardless();
         let _ = stop();

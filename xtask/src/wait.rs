@@ -4,7 +4,7 @@
 //!
 //! Time is injected through [`Clock`], so the loop's rules are tested in milliseconds.
 
-mod checks;
+pub mod checks;
 mod postgres;
 pub mod spec;
 
@@ -388,6 +388,16 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
         );
     }
     outcome_result(&outcome, args.timeout)
+}
+
+/// A wait inside another task: it stops on Ctrl-C and says on stderr as each probe is ready.
+pub fn within_task(checks: Vec<(String, Box<dyn Check + '_>)>, options: WaitOptions) -> Outcome {
+    let options = WaitOptions { cancel: Some(crate::interrupt::flag()), ..options };
+    wait(checks, options, &SystemClock::new(), |event, reports| {
+        if let Event::Ready { index, at, .. } = event {
+            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
+        }
+    })
 }
 
 /// The outcome of a wait as a task result: timeouts and interrupts as their own errors, so

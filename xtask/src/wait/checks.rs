@@ -355,8 +355,9 @@ fn log(container: &str, text: &str, times: u32, timeout: Duration) -> Attempt {
     }
 }
 
-/// Runs `docker ARGS` and returns stdout, or the first line of stderr as the error.
-fn docker(args: &[&str], timeout: Duration) -> Result<String, String> {
+/// Runs `docker ARGS` within `timeout` and returns stdout, or the first line of stderr as the
+/// error: the one way a check asks the Docker engine.
+pub fn docker(args: &[&str], timeout: Duration) -> Result<String, String> {
     match docker_output(args, timeout)? {
         (true, out, _) => Ok(out.trim().to_owned()),
         (false, _, err) => Err(first_line(&err)),
