@@ -276,3 +276,47 @@ pub fn pyproject_version() -> String {
     let line = text.lines().find(|l| l.starts_with("version")).expect("a version line");
     line.split('"').nth(1).expect("a quoted version").to_owned()
 }
+
+/// A registry of the test's own (the repository's `registry` image) on a free loopback port,
+/// removed with everything pushed to it when dropped.
+pub struct Registry {
+    pub container: String,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        require_docker();
+        let built = xtask_ok(&["build", "registry", "--json"]);
+        let built: serde_json::Value = serde_json::from_str(&built).expect("build --json is JSON");
+        let image = built["images"][0]["refs"][1].as_str().expect("a built ref").to_owned();
+        let container = unique_name("memories-test-registry");
+        docker(&["run", "--detach", "--name", &container, "--publish", "127.0.0.1::5000", &image]);
+        let registry = Registry {
+            address: format!("127.0.0.1:{}", published_port(&container, 5000)),
+            container,
+        };
+        let start = Instant::now();
+        while http("GET", registry.port(), "/v2/", None).map(|r| r.status) != Some(200) {
+            assert!(start.elapsed() < Duration::from_secs(30), "the test registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+    }
+
+    /// Stops the registry: nothing can be pulled from it any more.
+    pub fn stop(&self) {
+        docker(&["stop", "--time", "1", &self.container]);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = docker_output(&["rm", "--force", "--volumes", &self.container]);
+    }
+}

@@ -26,6 +26,16 @@ pub enum Command {
     Version(VersionArgs),
     /// Build the images (all, or the named ones) in one buildx bake session.
     Build(BuildArgs),
+    /// Release the images to a registry: build every image for every platform, push only when
+    /// all of them built (immutable tags first, `X.Y`, `X` and `latest` last), then read each
+    /// index back and check its platforms, labels and digest.
+    ///
+    /// Refuses a dirty tree, a version the registry already holds, and `latest` for a
+    /// pre-release. Credentials come from the docker config (`docker login`).
+    Release(ReleaseArgs),
+    /// Move release images without a registry: `save` writes one bundle of every image for
+    /// every platform with a manifest of digests and checksums; `load` verifies and loads it.
+    Images(ImagesArgs),
     /// The local stack: build what changed, start it, wait until ready, print the URLs.
     ///
     /// With no subcommand, `dev up`. Ports are bound to 127.0.0.1 only; data survives `dev down`
@@ -293,6 +303,89 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Images to release; every image but `registry` when none is named.
+    #[arg(value_enum)]
+    pub images: Vec<ImageName>,
+    /// Registry and namespace to push to, e.g. `ghcr.io/acme`.
+    #[arg(
+        long,
+        value_name = "REG",
+        value_parser = parse_registry,
+        default_value = crate::release::DEFAULT_REGISTRY
+    )]
+    pub registry: String,
+    /// Target platforms, comma-separated; `x86_64` and `aarch64` are accepted for amd64 and
+    /// arm64, duplicates are dropped.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = crate::platform::parse_list,
+        default_value = crate::release::DEFAULT_PLATFORMS
+    )]
+    pub platform: PlatformList,
+    /// Release a work tree with uncommitted changes (tags and labels then say `-dirty`).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Overwrite a version that the registry already holds.
+    #[arg(long)]
+    pub force: bool,
+    /// Leave `latest` where it is (required for a pre-release, which never moves it).
+    #[arg(long)]
+    pub no_latest: bool,
+    /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    pub action: ImagesAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesAction {
+    /// Build (from cache when nothing changed) and save images for every platform into one
+    /// bundle: the images as `docker save` writes them, and `bundle.json` with their refs,
+    /// digests, platforms and the file's SHA-256.
+    Save {
+        /// Images to save; every image but `registry` when none is named.
+        #[arg(value_enum)]
+        images: Vec<ImageName>,
+        /// The bundle to write (default: `memories-<version>-<sha>.tar` in the current
+        /// directory). It appears only when complete.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<camino::Utf8PathBuf>,
+        /// Platforms to include, comma-separated.
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_parser = crate::platform::parse_list,
+            default_value = crate::release::DEFAULT_PLATFORMS
+        )]
+        platform: PlatformList,
+        /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
+        #[arg(long, value_name = "NAME")]
+        builder: Option<String>,
+        /// Print the saved refs and digests as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle (size and SHA-256 of its images, against its manifest) and only then
+    /// load it; a truncated or altered bundle loads nothing.
+    Load {
+        /// The bundle `images save` wrote.
+        file: camino::Utf8PathBuf,
+        /// Print the loaded refs and digests as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub bench: Bench,
@@ -346,9 +439,12 @@ pub enum ImageName {
     Redis,
     /// nginx in front of the server (prod).
     Proxy,
+    /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
+    Registry,
 }
 
 impl ImageName {
+    /// Every image of the product: what `build` and `release` take when none is named.
     pub const ALL: [ImageName; 5] = [
         ImageName::Server,
         ImageName::Standalone,
@@ -364,6 +460,7 @@ impl ImageName {
             ImageName::Db => "db",
             ImageName::Redis => "redis",
             ImageName::Proxy => "proxy",
+            ImageName::Registry => "registry",
         }
     }
 }

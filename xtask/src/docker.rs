@@ -7,11 +7,17 @@ use xshell::{Shell, cmd};
 
 use crate::plan::Step;
 
+/// Makes every plain `docker` invocation (`docker push`, `docker image rm`, ...), run from the
+/// repository root.
+pub fn cli(root: &Utf8Path) -> Step {
+    Step::new("docker", root)
+}
+
 /// Makes every `docker buildx` invocation: `docker buildx [--builder NAME] ARGS...`.
 ///
 /// Without `builder`, buildx itself honours `BUILDX_BUILDER`, then the current builder.
 pub fn buildx(root: &Utf8Path, builder: Option<&str>) -> Step {
-    let step = Step::new("docker", root).arg("buildx");
+    let step = cli(root).arg("buildx");
     match builder {
         Some(name) => step.args(["--builder", name]),
         None => step,

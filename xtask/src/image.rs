@@ -43,6 +43,11 @@ pub fn source(image: ImageName) -> ImageSource {
             target: "redis",
             title: "memories-redis",
         },
+        ImageName::Registry => ImageSource {
+            dockerfile: "docker/registry/Dockerfile",
+            target: "registry",
+            title: "memories-registry",
+        },
         ImageName::Db => {
             ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
         }
@@ -57,12 +62,37 @@ pub fn repository(registry: Option<&str>, image: ImageName) -> String {
     }
 }
 
+/// Where built images go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Loaded into the local image store (`type=docker`), ready for `docker run`.
+    #[default]
+    Load,
+    /// Kept in the engine's image store as whole multi-platform indexes (`type=image`), to be
+    /// pushed or saved later.
+    Store,
+    /// Pushed to the registry as each target finishes (`type=registry`).
+    Push,
+}
+
+impl Output {
+    fn exporter(self) -> &'static str {
+        match self {
+            Output::Load => "type=docker",
+            Output::Store => "type=image",
+            Output::Push => "type=registry",
+        }
+    }
+}
+
 /// What to build, independent of how the command line spelled it.
 #[derive(Debug, Clone, Default)]
 pub struct BuildRequest {
     pub images: Vec<ImageName>,
     pub platforms: Option<Vec<Platform>>,
-    pub push: bool,
+    pub output: Output,
+    /// The tags each image gets; `None` for the build tags of the revision.
+    pub tags: Option<Vec<String>>,
     pub registry: Option<String>,
     pub builder: Option<String>,
     pub no_cache: bool,
@@ -73,7 +103,8 @@ impl From<&BuildArgs> for BuildRequest {
         BuildRequest {
             images: args.images.clone(),
             platforms: args.platform.clone().map(|list| list.0),
-            push: args.push,
+            output: if args.push { Output::Push } else { Output::Load },
+            tags: None,
             registry: args.registry.clone(),
             builder: args.builder.clone(),
             no_cache: args.no_cache,
@@ -112,7 +143,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     } else {
         request.images.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
     };
-    let tags = revision.build_tags();
+    let tags = request.tags.clone().unwrap_or_else(|| revision.build_tags());
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {
@@ -128,7 +159,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             "target": source.target,
             "tags": refs,
             "labels": labels,
-            "output": [if request.push { "type=registry" } else { "type=docker" }],
+            "output": [request.output.exporter()],
         });
         if let Some(platforms) = &request.platforms {
             let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
@@ -282,7 +313,8 @@ mod tests {
         let request = BuildRequest {
             images: vec![ImageName::Db, ImageName::Server, ImageName::Db],
             platforms: Some(crate::platform::parse_list("linux/amd64,linux/aarch64").unwrap().0),
-            push: true,
+            output: Output::Push,
+            tags: None,
             registry: Some("127.0.0.1:5000/acme".into()),
             builder: Some("multi".into()),
             no_cache: true,

@@ -4,6 +4,7 @@
 //! 124 when a wait timed out, 130 when interrupted (Ctrl-C or SIGTERM).
 
 mod bench;
+mod bundle;
 mod cli;
 mod docker;
 mod doctor;
@@ -11,6 +12,7 @@ mod image;
 mod interrupt;
 mod plan;
 mod platform;
+mod release;
 mod stack;
 mod tasks;
 mod version;
@@ -51,6 +53,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version(args) => version::run(&sh, &root, args.json),
         Command::Build(args) => image::run(&sh, &root, &args),
+        Command::Release(args) => release::run(&sh, &root, &args),
+        Command::Images(args) => bundle::run(&sh, &root, args.action),
         Command::WaitFor(args) => wait::run(&args),
         Command::Dev(args) => tasks::dev(&sh, &root, args),
         Command::Test(args) => tasks::test(&sh, &root, &args),

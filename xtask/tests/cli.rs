@@ -46,6 +46,8 @@ fn help_lists_the_tasks_that_exist() {
     for task in [
         "version",
         "build",
+        "release",
+        "images",
         "dev",
         "test",
         "prod",
@@ -94,9 +96,47 @@ fn dry_run_json_is_the_plan() {
 }
 
 #[test]
+fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry() {
+    let (output, log) = run_without_docker(
+        "release-dry-run",
+        &[
+            "release",
+            "--registry",
+            "127.0.0.1:9/acme",
+            "--platform",
+            "linux/x86_64,linux/aarch64,linux/amd64",
+            "--allow-dirty",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    assert_eq!(plan["images"].as_array().unwrap().len(), 5);
+    assert_eq!(plan["steps"]["check"].as_array().unwrap().len(), 5);
+    let pushes = plan["steps"]["push"].as_array().unwrap();
+    assert_eq!(pushes.len(), 25, "five tags of five images");
+    let last = pushes.last().unwrap()["args"].as_array().unwrap().last().unwrap();
+    assert_eq!(last, "127.0.0.1:9/acme/proxy:latest", "latest moves last");
+    assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+
+    let (text_plan, log) =
+        run_without_docker("release-dry-run-text", &["release", "--allow-dirty", "--dry-run"]);
+    assert!(text_plan.status.success(), "{}", text(&text_plan.stderr));
+    let stdout = text(&text_plan.stdout);
+    let bake = stdout.find("docker buildx bake").expect("the build is planned");
+    let push = stdout.find("docker push --quiet").expect("pushes are planned");
+    assert!(bake < push, "every image builds before anything is pushed:\n{stdout}");
+    assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
-    let cases: [(&[&str], &str); 4] = [
-        (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy"),
+    let cases: [(&[&str], &str); 6] = [
+        (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy, registry"),
+        (&["release", "--platform", "linux/amd64,windows/amd64"], "only linux images"),
+        (&["release", "--registry", "http://127.0.0.1:5000"], "scheme"),
         (&["build", "--platform", "linux/sparc"], "unknown architecture `sparc`"),
         (&["build", "--platform", "amd64"], "use os/arch"),
         (&["build", "--push"], "--registry"),

@@ -1,0 +1,247 @@
+//! Releases against a registry of the test's own: what lands (both platforms, labels, one digest
+//! per image across its tags), that a version is never pushed twice, that a failed build pushes
+//! nothing, and air-gapped bundles that load only when intact.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::{
+    Cleanup, Registry, docker, docker_output, free_port, repo_root, unique_name, wait_for_200,
+    xtask_binary, xtask_captured, xtask_ok,
+};
+
+/// What `cargo xtask version --json` says about this tree.
+fn version() -> Value {
+    serde_json::from_str(&xtask_ok(&["version", "--json"])).unwrap()
+}
+
+/// The tags a stable release of this tree gets.
+fn release_tags() -> Vec<String> {
+    let version = version();
+    let v = version["version"].as_str().unwrap().to_owned();
+    let mut parts = v.split('.');
+    let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+    vec![
+        v.clone(),
+        format!("sha-{}", version["short"].as_str().unwrap()),
+        format!("{major}.{minor}"),
+        major.to_owned(),
+        "latest".to_owned(),
+    ]
+}
+
+/// `docker buildx imagetools inspect REF --format '{{json .}}'`, or `None` when the registry
+/// does not have it.
+fn inspect(reference: &str) -> Option<Value> {
+    let output =
+        docker_output(&["buildx", "imagetools", "inspect", reference, "--format", "{{json .}}"]);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("not found"), "cannot inspect {reference}: {stderr}");
+        return None;
+    }
+    Some(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// Every ref of the release → its digest in the registry.
+fn digests(registry: &str, images: &[&str]) -> BTreeMap<String, String> {
+    let mut digests = BTreeMap::new();
+    for image in images {
+        for tag in release_tags() {
+            let reference = format!("{registry}/{image}:{tag}");
+            let found = inspect(&reference).unwrap_or_else(|| panic!("{reference} is missing"));
+            digests.insert(reference, found["manifest"]["digest"].as_str().unwrap().to_owned());
+        }
+    }
+    digests
+}
+
+/// The flags every release here uses: the tree may be dirty while developing.
+fn release(registry: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["release", "server", "db", "--registry", registry, "--allow-dirty"];
+    args.extend_from_slice(extra);
+    xtask_captured(&args)
+}
+
+#[test]
+fn release_pushes_both_platforms_verified_and_never_the_same_version_twice() {
+    let registry = Registry::start();
+    let namespace = format!("{}/acme", registry.address);
+    let version = version();
+
+    let first = release(&namespace, &["--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let reported: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(reported["version"], version["version"]);
+
+    for (n, image) in ["server", "db"].iter().enumerate() {
+        let reference = format!("{namespace}/{image}:{}", version["version"].as_str().unwrap());
+        let found = inspect(&reference).unwrap();
+        let mut platforms: Vec<String> = found["manifest"]["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}/{}", m["platform"]["os"], m["platform"]["architecture"]))
+            .filter(|p| !p.contains("unknown"))
+            .map(|p| p.replace('"', ""))
+            .collect();
+        platforms.sort();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{reference}");
+        for platform in ["linux/amd64", "linux/arm64"] {
+            let labels = &found["image"][platform]["config"]["Labels"];
+            assert_eq!(labels["org.opencontainers.image.version"], version["version"]);
+            let revision = labels["org.opencontainers.image.revision"].as_str().unwrap();
+            assert!(revision.starts_with(version["commit"].as_str().unwrap()), "{revision}");
+        }
+        let released = &reported["images"][n];
+        assert_eq!(released["image"], *image);
+        assert_eq!(released["digest"], found["manifest"]["digest"], "--json reports the digest");
+        assert_eq!(released["refs"].as_array().unwrap().len(), 5);
+    }
+    let before = digests(&namespace, &["server", "db"]);
+    assert_eq!(
+        before.values().collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "every tag of an image names the same index: {before:#?}"
+    );
+
+    let arm = docker(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "--entrypoint",
+        "python",
+        &format!("{namespace}/server:{}", version["version"].as_str().unwrap()),
+        "-c",
+        "import platform; print(platform.machine())",
+    ]);
+    assert_eq!(arm, "aarch64");
+
+    let again = release(&namespace, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: ") && last.contains("already in the registry"), "{stderr}");
+    assert!(last.contains("--force"), "{last}");
+    assert!(!stderr.contains("docker push"), "nothing was pushed: {stderr}");
+    assert_eq!(digests(&namespace, &["server", "db"]), before, "the registry is unchanged");
+}
+
+/// A `docker` in front of the real one that breaks the `db` target of every bake definition
+/// (an unknown Dockerfile stage), so exactly one image of a release fails to build.
+fn docker_breaking_db(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let real = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_owned();
+    let script = format!(
+        "#!/bin/sh\n\
+         case \" $* \" in\n\
+         *\" bake \"*) python3 -c 'import json,sys; b=json.load(sys.stdin); \
+         b[\"target\"][\"db\"][\"target\"]=\"no-such-stage\"; json.dump(b, sys.stdout)' \
+         | exec {real} \"$@\" ;;\n\
+         *) exec {real} \"$@\" ;;\n\
+         esac\n"
+    );
+    let path = dir.join("docker");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn a_release_with_one_failed_build_pushes_nothing_and_leaves_no_tags() {
+    let registry = Registry::start();
+    let namespace = format!("{}/broken", registry.address);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("docker-breaking-db"));
+    let path = docker_breaking_db(&dir);
+    let output = Command::new(xtask_binary())
+        .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .env("PATH", path)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("release aborted before pushing anything"), "{stderr}");
+    assert!(stderr.contains("no-such-stage"), "the build really failed on db: {stderr}");
+    for image in ["server", "db"] {
+        for tag in release_tags() {
+            let reference = format!("{namespace}/{image}:{tag}");
+            assert!(inspect(&reference).is_none(), "{reference} was pushed");
+        }
+    }
+    let local =
+        docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", &format!("{namespace}/*")]);
+    assert_eq!(local, "", "a failed release leaves no local tags");
+}
+
+#[test]
+fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
+    let registry = Registry::start();
+    let mut cleanup = Cleanup::default();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("bundle"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("memories.tar");
+    let bundle_arg = bundle.to_str().unwrap();
+
+    let saved = xtask_ok(&["images", "save", "server", "db", "--output", bundle_arg, "--json"]);
+    let saved: Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    let refs: Vec<String> = saved["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(refs.len(), 6, "three tags of two images: {refs:?}");
+
+    // A damaged copy is refused before anything is loaded.
+    let damaged = dir.join("damaged.tar");
+    let bytes = std::fs::read(&bundle).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    for r in &refs {
+        docker(&["image", "rm", r]);
+    }
+    let refused = xtask_captured(&["images", "load", damaged.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not a complete memories bundle"), "{stderr}");
+    assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
+
+    // No registry from here on: the stack must come from the bundle alone.
+    registry.stop();
+    let loaded = xtask_ok(&["images", "load", bundle_arg]);
+    for r in &refs {
+        assert!(loaded.contains(r.as_str()), "{r} is reported: {loaded}");
+        docker(&["image", "inspect", r]);
+    }
+    let project = unique_name("memories-bundle");
+    cleanup.project(&project);
+    let port = free_port();
+    let up = Command::new(xtask_binary())
+        .args(["dev", "up", "--no-build"])
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .env("DEV_SERVER_PORT", port.to_string())
+        .env("DEV_DB_PORT", free_port().to_string())
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    let down = Command::new(xtask_binary())
+        .args(["dev", "down", "--volumes"])
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
