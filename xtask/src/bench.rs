@@ -13,6 +13,8 @@ use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::plan::Step;
+use crate::registry::Throwaway;
+use crate::release;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
@@ -48,6 +50,47 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
             .args(["--label".to_owned(), format!("{key}={}", value.as_str().unwrap_or_default())]);
     }
     step.arg(".")
+}
+
+/// A release of every image for amd64 and arm64 against the same release for amd64 alone, each
+/// from a cold BuildKit cache (pruned before every run), pushed to a throwaway registry.
+pub fn release(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+    docker::require_buildx(sh)?;
+    let revision = Revision::read(sh, root)?;
+    let registry = Throwaway::start(sh, root)?;
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
+    let sides = [release::DEFAULT_PLATFORMS, "linux/amd64"];
+    let mut samples = [Vec::new(), Vec::new()];
+    for run in 1..=runs {
+        for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+            eprintln!("run {run}/{runs}: release for {} from a cold cache", sides[side]);
+            let namespace = format!("{}/bench-{run}-{side}", registry.address);
+            docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
+            let step = Step::new(&exe, root)
+                .args(["release", "--registry", &namespace, "--platform", sides[side]])
+                .arg("--allow-dirty");
+            samples[side].push(time(&step)?);
+            // The next run starts without this one's images as well as without its cache.
+            let request = release::ReleaseRequest {
+                images: Vec::new(),
+                registry: namespace,
+                platforms: Vec::new(),
+                builder: None,
+                allow: release::Allowances { dirty: true, overwrite: true, latest: true },
+            };
+            let plan = release::plan(root, &revision, &request)?;
+            let refs: Vec<String> = plan.images.iter().flat_map(|i| i.refs()).collect();
+            docker::cli(root).args(["image", "rm"]).args(refs).run()?;
+        }
+    }
+    let [multi, single] = samples;
+    let report = Report {
+        ours: Side::new("release amd64+arm64 (cold cache)", multi),
+        peer: Side::new("release amd64 (cold cache)", single),
+    };
+    report.print(json);
+    Ok(())
 }
 
 /// How long after a port opens each side notices it: ours, and the shell loop we replace.

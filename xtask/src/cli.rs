@@ -414,6 +414,17 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A release of every image for linux/amd64 and linux/arm64 against the same release for
+    /// linux/amd64 alone, each from a cold BuildKit cache, pushed to a throwaway registry.
+    /// Clears this machine's build cache before every run.
+    Release {
+        /// Runs of each side (each run is two cold releases: minutes).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
     /// Dockerfile and target, interleaved, with warm caches.
     Build {

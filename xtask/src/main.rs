@@ -12,6 +12,7 @@ mod image;
 mod interrupt;
 mod plan;
 mod platform;
+mod registry;
 mod release;
 mod stack;
 mod tasks;
@@ -66,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
             Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
             Bench::Wait { runs, json } => bench::wait(&root, runs, json),
             Bench::Stack { runs, json } => bench::stack(&sh, &root, runs, json),
+            Bench::Release { runs, json } => bench::release(&sh, &root, runs, json),
         },
     }
 }

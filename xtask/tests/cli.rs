@@ -132,6 +132,23 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
 }
 
 #[test]
+fn pack_docker_sh_is_a_shim_to_release() {
+    let (path, log) = fake_docker("pack-docker");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let output = Command::new(root.join("scripts/pack_docker.sh"))
+        .args(["127.0.0.1:9/legacy", "--allow-dirty", "--dry-run", "--json"])
+        .env("PATH", path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["registry"], "127.0.0.1:9/legacy");
+    assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
     let cases: [(&[&str], &str); 6] = [
         (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy, registry"),

@@ -1,0 +1,72 @@
+//! A throwaway registry (the repository's `registry` image) on a free loopback port: where
+//! `cargo xtask ci` and `bench release` push, so that neither touches a real registry. It is
+//! removed, with everything pushed to it, when dropped.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::Shell;
+
+use crate::cli::ImageName;
+use crate::docker;
+use crate::image::{self, BuildRequest};
+use crate::version::Revision;
+use crate::wait::{self, Probe, WaitOptions};
+
+pub struct Throwaway {
+    root: Utf8PathBuf,
+    container: String,
+    /// `127.0.0.1:PORT`, for `--registry 127.0.0.1:PORT/NAMESPACE`.
+    pub address: String,
+}
+
+impl Throwaway {
+    /// Builds the image (a no-op when cached), starts it and waits until `/v2/` answers.
+    pub fn start(sh: &Shell, root: &Utf8Path) -> Result<Throwaway> {
+        let revision = Revision::read(sh, root)?;
+        let request = BuildRequest { images: vec![ImageName::Registry], ..BuildRequest::default() };
+        let plan = image::plan(root, &revision, &request);
+        image::execute(sh, &plan).context("cannot build the throwaway registry")?;
+        let container = format!("memories-registry-{}", std::process::id());
+        docker::cli(root)
+            .args(["run", "--detach", "--rm", "--name", &container])
+            .args(["--publish", "127.0.0.1::5000"])
+            .arg(plan.images[0].refs[1].as_str())
+            .run()
+            .context("cannot start the throwaway registry")?;
+        // From here on, dropping `registry` removes the container, whatever fails next.
+        let mut registry = Throwaway { root: root.to_owned(), container, address: String::new() };
+        let mapping = docker::cli(root)
+            .args(["port", &registry.container, "5000/tcp"])
+            .read()
+            .context("cannot read the throwaway registry's port")?;
+        let port: u16 = mapping
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("unexpected `docker port` answer: {mapping}"))?;
+        let ready = Probe::Http {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/v2/".into(),
+            status: Some(200),
+            contains: None,
+        };
+        let timeout = Duration::from_secs(30);
+        let outcome = wait::within_task(
+            wait::checks(&[ready]),
+            WaitOptions { timeout, ..WaitOptions::default() },
+        );
+        wait::outcome_result(&outcome, timeout).context("the throwaway registry did not start")?;
+        registry.address = format!("127.0.0.1:{port}");
+        Ok(registry)
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = docker::cli(&self.root).args(["rm", "--force", &self.container]).run_regardless();
+    }
+}
