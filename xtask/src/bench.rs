@@ -20,18 +20,33 @@ use crate::version::Revision;
 
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
 /// Dockerfile and target, with the same tags and labels, so both produce the same image.
-pub fn build(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+pub fn build(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx(sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
     let peer = bare_build(root, &Revision::read(sh, root)?);
     let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
-    let report = Report {
+    Ok(Report {
+        name: "build",
         ours: Side::new("cargo xtask build server (no-op)", ours_times),
         peer: Side::new("docker buildx build (no-op)", peer_times),
-    };
-    report.print(json);
-    Ok(())
+        note: None,
+    })
+}
+
+/// A warm `cargo xtask --help` (cargo's freshness check included) against `docker compose
+/// --help`, the command-line tool the stack scripts called.
+pub fn startup(root: &Utf8Path, runs: u32) -> Result<Report> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ours = Step::new(&cargo, root).args(["xtask", "--help"]);
+    let peer = docker::cli(root).args(["compose", "--help"]);
+    let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
+    Ok(Report {
+        name: "startup",
+        ours: Side::new("cargo xtask --help (warm)", ours_times),
+        peer: Side::new("docker compose --help", peer_times),
+        note: None,
+    })
 }
 
 /// The hand-written `docker buildx build` that gives what `cargo xtask build server` gives.
@@ -54,7 +69,7 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
 
 /// A release of every image for amd64 and arm64 against the same release for amd64 alone, each
 /// from a cold BuildKit cache (pruned before every run), pushed to a throwaway registry.
-pub fn release(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx(sh)?;
     let revision = Revision::read(sh, root)?;
     let registry = Throwaway::start(sh, root)?;
@@ -85,16 +100,16 @@ pub fn release(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()>
         }
     }
     let [multi, single] = samples;
-    let report = Report {
+    Ok(Report {
+        name: "release",
         ours: Side::new("release amd64+arm64 (cold cache)", multi),
         peer: Side::new("release amd64 (cold cache)", single),
-    };
-    report.print(json);
-    Ok(())
+        note: None,
+    })
 }
 
 /// How long after a port opens each side notices it: ours, and the shell loop we replace.
-pub fn wait(root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?;
     // The loop of a typical wait_for_service.sh; bash's /dev/tcp stands in where nc is missing.
@@ -130,16 +145,16 @@ pub fn wait(root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
             if side == 0 { ours.push(lag) } else { peer.push(lag) }
         }
     }
-    let report = Report {
+    Ok(Report {
+        name: "wait",
         ours: Side::new("cargo xtask wait-for tcp://", ours),
         peer: Side::new(peer_name, peer),
-    };
-    report.print(json);
-    Ok(())
+        note: None,
+    })
 }
 
 /// Time-to-ready of the dev stack: ours against `docker compose up --wait`, same files.
-pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
+pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_engine(sh)?;
     let revision = Revision::read(sh, root)?;
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
@@ -184,17 +199,48 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32, json: bool) -> Result<()> {
             lags.extend(lag);
         }
     }
-    let report = Report {
+    Ok(Report {
+        name: "stack",
         ours: Side::new("cargo xtask dev (to ready)", ours),
         peer: Side::new("docker compose up --wait", peer),
-    };
-    report.print(json);
-    if !json {
-        println!(
+        note: Some(format!(
             "after the slowest service's own \"ready\" log line, ours finished {:.0} ms later, compose {:.0} ms (medians)",
             ms(median(&ours_lag)),
             ms(median(&peer_lag))
+        )),
+    })
+}
+
+/// Every benchmark but `release` (which clears the build cache), each with its default runs,
+/// in one table.
+pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
+    let reports = [wait(root, 15)?, stack(sh, root, 5)?, build(sh, root, 5)?, startup(root, 20)?];
+    if json {
+        let value: Vec<serde_json::Value> = reports.iter().map(Report::to_json).collect();
+        println!("{:#}", json!({ "benchmarks": value }));
+        return Ok(());
+    }
+    let width =
+        reports.iter().flat_map(|r| [r.ours.name.len(), r.peer.name.len()]).max().unwrap_or(0);
+    println!(
+        "{:<8} {:<width$} {:>10}   {:<width$} {:>10} {:>7}",
+        "bench", "ours", "median", "peer", "median", "ratio"
+    );
+    for r in &reports {
+        println!(
+            "{:<8} {:<width$} {:>8.1}ms   {:<width$} {:>8.1}ms {:>6.2}x",
+            r.name,
+            r.ours.name,
+            ms(median(&r.ours.samples)),
+            r.peer.name,
+            ms(median(&r.peer.samples)),
+            r.ratio()
         );
+    }
+    for r in &reports {
+        if let Some(note) = &r.note {
+            println!("{}: {note}", r.name);
+        }
     }
     Ok(())
 }
@@ -320,8 +366,11 @@ impl Side {
 
 /// Ours against a peer measured in the same run.
 pub struct Report {
+    pub name: &'static str,
     pub ours: Side,
     pub peer: Side,
+    /// A line that says more than the timings do.
+    pub note: Option<String>,
 }
 
 impl Report {
@@ -331,10 +380,19 @@ impl Report {
             / median(&self.peer.samples).as_secs_f64().max(1e-9)
     }
 
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "bench": self.name,
+            "ours": self.ours.to_json(),
+            "peer": self.peer.to_json(),
+            "ratio": self.ratio(),
+            "note": self.note,
+        })
+    }
+
     pub fn print(&self, json: bool) {
         if json {
-            let value = json!({"ours": self.ours.to_json(), "peer": self.peer.to_json(), "ratio": self.ratio()});
-            println!("{value:#}");
+            println!("{:#}", self.to_json());
             return;
         }
         let width = self.ours.name.len().max(self.peer.name.len()).max(28);
@@ -357,6 +415,9 @@ impl Report {
             );
         }
         println!("{:<width$} {:>5} {:>8.2}x", "ratio (ours / peer, medians)", "", self.ratio());
+        if let Some(note) = &self.note {
+            println!("{note}");
+        }
     }
 }
 
@@ -417,8 +478,10 @@ mod tests {
         assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
         assert_eq!(median(&[]), Duration::ZERO);
         let report = Report {
+            name: "t",
             ours: Side::new("a", ms(&[120, 130, 110])),
             peer: Side::new("b", ms(&[100, 90, 110])),
+            note: None,
         };
         assert!((report.ratio() - 1.2).abs() < 1e-9);
         let ten = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);

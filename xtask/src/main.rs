@@ -5,6 +5,7 @@
 
 mod bench;
 mod bundle;
+mod ci;
 mod cli;
 mod docker;
 mod doctor;
@@ -16,6 +17,7 @@ mod registry;
 mod release;
 mod stack;
 mod tasks;
+mod tools;
 mod version;
 mod wait;
 
@@ -62,13 +64,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prod(args) => tasks::prod(&sh, &root, args),
         Command::Run(args) => tasks::run(&sh, &root, &args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Ci(args) => ci::run(&root, &args),
         Command::Completions { shell } => cli::print_completions(shell),
-        Command::Bench(args) => match args.bench {
-            Bench::Build { runs, json } => bench::build(&sh, &root, runs, json),
-            Bench::Wait { runs, json } => bench::wait(&root, runs, json),
-            Bench::Stack { runs, json } => bench::stack(&sh, &root, runs, json),
-            Bench::Release { runs, json } => bench::release(&sh, &root, runs, json),
-        },
+        Command::Bench(args) => {
+            let (report, json) = match args.bench {
+                None => return bench::all(&sh, &root, args.json),
+                Some(Bench::Build { runs, json }) => (bench::build(&sh, &root, runs)?, json),
+                Some(Bench::Wait { runs, json }) => (bench::wait(&root, runs)?, json),
+                Some(Bench::Stack { runs, json }) => (bench::stack(&sh, &root, runs)?, json),
+                Some(Bench::Release { runs, json }) => (bench::release(&sh, &root, runs)?, json),
+                Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
+            };
+            report.print(json);
+            Ok(())
+        }
     }
 }
 

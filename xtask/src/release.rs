@@ -264,6 +264,16 @@ pub struct Released {
 
 pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     let revision = Revision::read(sh, root)?;
+    if let Some(expected) = &args.expect_version {
+        let expected = expected.strip_prefix('v').unwrap_or(expected);
+        if expected != revision.version.to_string() {
+            bail!(
+                "app/pyproject.toml says version {}, but {expected} was expected: tag the commit \
+                 that sets it, or set it and commit",
+                revision.version
+            );
+        }
+    }
     let plan = plan(root, &revision, &ReleaseRequest::from(args))?;
     if args.output.dry_run {
         if args.output.json {
@@ -472,7 +482,13 @@ pub fn check_index(
     let labels = revision.labels();
     for platform in wanted {
         let platform = platform.to_string();
-        let config = &inspected["image"][&platform]["config"]["Labels"];
+        // With one image in the index, `.Image` is that image's config rather than a map.
+        let image = match inspected["image"].get(&platform) {
+            Some(image) => image,
+            None if platforms.len() == 1 => &inspected["image"],
+            None => &Value::Null,
+        };
+        let config = &image["config"]["Labels"];
         for key in ["org.opencontainers.image.version", "org.opencontainers.image.revision"] {
             let want = &labels.iter().find(|(k, _)| *k == key).expect("a release label").1;
             let have = config[key].as_str().unwrap_or("(none)");
@@ -648,6 +664,11 @@ mod tests {
         let one = inspected(&[("linux", "amd64")], "1.4.2", &rev.commit);
         let err = check_index(&one, &rev, &wanted).unwrap_err().to_string();
         assert_eq!(err, "platforms missing: linux/arm64 (found: linux/amd64)");
+
+        let mut single = inspected(&[("linux", "amd64")], "1.4.2", &rev.commit);
+        single["image"] = single["image"]["linux/amd64"].clone();
+        let amd64 = parse_list("linux/amd64").unwrap().0;
+        assert_eq!(check_index(&single, &rev, &amd64).unwrap().platforms.len(), 1);
 
         let stale = inspected(&[("linux", "amd64"), ("linux", "arm64")], "1.4.1", &rev.commit);
         let err = check_index(&stale, &rev, &wanted).unwrap_err().to_string();

@@ -1,0 +1,119 @@
+//! The compose definition's own rules, checked with `docker compose config` (no engine needed):
+//! every mode validates, every service has a healthcheck, no database port beyond loopback, and
+//! the otel collector's config is consistent. Part of the repository checks of `cargo xtask ci`.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tests::repo_root;
+
+/// The merged definition of one mode, as JSON.
+fn merged(mode: &str, profiles: &[&str]) -> Value {
+    let mut args = vec![
+        "compose".to_owned(),
+        "--project-name".into(),
+        "memories-check".into(),
+        "--file".into(),
+        "compose/compose.yaml".into(),
+        "--file".into(),
+        format!("compose/{mode}.yaml"),
+        "--env-file".into(),
+        format!("compose/{mode}.env"),
+    ];
+    for p in profiles {
+        args.extend(["--profile".to_owned(), (*p).to_owned()]);
+    }
+    args.extend(["config".to_owned(), "--format".into(), "json".into()]);
+    let output = Command::new("docker")
+        .args(&args)
+        .env("MEMORIES_TAG", "check")
+        .env("POSTGRES_PASSWORD", "check")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{mode}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn compose_files_validate_with_healthchecks_and_no_database_port_beyond_loopback() {
+    for (mode, profiles) in
+        [("dev", &["cache", "otel"][..]), ("test", &["cache", "otel"]), ("prod", &[])]
+    {
+        let definition = merged(mode, profiles);
+        let services = definition["services"].as_object().unwrap();
+        assert!(services.len() >= 2, "{mode}");
+        for (name, service) in services {
+            let health = &service["healthcheck"];
+            assert!(health["test"].is_array(), "{mode}/{name} has no healthcheck");
+            assert!(health["start_interval"].is_string(), "{mode}/{name} has no start_interval");
+            for port in service["ports"].as_array().into_iter().flatten() {
+                let host_ip = port["host_ip"].as_str().unwrap_or("0.0.0.0");
+                if mode != "prod" || name == "db" {
+                    assert_eq!(
+                        host_ip, "127.0.0.1",
+                        "{mode}/{name} publishes beyond loopback: {port}"
+                    );
+                }
+                if mode == "test" {
+                    assert!(
+                        port.get("published").is_none_or(|p| p == "" || p.is_null()),
+                        "test/{name}: {port}"
+                    );
+                }
+            }
+        }
+        if mode == "prod" {
+            let published: Vec<&String> =
+                services.iter().filter(|(_, s)| s["ports"].is_array()).map(|(n, _)| n).collect();
+            assert_eq!(published, ["proxy"], "prod publishes only the proxy");
+        }
+    }
+    // No default password in prod: without it, the definition does not even validate.
+    let output = Command::new("docker")
+        .args(["compose", "--file", "compose/compose.yaml", "--file", "compose/prod.yaml"])
+        .args(["--env-file", "compose/prod.env", "config", "--quiet"])
+        .env("MEMORIES_TAG", "check")
+        .env_remove("POSTGRES_PASSWORD")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("POSTGRES_PASSWORD is required"));
+}
+
+#[test]
+fn the_otel_collector_config_is_consistent() {
+    use yaml_rust2::YamlLoader;
+    let text = std::fs::read_to_string(repo_root().join("docker/otel/collector.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).expect("collector.yaml is YAML");
+    let config = &docs[0];
+    assert!(
+        !config["receivers"]["otlp"]["protocols"]["http"].is_badvalue(),
+        "OTLP over HTTP is received"
+    );
+    let pipelines = config["service"]["pipelines"].as_hash().expect("service.pipelines");
+    assert!(pipelines.keys().any(|k| k.as_str() == Some("traces")), "a traces pipeline");
+    for (name, pipeline) in pipelines {
+        for section in ["receivers", "processors", "exporters"] {
+            for item in pipeline[section].as_vec().into_iter().flatten() {
+                let item = item.as_str().unwrap();
+                assert!(
+                    !config[section][item].is_badvalue(),
+                    "pipeline {name:?} uses undefined {section}.{item}"
+                );
+            }
+        }
+    }
+    for extension in config["service"]["extensions"].as_vec().into_iter().flatten() {
+        assert!(
+            !config["extensions"][extension.as_str().unwrap()].is_badvalue(),
+            "undefined extension"
+        );
+    }
+    // `cargo xtask dev --profile otel` points the server at port 4318 of the collector.
+    assert_eq!(
+        config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].as_str(),
+        Some("0.0.0.0:4318")
+    );
+}

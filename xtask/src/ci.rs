@@ -1,0 +1,313 @@
+//! `cargo xtask ci`: every check CI makes, in order, as xtask steps, so "green locally" means
+//! "green in CI"; then one summary table (or JSON) with each step's status and time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Value, json};
+use xshell::Shell;
+
+use crate::cli::{CiArgs, CiStep};
+use crate::interrupt;
+use crate::plan::{self, Step};
+use crate::registry::Throwaway;
+use crate::tools;
+
+impl CiStep {
+    pub const ALL: [CiStep; 10] = [
+        CiStep::Fmt,
+        CiStep::Clippy,
+        CiStep::Unit,
+        CiStep::Repo,
+        CiStep::Hadolint,
+        CiStep::Actionlint,
+        CiStep::Build,
+        CiStep::Docker,
+        CiStep::E2e,
+        CiStep::Release,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CiStep::Fmt => "fmt",
+            CiStep::Clippy => "clippy",
+            CiStep::Unit => "unit",
+            CiStep::Repo => "repo",
+            CiStep::Hadolint => "hadolint",
+            CiStep::Actionlint => "actionlint",
+            CiStep::Build => "build",
+            CiStep::Docker => "docker",
+            CiStep::E2e => "e2e",
+            CiStep::Release => "release",
+        }
+    }
+}
+
+/// Where the commands of one step come from: a fixed list, or a list that needs something
+/// started first (the linters installed, a throwaway registry running).
+struct Commands {
+    root: Utf8PathBuf,
+    cargo: String,
+    xtask: String,
+}
+
+/// Stands in for the throwaway registry's address in a printed plan.
+const THROWAWAY: &str = "127.0.0.1:PORT";
+
+impl Commands {
+    fn cargo(&self) -> Step {
+        Step::new(&self.cargo, &self.root)
+    }
+
+    fn xtask(&self) -> Step {
+        Step::new(&self.xtask, &self.root)
+    }
+
+    /// The commands of `step`; `linters` and `registry` are where those live once set up.
+    fn of(&self, step: CiStep, linters: Option<&tools::Tools>, registry: &str) -> Vec<Step> {
+        let clippy = ["--", "-D", "warnings"];
+        match step {
+            CiStep::Fmt => vec![self.cargo().args(["fmt", "--all", "--check"])],
+            CiStep::Clippy => vec![
+                self.cargo().args(["clippy", "--workspace", "--all-targets"]).args(clippy),
+                // The end-to-end suite is not a default test target, so --all-targets skips it.
+                self.cargo().args(["clippy", "--package", "tests", "--test", "e2e"]).args(clippy),
+            ],
+            CiStep::Unit => {
+                vec![self.cargo().args([
+                    "test",
+                    "--package",
+                    "xtask",
+                    "--bin",
+                    "xtask",
+                    "--test",
+                    "cli",
+                ])]
+            }
+            CiStep::Repo => vec![
+                self.cargo().args(["test", "--package", "xtask", "--test", "repo"]),
+                self.cargo().args(["test", "--package", "tests", "--test", "compose"]),
+            ],
+            CiStep::Hadolint => {
+                let program =
+                    linters.map_or_else(|| Utf8PathBuf::from("hadolint"), tools::Tools::hadolint);
+                vec![
+                    Step::new(program.as_str(), &self.root)
+                        .args(["--config", ".hadolint.yaml"])
+                        .args(dockerfiles(&self.root)),
+                ]
+            }
+            CiStep::Actionlint => {
+                let program = linters
+                    .map_or_else(|| Utf8PathBuf::from("actionlint"), tools::Tools::actionlint);
+                vec![Step::new(program.as_str(), &self.root).arg("-no-color")]
+            }
+            CiStep::Build => vec![self.xtask().arg("build")],
+            CiStep::Docker => vec![self.cargo().args(["test", "--package", "tests"])],
+            CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
+            CiStep::Release => vec![
+                self.xtask()
+                    .args(["release", "--registry"])
+                    .arg(format!("{registry}/ci"))
+                    // Local runs happen on work in progress; the release path is what is tested.
+                    .arg("--allow-dirty"),
+            ],
+        }
+    }
+}
+
+/// Every Dockerfile under docker/, sorted, relative to the root.
+fn dockerfiles(root: &Utf8Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(root.join("docker"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let path = format!("docker/{name}/Dockerfile");
+            root.join(&path).is_file().then_some(path)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Passed,
+    Failed,
+    /// Not run because an earlier step failed (without `--keep-going`) or on Ctrl-C.
+    Skipped,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Passed => "ok",
+            Status::Failed => "FAILED",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub step: CiStep,
+    pub status: Status,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// The steps to run, in CI's order whatever order they were named in, each once.
+pub fn selected(named: &[CiStep]) -> Vec<CiStep> {
+    CiStep::ALL.into_iter().filter(|s| named.is_empty() || named.contains(s)).collect()
+}
+
+pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let commands = Commands {
+        root: root.to_owned(),
+        cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        xtask: exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned(),
+    };
+    let steps = selected(&args.steps);
+    if args.dry_run {
+        let plan: Vec<(CiStep, Vec<Step>)> =
+            steps.iter().map(|&s| (s, commands.of(s, None, THROWAWAY))).collect();
+        if args.json {
+            let value: Vec<Value> = plan
+                .iter()
+                .map(|(s, c)| json!({"step": s.name(), "commands": c.iter().map(Step::to_json).collect::<Vec<_>>()}))
+                .collect();
+            println!("{:#}", json!({ "steps": value }));
+        } else {
+            for (step, list) in &plan {
+                println!("# {}", step.name());
+                plan::print_plan(list);
+            }
+        }
+        return Ok(());
+    }
+    let mut outcomes = Vec::new();
+    let mut failed = false;
+    for step in steps {
+        if (failed && !args.keep_going) || interrupt::is_set() {
+            outcomes.push(Outcome {
+                step,
+                status: Status::Skipped,
+                duration: Duration::ZERO,
+                error: None,
+            });
+            continue;
+        }
+        eprintln!("==> ci: {}", step.name());
+        let start = Instant::now();
+        let result = execute(&commands, step);
+        let duration = start.elapsed();
+        let (status, error) = match result {
+            Ok(()) => (Status::Passed, None),
+            Err(err) => {
+                failed = true;
+                eprintln!("==> ci: {} failed: {err:#}", step.name());
+                (Status::Failed, Some(format!("{err:#}")))
+            }
+        };
+        outcomes.push(Outcome { step, status, duration, error });
+    }
+    print_summary(&outcomes, args.json);
+    if interrupt::is_set() {
+        return Err(interrupt::Interrupted.into());
+    }
+    let failures: Vec<&str> =
+        outcomes.iter().filter(|o| o.status == Status::Failed).map(|o| o.step.name()).collect();
+    if !failures.is_empty() {
+        bail!(
+            "ci failed at: {} (logs above; rerun one with `cargo xtask ci STEP`)",
+            failures.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn execute(commands: &Commands, step: CiStep) -> Result<()> {
+    let linters = match step {
+        CiStep::Hadolint | CiStep::Actionlint => Some(tools::ensure(&commands.root)?),
+        _ => None,
+    };
+    let sh = Shell::new()?;
+    sh.change_dir(&commands.root);
+    let registry = match step {
+        CiStep::Release => Some(Throwaway::start(&sh, &commands.root)?),
+        _ => None,
+    };
+    let address = registry.as_ref().map_or(THROWAWAY, |r| r.address.as_str());
+    for command in commands.of(step, linters.as_ref(), address) {
+        command.run()?;
+    }
+    Ok(())
+}
+
+fn print_summary(outcomes: &[Outcome], json: bool) {
+    let total: Duration = outcomes.iter().map(|o| o.duration).sum();
+    if json {
+        let steps: Vec<Value> = outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "step": o.step.name(),
+                    "status": o.status.as_str().to_lowercase(),
+                    "seconds": (o.duration.as_secs_f64() * 10.0).round() / 10.0,
+                    "error": o.error,
+                })
+            })
+            .collect();
+        let passed = outcomes.iter().all(|o| o.status == Status::Passed);
+        println!(
+            "{:#}",
+            json!({"passed": passed, "seconds": (total.as_secs_f64() * 10.0).round() / 10.0, "steps": steps})
+        );
+        return;
+    }
+    println!("{:<12} {:<8} {:>9}", "step", "status", "time");
+    for o in outcomes {
+        let time = if o.status == Status::Skipped {
+            "-".to_owned()
+        } else {
+            format!("{:.1}s", o.duration.as_secs_f64())
+        };
+        println!("{:<12} {:<8} {:>9}", o.step.name(), o.status.as_str(), time);
+    }
+    println!("{:<12} {:<8} {:>9}", "total", "", format!("{:.1}s", total.as_secs_f64()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> Commands {
+        Commands { root: "/repo".into(), cargo: "cargo".into(), xtask: "/bin/xtask".into() }
+    }
+
+    #[test]
+    fn steps_run_in_ci_order_whatever_order_they_are_named_in() {
+        assert_eq!(selected(&[]), CiStep::ALL);
+        assert_eq!(
+            selected(&[CiStep::Release, CiStep::Fmt, CiStep::Release]),
+            [CiStep::Fmt, CiStep::Release]
+        );
+    }
+
+    #[test]
+    fn each_step_is_an_xtask_or_cargo_command() {
+        let c = commands();
+        let fmt = c.of(CiStep::Fmt, None, THROWAWAY);
+        assert_eq!(fmt[0].to_string(), "cargo fmt --all --check");
+        let clippy: Vec<String> =
+            c.of(CiStep::Clippy, None, THROWAWAY).iter().map(ToString::to_string).collect();
+        assert_eq!(clippy[0], "cargo clippy --workspace --all-targets -- -D warnings");
+        assert!(clippy[1].contains("--test e2e"), "{clippy:?}");
+        let release = c.of(CiStep::Release, None, "127.0.0.1:4999")[0].to_string();
+        assert_eq!(release, "/bin/xtask release --registry 127.0.0.1:4999/ci --allow-dirty");
+        assert_eq!(c.of(CiStep::E2e, None, THROWAWAY)[0].to_string(), "/bin/xtask test --e2e-only");
+    }
+}
