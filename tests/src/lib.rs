@@ -288,11 +288,17 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         require_docker();
-        let built = xtask_ok(&["build", "registry", "--json"]);
-        let built: serde_json::Value = serde_json::from_str(&built).expect("build --json is JSON");
-        let image = built["images"][0]["refs"][1].as_str().expect("a built ref").to_owned();
+        // Built once per test binary: two builds naming the same image at once make the image
+        // store refuse the second ("already exists").
+        static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let image = IMAGE.get_or_init(|| {
+            let built = xtask_ok(&["build", "registry", "--json"]);
+            let built: serde_json::Value =
+                serde_json::from_str(&built).expect("build --json is JSON");
+            built["images"][0]["refs"][1].as_str().expect("a built ref").to_owned()
+        });
         let container = unique_name("memories-test-registry");
-        docker(&["run", "--detach", "--name", &container, "--publish", "127.0.0.1::5000", &image]);
+        docker(&["run", "--detach", "--name", &container, "--publish", "127.0.0.1::5000", image]);
         let registry = Registry {
             address: format!("127.0.0.1:{}", published_port(&container, 5000)),
             container,
