@@ -161,7 +161,8 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
     let tag = stack::tag(&revision);
     let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
-    stack::require_images(&probe).context("the benchmark starts from warm images")?;
+    // Both sides start from built images: build them first (a no-op when nothing changed).
+    stack::build(sh, &probe, &revision)?;
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     let (mut ours_lag, mut peer_lag) = (Vec::new(), Vec::new());
     for run in 1..=runs {
