@@ -53,6 +53,7 @@ fn help_lists_the_tasks_that_exist() {
         "prod",
         "run",
         "wait-for",
+        "ci",
         "doctor",
         "completions",
         "bench",
@@ -149,11 +150,45 @@ fn pack_docker_sh_is_a_shim_to_release() {
 }
 
 #[test]
+fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
+    let (output, log) =
+        run_without_docker("ci-dry-run", &["ci", "release", "fmt", "--dry-run", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let steps: Vec<&str> =
+        plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["fmt", "release"], "CI's order, whatever the order given");
+    let release = &plan["steps"][1]["commands"][0]["args"];
+    assert_eq!(release[0], "release");
+    assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+
+    let all = xtask(&["ci", "--dry-run"]).output().unwrap();
+    let stdout = text(&all.stdout);
+    let headings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("# ")).collect();
+    assert_eq!(
+        headings,
+        [
+            "# fmt",
+            "# clippy",
+            "# unit",
+            "# repo",
+            "# hadolint",
+            "# actionlint",
+            "# build",
+            "# docker",
+            "# e2e",
+            "# release"
+        ]
+    );
+}
+
+#[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy, registry"),
         (&["release", "--platform", "linux/amd64,windows/amd64"], "only linux images"),
         (&["release", "--registry", "http://127.0.0.1:5000"], "scheme"),
+        (&["ci", "lint"], "possible values: fmt, clippy, unit, repo, hadolint, actionlint"),
         (&["build", "--platform", "linux/sparc"], "unknown architecture `sparc`"),
         (&["build", "--platform", "amd64"], "use os/arch"),
         (&["build", "--push"], "--registry"),
