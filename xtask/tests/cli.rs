@@ -133,6 +133,20 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
 }
 
 #[test]
+fn a_release_for_another_version_than_pyproject_is_refused_in_one_line() {
+    let (output, log) = run_without_docker(
+        "release-expect",
+        &["release", "--expect-version", "v9.9.9", "--allow-dirty", "--dry-run"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.starts_with("error: app/pyproject.toml says version "), "{stderr}");
+    assert!(stderr.contains("but 9.9.9 was expected"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!log.exists());
+}
+
+#[test]
 fn pack_docker_sh_is_a_shim_to_release() {
     let (path, log) = fake_docker("pack-docker");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
