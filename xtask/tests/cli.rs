@@ -132,6 +132,68 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 }
 
+/// A `docker` that plays a registry without the version, a build that succeeds, and pushes that
+/// start failing at the third.
+fn docker_failing_third_push(test: &str) -> (String, PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("calls.log");
+    let script = format!(
+        r#"#!/bin/sh
+echo "$@" >> '{log}'
+case "$1 $2" in
+"buildx bake")
+    while [ $# -gt 0 ]; do [ "$1" = --metadata-file ] && out=$2; shift; done
+    cat > /dev/null
+    echo '{{"server":{{"containerimage.digest":"sha256:s"}},"db":{{"containerimage.digest":"sha256:d"}}}}' > "$out"
+    ;;
+"buildx imagetools") echo "ERROR: not found" >&2; exit 1 ;;
+"push --quiet") [ "$(grep -c '^push' '{log}')" -lt 3 ] || exit 1 ;;
+*) exit 1 ;;
+esac
+"#,
+        log = log.display()
+    );
+    let path = dir.join("docker");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (format!("{}:{}", dir.display(), std::env::var("PATH").unwrap()), log)
+}
+
+#[test]
+fn a_push_cut_short_names_what_went_out_and_never_moved_latest() {
+    let (path, log) = docker_failing_third_push("push-cut-short");
+    let output =
+        xtask(&["release", "server", "db", "--registry", "127.0.0.1:9/acme", "--allow-dirty"])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.contains("push failed after 2 of 10 refs"), "{stderr}");
+    let version: Value =
+        serde_json::from_slice(&xtask(&["version", "--json"]).output().unwrap().stdout).unwrap();
+    let version = version["version"].as_str().unwrap();
+    let first_two = format!("127.0.0.1:9/acme/server:{version}, 127.0.0.1:9/acme/server:sha-");
+    assert!(last.contains(&first_two), "{last}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let kinds: Vec<&str> =
+        calls.lines().map(|l| l.split_whitespace().take(2).last().unwrap_or_default()).collect();
+    let bake = kinds.iter().position(|k| *k == "bake").expect("built");
+    let first_push = calls.lines().position(|l| l.starts_with("push")).expect("pushed");
+    assert!(bake < first_push, "nothing is pushed before every image built:\n{calls}");
+    let pushed: Vec<&str> = calls.lines().filter(|l| l.starts_with("push")).collect();
+    assert_eq!(pushed.len(), 3, "{calls}");
+    assert!(
+        pushed[2].ends_with(&format!("/db:{version}")),
+        "immutable tags of every image go first: {calls}"
+    );
+    assert!(!calls.contains(":latest"), "latest never moved: {calls}");
+}
+
 #[test]
 fn a_release_for_another_version_than_pyproject_is_refused_in_one_line() {
     let (output, log) = run_without_docker(
