@@ -13,6 +13,7 @@ use serde_json::Value;
 use xshell::Shell;
 
 use crate::cli::ImageName;
+use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
 use crate::plan::Step;
@@ -86,7 +87,7 @@ impl Stack {
     /// Makes every `docker compose` invocation: project name, each file, the env files, the
     /// profiles and the variables that pick the images, run from the repository root.
     pub fn compose(&self) -> Step {
-        let mut step = Step::new("docker", &self.root)
+        let mut step = docker::cli(&self.root)
             .args(["compose", "--project-name", &self.project])
             .args(["--file", "compose/compose.yaml", "--file"])
             .arg(format!("compose/{}.yaml", self.mode.name()))

@@ -12,6 +12,7 @@ use xshell::Shell;
 use crate::cli::{
     DevAction, DevArgs, DevUpArgs, ImageName, ProdAction, ProdArgs, RunArgs, TestArgs,
 };
+use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt::{self, Interrupted};
 use crate::plan::Step;
@@ -304,7 +305,7 @@ fn deploy_swarm(
     let file = dir.join(format!("{name}-swarm.json"));
     // It holds the interpolated secrets: readable by us only, and removed after the deploy.
     write_private(&file, &serde_json::to_string_pretty(&definition)?)?;
-    let deployed = Step::new("docker", &stack.root)
+    let deployed = docker::cli(&stack.root)
         .args([
             "stack",
             "deploy",
@@ -394,7 +395,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
     }
     let reference = &plan.images[0].refs[1];
     let name = format!("memories-run-{}", args.port);
-    Step::new("docker", root)
+    docker::cli(root)
         .args(["run", "--detach", "--rm", "--name", &name])
         .args(["--publish".to_owned(), format!("127.0.0.1:{}:8283", args.port)])
         .args(["--volume".to_owned(), format!("{}:/var/lib/memories", args.volume)])
@@ -403,7 +404,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
         .with_context(|| {
             format!("cannot start {reference}: is another `cargo xtask run` using port {} (docker stop {name})?", args.port)
         })?;
-    let stop = || Step::new("docker", root).args(["stop", &name]).run_regardless();
+    let stop = || docker::cli(root).args(["stop", &name]).run_regardless();
     let health = Probe::Http {
         host: "127.0.0.1".into(),
         port: args.port,
@@ -417,16 +418,14 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
         WaitOptions { timeout, ..WaitOptions::default() },
     );
     if let Err(err) = wait::outcome_result(&outcome, timeout) {
-        let _ = Step::new("docker", root).args(["logs", "--tail", "50", &name]).run_regardless();
+        let _ = docker::cli(root).args(["logs", "--tail", "50", &name]).run_regardless();
         let _ = stop();
         return Err(err);
     }
     println!("http://127.0.0.1:{}", args.port);
     eprintln!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
-    let followed = Step::new("docker", root)
-        .args(["logs", "--follow", "--since", "1s", &name])
-        .stdout_is_data()
-        .run();
+    let followed =
+        docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]).stdout_is_data().run();
     if interrupt::is_set() {
         stop()?;
         return Err(Interrupted.into());
