@@ -322,7 +322,15 @@ impl Registry {
 }
 
 impl Drop for Registry {
+    /// Removes the registry and every local tag that names an image in it.
     fn drop(&mut self) {
         let _ = docker_output(&["rm", "--force", "--volumes", &self.container]);
+        let listed = docker_output(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+        let prefix = format!("{}/", self.address);
+        for reference in String::from_utf8_lossy(&listed.stdout).lines() {
+            if reference.starts_with(&prefix) {
+                let _ = docker_output(&["image", "rm", reference]);
+            }
+        }
     }
 }

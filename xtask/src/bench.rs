@@ -71,7 +71,6 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
 /// from a cold BuildKit cache (pruned before every run), pushed to a throwaway registry.
 pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx(sh)?;
-    let revision = Revision::read(sh, root)?;
     let registry = Throwaway::start(sh, root)?;
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
@@ -87,16 +86,7 @@ pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
                 .arg("--allow-dirty");
             samples[side].push(time(&step)?);
             // The next run starts without this one's images as well as without its cache.
-            let request = release::ReleaseRequest {
-                images: Vec::new(),
-                registry: namespace,
-                platforms: Vec::new(),
-                builder: None,
-                allow: release::Allowances { dirty: true, overwrite: true, latest: true },
-            };
-            let plan = release::plan(root, &revision, &request)?;
-            let refs: Vec<String> = plan.images.iter().flat_map(|i| i.refs()).collect();
-            docker::cli(root).args(["image", "rm"]).args(refs).run()?;
+            registry.untag_local(&namespace);
         }
     }
     let [multi, single] = samples;

@@ -241,10 +241,11 @@ fn execute(commands: &Commands, step: CiStep) -> Result<()> {
         _ => None,
     };
     let address = registry.as_ref().map_or(THROWAWAY, |r| r.address.as_str());
-    for command in commands.of(step, linters.as_ref(), address) {
-        command.run()?;
+    let result = commands.of(step, linters.as_ref(), address).iter().try_for_each(Step::run);
+    if let Some(registry) = &registry {
+        registry.untag_local(&format!("{}/ci", registry.address));
     }
-    Ok(())
+    result
 }
 
 fn print_summary(outcomes: &[Outcome], json: bool) {

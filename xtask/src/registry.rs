@@ -65,6 +65,21 @@ impl Throwaway {
     }
 }
 
+impl Throwaway {
+    /// Removes the local tags of images pushed under `namespace` of this registry: once the
+    /// registry is gone they would name nothing.
+    pub fn untag_local(&self, namespace: &str) {
+        let listed = docker::cli(&self.root)
+            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+            .arg(format!("{namespace}/*"))
+            .read();
+        let refs: Vec<String> = listed.unwrap_or_default().lines().map(str::to_owned).collect();
+        if !refs.is_empty() {
+            let _ = docker::cli(&self.root).args(["image", "rm"]).args(refs).run_regardless();
+        }
+    }
+}
+
 impl Drop for Throwaway {
     fn drop(&mut self) {
         let _ = docker::cli(&self.root).args(["rm", "--force", &self.container]).run_regardless();
