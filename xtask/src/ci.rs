@@ -44,8 +44,8 @@ impl CiStep {
     }
 }
 
-/// Where the commands of one step come from: a fixed list, or a list that needs something
-/// started first (the linters installed, a throwaway registry running).
+/// Makes each step's commands: cargo, this xtask binary and the linters, at the repository
+/// root. The linters and the throwaway registry are set up by [`execute`] just before their step.
 struct Commands {
     root: Utf8PathBuf,
     cargo: String,
