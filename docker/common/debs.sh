@@ -2,25 +2,34 @@
 # Installs Debian packages of another architecture into a root directory without running any of
 # their code, so a multi-platform build does no package work under emulation.
 #
-#   debs.sh ARCH ROOT PACKAGE...
+#   debs.sh ARCH BASE ROOT PACKAGE...
 #
-# ROOT/var/lib/dpkg/status must hold the target's installed packages (copy it from the target's
-# base image): only what is missing is fetched. Each package is unpacked into ROOT and recorded in
-# ROOT's dpkg status and file lists, so dpkg and image scanners see it as installed. Maintainer
-# scripts are not run: a Dockerfile creates the users and directories it needs itself.
+# BASE is the root the packages go on top of, usually the target's base image bind-mounted
+# (`--mount=type=bind,from=target,target=/target`): ROOT starts with its dpkg status and its
+# account files (passwd, group, shadow, gshadow), so only what BASE lacks is fetched and users
+# are added to BASE's own. Each package is unpacked into ROOT and recorded in ROOT's dpkg status
+# and file lists, so dpkg and image scanners see it as installed. Maintainer scripts are not
+# run: a Dockerfile creates the users and directories it needs itself (`useradd --prefix ROOT`).
 set -eu
 
-if [ $# -lt 3 ]; then
-    echo "usage: debs.sh ARCH ROOT PACKAGE..." >&2
+if [ $# -lt 4 ]; then
+    echo "usage: debs.sh ARCH BASE ROOT PACKAGE..." >&2
     exit 2
 fi
-arch=$1 root=$2
-shift 2
-status=$root/var/lib/dpkg/status
-if [ ! -f "$status" ]; then
-    echo "debs.sh: $status is missing: copy /var/lib/dpkg/status from the target's base image" >&2
+arch=$1 base=$2 root=$3
+shift 3
+if [ ! -f "$base/var/lib/dpkg/status" ]; then
+    echo "debs.sh: $base has no var/lib/dpkg/status: mount the target's base image there" >&2
     exit 1
 fi
+status=$root/var/lib/dpkg/status
+mkdir -p "$root/var/lib/dpkg" "$root/etc"
+cp "$base/var/lib/dpkg/status" "$status"
+for file in passwd group shadow gshadow; do
+    if [ -f "$base/etc/$file" ]; then
+        cp -p "$base/etc/$file" "$root/etc/$file"
+    fi
+done
 
 # The package lists live in a cache mount shared by builds for the same architecture; the
 # downloaded packages do not, so this run unpacks exactly what it resolved.

@@ -277,6 +277,22 @@ pub fn pyproject_version() -> String {
     line.split('"').nth(1).expect("a quoted version").to_owned()
 }
 
+/// What `platform.machine()` says inside a server image run as linux/arm64 (under qemu here),
+/// after importing the app and its compiled dependencies.
+pub fn arm64_machine(server_image: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "--entrypoint",
+        "python",
+        server_image,
+        "-c",
+        "import platform, psycopg, memories.api; print(platform.machine())",
+    ])
+}
+
 /// A registry of the test's own (the repository's `registry` image) on a free loopback port,
 /// removed with everything pushed to it when dropped.
 pub struct Registry {

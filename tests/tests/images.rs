@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    Cleanup, docker, docker_output, http, published_port, pyproject_version, require_docker,
-    unique_name, wait_for_200, xtask_ok,
+    Cleanup, arm64_machine, docker, docker_output, http, published_port, pyproject_version,
+    require_docker, unique_name, wait_for_200, xtask_ok,
 };
 
 /// `cargo xtask build --json`, once for the whole binary.
@@ -220,17 +220,7 @@ fn server_builds_for_arm64_and_runs_there() {
     for r in &refs {
         cleanup.image(r);
     }
-    let machine = docker(&[
-        "run",
-        "--rm",
-        "--platform",
-        "linux/arm64",
-        "--entrypoint",
-        "python",
-        &refs[0],
-        "-c",
-        "import platform, psycopg, memories.api; print(platform.machine())",
-    ]);
+    let machine = arm64_machine(&refs[0]);
     assert_eq!(machine, "aarch64");
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Cleanup, Registry, docker, docker_output, free_port, repo_root, unique_name, wait_for_200,
-    xtask_binary, xtask_captured, xtask_ok,
+    Cleanup, Registry, arm64_machine, docker, docker_output, free_port, repo_root, unique_name,
+    wait_for_200, xtask_binary, xtask_captured, xtask_ok,
 };
 
 /// What `cargo xtask version --json` says about this tree.
@@ -109,17 +109,8 @@ fn release_pushes_both_platforms_verified_and_never_the_same_version_twice() {
         "every tag of an image names the same index: {before:#?}"
     );
 
-    let arm = docker(&[
-        "run",
-        "--rm",
-        "--platform",
-        "linux/arm64",
-        "--entrypoint",
-        "python",
-        &format!("{namespace}/server:{}", version["version"].as_str().unwrap()),
-        "-c",
-        "import platform; print(platform.machine())",
-    ]);
+    let arm =
+        arm64_machine(&format!("{namespace}/server:{}", version["version"].as_str().unwrap()));
     assert_eq!(arm, "aarch64");
 
     let again = release(&namespace, &[]);

@@ -12,7 +12,7 @@ use xshell::Shell;
 use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
-use crate::plan::Step;
+use crate::plan::{self, Step};
 use crate::registry::Throwaway;
 use crate::release;
 use crate::stack::{self, Mode, Stack};
@@ -72,8 +72,7 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
 pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx(sh)?;
     let registry = Throwaway::start(sh, root)?;
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
+    let exe = plan::this_xtask()?;
     let sides = [release::DEFAULT_PLATFORMS, "linux/amd64"];
     let mut samples = [Vec::new(), Vec::new()];
     for run in 1..=runs {
@@ -100,8 +99,7 @@ pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
 
 /// How long after a port opens each side notices it: ours, and the shell loop we replace.
 pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?;
+    let exe = plan::this_xtask()?;
     // The loop of a typical wait_for_service.sh; bash's /dev/tcp stands in where nc is missing.
     let (peer_name, peer_loop) = if which::which("nc").is_ok() {
         ("nc -z; sleep 1 loop", r#"until nc -z 127.0.0.1 "$1"; do sleep 1; done"#)
@@ -125,7 +123,7 @@ pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
             let delay = Duration::from_millis(300 + seed % 1000);
             let port = free_port()?;
             let step = if side == 0 {
-                Step::new(exe, root)
+                Step::new(&exe, root)
                     .args(["wait-for", "--quiet", "--timeout", "30s"])
                     .arg(format!("tcp://127.0.0.1:{port}"))
             } else {
@@ -147,8 +145,7 @@ pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
 pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_engine(sh)?;
     let revision = Revision::read(sh, root)?;
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let exe = exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned();
+    let exe = plan::this_xtask()?;
     let tag = stack::tag(&revision);
     let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
     // Both sides start from built images: build them first (a no-op when nothing changed).

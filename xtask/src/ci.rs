@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use xshell::Shell;
@@ -164,11 +164,10 @@ pub fn selected(named: &[CiStep]) -> Vec<CiStep> {
 }
 
 pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let commands = Commands {
         root: root.to_owned(),
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-        xtask: exe.to_str().context("the xtask binary's path is not UTF-8")?.to_owned(),
+        xtask: plan::this_xtask()?,
     };
     let steps = selected(&args.steps);
     if args.dry_run {
@@ -188,32 +187,7 @@ pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut outcomes = Vec::new();
-    let mut failed = false;
-    for step in steps {
-        if (failed && !args.keep_going) || interrupt::is_set() {
-            outcomes.push(Outcome {
-                step,
-                status: Status::Skipped,
-                duration: Duration::ZERO,
-                error: None,
-            });
-            continue;
-        }
-        eprintln!("==> ci: {}", step.name());
-        let start = Instant::now();
-        let result = execute(&commands, step);
-        let duration = start.elapsed();
-        let (status, error) = match result {
-            Ok(()) => (Status::Passed, None),
-            Err(err) => {
-                failed = true;
-                eprintln!("==> ci: {} failed: {err:#}", step.name());
-                (Status::Failed, Some(format!("{err:#}")))
-            }
-        };
-        outcomes.push(Outcome { step, status, duration, error });
-    }
+    let outcomes = run_steps(&steps, args.keep_going, |step| execute(&commands, step));
     print_summary(&outcomes, args.json);
     if interrupt::is_set() {
         return Err(interrupt::Interrupted.into());
@@ -227,6 +201,42 @@ pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs each step with `execute`, timing it; after a failure the rest are skipped unless
+/// `keep_going`, and after Ctrl-C they are skipped whatever it says.
+fn run_steps(
+    steps: &[CiStep],
+    keep_going: bool,
+    mut execute: impl FnMut(CiStep) -> Result<()>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut failed = false;
+    for &step in steps {
+        if (failed && !keep_going) || interrupt::is_set() {
+            outcomes.push(Outcome {
+                step,
+                status: Status::Skipped,
+                duration: Duration::ZERO,
+                error: None,
+            });
+            continue;
+        }
+        eprintln!("==> ci: {}", step.name());
+        let start = Instant::now();
+        let result = execute(step);
+        let duration = start.elapsed();
+        let (status, error) = match result {
+            Ok(()) => (Status::Passed, None),
+            Err(err) => {
+                failed = true;
+                eprintln!("==> ci: {} failed: {err:#}", step.name());
+                (Status::Failed, Some(format!("{err:#}")))
+            }
+        };
+        outcomes.push(Outcome { step, status, duration, error });
+    }
+    outcomes
 }
 
 fn execute(commands: &Commands, step: CiStep) -> Result<()> {
@@ -296,6 +306,26 @@ mod tests {
             selected(&[CiStep::Release, CiStep::Fmt, CiStep::Release]),
             [CiStep::Fmt, CiStep::Release]
         );
+    }
+
+    #[test]
+    fn a_failure_skips_the_rest_unless_keep_going() {
+        let steps = [CiStep::Fmt, CiStep::Clippy, CiStep::Unit];
+        let failing = |step| if step == CiStep::Clippy { bail!("lint") } else { Ok(()) };
+        let statuses =
+            |outcomes: Vec<Outcome>| outcomes.iter().map(|o| o.status).collect::<Vec<_>>();
+        assert_eq!(
+            statuses(run_steps(&steps, false, failing)),
+            [Status::Passed, Status::Failed, Status::Skipped]
+        );
+        let mut ran = Vec::new();
+        let outcomes = run_steps(&steps, true, |step| {
+            ran.push(step);
+            failing(step)
+        });
+        assert_eq!(ran, steps, "--keep-going runs every step");
+        assert_eq!(outcomes[1].error.as_deref(), Some("lint"));
+        assert_eq!(statuses(outcomes), [Status::Passed, Status::Failed, Status::Passed]);
     }
 
     #[test]

@@ -186,6 +186,15 @@ impl Step {
     }
 }
 
+/// This xtask binary itself, for tasks that run another task as a step (benchmarks, `ci`):
+/// no cargo in between, so nothing is rebuilt or timed that should not be.
+pub fn this_xtask() -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    exe.into_os_string()
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("the xtask binary's path is not UTF-8"))
+}
+
 /// Shows the step as a command line a person could paste: env, program and quoted argv.
 /// This is for display only; steps never go through a shell.
 impl fmt::Display for Step {

@@ -47,19 +47,10 @@ impl Throwaway {
             .and_then(|l| l.rsplit(':').next())
             .and_then(|p| p.trim().parse().ok())
             .with_context(|| format!("unexpected `docker port` answer: {mapping}"))?;
-        let ready = Probe::Http {
-            host: "127.0.0.1".into(),
-            port,
-            path: "/v2/".into(),
-            status: Some(200),
-            contains: None,
-        };
-        let timeout = Duration::from_secs(30);
-        let outcome = wait::within_task(
-            wait::checks(&[ready]),
-            WaitOptions { timeout, ..WaitOptions::default() },
-        );
-        wait::outcome_result(&outcome, timeout).context("the throwaway registry did not start")?;
+        let ready = Probe::loopback_200(port, "/v2/");
+        let options = WaitOptions { timeout: Duration::from_secs(30), ..WaitOptions::default() };
+        wait::until_ready(wait::checks(&[ready]), options)
+            .context("the throwaway registry did not start")?;
         registry.address = format!("127.0.0.1:{port}");
         Ok(registry)
     }

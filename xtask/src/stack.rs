@@ -225,13 +225,7 @@ impl Stack {
 }
 
 fn http_health(port: u16) -> Probe {
-    Probe::Http {
-        host: "127.0.0.1".into(),
-        port,
-        path: "/v1/health".into(),
-        status: Some(200),
-        contains: None,
-    }
+    Probe::loopback_200(port, "/v1/health")
 }
 
 /// Builds the images the stack runs (a no-op when nothing changed).

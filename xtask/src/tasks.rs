@@ -107,8 +107,7 @@ fn running_profiles(stack: &Stack) -> Vec<Profile> {
 fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
     let probes = stack.probes(&|service, port| stack.published_port(service, port));
     let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
-    let outcome = wait::within_task(checks, WaitOptions { timeout, ..WaitOptions::default() });
-    wait::outcome_result(&outcome, timeout)
+    wait::until_ready(checks, WaitOptions { timeout, ..WaitOptions::default() })
 }
 
 /// Prints where each service answers, on stdout.
@@ -340,8 +339,7 @@ fn deploy_swarm(
         .collect();
     let options =
         WaitOptions { timeout, max_interval: Duration::from_millis(500), ..WaitOptions::default() };
-    let outcome = wait::within_task(checks, options);
-    wait::outcome_result(&outcome, timeout)?;
+    wait::until_ready(checks, options)?;
     eprintln!("stack {name} is deployed; remove it with `docker stack rm {name}`");
     Ok(())
 }
@@ -405,19 +403,9 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
             format!("cannot start {reference}: is another `cargo xtask run` using port {} (docker stop {name})?", args.port)
         })?;
     let stop = || docker::cli(root).args(["stop", &name]).run_regardless();
-    let health = Probe::Http {
-        host: "127.0.0.1".into(),
-        port: args.port,
-        path: "/v1/health".into(),
-        status: Some(200),
-        contains: None,
-    };
-    let timeout = Duration::from_secs(60);
-    let outcome = wait::within_task(
-        wait::checks(&[health]),
-        WaitOptions { timeout, ..WaitOptions::default() },
-    );
-    if let Err(err) = wait::outcome_result(&outcome, timeout) {
+    let health = Probe::loopback_200(args.port, "/v1/health");
+    let options = WaitOptions { timeout: Duration::from_secs(60), ..WaitOptions::default() };
+    if let Err(err) = wait::until_ready(wait::checks(&[health]), options) {
         let _ = docker::cli(root).args(["logs", "--tail", "50", &name]).run_regardless();
         let _ = stop();
         return Err(err);

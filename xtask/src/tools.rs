@@ -25,7 +25,7 @@ impl Tools {
 }
 
 /// The steps that (re)create the virtualenv and install the pinned wheels.
-pub fn install_steps(root: &Utf8Path) -> Vec<Step> {
+fn install_steps(root: &Utf8Path) -> Vec<Step> {
     let venv = venv(root);
     vec![
         Step::new("python3", root).args(["-m", "venv", "--clear", venv.as_str()]),

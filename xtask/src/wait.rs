@@ -400,6 +400,12 @@ pub fn within_task(checks: Vec<(String, Box<dyn Check + '_>)>, options: WaitOpti
     })
 }
 
+/// [`within_task`] for callers that need only the result: ready, or why not.
+pub fn until_ready(checks: Vec<(String, Box<dyn Check + '_>)>, options: WaitOptions) -> Result<()> {
+    let timeout = options.timeout;
+    outcome_result(&within_task(checks, options), timeout)
+}
+
 /// The outcome of a wait as a task result: timeouts and interrupts as their own errors, so
 /// they exit 124 and 130.
 pub fn outcome_result(outcome: &Outcome, timeout: Duration) -> Result<()> {

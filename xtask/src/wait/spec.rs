@@ -30,6 +30,19 @@ pub enum Probe {
     File { path: String },
 }
 
+impl Probe {
+    /// `GET http://127.0.0.1:PORT/PATH` answering exactly 200: a service published on loopback.
+    pub fn loopback_200(port: u16, path: &str) -> Probe {
+        Probe::Http {
+            host: "127.0.0.1".into(),
+            port,
+            path: path.into(),
+            status: Some(200),
+            contains: None,
+        }
+    }
+}
+
 /// A spec split into its URL parts, percent-decoding done.
 struct Url<'a> {
     scheme: &'a str,
