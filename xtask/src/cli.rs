@@ -72,6 +72,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// A proxy in front of a registry that fails a share of requests (500, 429 with
+    /// `Retry-After`, connection reset, delay), picked from a seed so that a failure can be
+    /// reproduced: for trying releases against a flaky registry.
+    ///
+    /// Prints its address (`127.0.0.1:PORT`) on stdout, each fault on stderr, and on Ctrl-C or
+    /// SIGTERM what it did as JSON on stdout.
+    FaultProxy(FaultProxyArgs),
     /// Measure tasks against their peers in the same run and print the ratios: one benchmark,
     /// or with none named every one but `release`, in one table.
     Bench(BenchArgs),
@@ -89,6 +96,22 @@ pub struct DoctorArgs {
     /// A registry to check, e.g. `127.0.0.1:5000` (it must answer the registry API).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FaultProxyArgs {
+    /// The registry to forward to, e.g. `127.0.0.1:5000`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub upstream: String,
+    /// The share of requests that fail: `0.2` or `20%`.
+    #[arg(long, default_value = "0.2", value_parser = crate::faults::parse_rate)]
+    pub rate: f64,
+    /// Picks which requests fail: the same seed fails the same requests (by arrival order).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long a delayed request is held before it is forwarded.
+    #[arg(long, default_value = "2s", value_parser = crate::wait::parse_duration)]
+    pub delay: Duration,
 }
 
 #[derive(Debug, Args)]

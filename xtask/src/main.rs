@@ -9,6 +9,7 @@ mod ci;
 mod cli;
 mod docker;
 mod doctor;
+mod faults;
 mod image;
 mod interrupt;
 mod plan;
@@ -65,6 +66,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => tasks::run(&sh, &root, &args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Ci(args) => ci::run(&root, &args),
+        Command::FaultProxy(args) => faults::run(
+            &args.upstream,
+            faults::FaultPlan { rate: args.rate, seed: args.seed, delay: args.delay },
+        ),
         Command::Completions { shell } => cli::print_completions(shell),
         Command::Bench(args) => {
             let (report, json) = match args.bench {

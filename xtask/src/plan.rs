@@ -1,6 +1,7 @@
 //! Plans: commands as values, built without side effects, then echoed and run, or only shown.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8PathBuf;
@@ -20,6 +21,24 @@ pub struct Step {
     /// The command's stdout is the task's result (logs, exec, config): it goes to our stdout
     /// instead of stderr.
     pub stdout_is_data: bool,
+    /// How long one run may take before the command is stopped (SIGTERM, then SIGKILL).
+    pub timeout: Option<Duration>,
+}
+
+/// What a captured step printed, and how it ended.
+#[derive(Debug)]
+pub struct Captured {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The step ran past its timeout and was stopped.
+    pub timed_out: bool,
+}
+
+impl Captured {
+    pub fn success(&self) -> bool {
+        self.status.success() && !self.timed_out
+    }
 }
 
 impl Step {
@@ -31,7 +50,14 @@ impl Step {
             cwd: cwd.into(),
             stdin: None,
             stdout_is_data: false,
+            timeout: None,
         }
+    }
+
+    /// Stops the command when one run takes longer than `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Step {
+        self.timeout = Some(limit);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Step {
@@ -73,6 +99,7 @@ impl Step {
             "env": env,
             "cwd": self.cwd.as_str(),
             "stdin": self.stdin,
+            "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
         })
     }
 
@@ -98,7 +125,7 @@ impl Step {
     /// finish whatever happened.
     pub fn run_regardless(&self) -> Result<()> {
         let started_interrupted = interrupt::is_set();
-        let output = self.supervise(!started_interrupted, false)?;
+        let output = self.supervise(!started_interrupted, Capture::Nothing)?.output;
         if !started_interrupted && interrupt::is_set() {
             return Err(Interrupted.into());
         }
@@ -110,7 +137,7 @@ impl Step {
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
-        let output = self.supervise(true, true)?;
+        let output = self.supervise(true, Capture::Stdout)?.output;
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
@@ -119,15 +146,34 @@ impl Step {
             .with_context(|| format!("`{}` printed non-UTF-8", self.short()))
     }
 
-    fn supervise(&self, stop_on_interrupt: bool, capture: bool) -> Result<std::process::Output> {
+    /// Runs the step and captures both its stdout and its stderr, for callers that decide by
+    /// what the command said (a registry's answer). Fails only when it cannot run at all or is
+    /// interrupted; a failed or timed-out command is in the result.
+    pub fn capture(&self) -> Result<Captured> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let supervised = self.supervise(true, Capture::Both)?;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Ok(Captured {
+            status: supervised.output.status,
+            stdout: text(&supervised.output.stdout),
+            stderr: text(&supervised.output.stderr),
+            timed_out: supervised.timed_out,
+        })
+    }
+
+    fn supervise(&self, stop_on_interrupt: bool, capture: Capture) -> Result<Supervised> {
         eprintln!("$ {self}");
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
-        expression = if capture {
-            expression.stdout_capture()
-        } else if self.stdout_is_data {
-            expression
-        } else {
-            expression.stdout_to_stderr()
+        expression = match capture {
+            Capture::Both => expression.stdout_capture().stderr_capture(),
+            Capture::Stdout => expression.stdout_capture(),
+            Capture::Nothing if self.stdout_is_data => expression,
+            Capture::Nothing => expression.stdout_to_stderr(),
         };
         for (key, value) in &self.env {
             expression = expression.env(key, value);
@@ -137,14 +183,19 @@ impl Step {
         }
         let handle =
             expression.start().with_context(|| format!("cannot start `{}`", self.program))?;
-        let mut signalled: Option<std::time::Instant> = None;
+        let started = Instant::now();
+        let mut signalled: Option<Instant> = None;
+        let mut timed_out = false;
         loop {
             if let Some(output) =
                 handle.try_wait().with_context(|| format!("cannot wait for `{}`", self.program))?
             {
-                return Ok(output.clone());
+                return Ok(Supervised { output: output.clone(), timed_out });
             }
-            if stop_on_interrupt && interrupt::is_set() {
+            if self.timeout.is_some_and(|limit| started.elapsed() > limit) {
+                timed_out = true;
+            }
+            if (stop_on_interrupt && interrupt::is_set()) || timed_out {
                 match signalled {
                     None => {
                         for pid in handle.pids() {
@@ -153,15 +204,15 @@ impl Step {
                                 nix::sys::signal::Signal::SIGTERM,
                             );
                         }
-                        signalled = Some(std::time::Instant::now());
+                        signalled = Some(Instant::now());
                     }
-                    Some(at) if at.elapsed() > std::time::Duration::from_secs(10) => {
+                    Some(at) if at.elapsed() > Duration::from_secs(10) => {
                         let _ = handle.kill();
                     }
                     Some(_) => {}
                 }
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -184,6 +235,20 @@ impl Step {
             .collect();
         std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" ")
     }
+}
+
+/// What [`Step::supervise`] keeps of the command's output.
+#[derive(Debug, Clone, Copy)]
+enum Capture {
+    /// Stdout goes to our stderr (or stdout for data), stderr passes through.
+    Nothing,
+    Stdout,
+    Both,
+}
+
+struct Supervised {
+    output: std::process::Output,
+    timed_out: bool,
 }
 
 /// This xtask binary itself, for tasks that run another task as a step (benchmarks, `ci`):
@@ -250,5 +315,20 @@ mod tests {
         assert_eq!(err, "`false` failed with exit status 1");
         let missing = Step::new("definitely-not-a-program-xtask", ".").run().unwrap_err();
         assert!(missing.to_string().contains("cannot start"), "{missing}");
+    }
+
+    #[test]
+    fn captured_steps_keep_both_streams_and_stop_at_their_timeout() {
+        let said = Step::new("sh", ".").args(["-c", "echo out; echo err >&2; exit 3"]);
+        let captured = said.capture().unwrap();
+        assert_eq!((captured.stdout.as_str(), captured.stderr.as_str()), ("out\n", "err\n"));
+        assert_eq!(captured.status.code(), Some(3));
+        assert!(!captured.success() && !captured.timed_out);
+
+        let slow = Step::new("sleep", ".").arg("5").timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let captured = slow.capture().unwrap();
+        assert!(captured.timed_out && !captured.success());
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     }
 }

@@ -17,6 +17,9 @@ pub struct AppVersion {
     pub minor: u64,
     pub patch: u64,
     pub suffix: String,
+    /// The same version as PEP 440 reads it: for ordering and for what counts as a
+    /// pre-release.
+    pub pep440: pep440_rs::Version,
 }
 
 impl AppVersion {
@@ -54,18 +57,23 @@ impl AppVersion {
         if !suffix_ok {
             bail!("version `{raw}` has a suffix `{rest}` that cannot be an image tag: {form}");
         }
+        let pep440: pep440_rs::Version = raw
+            .parse()
+            .map_err(|e| anyhow::anyhow!("version `{raw}` is not a PEP 440 version ({e}): {form}"))?;
         Ok(AppVersion {
             major: numbers[0],
             minor: numbers[1],
             patch: numbers[2],
             suffix: rest.to_owned(),
+            pep440,
         })
     }
 
-    /// A pre-release (`rc1`, `a2`, `.dev3`, `-beta.1`); a post-release (`.post1`) is not one.
+    /// A pre-release as PEP 440 has it: an alpha, beta or release candidate, or a development
+    /// release (`rc1`, `a2`, `.dev3`, `-beta.1`, `.post1.dev1`); a post-release (`.post1`) is
+    /// not one.
     pub fn is_prerelease(&self) -> bool {
-        let suffix = self.suffix.trim_start_matches(['.', '-']);
-        !suffix.is_empty() && !suffix.starts_with("post")
+        self.pep440.any_prerelease()
     }
 }
 
@@ -261,6 +269,10 @@ mod tests {
         assert!(AppVersion::parse("1.2.0.dev4").unwrap().is_prerelease());
         assert!(AppVersion::parse("1.2.0-beta.1").unwrap().is_prerelease());
         assert!(!AppVersion::parse("1.2.0.post1").unwrap().is_prerelease());
+        assert!(AppVersion::parse("0.1.0.post1.dev1").unwrap().is_prerelease());
+        let order = ["0.1.0.dev1", "0.1.0rc1", "0.1.0", "0.1.0.post1", "0.1.1", "0.2.0", "0.10.0"];
+        let parsed: Vec<AppVersion> = order.iter().map(|v| AppVersion::parse(v).unwrap()).collect();
+        assert!(parsed.windows(2).all(|w| w[0].pep440 < w[1].pep440), "PEP 440 order");
         assert_eq!(AppVersion::parse("1.2.0rc1").unwrap().to_string(), "1.2.0rc1");
     }
 
@@ -274,6 +286,7 @@ mod tests {
             ("1.2.3+local", "local part"),
             ("1.2.3 rc1", "suffix"),
             ("1.2.3/x", "suffix"),
+            ("1.2.3.foo", "not a PEP 440 version"),
             ("99999999999999999999.0.0", "too large"),
         ];
         for (raw, why) in cases {
