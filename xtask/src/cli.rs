@@ -597,6 +597,14 @@ pub fn parse_registry(raw: &str) -> Result<String, String> {
     if !host_ok {
         return Err(format!("`{host}` is not a registry host: use HOST[:PORT]"));
     }
+    // Docker reads a first component without a dot or a port as a Docker Hub namespace.
+    if !host.contains(['.', ':']) && host != "localhost" {
+        return Err(format!(
+            "`{host}` is not a registry host, and docker would send `{trimmed}/...` to Docker \
+             Hub: write `docker.io/{trimmed}` if Docker Hub is meant, or HOST[:PORT]/{trimmed} \
+             (e.g. ghcr.io/{trimmed})"
+        ));
+    }
     for part in parts {
         let ok = !part.is_empty()
             && part.chars().all(|c| {
@@ -620,7 +628,13 @@ mod tests {
         assert_eq!(parse_registry("127.0.0.1:5000/acme/").unwrap(), "127.0.0.1:5000/acme");
         assert_eq!(parse_registry("ghcr.io").unwrap(), "ghcr.io");
         assert!(parse_registry("http://127.0.0.1:5000").unwrap_err().contains("scheme"));
-        assert!(parse_registry("reg/Acme").unwrap_err().contains("namespace"));
+        assert!(parse_registry("reg.example/Acme").unwrap_err().contains("namespace"));
+        let hub = parse_registry("acme").unwrap_err();
+        assert!(hub.contains("Docker Hub") && hub.contains("`docker.io/acme`"), "{hub}");
+        assert!(parse_registry("acme/team").unwrap_err().contains("`docker.io/acme/team`"));
+        assert_eq!(parse_registry("localhost/acme").unwrap(), "localhost/acme");
+        assert_eq!(parse_registry("localhost:5000").unwrap(), "localhost:5000");
+        assert_eq!(parse_registry("docker.io/acme").unwrap(), "docker.io/acme");
         assert!(parse_registry("").is_err());
         assert!(parse_registry("reg//x").is_err());
     }

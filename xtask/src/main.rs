@@ -16,6 +16,7 @@ mod plan;
 mod platform;
 mod registry;
 mod release;
+mod remote;
 mod stack;
 mod tasks;
 mod tools;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use xshell::Shell;
 
@@ -13,6 +13,7 @@ use crate::cli::{ImageName, ReleaseArgs};
 use crate::docker;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{self, Step};
+use crate::remote;
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -98,20 +99,19 @@ impl ReleaseImage {
     }
 }
 
-/// A release, planned without side effects.
+/// A release, planned without side effects. Which images are built and which refs are pushed,
+/// copied or left alone is decided at run time from what the registry holds; the plan shows
+/// the most a release does (every image built and pushed, every moving tag moved).
 #[derive(Debug)]
 pub struct ReleasePlan {
     pub revision: Revision,
     pub registry: String,
     pub platforms: Vec<Platform>,
     pub images: Vec<ReleaseImage>,
-    /// One registry lookup per image: does its version tag exist already? Empty with `--force`.
-    pub checks: Vec<Step>,
+    pub request: ReleaseRequest,
+    pub root: Utf8PathBuf,
+    /// Every image, for every platform, into the local image store; nothing pushed.
     pub build: BuildPlan,
-    /// Every immutable ref of every image, then every moving ref.
-    pub pushes: Vec<Step>,
-    /// Reads each pushed ref back from the registry.
-    pub verifies: Vec<Step>,
 }
 
 /// What a release needs to know, independent of the command line.
@@ -140,6 +140,9 @@ impl From<&ReleaseArgs> for ReleaseRequest {
     }
 }
 
+/// Stands for a digest known only once the build has run, in plans.
+const BUILT: &str = "sha256:<built>";
+
 pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> Result<ReleasePlan> {
     check_revision(revision, request.allow)?;
     let names = if request.images.is_empty() {
@@ -159,70 +162,69 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> R
             tags: tags.clone(),
         })
         .collect();
-    let all_tags: Vec<String> = tags.immutable.iter().chain(&tags.moving).cloned().collect();
-    let build = image::plan(
-        root,
-        revision,
-        &BuildRequest {
-            images: names,
-            platforms: Some(request.platforms.clone()),
-            output: Output::Store,
-            tags: Some(all_tags),
-            registry: Some(request.registry.clone()),
-            builder: request.builder.clone(),
-            no_cache: false,
-        },
-    );
-    let imagetools = || docker::buildx(root, request.builder.as_deref()).args(["imagetools"]);
-    let checks = if request.allow.overwrite {
-        Vec::new()
-    } else {
-        images
-            .iter()
-            .map(|i| imagetools().args(["inspect", "--raw"]).arg(i.version_ref()))
-            .collect()
-    };
-    let push = |reference: String| docker::cli(root).args(["push", "--quiet"]).arg(reference);
-    let mut pushes = Vec::new();
-    for image in &images {
-        for tag in &image.tags.immutable {
-            pushes.push(push(format!("{}:{tag}", image.repository)));
-        }
-    }
-    for image in &images {
-        for tag in &image.tags.moving {
-            pushes.push(push(format!("{}:{tag}", image.repository)));
-        }
-    }
-    let verifies = images
-        .iter()
-        .flat_map(|i| i.refs())
-        .map(|reference| {
-            imagetools().args(["inspect", "--format", "{{json .}}"]).arg(reference).stdout_is_data()
-        })
-        .collect();
+    let build = build_plan(root, revision, request, &names, &tags);
     Ok(ReleasePlan {
         revision: revision.clone(),
         registry: request.registry.clone(),
         platforms: request.platforms.clone(),
         images,
-        checks,
+        request: request.clone(),
+        root: root.to_owned(),
         build,
-        pushes,
-        verifies,
     })
 }
 
+/// Builds `names` into the local image store under their immutable refs only: moving tags are
+/// made in the registry, by manifest copy.
+fn build_plan(
+    root: &Utf8Path,
+    revision: &Revision,
+    request: &ReleaseRequest,
+    names: &[ImageName],
+    tags: &ReleaseTags,
+) -> BuildPlan {
+    image::plan(
+        root,
+        revision,
+        &BuildRequest {
+            images: names.to_vec(),
+            platforms: Some(request.platforms.clone()),
+            output: Output::Store,
+            tags: Some(tags.immutable.clone()),
+            registry: Some(request.registry.clone()),
+            builder: request.builder.clone(),
+            no_cache: false,
+        },
+    )
+}
+
 impl ReleasePlan {
+    fn remote(&self) -> remote::Registry {
+        remote::Registry::new(&self.root, self.request.builder.as_deref())
+    }
+
+    /// Every step a release can take, in order, with [`BUILT`] for digests known only later.
     pub fn steps(&self) -> Vec<Step> {
-        let mut steps = self.checks.clone();
+        let remote = self.remote();
+        let mut steps: Vec<Step> = self
+            .images
+            .iter()
+            .flat_map(|i| i.refs())
+            .map(|r| remote.inspect_step(&r))
+            .collect();
         steps.push(self.build.step.clone());
-        steps.extend(self.pushes.iter().cloned());
-        steps.extend(self.verifies.iter().cloned());
+        for image in &self.images {
+            steps.push(remote.push_step(&image.version_ref()));
+            let source = format!("{}@{BUILT}", image.repository);
+            for reference in image.refs().iter().skip(1) {
+                steps.push(remote.copy_step(&source, reference));
+            }
+        }
         steps
     }
 
     pub fn to_json(&self) -> Value {
+        let remote = self.remote();
         let images: Vec<Value> = self
             .images
             .iter()
@@ -235,6 +237,9 @@ impl ReleasePlan {
                 })
             })
             .collect();
+        let each = |f: &dyn Fn(&ReleaseImage) -> Vec<Step>| -> Vec<Value> {
+            self.images.iter().flat_map(f).map(|s| s.to_json()).collect()
+        };
         json!({
             "version": self.revision.version.to_string(),
             "revision": self.revision.commit,
@@ -243,10 +248,13 @@ impl ReleasePlan {
             "images": images,
             "bake": self.build.bake,
             "steps": {
-                "check": self.checks.iter().map(Step::to_json).collect::<Vec<_>>(),
+                "read": each(&|i| i.refs().iter().map(|r| remote.inspect_step(r)).collect()),
                 "build": [self.build.step.to_json()],
-                "push": self.pushes.iter().map(Step::to_json).collect::<Vec<_>>(),
-                "verify": self.verifies.iter().map(Step::to_json).collect::<Vec<_>>(),
+                "push": each(&|i| vec![remote.push_step(&i.version_ref())]),
+                "copy": each(&|i| {
+                    let source = format!("{}@{BUILT}", i.repository);
+                    i.refs().iter().skip(1).map(|r| remote.copy_step(&source, r)).collect()
+                }),
             },
         })
     }
@@ -257,9 +265,26 @@ impl ReleasePlan {
 pub struct Released {
     pub image: ImageName,
     pub digest: String,
+    /// Every ref that now names this release.
     pub refs: Vec<String>,
     /// Platform → the digest of its manifest.
     pub platforms: BTreeMap<String, String>,
+}
+
+/// A moving tag that names a newer release and was left where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftAlone {
+    pub reference: String,
+    pub names: String,
+}
+
+/// What a release did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub released: Vec<Released>,
+    pub left_alone: Vec<LeftAlone>,
+    /// Registry operations retried after a transient failure.
+    pub retries: u64,
 }
 
 pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
@@ -283,9 +308,16 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let released = execute(sh, &plan)?;
+    let outcome = execute(sh, &plan)?;
+    for left in &outcome.left_alone {
+        eprintln!(
+            "left alone: {} names {}, newer than {}",
+            left.reference, left.names, plan.revision.version
+        );
+    }
     if args.output.json {
-        let images: Vec<Value> = released
+        let images: Vec<Value> = outcome
+            .released
             .iter()
             .map(|r| {
                 json!({
@@ -296,6 +328,11 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
                 })
             })
             .collect();
+        let left: Vec<Value> = outcome
+            .left_alone
+            .iter()
+            .map(|l| json!({"ref": l.reference, "names": l.names}))
+            .collect();
         println!(
             "{:#}",
             json!({
@@ -303,10 +340,12 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
                 "revision": plan.revision.commit,
                 "registry": plan.registry,
                 "images": images,
+                "left_alone": left,
+                "retries": outcome.retries,
             })
         );
     } else {
-        for r in &released {
+        for r in &outcome.released {
             for reference in &r.refs {
                 println!("{reference} {}", r.digest);
             }
@@ -315,148 +354,282 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
-/// Checks, builds, pushes and verifies; pushes nothing unless every image built.
-pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Vec<Released>> {
-    docker::require_cli()?;
-    refuse_existing_versions(plan)?;
-    let built = match image::execute(sh, &plan.build) {
-        Ok(built) => built,
-        Err(err) => {
-            untag_local(plan);
-            return Err(err.context("release aborted before pushing anything"));
-        }
-    };
-    for (done, step) in plan.pushes.iter().enumerate() {
-        if let Err(err) = step.run() {
-            let pushed: Vec<&str> = plan.pushes[..done]
-                .iter()
-                .filter_map(|s| s.args.last())
-                .map(String::as_str)
-                .collect();
-            let pushed = if pushed.is_empty() { "none".to_owned() } else { pushed.join(", ") };
-            return Err(err.context(format!(
-                "push failed after {done} of {} refs (pushed: {pushed}); moving tags are pushed \
-                 last, so they still name the previous release unless listed",
-                plan.pushes.len()
-            )));
-        }
-    }
-    let mut released = Vec::new();
-    for image in &plan.images {
-        let digest_built =
-            built.iter().find(|b| b.image == image.image).and_then(|b| b.digest.clone());
-        released.push(verify(plan, image, digest_built.as_deref())?);
-    }
-    Ok(released)
+/// Where one image of the release stands in the registry before anything is pushed.
+#[derive(Debug)]
+enum Standing {
+    /// No immutable ref exists: build and push it.
+    New,
+    /// Some immutable refs hold this release (same version and commit) under `digest`, from an
+    /// earlier run: copy the missing ones from it, build nothing.
+    Resumed { digest: String, missing: Vec<String> },
 }
 
-/// Fails when the registry already holds a version tag, naming every one; any other registry
-/// error (unreachable, unauthorised) stops the release too.
-fn refuse_existing_versions(plan: &ReleasePlan) -> Result<()> {
-    let mut existing = Vec::new();
-    for (image, step) in plan.images.iter().zip(&plan.checks) {
-        eprintln!("$ {step}");
-        let output = step.command().output().with_context(|| format!("cannot run `{step}`"))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.success() {
-            existing.push(image.version_ref());
-        } else if !stderr.contains("not found") {
-            bail!(
-                "cannot look up {} in the registry: {}: check that it is up and that you are \
-                 logged in (`docker login`)",
-                image.version_ref(),
-                last_line(&stderr)
-            );
-        }
+/// Reads the registry, builds what it lacks, pushes the immutable refs (building and pushing
+/// nothing if an image failed to build), verifies every one of every image, and only then moves
+/// each moving tag that names an older release. Safe to run again after any interruption.
+pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
+    docker::require_cli()?;
+    let remote = plan.remote();
+    let retries_before = remote::retries();
+    let overwrite = plan.request.allow.overwrite;
+
+    let mut standings = Vec::new();
+    let mut foreign = Vec::new();
+    for image in &plan.images {
+        let standing = if overwrite {
+            Standing::New
+        } else {
+            standing(&remote, plan, image, &mut foreign)?
+        };
+        standings.push(standing);
     }
-    if !existing.is_empty() {
+    if !foreign.is_empty() {
         bail!(
-            "{} already in the registry, and released tags are immutable: bump `version` in \
-             app/pyproject.toml, or pass --force to overwrite",
-            if existing.len() == 1 {
-                format!("{} is", existing[0])
-            } else {
-                format!("{} are", existing.join(", "))
-            }
+            "{} already in the registry from another build, and released tags are immutable: \
+             bump `version` in app/pyproject.toml, or pass --force to overwrite",
+            foreign.join(", ")
         );
     }
-    Ok(())
+    let complete = standings
+        .iter()
+        .all(|s| matches!(s, Standing::Resumed { missing, .. } if missing.is_empty()));
+    if complete && moves(&remote, plan, &standings_digests(&standings))?.to_move.is_empty() {
+        bail!(
+            "{} {} already in the registry with every tag in place, and released tags are \
+             immutable: bump `version` in app/pyproject.toml, or pass --force to overwrite",
+            plan.images.iter().map(ReleaseImage::version_ref).collect::<Vec<_>>().join(", "),
+            if plan.images.len() == 1 { "is" } else { "are" },
+        );
+    }
+
+    let to_build: Vec<ImageName> = plan
+        .images
+        .iter()
+        .zip(&standings)
+        .filter(|(_, s)| matches!(s, Standing::New))
+        .map(|(i, _)| i.image)
+        .collect();
+    let mut digests: BTreeMap<ImageName, String> = BTreeMap::new();
+    if !to_build.is_empty() {
+        let tags = release_tags(&plan.revision, plan.request.allow.latest);
+        let build = build_plan(&plan.root, &plan.revision, &plan.request, &to_build, &tags);
+        let built = match image::execute(sh, &build) {
+            Ok(built) => built,
+            Err(err) => {
+                untag_local(plan);
+                return Err(err.context("release aborted before pushing anything"));
+            }
+        };
+        for b in built {
+            let digest = b.digest.with_context(|| format!("buildx reported no digest for {}", b.image))?;
+            digests.insert(b.image, digest);
+        }
+    }
+    for (image, standing) in plan.images.iter().zip(&standings) {
+        if let Standing::Resumed { digest, .. } = standing {
+            digests.insert(image.image, digest.clone());
+        }
+    }
+
+    for (image, standing) in plan.images.iter().zip(&standings) {
+        let digest = &digests[&image.image];
+        let source = format!("{}@{digest}", image.repository);
+        let (push_first, copies) = match standing {
+            Standing::New => (true, image.tags.immutable[1..].to_vec()),
+            Standing::Resumed { missing, .. } => (false, missing.clone()),
+        };
+        if push_first {
+            remote.push(&image.version_ref()).context(
+                "the release stopped before moving any tag: run it again to finish it",
+            )?;
+        }
+        for tag in copies {
+            let target = format!("{}:{tag}", image.repository);
+            if target == image.version_ref() {
+                continue;
+            }
+            remote.copy(&source, &target).context(
+                "the release stopped before moving any tag: run it again to finish it",
+            )?;
+        }
+    }
+
+    let mut released = Vec::new();
+    for image in &plan.images {
+        let digest = &digests[&image.image];
+        let mut refs = Vec::new();
+        let mut platforms = BTreeMap::new();
+        for tag in &image.tags.immutable {
+            let reference = format!("{}:{tag}", image.repository);
+            let found = verify(&remote, plan, &reference, digest)?;
+            platforms = found.platforms;
+            refs.push(reference);
+        }
+        released.push(Released { image: image.image, digest: digest.clone(), refs, platforms });
+    }
+
+    let known: Vec<Option<String>> =
+        plan.images.iter().map(|i| digests.get(&i.image).cloned()).collect();
+    let Moves { to_move, in_place, left_alone } = moves(&remote, plan, &known)?;
+    for (image, reference) in &to_move {
+        let source = format!("{}@{}", image.repository, digests[&image.image]);
+        remote.copy(&source, reference).context(
+            "every immutable ref is released and verified, but moving tags were cut short: run \
+             the release again to move the rest",
+        )?;
+    }
+    for (image, reference) in to_move.iter().chain(&in_place) {
+        verify(&remote, plan, reference, &digests[&image.image])?;
+        let entry = released.iter_mut().find(|r| r.image == image.image).expect("a released image");
+        entry.refs.push(reference.clone());
+    }
+    Ok(Outcome { released, left_alone, retries: remote::retries() - retries_before })
+}
+
+fn standings_digests(standings: &[Standing]) -> Vec<Option<String>> {
+    standings
+        .iter()
+        .map(|s| match s {
+            Standing::Resumed { digest, .. } => Some(digest.clone()),
+            Standing::New => None,
+        })
+        .collect()
+}
+
+/// Reads an image's immutable refs: absent (new), held by this release (resumed), or held by
+/// another build (added to `foreign`, refused by the caller).
+fn standing(
+    remote: &remote::Registry,
+    plan: &ReleasePlan,
+    image: &ReleaseImage,
+    foreign: &mut Vec<String>,
+) -> Result<Standing> {
+    let mut held: Option<String> = None;
+    let mut missing = Vec::new();
+    for tag in &image.tags.immutable {
+        let reference = format!("{}:{tag}", image.repository);
+        let Some(inspected) = remote.inspect(&reference)? else {
+            missing.push(tag.clone());
+            continue;
+        };
+        let found = read_index(&inspected)
+            .with_context(|| format!("{reference} in the registry is not an image index"))?;
+        let ours = check_index(&inspected, &plan.revision, &plan.platforms).is_ok();
+        match &held {
+            _ if !ours => foreign.push(reference),
+            Some(digest) if *digest != found.digest => foreign.push(reference),
+            _ => held = Some(found.digest),
+        }
+    }
+    Ok(match held {
+        None => Standing::New,
+        Some(digest) => Standing::Resumed { digest, missing },
+    })
+}
+
+/// Reads every moving tag and sorts them: to move (absent, or naming an older release), left
+/// alone (naming a newer one), or already in place. `digests[n]` is image `n`'s release digest
+/// where known (a new image's moving tags cannot already be in place).
+fn moves<'a>(
+    remote: &remote::Registry,
+    plan: &'a ReleasePlan,
+    digests: &[Option<String>],
+) -> Result<Moves<'a>> {
+    let mut moves = Moves::default();
+    for (image, digest) in plan.images.iter().zip(digests) {
+        for tag in &image.tags.moving {
+            let reference = format!("{}:{tag}", image.repository);
+            let current = match remote.inspect(&reference)? {
+                None => None,
+                Some(inspected) => Some(read_index(&inspected).with_context(|| {
+                    format!("{reference} in the registry is not an image index")
+                })?),
+            };
+            match decide_move(&plan.revision, digest.as_deref(), current.as_ref()) {
+                Move::Move => moves.to_move.push((image, reference)),
+                Move::InPlace => moves.in_place.push((image, reference)),
+                Move::Keep(names) => moves.left_alone.push(LeftAlone { reference, names }),
+            }
+        }
+    }
+    Ok(moves)
+}
+
+/// Moving tags sorted by what a release does with them.
+#[derive(Debug, Default)]
+struct Moves<'a> {
+    to_move: Vec<(&'a ReleaseImage, String)>,
+    in_place: Vec<(&'a ReleaseImage, String)>,
+    left_alone: Vec<LeftAlone>,
+}
+
+/// What to do with one moving tag.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Move {
+    /// It is absent, or names an older (or unlabelled) release: copy ours there.
+    Move,
+    /// It already names this release.
+    InPlace,
+    /// It names a newer release (the version it names).
+    Keep(String),
+}
+
+/// Moving tags only move forward: PEP 440 order of the `version` labels.
+pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&FoundIndex>) -> Move {
+    let Some(current) = current else { return Move::Move };
+    if ours == Some(current.digest.as_str()) {
+        return Move::InPlace;
+    }
+    let theirs = current.version.as_deref().and_then(|v| v.parse::<pep440_rs::Version>().ok());
+    match theirs {
+        Some(theirs) if theirs > revision.version.pep440 => {
+            Move::Keep(current.version.clone().unwrap_or_default())
+        }
+        _ => Move::Move,
+    }
 }
 
 /// Removes the local release refs after a failed build, so a failed release leaves no tags.
 fn untag_local(plan: &ReleasePlan) {
     for image in &plan.images {
-        let step = docker::cli(&plan.build.step.cwd).args(["image", "rm"]).args(image.refs());
-        let _ = step
-            .command()
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let refs: Vec<String> =
+            image.tags.immutable.iter().map(|t| format!("{}:{t}", image.repository)).collect();
+        let step = docker::cli(&plan.root).args(["image", "rm"]).args(refs);
+        let _ = step.capture();
     }
 }
 
-fn verify(plan: &ReleasePlan, image: &ReleaseImage, built: Option<&str>) -> Result<Released> {
-    let refs = image.refs();
-    let mut digest: Option<String> = None;
-    let mut platforms = BTreeMap::new();
-    for reference in &refs {
-        let step = plan
-            .verifies
-            .iter()
-            .find(|s| s.args.last() == Some(reference))
-            .expect("every ref has a verify step");
-        let text = step
-            .read()
-            .with_context(|| format!("cannot read {reference} back from the registry"))?;
-        let inspected: Value = serde_json::from_str(&text)
-            .with_context(|| format!("the registry's answer for {reference} is not JSON"))?;
-        let found = check_index(&inspected, &plan.revision, &plan.platforms)
-            .with_context(|| format!("{reference} in the registry is not what was released"))?;
-        match &digest {
-            None => {
-                if let Some(built) = built {
-                    if built != found.digest {
-                        bail!(
-                            "{reference} is {} in the registry, but the build made {built}",
-                            found.digest
-                        );
-                    }
-                }
-                digest = Some(found.digest.clone());
-                platforms = found.platforms;
-            }
-            Some(first) if *first != found.digest => {
-                bail!(
-                    "{reference} is {} in the registry, but {} is {first}",
-                    found.digest,
-                    refs[0]
-                );
-            }
-            Some(_) => {}
-        }
+/// Reads `reference` back and checks that it is this release's index under `digest`.
+fn verify(
+    remote: &remote::Registry,
+    plan: &ReleasePlan,
+    reference: &str,
+    digest: &str,
+) -> Result<FoundIndex> {
+    let inspected = remote
+        .inspect(reference)?
+        .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
+    let found = check_index(&inspected, &plan.revision, &plan.platforms)
+        .with_context(|| format!("{reference} in the registry is not what was released"))?;
+    if found.digest != digest {
+        bail!("{reference} is {} in the registry, but the release is {digest}", found.digest);
     }
-    Ok(Released {
-        image: image.image,
-        digest: digest.expect("a release has refs"),
-        refs,
-        platforms,
-    })
+    Ok(found)
 }
 
-/// An index as read back: its digest and each platform's manifest digest.
+/// An index as read back: its digest, each platform's manifest digest, and the version and
+/// revision its images are labelled with.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FoundIndex {
     pub digest: String,
     pub platforms: BTreeMap<String, String>,
+    /// The `org.opencontainers.image.version` label, when every platform has the same one.
+    pub version: Option<String>,
+    pub revision: Option<String>,
 }
 
-/// Checks `docker buildx imagetools inspect --format '{{json .}}'` output: an index holding every
-/// wanted platform, each image labelled with the release's version and revision.
-pub fn check_index(
-    inspected: &Value,
-    revision: &Revision,
-    wanted: &[Platform],
-) -> Result<FoundIndex> {
+/// Reads `docker buildx imagetools inspect --format '{{json .}}'` output.
+pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     let manifest = &inspected["manifest"];
     let digest = manifest["digest"].as_str().context("no digest in the answer")?.to_owned();
     let mut platforms = BTreeMap::new();
@@ -474,30 +647,52 @@ pub fn check_index(
         }
         platforms.insert(name, entry["digest"].as_str().unwrap_or_default().to_owned());
     }
-    let missing: Vec<String> =
-        wanted.iter().map(ToString::to_string).filter(|p| !platforms.contains_key(p)).collect();
+    let label = |key: &str| -> Option<String> {
+        let mut values = platforms.keys().map(|platform| {
+            // With one image in the index, `.Image` is that image's config rather than a map.
+            let image = match inspected["image"].get(platform) {
+                Some(image) => image,
+                None if platforms.len() == 1 => &inspected["image"],
+                None => &Value::Null,
+            };
+            image["config"]["Labels"][key].as_str().map(str::to_owned)
+        });
+        let first = values.next()??;
+        values.all(|v| v.as_deref() == Some(first.as_str())).then_some(first)
+    };
+    let version = label("org.opencontainers.image.version");
+    let revision = label("org.opencontainers.image.revision");
+    Ok(FoundIndex { digest, platforms, version, revision })
+}
+
+/// Checks an index as read back: every wanted platform, each image labelled with the release's
+/// version and revision.
+pub fn check_index(
+    inspected: &Value,
+    revision: &Revision,
+    wanted: &[Platform],
+) -> Result<FoundIndex> {
+    let found = read_index(inspected)?;
+    let missing: Vec<String> = wanted
+        .iter()
+        .map(ToString::to_string)
+        .filter(|p| !found.platforms.contains_key(p))
+        .collect();
     if !missing.is_empty() {
-        bail!("platforms missing: {} (found: {})", missing.join(", "), join_keys(&platforms));
+        bail!("platforms missing: {} (found: {})", missing.join(", "), join_keys(&found.platforms));
     }
     let labels = revision.labels();
-    for platform in wanted {
-        let platform = platform.to_string();
-        // With one image in the index, `.Image` is that image's config rather than a map.
-        let image = match inspected["image"].get(&platform) {
-            Some(image) => image,
-            None if platforms.len() == 1 => &inspected["image"],
-            None => &Value::Null,
-        };
-        let config = &image["config"]["Labels"];
-        for key in ["org.opencontainers.image.version", "org.opencontainers.image.revision"] {
-            let want = &labels.iter().find(|(k, _)| *k == key).expect("a release label").1;
-            let have = config[key].as_str().unwrap_or("(none)");
-            if have != want {
-                bail!("{platform}: label {key} is `{have}`, expected `{want}`");
-            }
+    for (key, have) in [
+        ("org.opencontainers.image.version", &found.version),
+        ("org.opencontainers.image.revision", &found.revision),
+    ] {
+        let want = &labels.iter().find(|(k, _)| *k == key).expect("a release label").1;
+        let have = have.as_deref().unwrap_or("(none or differing between platforms)");
+        if have != want {
+            bail!("label {key} is `{have}`, expected `{want}`");
         }
     }
-    Ok(FoundIndex { digest, platforms })
+    Ok(found)
 }
 
 fn join_keys(map: &BTreeMap<String, String>) -> String {
@@ -506,10 +701,6 @@ fn join_keys(map: &BTreeMap<String, String>) -> String {
     } else {
         map.keys().cloned().collect::<Vec<_>>().join(", ")
     }
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim()
 }
 
 #[cfg(test)]
@@ -575,7 +766,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_builds_everything_before_pushing_immutable_tags_first() {
+    fn plan_builds_everything_then_pushes_one_ref_and_copies_the_rest() {
         let plan =
             plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &request(STABLE)).unwrap();
         assert_eq!(
@@ -587,50 +778,83 @@ mod tests {
         assert_eq!(server["output"], json!(["type=image"]), "nothing is pushed by the build");
         assert_eq!(
             server["tags"],
-            json!([
-                "127.0.0.1:5000/acme/server:1.4.2",
-                "127.0.0.1:5000/acme/server:sha-abcdef0",
-                "127.0.0.1:5000/acme/server:1.4",
-                "127.0.0.1:5000/acme/server:1",
-                "127.0.0.1:5000/acme/server:latest"
-            ])
+            json!(["127.0.0.1:5000/acme/server:1.4.2", "127.0.0.1:5000/acme/server:sha-abcdef0"]),
+            "moving tags are made in the registry, not locally"
         );
-        let checks: Vec<&String> = plan.checks.iter().map(|s| s.args.last().unwrap()).collect();
-        assert_eq!(checks, ["127.0.0.1:5000/acme/server:1.4.2", "127.0.0.1:5000/acme/db:1.4.2"]);
-        let pushed: Vec<&str> =
-            plan.pushes.iter().map(|s| s.args.last().unwrap().as_str()).collect();
+        let steps: Vec<String> = plan.steps().iter().map(ToString::to_string).collect();
+        let reads = steps.iter().take_while(|s| s.contains("imagetools inspect")).count();
+        assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
+        assert!(steps[10].contains("buildx bake"), "{}", steps[10]);
+        assert_eq!(steps[11], "docker push --quiet 127.0.0.1:5000/acme/server:1.4.2");
         assert_eq!(
-            pushed,
-            [
-                "127.0.0.1:5000/acme/server:1.4.2",
-                "127.0.0.1:5000/acme/server:sha-abcdef0",
-                "127.0.0.1:5000/acme/db:1.4.2",
-                "127.0.0.1:5000/acme/db:sha-abcdef0",
-                "127.0.0.1:5000/acme/server:1.4",
-                "127.0.0.1:5000/acme/server:1",
-                "127.0.0.1:5000/acme/server:latest",
-                "127.0.0.1:5000/acme/db:1.4",
-                "127.0.0.1:5000/acme/db:1",
-                "127.0.0.1:5000/acme/db:latest",
-            ]
+            steps[12],
+            "docker buildx imagetools create --tag 127.0.0.1:5000/acme/server:sha-abcdef0 \
+             '127.0.0.1:5000/acme/server@sha256:<built>'"
         );
-        assert!(plan.pushes.iter().all(|s| s.args[..2] == ["push", "--quiet"]));
-        assert_eq!(plan.verifies.len(), 10, "every pushed ref is read back");
-        let steps = plan.steps();
-        let build_at = steps.iter().position(|s| s.args.contains(&"bake".to_owned())).unwrap();
-        let first_push =
-            steps.iter().position(|s| s.args.first().map(String::as_str) == Some("push")).unwrap();
-        assert!(build_at < first_push);
+        assert_eq!(
+            steps[15],
+            "docker buildx imagetools create --tag 127.0.0.1:5000/acme/server:latest \
+             '127.0.0.1:5000/acme/server@sha256:<built>'"
+        );
+        assert_eq!(steps[16], "docker push --quiet 127.0.0.1:5000/acme/db:1.4.2");
+        assert_eq!(steps.len(), 21);
+        let json = plan.to_json();
+        assert_eq!(json["steps"]["copy"].as_array().unwrap().len(), 8);
+        assert_eq!(json["steps"]["copy"][0]["timeout_ms"], 60_000, "every attempt is bounded");
     }
 
     #[test]
-    fn force_skips_the_existence_check_and_every_image_is_the_default() {
+    fn every_image_is_the_default() {
         let mut request = request(Allowances { overwrite: true, ..STABLE });
         request.images.clear();
         let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &request).unwrap();
-        assert!(plan.checks.is_empty());
         let names: Vec<&str> = plan.images.iter().map(|i| i.image.as_str()).collect();
         assert_eq!(names, ["server", "standalone", "db", "redis", "proxy"]);
+    }
+
+    fn found(digest: &str, version: Option<&str>) -> FoundIndex {
+        FoundIndex {
+            digest: digest.into(),
+            platforms: BTreeMap::new(),
+            version: version.map(str::to_owned),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn moving_tags_only_move_forward() {
+        let ours = revision("0.1.1", false);
+        assert_eq!(decide_move(&ours, Some("sha256:a"), None), Move::Move, "absent");
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&found("sha256:a", Some("0.1.1")))),
+            Move::InPlace
+        );
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&found("sha256:b", Some("0.2.0")))),
+            Move::Keep("0.2.0".into())
+        );
+        for older in ["0.1.0", "0.1.1rc1", "0.1.0.post3", "0.0.9"] {
+            assert_eq!(
+                decide_move(&ours, Some("sha256:a"), Some(&found("sha256:b", Some(older)))),
+                Move::Move,
+                "{older}"
+            );
+        }
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", Some("0.1.1")))),
+            Move::Move,
+            "the same version under another digest (an overwrite) follows the release"
+        );
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", None))),
+            Move::Move,
+            "an unlabelled image is not known to be newer"
+        );
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", Some("0.10.0")))),
+            Move::Keep("0.10.0".into()),
+            "versions compare as numbers, not text"
+        );
     }
 
     fn inspected(platforms: &[(&str, &str)], version: &str, revision: &str) -> Value {
@@ -676,5 +900,7 @@ mod tests {
             err.contains("org.opencontainers.image.version is `1.4.1`, expected `1.4.2`"),
             "{err}"
         );
+        let read = read_index(&stale).unwrap();
+        assert_eq!((read.version.as_deref(), read.revision.as_deref()), (Some("1.4.1"), Some(rev.commit.as_str())));
     }
 }

@@ -115,11 +115,13 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
     assert_eq!(plan["images"].as_array().unwrap().len(), 5);
-    assert_eq!(plan["steps"]["check"].as_array().unwrap().len(), 5);
-    let pushes = plan["steps"]["push"].as_array().unwrap();
-    assert_eq!(pushes.len(), 25, "five tags of five images");
-    let last = pushes.last().unwrap()["args"].as_array().unwrap().last().unwrap();
-    assert_eq!(last, "127.0.0.1:9/acme/proxy:latest", "latest moves last");
+    assert_eq!(plan["steps"]["read"].as_array().unwrap().len(), 25, "five refs of five images");
+    assert_eq!(plan["steps"]["push"].as_array().unwrap().len(), 5, "one push per image");
+    let copies = plan["steps"]["copy"].as_array().unwrap();
+    assert_eq!(copies.len(), 20, "the other four refs are manifest copies");
+    let last = copies.last().unwrap()["args"].as_array().unwrap();
+    assert_eq!(last[last.len() - 2], "127.0.0.1:9/acme/proxy:latest", "latest moves last");
+    assert_eq!(last[last.len() - 1], "127.0.0.1:9/acme/proxy@sha256:<built>");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 
     let (text_plan, log) =
@@ -132,9 +134,9 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 }
 
-/// A `docker` that plays a registry without the version, a build that succeeds, and pushes that
-/// start failing at the third.
-fn docker_failing_third_push(test: &str) -> (String, PathBuf) {
+/// A `docker` that plays a registry without the version, a build that succeeds, a first push
+/// that meets a 500 once, and a refused second push.
+fn docker_refusing_second_push(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -148,8 +150,15 @@ case "$1 $2" in
     cat > /dev/null
     echo '{{"server":{{"containerimage.digest":"sha256:s"}},"db":{{"containerimage.digest":"sha256:d"}}}}' > "$out"
     ;;
-"buildx imagetools") echo "ERROR: not found" >&2; exit 1 ;;
-"push --quiet") [ "$(grep -c '^push' '{log}')" -lt 3 ] || exit 1 ;;
+"buildx imagetools")
+    [ "$3" = create ] && exit 0
+    echo "ERROR: not found" >&2; exit 1 ;;
+"push --quiet")
+    case "$(grep -c '^push' '{log}')" in
+    1) echo "unexpected status from HEAD request to http://r/v2/: 500 Internal Server Error" >&2; exit 1 ;;
+    2) exit 0 ;;
+    *) echo "denied: requested access to the resource is denied" >&2; exit 1 ;;
+    esac ;;
 *) exit 1 ;;
 esac
 "#,
@@ -163,8 +172,8 @@ esac
 }
 
 #[test]
-fn a_push_cut_short_names_what_went_out_and_never_moved_latest() {
-    let (path, log) = docker_failing_third_push("push-cut-short");
+fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_tag() {
+    let (path, log) = docker_refusing_second_push("push-refused");
     let output =
         xtask(&["release", "server", "db", "--registry", "127.0.0.1:9/acme", "--allow-dirty"])
             .env("PATH", path)
@@ -172,24 +181,30 @@ fn a_push_cut_short_names_what_went_out_and_never_moved_latest() {
             .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let last = stderr.lines().last().unwrap();
-    assert!(last.contains("push failed after 2 of 10 refs"), "{stderr}");
     let version: Value =
         serde_json::from_slice(&xtask(&["version", "--json"]).output().unwrap().stdout).unwrap();
     let version = version["version"].as_str().unwrap();
-    let first_two = format!("127.0.0.1:9/acme/server:{version}, 127.0.0.1:9/acme/server:sha-");
-    assert!(last.contains(&first_two), "{last}");
+    assert!(
+        stderr.contains(&format!(
+            "registry: pushing 127.0.0.1:9/acme/server:{version} failed (unexpected status from \
+             HEAD request to http://r/v2/: 500 Internal Server Error); transient, attempt 1 of 8, \
+             retrying in"
+        )),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap();
+    assert!(last.contains("the release stopped before moving any tag: run it again"), "{last}");
+    assert!(last.contains(&format!("cannot push 127.0.0.1:9/acme/db:{version}")), "{last}");
+    assert!(last.contains("docker login"), "a refusal names the fix: {last}");
     let calls = std::fs::read_to_string(&log).unwrap();
-    let kinds: Vec<&str> =
-        calls.lines().map(|l| l.split_whitespace().take(2).last().unwrap_or_default()).collect();
-    let bake = kinds.iter().position(|k| *k == "bake").expect("built");
+    let bake = calls.lines().position(|l| l.contains("bake")).expect("built");
     let first_push = calls.lines().position(|l| l.starts_with("push")).expect("pushed");
     assert!(bake < first_push, "nothing is pushed before every image built:\n{calls}");
     let pushed: Vec<&str> = calls.lines().filter(|l| l.starts_with("push")).collect();
-    assert_eq!(pushed.len(), 3, "{calls}");
+    assert_eq!(pushed.len(), 3, "the 500 is retried, the refusal is not: {calls}");
     assert!(
-        pushed[2].ends_with(&format!("/db:{version}")),
-        "immutable tags of every image go first: {calls}"
+        calls.contains(&format!("create --tag 127.0.0.1:9/acme/server:sha-")),
+        "server's sha tag is a manifest copy: {calls}"
     );
     assert!(!calls.contains(":latest"), "latest never moved: {calls}");
 }
