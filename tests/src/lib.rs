@@ -341,12 +341,52 @@ impl Drop for Registry {
     /// Removes the registry and every local tag that names an image in it.
     fn drop(&mut self) {
         let _ = docker_output(&["rm", "--force", "--volumes", &self.container]);
-        let listed = docker_output(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
-        let prefix = format!("{}/", self.address);
-        for reference in String::from_utf8_lossy(&listed.stdout).lines() {
-            if reference.starts_with(&prefix) {
-                let _ = docker_output(&["image", "rm", reference]);
-            }
+        remove_local_tags(&self.address);
+    }
+}
+
+/// Removes every local tag under `address/`: once its registry is gone it names nothing.
+fn remove_local_tags(address: &str) {
+    let listed = docker_output(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let prefix = format!("{address}/");
+    for reference in String::from_utf8_lossy(&listed.stdout).lines() {
+        if reference.starts_with(&prefix) {
+            let _ = docker_output(&["image", "rm", reference]);
         }
+    }
+}
+
+/// `cargo xtask fault-proxy` in front of a registry: a share of its requests fail (500, 429,
+/// reset, delay), picked from `seed`. Stopped when dropped.
+pub struct FaultyRegistry {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT` of the proxy.
+    pub address: String,
+}
+
+impl FaultyRegistry {
+    pub fn start(upstream: &Registry, rate: &str, seed: u64) -> FaultyRegistry {
+        let mut child = Command::new(xtask_binary())
+            .args(["fault-proxy", "--upstream", &upstream.address, "--rate", rate])
+            .args(["--seed", &seed.to_string(), "--delay", "500ms"])
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start the fault proxy");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut address = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut address).expect("the proxy's address");
+        drop(stdout);
+        FaultyRegistry { child, address: address.trim().to_owned() }
+    }
+}
+
+impl Drop for FaultyRegistry {
+    /// Stops the proxy and removes the local tags that name images through it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_local_tags(&self.address);
     }
 }

@@ -1,6 +1,8 @@
 //! Releases against a registry of the test's own: what lands (both platforms, labels, one digest
-//! per image across its tags), that a version is never pushed twice, that a failed build pushes
-//! nothing, and air-gapped bundles that load only when intact.
+//! per image across its tags), that a version is never pushed twice, that a release killed
+//! half-way finishes when run again, that moving tags only move forward, that a flaky registry
+//! is retried through, that a failed build pushes nothing, and air-gapped bundles that load only
+//! when intact.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -10,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Cleanup, Registry, arm64_machine, docker, docker_output, free_port, repo_root, unique_name,
-    wait_for_200, xtask_binary, xtask_captured, xtask_ok,
+    Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port, repo_root,
+    unique_name, wait_for_200, xtask_binary, xtask_captured, xtask_ok,
 };
 
 /// What `cargo xtask version --json` says about this tree.
@@ -121,6 +123,155 @@ fn release_pushes_both_platforms_verified_and_never_the_same_version_twice() {
     assert!(last.contains("--force"), "{last}");
     assert!(!stderr.contains("docker push"), "nothing was pushed: {stderr}");
     assert_eq!(digests(&namespace, &["server", "db"]), before, "the registry is unchanged");
+}
+
+/// The digest `reference` names in the registry; panics when it is absent.
+fn digest_of(reference: &str) -> String {
+    let found = inspect(reference).unwrap_or_else(|| panic!("{reference} is missing"));
+    found["manifest"]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_release_killed_after_its_first_push_finishes_when_run_again() {
+    use std::io::BufRead;
+    let registry = Registry::start();
+    let namespace = format!("{}/resumed", registry.address);
+    let version = version();
+    let v = version["version"].as_str().unwrap();
+    let mut child = Command::new(xtask_binary())
+        .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        // The step after the first push: the first push has completed.
+        if line.starts_with("$ docker buildx imagetools create") {
+            child.kill().unwrap(); // SIGKILL: no clean-up of any kind.
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the release was killed:\n{}", seen.join("\n"));
+    let server = format!("{namespace}/server:{v}");
+    let first = digest_of(&server);
+    assert_eq!(inspect(&format!("{namespace}/db:{v}")), None, "db was not pushed yet");
+    assert_eq!(inspect(&format!("{namespace}/server:latest")), None, "latest never moved");
+
+    let again = release(&namespace, &["--json"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "a re-run without --force finishes the release: {stderr}");
+    let reported: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let built_locally = docker(&["image", "inspect", "--format", "{{.Id}}", &server]);
+    assert_eq!(first, built_locally, "the server in the registry is the one the first run built");
+    for (n, image) in ["server", "db"].iter().enumerate() {
+        let digest = reported["images"][n]["digest"].as_str().unwrap();
+        for tag in release_tags() {
+            let reference = format!("{namespace}/{image}:{tag}");
+            assert_eq!(digest_of(&reference), digest, "{reference}");
+        }
+    }
+    assert_eq!(reported["images"][0]["digest"], first);
+    assert_eq!(reported["images"][0]["refs"].as_array().unwrap().len(), 5);
+
+    let complete = release(&namespace, &[]);
+    assert_eq!(complete.status.code(), Some(1), "a finished release is not released twice");
+    let stderr = String::from_utf8_lossy(&complete.stderr);
+    assert!(stderr.contains("already in the registry with every tag in place"), "{stderr}");
+}
+
+/// A clone of this repository's HEAD at `version` (committed), sharing this build's target
+/// directory so that only xtask itself compiles again.
+fn clone_at_version(dir: &std::path::Path, version: &str) {
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.invalid"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    if !dir.join(".git").exists() {
+        std::fs::create_dir_all(dir).unwrap();
+        let source = repo_root();
+        git(&["clone", "--quiet", source.to_str().unwrap(), "."]);
+    }
+    let pyproject = dir.join("app/pyproject.toml");
+    let text = std::fs::read_to_string(&pyproject).unwrap();
+    let line = text.lines().find(|l| l.starts_with("version")).unwrap();
+    std::fs::write(&pyproject, text.replace(line, &format!("version = \"{version}\""))).unwrap();
+    git(&["commit", "--quiet", "--all", "--message", &format!("version {version}")]);
+}
+
+fn release_from(dir: &std::path::Path, namespace: &str) -> std::process::Output {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "xtask", "--", "release", "redis", "--json"])
+        .args(["--registry", namespace])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn moving_tags_never_move_back_to_an_older_line() {
+    let registry = Registry::start();
+    let namespace = format!("{}/lines", registry.address);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("lines"));
+
+    clone_at_version(&dir, "0.2.0");
+    let newer = release_from(&dir, &namespace);
+    assert!(newer.status.success(), "{}", String::from_utf8_lossy(&newer.stderr));
+    let newer = digest_of(&format!("{namespace}/redis:0.2.0"));
+
+    clone_at_version(&dir, "0.1.1");
+    let output = release_from(&dir, &namespace);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let older = digest_of(&format!("{namespace}/redis:0.1.1"));
+    assert_ne!(newer, older);
+    for (tag, want) in [("latest", &newer), ("0", &newer), ("0.2", &newer), ("0.1", &older)] {
+        assert_eq!(digest_of(&format!("{namespace}/redis:{tag}")), *want, "redis:{tag}");
+    }
+    for tag in ["latest", "0"] {
+        let said = format!("left alone: {namespace}/redis:{tag} names 0.2.0, newer than 0.1.1");
+        assert!(stderr.contains(&said), "{said}: {stderr}");
+    }
+    let reported: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reported["left_alone"].as_array().unwrap().len(), 2, "{reported:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
+    let registry = Registry::start();
+    let flaky = FaultyRegistry::start(&registry, "10%", 20261123);
+    let namespace = format!("{}/flaky", flaky.address);
+    let output = release(&namespace, &["--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let reported: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(reported["retries"].as_u64().unwrap() > 0, "the proxy failed nothing? {stderr}");
+    assert!(stderr.contains("transient, attempt 1 of 8, retrying in"), "{stderr}");
+    // Read back directly from the registry, not through the proxy.
+    let direct = format!("{}/flaky", registry.address);
+    for (n, image) in ["server", "db"].iter().enumerate() {
+        for tag in release_tags() {
+            let reference = format!("{direct}/{image}:{tag}");
+            assert_eq!(digest_of(&reference), reported["images"][n]["digest"], "{reference}");
+        }
+    }
 }
 
 /// A `docker` in front of the real one that breaks the `db` target of every bake definition
