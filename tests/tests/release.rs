@@ -256,14 +256,14 @@ fn moving_tags_never_move_back_to_an_older_line() {
 #[test]
 fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
     let registry = Registry::start();
-    let flaky = FaultyRegistry::start(&registry, "10%", 20261123);
+    let flaky = FaultyRegistry::start(&registry, "5%", 20261123);
     let namespace = format!("{}/flaky", flaky.address);
     let output = release(&namespace, &["--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let reported: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(reported["retries"].as_u64().unwrap() > 0, "the proxy failed nothing? {stderr}");
-    assert!(stderr.contains("transient, attempt 1 of 8, retrying in"), "{stderr}");
+    assert!(stderr.contains("transient, attempt 1 of 12, retrying in"), "{stderr}");
     // Read back directly from the registry, not through the proxy.
     let direct = format!("{}/flaky", registry.address);
     for (n, image) in ["server", "db"].iter().enumerate() {

@@ -32,7 +32,8 @@ pub enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 4] = [Fault::ServerError, Fault::TooManyRequests, Fault::Reset, Fault::Delay];
+    const ALL: [Fault; 4] =
+        [Fault::ServerError, Fault::TooManyRequests, Fault::Reset, Fault::Delay];
 
     fn name(self) -> &'static str {
         match self {
@@ -75,7 +76,9 @@ pub fn parse_rate(raw: &str) -> Result<f64, String> {
     };
     match number.trim().parse::<f64>() {
         Ok(value) if (0.0..=scale).contains(&value) => Ok(value / scale),
-        _ => Err(format!("`{raw}` is not a failure rate: use a share from 0 to 1 (0.2) or a percentage (20%)")),
+        _ => Err(format!(
+            "`{raw}` is not a failure rate: use a share from 0 to 1 (0.2) or a percentage (20%)"
+        )),
     }
 }
 
@@ -184,12 +187,21 @@ fn serve(
             return answer(client, "500 Internal Server Error", "UNKNOWN", "");
         }
         Some(Fault::TooManyRequests) => {
-            return answer(client, "429 Too Many Requests", "TOOMANYREQUESTS", "Retry-After: 1\r\n");
+            return answer(
+                client,
+                "429 Too Many Requests",
+                "TOOMANYREQUESTS",
+                "Retry-After: 1\r\n",
+            );
         }
         Some(Fault::Reset) => {
             let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-            nix::sys::socket::setsockopt(&client.as_fd(), nix::sys::socket::sockopt::Linger, &linger)
-                .map_err(io::Error::from)?;
+            nix::sys::socket::setsockopt(
+                &client.as_fd(),
+                nix::sys::socket::sockopt::Linger,
+                &linger,
+            )
+            .map_err(io::Error::from)?;
             drop(client);
             return Ok(());
         }
@@ -284,6 +296,11 @@ pub fn run(upstream: &str, plan: FaultPlan) -> Result<()> {
     while !crate::interrupt::is_set() {
         thread::sleep(Duration::from_millis(50));
     }
+    eprintln!(
+        "fault-proxy: {} of {} requests got a fault",
+        proxy.stats.faults(),
+        proxy.stats.requests()
+    );
     println!("{}", proxy.stats.to_json());
     Ok(())
 }
@@ -336,7 +353,9 @@ mod tests {
                 let mut stream = stream.unwrap();
                 let mut seen = [0u8; 1024];
                 let _ = stream.read(&mut seen);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
             }
         });
         let get = |address: &str| -> io::Result<String> {
@@ -346,13 +365,15 @@ mod tests {
             stream.read_to_string(&mut answer)?;
             Ok(answer)
         };
-        let clean = FaultProxy::start(upstream_address, FaultPlan { rate: 0.0, seed: 1, delay: MS }, false)
-            .unwrap();
+        let clean =
+            FaultProxy::start(upstream_address, FaultPlan { rate: 0.0, seed: 1, delay: MS }, false)
+                .unwrap();
         assert!(get(&clean.address).unwrap().ends_with("\r\n\r\nok"));
         assert_eq!(clean.stats.requests(), 1);
 
-        let faulty = FaultProxy::start(upstream_address, FaultPlan { rate: 1.0, seed: 3, delay: MS }, false)
-            .unwrap();
+        let faulty =
+            FaultProxy::start(upstream_address, FaultPlan { rate: 1.0, seed: 3, delay: MS }, false)
+                .unwrap();
         let plan = FaultPlan { rate: 1.0, seed: 3, delay: MS };
         for n in 0..8 {
             let answer = get(&faulty.address);
@@ -360,7 +381,9 @@ mod tests {
                 Fault::ServerError => assert!(answer.unwrap().starts_with("HTTP/1.1 500")),
                 Fault::TooManyRequests => {
                     let answer = answer.unwrap();
-                    assert!(answer.starts_with("HTTP/1.1 429") && answer.contains("Retry-After: 1"));
+                    assert!(
+                        answer.starts_with("HTTP/1.1 429") && answer.contains("Retry-After: 1")
+                    );
                 }
                 Fault::Reset => {
                     let err = answer.unwrap_err();

@@ -13,8 +13,8 @@ use crate::cli::{ImageName, ReleaseArgs};
 use crate::docker;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{self, Step};
-use crate::remote;
 use crate::platform::Platform;
+use crate::remote;
 use crate::version::Revision;
 
 /// Where releases go unless `--registry` says otherwise: the local registry of a development
@@ -206,12 +206,8 @@ impl ReleasePlan {
     /// Every step a release can take, in order, with [`BUILT`] for digests known only later.
     pub fn steps(&self) -> Vec<Step> {
         let remote = self.remote();
-        let mut steps: Vec<Step> = self
-            .images
-            .iter()
-            .flat_map(|i| i.refs())
-            .map(|r| remote.inspect_step(&r))
-            .collect();
+        let mut steps: Vec<Step> =
+            self.images.iter().flat_map(|i| i.refs()).map(|r| remote.inspect_step(&r)).collect();
         steps.push(self.build.step.clone());
         for image in &self.images {
             steps.push(remote.push_step(&image.version_ref()));
@@ -376,11 +372,8 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
     let mut standings = Vec::new();
     let mut foreign = Vec::new();
     for image in &plan.images {
-        let standing = if overwrite {
-            Standing::New
-        } else {
-            standing(&remote, plan, image, &mut foreign)?
-        };
+        let standing =
+            if overwrite { Standing::New } else { standing(&remote, plan, image, &mut foreign)? };
         standings.push(standing);
     }
     if !foreign.is_empty() {
@@ -421,7 +414,8 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
             }
         };
         for b in built {
-            let digest = b.digest.with_context(|| format!("buildx reported no digest for {}", b.image))?;
+            let digest =
+                b.digest.with_context(|| format!("buildx reported no digest for {}", b.image))?;
             digests.insert(b.image, digest);
         }
     }
@@ -439,18 +433,18 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
             Standing::Resumed { missing, .. } => (false, missing.clone()),
         };
         if push_first {
-            remote.push(&image.version_ref()).context(
-                "the release stopped before moving any tag: run it again to finish it",
-            )?;
+            remote
+                .push(&image.version_ref())
+                .context("the release stopped before moving any tag: run it again to finish it")?;
         }
         for tag in copies {
             let target = format!("{}:{tag}", image.repository);
             if target == image.version_ref() {
                 continue;
             }
-            remote.copy(&source, &target).context(
-                "the release stopped before moving any tag: run it again to finish it",
-            )?;
+            remote
+                .copy(&source, &target)
+                .context("the release stopped before moving any tag: run it again to finish it")?;
         }
     }
 
@@ -546,7 +540,7 @@ fn moves<'a>(
                 })?),
             };
             match decide_move(&plan.revision, digest.as_deref(), current.as_ref()) {
-                Move::Move => moves.to_move.push((image, reference)),
+                Move::Forward => moves.to_move.push((image, reference)),
                 Move::InPlace => moves.in_place.push((image, reference)),
                 Move::Keep(names) => moves.left_alone.push(LeftAlone { reference, names }),
             }
@@ -567,7 +561,7 @@ struct Moves<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Move {
     /// It is absent, or names an older (or unlabelled) release: copy ours there.
-    Move,
+    Forward,
     /// It already names this release.
     InPlace,
     /// It names a newer release (the version it names).
@@ -576,7 +570,7 @@ pub enum Move {
 
 /// Moving tags only move forward: PEP 440 order of the `version` labels.
 pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&FoundIndex>) -> Move {
-    let Some(current) = current else { return Move::Move };
+    let Some(current) = current else { return Move::Forward };
     if ours == Some(current.digest.as_str()) {
         return Move::InPlace;
     }
@@ -585,7 +579,7 @@ pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&Fou
         Some(theirs) if theirs > revision.version.pep440 => {
             Move::Keep(current.version.clone().unwrap_or_default())
         }
-        _ => Move::Move,
+        _ => Move::Forward,
     }
 }
 
@@ -824,7 +818,7 @@ mod tests {
     #[test]
     fn moving_tags_only_move_forward() {
         let ours = revision("0.1.1", false);
-        assert_eq!(decide_move(&ours, Some("sha256:a"), None), Move::Move, "absent");
+        assert_eq!(decide_move(&ours, Some("sha256:a"), None), Move::Forward, "absent");
         assert_eq!(
             decide_move(&ours, Some("sha256:a"), Some(&found("sha256:a", Some("0.1.1")))),
             Move::InPlace
@@ -836,18 +830,18 @@ mod tests {
         for older in ["0.1.0", "0.1.1rc1", "0.1.0.post3", "0.0.9"] {
             assert_eq!(
                 decide_move(&ours, Some("sha256:a"), Some(&found("sha256:b", Some(older)))),
-                Move::Move,
+                Move::Forward,
                 "{older}"
             );
         }
         assert_eq!(
             decide_move(&ours, None, Some(&found("sha256:b", Some("0.1.1")))),
-            Move::Move,
+            Move::Forward,
             "the same version under another digest (an overwrite) follows the release"
         );
         assert_eq!(
             decide_move(&ours, None, Some(&found("sha256:b", None))),
-            Move::Move,
+            Move::Forward,
             "an unlabelled image is not known to be newer"
         );
         assert_eq!(
@@ -901,6 +895,9 @@ mod tests {
             "{err}"
         );
         let read = read_index(&stale).unwrap();
-        assert_eq!((read.version.as_deref(), read.revision.as_deref()), (Some("1.4.1"), Some(rev.commit.as_str())));
+        assert_eq!(
+            (read.version.as_deref(), read.revision.as_deref()),
+            (Some("1.4.1"), Some(rev.commit.as_str()))
+        );
     }
 }

@@ -110,9 +110,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// For registry operations: 8 attempts, pauses from 0.5 s up to 10 s (about 40 s in all).
+    /// For registry operations: 12 attempts, pauses from 0.5 s up to 10 s (about 75 s in all).
     pub const REGISTRY: RetryPolicy = RetryPolicy {
-        attempts: 8,
+        attempts: 12,
         first: Duration::from_millis(500),
         max: Duration::from_secs(10),
         rate_limited: Duration::from_secs(2),
@@ -274,7 +274,7 @@ impl Registry {
                 if captured.success() {
                     return Ok(Ok(captured));
                 }
-                let timed_out = captured.timed_out.then(|| step.timeout).flatten();
+                let timed_out = captured.timed_out.then_some(step.timeout).flatten();
                 Ok(Err(classify(&captured.stderr, timed_out)))
             },
             interruptible_sleep,
@@ -316,13 +316,22 @@ mod tests {
         let limited = "ERROR: unexpected status from POST request to http://127.0.0.1:1/v2/x/blobs/uploads/: 429 Too Many Requests";
         assert!(transient(true)(&classify(limited, None)));
         assert!(transient(false)(&classify("Head \"http://r/v2/\": EOF", None)));
-        assert!(transient(false)(&classify("dial tcp 127.0.0.1:9: connect: connection refused", None)));
+        assert!(transient(false)(&classify(
+            "dial tcp 127.0.0.1:9: connect: connection refused",
+            None
+        )));
         assert!(transient(false)(&classify("", Some(Duration::from_secs(60)))));
 
-        assert_eq!(classify("ERROR: 127.0.0.1:1/acme/server:1.0.0: not found", None), Failure::Absent);
+        assert_eq!(
+            classify("ERROR: 127.0.0.1:1/acme/server:1.0.0: not found", None),
+            Failure::Absent
+        );
         assert_eq!(classify("manifest unknown: manifest unknown", None), Failure::Absent);
 
-        let denied = classify("unexpected status from HEAD request to https://ghcr.io/v2/acme/server/manifests/1.0.0: 401 Unauthorized", None);
+        let denied = classify(
+            "unexpected status from HEAD request to https://ghcr.io/v2/acme/server/manifests/1.0.0: 401 Unauthorized",
+            None,
+        );
         assert!(matches!(denied, Failure::Definite { unauthorized: true, .. }), "{denied:?}");
         let forbidden = classify("denied: requested access to the resource is denied", None);
         assert!(matches!(forbidden, Failure::Definite { unauthorized: true, .. }));
@@ -339,7 +348,11 @@ mod tests {
         let pauses: Vec<u128> = (1..=7).map(|n| policy.pause(n, false, 0.0).as_millis()).collect();
         assert_eq!(pauses, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
         assert_eq!(policy.pause(1, true, 0.0), Duration::from_secs(2));
-        assert_eq!(policy.pause(3, false, 0.999_999).as_millis(), 1000, "jitter takes off up to half");
+        assert_eq!(
+            policy.pause(3, false, 0.999_999).as_millis(),
+            1000,
+            "jitter takes off up to half"
+        );
     }
 
     #[test]

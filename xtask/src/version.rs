@@ -57,9 +57,9 @@ impl AppVersion {
         if !suffix_ok {
             bail!("version `{raw}` has a suffix `{rest}` that cannot be an image tag: {form}");
         }
-        let pep440: pep440_rs::Version = raw
-            .parse()
-            .map_err(|e| anyhow::anyhow!("version `{raw}` is not a PEP 440 version ({e}): {form}"))?;
+        let pep440: pep440_rs::Version = raw.parse().map_err(|e| {
+            anyhow::anyhow!("version `{raw}` is not a PEP 440 version ({e}): {form}")
+        })?;
         Ok(AppVersion {
             major: numbers[0],
             minor: numbers[1],
