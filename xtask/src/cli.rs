@@ -26,12 +26,13 @@ pub enum Command {
     Version(VersionArgs),
     /// Build the images (all, or the named ones) in one buildx bake session.
     Build(BuildArgs),
-    /// Release the images to a registry: build every image for every platform, push only when
-    /// all of them built (immutable tags first, `X.Y`, `X` and `latest` last), then read each
-    /// index back and check its platforms, labels and digest.
+    /// Release the images to a registry: build every image the registry lacks for every
+    /// platform, push only when all of them built, read every immutable ref back, then move
+    /// `X.Y`, `X` and `latest`, only forward.
     ///
-    /// Refuses a dirty tree, a version the registry already holds, and `latest` for a
-    /// pre-release. Credentials come from the docker config (`docker login`).
+    /// Transient registry failures are retried; a release cut short finishes when run again.
+    /// Refuses a dirty tree, a version the registry holds from another build, and `latest` for
+    /// a pre-release. Credentials come from the docker config (`docker login`).
     Release(ReleaseArgs),
     /// Move release images without a registry: `save` writes one bundle of every image for
     /// every platform with a manifest of digests and checksums; `load` verifies and loads it.
@@ -358,7 +359,8 @@ pub struct ReleaseArgs {
     /// Release a work tree with uncommitted changes (tags and labels then say `-dirty`).
     #[arg(long)]
     pub allow_dirty: bool,
-    /// Overwrite a version that the registry already holds.
+    /// Overwrite a version that the registry holds from another build (never needed to finish
+    /// an interrupted release: running it again does that).
     #[arg(long)]
     pub force: bool,
     /// Leave `latest` where it is (required for a pre-release, which never moves it).

@@ -56,6 +56,7 @@ fn help_lists_the_tasks_that_exist() {
         "ci",
         "doctor",
         "completions",
+        "fault-proxy",
         "bench",
     ] {
         assert!(help.contains(&format!("  {task} ")), "{help}");
