@@ -437,11 +437,10 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
                 .push(&image.version_ref())
                 .context("the release stopped before moving any tag: run it again to finish it")?;
         }
+        // A resumed image may miss its version tag itself (only its sha tag was pushed before
+        // the interruption): it is copied like any other.
         for tag in copies {
             let target = format!("{}:{tag}", image.repository);
-            if target == image.version_ref() {
-                continue;
-            }
             remote
                 .copy(&source, &target)
                 .context("the release stopped before moving any tag: run it again to finish it")?;
