@@ -186,8 +186,7 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     assert!(stderr.contains("already in the registry with every tag in place"), "{stderr}");
 }
 
-/// A clone of this repository's HEAD at `version` (committed), sharing this build's target
-/// directory so that only xtask itself compiles again.
+/// A clone of this repository's HEAD at `version` (committed).
 fn clone_at_version(dir: &std::path::Path, version: &str) {
     let git = |args: &[&str]| {
         let status = Command::new("git")
@@ -211,9 +210,11 @@ fn clone_at_version(dir: &std::path::Path, version: &str) {
     git(&["commit", "--quiet", "--all", "--message", &format!("version {version}")]);
 }
 
+/// `cargo xtask release redis` in the clone at `dir`. The clone's xtask is built into a target
+/// directory of its own (kept between runs): in this one it would replace the `xtask` binary
+/// that the other tests run, and its repository root is the clone's.
 fn release_from(dir: &std::path::Path, namespace: &str) -> std::process::Output {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clone-target");
     Command::new(env!("CARGO"))
         .args(["run", "--quiet", "--package", "xtask", "--", "release", "redis", "--json"])
         .args(["--registry", namespace])

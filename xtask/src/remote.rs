@@ -21,7 +21,7 @@ use crate::plan::{Captured, Step};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The registry does not have the ref (404, `manifest unknown`, `not found`).
-    Absent,
+    Absent { reason: String },
     /// Worth another try: 5xx, 429, a reset or refused connection, a timeout.
     Transient { reason: String, rate_limited: bool },
     /// Retrying cannot help: 401/403, a bad name, anything not known to be transient.
@@ -56,7 +56,7 @@ pub fn classify(stderr: &str, timed_out: Option<Duration>) -> Failure {
     if status == Some(404)
         || ["not found", "manifest unknown", "name unknown"].iter().any(|w| text.contains(w))
     {
-        return Failure::Absent;
+        return Failure::Absent { reason };
     }
     const NETWORK: [&str; 10] = [
         "connection reset",
@@ -242,7 +242,7 @@ impl Registry {
                 })?;
                 Ok(Some(value))
             }
-            Err(Failure::Absent) => Ok(None),
+            Err(Failure::Absent { .. }) => Ok(None),
             Err(failure) => Err(self.explain(&format!("cannot read {reference}"), failure)),
         }
     }
@@ -283,7 +283,7 @@ impl Registry {
 
     fn explain(&self, doing: &str, failure: Failure) -> anyhow::Error {
         match failure {
-            Failure::Absent => anyhow!("{doing}: the registry has no such image"),
+            Failure::Absent { reason } => anyhow!("{doing}: {reason}"),
             Failure::Transient { reason, .. } => {
                 anyhow!("{doing}: {reason}: check that the registry is up, then run it again")
             }
@@ -322,11 +322,9 @@ mod tests {
         )));
         assert!(transient(false)(&classify("", Some(Duration::from_secs(60)))));
 
-        assert_eq!(
-            classify("ERROR: 127.0.0.1:1/acme/server:1.0.0: not found", None),
-            Failure::Absent
-        );
-        assert_eq!(classify("manifest unknown: manifest unknown", None), Failure::Absent);
+        let absent = |text| matches!(classify(text, None), Failure::Absent { .. });
+        assert!(absent("ERROR: 127.0.0.1:1/acme/server:1.0.0: not found"));
+        assert!(absent("manifest unknown: manifest unknown"));
 
         let denied = classify(
             "unexpected status from HEAD request to https://ghcr.io/v2/acme/server/manifests/1.0.0: 401 Unauthorized",
