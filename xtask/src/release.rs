@@ -383,10 +383,21 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
             foreign.join(", ")
         );
     }
+    // Each image's release digest: known now for what an earlier run pushed, after the build
+    // for the rest.
+    let mut digests: BTreeMap<ImageName, String> = plan
+        .images
+        .iter()
+        .zip(&standings)
+        .filter_map(|(image, standing)| match standing {
+            Standing::Resumed { digest, .. } => Some((image.image, digest.clone())),
+            Standing::New => None,
+        })
+        .collect();
     let complete = standings
         .iter()
         .all(|s| matches!(s, Standing::Resumed { missing, .. } if missing.is_empty()));
-    if complete && moves(&remote, plan, &standings_digests(&standings))?.to_move.is_empty() {
+    if complete && moves(&remote, plan, &digests)?.to_move.is_empty() {
         bail!(
             "{} {} already in the registry with every tag in place, and released tags are \
              immutable: bump `version` in app/pyproject.toml, or pass --force to overwrite",
@@ -402,7 +413,6 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
         .filter(|(_, s)| matches!(s, Standing::New))
         .map(|(i, _)| i.image)
         .collect();
-    let mut digests: BTreeMap<ImageName, String> = BTreeMap::new();
     if !to_build.is_empty() {
         let tags = release_tags(&plan.revision, plan.request.allow.latest);
         let build = build_plan(&plan.root, &plan.revision, &plan.request, &to_build, &tags);
@@ -419,12 +429,6 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
             digests.insert(b.image, digest);
         }
     }
-    for (image, standing) in plan.images.iter().zip(&standings) {
-        if let Standing::Resumed { digest, .. } = standing {
-            digests.insert(image.image, digest.clone());
-        }
-    }
-
     for (image, standing) in plan.images.iter().zip(&standings) {
         let digest = &digests[&image.image];
         let source = format!("{}@{digest}", image.repository);
@@ -461,9 +465,7 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
         released.push(Released { image: image.image, digest: digest.clone(), refs, platforms });
     }
 
-    let known: Vec<Option<String>> =
-        plan.images.iter().map(|i| digests.get(&i.image).cloned()).collect();
-    let Moves { to_move, in_place, left_alone } = moves(&remote, plan, &known)?;
+    let Moves { to_move, in_place, left_alone } = moves(&remote, plan, &digests)?;
     for (image, reference) in &to_move {
         let source = format!("{}@{}", image.repository, digests[&image.image]);
         remote.copy(&source, reference).context(
@@ -477,16 +479,6 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
         entry.refs.push(reference.clone());
     }
     Ok(Outcome { released, left_alone, retries: remote::retries() - retries_before })
-}
-
-fn standings_digests(standings: &[Standing]) -> Vec<Option<String>> {
-    standings
-        .iter()
-        .map(|s| match s {
-            Standing::Resumed { digest, .. } => Some(digest.clone()),
-            Standing::New => None,
-        })
-        .collect()
 }
 
 /// Reads an image's immutable refs: absent (new), held by this release (resumed), or held by
@@ -521,15 +513,16 @@ fn standing(
 }
 
 /// Reads every moving tag and sorts them: to move (absent, or naming an older release), left
-/// alone (naming a newer one), or already in place. `digests[n]` is image `n`'s release digest
-/// where known (a new image's moving tags cannot already be in place).
+/// alone (naming a newer one), or already in place. `digests` holds each image's release
+/// digest where known (a new image's moving tags cannot already be in place).
 fn moves<'a>(
     remote: &remote::Registry,
     plan: &'a ReleasePlan,
-    digests: &[Option<String>],
+    digests: &BTreeMap<ImageName, String>,
 ) -> Result<Moves<'a>> {
     let mut moves = Moves::default();
-    for (image, digest) in plan.images.iter().zip(digests) {
+    for image in &plan.images {
+        let digest = digests.get(&image.image).map(String::as_str);
         for tag in &image.tags.moving {
             let reference = format!("{}:{tag}", image.repository);
             let current = match remote.inspect(&reference)? {
@@ -538,7 +531,7 @@ fn moves<'a>(
                     format!("{reference} in the registry is not an image index")
                 })?),
             };
-            match decide_move(&plan.revision, digest.as_deref(), current.as_ref()) {
+            match decide_move(&plan.revision, digest, current.as_ref()) {
                 Move::Forward => moves.to_move.push((image, reference)),
                 Move::InPlace => moves.in_place.push((image, reference)),
                 Move::Keep(names) => moves.left_alone.push(LeftAlone { reference, names }),

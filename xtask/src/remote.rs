@@ -376,36 +376,27 @@ mod tests {
         assert_eq!(paused.len(), 2);
         assert!(paused[1] >= Duration::from_secs(1), "a rate limit waits longer: {paused:?}");
 
-        let mut calls = 0;
-        let definite = with_retries(
-            "pushing x",
-            &policy,
-            || {
-                calls += 1;
-                Ok::<Result<(), _>, _>(Err(Failure::Definite {
-                    reason: "401".into(),
-                    unauthorized: true,
-                }))
-            },
-            |_| Ok(()),
-        );
-        assert!(matches!(definite.unwrap(), Err(Failure::Definite { .. })));
+        let answered_always = |failure: Failure| {
+            let mut calls = 0;
+            let result = with_retries(
+                "pushing x",
+                &policy,
+                || {
+                    calls += 1;
+                    Ok::<Result<(), _>, _>(Err(failure.clone()))
+                },
+                |_| Ok(()),
+            );
+            (result.unwrap(), calls)
+        };
+        let (definite, calls) =
+            answered_always(Failure::Definite { reason: "401".into(), unauthorized: true });
+        assert!(matches!(definite, Err(Failure::Definite { .. })));
         assert_eq!(calls, 1);
 
-        let mut calls = 0;
-        let exhausted = with_retries(
-            "pushing x",
-            &policy,
-            || {
-                calls += 1;
-                Ok::<Result<(), _>, _>(Err(Failure::Transient {
-                    reason: "reset".into(),
-                    rate_limited: false,
-                }))
-            },
-            |_| Ok(()),
-        );
-        let Err(Failure::Transient { reason, .. }) = exhausted.unwrap() else { panic!() };
+        let (exhausted, calls) =
+            answered_always(Failure::Transient { reason: "reset".into(), rate_limited: false });
+        let Err(Failure::Transient { reason, .. }) = exhausted else { panic!() };
         assert_eq!(calls, 4);
         assert!(reason.contains("after 4 attempts"), "{reason}");
     }
