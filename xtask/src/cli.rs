@@ -118,7 +118,7 @@ pub struct FaultProxyArgs {
 #[derive(Debug, Args)]
 pub struct WaitForArgs {
     /// What to wait for, e.g. `tcp://127.0.0.1:5432` or `http://127.0.0.1:8283/v1/health`.
-    #[arg(required = true, value_name = "PROBE", value_parser = parse_probe)]
+    #[arg(required = true, value_name = "PROBE", value_parser = ProbeParser)]
     pub probes: Vec<Probe>,
     /// The one deadline for all probes (e.g. 500ms, 30s, 2m).
     #[arg(long, default_value = "60s", value_parser = crate::wait::parse_duration)]
@@ -137,8 +137,29 @@ pub struct WaitForArgs {
     pub quiet: bool,
 }
 
-fn parse_probe(raw: &str) -> Result<Probe, String> {
-    Probe::parse(raw).map_err(|e| format!("{e}\n\n{}", crate::wait::spec::FORMS))
+/// Parses a probe spec. Its error is clap's own error with our message: clap's usual
+/// "invalid value '...'" would print the spec, password and all.
+#[derive(Clone)]
+struct ProbeParser;
+
+impl clap::builder::TypedValueParser for ProbeParser {
+    type Value = Probe;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Probe, clap::Error> {
+        let invalid = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{message}\n\n{}\n", crate::wait::spec::FORMS),
+            )
+        };
+        let raw = value.to_str().ok_or_else(|| invalid("a probe spec is not UTF-8".into()))?;
+        Probe::parse(raw).map_err(invalid)
+    }
 }
 
 /// Service names of the stack, for `dev logs|exec|restart`.

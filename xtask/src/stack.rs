@@ -165,6 +165,7 @@ impl Stack {
                                 user: "memories".into(),
                                 password,
                                 database: "memories".into(),
+                                allow_cleartext: false,
                             },
                             (None, _) => health(service),
                         }

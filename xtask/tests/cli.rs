@@ -364,3 +364,68 @@ fn completions_come_from_the_same_command_line() {
     let bad = xtask(&["completions", "cmd"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// A PostgreSQL server that asks for SCRAM with `iterations` PBKDF2 rounds, or for a
+/// cleartext password with `None`; it records every byte it receives.
+fn greedy_postgres(iterations: Option<u32>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let message = |kind: u8, body: &[u8]| {
+                let mut packet = vec![kind];
+                packet.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                packet.extend_from_slice(body);
+                packet
+            };
+            let mut chunk = [0u8; 4096];
+            let Ok(n) = stream.read(&mut chunk) else { continue };
+            seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            let mut request = match iterations {
+                Some(_) => 10u32.to_be_bytes().to_vec(),
+                None => 3u32.to_be_bytes().to_vec(),
+            };
+            if iterations.is_some() {
+                request.extend_from_slice(b"SCRAM-SHA-256\0\0");
+            }
+            let _ = stream.write_all(&message(b'R', &request));
+            let Ok(n) = stream.read(&mut chunk) else { continue };
+            seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            let said = String::from_utf8_lossy(&chunk[..n]).into_owned();
+            if let (Some(i), Some(nonce)) = (iterations, said.split("r=").nth(1)) {
+                let mut challenge = 11u32.to_be_bytes().to_vec();
+                challenge.extend_from_slice(format!("r={nonce}x,s=AAAA,i={i}").as_bytes());
+                let _ = stream.write_all(&message(b'R', &challenge));
+                if let Ok(n) = stream.read(&mut chunk) {
+                    seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_time() {
+    for iterations in [Some(2_000_000_000), None] {
+        let (port, received) = greedy_postgres(iterations);
+        let started = std::time::Instant::now();
+        let spec = format!("postgres://memories:sentinel-pw@127.0.0.1:{port}/memories");
+        let output = xtask(&["wait-for", "--timeout", "2s", &spec]).output().unwrap();
+        let elapsed = started.elapsed();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(124), "{iterations:?}: {stderr}");
+        assert!(elapsed < std::time::Duration::from_secs(3), "{iterations:?}: took {elapsed:?}");
+        assert!(!stderr.contains("sentinel-pw"), "{stderr}");
+        let bytes = received.lock().unwrap().clone();
+        assert!(!bytes.windows(11).any(|w| w == b"sentinel-pw"), "the server got the password");
+        let why = if iterations.is_some() { "SCRAM iterations" } else { "cleartext" };
+        assert!(stderr.contains(why), "{stderr}");
+    }
+    let output = xtask(&["wait-for", "postgres://me:sentinel-pw@127.0.0.1:5432x/db"]).output();
+    let stderr = text(&output.unwrap().stderr);
+    assert!(stderr.contains("me:***@") && !stderr.contains("sentinel-pw"), "{stderr}");
+}

@@ -34,16 +34,19 @@ impl Check for ProbeCheck {
             Probe::Http { host, port, path, status, contains } => {
                 http(host, *port, path, *status, contains.as_deref(), timeout)
             }
-            Probe::Postgres { host, port, user, password, database } => postgres::attempt(
-                &postgres::Target {
-                    host,
-                    port: *port,
-                    user,
-                    password: password.as_deref(),
-                    database,
-                },
-                timeout,
-            ),
+            Probe::Postgres { host, port, user, password, database, allow_cleartext } => {
+                postgres::attempt(
+                    &postgres::Target {
+                        host,
+                        port: *port,
+                        user,
+                        password: password.as_deref(),
+                        database,
+                        allow_cleartext: *allow_cleartext,
+                    },
+                    timeout,
+                )
+            }
             Probe::Redis { host, port, password } => {
                 redis(host, *port, password.as_deref(), timeout)
             }

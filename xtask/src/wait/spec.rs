@@ -1,4 +1,9 @@
 //! Probe specs: URL-like strings parsed into [`Probe`] values, and shown without secrets.
+//!
+//! A password never reaches an error message or a status line: errors show the spec through
+//! [`redacted`], and [`Probe`]'s `Display` writes `***`. The password may come from the URL
+//! (percent-encoded or, for postgres and redis, as written up to the last `@`), from a file
+//! (`?password_file=PATH`) or from `PGPASSWORD` / `REDISCLI_AUTH`.
 
 use std::fmt;
 
@@ -8,8 +13,13 @@ accepted probe forms:
   tcp://HOST:PORT                          the port accepts a connection
   http://HOST:PORT/PATH[#status=N&contains=TEXT]
                                            GET answers 2xx (or status N), body contains TEXT
-  postgres://USER[:PASS]@HOST[:PORT]/DB    a session starts and answers SELECT 1
-  redis://[:PASS@]HOST[:PORT]              PING answers PONG
+  postgres://USER[:PASS]@HOST[:PORT]/DB[?require_auth=password]
+                                           a session starts and answers SELECT 1
+                                           (password also from PGPASSWORD or
+                                           ?password_file=PATH; cleartext only when
+                                           require_auth allows it)
+  redis://[:PASS@]HOST[:PORT]              PING answers PONG (password also from
+                                           REDISCLI_AUTH or ?password_file=PATH)
   docker://CONTAINER                       the container's healthcheck reports healthy
   compose://PROJECT/SERVICE                the same, for a compose service's container
   log://CONTAINER?contains=TEXT[&times=N]  the container's log holds TEXT (N times)
@@ -19,15 +29,50 @@ accepted probe forms:
 /// One readiness condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    Tcp { host: String, port: u16 },
-    Http { host: String, port: u16, path: String, status: Option<u16>, contains: Option<String> },
-    Postgres { host: String, port: u16, user: String, password: Option<String>, database: String },
-    Redis { host: String, port: u16, password: Option<String> },
-    Healthy { container: String },
-    ComposeHealthy { project: String, service: String },
-    Log { container: String, text: String, times: u32 },
-    Exec { container: String, argv: Vec<String> },
-    File { path: String },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        status: Option<u16>,
+        contains: Option<String>,
+    },
+    Postgres {
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        database: String,
+        /// The server may ask for the password in cleartext (`?require_auth=password`).
+        allow_cleartext: bool,
+    },
+    Redis {
+        host: String,
+        port: u16,
+        password: Option<String>,
+    },
+    Healthy {
+        container: String,
+    },
+    ComposeHealthy {
+        project: String,
+        service: String,
+    },
+    Log {
+        container: String,
+        text: String,
+        times: u32,
+    },
+    Exec {
+        container: String,
+        argv: Vec<String>,
+    },
+    File {
+        path: String,
+    },
 }
 
 impl Probe {
@@ -56,8 +101,11 @@ struct Url<'a> {
 }
 
 impl Probe {
-    pub fn parse(raw: &str) -> Result<Probe, String> {
-        let url = split(raw)?;
+    pub fn parse(spec: &str) -> Result<Probe, String> {
+        // Every message names the spec without its password.
+        let shown = redacted(spec);
+        let raw = shown.as_str();
+        let url = split(spec).map_err(|e| e.replace(spec, raw))?;
         let probe = match url.scheme {
             "tcp" => Probe::Tcp { port: url.required_port(raw)?, host: url.host(raw)? },
             "http" => {
@@ -89,18 +137,38 @@ impl Probe {
                 let user = url.user.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
                     format!("`{raw}`: name the user: postgres://USER[:PASS]@HOST/DB")
                 })?;
+                let mut allow_cleartext = false;
+                if let Some(methods) = url.query_value("require_auth") {
+                    for method in methods.split(',') {
+                        match method {
+                            "password" => allow_cleartext = true,
+                            "scram-sha-256" | "none" => {}
+                            "md5" => {
+                                return Err(format!(
+                                    "`{raw}`: md5 authentication is not supported: use scram-sha-256"
+                                ));
+                            }
+                            other => {
+                                return Err(format!(
+                                    "`{raw}`: require_auth={other} is not one of password, scram-sha-256, none"
+                                ));
+                            }
+                        }
+                    }
+                }
                 Probe::Postgres {
                     host: url.host(raw)?,
                     port: url.port.unwrap_or(5432),
                     database: if database.is_empty() { user.clone() } else { database },
                     user,
-                    password: url.password.clone(),
+                    password: url.password(raw, "PGPASSWORD")?,
+                    allow_cleartext,
                 }
             }
             "redis" => Probe::Redis {
                 host: url.host(raw)?,
                 port: url.port.unwrap_or(6379),
-                password: url.password.clone(),
+                password: url.password(raw, "REDISCLI_AUTH")?,
             },
             "docker" => Probe::Healthy { container: url.host(raw)? },
             "compose" => {
@@ -164,8 +232,12 @@ impl fmt::Display for Probe {
                 }
                 Ok(())
             }
-            Probe::Postgres { host, port, user, password, database } => {
-                write!(f, "postgres://{user}{}@{host}:{port}/{database}", secret(password))
+            Probe::Postgres { host, port, user, password, database, allow_cleartext } => {
+                write!(f, "postgres://{user}{}@{host}:{port}/{database}", secret(password))?;
+                if *allow_cleartext {
+                    f.write_str("?require_auth=password")?;
+                }
+                Ok(())
             }
             Probe::Redis { host, port, password } => {
                 let auth = if password.is_some() { ":***@" } else { "" };
@@ -190,10 +262,41 @@ impl fmt::Display for Probe {
     }
 }
 
+/// Whether the scheme has credentials before the last `@`: there a password may hold `/`, `#`,
+/// `?` or `@` as written, and the query never holds an `@`.
+fn has_credentials(scheme: &str) -> bool {
+    matches!(scheme, "postgres" | "postgresql" | "redis")
+}
+
+/// The spec with the password of its user part replaced by `***`: the form every message
+/// shows.
+pub fn redacted(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    let authority_end = if has_credentials(scheme) {
+        rest.rfind('@').map_or(0, |at| at + 1)
+    } else {
+        rest.find(['/', '?', '#']).unwrap_or(rest.len())
+    };
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return raw.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => raw.to_owned(),
+    }
+}
+
 fn split(raw: &str) -> Result<Url<'_>, String> {
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| format!("`{raw}` is not a probe spec: it has no SCHEME://"))?;
+    // Credentials first, where the scheme has them: everything up to the last `@`.
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) if has_credentials(scheme) => (Some(&rest[..at]), &rest[at + 1..]),
+        _ => (None, rest),
+    };
     let (rest, fragment) = match rest.split_once('#') {
         Some((r, f)) => (r, pairs(f)?),
         None => (rest, Vec::new()),
@@ -206,13 +309,21 @@ fn split(raw: &str) -> Result<Url<'_>, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
+    let (userinfo, hostport) = match (userinfo, authority.rsplit_once('@')) {
+        (Some(u), _) => (Some(u), authority),
+        (None, Some((u, h))) => (Some(u), h),
+        (None, None) => (None, authority),
     };
     let (user, password) = match userinfo {
         Some(u) => match u.split_once(':') {
-            Some((name, pass)) => (Some(decode(name)?), Some(decode(pass)?)),
+            Some((name, pass)) => {
+                let pass = decode(pass).map_err(|_| {
+                    "the password in the spec has a `%` that is not a percent escape: \
+                     write `%` as %25, or give the password in the environment instead"
+                        .to_owned()
+                })?;
+                (Some(decode(name)?), Some(pass))
+            }
             None => (Some(decode(u)?), None),
         },
         None => (None, None),
@@ -258,6 +369,20 @@ impl Url<'_> {
 
     fn required_port(&self, raw: &str) -> Result<u16, String> {
         self.port.ok_or_else(|| format!("`{raw}`: the port is missing: use tcp://HOST:PORT"))
+    }
+
+    /// The password: from the URL, else `?password_file=PATH` (its first line), else the
+    /// environment variable the scheme's own client reads.
+    fn password(&self, raw: &str, variable: &str) -> Result<Option<String>, String> {
+        if let Some(password) = &self.password {
+            return Ok(Some(password.clone()));
+        }
+        if let Some(path) = self.query_value("password_file") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("`{raw}`: cannot read the password file {path}: {e}"))?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
+        }
+        Ok(std::env::var(variable).ok().filter(|p| !p.is_empty()))
     }
 
     fn query_value(&self, key: &str) -> Option<String> {
@@ -329,6 +454,7 @@ mod tests {
                 user: "me".into(),
                 password: Some("p@ss".into()),
                 database: "app".into(),
+                allow_cleartext: false,
             }
         );
         assert_eq!(
@@ -380,6 +506,48 @@ mod tests {
             let err = Probe::parse(raw).unwrap_err();
             assert!(err.contains(says), "{raw}: {err}");
         }
+    }
+
+    #[test]
+    fn passwords_never_reach_errors_and_may_hold_url_characters() {
+        let bad_port = Probe::parse("postgres://memories:hunter2@127.0.0.1:5432x/memories");
+        let err = bad_port.unwrap_err();
+        assert!(!err.contains("hunter2") && err.contains("memories:***@"), "{err}");
+        for password in ["a/b", "a#b", "a?b", "a@b:c"] {
+            let spec = format!("postgres://me:{password}@db:5433/app");
+            match Probe::parse(&spec).unwrap() {
+                Probe::Postgres { password: Some(p), host, port, .. } => {
+                    assert_eq!((p.as_str(), host.as_str(), port), (password, "db", 5433));
+                }
+                other => panic!("{other:?}"),
+            }
+            let redis = Probe::parse(&format!("redis://:{password}@cache:1x")).unwrap_err();
+            assert!(!redis.contains(password), "{redis}");
+        }
+        let escape = Probe::parse("postgres://me:100%zz@db/app").unwrap_err();
+        assert!(escape.contains("%25") && !escape.contains("100%"), "{escape}");
+        let method = Probe::parse("postgres://me:hunter2@db/app?require_auth=md5").unwrap_err();
+        assert!(method.contains("md5") && !method.contains("hunter2"), "{method}");
+        assert_eq!(redacted("http://u:pw@h:1/x#contains=a@b"), "http://u:***@h:1/x#contains=a@b");
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_or_ask_for_cleartext() {
+        let dir = std::env::temp_dir().join(format!("xtask-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let spec =
+            format!("postgres://me@db/app?password_file={}&require_auth=password", file.display());
+        let probe = Probe::parse(&spec).unwrap();
+        assert!(
+            matches!(&probe, Probe::Postgres { password: Some(p), allow_cleartext: true, .. } if p == "from-file"),
+            "{probe:?}"
+        );
+        assert_eq!(probe.to_string(), "postgres://me:***@db:5432/app?require_auth=password");
+        let missing = Probe::parse("redis://cache?password_file=/nonexistent/pw").unwrap_err();
+        assert!(missing.contains("cannot read the password file /nonexistent/pw"), "{missing}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
