@@ -77,7 +77,7 @@ pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     let mut samples = [Vec::new(), Vec::new()];
     for run in 1..=runs {
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
-            eprintln!("run {run}/{runs}: release for {} from a cold cache", sides[side]);
+            say!("run {run}/{runs}: release for {} from a cold cache", sides[side]);
             let namespace = format!("{}/bench-{run}-{side}", registry.address);
             docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
             let step = Step::new(&exe, root)
@@ -115,7 +115,7 @@ pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
         | 1;
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        eprintln!("run {run}/{runs}");
+        say!("run {run}/{runs}");
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -153,7 +153,7 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     let (mut ours_lag, mut peer_lag) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        eprintln!("run {run}/{runs}");
+        say!("run {run}/{runs}");
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
             let project = stack::unique_project("memories-bench");
             let stack = Stack::new(root, Mode::Dev, project.clone(), &[], tag.clone());
@@ -205,17 +205,17 @@ pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
     let reports = [wait(root, 15)?, stack(sh, root, 5)?, build(sh, root, 5)?, startup(root, 20)?];
     if json {
         let value: Vec<serde_json::Value> = reports.iter().map(Report::to_json).collect();
-        println!("{:#}", json!({ "benchmarks": value }));
+        out!("{:#}", json!({ "benchmarks": value }));
         return Ok(());
     }
     let width =
         reports.iter().flat_map(|r| [r.ours.name.len(), r.peer.name.len()]).max().unwrap_or(0);
-    println!(
+    out!(
         "{:<8} {:<width$} {:>10}   {:<width$} {:>10} {:>7}",
         "bench", "ours", "median", "peer", "median", "ratio"
     );
     for r in &reports {
-        println!(
+        out!(
             "{:<8} {:<width$} {:>8.1}ms   {:<width$} {:>8.1}ms {:>6.2}x",
             r.name,
             r.ours.name,
@@ -227,7 +227,7 @@ pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
     }
     for r in &reports {
         if let Some(note) = &r.note {
-            println!("{}: {note}", r.name);
+            out!("{}: {note}", r.name);
         }
     }
     Ok(())
@@ -294,13 +294,13 @@ fn lag_after_open(step: &Step, port: u16, delay: Duration) -> Result<Duration> {
 }
 
 fn measure(ours: &Step, peer: &Step, runs: u32) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    eprintln!("warming up: {ours}");
+    say!("warming up: {ours}");
     time(ours)?;
-    eprintln!("warming up: {peer}");
+    say!("warming up: {peer}");
     time(peer)?;
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        eprintln!("run {run}/{runs}");
+        say!("run {run}/{runs}");
         // Alternate which side goes first, so neither always runs on a just-warmed cache.
         if run % 2 == 1 {
             a.push(time(ours)?);
@@ -380,11 +380,11 @@ impl Report {
 
     pub fn print(&self, json: bool) {
         if json {
-            println!("{:#}", self.to_json());
+            out!("{:#}", self.to_json());
             return;
         }
         let width = self.ours.name.len().max(self.peer.name.len()).max(28);
-        println!(
+        out!(
             "{:<width$} {:>5} {:>9} {:>9} {:>9} {:>9}",
             "", "runs", "median", "p90", "min", "max"
         );
@@ -392,7 +392,7 @@ impl Report {
             let s = &side.samples;
             let min = s.iter().min().copied().unwrap_or_default();
             let max = s.iter().max().copied().unwrap_or_default();
-            println!(
+            out!(
                 "{:<width$} {:>5} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms",
                 side.name,
                 s.len(),
@@ -402,9 +402,9 @@ impl Report {
                 ms(max)
             );
         }
-        println!("{:<width$} {:>5} {:>8.2}x", "ratio (ours / peer, medians)", "", self.ratio());
+        out!("{:<width$} {:>5} {:>8.2}x", "ratio (ours / peer, medians)", "", self.ratio());
         if let Some(note) = &self.note {
-            println!("{note}");
+            out!("{note}");
         }
     }
 }

@@ -36,7 +36,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, action: ImagesAction) -> Result<()> {
             let request = SaveRequest { images, platforms: platform.0, builder };
             let manifest = save(sh, root, &revision, &request, &output)?;
             report(&manifest, json);
-            eprintln!("saved {output}");
+            say!("saved {output}");
             Ok(())
         }
         ImagesAction::Load { file, json } => {
@@ -49,12 +49,12 @@ pub fn run(sh: &Shell, root: &Utf8Path, action: ImagesAction) -> Result<()> {
 
 fn report(manifest: &Value, json: bool) {
     if json {
-        println!("{manifest:#}");
+        out!("{manifest:#}");
         return;
     }
     for image in manifest["images"].as_array().map(Vec::as_slice).unwrap_or_default() {
         for reference in image["refs"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            println!(
+            out!(
                 "{} {}",
                 reference.as_str().unwrap_or("?"),
                 image["digest"].as_str().unwrap_or("?")
@@ -199,7 +199,7 @@ pub fn load(root: &Utf8Path, file: &Utf8Path) -> Result<Value> {
     let manifest = verify(file)?;
     docker::require_cli()?;
     let load = docker::cli(root).arg("load");
-    eprintln!("$ {load} <{file}:{IMAGES}");
+    say!("$ {load} <{file}:{IMAGES}");
     let mut child = load
         .command()
         .stdin(std::process::Stdio::piped())

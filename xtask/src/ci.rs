@@ -178,10 +178,10 @@ pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
                 .iter()
                 .map(|(s, c)| json!({"step": s.name(), "commands": c.iter().map(Step::to_json).collect::<Vec<_>>()}))
                 .collect();
-            println!("{:#}", json!({ "steps": value }));
+            out!("{:#}", json!({ "steps": value }));
         } else {
             for (step, list) in &plan {
-                println!("# {}", step.name());
+                out!("# {}", step.name());
                 plan::print_plan(list);
             }
         }
@@ -222,7 +222,7 @@ fn run_steps(
             });
             continue;
         }
-        eprintln!("==> ci: {}", step.name());
+        say!("==> ci: {}", step.name());
         let start = Instant::now();
         let result = execute(step);
         let duration = start.elapsed();
@@ -230,7 +230,7 @@ fn run_steps(
             Ok(()) => (Status::Passed, None),
             Err(err) => {
                 failed = true;
-                eprintln!("==> ci: {} failed: {err:#}", step.name());
+                say!("==> ci: {} failed: {err:#}", step.name());
                 (Status::Failed, Some(format!("{err:#}")))
             }
         };
@@ -273,22 +273,22 @@ fn print_summary(outcomes: &[Outcome], json: bool) {
             })
             .collect();
         let passed = outcomes.iter().all(|o| o.status == Status::Passed);
-        println!(
+        out!(
             "{:#}",
             json!({"passed": passed, "seconds": (total.as_secs_f64() * 10.0).round() / 10.0, "steps": steps})
         );
         return;
     }
-    println!("{:<12} {:<8} {:>9}", "step", "status", "time");
+    out!("{:<12} {:<8} {:>9}", "step", "status", "time");
     for o in outcomes {
         let time = if o.status == Status::Skipped {
             "-".to_owned()
         } else {
             format!("{:.1}s", o.duration.as_secs_f64())
         };
-        println!("{:<12} {:<8} {:>9}", o.step.name(), o.status.as_str(), time);
+        out!("{:<12} {:<8} {:>9}", o.step.name(), o.status.as_str(), time);
     }
-    println!("{:<12} {:<8} {:>9}", "total", "", format!("{:.1}s", total.as_secs_f64()));
+    out!("{:<12} {:<8} {:>9}", "total", "", format!("{:.1}s", total.as_secs_f64()));
 }
 
 #[cfg(test)]

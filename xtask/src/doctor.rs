@@ -54,7 +54,7 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
 pub fn run(args: &DoctorArgs) -> Result<()> {
     let findings = check(args);
     for f in &findings {
-        println!("{:<5} {:<16} {}", f.level, f.what, f.detail);
+        out!("{:<5} {:<16} {}", f.level, f.what, f.detail);
     }
     let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
     if failed > 0 {

@@ -179,7 +179,7 @@ fn serve(
         stats.by_fault[index].fetch_add(1, Ordering::SeqCst);
         if verbose {
             let request_line = head.lines().next().unwrap_or_default();
-            eprintln!("fault-proxy: request {n} `{request_line}`: {}", fault.name());
+            say!("fault-proxy: request {n} `{request_line}`: {}", fault.name());
         }
     }
     match fault {
@@ -286,8 +286,8 @@ pub fn run(upstream: &str, plan: FaultPlan) -> Result<()> {
         bail!("`{upstream}` is not HOST:PORT of a reachable host: e.g. 127.0.0.1:5000");
     };
     let proxy = FaultProxy::start(upstream, plan, true)?;
-    println!("{}", proxy.address);
-    eprintln!(
+    out!("{}", proxy.address);
+    say!(
         "fault-proxy: {} -> {upstream}, failing {:.0}% of requests (seed {}); Ctrl-C stops",
         proxy.address,
         plan.rate * 100.0,
@@ -296,12 +296,12 @@ pub fn run(upstream: &str, plan: FaultPlan) -> Result<()> {
     while !crate::interrupt::is_set() {
         thread::sleep(Duration::from_millis(50));
     }
-    eprintln!(
+    say!(
         "fault-proxy: {} of {} requests got a fault",
         proxy.stats.faults(),
         proxy.stats.requests()
     );
-    println!("{}", proxy.stats.to_json());
+    out!("{}", proxy.stats.to_json());
     Ok(())
 }
 

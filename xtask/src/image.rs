@@ -224,7 +224,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &BuildArgs) -> Result<()> {
     let plan = plan(root, &revision, &BuildRequest::from(args));
     if args.output.dry_run {
         if args.output.json {
-            println!("{:#}", plan.to_json());
+            out!("{:#}", plan.to_json());
         } else {
             plan::print_plan(std::slice::from_ref(&plan.step));
         }
@@ -236,11 +236,11 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &BuildArgs) -> Result<()> {
             .iter()
             .map(|b| json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest}))
             .collect();
-        println!("{:#}", json!({ "images": images }));
+        out!("{:#}", json!({ "images": images }));
     } else {
         for b in &built {
             for r in &b.refs {
-                println!("{r} {}", b.digest.as_deref().unwrap_or("-"));
+                out!("{r} {}", b.digest.as_deref().unwrap_or("-"));
             }
         }
     }

@@ -1,19 +1,44 @@
-//! Ctrl-C and SIGTERM: one flag that running steps and waits watch, so that a task stops what
-//! it runs, tears down what it created, and exits 130.
+//! SIGINT, SIGTERM and SIGHUP: one flag that running steps and waits watch, so that a task
+//! stops what it runs, tears down what it created, and exits `128 + signal` (130 for Ctrl-C,
+//! 143 for SIGTERM, 129 for a closed terminal).
+//!
+//! Teardown is shielded: its steps run in a process group of their own (a Ctrl-C at the
+//! terminal does not reach them), a signal during teardown only says that it is still cleaning
+//! up, and the one after that abandons it; see [`Shield`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The first signal received: it decides the exit status.
+static FIRST: AtomicI32 = AtomicI32::new(0);
+/// How many signals arrived, so that a shield can tell a new one from the one that started
+/// the teardown.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the handler; later signals only set the flag again.
+const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Only async-signal-safe work: atomics and one `write(2)` whose failure (a closed stderr) is
+/// ignored.
+extern "C" fn on_signal(signal: nix::libc::c_int) {
+    let _ = FIRST.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    if COUNT.fetch_add(1, Ordering::SeqCst) == 0 {
+        let message = b"\ninterrupted: stopping, then cleaning up (this can take a few seconds)\n";
+        let _ = nix::unistd::write(std::io::stderr(), message);
+    }
+}
+
+/// Installs the handler for SIGINT, SIGTERM and SIGHUP.
 pub fn install() {
-    // Without a handler the default action (exit at once) still applies: worse, not wrong.
-    let _ = ctrlc::set_handler(|| {
-        if !INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted: stopping, then cleaning up (this can take a few seconds)");
-        }
-    });
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in SIGNALS {
+        // SAFETY: the handler only touches atomics and calls write(2).
+        // Without a handler the default action (exit at once) still applies: worse, not wrong.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
 }
 
 pub fn flag() -> &'static AtomicBool {
@@ -24,7 +49,56 @@ pub fn is_set() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// The error of a task stopped by Ctrl-C or SIGTERM; exits with status 130.
+/// The exit status of an interrupted run: `128 + ` the first signal's number.
+pub fn exit_code() -> u8 {
+    match FIRST.load(Ordering::SeqCst) {
+        0 => 130,
+        signal => 128u8.saturating_add(signal as u8),
+    }
+}
+
+/// The signal count when the run's clean-up began (`usize::MAX` before), and whether it has
+/// said that it is still cleaning up.
+static CLEANUP_START: AtomicUsize = AtomicUsize::new(usize::MAX);
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The clean-up phase of this run, which begins with its first clean-up step and lasts until
+/// the process ends. Signals are counted from its beginning: the first makes
+/// [`Shield::check`] say once that it is still cleaning up, the second makes it answer
+/// [`Shielded::Abandon`] (for this step and every later one).
+pub struct Shield {
+    start: usize,
+}
+
+/// What a shielded step should do now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shielded {
+    Continue,
+    Abandon,
+}
+
+impl Shield {
+    pub fn new() -> Shield {
+        let now = COUNT.load(Ordering::SeqCst);
+        let _ = CLEANUP_START.compare_exchange(usize::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
+        Shield { start: CLEANUP_START.load(Ordering::SeqCst) }
+    }
+
+    pub fn check(&self) -> Shielded {
+        match COUNT.load(Ordering::SeqCst).saturating_sub(self.start) {
+            0 => Shielded::Continue,
+            1 => {
+                if !WARNED.swap(true, Ordering::SeqCst) {
+                    crate::say!("still cleaning up; interrupt once more to abandon the clean-up");
+                }
+                Shielded::Continue
+            }
+            _ => Shielded::Abandon,
+        }
+    }
+}
+
+/// The error of a task stopped by a signal; exits with [`exit_code`].
 #[derive(Debug)]
 pub struct Interrupted;
 
@@ -35,3 +109,15 @@ impl fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The error of a clean-up step stopped by a second signal.
+#[derive(Debug)]
+pub struct Abandoned;
+
+impl fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("clean-up abandoned on a second interrupt")
+    }
+}
+
+impl std::error::Error for Abandoned {}

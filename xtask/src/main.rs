@@ -1,7 +1,10 @@
 //! `cargo xtask`: parse the command line, root one shell at the repository, dispatch.
 //!
 //! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap),
-//! 124 when a wait timed out, 130 when interrupted (Ctrl-C or SIGTERM).
+//! 124 when a wait timed out, 130 on Ctrl-C (SIGINT), 143 on SIGTERM, 129 on SIGHUP.
+
+#[macro_use]
+mod term;
 
 mod bench;
 mod bundle;
@@ -38,9 +41,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say!("error: {err:#}");
             let code = if err.is::<interrupt::Interrupted>() {
-                130
+                interrupt::exit_code()
             } else if err.is::<wait::TimedOut>() {
                 124
             } else {

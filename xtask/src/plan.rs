@@ -118,16 +118,32 @@ impl Step {
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
-        self.run_regardless()
+        let output = self.supervise(Stop::OnInterrupt, Capture::Nothing)?.output;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)
     }
 
-    /// Like [`Step::run`], but runs even after an interrupt: for clean-up steps, which must
-    /// finish whatever happened.
+    /// Like [`Step::run`], but for clean-up steps, which must finish whatever happened: it
+    /// runs even after an interrupt, in a process group of its own (a Ctrl-C at the terminal
+    /// does not reach it), with no stdin, and with its output relayed afterwards (a closed
+    /// stderr cannot kill it). Only a second signal during the clean-up stops it, with
+    /// [`interrupt::Abandoned`]; see [`interrupt::Shield`].
     pub fn run_regardless(&self) -> Result<()> {
-        let started_interrupted = interrupt::is_set();
-        let output = self.supervise(!started_interrupted, Capture::Nothing)?.output;
-        if !started_interrupted && interrupt::is_set() {
-            return Err(Interrupted.into());
+        let shield = interrupt::Shield::new();
+        let supervised = self.supervise(Stop::Shielded(&shield), Capture::Both)?;
+        let output = supervised.output;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for line in stdout.lines() {
+            if self.stdout_is_data {
+                out!("{line}");
+            } else {
+                say!("{line}");
+            }
+        }
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            say!("{line}");
         }
         self.check(&output.status)
     }
@@ -137,7 +153,7 @@ impl Step {
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
-        let output = self.supervise(true, Capture::Stdout)?.output;
+        let output = self.supervise(Stop::OnInterrupt, Capture::Stdout)?.output;
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
@@ -153,7 +169,7 @@ impl Step {
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
-        let supervised = self.supervise(true, Capture::Both)?;
+        let supervised = self.supervise(Stop::OnInterrupt, Capture::Both)?;
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
@@ -166,9 +182,16 @@ impl Step {
         })
     }
 
-    fn supervise(&self, stop_on_interrupt: bool, capture: Capture) -> Result<Supervised> {
-        eprintln!("$ {self}");
+    fn supervise(&self, stop: Stop<'_>, capture: Capture) -> Result<Supervised> {
+        say!("$ {self}");
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
+        if let Stop::Shielded(_) = stop {
+            expression = expression.stdin_null().before_spawn(|command| {
+                use std::os::unix::process::CommandExt;
+                command.process_group(0);
+                Ok(())
+            });
+        }
         expression = match capture {
             Capture::Both => expression.stdout_capture().stderr_capture(),
             Capture::Stdout => expression.stdout_capture(),
@@ -195,7 +218,14 @@ impl Step {
             if self.timeout.is_some_and(|limit| started.elapsed() > limit) {
                 timed_out = true;
             }
-            if (stop_on_interrupt && interrupt::is_set()) || timed_out {
+            if let Stop::Shielded(shield) = stop {
+                if shield.check() == interrupt::Shielded::Abandon {
+                    let _ = handle.kill();
+                    return Err(interrupt::Abandoned.into());
+                }
+            }
+            let stop_now = matches!(stop, Stop::OnInterrupt) && interrupt::is_set();
+            if stop_now || timed_out {
                 match signalled {
                     None => {
                         for pid in handle.pids() {
@@ -235,6 +265,14 @@ impl Step {
             .collect();
         std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" ")
     }
+}
+
+/// When [`Step::supervise`] stops the command early (besides its timeout).
+enum Stop<'a> {
+    /// On the first interrupt.
+    OnInterrupt,
+    /// A clean-up step: only when its shield says to abandon.
+    Shielded(&'a interrupt::Shield),
 }
 
 /// What [`Step::supervise`] keeps of the command's output.
@@ -287,10 +325,10 @@ fn quote(word: &str) -> String {
 /// Prints a plan on stdout: each step as a command line, with its stdin below it.
 pub fn print_plan(steps: &[Step]) {
     for step in steps {
-        println!("{step}");
+        out!("{step}");
         if let Some(input) = &step.stdin {
-            println!("# stdin of the step above:");
-            println!("{input}");
+            out!("# stdin of the step above:");
+            out!("{input}");
         }
     }
 }

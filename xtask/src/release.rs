@@ -298,7 +298,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     let plan = plan(root, &revision, &ReleaseRequest::from(args))?;
     if args.output.dry_run {
         if args.output.json {
-            println!("{:#}", plan.to_json());
+            out!("{:#}", plan.to_json());
         } else {
             plan::print_plan(&plan.steps());
         }
@@ -306,7 +306,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     }
     let outcome = execute(sh, &plan)?;
     for left in &outcome.left_alone {
-        eprintln!(
+        say!(
             "left alone: {} names {}, newer than {}",
             left.reference, left.names, plan.revision.version
         );
@@ -329,7 +329,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
             .iter()
             .map(|l| json!({"ref": l.reference, "names": l.names}))
             .collect();
-        println!(
+        out!(
             "{:#}",
             json!({
                 "version": plan.revision.version.to_string(),
@@ -343,7 +343,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     } else {
         for r in &outcome.released {
             for reference in &r.refs {
-                println!("{reference} {}", r.digest);
+                out!("{reference} {}", r.digest);
             }
         }
     }

@@ -151,7 +151,7 @@ pub fn with_retries<T>(
         match attempt()? {
             Err(Failure::Transient { reason, rate_limited }) if tried < policy.attempts => {
                 let wait = policy.pause(tried, rate_limited, jitter());
-                eprintln!(
+                say!(
                     "registry: {what} failed ({reason}); transient, attempt {tried} of {}, \
                      retrying in {:.1}s",
                     policy.attempts,

@@ -290,7 +290,7 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
             (stack.probes(&|service, port| stack.published_port(service, port)), None)
         }
     };
-    eprintln!(
+    say!(
         "waiting up to {timeout:?} for {}",
         probes.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
     );
@@ -322,7 +322,7 @@ struct UpCheck {
 
 impl UpCheck {
     fn start(step: &Step) -> Result<UpCheck> {
-        eprintln!("$ {step}");
+        say!("$ {step}");
         let child = step
             .command()
             .stdin(std::process::Stdio::null())
@@ -360,12 +360,12 @@ impl Drop for UpCheck {
 
 /// Prints `ps` and the last 200 log lines of `services` (all of them when empty), on stderr.
 pub fn dump(stack: &Stack, services: &[&str]) {
-    eprintln!("--- state of stack {} ---", stack.project);
+    say!("--- state of stack {} ---", stack.project);
     let _ = stack.compose_all_profiles().args(["ps", "--all"]).run_regardless();
     let services: Vec<&str> =
         if services.is_empty() { stack.services() } else { services.to_vec() };
     for service in services {
-        eprintln!("--- last 200 log lines of {service} ---");
+        say!("--- last 200 log lines of {service} ---");
         let _ = stack
             .compose_all_profiles()
             .args(["logs", "--no-color", "--tail", "200", service])
@@ -381,7 +381,12 @@ pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
     if volumes {
         step = step.arg("--volumes");
     }
-    step.run_regardless().with_context(|| format!("cannot tear down stack {}", stack.project))
+    step.run_regardless().map_err(|err| {
+        err.context(format!(
+            "cannot tear down stack {}; finish it from the repository root with `{step}`",
+            stack.project
+        ))
+    })
 }
 
 /// Runs `act` on a started stack; on failure dumps its state; then tears down what this run
@@ -401,7 +406,7 @@ pub fn lifecycle(
         result
     });
     if keep {
-        eprintln!(
+        say!(
             "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
             stack.project, stack.project
         );
@@ -410,7 +415,7 @@ pub fn lifecycle(
     let teardown = down(stack, teardown_volumes);
     match (result, teardown) {
         (Err(err), Err(teardown)) => {
-            eprintln!("error: {teardown:#}");
+            say!("error: {teardown:#}");
             Err(err)
         }
         (result, teardown) => result.and(teardown),

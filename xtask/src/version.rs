@@ -215,12 +215,12 @@ pub fn run(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
             "created": revision.created,
             "tags": revision.build_tags(),
         });
-        println!("{value:#}");
+        out!("{value:#}");
     } else {
-        println!("version   {}", revision.version);
-        println!("revision  {}", revision.short());
-        println!("created   {}", revision.created);
-        println!("tags      {}", revision.build_tags().join(" "));
+        out!("version   {}", revision.version);
+        out!("revision  {}", revision.short());
+        out!("created   {}", revision.created);
+        out!("tags      {}", revision.build_tags().join(" "));
     }
     Ok(())
 }

@@ -382,7 +382,7 @@ pub fn run(args: &WaitForArgs) -> Result<()> {
             Verdict::Interrupted => "interrupted",
         };
         let probes: Vec<_> = outcome.reports.iter().map(ProbeReport::to_json).collect();
-        println!(
+        out!(
             "{:#}",
             json!({"verdict": verdict, "elapsed_ms": outcome.elapsed.as_millis() as u64, "probes": probes})
         );
@@ -395,7 +395,7 @@ pub fn within_task(checks: Vec<(String, Box<dyn Check + '_>)>, options: WaitOpti
     let options = WaitOptions { cancel: Some(crate::interrupt::flag()), ..options };
     wait(checks, options, &SystemClock::new(), |event, reports| {
         if let Event::Ready { index, at, .. } = event {
-            eprintln!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
+            say!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
         }
     })
 }
@@ -456,7 +456,7 @@ impl Status {
             || std::env::var_os("NO_COLOR").is_some()
             || !std::io::stderr().is_terminal();
         if !quiet && plain {
-            eprintln!("waiting for {count} probe{}", if count == 1 { "" } else { "s" });
+            say!("waiting for {count} probe{}", if count == 1 { "" } else { "s" });
         }
         Status { quiet, live: !plain, drawn: 0, last_draw: None, last_plain: Instant::now() }
     }
@@ -474,19 +474,19 @@ impl Status {
         }
         match event {
             Event::Ready { index, at, attempts } => {
-                eprintln!(
+                say!(
                     "ready: {} after {} ms ({attempts} attempts)",
                     reports[*index].probe,
                     at.as_millis()
                 );
             }
             Event::Failed { index, error, .. } => {
-                eprintln!("failed: {}: {error}", reports[*index].probe)
+                say!("failed: {}: {error}", reports[*index].probe)
             }
             Event::NotYet { .. } if self.last_plain.elapsed() >= Duration::from_secs(5) => {
                 self.last_plain = Instant::now();
                 for r in reports.iter().filter(|r| r.state == State::Pending) {
-                    eprintln!(
+                    say!(
                         "waiting: {}: {}",
                         r.probe,
                         r.last_error.as_deref().unwrap_or("no answer yet")
@@ -525,7 +525,7 @@ impl Status {
             out.push_str(&line);
             out.push('\n');
         }
-        eprint!("{out}");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
         self.drawn = reports.len();
         self.last_draw = Some(Instant::now());
     }
