@@ -100,9 +100,19 @@ fn sigint_mid_wait_tears_the_stack_down_and_exits_130() {
 }
 
 fn dev(project: &str, ports: (u16, u16), args: &[&str]) -> std::process::Output {
+    dev_with(project, ports, &[], args)
+}
+
+fn dev_with(
+    project: &str,
+    ports: (u16, u16),
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     Command::new(xtask_binary())
         .arg("dev")
         .args(args)
+        .envs(env.iter().copied())
         .env("COMPOSE_PROJECT_NAME", project)
         .env("DEV_SERVER_PORT", ports.0.to_string())
         .env("DEV_DB_PORT", ports.1.to_string())
@@ -150,6 +160,48 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
     .unwrap();
     let found: Value = serde_json::from_str(&found.body).unwrap();
     assert_eq!(found[0]["text"], "kept", "the row survived dev down and up: {found}");
+
+    let gone = dev(&project, ports, &["down", "--volumes"]);
+    assert!(gone.status.success());
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+#[test]
+fn a_dev_whose_server_cannot_start_fails_at_once_with_its_logs_and_keeps_what_ran() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-dev-broken");
+    cleanup.project(&project);
+    let ports = (free_port(), free_port());
+    let up = dev(&project, ports, &["up", "--no-build"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let db_filter = ["--filter".to_owned(), "label=com.docker.compose.service=db".to_owned()];
+    let db = |status: &str| {
+        let mut args = vec!["ps", "--quiet", "--filter", status];
+        let label = project_label(&project);
+        args.extend(["--filter", &label]);
+        args.extend(db_filter.iter().map(String::as_str));
+        docker(&args)
+    };
+    let db_before = db("status=running");
+    assert!(!db_before.is_empty());
+
+    // The database already holds 384-dimensional rows: the server refuses to start with 7.
+    let started = Instant::now();
+    let broken = dev_with(
+        &project,
+        ports,
+        &[("EMBEDDING_DIM", "7")],
+        &["up", "--no-build", "--timeout", "60s"],
+    );
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(stderr.contains("the server container stopped before it was ready"), "{stderr}");
+    assert!(stderr.contains("last 200 log lines of server"), "{stderr}");
+    assert!(stderr.contains("EMBEDDING_DIM=7"), "the server's own words: {stderr}");
+    assert!(!String::from_utf8_lossy(&broken.stdout).contains("http://"), "no URLs printed");
+    assert_eq!(db("status=running"), db_before, "the database that ran before still runs");
 
     let gone = dev(&project, ports, &["down", "--volumes"]);
     assert!(gone.status.success());

@@ -212,7 +212,12 @@ pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
         reports.iter().flat_map(|r| [r.ours.name.len(), r.peer.name.len()]).max().unwrap_or(0);
     out!(
         "{:<8} {:<width$} {:>10}   {:<width$} {:>10} {:>7}",
-        "bench", "ours", "median", "peer", "median", "ratio"
+        "bench",
+        "ours",
+        "median",
+        "peer",
+        "median",
+        "ratio"
     );
     for r in &reports {
         out!(
@@ -384,10 +389,7 @@ impl Report {
             return;
         }
         let width = self.ours.name.len().max(self.peer.name.len()).max(28);
-        out!(
-            "{:<width$} {:>5} {:>9} {:>9} {:>9} {:>9}",
-            "", "runs", "median", "p90", "min", "max"
-        );
+        out!("{:<width$} {:>5} {:>9} {:>9} {:>9} {:>9}", "", "runs", "median", "p90", "min", "max");
         for side in [&self.ours, &self.peer] {
             let s = &side.samples;
             let min = s.iter().min().copied().unwrap_or_default();

@@ -33,7 +33,8 @@ extern "C" fn on_signal(signal: nix::libc::c_int) {
 
 /// Installs the handler for SIGINT, SIGTERM and SIGHUP.
 pub fn install() {
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action =
+        SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
     for signal in SIGNALS {
         // SAFETY: the handler only touches atomics and calls write(2).
         // Without a handler the default action (exit at once) still applies: worse, not wrong.

@@ -308,7 +308,9 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
     for left in &outcome.left_alone {
         say!(
             "left alone: {} names {}, newer than {}",
-            left.reference, left.names, plan.revision.version
+            left.reference,
+            left.names,
+            plan.revision.version
         );
     }
     if args.output.json {

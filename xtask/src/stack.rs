@@ -4,7 +4,9 @@
 //! -> tear down what this run created -> the original result. Ctrl-C and SIGTERM take the same
 //! path and exit 130.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -294,8 +296,24 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
         "waiting up to {timeout:?} for {}",
         probes.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
     );
-    let mut checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
-    if let Some(up_check) = up_check {
+    // Probes count only once `up` has exited: before that they may reach a container that
+    // `up` is about to replace.
+    let started = Arc::new(AtomicBool::new(up_check.is_none()));
+    let mut checks: Vec<(String, Box<dyn wait::Check>)> = probes
+        .iter()
+        .map(|(service, probe)| {
+            let check = ServiceCheck {
+                project: stack.project.clone(),
+                service,
+                probe: wait::checks::for_probe(probe),
+                started: started.clone(),
+                looked: None,
+            };
+            (probe.to_string(), Box::new(check) as Box<dyn wait::Check>)
+        })
+        .collect();
+    if let Some(mut up_check) = up_check {
+        up_check.started = Some(started);
         checks.push(("docker compose up".to_owned(), Box::new(up_check)));
     }
     let outcome = wait::within_task(checks, WaitOptions { timeout, ..WaitOptions::default() });
@@ -314,10 +332,37 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
     Ok(probes)
 }
 
+/// [`up_and_wait`] for a long-lived stack (dev, prod). When it fails, a stack that was not
+/// running before is taken down (its data stays); one that was is left as it is, so that a
+/// failed update never takes down containers that served before it.
+pub fn up_and_wait_or_undo(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
+    let before = stack
+        .compose_all_profiles()
+        .args(["ps", "--quiet", "--status", "running"])
+        .read()
+        .context("cannot list the stack's containers")?;
+    let result = up_and_wait(stack, timeout);
+    if result.is_err() {
+        if before.trim().is_empty() {
+            let _ = down(stack, false);
+        } else {
+            say!(
+                "left stack {} as it is: it was running before this run; see `docker compose \
+                 --project-name {} ps --all`",
+                stack.project,
+                stack.project
+            );
+        }
+    }
+    result
+}
+
 /// `docker compose up` running beside the probes: ready when it exits 0, failed when it exits
 /// otherwise; stopped if the wait ends first.
 struct UpCheck {
     child: std::process::Child,
+    /// Set when `up` has exited 0: the service checks wait for it.
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl UpCheck {
@@ -329,20 +374,84 @@ impl UpCheck {
             .stdout(std::io::stderr())
             .spawn()
             .with_context(|| format!("cannot start `{step}`"))?;
-        Ok(UpCheck { child })
+        Ok(UpCheck { child, started: None })
     }
 }
 
 impl wait::Check for UpCheck {
     fn attempt(&mut self, _timeout: Duration) -> wait::Attempt {
         match self.child.try_wait() {
-            Ok(Some(status)) if status.success() => wait::Attempt::Ready,
+            Ok(Some(status)) if status.success() => {
+                if let Some(started) = &self.started {
+                    started.store(true, Ordering::SeqCst);
+                }
+                wait::Attempt::Ready
+            }
             Ok(Some(status)) => wait::Attempt::Failed(format!(
                 "cannot start the stack: docker compose up exited with {status}"
             )),
             Ok(None) => wait::Attempt::NotYet("starting the containers".into()),
             Err(e) => wait::Attempt::Failed(format!("cannot wait for docker compose up: {e}")),
         }
+    }
+}
+
+/// A service's probe, counted only after `up` has started the containers, and failed at
+/// once when the service's container has exited: a dead server is not "not yet ready".
+struct ServiceCheck {
+    project: String,
+    service: &'static str,
+    probe: Box<dyn wait::Check>,
+    started: Arc<AtomicBool>,
+    /// When the container's state was last looked at (at most every 500 ms).
+    looked: Option<Instant>,
+}
+
+impl wait::Check for ServiceCheck {
+    fn attempt(&mut self, timeout: Duration) -> wait::Attempt {
+        if !self.started.load(Ordering::SeqCst) {
+            return wait::Attempt::NotYet("waiting for docker compose up to start it".into());
+        }
+        let not_yet = match self.probe.attempt(timeout) {
+            wait::Attempt::NotYet(error) => error,
+            decided => return decided,
+        };
+        if self.looked.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
+            return wait::Attempt::NotYet(not_yet);
+        }
+        self.looked = Some(Instant::now());
+        let states = wait::checks::docker(
+            &[
+                "ps",
+                "--all",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                &format!("label=com.docker.compose.service={}", self.service),
+                "--format",
+                "{{.State}}\t{{.Status}}",
+            ],
+            timeout,
+        );
+        let exited = states.as_deref().unwrap_or("").lines().find_map(|line| {
+            let (state, status) = line.split_once('\t')?;
+            matches!(state, "exited" | "dead").then(|| status.to_owned())
+        });
+        match exited {
+            Some(status) => wait::Attempt::Failed(format!(
+                "the {} container stopped before it was ready: {status}",
+                self.service
+            )),
+            None => wait::Attempt::NotYet(not_yet),
+        }
+    }
+
+    fn wait_for_change(&mut self, clock: &dyn wait::Clock, timeout: Duration) {
+        self.probe.wait_for_change(clock, timeout);
+    }
+
+    fn max_interval(&self, configured: Duration) -> Duration {
+        self.probe.max_interval(configured)
     }
 }
 
@@ -408,7 +517,8 @@ pub fn lifecycle(
     if keep {
         say!(
             "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
-            stack.project, stack.project
+            stack.project,
+            stack.project
         );
         return result;
     }

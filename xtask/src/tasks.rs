@@ -62,14 +62,7 @@ fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Res
     } else {
         stack::build(sh, stack, revision)?;
     }
-    let probes = match stack::up_and_wait(stack, up.timeout) {
-        Ok(probes) => probes,
-        Err(err) => {
-            // What this run started goes; the data stays.
-            let _ = stack::down(stack, false);
-            return Err(err);
-        }
-    };
+    let probes = stack::up_and_wait_or_undo(stack, up.timeout)?;
     print_endpoints(stack, &probes);
     say!(
         "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
@@ -181,20 +174,10 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
             } else {
                 stack::build(sh, &stack, &revision)?;
             }
-            match stack::up_and_wait(&stack, timeout) {
-                Ok(probes) => {
-                    print_endpoints(&stack, &probes);
-                    say!(
-                        "the prod stack {} is ready; stop it with `cargo xtask prod down`",
-                        stack.project
-                    );
-                    Ok(())
-                }
-                Err(err) => {
-                    let _ = stack::down(&stack, false);
-                    Err(err)
-                }
-            }
+            let probes = stack::up_and_wait_or_undo(&stack, timeout)?;
+            print_endpoints(&stack, &probes);
+            say!("the prod stack {} is ready; stop it with `cargo xtask prod down`", stack.project);
+            Ok(())
         }
         ProdAction::Down { volumes } => stack::down(&stack, volumes),
         ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {

@@ -305,6 +305,10 @@ fn health(container: &str, timeout: Duration) -> Attempt {
         let code = state["ExitCode"].as_i64().unwrap_or(-1);
         return Attempt::Failed(format!("container {container} {status} with code {code}"));
     }
+    if matches!(status, "created" | "restarting") {
+        // No health state before the container runs: pending, not a missing healthcheck.
+        return Attempt::NotYet(format!("container {container} is {status}, not running yet"));
+    }
     let Some(health) = state["Health"]["Status"].as_str() else {
         return Attempt::Failed(format!(
             "container {container} has no healthcheck: give it one, or probe its port or log"
