@@ -63,40 +63,143 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
     }
 }
 
-#[test]
-fn sigint_mid_wait_tears_the_stack_down_and_exits_130() {
-    built();
+/// What a user does to a running `cargo xtask test`, as a terminal would deliver it: to the
+/// whole process group.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Sigint,
+    /// Two SIGINTs 0.3 s apart.
+    SigintTwice,
+    Sigterm,
+    /// The terminal closed.
+    Sighup,
+    /// Whoever read stderr went away (`| head`).
+    ClosedStderr,
+}
+
+/// Where in the run the fault lands: the line of stderr that starts the phase.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Wait,
+    Teardown,
+}
+
+/// Runs `cargo xtask test --e2e-only` in a process group of its own, delivers `fault` when
+/// `phase` begins, and checks the exit status and that nothing of the run's project remains.
+fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let project = unique_name("memories-intr");
     let mut cleanup = Cleanup::default();
-    let project = unique_name("memories-sigint");
     cleanup.project(&project);
     let mut child = Command::new(xtask_binary())
         .args(["test", "--e2e-only", "--project", &project])
         .current_dir(repo_root())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let group = format!("-{}", child.id());
+    let signal = |name: &str| {
+        assert!(Command::new("kill").args([name, "--", &group]).status().unwrap().success());
+    };
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let mut line = String::new();
+    let starts = |line: &str| match phase {
+        Phase::Wait => line.starts_with("waiting up to"),
+        Phase::Teardown => line.starts_with("$ ") && line.contains(" down --remove-orphans"),
+    };
     while stderr.read_line(&mut line).unwrap() > 0 {
         seen.push_str(&line);
-        if line.starts_with("waiting up to") {
+        if starts(&line) {
             break;
         }
         line.clear();
     }
-    assert!(seen.contains("waiting up to"), "never reached the wait:\n{seen}");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    if !starts(&line) {
+        return Err(format!("{fault:?} at {phase:?}: the phase never began:\n{seen}"));
+    }
+    let expected = match fault {
+        Fault::Sigint => Some(130),
+        Fault::SigintTwice => {
+            signal("-INT");
+            std::thread::sleep(Duration::from_millis(300));
+            signal("-INT");
+            Some(130)
+        }
+        Fault::Sigterm => Some(143),
+        Fault::Sighup => Some(129),
+        Fault::ClosedStderr => None,
+    };
+    match fault {
+        Fault::Sigint => signal("-INT"),
+        Fault::Sigterm => signal("-TERM"),
+        Fault::Sighup => signal("-HUP"),
+        Fault::SigintTwice | Fault::ClosedStderr => {}
+    }
     let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    if matches!(fault, Fault::ClosedStderr) {
+        drop(stderr);
+    } else {
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    }
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest}");
-    assert!(rest.contains(" down --remove-orphans"), "it tore down:\n{rest}");
-    assert!(!rest.contains("test result"), "the suite did not run after the interrupt");
-    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+    let case = format!("{fault:?} at {phase:?}");
+    match expected {
+        Some(code) if status.code() != Some(code) => {
+            return Err(format!("{case}: exit {status}, want {code}:\n{rest}"));
+        }
+        None if status.code().is_none_or(|c| c == 101) => {
+            return Err(format!("{case}: exit {status} (a panic or a signal)"));
+        }
+        _ => {}
+    }
+    if rest.contains("panicked") {
+        return Err(format!("{case}: panicked:\n{rest}"));
+    }
+    // Two interrupts during the teardown abandon it; the error names the command that
+    // finishes the job, and that command does.
+    if matches!((fault, phase), (Fault::SigintTwice, Phase::Teardown)) {
+        if let Some(finish) = rest.split("finish it from the repository root with `").nth(1) {
+            let finish = finish.split('`').next().unwrap();
+            let words: Vec<&str> = finish.split(' ').collect();
+            let (env, command): (Vec<&str>, Vec<&str>) =
+                words.iter().partition(|w| w.contains('=') && !w.starts_with('-'));
+            let env = env.iter().filter_map(|w| w.split_once('='));
+            let ran = Command::new(command[0])
+                .args(&command[1..])
+                .envs(env)
+                .current_dir(repo_root())
+                .output()
+                .unwrap();
+            if !ran.status.success() {
+                return Err(format!("{case}: `{finish}` failed"));
+            }
+        }
+    }
+    let left = leftovers(&project_label(&project));
+    if !left.is_empty() {
+        return Err(format!("{case}: left {left:?}:\n{rest}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn signals_and_a_closed_stderr_during_the_wait_or_the_teardown_leave_nothing_behind() {
+    built();
+    let faults =
+        [Fault::Sigint, Fault::SigintTwice, Fault::Sigterm, Fault::Sighup, Fault::ClosedStderr];
+    let mut failures = Vec::new();
+    for phase in [Phase::Wait, Phase::Teardown] {
+        let runs: Vec<_> = faults
+            .iter()
+            .map(|&fault| std::thread::spawn(move || interrupt_case(fault, phase)))
+            .collect();
+        failures.extend(runs.into_iter().filter_map(|run| run.join().unwrap().err()));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 fn dev(project: &str, ports: (u16, u16), args: &[&str]) -> std::process::Output {

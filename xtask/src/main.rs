@@ -39,10 +39,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     interrupt::install();
     match run(cli) {
+        // A signal during the clean-up of a run that succeeded still ends it as interrupted.
+        Ok(()) if interrupt::is_set() => ExitCode::from(interrupt::exit_code()),
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             say!("error: {err:#}");
-            let code = if err.is::<interrupt::Interrupted>() {
+            let code = if err.is::<interrupt::Interrupted>() || err.is::<interrupt::Abandoned>() {
                 interrupt::exit_code()
             } else if err.is::<wait::TimedOut>() {
                 124
