@@ -248,6 +248,27 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
     let created = http("POST", ports.0, "/v1/memories", Some(&body)).unwrap();
     assert_eq!(created.status, 201, "{}", created.body);
 
+    // A test run named after the dev project would tear it down with its volumes: refused.
+    let test = Command::new(xtask_binary())
+        .args(["test", "--e2e-only", "--project", &project])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&test.stderr);
+    assert_eq!(test.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("project {project} already exists")), "{stderr}");
+    assert!(!stderr.contains(" down "), "nothing was torn down: {stderr}");
+    let prod = Command::new(xtask_binary())
+        .args(["prod", "up", "--no-build"])
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .env("POSTGRES_PASSWORD", "not-used")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&prod.stderr);
+    assert_eq!(prod.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a dev stack, not a prod one"), "{stderr}");
+
     let down = dev(&project, ports, &["down"]);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(docker(&["ps", "--all", "--quiet", "--filter", &project_label(&project)]).is_empty());

@@ -269,6 +269,56 @@ pub fn tag(revision: &Revision) -> String {
     revision.build_tags()[1].clone()
 }
 
+/// The overlay (dev, test, prod) whose containers a project already has, read from the
+/// label compose puts on each container (`com.docker.compose.project.config_files`), and
+/// whether the project has any container, volume or network at all.
+pub struct Existing {
+    pub modes: Vec<Mode>,
+    pub anything: bool,
+}
+
+pub fn existing(project: &str) -> Result<Existing> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let read = |args: &[&str]| {
+        docker::cli(Utf8Path::new("."))
+            .args(args.iter().copied())
+            .timeout(Duration::from_secs(30))
+            .read()
+            .with_context(|| format!("cannot look for an existing project {project}"))
+    };
+    let files = read(&[
+        "ps",
+        "--all",
+        "--filter",
+        &label,
+        "--format",
+        "{{.Label \"com.docker.compose.project.config_files\"}}",
+    ])?;
+    let modes: Vec<Mode> = [Mode::Dev, Mode::Test, Mode::Prod]
+        .into_iter()
+        .filter(|mode| files.contains(&format!("{}.yaml", mode.name())))
+        .collect();
+    let volumes = read(&["volume", "ls", "--quiet", "--filter", &label])?;
+    let networks = read(&["network", "ls", "--quiet", "--filter", &label])?;
+    let anything = [&files, &volumes, &networks].iter().any(|t| !t.trim().is_empty());
+    Ok(Existing { modes, anything })
+}
+
+/// Refuses a project that holds a stack of another kind: a dev task never touches a prod
+/// stack, nor the reverse.
+pub fn require_own_kind(stack: &Stack) -> Result<()> {
+    let existing = existing(&stack.project)?;
+    if let Some(other) = existing.modes.iter().find(|m| **m != stack.mode) {
+        bail!(
+            "project {} holds a {} stack, not a {} one: set COMPOSE_PROJECT_NAME to another name",
+            stack.project,
+            other.name(),
+            stack.mode.name()
+        );
+    }
+    Ok(())
+}
+
 /// Starts the stack and waits until every service is ready. On failure it prints `ps` and
 /// the logs of the services that did not make it; tearing down is the caller's.
 pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {

@@ -57,6 +57,7 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
 }
 
 fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
+    stack::require_own_kind(stack)?;
     if up.no_build {
         stack::require_images(stack)?;
     } else {
@@ -128,6 +129,16 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
             .context("the unit, repository and Docker-backed tests failed")?;
     }
     let revision = Revision::read(sh, root)?;
+    if let Some(project) = &args.project {
+        // The test stack is torn down with its volumes: it must be one this run creates.
+        if stack::existing(project)?.anything {
+            bail!(
+                "project {project} already exists (containers, volumes or networks carry its \
+                 label), and `test` removes the volumes of its stack: name a new project, or \
+                 drop --project"
+            );
+        }
+    }
     let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
     let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
     stack::build(sh, &stack, &revision)?;
@@ -169,6 +180,7 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
+            stack::require_own_kind(&stack)?;
             if no_build {
                 stack::require_images(&stack)?;
             } else {
