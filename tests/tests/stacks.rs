@@ -119,6 +119,8 @@ fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
         line.clear();
     }
     if !starts(&line) {
+        let _ = child.kill();
+        let _ = child.wait();
         return Err(format!("{fault:?} at {phase:?}: the phase never began:\n{seen}"));
     }
     let expected = match fault {

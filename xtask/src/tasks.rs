@@ -199,22 +199,66 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
     }
 }
 
-/// Replaces the values of secret-looking environment variables with `***`.
+/// Replaces secrets with `***` wherever they appear in a definition: the values of
+/// secret-looking environment variables, those same values inside any other string (a URL,
+/// a command), and the password of any `scheme://user:password@host` URL.
 fn redact(definition: &mut Value) {
-    let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for service in services.values_mut() {
-        let Some(env) = service.get_mut("environment").and_then(Value::as_object_mut) else {
-            continue;
-        };
-        for (key, value) in env.iter_mut() {
-            let key = key.to_ascii_uppercase();
-            if ["PASSWORD", "SECRET", "TOKEN", "KEY"].iter().any(|s| key.contains(s)) {
-                *value = Value::from("***");
+    let mut secrets = Vec::new();
+    if let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) {
+        for service in services.values_mut() {
+            let Some(env) = service.get_mut("environment").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (key, value) in env.iter_mut() {
+                let key = key.to_ascii_uppercase();
+                if ["PASSWORD", "SECRET", "TOKEN", "KEY"].iter().any(|s| key.contains(s)) {
+                    if let Some(secret) = value.as_str().filter(|v| !v.is_empty()) {
+                        secrets.push(secret.to_owned());
+                    }
+                    *value = Value::from("***");
+                }
             }
         }
     }
+    redact_strings(definition, &secrets);
+}
+
+fn redact_strings(value: &mut Value, secrets: &[String]) {
+    match value {
+        Value::String(text) => {
+            let mut redacted = redact_url_passwords(text);
+            for secret in secrets {
+                redacted = redacted.replace(secret.as_str(), "***");
+            }
+            *text = redacted;
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, secrets)),
+        _ => {}
+    }
+}
+
+/// `redis://:pw@cache:6379/0` becomes `redis://:***@cache:6379/0`, in any text.
+fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        out.push_str(before);
+        let authority_end = after.find(['/', ' ', '"', '\'']).unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|c| (c, at))) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a swarm deploy needs changed in the merged compose definition: the keys the swarm
@@ -454,5 +498,20 @@ mod tests {
         assert_eq!(env["POSTGRES_PASSWORD"], "***");
         assert_eq!(env["API_TOKEN"], "***");
         assert_eq!(env["POSTGRES_USER"], "memories");
+        let mut urls = json!({"services": {
+            "server": {"environment": {"REDIS_URL": "redis://:hunter2@cache:6379/0"},
+                       "command": ["serve", "--db=postgres://me:hunter2@db/app"]},
+            "db": {"environment": {"POSTGRES_PASSWORD": "s3cret"},
+                   "healthcheck": {"test": ["CMD", "check", "--password=s3cret"]}},
+        }});
+        redact(&mut urls);
+        let shown = urls.to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://:***@cache:6379/0"), "{shown}");
+        assert!(shown.contains("postgres://me:***@db/app"), "{shown}");
+        assert_eq!(
+            redact_url_passwords("http://host:80/x and ftp://a@b"),
+            "http://host:80/x and ftp://a@b"
+        );
     }
 }
