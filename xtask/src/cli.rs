@@ -44,7 +44,9 @@ pub enum Command {
     /// memories-dev).
     Dev(DevArgs),
     /// All the tests: unit and Docker-backed tests, then the end-to-end suite against an
-    /// isolated stack that is always torn down (also on Ctrl-C, which exits 130).
+    /// isolated stack that is always torn down (also on a signal: Ctrl-C exits 130, SIGTERM 143,
+    /// SIGHUP 129; a second signal during the teardown abandons it and names the command that
+    /// finishes it).
     Test(TestArgs),
     /// The production stack: validate it, start or stop it, or deploy it to Docker Swarm.
     Prod(ProdArgs),
