@@ -1,8 +1,9 @@
 //! Stacks: the compose definition under `compose/`, the one constructor of every
 //! `docker compose` invocation, and the one lifecycle every stack task follows:
 //! build -> up -> wait (our probes) -> act -> on failure, `ps` and the failing services' logs
-//! -> tear down what this run created -> the original result. Ctrl-C and SIGTERM take the same
-//! path and exit 130.
+//! -> tear down what this run created -> the original result. SIGINT, SIGTERM and SIGHUP take
+//! the same path and exit 128 + the signal's number; the teardown is shielded (see
+//! [`crate::interrupt::Shield`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
