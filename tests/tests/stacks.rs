@@ -227,15 +227,22 @@ fn dev_with(
         .unwrap()
 }
 
-#[test]
-fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
+/// A dev stack under a project of its own on free ports, up and ready; removed when the
+/// returned guard drops.
+fn dev_stack(prefix: &str) -> (Cleanup, String, (u16, u16), std::process::Output) {
     built();
     let mut cleanup = Cleanup::default();
-    let project = unique_name("memories-dev-test");
+    let project = unique_name(prefix);
     cleanup.project(&project);
     let ports = (free_port(), free_port());
     let up = dev(&project, ports, &["up", "--no-build"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    (cleanup, project, ports, up)
+}
+
+#[test]
+fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
+    let (_cleanup, project, ports, up) = dev_stack("memories-dev-test");
     let urls = String::from_utf8_lossy(&up.stdout);
     assert!(urls.contains(&format!("server   http://127.0.0.1:{}", ports.0)), "{urls}");
 
@@ -294,13 +301,7 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
 
 #[test]
 fn a_dev_whose_server_cannot_start_fails_at_once_with_its_logs_and_keeps_what_ran() {
-    built();
-    let mut cleanup = Cleanup::default();
-    let project = unique_name("memories-dev-broken");
-    cleanup.project(&project);
-    let ports = (free_port(), free_port());
-    let up = dev(&project, ports, &["up", "--no-build"]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let (_cleanup, project, ports, _) = dev_stack("memories-dev-broken");
     let db_filter = ["--filter".to_owned(), "label=com.docker.compose.service=db".to_owned()];
     let db = |status: &str| {
         let mut args = vec!["ps", "--quiet", "--filter", status];

@@ -4,7 +4,7 @@
 //!
 //! Teardown is shielded: its steps run in a process group of their own (a Ctrl-C at the
 //! terminal does not reach them), a signal during teardown only says that it is still cleaning
-//! up, and the one after that abandons it; see [`Shield`].
+//! up, and the one after that abandons it; see [`cleanup_abandoned`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
@@ -63,39 +63,26 @@ pub fn exit_code() -> u8 {
 static CLEANUP_START: AtomicUsize = AtomicUsize::new(usize::MAX);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// The clean-up phase of this run, which begins with its first clean-up step and lasts until
-/// the process ends. Signals are counted from its beginning: the first makes
-/// [`Shield::check`] say once that it is still cleaning up, the second makes it answer
-/// [`Shielded::Abandon`] (for this step and every later one).
-pub struct Shield {
-    start: usize,
+/// Marks the start of the run's clean-up phase, which lasts until the process ends; calls
+/// after the first change nothing. Signals are counted from there by [`cleanup_abandoned`].
+pub fn begin_cleanup() {
+    let now = COUNT.load(Ordering::SeqCst);
+    let _ = CLEANUP_START.compare_exchange(usize::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
 }
 
-/// What a shielded step should do now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Shielded {
-    Continue,
-    Abandon,
-}
-
-impl Shield {
-    pub fn new() -> Shield {
-        let now = COUNT.load(Ordering::SeqCst);
-        let _ = CLEANUP_START.compare_exchange(usize::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
-        Shield { start: CLEANUP_START.load(Ordering::SeqCst) }
-    }
-
-    pub fn check(&self) -> Shielded {
-        match COUNT.load(Ordering::SeqCst).saturating_sub(self.start) {
-            0 => Shielded::Continue,
-            1 => {
-                if !WARNED.swap(true, Ordering::SeqCst) {
-                    crate::say!("still cleaning up; interrupt once more to abandon the clean-up");
-                }
-                Shielded::Continue
+/// Whether the clean-up should be abandoned: the first signal after [`begin_cleanup`] only
+/// says, once, that it is still cleaning up; from the second on, every clean-up step stops.
+pub fn cleanup_abandoned() -> bool {
+    let start = CLEANUP_START.load(Ordering::SeqCst);
+    match COUNT.load(Ordering::SeqCst).saturating_sub(start) {
+        0 => false,
+        1 => {
+            if !WARNED.swap(true, Ordering::SeqCst) {
+                crate::say!("still cleaning up; interrupt once more to abandon the clean-up");
             }
-            _ => Shielded::Abandon,
+            false
         }
+        _ => true,
     }
 }
 

@@ -129,10 +129,10 @@ impl Step {
     /// runs even after an interrupt, in a process group of its own (a Ctrl-C at the terminal
     /// does not reach it), with no stdin, and with its output relayed afterwards (a closed
     /// stderr cannot kill it). Only a second signal during the clean-up stops it, with
-    /// [`interrupt::Abandoned`]; see [`interrupt::Shield`].
+    /// [`interrupt::Abandoned`]; see [`interrupt::cleanup_abandoned`].
     pub fn run_regardless(&self) -> Result<()> {
-        let shield = interrupt::Shield::new();
-        let supervised = self.supervise(Stop::Shielded(&shield), Capture::Both)?;
+        interrupt::begin_cleanup();
+        let supervised = self.supervise(Stop::Shielded, Capture::Both)?;
         let output = supervised.output;
         let stdout = String::from_utf8_lossy(&output.stdout);
         for line in stdout.lines() {
@@ -182,10 +182,10 @@ impl Step {
         })
     }
 
-    fn supervise(&self, stop: Stop<'_>, capture: Capture) -> Result<Supervised> {
+    fn supervise(&self, stop: Stop, capture: Capture) -> Result<Supervised> {
         say!("$ {self}");
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
-        if let Stop::Shielded(_) = stop {
+        if let Stop::Shielded = stop {
             expression = expression.stdin_null().before_spawn(|command| {
                 use std::os::unix::process::CommandExt;
                 command.process_group(0);
@@ -218,11 +218,9 @@ impl Step {
             if self.timeout.is_some_and(|limit| started.elapsed() > limit) {
                 timed_out = true;
             }
-            if let Stop::Shielded(shield) = stop {
-                if shield.check() == interrupt::Shielded::Abandon {
-                    let _ = handle.kill();
-                    return Err(interrupt::Abandoned.into());
-                }
+            if matches!(stop, Stop::Shielded) && interrupt::cleanup_abandoned() {
+                let _ = handle.kill();
+                return Err(interrupt::Abandoned.into());
             }
             let stop_now = matches!(stop, Stop::OnInterrupt) && interrupt::is_set();
             if stop_now || timed_out {
@@ -268,11 +266,11 @@ impl Step {
 }
 
 /// When [`Step::supervise`] stops the command early (besides its timeout).
-enum Stop<'a> {
+enum Stop {
     /// On the first interrupt.
     OnInterrupt,
-    /// A clean-up step: only when its shield says to abandon.
-    Shielded(&'a interrupt::Shield),
+    /// A clean-up step: only when the clean-up is abandoned.
+    Shielded,
 }
 
 /// What [`Step::supervise`] keeps of the command's output.

@@ -3,7 +3,7 @@
 //! build -> up -> wait (our probes) -> act -> on failure, `ps` and the failing services' logs
 //! -> tear down what this run created -> the original result. SIGINT, SIGTERM and SIGHUP take
 //! the same path and exit 128 + the signal's number; the teardown is shielded (see
-//! [`crate::interrupt::Shield`]).
+//! [`crate::interrupt::cleanup_abandoned`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,44 +270,56 @@ pub fn tag(revision: &Revision) -> String {
     revision.build_tags()[1].clone()
 }
 
-/// The overlay (dev, test, prod) whose containers a project already has, read from the
-/// label compose puts on each container (`com.docker.compose.project.config_files`), and
-/// whether the project has any container, volume or network at all.
+/// What a project already has, from one `docker ps`: the overlays (dev, test, prod) of its
+/// containers, read from the label compose puts on each
+/// (`com.docker.compose.project.config_files`), and whether any of them runs.
 pub struct Existing {
     pub modes: Vec<Mode>,
-    pub anything: bool,
+    pub running: bool,
+}
+
+fn project_filter(project: &str) -> String {
+    format!("label=com.docker.compose.project={project}")
+}
+
+/// Reads a docker listing of the project's things (a short query, never a long one).
+fn list(project: &str, args: &[&str]) -> Result<String> {
+    docker::cli(Utf8Path::new("."))
+        .args(args.iter().copied())
+        .args(["--filter".to_owned(), project_filter(project)])
+        .timeout(Duration::from_secs(30))
+        .read()
+        .with_context(|| format!("cannot look for an existing project {project}"))
 }
 
 pub fn existing(project: &str) -> Result<Existing> {
-    let label = format!("label=com.docker.compose.project={project}");
-    let read = |args: &[&str]| {
-        docker::cli(Utf8Path::new("."))
-            .args(args.iter().copied())
-            .timeout(Duration::from_secs(30))
-            .read()
-            .with_context(|| format!("cannot look for an existing project {project}"))
-    };
-    let files = read(&[
-        "ps",
-        "--all",
-        "--filter",
-        &label,
-        "--format",
-        "{{.Label \"com.docker.compose.project.config_files\"}}",
-    ])?;
+    let format = "{{.State}}\t{{.Label \"com.docker.compose.project.config_files\"}}";
+    let containers = list(project, &["ps", "--all", "--format", format])?;
     let modes: Vec<Mode> = [Mode::Dev, Mode::Test, Mode::Prod]
         .into_iter()
-        .filter(|mode| files.contains(&format!("{}.yaml", mode.name())))
+        .filter(|mode| containers.contains(&format!("{}.yaml", mode.name())))
         .collect();
-    let volumes = read(&["volume", "ls", "--quiet", "--filter", &label])?;
-    let networks = read(&["network", "ls", "--quiet", "--filter", &label])?;
-    let anything = [&files, &volumes, &networks].iter().any(|t| !t.trim().is_empty());
-    Ok(Existing { modes, anything })
+    let running = containers.lines().any(|line| line.starts_with("running\t"));
+    Ok(Existing { modes, running })
+}
+
+/// Whether the project has any container, volume or network at all.
+pub fn exists(project: &str) -> Result<bool> {
+    for args in [
+        ["ps", "--all", "--quiet"].as_slice(),
+        &["volume", "ls", "--quiet"],
+        &["network", "ls", "--quiet"],
+    ] {
+        if !list(project, args)?.trim().is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Refuses a project that holds a stack of another kind: a dev task never touches a prod
-/// stack, nor the reverse.
-pub fn require_own_kind(stack: &Stack) -> Result<()> {
+/// stack, nor the reverse. Returns what the project has.
+pub fn require_own_kind(stack: &Stack) -> Result<Existing> {
     let existing = existing(&stack.project)?;
     if let Some(other) = existing.modes.iter().find(|m| **m != stack.mode) {
         bail!(
@@ -317,7 +329,7 @@ pub fn require_own_kind(stack: &Stack) -> Result<()> {
             stack.mode.name()
         );
     }
-    Ok(())
+    Ok(existing)
 }
 
 /// Starts the stack and waits until every service is ready. On failure it prints `ps` and
@@ -383,26 +395,25 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
     Ok(probes)
 }
 
-/// [`up_and_wait`] for a long-lived stack (dev, prod). When it fails, a stack that was not
-/// running before is taken down (its data stays); one that was is left as it is, so that a
-/// failed update never takes down containers that served before it.
-pub fn up_and_wait_or_undo(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
-    let before = stack
-        .compose_all_profiles()
-        .args(["ps", "--quiet", "--status", "running"])
-        .read()
-        .context("cannot list the stack's containers")?;
+/// [`up_and_wait`] for a long-lived stack (dev, prod), after [`require_own_kind`]. When it
+/// fails, a stack that was not running before is taken down (its data stays); one that was is
+/// left as it is, so that a failed update never takes down containers that served before it.
+pub fn up_and_wait_or_undo(
+    stack: &Stack,
+    before: &Existing,
+    timeout: Duration,
+) -> Result<Vec<(&'static str, Probe)>> {
     let result = up_and_wait(stack, timeout);
     if result.is_err() {
-        if before.trim().is_empty() {
-            let _ = down(stack, false);
-        } else {
+        if before.running {
             say!(
                 "left stack {} as it is: it was running before this run; see `docker compose \
                  --project-name {} ps --all`",
                 stack.project,
                 stack.project
             );
+        } else {
+            let _ = down(stack, false);
         }
     }
     result
@@ -471,17 +482,10 @@ impl wait::Check for ServiceCheck {
             return wait::Attempt::NotYet(not_yet);
         }
         self.looked = Some(Instant::now());
-        let states = wait::checks::docker(
-            &[
-                "ps",
-                "--all",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.project),
-                "--filter",
-                &format!("label=com.docker.compose.service={}", self.service),
-                "--format",
-                "{{.State}}\t{{.Status}}",
-            ],
+        let states = wait::checks::compose_service_ps(
+            &self.project,
+            self.service,
+            "{{.State}}\t{{.Status}}",
             timeout,
         );
         let exited = states.as_deref().unwrap_or("").lines().find_map(|line| {

@@ -57,13 +57,13 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
 }
 
 fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
-    stack::require_own_kind(stack)?;
+    let before = stack::require_own_kind(stack)?;
     if up.no_build {
         stack::require_images(stack)?;
     } else {
         stack::build(sh, stack, revision)?;
     }
-    let probes = stack::up_and_wait_or_undo(stack, up.timeout)?;
+    let probes = stack::up_and_wait_or_undo(stack, &before, up.timeout)?;
     print_endpoints(stack, &probes);
     say!(
         "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
@@ -122,16 +122,9 @@ fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
 /// `cargo xtask test`.
 pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !args.e2e_only {
-        Step::new(&cargo, root)
-            .args(["test", "--workspace"])
-            .run()
-            .context("the unit, repository and Docker-backed tests failed")?;
-    }
-    let revision = Revision::read(sh, root)?;
     if let Some(project) = &args.project {
         // The test stack is torn down with its volumes: it must be one this run creates.
-        if stack::existing(project)?.anything {
+        if stack::exists(project)? {
             bail!(
                 "project {project} already exists (containers, volumes or networks carry its \
                  label), and `test` removes the volumes of its stack: name a new project, or \
@@ -139,6 +132,13 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
             );
         }
     }
+    if !args.e2e_only {
+        Step::new(&cargo, root)
+            .args(["test", "--workspace"])
+            .run()
+            .context("the unit, repository and Docker-backed tests failed")?;
+    }
+    let revision = Revision::read(sh, root)?;
     let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
     let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
     stack::build(sh, &stack, &revision)?;
@@ -180,13 +180,13 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            stack::require_own_kind(&stack)?;
+            let before = stack::require_own_kind(&stack)?;
             if no_build {
                 stack::require_images(&stack)?;
             } else {
                 stack::build(sh, &stack, &revision)?;
             }
-            let probes = stack::up_and_wait_or_undo(&stack, timeout)?;
+            let probes = stack::up_and_wait_or_undo(&stack, &before, timeout)?;
             print_endpoints(&stack, &probes);
             say!("the prod stack {} is ready; stop it with `cargo xtask prod down`", stack.project);
             Ok(())

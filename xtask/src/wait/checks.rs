@@ -333,19 +333,30 @@ fn compose_container(
     service: &str,
     timeout: Duration,
 ) -> Result<Option<String>, String> {
-    let ids = docker(
+    let ids = compose_service_ps(project, service, "{{.ID}}", timeout)?;
+    Ok(ids.lines().next().map(str::to_owned))
+}
+
+/// `docker ps --all` of a compose service's containers, one line per container in `format`.
+pub fn compose_service_ps(
+    project: &str,
+    service: &str,
+    format: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    docker(
         &[
             "ps",
             "--all",
-            "--quiet",
             "--filter",
             &format!("label=com.docker.compose.project={project}"),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
+            "--format",
+            format,
         ],
         timeout,
-    )?;
-    Ok(ids.lines().next().map(str::to_owned))
+    )
 }
 
 fn log(container: &str, text: &str, times: u32, timeout: Duration) -> Attempt {
