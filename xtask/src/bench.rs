@@ -1,18 +1,16 @@
 //! `cargo xtask bench`: each measurement against a peer in the same run, interleaved, reported
 //! as a ratio, so that the figure does not depend on how fast this machine is today.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 use serde_json::json;
-use xshell::Shell;
 
 use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
-use crate::plan::{self, Step};
+use crate::plan::{self, Step, Streams};
 use crate::registry::Throwaway;
 use crate::release;
 use crate::stack::{self, Mode, Stack};
@@ -20,11 +18,11 @@ use crate::version::Revision;
 
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
 /// Dockerfile and target, with the same tags and labels, so both produce the same image.
-pub fn build(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
-    docker::require_buildx(sh)?;
+pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
+    docker::require_buildx()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
-    let peer = bare_build(root, &Revision::read(sh, root)?);
+    let peer = bare_build(root, &Revision::read(root)?);
     let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
     Ok(Report {
         name: "build",
@@ -69,9 +67,9 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
 
 /// A release of every image for amd64 and arm64 against the same release for amd64 alone, each
 /// from a cold BuildKit cache (pruned before every run), pushed to a throwaway registry.
-pub fn release(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
-    docker::require_buildx(sh)?;
-    let registry = Throwaway::start(sh, root)?;
+pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
+    docker::require_buildx()?;
+    let registry = Throwaway::start(root)?;
     let exe = plan::this_xtask()?;
     let sides = [release::DEFAULT_PLATFORMS, "linux/amd64"];
     let mut samples = [Vec::new(), Vec::new()];
@@ -142,14 +140,14 @@ pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
 }
 
 /// Time-to-ready of the dev stack: ours against `docker compose up --wait`, same files.
-pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
-    docker::require_engine(sh)?;
-    let revision = Revision::read(sh, root)?;
+pub fn stack(root: &Utf8Path, runs: u32) -> Result<Report> {
+    docker::require_engine()?;
+    let revision = Revision::read(root)?;
     let exe = plan::this_xtask()?;
     let tag = stack::tag(&revision);
     let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
     // Both sides start from built images: build them first (a no-op when nothing changed).
-    stack::build(sh, &probe, &revision)?;
+    stack::build(&probe, &revision)?;
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     let (mut ours_lag, mut peer_lag) = (Vec::new(), Vec::new());
     for run in 1..=runs {
@@ -170,13 +168,13 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
             }
             let timed = time(&step);
             let finished = std::time::SystemTime::now();
-            let own_start = slowest_own_start(&project);
+            let own_start = slowest_own_start(root, &project);
             let mut down =
                 stack.compose().args(["down", "--volumes", "--remove-orphans", "--timeout", "2"]);
             for (key, port) in ports {
                 down = down.env(key, &port.to_string());
             }
-            let _ = down.command().stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = down.quiet().run_regardless();
             let elapsed = timed?;
             let done =
                 finished.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
@@ -201,8 +199,8 @@ pub fn stack(sh: &Shell, root: &Utf8Path, runs: u32) -> Result<Report> {
 
 /// Every benchmark but `release` (which clears the build cache), each with its default runs,
 /// in one table.
-pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
-    let reports = [wait(root, 15)?, stack(sh, root, 5)?, build(sh, root, 5)?, startup(root, 20)?];
+pub fn all(root: &Utf8Path, json: bool) -> Result<()> {
+    let reports = [wait(root, 15)?, stack(root, 5)?, build(root, 5)?, startup(root, 20)?];
     if json {
         let value: Vec<serde_json::Value> = reports.iter().map(Report::to_json).collect();
         out!("{:#}", json!({ "benchmarks": value }));
@@ -240,26 +238,23 @@ pub fn all(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
 
 /// When the slowest service of `project` said it was ready, by its own log: the server's
 /// "Application startup complete" and the database's last "ready to accept connections".
-fn slowest_own_start(project: &str) -> Option<f64> {
+fn slowest_own_start(root: &Utf8Path, project: &str) -> Option<f64> {
     let mut latest: Option<f64> = None;
     for (service, line) in [
         ("server", "Application startup complete"),
         ("db", "database system is ready to accept connections"),
     ] {
-        let id = Command::new("docker")
-            .args([
-                "ps",
-                "--quiet",
-                "--filter",
-                &format!("label=com.docker.compose.project={project}"),
-            ])
+        let id = docker::cli(root)
+            .args(["ps", "--quiet"])
+            .args(["--filter", &format!("label=com.docker.compose.project={project}")])
             .args(["--filter", &format!("label=com.docker.compose.service={service}")])
-            .output()
-            .ok()?;
-        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
-        let logs = Command::new("docker").args(["logs", "--timestamps", &id]).output().ok()?;
-        let text = String::from_utf8_lossy(&logs.stdout).into_owned()
-            + &String::from_utf8_lossy(&logs.stderr);
+            .quiet()
+            .capture()
+            .ok()?
+            .stdout;
+        let logs =
+            docker::cli(root).args(["logs", "--timestamps", id.trim()]).quiet().capture().ok()?;
+        let text = logs.stdout + &logs.stderr;
         let at = text
             .lines()
             .filter(|l| l.contains(line))
@@ -278,18 +273,12 @@ fn free_port() -> Result<u16> {
 /// Starts the waiter, opens the port after `delay`, and returns how long the waiter took to
 /// exit after that.
 fn lag_after_open(step: &Step, port: u16, delay: Duration) -> Result<Duration> {
-    let mut child = step
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start `{step}`"))?;
+    let mut waiter = step.clone().quiet().spawn(Streams::SILENT)?;
     std::thread::sleep(delay);
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))
         .with_context(|| format!("cannot open port {port} for the benchmark"))?;
     let opened = Instant::now();
-    let status = child.wait().context("cannot wait for the waiter")?;
+    let status = waiter.wait()?;
     let lag = opened.elapsed();
     drop(listener);
     if !status.success() {
@@ -320,16 +309,10 @@ fn measure(ours: &Step, peer: &Step, runs: u32) -> Result<(Vec<Duration>, Vec<Du
 
 fn time(step: &Step) -> Result<Duration> {
     let start = Instant::now();
-    let output = step
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot start `{step}`"))?;
+    let output = step.clone().quiet().capture()?;
     let elapsed = start.elapsed();
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.success() {
+        let stderr = &output.stderr;
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
         bail!("`{step}` failed during the benchmark: {last}");
     }

@@ -9,11 +9,11 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use xshell::Shell;
 
 use crate::cli::{ImageName, ImagesAction};
 use crate::docker;
 use crate::image::{self, BuildRequest, Output};
+use crate::plan::{Stream, Streams};
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -21,10 +21,10 @@ pub const FORMAT: &str = "memories-bundle/1";
 const MANIFEST: &str = "bundle.json";
 const IMAGES: &str = "images.tar";
 
-pub fn run(sh: &Shell, root: &Utf8Path, action: ImagesAction) -> Result<()> {
+pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
     match action {
         ImagesAction::Save { images, output, platform, builder, json } => {
-            let revision = Revision::read(sh, root)?;
+            let revision = Revision::read(root)?;
             let output = match output {
                 Some(path) => absolute(&path)?,
                 None => absolute(Utf8Path::new(&format!(
@@ -34,7 +34,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, action: ImagesAction) -> Result<()> {
                 )))?,
             };
             let request = SaveRequest { images, platforms: platform.0, builder };
-            let manifest = save(sh, root, &revision, &request, &output)?;
+            let manifest = save(root, &revision, &request, &output)?;
             report(&manifest, json);
             say!("saved {output}");
             Ok(())
@@ -83,7 +83,6 @@ pub struct SaveRequest {
 /// wraps it with its manifest. The bundle is written beside `output` and renamed into place, so
 /// `output` never holds a partial bundle.
 pub fn save(
-    sh: &Shell,
     root: &Utf8Path,
     revision: &Revision,
     request: &SaveRequest,
@@ -106,7 +105,7 @@ pub fn save(
             no_cache: false,
         },
     );
-    let built = image::execute(sh, &plan)?;
+    let built = image::execute(&plan)?;
     let name = output.file_name().unwrap_or("bundle");
     let archive = dir.join(format!(".{name}.images.partial"));
     let partial = dir.join(format!(".{name}.partial"));
@@ -198,18 +197,14 @@ fn header(size: u64) -> tar::Header {
 pub fn load(root: &Utf8Path, file: &Utf8Path) -> Result<Value> {
     let manifest = verify(file)?;
     docker::require_cli()?;
-    let load = docker::cli(root).arg("load");
+    let load = docker::cli(root).arg("load").quiet();
     say!("$ {load} <{file}:{IMAGES}");
-    let mut child = load
-        .command()
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start `docker load`")?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
+    let mut loading = load.spawn(streams)?;
+    let mut stdin = loading.stdin().expect("stdin is piped");
     let copied = with_images(file, |entry| io::copy(entry, &mut stdin).map(|_| ()));
     drop(stdin);
-    let status = child.wait().context("cannot wait for `docker load`")?;
+    let status = loading.wait()?;
     copied?;
     if !status.success() {
         bail!("`docker load` failed for {file}");

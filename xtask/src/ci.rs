@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
-use xshell::Shell;
 
 use crate::cli::{CiArgs, CiStep};
 use crate::interrupt;
@@ -244,10 +243,8 @@ fn execute(commands: &Commands, step: CiStep) -> Result<()> {
         CiStep::Hadolint | CiStep::Actionlint => Some(tools::ensure(&commands.root)?),
         _ => None,
     };
-    let sh = Shell::new()?;
-    sh.change_dir(&commands.root);
     let registry = match step {
-        CiStep::Release => Some(Throwaway::start(&sh, &commands.root)?),
+        CiStep::Release => Some(Throwaway::start(&commands.root)?),
         _ => None,
     };
     let address = registry.as_ref().map_or(THROWAWAY, |r| r.address.as_str());

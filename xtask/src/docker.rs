@@ -3,9 +3,8 @@
 
 use anyhow::{Result, bail};
 use camino::Utf8Path;
-use xshell::{Shell, cmd};
 
-use crate::plan::Step;
+use crate::plan::{Captured, Step};
 
 /// Makes every plain `docker` invocation (`docker push`, `docker image rm`, ...), run from the
 /// repository root.
@@ -35,17 +34,18 @@ pub fn require_cli() -> Result<()> {
 /// Explains a failed buildx command when the cause is the setup rather than the build: a
 /// stopped daemon or a missing plugin. Runs only after a failure, so a successful build pays
 /// nothing for it.
-pub fn explain_buildx_failure(sh: &Shell, failure: anyhow::Error) -> anyhow::Error {
-    match require_buildx(sh) {
+pub fn explain_buildx_failure(failure: anyhow::Error) -> anyhow::Error {
+    match require_buildx() {
         Ok(()) => failure,
         Err(setup) => setup,
     }
 }
 
 /// Checks, in order, the docker CLI, the daemon and the buildx plugin.
-pub fn require_buildx(sh: &Shell) -> Result<()> {
-    require_engine(sh)?;
-    if cmd!(sh, "docker buildx version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+pub fn require_buildx() -> Result<()> {
+    require_engine()?;
+    let answer = engine_query(&["buildx", "version"]);
+    if !answer.is_some_and(|a| a.success()) {
         bail!(
             "docker buildx is required: install the buildx plugin (Debian: apt-get install docker-buildx; \
              elsewhere see https://docs.docker.com/build/install-buildx/)"
@@ -55,11 +55,11 @@ pub fn require_buildx(sh: &Shell) -> Result<()> {
 }
 
 /// Checks the docker CLI and that the daemon answers (honouring `DOCKER_HOST`/`DOCKER_CONTEXT`).
-pub fn require_engine(sh: &Shell) -> Result<()> {
+pub fn require_engine() -> Result<()> {
     require_cli()?;
     let format = "{{.Server.Version}}";
-    let answer = cmd!(sh, "docker version --format {format}").quiet().ignore_stderr().read();
-    if answer.map_or(true, |v| v.trim().is_empty()) {
+    let answer = engine_query(&["version", "--format", format]);
+    if !answer.is_some_and(|a| a.success() && !a.stdout.trim().is_empty()) {
         let target = match (std::env::var("DOCKER_HOST"), std::env::var("DOCKER_CONTEXT")) {
             (Ok(host), _) if !host.is_empty() => format!(" at DOCKER_HOST={host}"),
             (_, Ok(context)) if !context.is_empty() => format!(" of DOCKER_CONTEXT={context}"),
@@ -71,6 +71,13 @@ pub fn require_engine(sh: &Shell) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs a quiet `docker ARGS` about the engine itself (no repository needed) with a time
+/// limit, since a stopped daemon can hang a client.
+fn engine_query(args: &[&str]) -> Option<Captured> {
+    let step = cli(Utf8Path::new(".")).args(args.iter().copied()).quiet();
+    step.timeout(std::time::Duration::from_secs(20)).capture().ok()
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! each problem with its fix.
 
 use std::fmt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 
 use crate::cli::DoctorArgs;
+use crate::plan::Step;
 use crate::wait::{Attempt, Probe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,13 +42,9 @@ fn finding(level: Level, what: &'static str, detail: impl Into<String>) -> Findi
 
 /// Runs `program args` and returns its trimmed stdout when it succeeds.
 fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let step = Step::new(program, ".").args(args.iter().copied()).quiet();
+    let out = step.timeout(std::time::Duration::from_secs(20)).capture().ok()?;
+    out.success().then(|| out.stdout.trim().to_owned())
 }
 
 pub fn run(args: &DoctorArgs) -> Result<()> {

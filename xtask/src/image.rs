@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Map, Value, json};
-use xshell::Shell;
 
 use crate::cli::{BuildArgs, ImageName};
 use crate::docker;
@@ -192,19 +191,15 @@ pub struct Built {
 }
 
 /// Runs a planned build and reads the digests back from buildx's metadata file.
-pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
+pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
     let dir = plan.metadata_file.parent().expect("metadata file has a parent");
-    sh.create_dir(dir).with_context(|| format!("cannot create {dir}"))?;
-    let _ = sh.remove_path(&plan.metadata_file);
-    plan.step
-        .run()
-        .map_err(|err| docker::explain_buildx_failure(sh, err))
-        .context("image build failed")?;
-    let metadata = sh
-        .read_file(&plan.metadata_file)
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let _ = std::fs::remove_file(&plan.metadata_file);
+    plan.step.run().map_err(docker::explain_buildx_failure).context("image build failed")?;
+    let metadata = std::fs::read_to_string(&plan.metadata_file)
         .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
-    let _ = sh.remove_path(&plan.metadata_file);
+    let _ = std::fs::remove_file(&plan.metadata_file);
     let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
     Ok(plan
         .images
@@ -219,8 +214,8 @@ pub fn execute(sh: &Shell, plan: &BuildPlan) -> Result<Vec<Built>> {
         .collect())
 }
 
-pub fn run(sh: &Shell, root: &Utf8Path, args: &BuildArgs) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn run(root: &Utf8Path, args: &BuildArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
     let plan = plan(root, &revision, &BuildRequest::from(args));
     if args.output.dry_run {
         if args.output.json {
@@ -230,7 +225,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &BuildArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let built = execute(sh, &plan)?;
+    let built = execute(&plan)?;
     if args.output.json {
         let images: Vec<Value> = built
             .iter()

@@ -31,7 +31,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 use clap::Parser;
-use xshell::Shell;
 
 use crate::cli::{Bench, Cli, Command};
 
@@ -58,18 +57,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
-    let sh = Shell::new()?;
-    sh.change_dir(&root);
     match cli.command {
-        Command::Version(args) => version::run(&sh, &root, args.json),
-        Command::Build(args) => image::run(&sh, &root, &args),
-        Command::Release(args) => release::run(&sh, &root, &args),
-        Command::Images(args) => bundle::run(&sh, &root, args.action),
+        Command::Version(args) => version::run(&root, args.json),
+        Command::Build(args) => image::run(&root, &args),
+        Command::Release(args) => release::run(&root, &args),
+        Command::Images(args) => bundle::run(&root, args.action),
         Command::WaitFor(args) => wait::run(&args),
-        Command::Dev(args) => tasks::dev(&sh, &root, args),
-        Command::Test(args) => tasks::test(&sh, &root, &args),
-        Command::Prod(args) => tasks::prod(&sh, &root, args),
-        Command::Run(args) => tasks::run(&sh, &root, &args),
+        Command::Dev(args) => tasks::dev(&root, args),
+        Command::Test(args) => tasks::test(&root, &args),
+        Command::Prod(args) => tasks::prod(&root, args),
+        Command::Run(args) => tasks::run(&root, &args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Ci(args) => ci::run(&root, &args),
         Command::FaultProxy(args) => faults::run(
@@ -79,11 +76,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => cli::print_completions(shell),
         Command::Bench(args) => {
             let (report, json) = match args.bench {
-                None => return bench::all(&sh, &root, args.json),
-                Some(Bench::Build { runs, json }) => (bench::build(&sh, &root, runs)?, json),
+                None => return bench::all(&root, args.json),
+                Some(Bench::Build { runs, json }) => (bench::build(&root, runs)?, json),
                 Some(Bench::Wait { runs, json }) => (bench::wait(&root, runs)?, json),
-                Some(Bench::Stack { runs, json }) => (bench::stack(&sh, &root, runs)?, json),
-                Some(Bench::Release { runs, json }) => (bench::release(&sh, &root, runs)?, json),
+                Some(Bench::Stack { runs, json }) => (bench::stack(&root, runs)?, json),
+                Some(Bench::Release { runs, json }) => (bench::release(&root, runs)?, json),
                 Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
             };
             report.print(json);

@@ -23,6 +23,10 @@ pub struct Step {
     pub stdout_is_data: bool,
     /// How long one run may take before the command is stopped (SIGTERM, then SIGKILL).
     pub timeout: Option<Duration>,
+    /// Not echoed before it runs: a probe or a query whose answer is all that matters.
+    pub quiet: bool,
+    /// Values shown as `***` wherever they appear: in the echo, a plan, `--json` and errors.
+    pub secrets: Vec<String>,
 }
 
 /// What a captured step printed, and how it ended.
@@ -51,7 +55,31 @@ impl Step {
             stdin: None,
             stdout_is_data: false,
             timeout: None,
+            quiet: false,
+            secrets: Vec::new(),
         }
+    }
+
+    /// Does not echo the step before it runs.
+    pub fn quiet(mut self) -> Step {
+        self.quiet = true;
+        self
+    }
+
+    /// Marks `value` secret: it is shown as `***` wherever the step is shown.
+    pub fn secret(mut self, value: &str) -> Step {
+        if !value.is_empty() && !self.secrets.iter().any(|s| s == value) {
+            self.secrets.push(value.to_owned());
+        }
+        self
+    }
+
+    /// `text` with every secret of the step replaced by `***`, longest first (so that a
+    /// secret containing another is hidden whole).
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&String> = self.secrets.iter().collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
     }
 
     /// Stops the command when one run takes longer than `limit`.
@@ -90,25 +118,36 @@ impl Step {
         self
     }
 
+    /// The step as data, with its secrets redacted.
     pub fn to_json(&self) -> Value {
         let env: serde_json::Map<String, Value> =
-            self.env.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
+            self.env.iter().map(|(k, v)| (k.clone(), Value::from(self.redact(v)))).collect();
+        let args: Vec<String> = self.args.iter().map(|a| self.redact(a)).collect();
         json!({
             "program": self.program,
-            "args": self.args,
+            "args": args,
             "env": env,
             "cwd": self.cwd.as_str(),
-            "stdin": self.stdin,
+            "stdin": self.stdin.as_deref().map(|s| self.redact(s)),
             "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
         })
     }
 
-    /// The step as a `std::process::Command` with its argv, env and cwd, for callers that need
-    /// the raw process (timing it, reading its output); stdin bytes are theirs to feed.
-    pub fn command(&self) -> std::process::Command {
+    /// Starts the step and returns at once, for a process that runs beside us: one that
+    /// streams (events, a `docker load` fed from a file), one we time, one we poll. It is
+    /// echoed unless quiet, and stopped when the handle is dropped while it still runs.
+    /// Interrupts are the caller's to watch: see [`Running::try_wait`].
+    pub fn spawn(&self, streams: Streams) -> Result<Running> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.echo();
         let mut command = std::process::Command::new(&self.program);
         command.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).current_dir(&self.cwd);
-        command
+        command.stdin(streams.stdin.stdio()).stdout(streams.stdout.stdio());
+        command.stderr(streams.stderr.stdio());
+        let child = command.spawn().with_context(|| format!("cannot start `{}`", self.short()))?;
+        Ok(Running { child, name: self.short(), finished: false })
     }
 
     /// Runs the step with its stdout sent to our stderr: stdout is kept for results. On Ctrl-C
@@ -134,6 +173,10 @@ impl Step {
         interrupt::begin_cleanup();
         let supervised = self.supervise(Stop::Shielded, Capture::Both)?;
         let output = supervised.output;
+        if self.quiet && output.status.success() {
+            // A quiet clean-up shows its output only when it fails.
+            return Ok(());
+        }
         let stdout = String::from_utf8_lossy(&output.stdout);
         for line in stdout.lines() {
             if self.stdout_is_data {
@@ -182,9 +225,19 @@ impl Step {
         })
     }
 
+    fn echo(&self) {
+        if !self.quiet {
+            say!("$ {self}");
+        }
+    }
+
     fn supervise(&self, stop: Stop, capture: Capture) -> Result<Supervised> {
-        say!("$ {self}");
+        self.echo();
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
+        if self.stdin.is_none() && !matches!(capture, Capture::Nothing) {
+            // A query never reads the terminal.
+            expression = expression.stdin_null();
+        }
         if let Stop::Shielded = stop {
             expression = expression.stdin_null().before_spawn(|command| {
                 use std::os::unix::process::CommandExt;
@@ -205,7 +258,7 @@ impl Step {
             expression = expression.stdin_bytes(input.as_bytes());
         }
         let handle =
-            expression.start().with_context(|| format!("cannot start `{}`", self.program))?;
+            expression.start().with_context(|| format!("cannot start `{}`", self.short()))?;
         let started = Instant::now();
         let mut signalled: Option<Instant> = None;
         let mut timed_out = false;
@@ -240,7 +293,10 @@ impl Step {
                     Some(_) => {}
                 }
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Short commands (probes, inspects) are seen within a millisecond or two; long
+            // ones are polled every 10 ms.
+            let pause = Duration::from_millis(1) + started.elapsed() / 20;
+            std::thread::sleep(pause.min(Duration::from_millis(10)));
         }
     }
 
@@ -253,7 +309,7 @@ impl Step {
     }
 
     /// The program and the words that name what it does, for error messages.
-    fn short(&self) -> String {
+    pub fn short(&self) -> String {
         let words: Vec<&str> = self
             .args
             .iter()
@@ -261,7 +317,125 @@ impl Step {
             .take_while(|a| !a.starts_with('-'))
             .take(2)
             .collect();
-        std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" ")
+        self.redact(
+            &std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" "),
+        )
+    }
+}
+
+/// Where the streams of a spawned step go.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    pub stdin: Stream,
+    pub stdout: Stream,
+    pub stderr: Stream,
+}
+
+impl Streams {
+    /// Nothing in, nothing shown: a process that is only timed or waited for.
+    pub const SILENT: Streams =
+        Streams { stdin: Stream::Null, stdout: Stream::Null, stderr: Stream::Null };
+}
+
+/// One stream of a spawned step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Null,
+    /// A pipe the caller reads or writes: [`Running::stdin`], [`Running::stdout`].
+    Piped,
+    /// Ours.
+    Inherit,
+    /// Our stderr (for a child's stdout that is progress, not data).
+    Stderr,
+}
+
+impl Stream {
+    fn stdio(self) -> std::process::Stdio {
+        match self {
+            Stream::Null => std::process::Stdio::null(),
+            Stream::Piped => std::process::Stdio::piped(),
+            Stream::Inherit => std::process::Stdio::inherit(),
+            Stream::Stderr => std::io::stderr().into(),
+        }
+    }
+}
+
+/// A spawned step; stopped (SIGTERM, SIGKILL after 10 s) and reaped when dropped before it
+/// finished.
+pub struct Running {
+    child: std::process::Child,
+    name: String,
+    finished: bool,
+}
+
+impl Running {
+    /// The write end of the child's stdin, once, when it was [`Stream::Piped`].
+    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The read end of the child's stdout, once, when it was [`Stream::Piped`].
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        let status =
+            self.child.try_wait().with_context(|| format!("cannot wait for `{}`", self.name))?;
+        self.finished |= status.is_some();
+        Ok(status)
+    }
+
+    /// Waits for the child to exit; a signal to us stops it (SIGTERM, then SIGKILL after
+    /// 10 s) and fails with [`Interrupted`].
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        let mut signalled: Option<Instant> = None;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return match signalled {
+                    Some(_) => Err(Interrupted.into()),
+                    None => Ok(status),
+                };
+            }
+            if interrupt::is_set() {
+                match signalled {
+                    None => {
+                        self.terminate();
+                        signalled = Some(Instant::now());
+                    }
+                    Some(at) if at.elapsed() > Duration::from_secs(10) => {
+                        let _ = self.child.kill();
+                    }
+                    Some(_) => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Asks the child to stop (SIGTERM).
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.finished || matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        self.terminate();
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(10) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -300,12 +474,15 @@ pub fn this_xtask() -> Result<String> {
 /// This is for display only; steps never go through a shell.
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Each word is redacted before it is quoted, so quoting cannot hide a secret from
+        // the redaction.
+        let shown = |word: &str| quote(&self.redact(word));
         for (key, value) in &self.env {
-            write!(f, "{key}={} ", quote(value))?;
+            write!(f, "{key}={} ", shown(value))?;
         }
-        f.write_str(&quote(&self.program))?;
+        f.write_str(&shown(&self.program))?;
         for arg in &self.args {
-            write!(f, " {}", quote(arg))?;
+            write!(f, " {}", shown(arg))?;
         }
         if self.stdin.is_some() {
             f.write_str(" <stdin")?;
@@ -326,7 +503,7 @@ pub fn print_plan(steps: &[Step]) {
         out!("{step}");
         if let Some(input) = &step.stdin {
             out!("# stdin of the step above:");
-            out!("{input}");
+            out!("{}", step.redact(input));
         }
     }
 }
@@ -342,6 +519,42 @@ mod tests {
             .stdin("{}".into());
         assert_eq!(step.to_string(), "docker buildx bake --set '*.labels.x=a b' 'it'\\''s' <stdin");
         assert_eq!(step.short(), "docker buildx bake");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_echo_the_json_and_errors() {
+        let step = Step::new("docker", "/repo")
+            .args(["login", "--password", "it's hunter2"])
+            .env("PGPASSWORD", "it's hunter2")
+            .secret("hunter2")
+            .stdin("pw=it's hunter2".into());
+        let shown = step.to_string();
+        let expected = "PGPASSWORD='it'\\''s ***' docker login --password 'it'\\''s ***' <stdin";
+        assert_eq!(shown, expected);
+        let json = step.to_json().to_string();
+        assert!(!json.contains("hunter2"), "{json}");
+        let failing = Step::new("sh", ".").args(["hunter2", "-c"]).secret("hunter2");
+        assert_eq!(failing.short(), "sh ***");
+    }
+
+    #[test]
+    fn spawned_steps_stream_and_are_stopped_when_dropped() {
+        use std::io::{Read, Write};
+        let piped = Streams { stdin: Stream::Piped, stdout: Stream::Piped, stderr: Stream::Null };
+        let mut cat = Step::new("cat", ".").quiet().spawn(piped).unwrap();
+        let (mut input, mut output) = (cat.stdin().unwrap(), cat.stdout().unwrap());
+        input.write_all(b"streamed").unwrap();
+        drop(input);
+        let mut text = String::new();
+        output.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "streamed");
+        assert!(cat.wait().unwrap().success());
+
+        let sleeper = Step::new("sleep", ".").arg("30").quiet().spawn(Streams::SILENT).unwrap();
+        let pid = nix::unistd::Pid::from_raw(sleeper.child.id() as i32);
+        drop(sleeper);
+        // Reaped: the pid no longer names a process of ours.
+        assert!(nix::sys::signal::kill(pid, None).is_err());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
-use xshell::Shell;
 
 use crate::cli::ImageName;
 use crate::docker;
@@ -23,11 +22,11 @@ pub struct Throwaway {
 
 impl Throwaway {
     /// Builds the image (a no-op when cached), starts it and waits until `/v2/` answers.
-    pub fn start(sh: &Shell, root: &Utf8Path) -> Result<Throwaway> {
-        let revision = Revision::read(sh, root)?;
+    pub fn start(root: &Utf8Path) -> Result<Throwaway> {
+        let revision = Revision::read(root)?;
         let request = BuildRequest { images: vec![ImageName::Registry], ..BuildRequest::default() };
         let plan = image::plan(root, &revision, &request);
-        image::execute(sh, &plan).context("cannot build the throwaway registry")?;
+        image::execute(&plan).context("cannot build the throwaway registry")?;
         let container = format!("memories-registry-{}", std::process::id());
         docker::cli(root)
             .args(["run", "--detach", "--rm", "--name", &container])

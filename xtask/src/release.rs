@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
-use xshell::Shell;
 
 use crate::cli::{ImageName, ReleaseArgs};
 use crate::docker;
@@ -283,8 +282,8 @@ pub struct Outcome {
     pub retries: u64,
 }
 
-pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
     if let Some(expected) = &args.expect_version {
         let expected = expected.strip_prefix('v').unwrap_or(expected);
         if expected != revision.version.to_string() {
@@ -304,7 +303,7 @@ pub fn run(sh: &Shell, root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let outcome = execute(sh, &plan)?;
+    let outcome = execute(&plan)?;
     for left in &outcome.left_alone {
         say!(
             "left alone: {} names {}, newer than {}",
@@ -365,7 +364,7 @@ enum Standing {
 /// Reads the registry, builds what it lacks, pushes the immutable refs (building and pushing
 /// nothing if an image failed to build), verifies every one of every image, and only then moves
 /// each moving tag that names an older release. Safe to run again after any interruption.
-pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
+pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
     docker::require_cli()?;
     let remote = plan.remote();
     let retries_before = remote::retries();
@@ -418,7 +417,7 @@ pub fn execute(sh: &Shell, plan: &ReleasePlan) -> Result<Outcome> {
     if !to_build.is_empty() {
         let tags = release_tags(&plan.revision, plan.request.allow.latest);
         let build = build_plan(&plan.root, &plan.revision, &plan.request, &to_build, &tags);
-        let built = match image::execute(sh, &build) {
+        let built = match image::execute(&build) {
             Ok(built) => built,
             Err(err) => {
                 untag_local(plan);

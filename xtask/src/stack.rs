@@ -13,13 +13,12 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::Value;
-use xshell::Shell;
 
 use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
-use crate::plan::Step;
+use crate::plan::{Captured, Running, Step, Stream, Streams};
 use crate::version::Revision;
 use crate::wait::{self, Probe, WaitOptions};
 
@@ -108,7 +107,32 @@ impl Stack {
         if self.profiles.contains(&Profile::Otel) {
             step = step.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318");
         }
+        for secret in self.secret_values() {
+            step = step.secret(&secret);
+        }
         step
+    }
+
+    /// The values of every secret-looking setting (see [`is_secret_key`]) in the environment
+    /// and the stack's env files: never shown in a step's echo, plan or error.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mode_env = self.root.join(format!("compose/{}.env", self.mode.name()));
+        let mut values = Vec::new();
+        for file in std::iter::once(&mode_env).chain(&self.env_files) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for line in text.lines().map(str::trim) {
+                let line = line.strip_prefix("export ").unwrap_or(line);
+                if let Some((key, _)) =
+                    line.split_once('=').filter(|(k, _)| is_secret_key(k.trim()))
+                {
+                    values.extend(env_file_value(&text, key.trim()));
+                }
+            }
+        }
+        values
+            .extend(std::env::vars().filter(|(key, _)| is_secret_key(key)).map(|(_, value)| value));
+        values.retain(|v| !v.is_empty());
+        values
     }
 
     /// The same, with every profile enabled: for commands that must see every container the
@@ -221,10 +245,9 @@ impl Stack {
 
     /// The host port `service`'s `port` is published on, if it is.
     pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
-        let step = self.compose().args(["port", service, &port.to_string()]);
-        let output = step.command().output().ok()?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.trim().rsplit(':').next()?.parse().ok().filter(|&p: &u16| p != 0)
+        let step = self.compose().args(["port", service, &port.to_string()]).quiet();
+        let output = step.capture().ok().filter(Captured::success)?;
+        output.stdout.trim().rsplit(':').next()?.parse().ok().filter(|&p: &u16| p != 0)
     }
 }
 
@@ -233,10 +256,10 @@ fn http_health(port: u16) -> Probe {
 }
 
 /// Builds the images the stack runs (a no-op when nothing changed).
-pub fn build(sh: &Shell, stack: &Stack, revision: &Revision) -> Result<()> {
+pub fn build(stack: &Stack, revision: &Revision) -> Result<()> {
     let request = BuildRequest { images: stack.images(), ..BuildRequest::default() };
     let plan = image::plan(&stack.root, revision, &request);
-    image::execute(sh, &plan).context("cannot build the stack's images")?;
+    image::execute(&plan).context("cannot build the stack's images")?;
     Ok(())
 }
 
@@ -249,13 +272,13 @@ pub fn require_images(stack: &Stack) -> Result<()> {
         .map(|image| format!("{}:{}", image::repository(None, image), stack.tag))
         .collect();
     // One call for all: it prints the ids of those found and fails if any is missing.
-    let output = std::process::Command::new("docker")
+    let output = docker::cli(&stack.root)
         .args(["image", "inspect", "--format", "{{.Id}}"])
         .args(&references)
-        .output()
-        .context("cannot run docker image inspect")?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        .quiet()
+        .capture()?;
+    if !output.success() {
+        let stderr = &output.stderr;
         let missing =
             references.iter().find(|r| stderr.contains(r.as_str())).unwrap_or(&references[0]);
         let image = missing.rsplit_once(':').map_or(missing.as_str(), |(repo, _)| repo);
@@ -422,27 +445,22 @@ pub fn up_and_wait_or_undo(
 /// `docker compose up` running beside the probes: ready when it exits 0, failed when it exits
 /// otherwise; stopped if the wait ends first.
 struct UpCheck {
-    child: std::process::Child,
+    up: Running,
     /// Set when `up` has exited 0: the service checks wait for it.
     started: Option<Arc<AtomicBool>>,
 }
 
 impl UpCheck {
     fn start(step: &Step) -> Result<UpCheck> {
-        say!("$ {step}");
-        let child = step
-            .command()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::io::stderr())
-            .spawn()
-            .with_context(|| format!("cannot start `{step}`"))?;
-        Ok(UpCheck { child, started: None })
+        let streams =
+            Streams { stdin: Stream::Null, stdout: Stream::Stderr, stderr: Stream::Inherit };
+        Ok(UpCheck { up: step.spawn(streams)?, started: None })
     }
 }
 
 impl wait::Check for UpCheck {
     fn attempt(&mut self, _timeout: Duration) -> wait::Attempt {
-        match self.child.try_wait() {
+        match self.up.try_wait() {
             Ok(Some(status)) if status.success() => {
                 if let Some(started) = &self.started {
                     started.store(true, Ordering::SeqCst);
@@ -507,18 +525,6 @@ impl wait::Check for ServiceCheck {
 
     fn max_interval(&self, configured: Duration) -> Duration {
         self.probe.max_interval(configured)
-    }
-}
-
-impl Drop for UpCheck {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -597,6 +603,12 @@ pub fn env_file_value(text: &str, key: &str) -> Option<String> {
         .next_back()
 }
 
+/// A setting whose value is a secret, by its name: a password, secret, token or key.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "TOKEN", "KEY", "REDISCLI_AUTH"].iter().any(|s| key.contains(s))
+}
+
 /// Fails naming every required secret that neither the environment nor an env file sets.
 pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
     for file in &stack.env_files {
@@ -633,9 +645,10 @@ pub fn unique_project(prefix: &str) -> String {
 }
 
 /// The swarm state of the engine (`active` when it is a manager or worker).
-pub fn swarm_state(sh: &Shell) -> Result<String> {
+pub fn swarm_state(root: &Utf8Path) -> Result<String> {
     let format = "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}";
-    let out = xshell::cmd!(sh, "docker info --format {format}")
+    let out = docker::cli(root)
+        .args(["info", "--format", format])
         .quiet()
         .read()
         .context("cannot ask the engine about swarm")?;

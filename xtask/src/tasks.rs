@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 use serde_json::Value;
-use xshell::Shell;
 
 use crate::cli::{
     DevAction, DevArgs, DevUpArgs, ImageName, ProdAction, ProdArgs, RunArgs, TestArgs,
@@ -21,8 +20,8 @@ use crate::version::Revision;
 use crate::wait::{self, Attempt, Check, Probe, WaitOptions};
 
 /// `cargo xtask dev ...`.
-pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
     let action = args.action.unwrap_or(DevAction::Up(args.up));
     let profiles = match &action {
@@ -31,7 +30,7 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
     };
     let stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
     match action {
-        DevAction::Up(up) => dev_up(sh, &stack, &revision, &up),
+        DevAction::Up(up) => dev_up(&stack, &revision, &up),
         DevAction::Down { volumes } => stack::down(&stack, volumes),
         DevAction::Logs { service, follow } => {
             let mut step = stack.compose_all_profiles().arg("logs").stdout_is_data();
@@ -56,12 +55,12 @@ pub fn dev(sh: &Shell, root: &Utf8Path, args: DevArgs) -> Result<()> {
     }
 }
 
-fn dev_up(sh: &Shell, stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
+fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
     let before = stack::require_own_kind(stack)?;
     if up.no_build {
         stack::require_images(stack)?;
     } else {
-        stack::build(sh, stack, revision)?;
+        stack::build(stack, revision)?;
     }
     let probes = stack::up_and_wait_or_undo(stack, &before, up.timeout)?;
     print_endpoints(stack, &probes);
@@ -120,7 +119,7 @@ fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
 }
 
 /// `cargo xtask test`.
-pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
+pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if let Some(project) = &args.project {
         // The test stack is torn down with its volumes: it must be one this run creates.
@@ -138,10 +137,10 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
             .run()
             .context("the unit, repository and Docker-backed tests failed")?;
     }
-    let revision = Revision::read(sh, root)?;
+    let revision = Revision::read(root)?;
     let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
     let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
-    stack::build(sh, &stack, &revision)?;
+    stack::build(&stack, &revision)?;
     say!("end-to-end tests on stack {}", stack.project);
     stack::lifecycle(&stack, args.timeout, true, args.keep, |probes| {
         let url = probes
@@ -164,8 +163,8 @@ pub fn test(sh: &Shell, root: &Utf8Path, args: &TestArgs) -> Result<()> {
 }
 
 /// `cargo xtask prod ...`.
-pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = args.env_file.clone();
@@ -184,7 +183,7 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
             if no_build {
                 stack::require_images(&stack)?;
             } else {
-                stack::build(sh, &stack, &revision)?;
+                stack::build(&stack, &revision)?;
             }
             let probes = stack::up_and_wait_or_undo(&stack, &before, timeout)?;
             print_endpoints(&stack, &probes);
@@ -194,7 +193,7 @@ pub fn prod(sh: &Shell, root: &Utf8Path, args: ProdArgs) -> Result<()> {
         ProdAction::Down { volumes } => stack::down(&stack, volumes),
         ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            deploy_swarm(sh, &stack, &revision, &name, no_build, timeout)
+            deploy_swarm(&stack, &revision, &name, no_build, timeout)
         }
     }
 }
@@ -210,8 +209,7 @@ fn redact(definition: &mut Value) {
                 continue;
             };
             for (key, value) in env.iter_mut() {
-                let key = key.to_ascii_uppercase();
-                if ["PASSWORD", "SECRET", "TOKEN", "KEY"].iter().any(|s| key.contains(s)) {
+                if stack::is_secret_key(key) {
                     if let Some(secret) = value.as_str().filter(|v| !v.is_empty()) {
                         secrets.push(secret.to_owned());
                     }
@@ -319,14 +317,13 @@ fn drop_nulls(value: &mut Value) {
 }
 
 fn deploy_swarm(
-    sh: &Shell,
     stack: &Stack,
     revision: &Revision,
     name: &str,
     no_build: bool,
     timeout: Duration,
 ) -> Result<()> {
-    let state = stack::swarm_state(sh)?;
+    let state = stack::swarm_state(&stack.root)?;
     if state != "active true" {
         bail!(
             "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
@@ -335,11 +332,11 @@ fn deploy_swarm(
     if no_build {
         stack::require_images(stack)?;
     } else {
-        stack::build(sh, stack, revision)?;
+        stack::build(stack, revision)?;
     }
     let definition = for_swarm(stack::merged_definition(stack)?);
     let dir = stack.root.join("target/xtask");
-    sh.create_dir(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
     let file = dir.join(format!("{name}-swarm.json"));
     // It holds the interpolated secrets: readable by us only, and removed after the deploy.
     write_private(&file, &serde_json::to_string_pretty(&definition)?)?;
@@ -423,12 +420,12 @@ fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
 }
 
 /// `cargo xtask run`.
-pub fn run(sh: &Shell, root: &Utf8Path, args: &RunArgs) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn run(root: &Utf8Path, args: &RunArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
     let request = BuildRequest { images: vec![ImageName::Standalone], ..BuildRequest::default() };
     let plan = image::plan(root, &revision, &request);
     if !args.no_build {
-        image::execute(sh, &plan)?;
+        image::execute(&plan)?;
     }
     let reference = &plan.images[0].refs[1];
     let name = format!("memories-run-{}", args.port);

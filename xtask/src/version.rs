@@ -5,7 +5,8 @@ use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
-use xshell::{Shell, cmd};
+
+use crate::plan::Step;
 
 pub const PYPROJECT: &str = "app/pyproject.toml";
 
@@ -110,30 +111,29 @@ pub struct Revision {
 }
 
 impl Revision {
-    pub fn read(sh: &Shell, root: &Utf8Path) -> Result<Revision> {
+    pub fn read(root: &Utf8Path) -> Result<Revision> {
         let path = root.join(PYPROJECT);
-        let text = sh.read_file(&path).with_context(|| format!("cannot read {PYPROJECT}"))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {PYPROJECT}"))?;
         let version = version_from_pyproject(&text).with_context(|| format!("in {PYPROJECT}"))?;
         let git_error =
             || "cannot read the git revision: run inside a git checkout with at least one commit";
-        let commit = cmd!(sh, "git rev-parse --verify HEAD")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .with_context(git_error)?;
-        let status = cmd!(sh, "git status --porcelain").quiet().read().with_context(git_error)?;
+        let git = |args: &[&str]| -> Result<String> {
+            let answer = Step::new("git", root).args(args.iter().copied()).quiet().capture()?;
+            if !answer.success() {
+                bail!("`git {}` failed: {}", args.join(" "), answer.stderr.trim());
+            }
+            Ok(answer.stdout.trim().to_owned())
+        };
+        let commit = git(&["rev-parse", "--verify", "HEAD"]).with_context(git_error)?;
+        let status = git(&["status", "--porcelain"]).with_context(git_error)?;
         let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(epoch) if !epoch.is_empty() => epoch,
-            _ => cmd!(sh, "git log -1 --format=%ct").quiet().read().with_context(git_error)?,
+            _ => git(&["log", "-1", "--format=%ct"]).with_context(git_error)?,
         };
         let epoch: i64 =
             epoch.trim().parse().with_context(|| format!("`{epoch}` is not a unix time"))?;
-        let source = cmd!(sh, "git remote get-url origin")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .ok()
-            .map(|url| strip_credentials(&url));
+        let source = git(&["remote", "get-url", "origin"]).ok().map(|url| strip_credentials(&url));
         Ok(Revision {
             version,
             commit,
@@ -203,8 +203,8 @@ pub fn rfc3339_utc(epoch: i64) -> String {
 }
 
 /// `cargo xtask version`.
-pub fn run(sh: &Shell, root: &Utf8Path, json: bool) -> Result<()> {
-    let revision = Revision::read(sh, root)?;
+pub fn run(root: &Utf8Path, json: bool) -> Result<()> {
+    let revision = Revision::read(root)?;
     if json {
         let value = serde_json::json!({
             "version": revision.version.to_string(),

@@ -230,25 +230,19 @@ fn output_never_panics_on_a_closed_pipe() {
 
 #[test]
 fn processes_start_only_through_the_runner() {
-    // `plan::Step` is the one door: it echoes, stops on Ctrl-C and shields clean-up. These
-    // files still start processes another way and are being moved onto it; no file may join
-    // them.
-    const NOT_YET_MOVED: [&str; 8] = [
-        "bench.rs",
-        "bundle.rs",
-        "docker.rs",
-        "doctor.rs",
-        "plan.rs",
-        "stack.rs",
-        "version.rs",
-        "wait/checks.rs",
-    ];
+    // `plan::Step` is the one door: it echoes (redacting secrets), stops on Ctrl-C and shields
+    // clean-up. Nothing else may start a process.
+    let markers = ["Command::new(", "process::Command", "cmd!(", "duct::", "xshell"];
     let mut offenders = Vec::new();
     for (name, text) in xtask_sources() {
-        let starts = ["Command::new(", "cmd!(", ".command()"].iter().any(|m| text.contains(m));
-        if starts && !NOT_YET_MOVED.contains(&name.as_str()) {
-            offenders.push(name);
+        if name == "plan.rs" {
+            continue;
+        }
+        for (number, line) in text.lines().enumerate() {
+            if markers.iter().any(|m| line.contains(m)) {
+                offenders.push(format!("xtask/src/{name}:{}: {}", number + 1, line.trim()));
+            }
         }
     }
-    assert!(offenders.is_empty(), "processes started outside plan::Step in {offenders:?}");
+    assert!(offenders.is_empty(), "start processes with plan::Step:\n{}", offenders.join("\n"));
 }

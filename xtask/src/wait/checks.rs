@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use serde_json::Value;
 
 use super::postgres;
 use super::{Attempt, Check, Clock, Probe};
+use crate::plan::{Running, Step, Stream, Streams};
 
 pub fn for_probe(probe: &Probe) -> Box<dyn Check> {
     Box::new(ProbeCheck { probe: probe.clone(), events: None, container: None })
@@ -122,23 +122,22 @@ impl Check for ProbeCheck {
 
 /// A running `docker events` whose lines arrive on a channel; stopped on drop.
 struct Events {
-    child: Option<Child>,
+    _events: Option<Running>,
     receiver: Option<Receiver<()>>,
 }
 
 impl Events {
     fn start(filter: &str) -> Events {
-        let child = Command::new("docker")
+        let step = quiet_docker()
             .args(["events", "--filter", filter, "--format", "{{.Action}}"])
             // State changes only: not the exec events every healthcheck run makes.
             .args(["--filter", "event=health_status", "--filter", "event=start"])
-            .args(["--filter", "event=die", "--filter", "event=create"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(mut child) = child else { return Events { child: None, receiver: None } };
-        let stdout = child.stdout.take().expect("piped stdout");
+            .args(["--filter", "event=die", "--filter", "event=create"]);
+        let streams = Streams { stdout: Stream::Piped, ..Streams::SILENT };
+        let Ok(mut events) = step.spawn(streams) else {
+            return Events { _events: None, receiver: None };
+        };
+        let stdout = events.stdout().expect("piped stdout");
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -147,17 +146,13 @@ impl Events {
                 }
             }
         });
-        Events { child: Some(child), receiver: Some(receiver) }
+        Events { _events: Some(events), receiver: Some(receiver) }
     }
 }
 
-impl Drop for Events {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A quiet `docker` step: probes are not echoed.
+fn quiet_docker() -> Step {
+    Step::new("docker", ".").quiet()
 }
 
 /// Connects to the first address of `host` that accepts, within `timeout`.
@@ -392,39 +387,10 @@ fn first_line(text: &str) -> String {
 
 /// Runs `docker ARGS` with a time limit: (success, stdout, stderr).
 fn docker_output(args: &[&str], timeout: Duration) -> Result<(bool, String, String), String> {
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run docker: {e}"))?;
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let out = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "docker {} took longer than {timeout:?}",
-                    args.first().unwrap_or(&"")
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(format!("cannot wait for docker: {e}")),
-        }
-    };
-    Ok((status.success(), out.join().unwrap_or_default(), err.join().unwrap_or_default()))
+    let step = quiet_docker().args(args.iter().copied()).timeout(timeout);
+    let answer = step.capture().map_err(|e| format!("cannot run docker: {e:#}"))?;
+    if answer.timed_out {
+        return Err(format!("docker {} took longer than {timeout:?}", args.first().unwrap_or(&"")));
+    }
+    Ok((answer.status.success(), answer.stdout, answer.stderr))
 }
