@@ -19,12 +19,52 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// `cargo xtask ARGS...` at the repository root, with no stdin.
+/// The label that ties a container, network or volume to the test run that created it.
+pub const RUN_LABEL: &str = "memories.run";
+
+/// The test run these tests belong to: the one `cargo xtask test` names in `MEMORIES_RUN`,
+/// else this test binary itself. The format is xtask's (`xtask/src/reap.rs`):
+/// `t<hash of host name and boot id>-<pid>-<start time in ticks>`, so that `cargo xtask reap`
+/// can tell whether the run's process is gone.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| match std::env::var("MEMORIES_RUN") {
+        Ok(inherited) if !inherited.is_empty() => inherited,
+        _ => {
+            let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+            let host = format!(
+                "{}/{}",
+                read("/proc/sys/kernel/hostname").trim(),
+                read("/proc/sys/kernel/random/boot_id").trim()
+            );
+            let hash = host
+                .bytes()
+                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            let stat = read("/proc/self/stat");
+            let start = stat
+                .rfind(')')
+                .and_then(|at| stat[at + 1..].split_whitespace().nth(19))
+                .unwrap_or("0");
+            format!("t{hash:08x}-{}-{start}", std::process::id())
+        }
+    })
+}
+
+/// The xtask binary (see [`xtask_binary`]) as a process in this test run, at the repository
+/// root.
+pub fn xtask_process() -> Command {
+    let mut command = Command::new(xtask_binary());
+    command.env("MEMORIES_RUN", run_id()).current_dir(repo_root());
+    command
+}
+
+/// `cargo xtask ARGS...` at the repository root, with no stdin, in this test run.
 fn xtask_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO"));
     command
         .args(["run", "--quiet", "--package", "xtask", "--"])
         .args(args)
+        .env("MEMORIES_RUN", run_id())
         .current_dir(repo_root())
         .stdin(Stdio::null());
     command
@@ -74,8 +114,36 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("docker output is UTF-8").trim().to_owned()
 }
 
-/// Runs `docker ARGS...` and returns whatever happened.
+/// Runs `docker ARGS...` and returns whatever happened. What it creates (`run`, `create`,
+/// `volume create`, `network create`, and the named volumes a `run` mounts) carries this
+/// run's label, so that the run removes it even when the test never reaches its clean-up.
 pub fn docker_output(args: &[&str]) -> Output {
+    let label = format!("{RUN_LABEL}={}", run_id());
+    let mut all: Vec<&str> = args.to_vec();
+    let labelled = args.iter().any(|a| a.starts_with(&format!("{RUN_LABEL}=")));
+    match args {
+        // A test that labels what it creates itself (as another run's) knows best.
+        _ if labelled => {}
+        ["run" | "create", ..] => {
+            for (flag, value) in args.iter().zip(args.iter().skip(1)) {
+                let source = value.split(':').next().unwrap_or_default();
+                let named = !source.is_empty() && !source.contains('/') && value.contains(':');
+                if (*flag == "--volume" || *flag == "-v") && named {
+                    // `run` would create it without a label; an existing volume is kept as is.
+                    run_docker(&["volume", "create", "--label", &label, source]);
+                }
+            }
+            all.splice(1..1, ["--label", label.as_str()]);
+        }
+        ["volume" | "network", "create", ..] => {
+            all.splice(2..2, ["--label", label.as_str()]);
+        }
+        _ => {}
+    }
+    run_docker(&all)
+}
+
+fn run_docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker")
 }
 
@@ -331,6 +399,12 @@ impl Registry {
         self.address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
     }
 
+    /// `ADDRESS/NAME-<run>`: a namespace whose local tags `cargo xtask reap` can tie to this
+    /// run, should the test die before it removes them.
+    pub fn namespace(&self, name: &str) -> String {
+        format!("{}/{name}-{}", self.address, run_id())
+    }
+
     /// Stops the registry: nothing can be pulled from it any more.
     pub fn stop(&self) {
         docker(&["stop", "--time", "1", &self.container]);
@@ -366,7 +440,7 @@ pub struct FaultyRegistry {
 
 impl FaultyRegistry {
     pub fn start(upstream: &Registry, rate: &str, seed: u64) -> FaultyRegistry {
-        let mut child = Command::new(xtask_binary())
+        let mut child = xtask_process()
             .args(["fault-proxy", "--upstream", &upstream.address, "--rate", rate])
             .args(["--seed", &seed.to_string(), "--delay", "500ms"])
             .current_dir(repo_root())
@@ -379,6 +453,13 @@ impl FaultyRegistry {
         std::io::BufRead::read_line(&mut stdout, &mut address).expect("the proxy's address");
         drop(stdout);
         FaultyRegistry { child, address: address.trim().to_owned() }
+    }
+}
+
+impl FaultyRegistry {
+    /// `ADDRESS/NAME-<run>`, as [`Registry::namespace`].
+    pub fn namespace(&self, name: &str) -> String {
+        format!("{}/{name}-{}", self.address, run_id())
     }
 }
 

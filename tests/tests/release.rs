@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{
     Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port, repo_root,
-    unique_name, wait_for_200, xtask_binary, xtask_captured, xtask_ok,
+    unique_name, wait_for_200, xtask_captured, xtask_ok, xtask_process,
 };
 
 /// What `cargo xtask version --json` says about this tree.
@@ -72,7 +72,7 @@ fn release(registry: &str, extra: &[&str]) -> std::process::Output {
 #[test]
 fn release_pushes_both_platforms_verified_and_never_the_same_version_twice() {
     let registry = Registry::start();
-    let namespace = format!("{}/acme", registry.address);
+    let namespace = registry.namespace("acme");
     let version = version();
 
     let first = release(&namespace, &["--json"]);
@@ -135,10 +135,10 @@ fn digest_of(reference: &str) -> String {
 fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     use std::io::BufRead;
     let registry = Registry::start();
-    let namespace = format!("{}/resumed", registry.address);
+    let namespace = registry.namespace("resumed");
     let version = version();
     let v = version["version"].as_str().unwrap();
-    let mut child = Command::new(xtask_binary())
+    let mut child = xtask_process()
         .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
         .current_dir(repo_root())
         .stdin(Stdio::null())
@@ -228,7 +228,7 @@ fn release_from(dir: &std::path::Path, namespace: &str) -> std::process::Output 
 #[test]
 fn moving_tags_never_move_back_to_an_older_line() {
     let registry = Registry::start();
-    let namespace = format!("{}/lines", registry.address);
+    let namespace = registry.namespace("lines");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("lines"));
 
     clone_at_version(&dir, "0.2.0");
@@ -258,7 +258,7 @@ fn moving_tags_never_move_back_to_an_older_line() {
 fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
     let registry = Registry::start();
     let flaky = FaultyRegistry::start(&registry, "5%", 20261123);
-    let namespace = format!("{}/flaky", flaky.address);
+    let namespace = flaky.namespace("flaky");
     let output = release(&namespace, &["--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -266,7 +266,7 @@ fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
     assert!(reported["retries"].as_u64().unwrap() > 0, "the proxy failed nothing? {stderr}");
     assert!(stderr.contains("transient, attempt 1 of 12, retrying in"), "{stderr}");
     // Read back directly from the registry, not through the proxy.
-    let direct = format!("{}/flaky", registry.address);
+    let direct = registry.namespace("flaky");
     for (n, image) in ["server", "db"].iter().enumerate() {
         for tag in release_tags() {
             let reference = format!("{direct}/{image}:{tag}");
@@ -299,10 +299,10 @@ fn docker_breaking_db(dir: &std::path::Path) -> String {
 #[test]
 fn a_release_with_one_failed_build_pushes_nothing_and_leaves_no_tags() {
     let registry = Registry::start();
-    let namespace = format!("{}/broken", registry.address);
+    let namespace = registry.namespace("broken");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("docker-breaking-db"));
     let path = docker_breaking_db(&dir);
-    let output = Command::new(xtask_binary())
+    let output = xtask_process()
         .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
         .env("PATH", path)
         .current_dir(repo_root())
@@ -367,7 +367,7 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let project = unique_name("memories-bundle");
     cleanup.project(&project);
     let port = free_port();
-    let up = Command::new(xtask_binary())
+    let up = xtask_process()
         .args(["dev", "up", "--no-build"])
         .env("COMPOSE_PROJECT_NAME", &project)
         .env("DEV_SERVER_PORT", port.to_string())
@@ -378,7 +378,7 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
         .unwrap();
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     wait_for_200(port, "/v1/health", Duration::from_secs(30));
-    let down = Command::new(xtask_binary())
+    let down = xtask_process()
         .args(["dev", "down", "--volumes"])
         .env("COMPOSE_PROJECT_NAME", &project)
         .current_dir(repo_root())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::{
     Cleanup, docker, docker_output, free_port, http, leftovers, repo_root, require_docker,
-    unique_name, wait_for_200, xtask_binary, xtask_ok,
+    unique_name, wait_for_200, xtask_ok, xtask_process,
 };
 
 fn project_label(project: &str) -> String {
@@ -36,7 +36,7 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
     let runs: Vec<_> = projects
         .iter()
         .map(|project| {
-            Command::new(xtask_binary())
+            xtask_process()
                 .args(["test", "--e2e-only", "--project", project])
                 .current_dir(repo_root())
                 .stdin(Stdio::null())
@@ -77,22 +77,35 @@ enum Fault {
     ClosedStderr,
 }
 
-/// Where in the run the fault lands: the line of stderr that starts the phase.
+/// Where in the run the fault lands.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
+    /// A Docker-backed test has started a container.
+    DockerTests,
+    /// The wait for the end-to-end stack.
     Wait,
+    /// The end-to-end stack's teardown.
     Teardown,
 }
 
-/// Runs `cargo xtask test --e2e-only` in a process group of its own, delivers `fault` when
-/// `phase` begins, and checks the exit status and that nothing of the run's project remains.
+/// The Docker-backed test the [`Phase::DockerTests`] cases run: it starts containers.
+const DOCKER_TEST: &str = "container_health_healthy_unhealthy_exited_and_none";
+
+/// Runs `cargo xtask test` in a process group of its own (only [`DOCKER_TEST`], or only the
+/// end-to-end suite), delivers `fault` when `phase` begins, and checks the exit status and
+/// that nothing of the run remains: nothing with its label, nothing of its project.
 fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let project = unique_name("memories-intr");
     let mut cleanup = Cleanup::default();
     cleanup.project(&project);
-    let mut child = Command::new(xtask_binary())
-        .args(["test", "--e2e-only", "--project", &project])
+    let only: &[&str] = match phase {
+        Phase::DockerTests => &["--tests", DOCKER_TEST],
+        Phase::Wait | Phase::Teardown => &["--e2e-only"],
+    };
+    let mut child = xtask_process()
+        .args(["test", "--project", &project])
+        .args(only)
         .current_dir(repo_root())
         .process_group(0)
         .stdin(Stdio::null())
@@ -108,20 +121,39 @@ fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
     let mut seen = String::new();
     let mut line = String::new();
     let starts = |line: &str| match phase {
+        // The test binary holding the test has started; its first container follows.
+        Phase::DockerTests => line.starts_with("running 1 test"),
         Phase::Wait => line.starts_with("waiting up to"),
         Phase::Teardown => line.starts_with("$ ") && line.contains(" down --remove-orphans"),
     };
+    let mut run = None;
     while stderr.read_line(&mut line).unwrap() > 0 {
         seen.push_str(&line);
+        if let Some(id) = line.strip_prefix("test run ") {
+            run = id.split(' ').next().map(str::to_owned);
+        }
         if starts(&line) {
             break;
         }
         line.clear();
     }
-    if !starts(&line) {
+    let never = |seen: &str| format!("{fault:?} at {phase:?}: the phase never began:\n{seen}");
+    let Some(run) = run.filter(|_| starts(&line)) else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("{fault:?} at {phase:?}: the phase never began:\n{seen}"));
+        return Err(never(&seen));
+    };
+    let run_label = format!("label=memories.run={run}");
+    if let Phase::DockerTests = phase {
+        let started = std::time::Instant::now();
+        while docker(&["ps", "--all", "--quiet", "--filter", &run_label]).is_empty() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(never(&format!("{seen}(no container labelled {run})")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let expected = match fault {
         Fault::Sigint => Some(130),
@@ -181,7 +213,10 @@ fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
             }
         }
     }
-    let left = leftovers(&project_label(&project));
+    let mut left = leftovers(&project_label(&project));
+    left.extend(leftovers(&run_label));
+    let tags = docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    left.extend(tags.lines().filter(|t| t.contains(&run)).map(|t| format!("image {t}")));
     if !left.is_empty() {
         return Err(format!("{case}: left {left:?}:\n{rest}"));
     }
@@ -189,12 +224,13 @@ fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
 }
 
 #[test]
-fn signals_and_a_closed_stderr_during_the_wait_or_the_teardown_leave_nothing_behind() {
+fn signals_and_a_closed_stderr_during_the_docker_tests_the_wait_or_the_teardown_leave_nothing_behind()
+ {
     built();
     let faults =
         [Fault::Sigint, Fault::SigintTwice, Fault::Sigterm, Fault::Sighup, Fault::ClosedStderr];
     let mut failures = Vec::new();
-    for phase in [Phase::Wait, Phase::Teardown] {
+    for phase in [Phase::DockerTests, Phase::Wait, Phase::Teardown] {
         let runs: Vec<_> = faults
             .iter()
             .map(|&fault| std::thread::spawn(move || interrupt_case(fault, phase)))
@@ -214,7 +250,7 @@ fn dev_with(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Output {
-    Command::new(xtask_binary())
+    xtask_process()
         .arg("dev")
         .args(args)
         .envs(env.iter().copied())
@@ -258,7 +294,7 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
     assert_eq!(created.status, 201, "{}", created.body);
 
     // A test run named after the dev project would tear it down with its volumes: refused.
-    let test = Command::new(xtask_binary())
+    let test = xtask_process()
         .args(["test", "--e2e-only", "--project", &project])
         .current_dir(repo_root())
         .output()
@@ -267,7 +303,7 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
     assert_eq!(test.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("project {project} already exists")), "{stderr}");
     assert!(!stderr.contains(" down "), "nothing was torn down: {stderr}");
-    let prod = Command::new(xtask_binary())
+    let prod = xtask_process()
         .args(["prod", "up", "--no-build"])
         .env("COMPOSE_PROJECT_NAME", &project)
         .env("POSTGRES_PASSWORD", "not-used")
@@ -338,7 +374,7 @@ fn a_dev_whose_server_cannot_start_fails_at_once_with_its_logs_and_keeps_what_ra
 #[test]
 fn prod_refuses_to_start_without_its_secrets() {
     let project = unique_name("memories-prod-nosecret");
-    let output = Command::new(xtask_binary())
+    let output = xtask_process()
         .args(["prod", "up", "--no-build"])
         .env_remove("POSTGRES_PASSWORD")
         .env("COMPOSE_PROJECT_NAME", &project)
@@ -366,7 +402,7 @@ fn prod_deploys_to_a_one_node_swarm_with_every_replica_healthy() {
     let output = {
         let mut cleanup = Cleanup::default();
         cleanup.stack(&stack);
-        let output = Command::new(xtask_binary())
+        let output = xtask_process()
             .args([
                 "prod",
                 "deploy",
@@ -417,7 +453,7 @@ fn run_serves_the_standalone_image_and_stops_on_ctrl_c() {
     let volume = unique_name("memories-run-data");
     cleanup.volume(&volume);
     cleanup.container(&format!("memories-run-{port}"));
-    let mut child = Command::new(xtask_binary())
+    let mut child = xtask_process()
         .args(["run", "--no-build", "--port", &port.to_string(), "--volume", &volume])
         .current_dir(repo_root())
         .stdin(Stdio::null())

@@ -66,6 +66,13 @@ pub enum Command {
     /// The linters come from PyPI, pinned in tools/requirements.txt, installed on first use
     /// into target/xtask/tools.
     Ci(CiArgs),
+    /// Remove what test runs whose process is gone left in Docker: containers, networks and
+    /// volumes labelled `memories.run=<run>`, and image tags whose repository names the run.
+    /// `cargo xtask test` does this first; runs still going, and other machines' runs, are
+    /// kept.
+    ///
+    /// Example: `cargo xtask reap --dry-run` lists what it would remove.
+    Reap(ReapArgs),
     /// Check this machine: Rust, the docker CLI and engine, buildx and its platforms, compose
     /// v2, free disk, and a registry. One line each; exits 1 if anything fails.
     Doctor(DoctorArgs),
@@ -85,6 +92,17 @@ pub enum Command {
     /// Measure tasks against their peers in the same run and print the ratios: one benchmark,
     /// or with none named every one but `release`, in one table.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print every run found as JSON on stdout: its id, whether its process runs, what it
+    /// left and whether that was removed.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +185,18 @@ impl clap::builder::TypedValueParser for ProbeParser {
 /// Service names of the stack, for `dev logs|exec|restart`.
 const SERVICES: [&str; 4] = ["db", "server", "redis", "otel-collector"];
 
+/// `--dry-run` and `--json`, the same on every task that starts or changes something.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct Preview {
+    /// Print what would run (each command, what it then waits for) and exit; needs no
+    /// Docker engine. Secrets are shown as ***.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Print the result (with --dry-run, the plan) as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct DevArgs {
@@ -174,6 +204,8 @@ pub struct DevArgs {
     pub action: Option<DevAction>,
     #[command(flatten)]
     pub up: DevUpArgs,
+    #[command(flatten)]
+    pub preview: Preview,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +274,12 @@ pub struct TestArgs {
     /// How long to wait for the stack to be ready.
     #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
     pub timeout: Duration,
+    /// Only the unit, repository and Docker-backed tests whose names contain this (passed to
+    /// `cargo test --workspace -- FILTER`).
+    #[arg(long, value_name = "FILTER", conflicts_with = "e2e_only")]
+    pub tests: Option<String>,
+    #[command(flatten)]
+    pub preview: Preview,
     /// Only the end-to-end tests whose names contain this, after `--`.
     #[arg(last = true)]
     pub filter: Vec<String>,
@@ -254,6 +292,8 @@ pub struct ProdArgs {
     /// An env file with the stack's secrets (POSTGRES_PASSWORD=...), read after compose/prod.env.
     #[arg(long, value_name = "FILE", global = true)]
     pub env_file: Vec<camino::Utf8PathBuf>,
+    #[command(flatten)]
+    pub preview: Preview,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,9 +335,27 @@ pub struct RunArgs {
     /// The port on 127.0.0.1.
     #[arg(long, default_value_t = 8283)]
     pub port: u16,
-    /// The named volume that keeps the data between runs.
-    #[arg(long, default_value = "memories-standalone-data")]
+    /// The named volume that keeps the data between runs (created if missing).
+    #[arg(long, default_value = "memories-standalone-data", value_parser = parse_volume)]
     pub volume: String,
+    #[command(flatten)]
+    pub preview: Preview,
+}
+
+/// Docker volume names: letters, digits, `_`, `.` and `-`, starting with a letter or digit, at
+/// least two characters. A path is refused: `run` keeps its data in a named volume.
+fn parse_volume(raw: &str) -> Result<String, String> {
+    let ok = raw.len() >= 2
+        && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && raw.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "`{raw}` is not a volume name: use letters, digits, `_`, `.` and `-` (a path is not \
+             accepted; the data lives in a named volume)"
+        ))
+    }
 }
 
 /// Compose project names: lowercase letters, digits, `-` and `_`, starting with a letter or digit.

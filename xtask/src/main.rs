@@ -17,6 +17,7 @@ mod image;
 mod interrupt;
 mod plan;
 mod platform;
+mod reap;
 mod registry;
 mod release;
 mod remote;
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => tasks::test(&root, &args),
         Command::Prod(args) => tasks::prod(&root, args),
         Command::Run(args) => tasks::run(&root, &args),
+        Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
         Command::Doctor(args) => doctor::run(&args),
         Command::Ci(args) => ci::run(&root, &args),
         Command::FaultProxy(args) => faults::run(

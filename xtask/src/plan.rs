@@ -170,25 +170,36 @@ impl Step {
     /// stderr cannot kill it). Only a second signal during the clean-up stops it, with
     /// [`interrupt::Abandoned`]; see [`interrupt::cleanup_abandoned`].
     pub fn run_regardless(&self) -> Result<()> {
-        interrupt::begin_cleanup();
-        let supervised = self.supervise(Stop::Shielded, Capture::Both)?;
-        let output = supervised.output;
-        if self.quiet && output.status.success() {
+        let output = self.capture_regardless()?;
+        if self.quiet && output.success() {
             // A quiet clean-up shows its output only when it fails.
             return Ok(());
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        for line in stdout.lines() {
+        for line in output.stdout.lines() {
             if self.stdout_is_data {
                 out!("{line}");
             } else {
                 say!("{line}");
             }
         }
-        for line in String::from_utf8_lossy(&output.stderr).lines() {
+        for line in output.stderr.lines() {
             say!("{line}");
         }
         self.check(&output.status)
+    }
+
+    /// Like [`Step::capture`], for the queries of a clean-up (what is left to remove):
+    /// shielded as [`Step::run_regardless`] is.
+    pub fn capture_regardless(&self) -> Result<Captured> {
+        interrupt::begin_cleanup();
+        let supervised = self.supervise(Stop::Shielded, Capture::Both)?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Ok(Captured {
+            status: supervised.output.status,
+            stdout: text(&supervised.output.stdout),
+            stderr: text(&supervised.output.stderr),
+            timed_out: supervised.timed_out,
+        })
     }
 
     /// Runs the step and returns its stdout (its stderr passes through).
@@ -379,6 +390,12 @@ impl Running {
         self.child.stdout.take()
     }
 
+    /// The child's pid.
+    #[cfg(test)]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if the child has exited.
     pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
         let status =
@@ -495,6 +512,69 @@ fn quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+/// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
+/// them and notes on what it decides only when it runs. Built without touching Docker.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub task: String,
+    pub items: Vec<PlanItem>,
+}
+
+#[derive(Debug)]
+pub enum PlanItem {
+    Run(Step),
+    /// What must be ready before the task goes on, e.g. `server http://127.0.0.1:8283/...`.
+    WaitFor(String),
+    Note(String),
+}
+
+impl Plan {
+    pub fn new(task: impl Into<String>) -> Plan {
+        Plan { task: task.into(), items: Vec::new() }
+    }
+
+    pub fn step(mut self, step: Step) -> Plan {
+        self.items.push(PlanItem::Run(step));
+        self
+    }
+
+    pub fn wait_for(mut self, waits: impl IntoIterator<Item = String>) -> Plan {
+        self.items.extend(waits.into_iter().map(PlanItem::WaitFor));
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Plan {
+        self.items.push(PlanItem::Note(note.into()));
+        self
+    }
+
+    /// Prints the plan on stdout: as command lines (waits and notes as `#` lines), or as one
+    /// JSON document. Secrets are redacted either way.
+    pub fn print(&self, json: bool) {
+        if json {
+            let items: Vec<Value> = self
+                .items
+                .iter()
+                .map(|item| match item {
+                    PlanItem::Run(step) => json!({ "run": step.to_json() }),
+                    PlanItem::WaitFor(what) => json!({ "wait_for": what }),
+                    PlanItem::Note(note) => json!({ "note": note }),
+                })
+                .collect();
+            out!("{:#}", json!({ "task": self.task, "dry_run": true, "plan": items }));
+            return;
+        }
+        out!("# {} (dry run: nothing was run)", self.task);
+        for item in &self.items {
+            match item {
+                PlanItem::Run(step) => print_plan(std::slice::from_ref(step)),
+                PlanItem::WaitFor(what) => out!("# wait until ready: {what}"),
+                PlanItem::Note(note) => out!("# {note}"),
+            }
+        }
+    }
 }
 
 /// Prints a plan on stdout: each step as a command line, with its stdin below it.

@@ -30,6 +30,7 @@ impl Throwaway {
         let container = format!("memories-registry-{}", std::process::id());
         docker::cli(root)
             .args(["run", "--detach", "--rm", "--name", &container])
+            .args(crate::reap::label_args())
             .args(["--publish", "127.0.0.1::5000"])
             .arg(plan.images[0].refs[1].as_str())
             .run()

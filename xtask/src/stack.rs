@@ -19,6 +19,7 @@ use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
 use crate::plan::{Captured, Running, Step, Stream, Streams};
+use crate::reap::{self, RunId};
 use crate::version::Revision;
 use crate::wait::{self, Probe, WaitOptions};
 
@@ -70,6 +71,9 @@ pub struct Stack {
     pub tag: String,
     /// Env files after the mode's own (`compose/<mode>.env`), e.g. prod secrets.
     pub env_files: Vec<Utf8PathBuf>,
+    /// The test run the stack belongs to, if any: its containers, network and volumes carry
+    /// it as a label (see [`crate::reap`]). By default the one named by `MEMORIES_RUN`.
+    pub run: Option<RunId>,
 }
 
 impl Stack {
@@ -83,7 +87,8 @@ impl Stack {
         let mut profiles = profiles.to_vec();
         profiles.sort();
         profiles.dedup();
-        Stack { root: root.to_owned(), mode, project, profiles, tag, env_files: Vec::new() }
+        let run = std::env::var(reap::ENV).ok().and_then(|run| RunId::parse(&run));
+        Stack { root: root.to_owned(), mode, project, profiles, tag, env_files: Vec::new(), run }
     }
 
     /// Makes every `docker compose` invocation: project name, each file, the env files, the
@@ -107,6 +112,9 @@ impl Stack {
         if self.profiles.contains(&Profile::Otel) {
             step = step.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318");
         }
+        if let Some(run) = self.run {
+            step = step.env(reap::ENV, &run.to_string());
+        }
         for secret in self.secret_values() {
             step = step.secret(&secret);
         }
@@ -114,11 +122,17 @@ impl Stack {
     }
 
     /// The values of every secret-looking setting (see [`is_secret_key`]) in the environment
-    /// and the stack's env files: never shown in a step's echo, plan or error.
+    /// and the stack's env files: never shown in a step's echo, plan or error. The dev and
+    /// test env files are committed, throwaway settings (the dev password is the project's
+    /// name), so they are not among them; prod's is.
     pub fn secret_values(&self) -> Vec<String> {
         let mode_env = self.root.join(format!("compose/{}.env", self.mode.name()));
+        let committed = match self.mode {
+            Mode::Prod => Some(&mode_env),
+            Mode::Dev | Mode::Test => None,
+        };
         let mut values = Vec::new();
-        for file in std::iter::once(&mode_env).chain(&self.env_files) {
+        for file in committed.into_iter().chain(&self.env_files) {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             for line in text.lines().map(str::trim) {
                 let line = line.strip_prefix("export ").unwrap_or(line);
@@ -257,10 +271,40 @@ fn http_health(port: u16) -> Probe {
 
 /// Builds the images the stack runs (a no-op when nothing changed).
 pub fn build(stack: &Stack, revision: &Revision) -> Result<()> {
-    let request = BuildRequest { images: stack.images(), ..BuildRequest::default() };
-    let plan = image::plan(&stack.root, revision, &request);
-    image::execute(&plan).context("cannot build the stack's images")?;
+    image::execute(&build_plan(stack, revision)).context("cannot build the stack's images")?;
     Ok(())
+}
+
+/// The build of the images the stack runs.
+pub fn build_plan(stack: &Stack, revision: &Revision) -> image::BuildPlan {
+    let request = BuildRequest { images: stack.images(), ..BuildRequest::default() };
+    image::plan(&stack.root, revision, &request)
+}
+
+/// `docker compose up` as every task starts a stack: detached, with the images built before.
+pub fn up_step(stack: &Stack) -> Step {
+    stack.compose().args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
+}
+
+/// `docker compose down` of every profile, with the volumes when `volumes`.
+pub fn down_step(stack: &Stack, volumes: bool) -> Step {
+    let step = stack.compose_all_profiles().args(["down", "--remove-orphans", "--timeout", "5"]);
+    if volumes { step.arg("--volumes") } else { step }
+}
+
+/// What `up_and_wait` waits for, as a plan shows it (no Docker asked): the configured ports
+/// of dev and prod; for a test stack, the container ports, whose host ports are known only
+/// after `up`.
+pub fn planned_waits(stack: &Stack) -> Vec<String> {
+    let probes = match stack.mode {
+        Mode::Dev | Mode::Prod => stack.probes(&|service, _| stack.configured_port(service)),
+        Mode::Test => stack.probes(&|_, port| Some(port)),
+    };
+    let suffix = match stack.mode {
+        Mode::Test => " (container port; the host port is read after up)",
+        Mode::Dev | Mode::Prod => "",
+    };
+    probes.iter().map(|(service, probe)| format!("{service} {probe}{suffix}")).collect()
 }
 
 /// Fails naming the first image of the stack that is not in the local image store, for
@@ -358,14 +402,7 @@ pub fn require_own_kind(stack: &Stack) -> Result<Existing> {
 /// Starts the stack and waits until every service is ready. On failure it prints `ps` and
 /// the logs of the services that did not make it; tearing down is the caller's.
 pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
-    let up = stack.compose().args([
-        "up",
-        "--detach",
-        "--remove-orphans",
-        "--no-build",
-        "--pull",
-        "never",
-    ]);
+    let up = up_step(stack);
     // Where the ports are known beforehand (dev, prod), the probes start with `up` itself, and
     // `up` is one more check of the same wait: its failure ends the wait at once.
     let (probes, up_check) = match stack.mode {
@@ -546,11 +583,7 @@ pub fn dump(stack: &Stack, services: &[&str]) {
 /// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
 /// Runs even after Ctrl-C.
 pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
-    let mut step =
-        stack.compose_all_profiles().args(["down", "--remove-orphans", "--timeout", "5"]);
-    if volumes {
-        step = step.arg("--volumes");
-    }
+    let step = down_step(stack, volumes);
     step.run_regardless().map_err(|err| {
         err.context(format!(
             "cannot tear down stack {}; finish it from the repository root with `{step}`",

@@ -14,7 +14,8 @@ use crate::cli::{
 use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt::{self, Interrupted};
-use crate::plan::Step;
+use crate::plan::{Plan, Step};
+use crate::reap::{self, RunId};
 use crate::stack::{self, Mode, Profile, Stack};
 use crate::version::Revision;
 use crate::wait::{self, Attempt, Check, Probe, WaitOptions};
@@ -29,8 +30,12 @@ pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
         _ => Vec::new(),
     };
     let stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
+    if args.preview.dry_run {
+        dev_plan(&stack, &revision, &action).print(args.preview.json);
+        return Ok(());
+    }
     match action {
-        DevAction::Up(up) => dev_up(&stack, &revision, &up),
+        DevAction::Up(up) => dev_up(&stack, &revision, &up, args.preview.json),
         DevAction::Down { volumes } => stack::down(&stack, volumes),
         DevAction::Logs { service, follow } => {
             let mut step = stack.compose_all_profiles().arg("logs").stdout_is_data();
@@ -55,7 +60,45 @@ pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
     }
 }
 
-fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
+/// What `dev ACTION` would run.
+fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Plan {
+    let plan = Plan::new(format!("dev on project {}", stack.project));
+    match action {
+        DevAction::Up(up) => {
+            let plan = match up.no_build {
+                true => {
+                    plan.note("--no-build: first checks that every image is in the local store")
+                }
+                false => plan.step(stack::build_plan(stack, revision).step),
+            };
+            let plan = plan
+                .note("refuses a project that holds a prod stack")
+                .step(stack::up_step(stack))
+                .wait_for(stack::planned_waits(stack))
+                .note("a failed start takes down only a stack that was not running before");
+            match up.attach {
+                true => plan.step(stack.compose().args(["logs", "--follow", "--since", "1s"])),
+                false => plan,
+            }
+        }
+        DevAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
+        DevAction::Logs { service, follow } => {
+            let step = stack.compose_all_profiles().arg("logs");
+            let step = if *follow { step.arg("--follow") } else { step };
+            plan.step(step.args(service.clone()))
+        }
+        DevAction::Ps => plan.step(stack.compose_all_profiles().args(["ps", "--all"])),
+        DevAction::Exec { service, command } => plan.step(
+            stack.compose_all_profiles().arg("exec").arg(service).args(command.iter().cloned()),
+        ),
+        DevAction::Restart { service } => plan
+            .step(stack.compose_all_profiles().args(["restart", service]))
+            .note("then waits for the services of the profiles that run:")
+            .wait_for(stack::planned_waits(stack)),
+    }
+}
+
+fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs, json: bool) -> Result<()> {
     let before = stack::require_own_kind(stack)?;
     if up.no_build {
         stack::require_images(stack)?;
@@ -63,7 +106,7 @@ fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs) -> Result<()> {
         stack::build(stack, revision)?;
     }
     let probes = stack::up_and_wait_or_undo(stack, &before, up.timeout)?;
-    print_endpoints(stack, &probes);
+    print_endpoints(stack, &probes, json);
     say!(
         "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
         stack.project
@@ -103,8 +146,16 @@ fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
     wait::until_ready(checks, WaitOptions { timeout, ..WaitOptions::default() })
 }
 
-/// Prints where each service answers, on stdout.
-fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
+/// Prints where each service answers, on stdout: one line each, or one JSON document.
+fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)], json: bool) {
+    if json {
+        let services: serde_json::Map<String, Value> = probes
+            .iter()
+            .map(|(service, probe)| (service.to_string(), Value::from(probe.to_string())))
+            .collect();
+        out!("{}", serde_json::json!({"project": stack.project, "services": services}));
+        return;
+    }
     for (service, probe) in probes {
         match probe {
             Probe::Http { host, port, .. } => out!("{service:<8} http://{host}:{port}"),
@@ -118,9 +169,53 @@ fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)]) {
     }
 }
 
+fn test_stack(root: &Utf8Path, args: &TestArgs, revision: &Revision) -> Stack {
+    let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
+    Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(revision))
+}
+
+/// The `cargo test` of the unit, repository and Docker-backed tests.
+fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestArgs) -> Step {
+    Step::new(cargo, root)
+        .args(["test", "--workspace"])
+        .args(args.tests.iter().flat_map(|filter| ["--", filter.as_str()]))
+}
+
+/// The `cargo test` of the end-to-end suite.
+fn e2e_tests(root: &Utf8Path, cargo: &str, args: &TestArgs) -> Step {
+    Step::new(cargo, root)
+        .args(["test", "--package", "tests", "--test", "e2e", "--"])
+        .args(args.filter.iter().cloned())
+}
+
+/// What `cargo xtask test` would run.
+fn test_plan(root: &Utf8Path, args: &TestArgs, cargo: &str) -> Result<Plan> {
+    let revision = Revision::read(root)?;
+    let stack = test_stack(root, args, &revision);
+    let mut plan = Plan::new(format!("test on project {}", stack.project))
+        .note("first removes what test runs whose process is gone left (`cargo xtask reap`)");
+    if !args.e2e_only {
+        plan = plan.step(workspace_tests(root, cargo, args));
+    }
+    plan = plan
+        .step(stack::build_plan(&stack, &revision).step)
+        .step(stack::up_step(&stack))
+        .wait_for(stack::planned_waits(&stack))
+        .step(e2e_tests(root, cargo, args).env("MEMORIES_URL", "http://127.0.0.1:<server port>"))
+        .note("then tears the stack down with its volumes, whatever happened:");
+    match args.keep {
+        true => Ok(plan.note("--keep: the stack is left running")),
+        false => Ok(plan.step(stack::down_step(&stack, true))),
+    }
+}
+
 /// `cargo xtask test`.
 pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if args.preview.dry_run {
+        test_plan(root, args, &cargo)?.print(args.preview.json);
+        return Ok(());
+    }
     if let Some(project) = &args.project {
         // The test stack is torn down with its volumes: it must be one this run creates.
         if stack::exists(project)? {
@@ -131,15 +226,40 @@ pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
             );
         }
     }
+    // This run's id labels what it and its tests create; whatever a signal or a failure
+    // leaves of it is removed at the end, and what dead runs left is removed first.
+    let run = RunId::of_process(std::process::id())
+        .context("cannot name this test run: /proc is needed to tell live runs from dead ones")?;
+    if let Err(err) = reap::reap(root, false, false) {
+        say!("warning: cannot remove what earlier test runs left: {err:#}");
+    }
+    say!("test run {run} (Docker objects it creates carry the label {}={run})", reap::LABEL);
+    let result = test_run(root, args, &cargo, run);
+    let removed = reap::remove_run(root, run);
+    match (result, removed) {
+        (Err(err), _) => Err(err),
+        (Ok(()), Err(err)) => Err(err),
+        (Ok(()), Ok(())) => {
+            if args.preview.json {
+                out!("{}", serde_json::json!({"run": run.to_string(), "passed": true}));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn test_run(root: &Utf8Path, args: &TestArgs, cargo: &str, run: RunId) -> Result<()> {
     if !args.e2e_only {
-        Step::new(&cargo, root)
-            .args(["test", "--workspace"])
+        workspace_tests(root, cargo, args)
+            .env(reap::ENV, &run.to_string())
             .run()
             .context("the unit, repository and Docker-backed tests failed")?;
     }
     let revision = Revision::read(root)?;
-    let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
-    let stack = Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(&revision));
+    let mut stack = test_stack(root, args, &revision);
+    // A kept stack outlives the run, so it must not carry its label (the next run would reap
+    // it).
+    stack.run = if args.keep { None } else { Some(run) };
     stack::build(&stack, &revision)?;
     say!("end-to-end tests on stack {}", stack.project);
     stack::lifecycle(&stack, args.timeout, true, args.keep, |probes| {
@@ -152,11 +272,10 @@ pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
                 _ => None,
             })
             .context("the test stack publishes no server port")?;
-        Step::new(&cargo, root)
-            .args(["test", "--package", "tests", "--test", "e2e", "--"])
-            .args(args.filter.iter().cloned())
+        e2e_tests(root, cargo, args)
             .env("MEMORIES_URL", &url)
             .env("MEMORIES_PROJECT", &stack.project)
+            .env(reap::ENV, &run.to_string())
             .run()
             .context("the end-to-end tests failed")
     })
@@ -169,6 +288,13 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = args.env_file.clone();
     const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
+    if args.preview.dry_run {
+        if !matches!(args.action, ProdAction::Down { .. }) {
+            stack::require_secrets(&stack, &SECRETS)?;
+        }
+        prod_plan(&stack, &revision, &args.action).print(args.preview.json);
+        return Ok(());
+    }
     match args.action {
         ProdAction::Config => {
             stack::require_secrets(&stack, &SECRETS)?;
@@ -186,7 +312,7 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
                 stack::build(&stack, &revision)?;
             }
             let probes = stack::up_and_wait_or_undo(&stack, &before, timeout)?;
-            print_endpoints(&stack, &probes);
+            print_endpoints(&stack, &probes, args.preview.json);
             say!("the prod stack {} is ready; stop it with `cargo xtask prod down`", stack.project);
             Ok(())
         }
@@ -194,6 +320,45 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
             deploy_swarm(&stack, &revision, &name, no_build, timeout)
+        }
+    }
+}
+
+/// What `prod ACTION` would run.
+fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Plan {
+    let plan = Plan::new(format!("prod on project {}", stack.project));
+    let build = |plan: Plan, no_build: bool| match no_build {
+        true => plan.note("--no-build: first checks that every image is in the local store"),
+        false => plan.step(stack::build_plan(stack, revision).step),
+    };
+    match action {
+        ProdAction::Config => plan
+            .step(stack.compose().args(["config", "--format", "json"]))
+            .note("prints the merged definition with every secret shown as ***"),
+        ProdAction::Up { no_build, .. } => build(plan, *no_build)
+            .note("refuses a project that holds a dev stack")
+            .step(stack::up_step(stack))
+            .wait_for(stack::planned_waits(stack))
+            .note("a failed start takes down only a stack that was not running before"),
+        ProdAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
+        ProdAction::Deploy { stack: name, no_build, .. } => {
+            let file = stack.root.join(format!("target/xtask/{name}-swarm.json"));
+            build(plan, *no_build)
+                .note("first checks that this engine is a swarm manager")
+                .step(stack.compose().args(["config", "--format", "json"]))
+                .note(format!(
+                    "writes the swarm definition to {file} (mode 0600), removed after the deploy"
+                ))
+                .step(docker::cli(&stack.root).args([
+                    "stack",
+                    "deploy",
+                    "--detach=true",
+                    "--prune",
+                    "--compose-file",
+                    file.as_str(),
+                    name,
+                ]))
+                .note("then waits until every service runs its replicas")
         }
     }
 }
@@ -424,29 +589,56 @@ pub fn run(root: &Utf8Path, args: &RunArgs) -> Result<()> {
     let revision = Revision::read(root)?;
     let request = BuildRequest { images: vec![ImageName::Standalone], ..BuildRequest::default() };
     let plan = image::plan(root, &revision, &request);
+    let reference = &plan.images[0].refs[1];
+    let name = format!("memories-run-{}", args.port);
+    // Created here rather than by `run`, so that it can carry a test run's label; an
+    // existing volume (data from an earlier run) is left as it is.
+    let volume =
+        docker::cli(root).args(["volume", "create"]).args(reap::label_args()).arg(&args.volume);
+    let start = docker::cli(root)
+        .args(["run", "--detach", "--rm", "--name", &name])
+        .args(reap::label_args())
+        .args(["--publish".to_owned(), format!("127.0.0.1:{}:8283", args.port)])
+        .args(["--volume".to_owned(), format!("{}:/var/lib/memories", args.volume)])
+        .arg(reference.as_str());
+    let health = Probe::loopback_200(args.port, "/v1/health");
+    if args.preview.dry_run {
+        let mut shown = Plan::new("run the standalone image");
+        if !args.no_build {
+            shown = shown.step(plan.step.clone());
+        }
+        shown = shown.step(volume).step(start).wait_for([format!("server {health}")]);
+        let logs = docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]);
+        shown
+            .step(logs)
+            .note("Ctrl-C then stops the container (the volume is kept)")
+            .print(args.preview.json);
+        return Ok(());
+    }
     if !args.no_build {
         image::execute(&plan)?;
     }
-    let reference = &plan.images[0].refs[1];
-    let name = format!("memories-run-{}", args.port);
-    docker::cli(root)
-        .args(["run", "--detach", "--rm", "--name", &name])
-        .args(["--publish".to_owned(), format!("127.0.0.1:{}:8283", args.port)])
-        .args(["--volume".to_owned(), format!("{}:/var/lib/memories", args.volume)])
-        .arg(reference.as_str())
+    volume.quiet().read().with_context(|| format!("cannot create volume {}", args.volume))?;
+    start
         .run()
         .with_context(|| {
             format!("cannot start {reference}: is another `cargo xtask run` using port {} (docker stop {name})?", args.port)
         })?;
     let stop = || docker::cli(root).args(["stop", &name]).run_regardless();
-    let health = Probe::loopback_200(args.port, "/v1/health");
     let options = WaitOptions { timeout: Duration::from_secs(60), ..WaitOptions::default() };
     if let Err(err) = wait::until_ready(wait::checks(&[health]), options) {
         let _ = docker::cli(root).args(["logs", "--tail", "50", &name]).run_regardless();
         let _ = stop();
         return Err(err);
     }
-    out!("http://127.0.0.1:{}", args.port);
+    if args.preview.json {
+        out!(
+            "{}",
+            serde_json::json!({"url": format!("http://127.0.0.1:{}", args.port), "container": name, "volume": args.volume})
+        );
+    } else {
+        out!("http://127.0.0.1:{}", args.port);
+    }
     say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
     let followed =
         docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]).stdout_is_data().run();

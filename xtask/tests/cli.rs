@@ -429,3 +429,91 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
     let stderr = text(&output.unwrap().stderr);
     assert!(stderr.contains("me:***@") && !stderr.contains("sentinel-pw"), "{stderr}");
 }
+
+/// Every task that starts or changes something, as a user would call it.
+const TASKS: [&[&str]; 14] = [
+    &["dev"],
+    &["dev", "up", "--profile", "cache", "--attach"],
+    &["dev", "down", "--volumes"],
+    &["dev", "logs", "server", "--follow"],
+    &["dev", "ps"],
+    &["dev", "exec", "db", "--", "psql", "--command=select 1"],
+    &["dev", "restart", "server"],
+    &["test"],
+    &["test", "--e2e-only", "--keep"],
+    &["prod", "up"],
+    &["prod", "down", "--volumes"],
+    &["prod", "config"],
+    &["prod", "deploy", "--swarm"],
+    &["run", "--port", "18283"],
+];
+
+#[test]
+fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
+    const SENTINEL: &str = "Sentinel-7f3a9c";
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sentinel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join("prod-secrets.env");
+    std::fs::write(
+        &env_file,
+        format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\n"),
+    )
+    .unwrap();
+    let (path, log) = fake_docker("sentinel");
+    let run = |args: &[&str]| {
+        let output = xtask(args)
+            .env("PATH", &path)
+            .env("DOCKER_HOST", "tcp://127.0.0.1:9")
+            .env("POSTGRES_PASSWORD", format!("{SENTINEL}-env"))
+            .env("REDIS_URL", format!("redis://:{SENTINEL}-url@cache:6379/0"))
+            .env("PGPASSWORD", format!("{SENTINEL}-pg"))
+            .output()
+            .unwrap();
+        let said = text(&output.stdout) + &text(&output.stderr);
+        assert!(!said.contains(SENTINEL), "`xtask {}` printed a secret:\n{said}", args.join(" "));
+        output
+    };
+    for task in TASKS {
+        let mut args: Vec<&str> = task.to_vec();
+        if task[0] == "prod" {
+            args.extend(["--env-file", env_file.to_str().unwrap()]);
+        }
+        // The flags go before a `--`, after which everything is the command's.
+        let with = |flags: &[&'static str]| {
+            let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+            let mut all = args.clone();
+            all.splice(at..at, flags.iter().copied());
+            all
+        };
+        let dry = with(&["--dry-run"]);
+        let planned = run(&dry);
+        assert!(planned.status.success(), "{dry:?}: {}", text(&planned.stderr));
+        assert!(text(&planned.stdout).contains("dry run: nothing was run"), "{dry:?}");
+        let json = with(&["--dry-run", "--json"]);
+        let planned = run(&json);
+        assert!(planned.status.success(), "{json:?}: {}", text(&planned.stderr));
+        let plan: Value = serde_json::from_slice(&planned.stdout)
+            .unwrap_or_else(|e| panic!("{json:?} is not JSON ({e}): {}", text(&planned.stdout)));
+        assert_eq!(plan["dry_run"], true, "{json:?}");
+        assert!(plan["plan"].as_array().is_some_and(|items| !items.is_empty()), "{json:?}");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(calls.is_empty(), "{dry:?} called docker: {calls}");
+        // Without --dry-run the fake docker fails every call: the failure carries no secret
+        // either. `test` would run the whole cargo suite first; its plan is enough.
+        if task[0] != "test" {
+            let failed = run(&args);
+            assert!(!failed.status.success(), "{args:?} succeeded with a failing docker");
+            let _ = std::fs::remove_file(&log);
+        }
+    }
+    // A probe spec with the password in it, failing in three ways.
+    let spec = format!("postgres://memories:{SENTINEL}@127.0.0.1:9/memories");
+    let bad_port = format!("postgres://memories:{SENTINEL}@127.0.0.1:9x/memories");
+    for args in [
+        vec!["wait-for", "--timeout", "1s", spec.as_str()],
+        vec!["wait-for", "--timeout", "1s", "--json", spec.as_str()],
+        vec!["wait-for", bad_port.as_str()],
+    ] {
+        assert!(!run(&args).status.success(), "{args:?}");
+    }
+}

@@ -1,0 +1,358 @@
+//! Run labels and the reaper: everything a test run creates in Docker carries the run's id, so
+//! that the run removes it at the end whatever happened, and a later run removes what a run
+//! whose process is gone left behind (as testcontainers' reaper does).
+//!
+//! The id is `t<host>-<pid>-<start>`: a hash of this machine's name and boot, the pid of the
+//! process that owns the run, and that process's start time in clock ticks since boot (so a
+//! reused pid is not mistaken for the run). It is lowercase letters, digits and dashes, so it
+//! can also be part of a container, project or image repository name. Containers, networks and
+//! volumes carry it as the label `memories.run`; throwaway image repositories carry it in
+//! their name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{Context, Result};
+use camino::Utf8Path;
+use serde_json::{Value, json};
+
+use crate::docker;
+use crate::plan::Step;
+
+/// The label that names the run a container, network or volume belongs to.
+pub const LABEL: &str = "memories.run";
+/// The variable that hands the run's id to what the run starts: the test binaries, compose
+/// (which puts it into [`LABEL`]) and the xtask commands the tests run.
+pub const ENV: &str = "MEMORIES_RUN";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunId {
+    host: u32,
+    pid: u32,
+    start: u64,
+}
+
+/// Whether the process that owns a run still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Alive,
+    Gone,
+    /// Another machine's run, or one this machine cannot judge: never reaped from here.
+    Unknown,
+}
+
+impl RunId {
+    /// The id of a run owned by process `pid` of this machine.
+    pub fn of_process(pid: u32) -> Option<RunId> {
+        Some(RunId { host: host_hash()?, pid, start: process_start(pid)? })
+    }
+
+    pub fn parse(text: &str) -> Option<RunId> {
+        let rest = text.strip_prefix('t')?;
+        let mut parts = rest.splitn(3, '-');
+        let host = parts.next().filter(|h| h.len() == 8)?;
+        let host = u32::from_str_radix(host, 16).ok()?;
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let pid = parts.next().filter(|p| digits(p))?.parse().ok()?;
+        let start = parts.next().filter(|p| digits(p))?.parse().ok()?;
+        Some(RunId { host, pid, start })
+    }
+
+    pub fn owner(&self) -> Owner {
+        if host_hash() != Some(self.host) {
+            return Owner::Unknown;
+        }
+        match process_start(self.pid) {
+            Some(start) if start == self.start => Owner::Alive,
+            // The pid is free, or names a process that started later.
+            _ if std::fs::metadata("/proc/self/stat").is_ok() => Owner::Gone,
+            _ => Owner::Unknown,
+        }
+    }
+}
+
+/// `--label memories.run=<run>` inside a test run (one named by `MEMORIES_RUN`), for what a
+/// task creates with `docker run` or `docker volume create`; nothing outside one.
+pub fn label_args() -> Vec<String> {
+    match std::env::var(ENV).ok().and_then(|run| RunId::parse(&run)) {
+        Some(run) => vec!["--label".to_owned(), format!("{LABEL}={run}")],
+        None => Vec::new(),
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{:08x}-{}-{}", self.host, self.pid, self.start)
+    }
+}
+
+/// Every run id written inside `text` (an image repository, a project name).
+fn ids_in(text: &str) -> Vec<RunId> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices('t') {
+        let candidate: String =
+            text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        // `t` + 8 hex digits + `-pid-start`, with anything after the start's digits cut off.
+        let mut parts = candidate.splitn(4, '-');
+        let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let start: String = start.chars().take_while(char::is_ascii_digit).collect();
+        if let Some(id) = RunId::parse(&format!("{host}-{pid}-{start}")) {
+            found.push(id);
+        }
+    }
+    found
+}
+
+/// A hash of this machine's name and boot: pids and start times mean something only there.
+fn host_hash() -> Option<u32> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    // FNV-1a: stable across builds and Rust versions, unlike the standard hasher.
+    let hash = format!("{}/{}", name.trim(), boot.trim())
+        .bytes()
+        .fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+    Some(hash)
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What one run left in Docker.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+impl Leftovers {
+    fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+            && self.networks.is_empty()
+            && self.volumes.is_empty()
+            && self.tags.is_empty()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "containers": self.containers,
+            "networks": self.networks,
+            "volumes": self.volumes,
+            "tags": self.tags,
+        })
+    }
+}
+
+/// The labelled kinds of Docker object.
+enum Kind {
+    Container,
+    Network,
+    Volume,
+}
+
+/// Lists what every run left, by run: labelled containers, networks and volumes, and image
+/// tags whose repository names a run.
+pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftovers>> {
+    let mut runs: BTreeMap<RunId, Leftovers> = BTreeMap::new();
+    let label = format!("{{{{.Label \"{LABEL}\"}}}}");
+    let listings = [
+        (Kind::Container, ["ps", "--all", "--no-trunc"].as_slice(), "{{.ID}}"),
+        (Kind::Network, &["network", "ls", "--no-trunc"], "{{.ID}}"),
+        (Kind::Volume, &["volume", "ls"], "{{.Name}}"),
+    ];
+    for (kind, command, id) in listings {
+        let listing = docker::cli(root).args(command.iter().copied()).args([
+            "--filter".to_owned(),
+            format!("label={LABEL}"),
+            "--format".to_owned(),
+            format!("{id}\t{label}"),
+        ]);
+        let listed =
+            query(listing, when).with_context(|| format!("cannot list labelled {}", command[0]))?;
+        for line in listed.lines() {
+            let Some((id, run)) = line.split_once('\t') else { continue };
+            if let Some(run) = RunId::parse(run.trim()) {
+                let leftovers = runs.entry(run).or_default();
+                let bucket = match kind {
+                    Kind::Container => &mut leftovers.containers,
+                    Kind::Network => &mut leftovers.networks,
+                    Kind::Volume => &mut leftovers.volumes,
+                };
+                bucket.push(id.to_owned());
+            }
+        }
+    }
+    let tags = docker::cli(root).args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let tags = query(tags, when).context("cannot list image tags")?;
+    for tag in tags.lines().filter(|t| !t.ends_with(":<none>")) {
+        let repository = tag.rsplit_once(':').map_or(tag, |(repository, _)| repository);
+        for run in ids_in(repository) {
+            runs.entry(run).or_default().tags.push(tag.to_owned());
+        }
+    }
+    Ok(runs)
+}
+
+/// When the reaper runs: the two differ in how a signal is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Before a run's own work (or as `cargo xtask reap`): a signal stops it.
+    Before,
+    /// In a run's clean-up: shielded like every clean-up step (see [`Step::run_regardless`]).
+    Cleanup,
+}
+
+/// Runs a listing quietly and returns its stdout.
+fn query(step: Step, when: When) -> Result<String> {
+    let step = step.quiet();
+    let answer = match when {
+        When::Before => step.capture()?,
+        When::Cleanup => step.capture_regardless()?,
+    };
+    if !answer.success() {
+        anyhow::bail!("`{}` failed: {}", step.short(), answer.stderr.trim());
+    }
+    Ok(answer.stdout)
+}
+
+/// Removes what `leftovers` lists: containers (with their anonymous volumes) first, then the
+/// networks and volumes they used, then the tags.
+pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> {
+    let mut failures = Vec::new();
+    let mut each = |args: &[&str], ids: &[String]| {
+        if ids.is_empty() {
+            return;
+        }
+        let step = docker::cli(root).args(args.iter().copied()).args(ids).quiet();
+        let removed = match when {
+            When::Before => step.capture().and_then(|answer| match answer.success() {
+                true => Ok(()),
+                false => {
+                    Err(anyhow::anyhow!("`{}` failed: {}", step.short(), answer.stderr.trim()))
+                }
+            }),
+            When::Cleanup => step.run_regardless(),
+        };
+        if let Err(err) = removed {
+            failures.push(format!("{err:#}"));
+        }
+    };
+    each(&["rm", "--force", "--volumes"], &leftovers.containers);
+    each(&["network", "rm"], &leftovers.networks);
+    each(&["volume", "rm", "--force"], &leftovers.volumes);
+    each(&["image", "rm"], &leftovers.tags);
+    if !failures.is_empty() {
+        anyhow::bail!("cannot remove all of a run's leftovers: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Removes everything of run `run`: in the clean-up at the end of the run itself.
+pub fn remove_run(root: &Utf8Path, run: RunId) -> Result<()> {
+    let mut runs = inventory(root, When::Cleanup)?;
+    match runs.remove(&run) {
+        Some(leftovers) if !leftovers.is_empty() => {
+            say!("removing what test run {run} left: {}", summary(&leftovers));
+            remove(root, &leftovers, When::Cleanup)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `cargo xtask reap`, also the start of every `cargo xtask test`: removes what runs whose
+/// process is gone left behind, and says what it removed (or, with `dry_run`, would remove).
+pub fn reap(root: &Utf8Path, dry_run: bool, json: bool) -> Result<()> {
+    let runs = inventory(root, When::Before)?;
+    let mut report = Vec::new();
+    let mut result = Ok(());
+    for (run, leftovers) in &runs {
+        let owner = run.owner();
+        report.push(json!({
+            "run": run.to_string(),
+            "owner": format!("{owner:?}").to_lowercase(),
+            "removed": owner == Owner::Gone && !dry_run,
+            "leftovers": leftovers.to_json(),
+        }));
+        match owner {
+            Owner::Gone if dry_run => {
+                say!("would remove what run {run} left: {}", summary(leftovers))
+            }
+            Owner::Gone => {
+                say!("removing what run {run} left (its process is gone): {}", summary(leftovers));
+                if let Err(err) = remove(root, leftovers, When::Before) {
+                    result = Err(err);
+                }
+            }
+            Owner::Alive => say!("keeping run {run}: its process still runs"),
+            Owner::Unknown => say!("keeping run {run}: it belongs to another machine"),
+        }
+    }
+    if json {
+        out!("{}", Value::from(report));
+    } else if runs.is_empty() {
+        say!("no run left anything behind");
+    }
+    result
+}
+
+fn summary(leftovers: &Leftovers) -> String {
+    let parts = [
+        (leftovers.containers.len(), "container"),
+        (leftovers.networks.len(), "network"),
+        (leftovers.volumes.len(), "volume"),
+        (leftovers.tags.len(), "image tag"),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    shown.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_are_found_inside_names() {
+        let own = RunId::of_process(std::process::id()).expect("linux has /proc");
+        assert_eq!(RunId::parse(&own.to_string()), Some(own));
+        assert_eq!(own.owner(), Owner::Alive);
+        for bad in ["", "t123-1-2", "tzzzzzzzz-1-2", "t0000000a-1", "t0000000a--2", "x0000000a-1-2"]
+        {
+            assert_eq!(RunId::parse(bad), None, "{bad}");
+        }
+        let repository = format!("localhost/arm64-test-{own}-42-0/server");
+        assert_eq!(ids_in(&repository), [own]);
+        assert_eq!(ids_in("memories/server"), []);
+    }
+
+    #[test]
+    fn a_run_whose_process_is_gone_or_was_replaced_is_gone() {
+        let mut child = crate::plan::Step::new("true", ".")
+            .quiet()
+            .spawn(crate::plan::Streams::SILENT)
+            .unwrap();
+        let id = RunId::of_process(child.id());
+        child.wait().unwrap();
+        // The child may have exited before its start time could be read.
+        if let Some(id) = id {
+            assert_eq!(id.owner(), Owner::Gone);
+        }
+        let own = RunId::of_process(std::process::id()).unwrap();
+        let reused = RunId { start: own.start + 1, ..own };
+        assert_eq!(reused.owner(), Owner::Gone);
+        let elsewhere = RunId { host: own.host.wrapping_add(1), ..own };
+        assert_eq!(elsewhere.owner(), Owner::Unknown);
+    }
+}
