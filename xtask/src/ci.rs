@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::cli::{CiArgs, CiStep};
 use crate::interrupt;
 use crate::plan::{self, Step};
+use crate::reap;
 use crate::registry::Throwaway;
 use crate::tools;
 
@@ -248,7 +249,14 @@ fn execute(commands: &Commands, step: CiStep) -> Result<()> {
         _ => None,
     };
     let address = registry.as_ref().map_or(THROWAWAY, |r| r.address.as_str());
-    let result = commands.of(step, linters.as_ref(), address).iter().try_for_each(Step::run);
+    let steps = commands.of(step, linters.as_ref(), address);
+    let result = match step {
+        // The Docker-backed tests are a test run: what they leave is removed at the end.
+        CiStep::Docker => reap::as_run(&commands.root, |run| {
+            steps.into_iter().try_for_each(|s| s.env(reap::ENV, &run.to_string()).run())
+        }),
+        _ => steps.iter().try_for_each(Step::run),
+    };
     if let Some(registry) = &registry {
         registry.untag_local(&format!("{}/ci", registry.address));
     }

@@ -268,6 +268,21 @@ pub fn remove_run(root: &Utf8Path, run: RunId) -> Result<()> {
     }
 }
 
+/// Runs `work` as a test run: first removes what dead runs left, then runs `work` with this
+/// process's run id (for it to hand on in [`ENV`]), then removes everything labelled with the
+/// id, whatever `work` returned. The first error wins.
+pub fn as_run(root: &Utf8Path, work: impl FnOnce(RunId) -> Result<()>) -> Result<()> {
+    let run = RunId::of_process(std::process::id())
+        .context("cannot name this test run: /proc is needed to tell live runs from dead ones")?;
+    if let Err(err) = reap(root, false, false) {
+        say!("warning: cannot remove what earlier test runs left: {err:#}");
+    }
+    say!("test run {run} (Docker objects it creates carry the label {LABEL}={run})");
+    let result = work(run);
+    let removed = remove_run(root, run);
+    result.and(removed)
+}
+
 /// `cargo xtask reap`, also the start of every `cargo xtask test`: removes what runs whose
 /// process is gone left behind, and says what it removed (or, with `dry_run`, would remove).
 pub fn reap(root: &Utf8Path, dry_run: bool, json: bool) -> Result<()> {

@@ -228,24 +228,13 @@ pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
     }
     // This run's id labels what it and its tests create; whatever a signal or a failure
     // leaves of it is removed at the end, and what dead runs left is removed first.
-    let run = RunId::of_process(std::process::id())
-        .context("cannot name this test run: /proc is needed to tell live runs from dead ones")?;
-    if let Err(err) = reap::reap(root, false, false) {
-        say!("warning: cannot remove what earlier test runs left: {err:#}");
-    }
-    say!("test run {run} (Docker objects it creates carry the label {}={run})", reap::LABEL);
-    let result = test_run(root, args, &cargo, run);
-    let removed = reap::remove_run(root, run);
-    match (result, removed) {
-        (Err(err), _) => Err(err),
-        (Ok(()), Err(err)) => Err(err),
-        (Ok(()), Ok(())) => {
-            if args.preview.json {
-                out!("{}", serde_json::json!({"run": run.to_string(), "passed": true}));
-            }
-            Ok(())
+    reap::as_run(root, |run| {
+        test_run(root, args, &cargo, run)?;
+        if args.preview.json {
+            out!("{}", serde_json::json!({"run": run.to_string(), "passed": true}));
         }
-    }
+        Ok(())
+    })
 }
 
 fn test_run(root: &Utf8Path, args: &TestArgs, cargo: &str, run: RunId) -> Result<()> {
