@@ -399,10 +399,9 @@ impl Registry {
         self.address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
     }
 
-    /// `ADDRESS/NAME-<run>`: a namespace whose local tags `cargo xtask reap` can tie to this
-    /// run, should the test die before it removes them.
+    /// See [`namespace`].
     pub fn namespace(&self, name: &str) -> String {
-        format!("{}/{name}-{}", self.address, run_id())
+        namespace(&self.address, name)
     }
 
     /// Stops the registry: nothing can be pulled from it any more.
@@ -417,6 +416,12 @@ impl Drop for Registry {
         let _ = docker_output(&["rm", "--force", "--volumes", &self.container]);
         remove_local_tags(&self.address);
     }
+}
+
+/// `ADDRESS/NAME-<run>`: a namespace whose local tags `cargo xtask reap` can tie to this
+/// run, should the test die before it removes them.
+fn namespace(address: &str, name: &str) -> String {
+    format!("{address}/{name}-{}", run_id())
 }
 
 /// Removes every local tag under `address/`: once its registry is gone it names nothing.
@@ -457,9 +462,9 @@ impl FaultyRegistry {
 }
 
 impl FaultyRegistry {
-    /// `ADDRESS/NAME-<run>`, as [`Registry::namespace`].
+    /// See [`namespace`].
     pub fn namespace(&self, name: &str) -> String {
-        format!("{}/{name}-{}", self.address, run_id())
+        namespace(&self.address, name)
     }
 }
 

@@ -43,6 +43,14 @@ impl Captured {
     pub fn success(&self) -> bool {
         self.status.success() && !self.timed_out
     }
+
+    /// The stdout of `step`, or an error naming it with what it said on stderr.
+    pub fn stdout_of(self, step: &Step) -> Result<String> {
+        if !self.success() {
+            bail!("`{}` failed: {}", step.short(), step.redact(self.stderr.trim()));
+        }
+        Ok(self.stdout)
+    }
 }
 
 impl Step {
@@ -192,14 +200,7 @@ impl Step {
     /// shielded as [`Step::run_regardless`] is.
     pub fn capture_regardless(&self) -> Result<Captured> {
         interrupt::begin_cleanup();
-        let supervised = self.supervise(Stop::Shielded, Capture::Both)?;
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        Ok(Captured {
-            status: supervised.output.status,
-            stdout: text(&supervised.output.stdout),
-            stderr: text(&supervised.output.stderr),
-            timed_out: supervised.timed_out,
-        })
+        Ok(self.supervise(Stop::Shielded, Capture::Both)?.into())
     }
 
     /// Runs the step and returns its stdout (its stderr passes through).
@@ -227,13 +228,7 @@ impl Step {
         if interrupt::is_set() {
             return Err(Interrupted.into());
         }
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        Ok(Captured {
-            status: supervised.output.status,
-            stdout: text(&supervised.output.stdout),
-            stderr: text(&supervised.output.stderr),
-            timed_out: supervised.timed_out,
-        })
+        Ok(supervised.into())
     }
 
     fn echo(&self) {
@@ -271,7 +266,7 @@ impl Step {
         let handle =
             expression.start().with_context(|| format!("cannot start `{}`", self.short()))?;
         let started = Instant::now();
-        let mut signalled: Option<Instant> = None;
+        let mut stopping = Stopping::default();
         let mut timed_out = false;
         loop {
             if let Some(output) =
@@ -288,20 +283,10 @@ impl Step {
             }
             let stop_now = matches!(stop, Stop::OnInterrupt) && interrupt::is_set();
             if stop_now || timed_out {
-                match signalled {
-                    None => {
-                        for pid in handle.pids() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGTERM,
-                            );
-                        }
-                        signalled = Some(Instant::now());
-                    }
-                    Some(at) if at.elapsed() > Duration::from_secs(10) => {
-                        let _ = handle.kill();
-                    }
-                    Some(_) => {}
+                match stopping.next() {
+                    Some(Escalate::Terminate) => handle.pids().into_iter().for_each(terminate),
+                    Some(Escalate::Kill) => drop(handle.kill()),
+                    None => {}
                 }
             }
             // Short commands (probes, inspects) are seen within a millisecond or two; long
@@ -407,53 +392,68 @@ impl Running {
     /// Waits for the child to exit; a signal to us stops it (SIGTERM, then SIGKILL after
     /// 10 s) and fails with [`Interrupted`].
     pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
-        let mut signalled: Option<Instant> = None;
+        let mut stopping = Stopping::default();
         loop {
             if let Some(status) = self.try_wait()? {
-                return match signalled {
+                return match stopping.asked {
                     Some(_) => Err(Interrupted.into()),
                     None => Ok(status),
                 };
             }
             if interrupt::is_set() {
-                match signalled {
-                    None => {
-                        self.terminate();
-                        signalled = Some(Instant::now());
-                    }
-                    Some(at) if at.elapsed() > Duration::from_secs(10) => {
-                        let _ = self.child.kill();
-                    }
-                    Some(_) => {}
-                }
+                self.escalate(&mut stopping);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Asks the child to stop (SIGTERM).
-    pub fn terminate(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    fn escalate(&mut self, stopping: &mut Stopping) {
+        match stopping.next() {
+            Some(Escalate::Terminate) => terminate(self.child.id()),
+            Some(Escalate::Kill) => drop(self.child.kill()),
+            None => {}
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.finished || matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        self.terminate();
-        let asked = Instant::now();
-        while asked.elapsed() < Duration::from_secs(10) {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
+        let mut stopping = Stopping::default();
+        while !self.finished && matches!(self.child.try_wait(), Ok(None)) {
+            self.escalate(&mut stopping);
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// How a process we stop is asked: SIGTERM first, SIGKILL once it has had 10 s.
+#[derive(Default)]
+struct Stopping {
+    asked: Option<Instant>,
+}
+
+enum Escalate {
+    Terminate,
+    Kill,
+}
+
+impl Stopping {
+    /// What to send now, if anything.
+    fn next(&mut self) -> Option<Escalate> {
+        match self.asked {
+            None => {
+                self.asked = Some(Instant::now());
+                Some(Escalate::Terminate)
+            }
+            Some(at) if at.elapsed() > Duration::from_secs(10) => Some(Escalate::Kill),
+            Some(_) => None,
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
 }
 
 /// When [`Step::supervise`] stops the command early (besides its timeout).
@@ -476,6 +476,18 @@ enum Capture {
 struct Supervised {
     output: std::process::Output,
     timed_out: bool,
+}
+
+impl From<Supervised> for Captured {
+    fn from(supervised: Supervised) -> Captured {
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        Captured {
+            status: supervised.output.status,
+            stdout: text(supervised.output.stdout),
+            stderr: text(supervised.output.stderr),
+            timed_out: supervised.timed_out,
+        }
+    }
 }
 
 /// This xtask binary itself, for tasks that run another task as a step (benchmarks, `ci`):

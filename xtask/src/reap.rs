@@ -48,14 +48,26 @@ impl RunId {
     }
 
     pub fn parse(text: &str) -> Option<RunId> {
-        let rest = text.strip_prefix('t')?;
-        let mut parts = rest.splitn(3, '-');
-        let host = parts.next().filter(|h| h.len() == 8)?;
+        RunId::parse_prefix(text).filter(|(_, length)| *length == text.len()).map(|(id, _)| id)
+    }
+
+    /// The id at the start of `text`, and how many bytes it takes.
+    fn parse_prefix(text: &str) -> Option<(RunId, usize)> {
+        let host = text.strip_prefix('t')?.get(..8)?;
+        if !host.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         let host = u32::from_str_radix(host, 16).ok()?;
-        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-        let pid = parts.next().filter(|p| digits(p))?.parse().ok()?;
-        let start = parts.next().filter(|p| digits(p))?.parse().ok()?;
-        Some(RunId { host, pid, start })
+        // `-` and digits from `at`: the number and where it ends.
+        let number = |at: usize| -> Option<(u64, usize)> {
+            let digits = text.get(at..)?.strip_prefix('-')?;
+            let length = digits.bytes().take_while(u8::is_ascii_digit).count();
+            let value = digits[..length].parse().ok()?;
+            Some((value, at + 1 + length))
+        };
+        let (pid, at) = number(9)?;
+        let (start, end) = number(at)?;
+        Some((RunId { host, pid: u32::try_from(pid).ok()?, start }, end))
     }
 
     pub fn owner(&self) -> Owner {
@@ -74,7 +86,7 @@ impl RunId {
 /// `--label memories.run=<run>` inside a test run (one named by `MEMORIES_RUN`), for what a
 /// task creates with `docker run` or `docker volume create`; nothing outside one.
 pub fn label_args() -> Vec<String> {
-    match std::env::var(ENV).ok().and_then(|run| RunId::parse(&run)) {
+    match inherited() {
         Some(run) => vec!["--label".to_owned(), format!("{LABEL}={run}")],
         None => Vec::new(),
     }
@@ -88,22 +100,13 @@ impl fmt::Display for RunId {
 
 /// Every run id written inside `text` (an image repository, a project name).
 fn ids_in(text: &str) -> Vec<RunId> {
-    let mut found = Vec::new();
-    for (at, _) in text.match_indices('t') {
-        let candidate: String =
-            text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-        // `t` + 8 hex digits + `-pid-start`, with anything after the start's digits cut off.
-        let mut parts = candidate.splitn(4, '-');
-        let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let start: String = start.chars().take_while(char::is_ascii_digit).collect();
-        if let Some(id) = RunId::parse(&format!("{host}-{pid}-{start}")) {
-            found.push(id);
-        }
-    }
-    found
+    let found = text.match_indices('t').filter_map(|(at, _)| RunId::parse_prefix(&text[at..]));
+    found.map(|(id, _)| id).collect()
+}
+
+/// The run named by `MEMORIES_RUN`: what this process creates belongs to it.
+pub fn inherited() -> Option<RunId> {
+    std::env::var(ENV).ok().and_then(|run| RunId::parse(&run))
 }
 
 /// A hash of this machine's name and boot: pids and start times mean something only there.
@@ -211,17 +214,14 @@ pub enum When {
     Cleanup,
 }
 
-/// Runs a listing quietly and returns its stdout.
+/// Runs a listing or a removal quietly and returns its stdout.
 fn query(step: Step, when: When) -> Result<String> {
     let step = step.quiet();
     let answer = match when {
         When::Before => step.capture()?,
         When::Cleanup => step.capture_regardless()?,
     };
-    if !answer.success() {
-        anyhow::bail!("`{}` failed: {}", step.short(), answer.stderr.trim());
-    }
-    Ok(answer.stdout)
+    answer.stdout_of(&step)
 }
 
 /// Removes what `leftovers` lists: containers (with their anonymous volumes) first, then the
@@ -232,16 +232,7 @@ pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> 
         if ids.is_empty() {
             return;
         }
-        let step = docker::cli(root).args(args.iter().copied()).args(ids).quiet();
-        let removed = match when {
-            When::Before => step.capture().and_then(|answer| match answer.success() {
-                true => Ok(()),
-                false => {
-                    Err(anyhow::anyhow!("`{}` failed: {}", step.short(), answer.stderr.trim()))
-                }
-            }),
-            When::Cleanup => step.run_regardless(),
-        };
+        let removed = query(docker::cli(root).args(args.iter().copied()).args(ids), when);
         if let Err(err) = removed {
             failures.push(format!("{err:#}"));
         }

@@ -87,7 +87,7 @@ impl Stack {
         let mut profiles = profiles.to_vec();
         profiles.sort();
         profiles.dedup();
-        let run = std::env::var(reap::ENV).ok().and_then(|run| RunId::parse(&run));
+        let run = reap::inherited();
         Stack { root: root.to_owned(), mode, project, profiles, tag, env_files: Vec::new(), run }
     }
 
@@ -134,14 +134,9 @@ impl Stack {
         let mut values = Vec::new();
         for file in committed.into_iter().chain(&self.env_files) {
             let text = std::fs::read_to_string(file).unwrap_or_default();
-            for line in text.lines().map(str::trim) {
-                let line = line.strip_prefix("export ").unwrap_or(line);
-                if let Some((key, _)) =
-                    line.split_once('=').filter(|(k, _)| is_secret_key(k.trim()))
-                {
-                    values.extend(env_file_value(&text, key.trim()));
-                }
-            }
+            values.extend(
+                env_file_entries(&text).filter(|(key, _)| is_secret_key(key)).map(|(_, v)| v),
+            );
         }
         values
             .extend(std::env::vars().filter(|(key, _)| is_secret_key(key)).map(|(_, value)| value));
@@ -628,12 +623,15 @@ pub fn lifecycle(
 
 /// The value of `key` in an env file's text, unquoted.
 pub fn env_file_value(text: &str, key: &str) -> Option<String> {
+    env_file_entries(text).filter(|(k, _)| *k == key).map(|(_, v)| v).next_back()
+}
+
+/// Every `KEY=value` of an env file's text, in order, values unquoted.
+fn env_file_entries(text: &str) -> impl DoubleEndedIterator<Item = (&str, String)> {
     text.lines()
         .map(str::trim)
         .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-        .filter(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
-        .next_back()
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned()))
 }
 
 /// A setting whose value is a secret, by its name: a password, secret, token or key.

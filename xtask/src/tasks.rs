@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
 use crate::cli::{
@@ -65,13 +65,7 @@ fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Plan {
     let plan = Plan::new(format!("dev on project {}", stack.project));
     match action {
         DevAction::Up(up) => {
-            let plan = match up.no_build {
-                true => {
-                    plan.note("--no-build: first checks that every image is in the local store")
-                }
-                false => plan.step(stack::build_plan(stack, revision).step),
-            };
-            let plan = plan
+            let plan = build_or_check(plan, stack, revision, up.no_build)
                 .note("refuses a project that holds a prod stack")
                 .step(stack::up_step(stack))
                 .wait_for(stack::planned_waits(stack))
@@ -313,13 +307,30 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     }
 }
 
+/// A plan's first part when a task builds the stack's images, or with `--no-build` only
+/// checks that they are there.
+fn build_or_check(plan: Plan, stack: &Stack, revision: &Revision, no_build: bool) -> Plan {
+    match no_build {
+        true => plan.note("--no-build: first checks that every image is in the local store"),
+        false => plan.step(stack::build_plan(stack, revision).step),
+    }
+}
+
+/// Where `prod deploy --swarm` writes the definition it hands to `docker stack deploy`.
+fn swarm_file(stack: &Stack, name: &str) -> Utf8PathBuf {
+    stack.root.join(format!("target/xtask/{name}-swarm.json"))
+}
+
+/// `docker stack deploy` of the definition in `file` as stack `name`.
+fn stack_deploy(stack: &Stack, file: &Utf8Path, name: &str) -> Step {
+    let deploy = ["stack", "deploy", "--detach=true", "--prune", "--compose-file", file.as_str()];
+    docker::cli(&stack.root).args(deploy).arg(name)
+}
+
 /// What `prod ACTION` would run.
 fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Plan {
     let plan = Plan::new(format!("prod on project {}", stack.project));
-    let build = |plan: Plan, no_build: bool| match no_build {
-        true => plan.note("--no-build: first checks that every image is in the local store"),
-        false => plan.step(stack::build_plan(stack, revision).step),
-    };
+    let build = |plan, no_build| build_or_check(plan, stack, revision, no_build);
     match action {
         ProdAction::Config => plan
             .step(stack.compose().args(["config", "--format", "json"]))
@@ -331,22 +342,14 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Plan {
             .note("a failed start takes down only a stack that was not running before"),
         ProdAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
         ProdAction::Deploy { stack: name, no_build, .. } => {
-            let file = stack.root.join(format!("target/xtask/{name}-swarm.json"));
+            let file = swarm_file(stack, name);
             build(plan, *no_build)
                 .note("first checks that this engine is a swarm manager")
                 .step(stack.compose().args(["config", "--format", "json"]))
                 .note(format!(
                     "writes the swarm definition to {file} (mode 0600), removed after the deploy"
                 ))
-                .step(docker::cli(&stack.root).args([
-                    "stack",
-                    "deploy",
-                    "--detach=true",
-                    "--prune",
-                    "--compose-file",
-                    file.as_str(),
-                    name,
-                ]))
+                .step(stack_deploy(stack, &file, name))
                 .note("then waits until every service runs its replicas")
         }
     }
@@ -489,22 +492,12 @@ fn deploy_swarm(
         stack::build(stack, revision)?;
     }
     let definition = for_swarm(stack::merged_definition(stack)?);
-    let dir = stack.root.join("target/xtask");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
-    let file = dir.join(format!("{name}-swarm.json"));
+    let file = swarm_file(stack, name);
+    let dir = file.parent().expect("the swarm file has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     // It holds the interpolated secrets: readable by us only, and removed after the deploy.
     write_private(&file, &serde_json::to_string_pretty(&definition)?)?;
-    let deployed = docker::cli(&stack.root)
-        .args([
-            "stack",
-            "deploy",
-            "--detach=true",
-            "--prune",
-            "--compose-file",
-            file.as_str(),
-            name,
-        ])
-        .run();
+    let deployed = stack_deploy(stack, &file, name).run();
     let _ = std::fs::remove_file(&file);
     deployed.context("docker stack deploy failed")?;
     let services: Vec<(String, u64)> = definition["services"]

@@ -119,11 +119,8 @@ impl Revision {
         let git_error =
             || "cannot read the git revision: run inside a git checkout with at least one commit";
         let git = |args: &[&str]| -> Result<String> {
-            let answer = Step::new("git", root).args(args.iter().copied()).quiet().capture()?;
-            if !answer.success() {
-                bail!("`git {}` failed: {}", args.join(" "), answer.stderr.trim());
-            }
-            Ok(answer.stdout.trim().to_owned())
+            let step = Step::new("git", root).args(args.iter().copied()).quiet();
+            Ok(step.capture()?.stdout_of(&step)?.trim().to_owned())
         };
         let commit = git(&["rev-parse", "--verify", "HEAD"]).with_context(git_error)?;
         let status = git(&["status", "--porcelain"]).with_context(git_error)?;
