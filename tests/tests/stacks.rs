@@ -1,6 +1,6 @@
 //! The stack tasks for real: parallel isolated test runs, Ctrl-C mid-wait, dev data across
-//! down and up, prod refusing to start without its secrets, a swarm deploy, `cargo xtask run`.
-//! The compose definition's own rules are in `compose.rs`.
+//! down and up, prod refusing to start without its secrets, `cargo xtask run`. The compose
+//! definition's own rules are in `compose.rs`; the swarm deploy is in `swarm.rs`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::{
-    Cleanup, docker, docker_output, free_port, http, leftovers, repo_root, require_docker,
-    unique_name, wait_for_200, xtask_ok, xtask_process,
+    Cleanup, docker, free_port, http, leftovers, repo_root, require_docker, unique_name, xtask_ok,
+    xtask_process,
 };
 
 fn project_label(project: &str) -> String {
@@ -390,69 +390,14 @@ fn prod_refuses_to_start_without_its_secrets() {
 }
 
 #[test]
-fn prod_deploys_to_a_one_node_swarm_with_every_replica_healthy() {
-    built();
-    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-    let we_started_the_swarm = state != "active";
-    if we_started_the_swarm {
-        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
-    }
-    let stack = unique_name("memswarm");
-    let port = free_port();
-    let output = {
-        let mut cleanup = Cleanup::default();
-        cleanup.stack(&stack);
-        let output = xtask_process()
-            .args([
-                "prod",
-                "deploy",
-                "--swarm",
-                "--stack",
-                &stack,
-                "--no-build",
-                "--timeout",
-                "120s",
-            ])
-            .env("POSTGRES_PASSWORD", "swarm-test")
-            .env("PROXY_PORT", port.to_string())
-            .current_dir(repo_root())
-            .output()
-            .unwrap();
-        if output.status.success() {
-            wait_for_200(port, "/v1/health", Duration::from_secs(30));
-            let replicas = docker(&[
-                "ps",
-                "--filter",
-                &format!("label=com.docker.swarm.service.name={stack}_server"),
-                "--format",
-                "{{.Status}}",
-            ]);
-            assert_eq!(
-                replicas.lines().filter(|s| s.contains("(healthy)")).count(),
-                2,
-                "{replicas}"
-            );
-        }
-        output
-    };
-    if we_started_the_swarm {
-        let _ = docker_output(&["swarm", "leave", "--force"]);
-    }
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(
-        leftovers(&format!("label=com.docker.stack.namespace={stack}")),
-        Vec::<String>::new()
-    );
-}
-
-#[test]
 fn run_serves_the_standalone_image_and_stops_on_ctrl_c() {
     built();
     let mut cleanup = Cleanup::default();
     let port = free_port();
     let volume = unique_name("memories-run-data");
     cleanup.volume(&volume);
-    cleanup.container(&format!("memories-run-{port}"));
+    let project = format!("memories-run-{port}");
+    cleanup.project(&project);
     let mut child = xtask_process()
         .args(["run", "--no-build", "--port", &port.to_string(), "--volume", &volume])
         .current_dir(repo_root())
@@ -473,11 +418,10 @@ fn run_serves_the_standalone_image_and_stops_on_ctrl_c() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(start.elapsed() < Duration::from_secs(15));
-    // `--rm` removes the stopped container a moment after `docker stop` returns.
-    let filter = format!("name=memories-run-{port}");
-    let gone = Instant::now();
-    while !docker(&["ps", "--all", "--quiet", "--filter", &filter]).is_empty() {
-        assert!(gone.elapsed() < Duration::from_secs(10), "the container is still there");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The stack is gone (container and network); the data volume is kept.
+    let label = format!("label=com.docker.compose.project={project}");
+    assert_eq!(docker(&["ps", "--all", "--quiet", "--filter", &label]), "");
+    assert_eq!(docker(&["network", "ls", "--quiet", "--filter", &label]), "");
+    let kept = docker(&["volume", "ls", "--quiet", "--filter", &format!("name=^{volume}$")]);
+    assert_eq!(kept, volume, "the data volume outlives the stack");
 }

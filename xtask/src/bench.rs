@@ -147,7 +147,7 @@ pub fn stack(root: &Utf8Path, runs: u32) -> Result<Report> {
     let tag = stack::tag(&revision);
     let probe = Stack::new(root, Mode::Dev, "memories-bench-check".into(), &[], tag.clone());
     // Both sides start from built images: build them first (a no-op when nothing changed).
-    stack::build(&probe, &revision)?;
+    stack::build(&probe, &probe.model()?, &revision)?;
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     let (mut ours_lag, mut peer_lag) = (Vec::new(), Vec::new());
     for run in 1..=runs {

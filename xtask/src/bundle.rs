@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::cli::{ImageName, ImagesAction};
 use crate::docker;
 use crate::image::{self, BuildRequest, Output};
-use crate::plan::{Stream, Streams};
+use crate::plan::{Plan, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -23,7 +23,7 @@ const IMAGES: &str = "images.tar";
 
 pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
     match action {
-        ImagesAction::Save { images, output, platform, builder, json } => {
+        ImagesAction::Save { images, output, platform, builder, preview } => {
             let revision = Revision::read(root)?;
             let output = match output {
                 Some(path) => absolute(&path)?,
@@ -34,14 +34,23 @@ pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
                 )))?,
             };
             let request = SaveRequest { images, platforms: platform.0, builder };
+            if preview.dry_run {
+                save_plan(root, &revision, &request, &output).print(preview.json);
+                return Ok(());
+            }
             let manifest = save(root, &revision, &request, &output)?;
-            report(&manifest, json);
+            report(&manifest, preview.json);
             say!("saved {output}");
             Ok(())
         }
-        ImagesAction::Load { file, json } => {
-            let manifest = load(root, &absolute(&file)?)?;
-            report(&manifest, json);
+        ImagesAction::Load { file, preview } => {
+            let file = absolute(&file)?;
+            if preview.dry_run {
+                load_plan(root, &file)?.print(preview.json);
+                return Ok(());
+            }
+            let manifest = load(root, &file)?;
+            report(&manifest, preview.json);
             Ok(())
         }
     }
@@ -52,14 +61,8 @@ fn report(manifest: &Value, json: bool) {
         out!("{manifest:#}");
         return;
     }
-    for image in manifest["images"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        for reference in image["refs"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            out!(
-                "{} {}",
-                reference.as_str().unwrap_or("?"),
-                image["digest"].as_str().unwrap_or("?")
-            );
-        }
+    for (reference, digest) in refs_of(manifest) {
+        out!("{reference} {digest}");
     }
 }
 
@@ -79,6 +82,81 @@ pub struct SaveRequest {
     pub builder: Option<String>,
 }
 
+/// The build `images save` starts with: every platform into the local store.
+fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> image::BuildPlan {
+    let build = BuildRequest {
+        images: request.images.clone(),
+        platforms: Some(request.platforms.clone()),
+        output: Output::Store,
+        tags: None,
+        registry: None,
+        builder: request.builder.clone(),
+        no_cache: false,
+    };
+    image::plan(root, revision, &build)
+}
+
+/// Where the images and the bundle are written before the bundle is renamed to `output`.
+fn partial_files(output: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf) {
+    let dir = output.parent().unwrap_or(Utf8Path::new("."));
+    let name = output.file_name().unwrap_or("bundle");
+    (dir.join(format!(".{name}.images.partial")), dir.join(format!(".{name}.partial")))
+}
+
+fn save_step(root: &Utf8Path, archive: &Utf8Path, refs: impl IntoIterator<Item = String>) -> Step {
+    docker::cli(root).args(["save", "--output", archive.as_str()]).args(refs)
+}
+
+/// What `images save` would do.
+fn save_plan(
+    root: &Utf8Path,
+    revision: &Revision,
+    request: &SaveRequest,
+    output: &Utf8Path,
+) -> Plan {
+    let build = build_plan(root, revision, request);
+    let (archive, partial) = partial_files(output);
+    let refs = build.images.iter().flat_map(|i| i.refs.iter().cloned()).collect::<Vec<_>>();
+    Plan::new(format!("save a bundle to {output}"))
+        .step(build.step)
+        .step(save_step(root, &archive, refs))
+        .note(format!(
+            "hashes {archive} (SHA-256), writes {MANIFEST} and {IMAGES} into {partial}, renames it to {output}, and removes {archive}"
+        ))
+}
+
+/// What `images load` would do, after verifying the bundle (which only reads it).
+fn load_plan(root: &Utf8Path, file: &Utf8Path) -> Result<Plan> {
+    let manifest = verify(file)?;
+    let mut plan = Plan::new(format!("load the bundle {file}"))
+        .note(format!("verified {file}: its {IMAGES} matches the size and SHA-256 of {MANIFEST}"))
+        .step(load_step(root))
+        .note(format!(
+            "fed {IMAGES} of {file} on stdin; then checks that each ref names its digest:"
+        ));
+    for (reference, digest) in refs_of(&manifest) {
+        plan = plan.note(format!("{reference} {digest}"));
+    }
+    Ok(plan)
+}
+
+fn load_step(root: &Utf8Path) -> Step {
+    docker::cli(root).arg("load").quiet()
+}
+
+/// Every ref of a manifest, with the image digest it must name.
+fn refs_of(manifest: &Value) -> Vec<(&str, &str)> {
+    let images = manifest["images"].as_array().map(Vec::as_slice).unwrap_or_default();
+    images
+        .iter()
+        .flat_map(|image| {
+            let digest = image["digest"].as_str().unwrap_or_default();
+            let refs = image["refs"].as_array().map(Vec::as_slice).unwrap_or_default();
+            refs.iter().map(move |r| (r.as_str().unwrap_or_default(), digest))
+        })
+        .collect()
+}
+
 /// Builds (a no-op when the cache is warm), saves every ref into one `docker save` archive and
 /// wraps it with its manifest. The bundle is written beside `output` and renamed into place, so
 /// `output` never holds a partial bundle.
@@ -92,31 +170,11 @@ pub fn save(
     if !dir.is_dir() {
         bail!("cannot write {output}: {dir} is not a directory");
     }
-    let plan = image::plan(
-        root,
-        revision,
-        &BuildRequest {
-            images: request.images.clone(),
-            platforms: Some(request.platforms.clone()),
-            output: Output::Store,
-            tags: None,
-            registry: None,
-            builder: request.builder.clone(),
-            no_cache: false,
-        },
-    );
-    let built = image::execute(&plan)?;
-    let name = output.file_name().unwrap_or("bundle");
-    let archive = dir.join(format!(".{name}.images.partial"));
-    let partial = dir.join(format!(".{name}.partial"));
+    let built = image::execute(&build_plan(root, revision, request))?;
+    let (archive, partial) = partial_files(output);
     let result = (|| {
-        let refs: Vec<&str> =
-            built.iter().flat_map(|b| b.refs.iter().map(String::as_str)).collect();
-        docker::cli(root)
-            .args(["save", "--output", archive.as_str()])
-            .args(refs)
-            .run()
-            .context("docker save failed")?;
+        let refs = built.iter().flat_map(|b| b.refs.iter().cloned());
+        save_step(root, &archive, refs).run().context("docker save failed")?;
         let (size, sha256) = hash_file(&archive)?;
         let images: Vec<Value> = built
             .iter()
@@ -197,7 +255,7 @@ fn header(size: u64) -> tar::Header {
 pub fn load(root: &Utf8Path, file: &Utf8Path) -> Result<Value> {
     let manifest = verify(file)?;
     docker::require_cli()?;
-    let load = docker::cli(root).arg("load").quiet();
+    let load = load_step(root);
     say!("$ {load} <{file}:{IMAGES}");
     let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
     let mut loading = load.spawn(streams)?;
@@ -209,20 +267,13 @@ pub fn load(root: &Utf8Path, file: &Utf8Path) -> Result<Value> {
     if !status.success() {
         bail!("`docker load` failed for {file}");
     }
-    for image in manifest["images"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let digest = image["digest"].as_str().unwrap_or_default();
-        for reference in image["refs"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let reference = reference.as_str().unwrap_or_default();
-            let id = docker::cli(root)
-                .args(["image", "inspect", "--format", "{{.Id}}", reference])
-                .read()
-                .with_context(|| format!("{reference} is not in the image store after loading"))?;
-            if !digest.is_empty() && id.trim() != digest {
-                bail!(
-                    "{reference} loaded as {}, but the bundle's manifest says {digest}",
-                    id.trim()
-                );
-            }
+    for (reference, digest) in refs_of(&manifest) {
+        let id = docker::cli(root)
+            .args(["image", "inspect", "--format", "{{.Id}}", reference])
+            .read()
+            .with_context(|| format!("{reference} is not in the image store after loading"))?;
+        if !digest.is_empty() && id.trim() != digest {
+            bail!("{reference} loaded as {}, but the bundle's manifest says {digest}", id.trim());
         }
     }
     Ok(manifest)

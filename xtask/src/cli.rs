@@ -182,9 +182,6 @@ impl clap::builder::TypedValueParser for ProbeParser {
     }
 }
 
-/// Service names of the stack, for `dev logs|exec|restart`.
-const SERVICES: [&str; 4] = ["db", "server", "redis", "otel-collector"];
-
 /// `--dry-run` and `--json`, the same on every task that starts or changes something.
 #[derive(Debug, Clone, Copy, Default, Args)]
 pub struct Preview {
@@ -220,7 +217,7 @@ pub enum DevAction {
     },
     /// Show the logs of the stack, or of one service.
     Logs {
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        /// A service of the stack (`db`, `server`, ...; `cargo xtask dev ps` lists them).
         service: Option<String>,
         /// Keep following new lines until Ctrl-C.
         #[arg(short, long)]
@@ -230,7 +227,7 @@ pub enum DevAction {
     Ps,
     /// Run a command in a service's container, e.g. `cargo xtask dev exec db -- psql -U memories`.
     Exec {
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        /// A service of the stack (`db`, `server`, ...; `cargo xtask dev ps` lists them).
         service: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
@@ -238,7 +235,7 @@ pub enum DevAction {
     },
     /// Restart one service and wait until the stack is ready again.
     Restart {
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+        /// A service of the stack (`db`, `server`, ...; `cargo xtask dev ps` lists them).
         service: String,
     },
 }
@@ -529,18 +526,19 @@ pub enum ImagesAction {
         /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
         #[arg(long, value_name = "NAME")]
         builder: Option<String>,
-        /// Print the saved refs and digests as JSON on stdout.
-        #[arg(long)]
-        json: bool,
+        /// With --json, the saved manifest (refs, digests, checksum) is printed on stdout.
+        #[command(flatten)]
+        preview: Preview,
     },
     /// Verify a bundle (size and SHA-256 of its images, against its manifest) and only then
     /// load it; a truncated or altered bundle loads nothing.
     Load {
         /// The bundle `images save` wrote.
         file: camino::Utf8PathBuf,
-        /// Print the loaded refs and digests as JSON on stdout.
-        #[arg(long)]
-        json: bool,
+        /// With --dry-run, the bundle is still verified (it is only read); with --json, the
+        /// loaded manifest (refs and digests) is printed on stdout.
+        #[command(flatten)]
+        preview: Preview,
     },
 }
 

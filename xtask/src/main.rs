@@ -21,6 +21,7 @@ mod reap;
 mod registry;
 mod release;
 mod remote;
+mod services;
 mod stack;
 mod tasks;
 mod tools;

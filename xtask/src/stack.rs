@@ -18,25 +18,46 @@ use crate::cli::ImageName;
 use crate::docker;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
-use crate::plan::{Captured, Running, Step, Stream, Streams};
+use crate::plan::{Captured, Plan, Running, Step, Stream, Streams};
 use crate::reap::{self, RunId};
+use crate::services::{Model, Port, Readiness, Service};
 use crate::version::Revision;
 use crate::wait::{self, Probe, WaitOptions};
 
-/// Which overlay of the one definition.
+/// Which kind of stack, and so which compose files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Dev,
     Test,
     Prod,
+    /// `cargo xtask run`: the standalone image alone (`compose/run.yaml`).
+    Run,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Dev => "dev",
             Mode::Test => "test",
             Mode::Prod => "prod",
+            Mode::Run => "run",
+        }
+    }
+
+    /// The compose files, in order: the one definition and the mode's overlay, or `run`'s
+    /// own file.
+    fn files(self) -> Vec<String> {
+        match self {
+            Mode::Run => vec!["compose/run.yaml".into()],
+            _ => vec!["compose/compose.yaml".into(), format!("compose/{}.yaml", self.name())],
+        }
+    }
+
+    /// The mode's committed env file, if it has one.
+    fn env_file(self) -> Option<String> {
+        match self {
+            Mode::Run => None,
+            _ => Some(format!("compose/{}.env", self.name())),
         }
     }
 }
@@ -74,6 +95,8 @@ pub struct Stack {
     /// The test run the stack belongs to, if any: its containers, network and volumes carry
     /// it as a label (see [`crate::reap`]). By default the one named by `MEMORIES_RUN`.
     pub run: Option<RunId>,
+    /// Variables the compose files read, set by the task (`run`'s port and volume).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -88,17 +111,28 @@ impl Stack {
         profiles.sort();
         profiles.dedup();
         let run = reap::inherited();
-        Stack { root: root.to_owned(), mode, project, profiles, tag, env_files: Vec::new(), run }
+        Stack {
+            root: root.to_owned(),
+            mode,
+            project,
+            profiles,
+            tag,
+            env_files: Vec::new(),
+            run,
+            vars: Vec::new(),
+        }
     }
 
     /// Makes every `docker compose` invocation: project name, each file, the env files, the
     /// profiles and the variables that pick the images, run from the repository root.
     pub fn compose(&self) -> Step {
-        let mut step = docker::cli(&self.root)
-            .args(["compose", "--project-name", &self.project])
-            .args(["--file", "compose/compose.yaml", "--file"])
-            .arg(format!("compose/{}.yaml", self.mode.name()))
-            .args(["--env-file".to_owned(), format!("compose/{}.env", self.mode.name())]);
+        let mut step = docker::cli(&self.root).args(["compose", "--project-name", &self.project]);
+        for file in self.mode.files() {
+            step = step.args(["--file".to_owned(), file]);
+        }
+        for file in self.mode.env_file().into_iter() {
+            step = step.args(["--env-file".to_owned(), file]);
+        }
         for file in &self.env_files {
             step = step.args(["--env-file", file.as_str()]);
         }
@@ -115,6 +149,9 @@ impl Stack {
         if let Some(run) = self.run {
             step = step.env(reap::ENV, &run.to_string());
         }
+        for (key, value) in &self.vars {
+            step = step.env(key, value);
+        }
         for secret in self.secret_values() {
             step = step.secret(&secret);
         }
@@ -126,13 +163,12 @@ impl Stack {
     /// test env files are committed, throwaway settings (the dev password is the project's
     /// name), so they are not among them; prod's is.
     pub fn secret_values(&self) -> Vec<String> {
-        let mode_env = self.root.join(format!("compose/{}.env", self.mode.name()));
         let committed = match self.mode {
-            Mode::Prod => Some(&mode_env),
-            Mode::Dev | Mode::Test => None,
+            Mode::Prod => self.mode.env_file().map(|file| self.root.join(file)),
+            Mode::Dev | Mode::Test | Mode::Run => None,
         };
         let mut values = Vec::new();
-        for file in committed.into_iter().chain(&self.env_files) {
+        for file in committed.iter().chain(&self.env_files) {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             values.extend(
                 env_file_entries(&text).filter(|(key, _)| is_secret_key(key)).map(|(_, v)| v),
@@ -147,78 +183,73 @@ impl Stack {
     /// The same, with every profile enabled: for commands that must see every container the
     /// project may have (down, ps, logs), whatever profiles `up` used.
     pub fn compose_all_profiles(&self) -> Step {
-        Stack { profiles: vec![Profile::Cache, Profile::Otel], ..self.clone() }.compose()
+        self.all_profiles().compose()
     }
 
-    /// The services this stack runs, in start order.
-    pub fn services(&self) -> Vec<&'static str> {
-        let mut services = vec!["db", "server"];
-        if self.profiles.contains(&Profile::Cache) {
-            services.push("redis");
-        }
-        if self.profiles.contains(&Profile::Otel) {
-            services.push("otel-collector");
-        }
-        if self.mode == Mode::Prod {
-            services.push("proxy");
-        }
-        services
-    }
-
-    /// The images this stack needs built.
-    pub fn images(&self) -> Vec<ImageName> {
-        let mut images = vec![ImageName::Server, ImageName::Db];
-        if self.profiles.contains(&Profile::Cache) {
-            images.push(ImageName::Redis);
-        }
-        if self.mode == Mode::Prod {
-            images.push(ImageName::Proxy);
-        }
-        images
-    }
-
-    /// How each service is known to be ready: through its published port where it has one,
-    /// else its container's healthcheck. The server counts as ready on `/v1/health` 200, which
-    /// it answers only when its database does.
-    pub fn probes(&self, ports: &dyn Fn(&str, u16) -> Option<u16>) -> Vec<(&'static str, Probe)> {
-        let health = |service: &str| Probe::ComposeHealthy {
-            project: self.project.clone(),
-            service: service.into(),
+    /// The same stack with every profile its files have enabled.
+    pub fn all_profiles(&self) -> Stack {
+        let profiles = match self.mode {
+            Mode::Run => Vec::new(),
+            Mode::Dev | Mode::Test | Mode::Prod => vec![Profile::Cache, Profile::Otel],
         };
-        self.services()
+        Stack { profiles, ..self.clone() }
+    }
+
+    /// The stack's service model, from `docker compose config` with the stack's files, env
+    /// files and profiles (it needs the docker CLI, not the engine).
+    pub fn model(&self) -> Result<Model> {
+        let json =
+            self.compose().args(["config", "--format", "json"]).quiet().read().with_context(
+                || format!("the {} stack's definition is not valid", self.mode.name()),
+            )?;
+        Model::parse(&json)
+    }
+
+    /// The images of ours that the model's services run at this stack's tag: those a task
+    /// builds first.
+    pub fn images(&self, model: &Model) -> Vec<ImageName> {
+        ImageName::ALL
             .into_iter()
+            .filter(|image| {
+                let reference = format!("{}:{}", image::repository(None, *image), self.tag);
+                model.services.iter().any(|s| s.image == reference)
+            })
+            .collect()
+    }
+
+    /// How each service is known to be ready: its `memories.probe` on the host port that
+    /// `host_port` gives for its first published port, else its container's healthcheck.
+    pub fn probes(
+        &self,
+        model: &Model,
+        host_port: &dyn Fn(&Service, Port) -> Option<u16>,
+    ) -> Vec<(String, Probe)> {
+        model
+            .services
+            .iter()
             .map(|service| {
-                let probe = match (service, self.mode) {
-                    ("server", Mode::Dev | Mode::Test) => match ports("server", 8283) {
-                        Some(port) => http_health(port),
-                        None => health(service),
+                let port = service.probe_port().and_then(|port| host_port(service, port));
+                let host = "127.0.0.1".to_owned();
+                let probe = match (&service.readiness, port) {
+                    (Readiness::Healthcheck, _) | (_, None) => Probe::ComposeHealthy {
+                        project: self.project.clone(),
+                        service: service.name.clone(),
                     },
-                    ("db", Mode::Dev | Mode::Test) => {
-                        match (ports("db", 5432), self.setting("POSTGRES_PASSWORD")) {
-                            (Some(port), password) => Probe::Postgres {
-                                host: "127.0.0.1".into(),
-                                port,
-                                user: "memories".into(),
-                                password,
-                                database: "memories".into(),
-                                allow_cleartext: false,
-                            },
-                            (None, _) => health(service),
+                    (Readiness::Http { path }, Some(port)) => Probe::loopback_200(port, path),
+                    (Readiness::Postgres, Some(port)) => {
+                        let user = service.env("POSTGRES_USER").unwrap_or("postgres");
+                        Probe::Postgres {
+                            host,
+                            port,
+                            user: user.to_owned(),
+                            password: service.env("POSTGRES_PASSWORD").map(str::to_owned),
+                            database: service.env("POSTGRES_DB").unwrap_or(user).to_owned(),
+                            allow_cleartext: false,
                         }
                     }
-                    ("redis", Mode::Dev | Mode::Test) => match ports("redis", 6379) {
-                        Some(port) => {
-                            Probe::Redis { host: "127.0.0.1".into(), port, password: None }
-                        }
-                        None => health(service),
-                    },
-                    ("proxy", _) => match ports("proxy", 8080) {
-                        Some(port) => http_health(port),
-                        None => health(service),
-                    },
-                    _ => health(service),
+                    (Readiness::Redis, Some(port)) => Probe::Redis { host, port, password: None },
                 };
-                (service, probe)
+                (service.name.clone(), probe)
             })
             .collect()
     }
@@ -228,28 +259,15 @@ impl Stack {
         if let Ok(value) = std::env::var(key) {
             return Some(value);
         }
-        let mode_env = self.root.join(format!("compose/{}.env", self.mode.name()));
+        let mode_env = self.mode.env_file().map(|file| self.root.join(file));
         let mut found = None;
-        for file in std::iter::once(&mode_env).chain(&self.env_files) {
+        for file in mode_env.iter().chain(&self.env_files) {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             if let Some(value) = env_file_value(&text, key) {
                 found = Some(value);
             }
         }
         found
-    }
-
-    /// The host port a service is published on by configuration (dev and prod), without asking
-    /// Docker: the `DEV_*_PORT` and `PROXY_PORT` settings or their defaults.
-    pub fn configured_port(&self, service: &str) -> Option<u16> {
-        let (key, default) = match (self.mode, service) {
-            (Mode::Dev, "server") => ("DEV_SERVER_PORT", 8283),
-            (Mode::Dev, "db") => ("DEV_DB_PORT", 5432),
-            (Mode::Dev, "redis") => ("DEV_REDIS_PORT", 6379),
-            (Mode::Prod, "proxy") => ("PROXY_PORT", 8080),
-            _ => return None,
-        };
-        Some(self.setting(key).and_then(|p| p.parse().ok()).unwrap_or(default))
     }
 
     /// The host port `service`'s `port` is published on, if it is.
@@ -260,19 +278,16 @@ impl Stack {
     }
 }
 
-fn http_health(port: u16) -> Probe {
-    Probe::loopback_200(port, "/v1/health")
-}
-
 /// Builds the images the stack runs (a no-op when nothing changed).
-pub fn build(stack: &Stack, revision: &Revision) -> Result<()> {
-    image::execute(&build_plan(stack, revision)).context("cannot build the stack's images")?;
+pub fn build(stack: &Stack, model: &Model, revision: &Revision) -> Result<()> {
+    image::execute(&build_plan(stack, model, revision))
+        .context("cannot build the stack's images")?;
     Ok(())
 }
 
 /// The build of the images the stack runs.
-pub fn build_plan(stack: &Stack, revision: &Revision) -> image::BuildPlan {
-    let request = BuildRequest { images: stack.images(), ..BuildRequest::default() };
+pub fn build_plan(stack: &Stack, model: &Model, revision: &Revision) -> image::BuildPlan {
+    let request = BuildRequest { images: stack.images(model), ..BuildRequest::default() };
     image::plan(&stack.root, revision, &request)
 }
 
@@ -287,29 +302,36 @@ pub fn down_step(stack: &Stack, volumes: bool) -> Step {
     if volumes { step.arg("--volumes") } else { step }
 }
 
-/// What `up_and_wait` waits for, as a plan shows it (no Docker asked): the configured ports
-/// of dev and prod; for a test stack, the container ports, whose host ports are known only
-/// after `up`.
-pub fn planned_waits(stack: &Stack) -> Vec<String> {
-    let probes = match stack.mode {
-        Mode::Dev | Mode::Prod => stack.probes(&|service, _| stack.configured_port(service)),
-        Mode::Test => stack.probes(&|_, port| Some(port)),
-    };
-    let suffix = match stack.mode {
-        Mode::Test => " (container port; the host port is read after up)",
-        Mode::Dev | Mode::Prod => "",
-    };
-    probes.iter().map(|(service, probe)| format!("{service} {probe}{suffix}")).collect()
+/// What `up_and_wait` waits for, as a plan shows it (no engine asked): the host ports the
+/// definition fixes (dev, prod, run), else the container port, whose host port is known only
+/// after `up` (test).
+pub fn planned_waits(stack: &Stack, model: &Model) -> Vec<String> {
+    let probes = stack.probes(model, &|_, port| Some(port.published.unwrap_or(port.target)));
+    probes
+        .iter()
+        .map(|(name, probe)| {
+            let known = model.service(name).and_then(Service::probe_port).map(|p| p.published);
+            match known {
+                Some(None) if !matches!(probe, Probe::ComposeHealthy { .. }) => {
+                    format!("{name} {probe} (container port; the host port is read after up)")
+                }
+                _ => format!("{name} {probe}"),
+            }
+        })
+        .collect()
 }
 
 /// Fails naming the first image of the stack that is not in the local image store, for
 /// `--no-build` runs.
-pub fn require_images(stack: &Stack) -> Result<()> {
+pub fn require_images(stack: &Stack, model: &Model) -> Result<()> {
     let references: Vec<String> = stack
-        .images()
+        .images(model)
         .into_iter()
         .map(|image| format!("{}:{}", image::repository(None, image), stack.tag))
         .collect();
+    if references.is_empty() {
+        return Ok(());
+    }
     // One call for all: it prints the ids of those found and fails if any is missing.
     let output = docker::cli(&stack.root)
         .args(["image", "inspect", "--format", "{{.Id}}"])
@@ -357,7 +379,7 @@ fn list(project: &str, args: &[&str]) -> Result<String> {
 pub fn existing(project: &str) -> Result<Existing> {
     let format = "{{.State}}\t{{.Label \"com.docker.compose.project.config_files\"}}";
     let containers = list(project, &["ps", "--all", "--format", format])?;
-    let modes: Vec<Mode> = [Mode::Dev, Mode::Test, Mode::Prod]
+    let modes: Vec<Mode> = [Mode::Dev, Mode::Test, Mode::Prod, Mode::Run]
         .into_iter()
         .filter(|mode| containers.contains(&format!("{}.yaml", mode.name())))
         .collect();
@@ -396,23 +418,28 @@ pub fn require_own_kind(stack: &Stack) -> Result<Existing> {
 
 /// Starts the stack and waits until every service is ready. On failure it prints `ps` and
 /// the logs of the services that did not make it; tearing down is the caller's.
-pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str, Probe)>> {
+pub fn up_and_wait(
+    stack: &Stack,
+    model: &Model,
+    timeout: Duration,
+) -> Result<Vec<(String, Probe)>> {
     let up = up_step(stack);
-    // Where the ports are known beforehand (dev, prod), the probes start with `up` itself, and
-    // `up` is one more check of the same wait: its failure ends the wait at once.
-    let (probes, up_check) = match stack.mode {
-        Mode::Dev | Mode::Prod => {
-            let probes = stack.probes(&|service, _| stack.configured_port(service));
-            (probes, Some(UpCheck::start(&up)?))
-        }
-        Mode::Test => {
-            up.run().context("cannot start the stack")?;
-            (stack.probes(&|service, port| stack.published_port(service, port)), None)
-        }
+    // Where the definition fixes every probed host port (dev, prod, run), the probes start
+    // with `up` itself, and `up` is one more check of the same wait: its failure ends the wait
+    // at once. Otherwise (test) the host ports are read once `up` is done.
+    let fixed = model.services.iter().all(|s| s.probe_port().is_none_or(|p| p.published.is_some()));
+    let (probes, up_check) = if fixed {
+        (stack.probes(model, &|_, port| port.published), Some(UpCheck::start(&up)?))
+    } else {
+        up.run().context("cannot start the stack")?;
+        let published = |service: &Service, port: Port| {
+            port.published.or_else(|| stack.published_port(&service.name, port.target))
+        };
+        (stack.probes(model, &published), None)
     };
     say!(
         "waiting up to {timeout:?} for {}",
-        probes.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+        probes.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
     );
     // Probes count only once `up` has exited: before that they may reach a container that
     // `up` is about to replace.
@@ -422,7 +449,7 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
         .map(|(service, probe)| {
             let check = ServiceCheck {
                 project: stack.project.clone(),
-                service,
+                service: service.clone(),
                 probe: wait::checks::for_probe(probe),
                 started: started.clone(),
                 looked: None,
@@ -441,37 +468,13 @@ pub fn up_and_wait(stack: &Stack, timeout: Duration) -> Result<Vec<(&'static str
                 .iter()
                 .zip(&outcome.reports)
                 .filter(|(_, r)| r.state != wait::State::Ready)
-                .map(|((service, _), _)| *service)
+                .map(|((service, _), _)| service.as_str())
                 .collect();
             dump(stack, &failing);
         }
         return Err(err.context(format!("stack {} did not become ready", stack.project)));
     }
     Ok(probes)
-}
-
-/// [`up_and_wait`] for a long-lived stack (dev, prod), after [`require_own_kind`]. When it
-/// fails, a stack that was not running before is taken down (its data stays); one that was is
-/// left as it is, so that a failed update never takes down containers that served before it.
-pub fn up_and_wait_or_undo(
-    stack: &Stack,
-    before: &Existing,
-    timeout: Duration,
-) -> Result<Vec<(&'static str, Probe)>> {
-    let result = up_and_wait(stack, timeout);
-    if result.is_err() {
-        if before.running {
-            say!(
-                "left stack {} as it is: it was running before this run; see `docker compose \
-                 --project-name {} ps --all`",
-                stack.project,
-                stack.project
-            );
-        } else {
-            let _ = down(stack, false);
-        }
-    }
-    result
 }
 
 /// `docker compose up` running beside the probes: ready when it exits 0, failed when it exits
@@ -512,7 +515,7 @@ impl wait::Check for UpCheck {
 /// once when the service's container has exited: a dead server is not "not yet ready".
 struct ServiceCheck {
     project: String,
-    service: &'static str,
+    service: String,
     probe: Box<dyn wait::Check>,
     started: Arc<AtomicBool>,
     /// When the container's state was last looked at (at most every 500 ms).
@@ -534,7 +537,7 @@ impl wait::Check for ServiceCheck {
         self.looked = Some(Instant::now());
         let states = wait::checks::compose_service_ps(
             &self.project,
-            self.service,
+            &self.service,
             "{{.State}}\t{{.Status}}",
             timeout,
         );
@@ -564,8 +567,13 @@ impl wait::Check for ServiceCheck {
 pub fn dump(stack: &Stack, services: &[&str]) {
     say!("--- state of stack {} ---", stack.project);
     let _ = stack.compose_all_profiles().args(["ps", "--all"]).run_regardless();
-    let services: Vec<&str> =
-        if services.is_empty() { stack.services() } else { services.to_vec() };
+    if services.is_empty() {
+        say!("--- last 200 log lines of each service ---");
+        let _ = stack
+            .compose_all_profiles()
+            .args(["logs", "--no-color", "--tail", "200"])
+            .run_regardless();
+    }
     for service in services {
         say!("--- last 200 log lines of {service} ---");
         let _ = stack
@@ -587,37 +595,126 @@ pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
     })
 }
 
-/// Runs `act` on a started stack; on failure dumps its state; then tears down what this run
-/// created (unless `keep`), and returns the first error.
+/// What becomes of a stack when the task that started it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// Removed with its volumes, whatever happened: an isolated test stack.
+    Always,
+    /// Stopped and removed, whatever happened, keeping its volumes: `run`, whose data
+    /// outlives the container.
+    Stop,
+    /// Left running, whatever happened, with the command that removes it: `test --keep`.
+    Keep,
+    /// Left running when the task succeeds (dev, prod). A failed start takes down a stack
+    /// that was not running before and leaves one that was, so that a failed update never
+    /// takes down containers that served before it; a failed or interrupted task (Ctrl-C on
+    /// `dev --attach`) stops it, keeping its data.
+    LeaveRunning,
+}
+
+/// How [`lifecycle`] treats a stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    /// How long the stack may take to be ready.
+    pub timeout: Duration,
+    /// Build the stack's images first; else only check that they are in the local store
+    /// (`--no-build`).
+    pub build: bool,
+    pub teardown: Teardown,
+}
+
+/// The one lifecycle of every stack task: refuse a project of another kind -> read the
+/// service model -> build (or check the images) -> up -> wait (our probes) -> `act` -> on
+/// failure, `ps` and the logs -> the teardown the policy says -> the first error.
 pub fn lifecycle(
     stack: &Stack,
-    timeout: Duration,
-    teardown_volumes: bool,
-    keep: bool,
-    act: impl FnOnce(&[(&'static str, Probe)]) -> Result<()>,
+    revision: &Revision,
+    how: Lifecycle,
+    act: impl FnOnce(&Model, &[(String, Probe)]) -> Result<()>,
 ) -> Result<()> {
-    let result = up_and_wait(stack, timeout).and_then(|probes| {
-        let result = act(&probes);
-        if result.is_err() && !interrupt::is_set() {
-            dump(stack, &[]);
-        }
-        result
-    });
-    if keep {
-        say!(
-            "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
-            stack.project,
-            stack.project
-        );
-        return result;
+    let before = require_own_kind(stack)?;
+    let model = stack.model()?;
+    if how.build {
+        build(stack, &model, revision)?;
+    } else {
+        require_images(stack, &model)?;
     }
-    let teardown = down(stack, teardown_volumes);
+    let started = up_and_wait(stack, &model, how.timeout);
+    let result = match &started {
+        Ok(probes) => {
+            let result = act(&model, probes);
+            if result.is_err() && !interrupt::is_set() {
+                dump(stack, &[]);
+            }
+            result
+        }
+        Err(_) => Ok(()),
+    };
+    let start_failed = started.is_err();
+    let result = started.and(result);
+    let teardown = match how.teardown {
+        Teardown::Always => down(stack, true),
+        Teardown::Stop => down(stack, false),
+        Teardown::Keep => {
+            say!(
+                "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
+                stack.project,
+                stack.project
+            );
+            Ok(())
+        }
+        Teardown::LeaveRunning if result.is_ok() => Ok(()),
+        Teardown::LeaveRunning if start_failed && before.running => {
+            say!(
+                "left stack {} as it is: it was running before this run; see `docker compose \
+                 --project-name {} ps --all`",
+                stack.project,
+                stack.project
+            );
+            Ok(())
+        }
+        Teardown::LeaveRunning => down(stack, false),
+    };
     match (result, teardown) {
         (Err(err), Err(teardown)) => {
             say!("error: {teardown:#}");
             Err(err)
         }
         (result, teardown) => result.and(teardown),
+    }
+}
+
+/// The plan of [`lifecycle`], as `--dry-run` shows it: `act` adds what the task does once
+/// the stack is ready.
+pub fn lifecycle_plan(
+    plan: Plan,
+    stack: &Stack,
+    model: &Model,
+    revision: &Revision,
+    how: Lifecycle,
+    act: impl FnOnce(Plan) -> Plan,
+) -> Plan {
+    let plan = plan.note(format!(
+        "refuses a project that holds a stack of another kind than {}",
+        stack.mode.name()
+    ));
+    let plan = match how.build {
+        true => plan.step(build_plan(stack, model, revision).step),
+        false => plan.note("--no-build: first checks that every image is in the local store"),
+    };
+    let plan = act(plan.step(up_step(stack)).wait_for(planned_waits(stack, model)));
+    match how.teardown {
+        Teardown::Always => plan
+            .note("then tears the stack down with its volumes, whatever happened:")
+            .step(down_step(stack, true)),
+        Teardown::Stop => plan
+            .note("then stops the stack, whatever happened (its volumes are kept):")
+            .step(down_step(stack, false)),
+        Teardown::Keep => plan.note("--keep: the stack is left running"),
+        Teardown::LeaveRunning => plan.note(
+            "the stack is left running; a failed start takes it down only if it was not \
+             running before",
+        ),
     }
 }
 
@@ -731,25 +828,45 @@ mod tests {
     }
 
     #[test]
-    fn services_images_and_probes_follow_mode_and_profiles() {
+    fn images_and_probes_follow_the_service_model() {
         let test = stack(Mode::Test, &[Profile::Cache]);
-        assert_eq!(test.services(), ["db", "server", "redis"]);
-        assert_eq!(test.images(), [ImageName::Server, ImageName::Db, ImageName::Redis]);
-        let probes = test.probes(&|service, _| (service != "db").then_some(40000));
+        let model = Model::parse(
+            r#"{"services": {
+                "db": {"image": "memories/db:0.1.0-abc1234",
+                       "labels": {"memories.probe": "postgres"},
+                       "environment": {"POSTGRES_USER": "u", "POSTGRES_PASSWORD": "pw"},
+                       "ports": [{"target": 5432}]},
+                "otel": {"image": "otel/collector:1"},
+                "redis": {"image": "memories/redis:0.1.0-abc1234",
+                          "labels": {"memories.probe": "redis"}, "ports": [{"target": 6379}]},
+                "server": {"image": "memories/server:0.1.0-abc1234",
+                           "labels": {"memories.probe": "http /v1/health"},
+                           "ports": [{"target": 8283, "published": "8283"}]},
+                "stale": {"image": "memories/proxy:0.0.1-old", "ports": [{"target": 8080}]}
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(test.images(&model), [ImageName::Server, ImageName::Db, ImageName::Redis]);
+        let probes = test.probes(&model, &|service, port| {
+            (service.name != "redis").then_some(port.published.unwrap_or(40000))
+        });
         let shown: Vec<String> = probes.iter().map(|(s, p)| format!("{s} {p}")).collect();
         assert_eq!(
             shown,
             [
-                "db compose://p1/db",
-                "server http://127.0.0.1:40000/v1/health#status=200",
-                "redis redis://127.0.0.1:40000",
+                "db postgres://u:***@127.0.0.1:40000/u",
+                "otel compose://p1/otel",
+                "redis compose://p1/redis",
+                "server http://127.0.0.1:8283/v1/health#status=200",
+                "stale compose://p1/stale",
             ]
         );
-        let prod = stack(Mode::Prod, &[]);
-        assert_eq!(prod.services(), ["db", "server", "proxy"]);
-        assert!(prod.images().contains(&ImageName::Proxy));
-        let probes = prod.probes(&|_, _| None);
-        assert_eq!(probes[1].1.to_string(), "compose://p1/server");
+        let planned = planned_waits(&test, &model);
+        assert_eq!(
+            planned[0],
+            "db postgres://u:***@127.0.0.1:5432/u (container port; the host port is read after up)"
+        );
+        assert_eq!(planned[3], "server http://127.0.0.1:8283/v1/health#status=200");
     }
 
     #[test]

@@ -8,15 +8,13 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::cli::{
-    DevAction, DevArgs, DevUpArgs, ImageName, ProdAction, ProdArgs, RunArgs, TestArgs,
-};
+use crate::cli::{DevAction, DevArgs, DevUpArgs, ProdAction, ProdArgs, RunArgs, TestArgs};
 use crate::docker;
-use crate::image::{self, BuildRequest};
 use crate::interrupt::{self, Interrupted};
 use crate::plan::{Plan, Step};
 use crate::reap::{self, RunId};
-use crate::stack::{self, Mode, Profile, Stack};
+use crate::services::Model;
+use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
 use crate::version::Revision;
 use crate::wait::{self, Attempt, Check, Probe, WaitOptions};
 
@@ -30,122 +28,151 @@ pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
         _ => Vec::new(),
     };
     let stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
+    if args.preview.json && !args.preview.dry_run {
+        refuse_json(&action)?;
+    }
     if args.preview.dry_run {
-        dev_plan(&stack, &revision, &action).print(args.preview.json);
+        dev_plan(&stack, &revision, &action)?.print(args.preview.json);
         return Ok(());
     }
     match action {
         DevAction::Up(up) => dev_up(&stack, &revision, &up, args.preview.json),
         DevAction::Down { volumes } => stack::down(&stack, volumes),
         DevAction::Logs { service, follow } => {
-            let mut step = stack.compose_all_profiles().arg("logs").stdout_is_data();
-            if follow {
-                step = step.arg("--follow");
+            if let Some(service) = &service {
+                stack.all_profiles().model()?.require(service)?;
             }
-            step.args(service).run()
+            logs_step(&stack, service.as_deref(), follow).stdout_is_data().run()
         }
-        DevAction::Ps => stack.compose_all_profiles().args(["ps", "--all"]).stdout_is_data().run(),
+        DevAction::Ps => ps_step(&stack, args.preview.json).stdout_is_data().run(),
         DevAction::Exec { service, command } => {
-            let mut step = stack.compose_all_profiles().arg("exec");
-            if !std::io::stdin().is_terminal() {
-                step = step.arg("-T");
-            }
-            step.arg(service).args(command).stdout_is_data().run()
+            stack.all_profiles().model()?.require(&service)?;
+            exec_step(&stack, &service, &command).stdout_is_data().run()
         }
         DevAction::Restart { service } => {
+            let model = stack.all_profiles().model()?;
+            model.require(&service)?;
             stack.compose_all_profiles().args(["restart", &service]).run()?;
-            let running = Stack { profiles: running_profiles(&stack), ..stack.clone() };
-            wait_ready(&running, Duration::from_secs(120))
+            let running = running_services(&stack, &model);
+            let probes = stack.probes(&running, &|_, port| port.published);
+            let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+            wait::until_ready(
+                checks,
+                WaitOptions { timeout: Duration::from_secs(120), ..WaitOptions::default() },
+            )?;
+            if args.preview.json {
+                print_endpoints(&stack, &probes, true);
+            }
+            Ok(())
         }
     }
+}
+
+/// `--json` where a subcommand's output is a stream of its own (logs, a command's output):
+/// refused rather than ignored.
+fn refuse_json(action: &DevAction) -> Result<()> {
+    let name = match action {
+        DevAction::Logs { .. } => "logs",
+        DevAction::Exec { .. } => "exec",
+        _ => return Ok(()),
+    };
+    bail!(
+        "`dev {name}` prints the service's own output, which is not JSON: drop --json (with \
+         --dry-run, --json prints the plan)"
+    )
+}
+
+fn logs_step(stack: &Stack, service: Option<&str>, follow: bool) -> Step {
+    let step = stack.compose_all_profiles().arg("logs");
+    let step = if follow { step.arg("--follow") } else { step };
+    step.args(service)
+}
+
+fn ps_step(stack: &Stack, json: bool) -> Step {
+    let step = stack.compose_all_profiles().args(["ps", "--all"]);
+    if json { step.args(["--format", "json"]) } else { step }
+}
+
+/// `compose exec`, without a TTY when our stdin is not a terminal (a pipe, CI, a plan).
+fn exec_step(stack: &Stack, service: &str, command: &[String]) -> Step {
+    let step = stack.compose_all_profiles().arg("exec");
+    let step = if std::io::stdin().is_terminal() { step } else { step.arg("-T") };
+    step.arg(service).args(command.iter().cloned())
+}
+
+/// The lifecycle of `dev up` and `prod up`: a stack left running.
+fn long_lived(timeout: Duration, no_build: bool) -> Lifecycle {
+    Lifecycle { timeout, build: !no_build, teardown: Teardown::LeaveRunning }
 }
 
 /// What `dev ACTION` would run.
-fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Plan {
+fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Plan> {
     let plan = Plan::new(format!("dev on project {}", stack.project));
-    match action {
+    let plan = match action {
         DevAction::Up(up) => {
-            let plan = build_or_check(plan, stack, revision, up.no_build)
-                .note("refuses a project that holds a prod stack")
-                .step(stack::up_step(stack))
-                .wait_for(stack::planned_waits(stack))
-                .note("a failed start takes down only a stack that was not running before");
-            match up.attach {
-                true => plan.step(stack.compose().args(["logs", "--follow", "--since", "1s"])),
+            let model = stack.model()?;
+            let how = long_lived(up.timeout, up.no_build);
+            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| match up.attach {
+                true => plan
+                    .step(stack.compose().args(["logs", "--follow", "--since", "1s"]))
+                    .note("Ctrl-C then stops the stack (its data is kept)"),
                 false => plan,
-            }
+            })
         }
         DevAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
         DevAction::Logs { service, follow } => {
-            let step = stack.compose_all_profiles().arg("logs");
-            let step = if *follow { step.arg("--follow") } else { step };
-            plan.step(step.args(service.clone()))
+            plan.step(logs_step(stack, service.as_deref(), *follow))
         }
-        DevAction::Ps => plan.step(stack.compose_all_profiles().args(["ps", "--all"])),
-        DevAction::Exec { service, command } => plan.step(
-            stack.compose_all_profiles().arg("exec").arg(service).args(command.iter().cloned()),
-        ),
-        DevAction::Restart { service } => plan
-            .step(stack.compose_all_profiles().args(["restart", service]))
-            .note("then waits for the services of the profiles that run:")
-            .wait_for(stack::planned_waits(stack)),
-    }
+        DevAction::Ps => plan.step(ps_step(stack, false)),
+        DevAction::Exec { service, command } => plan.step(exec_step(stack, service, command)),
+        DevAction::Restart { service } => {
+            let model = stack.all_profiles().model()?;
+            plan.step(stack.compose_all_profiles().args(["restart", service]))
+                .note("then waits for those of these services that run:")
+                .wait_for(stack::planned_waits(stack, &model))
+        }
+    };
+    Ok(plan)
 }
 
 fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs, json: bool) -> Result<()> {
-    let before = stack::require_own_kind(stack)?;
-    if up.no_build {
-        stack::require_images(stack)?;
-    } else {
-        stack::build(stack, revision)?;
-    }
-    let probes = stack::up_and_wait_or_undo(stack, &before, up.timeout)?;
-    print_endpoints(stack, &probes, json);
-    say!(
-        "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
-        stack.project
-    );
-    if !up.attach {
-        return Ok(());
-    }
-    let followed =
-        stack.compose().args(["logs", "--follow", "--since", "1s"]).stdout_is_data().run();
-    if interrupt::is_set() {
-        stack::down(stack, false)?;
-        return Err(Interrupted.into());
-    }
-    followed
+    let how = long_lived(up.timeout, up.no_build);
+    stack::lifecycle(stack, revision, how, |_, probes| {
+        print_endpoints(stack, probes, json);
+        say!(
+            "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
+            stack.project
+        );
+        if !up.attach {
+            return Ok(());
+        }
+        let followed =
+            stack.compose().args(["logs", "--follow", "--since", "1s"]).stdout_is_data().run();
+        if interrupt::is_set() {
+            // The lifecycle stops the stack (a failed task), keeping its data.
+            return Err(Interrupted.into());
+        }
+        followed
+    })
 }
 
-/// The profiles whose services run now, so a restart waits for what is there.
-fn running_profiles(stack: &Stack) -> Vec<Profile> {
+/// The services of `model` that run now, so that a restart waits for what is there.
+fn running_services(stack: &Stack, model: &Model) -> Model {
     let services = stack
         .compose_all_profiles()
         .args(["ps", "--services", "--status", "running"])
+        .quiet()
         .read()
         .unwrap_or_default();
-    let mut profiles = Vec::new();
-    if services.lines().any(|s| s == "redis") {
-        profiles.push(Profile::Cache);
-    }
-    if services.lines().any(|s| s == "otel-collector") {
-        profiles.push(Profile::Otel);
-    }
-    profiles
-}
-
-fn wait_ready(stack: &Stack, timeout: Duration) -> Result<()> {
-    let probes = stack.probes(&|service, port| stack.published_port(service, port));
-    let checks = wait::checks(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
-    wait::until_ready(checks, WaitOptions { timeout, ..WaitOptions::default() })
+    model.only(&services.lines().collect::<Vec<_>>())
 }
 
 /// Prints where each service answers, on stdout: one line each, or one JSON document.
-fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)], json: bool) {
+fn print_endpoints(stack: &Stack, probes: &[(String, Probe)], json: bool) {
     if json {
         let services: serde_json::Map<String, Value> = probes
             .iter()
-            .map(|(service, probe)| (service.to_string(), Value::from(probe.to_string())))
+            .map(|(service, probe)| (service.clone(), Value::from(probe.to_string())))
             .collect();
         out!("{}", serde_json::json!({"project": stack.project, "services": services}));
         return;
@@ -156,7 +183,7 @@ fn print_endpoints(stack: &Stack, probes: &[(&'static str, Probe)], json: bool) 
             Probe::Redis { host, port, .. } => out!("{service:<8} redis://{host}:{port}"),
             Probe::Postgres { host, port, user, database, .. } => out!(
                 "{service:<8} postgresql://{user}@{host}:{port}/{database} (password in compose/{}.env)",
-                if stack.mode == Mode::Dev { "dev" } else { "test" }
+                stack.mode.name()
             ),
             _ => out!("{service:<8} {probe}"),
         }
@@ -182,25 +209,26 @@ fn e2e_tests(root: &Utf8Path, cargo: &str, args: &TestArgs) -> Step {
         .args(args.filter.iter().cloned())
 }
 
+/// The lifecycle of the end-to-end suite's stack.
+fn test_lifecycle(args: &TestArgs) -> Lifecycle {
+    let teardown = if args.keep { Teardown::Keep } else { Teardown::Always };
+    Lifecycle { timeout: args.timeout, build: true, teardown }
+}
+
 /// What `cargo xtask test` would run.
 fn test_plan(root: &Utf8Path, args: &TestArgs, cargo: &str) -> Result<Plan> {
     let revision = Revision::read(root)?;
     let stack = test_stack(root, args, &revision);
+    let model = stack.model()?;
     let mut plan = Plan::new(format!("test on project {}", stack.project))
         .note("first removes what test runs whose process is gone left (`cargo xtask reap`)");
     if !args.e2e_only {
         plan = plan.step(workspace_tests(root, cargo, args));
     }
-    plan = plan
-        .step(stack::build_plan(&stack, &revision).step)
-        .step(stack::up_step(&stack))
-        .wait_for(stack::planned_waits(&stack))
-        .step(e2e_tests(root, cargo, args).env("MEMORIES_URL", "http://127.0.0.1:<server port>"))
-        .note("then tears the stack down with its volumes, whatever happened:");
-    match args.keep {
-        true => Ok(plan.note("--keep: the stack is left running")),
-        false => Ok(plan.step(stack::down_step(&stack, true))),
-    }
+    let e2e = e2e_tests(root, cargo, args).env("MEMORIES_URL", "http://127.0.0.1:<server port>");
+    Ok(stack::lifecycle_plan(plan, &stack, &model, &revision, test_lifecycle(args), |plan| {
+        plan.step(e2e)
+    }))
 }
 
 /// `cargo xtask test`.
@@ -243,15 +271,12 @@ fn test_run(root: &Utf8Path, args: &TestArgs, cargo: &str, run: RunId) -> Result
     // A kept stack outlives the run, so it must not carry its label (the next run would reap
     // it).
     stack.run = if args.keep { None } else { Some(run) };
-    stack::build(&stack, &revision)?;
     say!("end-to-end tests on stack {}", stack.project);
-    stack::lifecycle(&stack, args.timeout, true, args.keep, |probes| {
+    stack::lifecycle(&stack, &revision, test_lifecycle(args), |_, probes| {
         let url = probes
             .iter()
-            .find_map(|(service, probe)| match (service, probe) {
-                (&"server", Probe::Http { host, port, .. }) => {
-                    Some(format!("http://{host}:{port}"))
-                }
+            .find_map(|(service, probe)| match (service.as_str(), probe) {
+                ("server", Probe::Http { host, port, .. }) => Some(format!("http://{host}:{port}")),
                 _ => None,
             })
             .context("the test stack publishes no server port")?;
@@ -275,7 +300,7 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         if !matches!(args.action, ProdAction::Down { .. }) {
             stack::require_secrets(&stack, &SECRETS)?;
         }
-        prod_plan(&stack, &revision, &args.action).print(args.preview.json);
+        prod_plan(&stack, &revision, &args.action)?.print(args.preview.json);
         return Ok(());
     }
     match args.action {
@@ -288,31 +313,20 @@ pub fn prod(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            let before = stack::require_own_kind(&stack)?;
-            if no_build {
-                stack::require_images(&stack)?;
-            } else {
-                stack::build(&stack, &revision)?;
-            }
-            let probes = stack::up_and_wait_or_undo(&stack, &before, timeout)?;
-            print_endpoints(&stack, &probes, args.preview.json);
-            say!("the prod stack {} is ready; stop it with `cargo xtask prod down`", stack.project);
-            Ok(())
+            stack::lifecycle(&stack, &revision, long_lived(timeout, no_build), |_, probes| {
+                print_endpoints(&stack, probes, args.preview.json);
+                say!(
+                    "the prod stack {} is ready; stop it with `cargo xtask prod down`",
+                    stack.project
+                );
+                Ok(())
+            })
         }
         ProdAction::Down { volumes } => stack::down(&stack, volumes),
         ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
             deploy_swarm(&stack, &revision, &name, no_build, timeout)
         }
-    }
-}
-
-/// A plan's first part when a task builds the stack's images, or with `--no-build` only
-/// checks that they are there.
-fn build_or_check(plan: Plan, stack: &Stack, revision: &Revision, no_build: bool) -> Plan {
-    match no_build {
-        true => plan.note("--no-build: first checks that every image is in the local store"),
-        false => plan.step(stack::build_plan(stack, revision).step),
     }
 }
 
@@ -328,23 +342,27 @@ fn stack_deploy(stack: &Stack, file: &Utf8Path, name: &str) -> Step {
 }
 
 /// What `prod ACTION` would run.
-fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Plan {
+fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<Plan> {
     let plan = Plan::new(format!("prod on project {}", stack.project));
-    let build = |plan, no_build| build_or_check(plan, stack, revision, no_build);
-    match action {
+    let plan = match action {
         ProdAction::Config => plan
             .step(stack.compose().args(["config", "--format", "json"]))
             .note("prints the merged definition with every secret shown as ***"),
-        ProdAction::Up { no_build, .. } => build(plan, *no_build)
-            .note("refuses a project that holds a dev stack")
-            .step(stack::up_step(stack))
-            .wait_for(stack::planned_waits(stack))
-            .note("a failed start takes down only a stack that was not running before"),
+        ProdAction::Up { no_build, timeout } => {
+            let model = stack.model()?;
+            let how = long_lived(*timeout, *no_build);
+            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
+        }
         ProdAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
         ProdAction::Deploy { stack: name, no_build, .. } => {
             let file = swarm_file(stack, name);
-            build(plan, *no_build)
-                .note("first checks that this engine is a swarm manager")
+            let plan = match no_build {
+                true => {
+                    plan.note("--no-build: first checks that every image is in the local store")
+                }
+                false => plan.step(stack::build_plan(stack, &stack.model()?, revision).step),
+            };
+            plan.note("first checks that this engine is a swarm manager")
                 .step(stack.compose().args(["config", "--format", "json"]))
                 .note(format!(
                     "writes the swarm definition to {file} (mode 0600), removed after the deploy"
@@ -352,7 +370,8 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Plan {
                 .step(stack_deploy(stack, &file, name))
                 .note("then waits until every service runs its replicas")
         }
-    }
+    };
+    Ok(plan)
 }
 
 /// Replaces secrets with `***` wherever they appear in a definition: the values of
@@ -486,10 +505,11 @@ fn deploy_swarm(
             "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
         );
     }
+    let model = stack.model()?;
     if no_build {
-        stack::require_images(stack)?;
+        stack::require_images(stack, &model)?;
     } else {
-        stack::build(stack, revision)?;
+        stack::build(stack, &model, revision)?;
     }
     let definition = for_swarm(stack::merged_definition(stack)?);
     let file = swarm_file(stack, name);
@@ -569,66 +589,50 @@ fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
 /// `cargo xtask run`.
 pub fn run(root: &Utf8Path, args: &RunArgs) -> Result<()> {
     let revision = Revision::read(root)?;
-    let request = BuildRequest { images: vec![ImageName::Standalone], ..BuildRequest::default() };
-    let plan = image::plan(root, &revision, &request);
-    let reference = &plan.images[0].refs[1];
-    let name = format!("memories-run-{}", args.port);
-    // Created here rather than by `run`, so that it can carry a test run's label; an
-    // existing volume (data from an earlier run) is left as it is.
+    let project = format!("memories-run-{}", args.port);
+    let mut stack = Stack::new(root, Mode::Run, project, &[], stack::tag(&revision));
+    stack.vars = vec![
+        ("RUN_PORT".into(), args.port.to_string()),
+        ("RUN_VOLUME".into(), args.volume.clone()),
+    ];
+    // Created here rather than by compose, so that it outlives the stack and can carry a test
+    // run's label; an existing volume (data from an earlier run) is left as it is.
     let volume =
         docker::cli(root).args(["volume", "create"]).args(reap::label_args()).arg(&args.volume);
-    let start = docker::cli(root)
-        .args(["run", "--detach", "--rm", "--name", &name])
-        .args(reap::label_args())
-        .args(["--publish".to_owned(), format!("127.0.0.1:{}:8283", args.port)])
-        .args(["--volume".to_owned(), format!("{}:/var/lib/memories", args.volume)])
-        .arg(reference.as_str());
-    let health = Probe::loopback_200(args.port, "/v1/health");
+    let logs = stack.compose().args(["logs", "--follow", "--since", "1s"]);
+    let how = Lifecycle {
+        timeout: Duration::from_secs(60),
+        build: !args.no_build,
+        teardown: Teardown::Stop,
+    };
     if args.preview.dry_run {
-        let mut shown = Plan::new("run the standalone image");
-        if !args.no_build {
-            shown = shown.step(plan.step.clone());
-        }
-        shown = shown.step(volume).step(start).wait_for([format!("server {health}")]);
-        let logs = docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]);
-        shown
-            .step(logs)
-            .note("Ctrl-C then stops the container (the volume is kept)")
-            .print(args.preview.json);
+        let model = stack.model()?;
+        let plan = Plan::new("run the standalone image").step(volume);
+        stack::lifecycle_plan(plan, &stack, &model, &revision, how, |plan| {
+            plan.step(logs).note("until Ctrl-C")
+        })
+        .print(args.preview.json);
         return Ok(());
     }
-    if !args.no_build {
-        image::execute(&plan)?;
-    }
+    docker::require_cli()?;
     volume.quiet().read().with_context(|| format!("cannot create volume {}", args.volume))?;
-    start
-        .run()
-        .with_context(|| {
-            format!("cannot start {reference}: is another `cargo xtask run` using port {} (docker stop {name})?", args.port)
-        })?;
-    let stop = || docker::cli(root).args(["stop", &name]).run_regardless();
-    let options = WaitOptions { timeout: Duration::from_secs(60), ..WaitOptions::default() };
-    if let Err(err) = wait::until_ready(wait::checks(&[health]), options) {
-        let _ = docker::cli(root).args(["logs", "--tail", "50", &name]).run_regardless();
-        let _ = stop();
-        return Err(err);
-    }
-    if args.preview.json {
-        out!(
-            "{}",
-            serde_json::json!({"url": format!("http://127.0.0.1:{}", args.port), "container": name, "volume": args.volume})
-        );
-    } else {
-        out!("http://127.0.0.1:{}", args.port);
-    }
-    say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
-    let followed =
-        docker::cli(root).args(["logs", "--follow", "--since", "1s", &name]).stdout_is_data().run();
-    if interrupt::is_set() {
-        stop()?;
-        return Err(Interrupted.into());
-    }
-    followed
+    let url = format!("http://127.0.0.1:{}", args.port);
+    stack::lifecycle(&stack, &revision, how, |_, _| {
+        if args.preview.json {
+            out!(
+                "{}",
+                serde_json::json!({"url": url, "project": stack.project, "volume": args.volume})
+            );
+        } else {
+            out!("{url}");
+        }
+        say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
+        let followed = logs.stdout_is_data().run();
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        followed
+    })
 }
 
 #[cfg(test)]

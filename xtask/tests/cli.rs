@@ -16,15 +16,27 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A directory whose `docker` records each call and fails, placed first on PATH.
+/// A directory whose `docker` records each call and fails, placed first on PATH. The one
+/// exception is `docker compose ... config`, which reads the compose files (the service
+/// model of every stack task) and needs no engine: it is handed to the real CLI, if any.
 fn fake_docker(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("calls.log");
     let script = dir.join("docker");
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 1\n", log.display()))
-        .unwrap();
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+        .map_or("false".into(), |p| p.display().to_string());
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = compose ]; then\n  for a in \"$@\"; do\n    [ \"$a\" = config ] && exec '{real}' \"$@\"\n  done\nfi\necho \"$@\" >> '{}'\nexit 1\n",
+            log.display()
+        ),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
@@ -431,7 +443,8 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
 }
 
 /// Every task that starts or changes something, as a user would call it.
-const TASKS: [&[&str]; 14] = [
+/// `BUNDLE` stands for a valid bundle's path.
+const TASKS: [&[&str]; 16] = [
     &["dev"],
     &["dev", "up", "--profile", "cache", "--attach"],
     &["dev", "down", "--volumes"],
@@ -446,7 +459,32 @@ const TASKS: [&[&str]; 14] = [
     &["prod", "config"],
     &["prod", "deploy", "--swarm"],
     &["run", "--port", "18283"],
+    &["images", "save", "server", "--platform", "linux/amd64"],
+    &["images", "load", "BUNDLE"],
 ];
+
+/// A bundle as `images save` writes it, holding `images` as its `images.tar`.
+fn bundle(dir: &Path, images: &[u8]) -> PathBuf {
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(images).iter().map(|b| format!("{b:02x}")).collect();
+    let manifest = serde_json::json!({
+        "format": "memories-bundle/1",
+        "images": [{"image": "server", "digest": "sha256:0", "refs": ["memories/server:t"]}],
+        "file": {"path": "images.tar", "size": images.len(), "sha256": sha},
+    })
+    .to_string();
+    let path = dir.join("bundle.tar");
+    let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (name, bytes) in [("bundle.json", manifest.as_bytes()), ("images.tar", images)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, name, bytes).unwrap();
+    }
+    archive.finish().unwrap();
+    path
+}
 
 #[test]
 fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
@@ -459,6 +497,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
         format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\n"),
     )
     .unwrap();
+    let bundle = bundle(&dir, b"not really images");
     let (path, log) = fake_docker("sentinel");
     let run = |args: &[&str]| {
         let output = xtask(args)
@@ -474,7 +513,10 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
         output
     };
     for task in TASKS {
-        let mut args: Vec<&str> = task.to_vec();
+        let mut args: Vec<&str> = task
+            .iter()
+            .map(|a| if *a == "BUNDLE" { bundle.to_str().unwrap() } else { a })
+            .collect();
         if task[0] == "prod" {
             args.extend(["--env-file", env_file.to_str().unwrap()]);
         }
@@ -500,11 +542,16 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
         assert!(calls.is_empty(), "{dry:?} called docker: {calls}");
         // Without --dry-run the fake docker fails every call: the failure carries no secret
         // either. `test` would run the whole cargo suite first; its plan is enough.
-        if task[0] != "test" {
-            let failed = run(&args);
-            assert!(!failed.status.success(), "{args:?} succeeded with a failing docker");
-            let _ = std::fs::remove_file(&log);
+        // `prod config` only reads the files, so it succeeds, every secret shown as ***.
+        match task {
+            ["test", ..] => {}
+            ["prod", "config"] => assert!(run(&args).status.success(), "{args:?}"),
+            _ => {
+                let failed = run(&args);
+                assert!(!failed.status.success(), "{args:?} succeeded with a failing docker");
+            }
         }
+        let _ = std::fs::remove_file(&log);
     }
     // A probe spec with the password in it, failing in three ways.
     let spec = format!("postgres://memories:{SENTINEL}@127.0.0.1:9/memories");
@@ -516,4 +563,26 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
     ] {
         assert!(!run(&args).status.success(), "{args:?}");
     }
+}
+
+#[test]
+fn a_service_the_stack_lacks_and_json_where_output_is_a_stream_are_refused_in_one_line() {
+    let (output, log) =
+        run_without_docker("no-such-service", &["dev", "exec", "web", "--", "true"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "the stack has no service `web`: name one of db, otel-collector, redis, server"
+        ),
+        "{stderr}"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
+    let (output, _) = run_without_docker("logs-json", &["dev", "logs", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("`dev logs` prints the service's own output, which is not JSON"),
+        "{stderr}"
+    );
 }

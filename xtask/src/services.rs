@@ -1,0 +1,192 @@
+//! The service model of a stack, read from what `docker compose config --format json` prints
+//! for it: which services run (with the stack's profiles), the image each runs, the ports each
+//! publishes, its environment, and how it is known to be ready. Nothing here repeats the
+//! compose files: a service added there is built, started, probed and listed by every task.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The label that says how a service is probed from the host, on its first published port:
+/// `http PATH` (ready on 200), `postgres` (a login with the service's `POSTGRES_*` settings)
+/// or `redis` (PING). A service without it, or without a published port, is ready when its
+/// container's healthcheck says healthy.
+pub const PROBE_LABEL: &str = "memories.probe";
+
+/// How a service is known to be ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Http { path: String },
+    Postgres,
+    Redis,
+    Healthcheck,
+}
+
+impl Readiness {
+    fn parse(label: Option<&str>) -> Result<Readiness, String> {
+        let Some(label) = label else { return Ok(Readiness::Healthcheck) };
+        let mut words = label.split_whitespace();
+        let readiness = match (words.next(), words.next(), words.next()) {
+            (Some("http"), Some(path), None) if path.starts_with('/') => {
+                Readiness::Http { path: path.to_owned() }
+            }
+            (Some("postgres"), None, None) => Readiness::Postgres,
+            (Some("redis"), None, None) => Readiness::Redis,
+            _ => {
+                return Err(format!(
+                    "label {PROBE_LABEL}=`{label}` is not a probe: use `http /PATH`, `postgres` or `redis`"
+                ));
+            }
+        };
+        Ok(readiness)
+    }
+}
+
+/// One port of a service: the container's port and, when fixed by the definition, the host
+/// port it is published on (a test stack publishes on a free port, known only after `up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub target: u16,
+    pub published: Option<u16>,
+}
+
+/// One service of a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    /// The image reference, as interpolated (`memories/server:0.1.0-abc1234`).
+    pub image: String,
+    pub ports: Vec<Port>,
+    pub readiness: Readiness,
+    /// The container's environment, as interpolated.
+    pub environment: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// The container port a host probe reaches: the first one published.
+    pub fn probe_port(&self) -> Option<Port> {
+        self.ports.first().copied()
+    }
+
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.environment.get(key).map(String::as_str)
+    }
+}
+
+/// The services of a stack, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    pub services: Vec<Service>,
+}
+
+impl Model {
+    /// Reads `docker compose config --format json` output.
+    pub fn parse(json: &str) -> Result<Model> {
+        let definition: Value =
+            serde_json::from_str(json).context("docker compose config printed no JSON")?;
+        let Some(services) = definition.get("services").and_then(Value::as_object) else {
+            bail!("the stack definition has no services");
+        };
+        let mut model = Model::default();
+        for (name, spec) in services {
+            let label = spec["labels"].get(PROBE_LABEL).and_then(Value::as_str);
+            let readiness =
+                Readiness::parse(label).map_err(|e| anyhow::anyhow!("service {name}: {e}"))?;
+            let ports = spec["ports"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|port| {
+                    let target = port["target"].as_u64().and_then(|t| u16::try_from(t).ok())?;
+                    // Compose writes the published port as a string, an empty one for "any".
+                    let published = match &port["published"] {
+                        Value::String(p) => p.parse().ok(),
+                        Value::Number(p) => p.as_u64().and_then(|p| u16::try_from(p).ok()),
+                        _ => None,
+                    };
+                    Some(Port { target, published: published.filter(|&p| p != 0) })
+                })
+                .collect();
+            let environment = spec["environment"]
+                .as_object()
+                .map(|env| {
+                    env.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            model.services.push(Service {
+                name: name.clone(),
+                image: spec["image"].as_str().unwrap_or_default().to_owned(),
+                ports,
+                readiness,
+                environment,
+            });
+        }
+        Ok(model)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The same model with only the services named in `names`, in this model's order.
+    pub fn only(&self, names: &[&str]) -> Model {
+        let services = self.services.iter().filter(|s| names.contains(&s.name.as_str()));
+        Model { services: services.cloned().collect() }
+    }
+
+    /// Fails naming `name` and the services there are, unless the stack has a service `name`.
+    pub fn require(&self, name: &str) -> Result<&Service> {
+        self.service(name).with_context(|| {
+            format!("the stack has no service `{name}`: name one of {}", self.names().join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_ports_environment_and_probes_come_from_the_definition() {
+        let json = r#"{"services": {
+            "db": {"image": "memories/db:t", "labels": {"memories.probe": "postgres"},
+                   "environment": {"POSTGRES_USER": "u", "POSTGRES_DB": "d"},
+                   "ports": [{"target": 5432, "published": "5433", "host_ip": "127.0.0.1"}]},
+            "server": {"image": "memories/server:t", "labels": {"memories.probe": "http /v1/health"},
+                       "ports": [{"target": 8283, "host_ip": "127.0.0.1"}]},
+            "otel": {"image": "otel/collector:1", "labels": {"memories.run": ""}}
+        }}"#;
+        let model = Model::parse(json).unwrap();
+        assert_eq!(model.names(), ["db", "otel", "server"]);
+        let db = model.require("db").unwrap();
+        assert_eq!(db.readiness, Readiness::Postgres);
+        assert_eq!(db.probe_port(), Some(Port { target: 5432, published: Some(5433) }));
+        assert_eq!(db.env("POSTGRES_DB"), Some("d"));
+        let server = model.require("server").unwrap();
+        assert_eq!(server.readiness, Readiness::Http { path: "/v1/health".into() });
+        assert_eq!(server.probe_port(), Some(Port { target: 8283, published: None }));
+        assert_eq!(model.require("otel").unwrap().readiness, Readiness::Healthcheck);
+        assert_eq!(model.only(&["server", "nope"]).names(), ["server"]);
+        let missing = model.require("web").unwrap_err().to_string();
+        assert_eq!(missing, "the stack has no service `web`: name one of db, otel, server");
+    }
+
+    #[test]
+    fn a_probe_label_that_is_not_a_probe_is_refused_with_the_forms() {
+        for bad in ["http", "http v1/health", "tcp", "postgres extra"] {
+            let json =
+                format!(r#"{{"services": {{"a": {{"labels": {{"memories.probe": "{bad}"}}}}}}}}"#);
+            let err = Model::parse(&json).unwrap_err().to_string();
+            assert!(err.starts_with("service a: label memories.probe="), "{err}");
+            assert!(err.contains("use `http /PATH`, `postgres` or `redis`"), "{err}");
+        }
+    }
+}
