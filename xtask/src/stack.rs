@@ -535,7 +535,7 @@ impl wait::Check for ServiceCheck {
             return wait::Attempt::NotYet(not_yet);
         }
         self.looked = Some(Instant::now());
-        let states = wait::checks::compose_service_ps(
+        let states = wait::docker::compose_service_ps(
             &self.project,
             &self.service,
             "{{.State}}\t{{.Status}}",

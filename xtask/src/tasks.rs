@@ -556,7 +556,7 @@ struct SwarmService {
 impl Check for SwarmService {
     fn attempt(&mut self, timeout: Duration) -> Attempt {
         let label = format!("label=com.docker.swarm.service.name={}", self.service);
-        let statuses = match wait::checks::docker(
+        let statuses = match wait::docker::docker(
             &["ps", "--filter", &label, "--format", "{{.Status}}"],
             timeout,
         ) {

@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use super::Attempt;
-use super::checks::connect;
+use super::net::connect;
 
 pub struct Target<'a> {
     pub host: &'a str,
