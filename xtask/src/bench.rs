@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 use serde_json::json;
 
-use crate::cli::ImageName;
 use crate::docker;
+use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::plan::{self, Step, Streams};
 use crate::registry::Throwaway;

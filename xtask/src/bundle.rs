@@ -10,9 +10,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{ImageName, ImagesAction};
+use crate::cli::ImagesAction;
 use crate::docker;
-use crate::image::{self, BuildRequest, Output};
+use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::plan::{Plan, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::version::Revision;

@@ -1,10 +1,10 @@
 //! The command line: every task and flag, with doc comments as the only help text.
 
-use std::fmt;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::image::ImageName;
 use crate::platform::PlatformList;
 use crate::stack::Profile;
 use crate::wait::Probe;
@@ -606,51 +606,6 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The images this repository builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum ImageName {
-    /// The API server alone (Dockerfile target `runtime`).
-    Server,
-    /// The API server with its own PostgreSQL (Dockerfile target `standalone`).
-    Standalone,
-    /// PostgreSQL 17 + pgvector with the schema.
-    Db,
-    /// Redis, for the server's optional search cache.
-    Redis,
-    /// nginx in front of the server (prod).
-    Proxy,
-    /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
-    Registry,
-}
-
-impl ImageName {
-    /// Every image of the product: what `build` and `release` take when none is named.
-    pub const ALL: [ImageName; 5] = [
-        ImageName::Server,
-        ImageName::Standalone,
-        ImageName::Db,
-        ImageName::Redis,
-        ImageName::Proxy,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageName::Server => "server",
-            ImageName::Standalone => "standalone",
-            ImageName::Db => "db",
-            ImageName::Redis => "redis",
-            ImageName::Proxy => "proxy",
-            ImageName::Registry => "registry",
-        }
-    }
-}
-
-impl fmt::Display for ImageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// `cargo xtask completions SHELL`: the script for `shell`, on stdout.

@@ -2,16 +2,63 @@
 //! images build in one BuildKit session; then the refs and digests that came out.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
+use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{BuildArgs, ImageName};
+use crate::cli::BuildArgs;
 use crate::docker;
 use crate::plan::{self, Step};
 use crate::platform::Platform;
 use crate::version::Revision;
+
+/// The images this repository builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum ImageName {
+    /// The API server alone (Dockerfile target `runtime`).
+    Server,
+    /// The API server with its own PostgreSQL (Dockerfile target `standalone`).
+    Standalone,
+    /// PostgreSQL 17 + pgvector with the schema.
+    Db,
+    /// Redis, for the server's optional search cache.
+    Redis,
+    /// nginx in front of the server (prod).
+    Proxy,
+    /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
+    Registry,
+}
+
+impl ImageName {
+    /// Every image of the product: what `build` and `release` take when none is named.
+    pub const ALL: [ImageName; 5] = [
+        ImageName::Server,
+        ImageName::Standalone,
+        ImageName::Db,
+        ImageName::Redis,
+        ImageName::Proxy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageName::Server => "server",
+            ImageName::Standalone => "standalone",
+            ImageName::Db => "db",
+            ImageName::Redis => "redis",
+            ImageName::Proxy => "proxy",
+            ImageName::Registry => "registry",
+        }
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Where an image comes from: its Dockerfile and target, and its title label.
 pub struct ImageSource {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::cli::ImageName;
 use crate::docker;
+use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::version::Revision;
 use crate::wait::{self, Probe, WaitOptions};

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 
-use crate::cli::{ImageName, ReleaseArgs};
+use crate::cli::ReleaseArgs;
 use crate::docker;
+use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{self, Step};
 use crate::platform::Platform;

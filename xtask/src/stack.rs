@@ -14,8 +14,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::cli::ImageName;
 use crate::docker;
+use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
 use crate::plan::{Captured, Plan, Running, Step, Stream, Streams};
