@@ -632,8 +632,14 @@ pub fn lifecycle(
     how: Lifecycle,
     act: impl FnOnce(&Model, &[(String, Probe)]) -> Result<()>,
 ) -> Result<()> {
-    let before = require_own_kind(stack)?;
-    let model = stack.model()?;
+    // Two independent queries (the engine's containers, the CLI's reading of the files):
+    // side by side, since every task waits for both.
+    let (before, model) = std::thread::scope(|scope| {
+        let model = scope.spawn(|| stack.model());
+        let before = require_own_kind(stack);
+        (before, model.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (before, model) = (before?, model?);
     if how.build {
         build(stack, &model, revision)?;
     } else {
