@@ -1,7 +1,8 @@
 //! Stacks: the compose definition under `compose/`, the one constructor of every
-//! `docker compose` invocation, and the one lifecycle every stack task follows:
-//! build -> up -> wait (our probes) -> act -> on failure, `ps` and the failing services' logs
-//! -> tear down what this run created -> the original result. SIGINT, SIGTERM and SIGHUP take
+//! `docker compose` invocation, and the one lifecycle every stack task (dev, test, prod, run)
+//! follows: refuse a project of another kind -> read the service model ([`crate::services`])
+//! -> build -> up -> wait (our probes) -> act -> on failure, `ps` and the logs -> the teardown
+//! its [`Teardown`] policy says -> the original result. SIGINT, SIGTERM and SIGHUP take
 //! the same path and exit 128 + the signal's number; the teardown is shielded (see
 //! [`crate::interrupt::cleanup_abandoned`]).
 
