@@ -81,10 +81,8 @@ pub struct Model {
 }
 
 impl Model {
-    /// Reads `docker compose config --format json` output.
-    pub fn parse(json: &str) -> Result<Model> {
-        let definition: Value =
-            serde_json::from_str(json).context("docker compose config printed no JSON")?;
+    /// Reads a merged definition, as `docker compose config --format json` prints it.
+    pub fn from_definition(definition: &Value) -> Result<Model> {
         let Some(services) = definition.get("services").and_then(Value::as_object) else {
             bail!("the stack definition has no services");
         };
@@ -151,8 +149,13 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+
+    /// The model of `json`, a definition's text.
+    pub fn model(json: &str) -> Result<Model> {
+        Model::from_definition(&serde_json::from_str(json).unwrap())
+    }
 
     #[test]
     fn services_ports_environment_and_probes_come_from_the_definition() {
@@ -164,7 +167,7 @@ mod tests {
                        "ports": [{"target": 8283, "host_ip": "127.0.0.1"}]},
             "otel": {"image": "otel/collector:1", "labels": {"memories.run": ""}}
         }}"#;
-        let model = Model::parse(json).unwrap();
+        let model = model(json).unwrap();
         assert_eq!(model.names(), ["db", "otel", "server"]);
         let db = model.require("db").unwrap();
         assert_eq!(db.readiness, Readiness::Postgres);
@@ -184,7 +187,7 @@ mod tests {
         for bad in ["http", "http v1/health", "tcp", "postgres extra"] {
             let json =
                 format!(r#"{{"services": {{"a": {{"labels": {{"memories.probe": "{bad}"}}}}}}}}"#);
-            let err = Model::parse(&json).unwrap_err().to_string();
+            let err = model(&json).unwrap_err().to_string();
             assert!(err.starts_with("service a: label memories.probe="), "{err}");
             assert!(err.contains("use `http /PATH`, `postgres` or `redis`"), "{err}");
         }

@@ -199,11 +199,12 @@ impl Stack {
     /// The stack's service model, from `docker compose config` with the stack's files, env
     /// files and profiles (it needs the docker CLI, not the engine).
     pub fn model(&self) -> Result<Model> {
-        let json =
-            self.compose().args(["config", "--format", "json"]).quiet().read().with_context(
-                || format!("the {} stack's definition is not valid", self.mode.name()),
-            )?;
-        Model::parse(&json)
+        Model::from_definition(&read_definition(self, self.config_step().quiet())?)
+    }
+
+    /// `docker compose config --format json`: the merged, interpolated definition.
+    pub fn config_step(&self) -> Step {
+        self.compose().args(["config", "--format", "json"])
     }
 
     /// The images of ours that the model's services run at this stack's tag: those a task
@@ -308,12 +309,16 @@ pub fn down_step(stack: &Stack, volumes: bool) -> Step {
 /// after `up` (test).
 pub fn planned_waits(stack: &Stack, model: &Model) -> Vec<String> {
     let probes = stack.probes(model, &|_, port| Some(port.published.unwrap_or(port.target)));
-    probes
+    // One probe per service, in the model's order.
+    model
+        .services
         .iter()
-        .map(|(name, probe)| {
-            let known = model.service(name).and_then(Service::probe_port).map(|p| p.published);
-            match known {
-                Some(None) if !matches!(probe, Probe::ComposeHealthy { .. }) => {
+        .zip(probes)
+        .map(|(service, (name, probe))| {
+            let later = service.probe_port().is_some_and(|p| p.published.is_none());
+            match probe {
+                Probe::ComposeHealthy { .. } => format!("{name} {probe}"),
+                _ if later => {
                     format!("{name} {probe} (container port; the host port is read after up)")
                 }
                 _ => format!("{name} {probe}"),
@@ -726,7 +731,7 @@ pub fn lifecycle_plan(
 }
 
 /// The value of `key` in an env file's text, unquoted.
-pub fn env_file_value(text: &str, key: &str) -> Option<String> {
+fn env_file_value(text: &str, key: &str) -> Option<String> {
     env_file_entries(text).filter(|(k, _)| *k == key).map(|(_, v)| v).next_back()
 }
 
@@ -792,11 +797,13 @@ pub fn swarm_state(root: &Utf8Path) -> Result<String> {
 
 /// The merged, interpolated definition as JSON, for a swarm deploy.
 pub fn merged_definition(stack: &Stack) -> Result<Value> {
-    let json = stack
-        .compose()
-        .args(["config", "--format", "json"])
+    read_definition(stack, stack.config_step())
+}
+
+fn read_definition(stack: &Stack, config: Step) -> Result<Value> {
+    let json = config
         .read()
-        .context("the stack definition is not valid")?;
+        .with_context(|| format!("the {} stack's definition is not valid", stack.mode.name()))?;
     serde_json::from_str(&json).context("docker compose config printed no JSON")
 }
 
@@ -837,7 +844,7 @@ mod tests {
     #[test]
     fn images_and_probes_follow_the_service_model() {
         let test = stack(Mode::Test, &[Profile::Cache]);
-        let model = Model::parse(
+        let model = crate::services::tests::model(
             r#"{"services": {
                 "db": {"image": "memories/db:0.1.0-abc1234",
                        "labels": {"memories.probe": "postgres"},

@@ -346,7 +346,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
     let plan = Plan::new(format!("prod on project {}", stack.project));
     let plan = match action {
         ProdAction::Config => plan
-            .step(stack.compose().args(["config", "--format", "json"]))
+            .step(stack.config_step())
             .note("prints the merged definition with every secret shown as ***"),
         ProdAction::Up { no_build, timeout } => {
             let model = stack.model()?;
@@ -363,7 +363,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                 false => plan.step(stack::build_plan(stack, &stack.model()?, revision).step),
             };
             plan.note("first checks that this engine is a swarm manager")
-                .step(stack.compose().args(["config", "--format", "json"]))
+                .step(stack.config_step())
                 .note(format!(
                     "writes the swarm definition to {file} (mode 0600), removed after the deploy"
                 ))
@@ -505,13 +505,15 @@ fn deploy_swarm(
             "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
         );
     }
-    let model = stack.model()?;
+    // One read of the definition: the images to build come from it, and it is what deploys.
+    let merged = stack::merged_definition(stack)?;
+    let model = Model::from_definition(&merged)?;
     if no_build {
         stack::require_images(stack, &model)?;
     } else {
         stack::build(stack, &model, revision)?;
     }
-    let definition = for_swarm(stack::merged_definition(stack)?);
+    let definition = for_swarm(merged);
     let file = swarm_file(stack, name);
     let dir = file.parent().expect("the swarm file has a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
