@@ -207,8 +207,11 @@ pub struct DevArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DevAction {
-    /// Build what changed, start the stack, wait until it is ready, print the URLs.
-    Up(DevUpArgs),
+    /// Build what changed, start the stack (or only the named services), wait until it is
+    /// ready, print the URLs.
+    ///
+    /// `cargo xtask dev up db` starts only the database, e.g. for running the app on the host.
+    Up(DevUpCommand),
     /// Stop and remove the stack's containers and network; data volumes are kept.
     Down {
         /// Also remove the data volumes (the database's rows are lost).
@@ -241,6 +244,14 @@ pub enum DevAction {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct DevUpCommand {
+    #[command(flatten)]
+    pub up: DevUpArgs,
+    /// Start only these services (`db`, `server`, ...); the others are left as they are.
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DevUpArgs {
     /// Use the images as they are; do not build.
     #[arg(long)]
@@ -250,8 +261,15 @@ pub struct DevUpArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub profile: Vec<Profile>,
     /// After the stack is ready, follow its logs; Ctrl-C then stops the stack (data is kept).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub attach: bool,
+    /// After the stack is ready, follow the working tree: a source edit is copied into the
+    /// running server, which restarts in place (about a second); a change to the dependencies
+    /// or a Dockerfile rebuilds and recreates only the services it belongs to. The rules are
+    /// the `develop.watch` entries of compose/dev.yaml. Ctrl-C stops watching and leaves the
+    /// stack running; with --json, one event per line on stdout.
+    #[arg(long)]
+    pub watch: bool,
     /// How long to wait for the stack to be ready.
     #[arg(long, default_value = "120s", value_parser = crate::wait::parse_duration)]
     pub timeout: Duration,

@@ -27,6 +27,7 @@ mod tasks;
 mod tools;
 mod version;
 mod wait;
+mod watch;
 
 use std::process::ExitCode;
 

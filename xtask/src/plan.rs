@@ -16,8 +16,10 @@ pub struct Step {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Utf8PathBuf,
-    /// Bytes fed to the command's stdin (for instance a bake definition).
+    /// Text fed to the command's stdin (for instance a bake definition).
     pub stdin: Option<String>,
+    /// Binary data fed to the command's stdin instead (for instance a tar stream).
+    pub stdin_bytes: Option<Vec<u8>>,
     /// The command's stdout is the task's result (logs, exec, config): it goes to our stdout
     /// instead of stderr.
     pub stdout_is_data: bool,
@@ -61,6 +63,7 @@ impl Step {
             env: Vec::new(),
             cwd: cwd.into(),
             stdin: None,
+            stdin_bytes: None,
             stdout_is_data: false,
             timeout: None,
             quiet: false,
@@ -126,6 +129,12 @@ impl Step {
         self
     }
 
+    /// Feeds binary data to the command's stdin (a plan shows only its size).
+    pub fn stdin_bytes(mut self, input: Vec<u8>) -> Step {
+        self.stdin_bytes = Some(input);
+        self
+    }
+
     /// The step as data, with its secrets redacted.
     pub fn to_json(&self) -> Value {
         let env: serde_json::Map<String, Value> =
@@ -136,7 +145,11 @@ impl Step {
             "args": args,
             "env": env,
             "cwd": self.cwd.as_str(),
-            "stdin": self.stdin.as_deref().map(|s| self.redact(s)),
+            "stdin": match (&self.stdin, &self.stdin_bytes) {
+                (Some(text), _) => Some(self.redact(text)),
+                (None, Some(bytes)) => Some(format!("({} bytes)", bytes.len())),
+                (None, None) => None,
+            },
             "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
         })
     }
@@ -240,7 +253,10 @@ impl Step {
     fn supervise(&self, stop: Stop, capture: Capture) -> Result<Supervised> {
         self.echo();
         let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
-        if self.stdin.is_none() && !matches!(capture, Capture::Nothing) {
+        if self.stdin.is_none()
+            && self.stdin_bytes.is_none()
+            && !matches!(capture, Capture::Nothing)
+        {
             // A query never reads the terminal.
             expression = expression.stdin_null();
         }
@@ -262,6 +278,9 @@ impl Step {
         }
         if let Some(input) = &self.stdin {
             expression = expression.stdin_bytes(input.as_bytes());
+        }
+        if let Some(input) = &self.stdin_bytes {
+            expression = expression.stdin_bytes(input.clone());
         }
         let handle =
             expression.start().with_context(|| format!("cannot start `{}`", self.short()))?;
@@ -513,7 +532,7 @@ impl fmt::Display for Step {
         for arg in &self.args {
             write!(f, " {}", shown(arg))?;
         }
-        if self.stdin.is_some() {
+        if self.stdin.is_some() || self.stdin_bytes.is_some() {
             f.write_str(" <stdin")?;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The service model of a stack, read from what `docker compose config --format json` prints
 //! for it: which services run (with the stack's profiles), the image each runs, the ports each
-//! publishes, its environment, and how it is known to be ready. Nothing here repeats the
+//! publishes, its environment, how it is known to be ready, and how `dev --watch` updates it
+//! (compose's `develop.watch` rules and our `memories.reload` label). Nothing here repeats the
 //! compose files: a service added there is built, started, probed and listed by every task.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,11 @@ use serde_json::Value;
 /// or `redis` (PING). A service without it, or without a published port, is ready when its
 /// container's healthcheck says healthy.
 pub const PROBE_LABEL: &str = "memories.probe";
+
+/// The label that says how a service restarts its app in place, as the signal its main
+/// process takes for it (`SIGHUP`): the `restart` of a `sync+restart` watch rule. Without it,
+/// the container is restarted.
+pub const RELOAD_LABEL: &str = "memories.reload";
 
 /// How a service is known to be ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,71 @@ pub struct Service {
     pub readiness: Readiness,
     /// The container's environment, as interpolated.
     pub environment: BTreeMap<String, String>,
+    /// Its `develop.watch` rules, in order.
+    pub watch: Vec<WatchRule>,
+    /// The signal that restarts its app in place ([`RELOAD_LABEL`]), if it has one.
+    pub reload: Option<String>,
+}
+
+/// What a watch rule does with a change under its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchAction {
+    /// Copy the changed files into the running container.
+    Sync,
+    /// Copy them, then restart the service (its reload signal, else the container).
+    SyncRestart,
+    /// Build the service's image, then recreate the service.
+    Rebuild,
+}
+
+/// One `develop.watch` rule: a host path (absolute, as compose resolves it) and, for the sync
+/// actions, where it lives in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRule {
+    pub action: WatchAction,
+    pub path: String,
+    pub target: Option<String>,
+    /// Patterns relative to `path` (`__pycache__/`, `*.tmp`) whose matches are left alone.
+    pub ignore: Vec<String>,
+}
+
+impl WatchRule {
+    /// The rule as a plan shows it, with paths relative to `root`.
+    pub fn describe(&self, root: &camino::Utf8Path) -> String {
+        let path = self.path.strip_prefix(&format!("{root}/")).unwrap_or(&self.path);
+        match (self.action, &self.target) {
+            (WatchAction::Rebuild, _) | (_, None) => format!("rebuild on a change under {path}"),
+            (WatchAction::Sync, Some(target)) => format!("sync {path} to {target}"),
+            (WatchAction::SyncRestart, Some(target)) => {
+                format!("sync {path} to {target}, then restart")
+            }
+        }
+    }
+
+    fn parse(service: &str, rule: &Value) -> Result<WatchRule> {
+        let action = match rule["action"].as_str() {
+            Some("sync") => WatchAction::Sync,
+            Some("sync+restart") => WatchAction::SyncRestart,
+            Some("rebuild") => WatchAction::Rebuild,
+            other => bail!(
+                "service {service}: watch action {} is not supported: use sync, sync+restart \
+                 or rebuild",
+                other.unwrap_or("(none)")
+            ),
+        };
+        let Some(path) = rule["path"].as_str() else {
+            bail!("service {service}: a watch rule has no path");
+        };
+        let target = rule["target"].as_str().map(str::to_owned);
+        if action != WatchAction::Rebuild && target.is_none() {
+            bail!("service {service}: the watch rule for {path} syncs but has no target");
+        }
+        let ignore = rule["ignore"]
+            .as_array()
+            .map(|patterns| patterns.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(WatchRule { action, path: path.to_owned(), target, ignore })
+    }
 }
 
 impl Service {
@@ -115,12 +186,22 @@ impl Model {
                         .collect()
                 })
                 .unwrap_or_default();
+            let watch = spec["develop"]["watch"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|rule| WatchRule::parse(name, rule))
+                .collect::<Result<_>>()?;
+            let reload = spec["labels"].get(RELOAD_LABEL).and_then(Value::as_str);
             model.services.push(Service {
                 name: name.clone(),
                 image: spec["image"].as_str().unwrap_or_default().to_owned(),
                 ports,
                 readiness,
                 environment,
+                watch,
+                reload: reload.map(str::to_owned),
             });
         }
         Ok(model)

@@ -98,7 +98,14 @@ pub struct Stack {
     pub run: Option<RunId>,
     /// Variables the compose files read, set by the task (`run`'s port and volume).
     pub vars: Vec<(String, String)>,
+    /// The services `up` starts and the model holds (`dev up db`); empty for all of them.
+    pub services: Vec<String>,
 }
+
+/// The developer's own settings for the dev stack, at the repository root: optional and
+/// git-ignored. Its variables fill in the compose files (like `compose/dev.env`, after it) and
+/// reach the server's environment.
+pub const LOCAL_ENV_FILE: &str = ".env.local";
 
 impl Stack {
     pub fn new(
@@ -112,15 +119,21 @@ impl Stack {
         profiles.sort();
         profiles.dedup();
         let run = reap::inherited();
+        let local = root.join(LOCAL_ENV_FILE);
+        let env_files = match mode {
+            Mode::Dev if local.is_file() => vec![local],
+            _ => Vec::new(),
+        };
         Stack {
             root: root.to_owned(),
             mode,
             project,
             profiles,
             tag,
-            env_files: Vec::new(),
+            env_files,
             run,
             vars: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -199,7 +212,14 @@ impl Stack {
     /// The stack's service model, from `docker compose config` with the stack's files, env
     /// files and profiles (it needs the docker CLI, not the engine).
     pub fn model(&self) -> Result<Model> {
-        Model::from_definition(&read_definition(self, self.config_step().quiet())?)
+        let model = Model::from_definition(&read_definition(self, self.config_step().quiet())?)?;
+        if self.services.is_empty() {
+            return Ok(model);
+        }
+        for name in &self.services {
+            model.require(name)?;
+        }
+        Ok(model.only(&self.services.iter().map(String::as_str).collect::<Vec<_>>()))
     }
 
     /// `docker compose config --format json`: the merged, interpolated definition.
@@ -295,7 +315,10 @@ pub fn build_plan(stack: &Stack, model: &Model, revision: &Revision) -> image::B
 
 /// `docker compose up` as every task starts a stack: detached, with the images built before.
 pub fn up_step(stack: &Stack) -> Step {
-    stack.compose().args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
+    stack
+        .compose()
+        .args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
+        .args(&stack.services)
 }
 
 /// `docker compose down` of every profile, with the volumes when `volumes`.
@@ -515,6 +538,18 @@ impl wait::Check for UpCheck {
             Err(e) => wait::Attempt::Failed(format!("cannot wait for docker compose up: {e}")),
         }
     }
+}
+
+/// `probe` of `service`, failed at once when the service's container has exited: for a
+/// service that was just started or recreated.
+pub fn service_check(stack: &Stack, service: &str, probe: &Probe) -> Box<dyn wait::Check> {
+    Box::new(ServiceCheck {
+        project: stack.project.clone(),
+        service: service.to_owned(),
+        probe: wait::checks::for_probe(probe),
+        started: Arc::new(AtomicBool::new(true)),
+        looked: None,
+    })
 }
 
 /// A service's probe, counted only after `up` has started the containers, and failed at

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::cli::{DevAction, DevArgs, DevUpArgs, ProdAction, ProdArgs, RunArgs, TestArgs};
+use crate::cli::{DevAction, DevArgs, DevUpCommand, ProdAction, ProdArgs, RunArgs, TestArgs};
 use crate::docker;
 use crate::interrupt::{self, Interrupted};
 use crate::plan::{Plan, Step};
@@ -17,17 +17,22 @@ use crate::services::Model;
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
 use crate::version::Revision;
 use crate::wait::{self, Attempt, Check, Probe, WaitOptions};
+use crate::watch::{self, WatchOptions};
 
 /// `cargo xtask dev ...`.
 pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
-    let action = args.action.unwrap_or(DevAction::Up(args.up));
+    let action =
+        args.action.unwrap_or(DevAction::Up(DevUpCommand { up: args.up, services: Vec::new() }));
     let profiles = match &action {
-        DevAction::Up(up) => up.profile.clone(),
+        DevAction::Up(up) => up.up.profile.clone(),
         _ => Vec::new(),
     };
-    let stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
+    let mut stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
+    if let DevAction::Up(up) = &action {
+        stack.services = up.services.clone();
+    }
     if args.preview.json && !args.preview.dry_run {
         refuse_json(&action)?;
     }
@@ -109,14 +114,26 @@ fn long_lived(timeout: Duration, no_build: bool) -> Lifecycle {
 fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Plan> {
     let plan = Plan::new(format!("dev on project {}", stack.project));
     let plan = match action {
-        DevAction::Up(up) => {
+        DevAction::Up(DevUpCommand { up, .. }) => {
             let model = stack.model()?;
             let how = long_lived(up.timeout, up.no_build);
-            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| match up.attach {
-                true => plan
-                    .step(stack.compose().args(["logs", "--follow", "--since", "1s"]))
-                    .note("Ctrl-C then stops the stack (its data is kept)"),
-                false => plan,
+            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| {
+                if up.attach {
+                    return plan
+                        .step(stack.compose().args(["logs", "--follow", "--since", "1s"]))
+                        .note("Ctrl-C then stops the stack (its data is kept)");
+                }
+                if !up.watch {
+                    return plan;
+                }
+                watch::watched(&model).into_iter().fold(
+                    plan.note("then watches the working tree until Ctrl-C, by these rules:"),
+                    |plan, service| {
+                        service.watch.iter().fold(plan, |plan, rule| {
+                            plan.note(format!("{}: {}", service.name, rule.describe(&stack.root)))
+                        })
+                    },
+                )
             })
         }
         DevAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
@@ -135,14 +152,22 @@ fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Pl
     Ok(plan)
 }
 
-fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpArgs, json: bool) -> Result<()> {
+fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpCommand, json: bool) -> Result<()> {
+    let up = &up.up;
     let how = long_lived(up.timeout, up.no_build);
-    stack::lifecycle(stack, revision, how, |_, probes| {
-        print_endpoints(stack, probes, json);
+    stack::lifecycle(stack, revision, how, |model, probes| {
+        // With --json and --watch, stdout is a stream of events, the endpoints the first.
+        if !(json && up.watch) {
+            print_endpoints(stack, probes, json);
+        }
         say!(
             "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
             stack.project
         );
+        if up.watch {
+            let options = WatchOptions { timeout: up.timeout, json };
+            return watch::watch(stack, model, revision, &options);
+        }
         if !up.attach {
             return Ok(());
         }
