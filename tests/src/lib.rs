@@ -476,3 +476,96 @@ impl Drop for FaultyRegistry {
         remove_local_tags(&self.address);
     }
 }
+
+/// A copy of the repository's build inputs (`app/`, `compose/`, `docker/`, `.dockerignore`) in
+/// a git repository of its own, with app version `version`, for tests that edit sources under
+/// a running task (`MEMORIES_ROOT` points xtask at it). Its images get tags of their own
+/// (`<version>`, `<version>-<sha>`, `sha-<sha>`); dropping it removes those tags and the copy.
+pub struct RepoCopy {
+    pub root: PathBuf,
+    pub version: String,
+    pub sha: String,
+}
+
+impl RepoCopy {
+    pub fn new(version: &str) -> RepoCopy {
+        let root = std::env::temp_dir().join(unique_name("memories-copy"));
+        let source = repo_root();
+        for dir in ["app", "compose", "docker"] {
+            copy_tree(&source.join(dir), &root.join(dir));
+        }
+        std::fs::copy(source.join(".dockerignore"), root.join(".dockerignore")).unwrap();
+        let pyproject = root.join("app/pyproject.toml");
+        let text = std::fs::read_to_string(&pyproject).unwrap();
+        let text = text.replacen(
+            &format!("version = \"{}\"", pyproject_version()),
+            &format!("version = \"{version}\""),
+            1,
+        );
+        std::fs::write(&pyproject, text).unwrap();
+        let git = |args: &[&str]| {
+            let output = Command::new("git")
+                .args(["-c", "user.name=tests", "-c", "user.email=tests@localhost"])
+                .args(args)
+                .current_dir(&root)
+                .stdin(Stdio::null())
+                .output()
+                .expect("cannot run git");
+            assert!(
+                output.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        };
+        git(&["init", "--quiet"]);
+        git(&["add", "--all"]);
+        git(&["commit", "--quiet", "--message", "copy"]);
+        let sha = git(&["rev-parse", "--short=7", "HEAD"]);
+        RepoCopy { root, version: version.to_owned(), sha }
+    }
+
+    /// A file of the copy, by its path in the repository.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+impl Drop for RepoCopy {
+    fn drop(&mut self) {
+        for tag in [self.version.clone(), format!("{}-{}", self.version, self.sha)] {
+            for image in ["db", "server", "redis", "proxy", "standalone"] {
+                let _ = docker_output(&["image", "rm", &format!("memories/{image}:{tag}")]);
+            }
+        }
+        for image in ["db", "server", "redis", "proxy", "standalone"] {
+            let _ = docker_output(&["image", "rm", &format!("memories/{image}:sha-{}", self.sha)]);
+            let _ = docker_output(&[
+                "image",
+                "rm",
+                &format!("memories/{image}:sha-{}-dirty", self.sha),
+            ]);
+            let dirty = format!("memories/{image}:{}-{}-dirty", self.version, self.sha);
+            let _ = docker_output(&["image", "rm", &dirty]);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Copies a directory tree, leaving out Python caches and virtualenvs.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if matches!(name.to_str(), Some("__pycache__" | ".venv" | ".pytest_cache")) {
+            continue;
+        }
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}

@@ -93,10 +93,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The repository root: the parent of this crate's manifest directory.
+/// The repository root: `MEMORIES_ROOT` when set (another checkout or copy of the repository,
+/// for example the one a test edits), else the parent of this crate's manifest directory.
 fn project_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repository")
-        .to_owned()
+    match std::env::var("MEMORIES_ROOT") {
+        Ok(root) if !root.is_empty() => Utf8PathBuf::from(root),
+        _ => Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the repository")
+            .to_owned(),
+    }
 }
