@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::image::ImageName;
@@ -50,6 +51,11 @@ pub enum Command {
     Test(TestArgs),
     /// The production stack: validate it, start or stop it, or deploy it to Docker Swarm.
     Prod(ProdArgs),
+    /// The dev stack's database: a psql shell, dumps, restores and a reset.
+    ///
+    /// Works on the running dev stack (`COMPOSE_PROJECT_NAME` names another one). The database
+    /// service is the one probed as `postgres`; user and database come from its settings.
+    Db(DbArgs),
     /// Try the service: the standalone image (with its own database) on 127.0.0.1, data in a
     /// named volume. Ctrl-C stops it cleanly.
     Run(RunArgs),
@@ -338,6 +344,51 @@ pub enum ProdAction {
         #[arg(long)]
         no_build: bool,
         #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub action: DbAction,
+    #[command(flatten)]
+    pub preview: Preview,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// A psql shell on the database, e.g. `cargo xtask db psql -- -c 'select count(*) from
+    /// memories'`.
+    Psql {
+        /// Arguments for psql, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Dump the database in PostgreSQL's custom format to a file on the host. The dump is
+    /// written to a temporary file beside it and renamed when complete: an interrupted dump
+    /// never leaves a file under the final name.
+    Dump {
+        /// Where to write it (refused if it exists); default `<project>-<UTC time>.dump`.
+        #[arg(long, short)]
+        output: Option<Utf8PathBuf>,
+    },
+    /// Restore a dump made by `db dump` (in one transaction: all or nothing). Refuses a
+    /// database that already holds rows unless `--clean`.
+    Restore {
+        /// The dump file.
+        file: Utf8PathBuf,
+        /// Replace what the database holds: the dump's tables are dropped and recreated.
+        #[arg(long)]
+        clean: bool,
+    },
+    /// Drop the database's data volume and start the stack again, empty (asks first).
+    Reset {
+        /// Do not ask (required when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+        /// How long to wait for the stack to be ready again.
+        #[arg(long, default_value = "120s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
     },
 }

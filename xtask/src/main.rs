@@ -10,6 +10,7 @@ mod bench;
 mod bundle;
 mod ci;
 mod cli;
+mod db;
 mod docker;
 mod doctor;
 mod faults;
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => tasks::dev(&root, args),
         Command::Test(args) => tasks::test(&root, &args),
         Command::Prod(args) => tasks::prod(&root, args),
+        Command::Db(args) => db::run(&root, args),
         Command::Run(args) => tasks::run(&root, &args),
         Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
         Command::Doctor(args) => doctor::run(&args),

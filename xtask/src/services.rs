@@ -71,6 +71,8 @@ pub struct Service {
     pub watch: Vec<WatchRule>,
     /// The signal that restarts its app in place ([`RELOAD_LABEL`]), if it has one.
     pub reload: Option<String>,
+    /// The named volumes it mounts, by their engine names (`memories-dev_db-data`).
+    pub volumes: Vec<String>,
 }
 
 /// What a watch rule does with a change under its path.
@@ -194,6 +196,18 @@ impl Model {
                 .map(|rule| WatchRule::parse(name, rule))
                 .collect::<Result<_>>()?;
             let reload = spec["labels"].get(RELOAD_LABEL).and_then(Value::as_str);
+            let volumes = spec["volumes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter(|mount| mount["type"] == "volume")
+                .filter_map(|mount| mount["source"].as_str())
+                .map(|source| {
+                    let named = definition["volumes"][source]["name"].as_str();
+                    named.unwrap_or(source).to_owned()
+                })
+                .collect();
             model.services.push(Service {
                 name: name.clone(),
                 image: spec["image"].as_str().unwrap_or_default().to_owned(),
@@ -202,6 +216,7 @@ impl Model {
                 environment,
                 watch,
                 reload: reload.map(str::to_owned),
+                volumes,
             });
         }
         Ok(model)

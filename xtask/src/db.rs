@@ -1,0 +1,369 @@
+//! `cargo xtask db`: the daily database tasks on the dev stack: a psql shell, a dump to the
+//! host, a restore that refuses to mix data, and a reset to an empty database.
+//!
+//! The database is the service whose readiness is `postgres` in the service model, so no
+//! service name, user or database is repeated here. Every command runs inside its container
+//! through `docker compose exec`: nothing needs psql or pg_dump on the host, and the versions
+//! always match the server's.
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::json;
+
+use crate::cli::{DbAction, DbArgs};
+use crate::plan::{Plan, Step, Stream, Streams};
+use crate::services::{Model, Readiness};
+use crate::stack::{self, Lifecycle, Mode, Stack, Teardown};
+use crate::version::Revision;
+
+/// The first bytes of every dump in PostgreSQL's custom format.
+const DUMP_MAGIC: &[u8] = b"PGDMP";
+
+/// Every row of every table outside the system schemas, counted exactly (in one query).
+const COUNT_ROWS: &str = "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format(\
+    'SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) \
+    FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
+
+/// The database service of a stack and how to log in to it.
+#[derive(Debug, Clone)]
+struct Database {
+    service: String,
+    user: String,
+    name: String,
+    volumes: Vec<String>,
+}
+
+impl Database {
+    fn of(model: &Model, project: &str) -> Result<Database> {
+        let Some(service) = model.services.iter().find(|s| s.readiness == Readiness::Postgres)
+        else {
+            bail!("stack {project} has no database (no service labelled memories.probe=postgres)");
+        };
+        let user = service.env("POSTGRES_USER").unwrap_or("postgres").to_owned();
+        let name = service.env("POSTGRES_DB").unwrap_or(&user).to_owned();
+        Ok(Database { service: service.name.clone(), user, name, volumes: service.volumes.clone() })
+    }
+}
+
+/// `cargo xtask db ...`.
+pub fn run(root: &Utf8Path, args: DbArgs) -> Result<()> {
+    let revision = Revision::read(root)?;
+    let project = stack::project_name("memories-dev");
+    let stack = Stack::new(root, Mode::Dev, project, &[], stack::tag(&revision));
+    if args.preview.json && !args.preview.dry_run && matches!(args.action, DbAction::Psql { .. }) {
+        bail!(
+            "`db psql` prints psql's own output, which is not JSON: drop --json (with --dry-run, \
+             --json prints the plan)"
+        );
+    }
+    let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
+    if args.preview.dry_run {
+        plan(&stack, &db, &revision, &args.action).print(args.preview.json);
+        return Ok(());
+    }
+    let json = args.preview.json;
+    match args.action {
+        DbAction::Psql { args } => {
+            require_running(&stack, &db)?;
+            psql_step(&stack, &db, &args).stdout_is_data().run()
+        }
+        DbAction::Dump { output } => {
+            require_running(&stack, &db)?;
+            let output = output.unwrap_or_else(|| default_dump_name(&stack.project));
+            let bytes = dump(&stack, &db, &output)?;
+            say!(
+                "dumped database {} of stack {} to {output} ({bytes} bytes)",
+                db.name,
+                stack.project
+            );
+            if json {
+                out!("{}", json!({"file": output.as_str(), "bytes": bytes}));
+            }
+            Ok(())
+        }
+        DbAction::Restore { file, clean } => {
+            require_running(&stack, &db)?;
+            let rows = restore(&stack, &db, &file, clean)?;
+            say!(
+                "restored {file} into database {} of stack {}: {rows} rows",
+                db.name,
+                stack.project
+            );
+            if json {
+                out!("{}", json!({"file": file.as_str(), "rows": rows}));
+            }
+            Ok(())
+        }
+        DbAction::Reset { yes, timeout } => reset(&stack, &db, &revision, yes, timeout),
+    }
+}
+
+fn exec(stack: &Stack, db: &Database) -> Step {
+    stack.compose().args(["exec", "--no-TTY", &db.service])
+}
+
+/// `psql` in the database's container, with a terminal when ours is one.
+fn psql_step(stack: &Stack, db: &Database, args: &[String]) -> Step {
+    let step = stack.compose().arg("exec");
+    let step = if std::io::stdin().is_terminal() { step } else { step.arg("--no-TTY") };
+    step.args([&db.service, "psql", "--username", &db.user, "--dbname", &db.name])
+        .args(args.iter().cloned())
+}
+
+fn dump_step(stack: &Stack, db: &Database) -> Step {
+    exec(stack, db).args([
+        "pg_dump",
+        "--username",
+        &db.user,
+        "--dbname",
+        &db.name,
+        "--format=custom",
+    ])
+}
+
+/// `pg_restore` of a dump on its stdin, in one transaction: dropping what the dump recreates
+/// (the empty schema a new database starts with), and stopping at the first error.
+fn restore_step(stack: &Stack, db: &Database) -> Step {
+    exec(stack, db).args([
+        "pg_restore",
+        "--username",
+        &db.user,
+        "--dbname",
+        &db.name,
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "--single-transaction",
+        "--exit-on-error",
+    ])
+}
+
+fn count_step(stack: &Stack, db: &Database) -> Step {
+    exec(stack, db)
+        .args(["psql", "--username", &db.user, "--dbname", &db.name])
+        .args(["--no-psqlrc", "--no-align", "--tuples-only", "--quiet"])
+        .args(["--set", "ON_ERROR_STOP=1", "--command", COUNT_ROWS])
+}
+
+fn volume_rm_step(stack: &Stack, db: &Database) -> Step {
+    crate::docker::cli(&stack.root).args(["volume", "rm", "--force"]).args(&db.volumes)
+}
+
+fn remove_db_step(stack: &Stack, db: &Database) -> Step {
+    stack.compose().args(["rm", "--stop", "--force", &db.service])
+}
+
+/// What `db ACTION` would run.
+fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) -> Plan {
+    let plan = Plan::new(format!("db on project {}", stack.project));
+    match action {
+        DbAction::Psql { args } => plan.step(psql_step(stack, db, args)),
+        DbAction::Dump { output } => {
+            let output = output.clone().unwrap_or_else(|| default_dump_name(&stack.project));
+            plan.note(format!("refuses an existing {output}")).step(dump_step(stack, db)).note(
+                format!(
+                    "its stdout goes to a temporary file beside {output}, renamed to it once \
+                     pg_dump succeeded and the file starts as a dump does"
+                ),
+            )
+        }
+        DbAction::Restore { file, clean } => {
+            let plan = plan.note(format!("checks that {file} is a dump in the custom format"));
+            let plan = plan.step(count_step(stack, db));
+            let plan = match clean {
+                true => plan.note("--clean: the rows there are replaced"),
+                false => plan.note("refuses a database that holds rows (--clean replaces them)"),
+            };
+            plan.step(restore_step(stack, db)).note(format!("with {file} on its stdin"))
+        }
+        DbAction::Reset { yes, timeout } => {
+            let plan = match yes {
+                true => plan,
+                false => plan.note("asks first (refused without --yes when stdin is no terminal)"),
+            };
+            let plan = plan.step(remove_db_step(stack, db)).step(volume_rm_step(stack, db));
+            let model = stack.model().unwrap_or_default();
+            let how = reset_lifecycle(*timeout);
+            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
+        }
+    }
+}
+
+fn default_dump_name(project: &str) -> Utf8PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let time = crate::version::rfc3339_utc(now as i64).replace(['-', ':'], "");
+    Utf8PathBuf::from(format!("{project}-{time}.dump"))
+}
+
+fn require_running(stack: &Stack, db: &Database) -> Result<()> {
+    let running = stack
+        .compose()
+        .args(["ps", "--services", "--status", "running"])
+        .quiet()
+        .timeout(Duration::from_secs(30))
+        .read()?;
+    if !running.lines().any(|s| s == db.service) {
+        bail!(
+            "the {} service of stack {} is not running: start it with `cargo xtask dev up {}`",
+            db.service,
+            stack.project,
+            db.service
+        );
+    }
+    Ok(())
+}
+
+/// A file removed when dropped, unless kept.
+struct Partial {
+    path: Utf8PathBuf,
+    keep: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Streams `pg_dump` into a temporary file beside `output`, then renames it: `output` appears
+/// complete or not at all. Returns its size.
+fn dump(stack: &Stack, db: &Database, output: &Utf8Path) -> Result<u64> {
+    if output.exists() {
+        bail!("{output} exists: choose another --output, or remove it first");
+    }
+    let name = output.file_name().with_context(|| format!("{output} is not a file name"))?;
+    let dir = output.parent().filter(|p| !p.as_str().is_empty()).unwrap_or(Utf8Path::new("."));
+    let mut partial =
+        Partial { path: dir.join(format!(".{name}.partial-{}", std::process::id())), keep: false };
+    let file = std::fs::File::create_new(&partial.path)
+        .with_context(|| format!("cannot create {}", partial.path))?;
+    let step = dump_step(stack, db);
+    let streams = Streams { stdin: Stream::Null, stdout: Stream::Piped, stderr: Stream::Inherit };
+    let mut running = step.spawn(streams)?;
+    let mut stdout = running.stdout().context("pg_dump has no stdout")?;
+    let copier = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut writer = std::io::BufWriter::new(file);
+        let bytes = std::io::copy(&mut stdout, &mut writer)?;
+        writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(bytes)
+    });
+    let status = running.wait();
+    let copied = copier.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let status = status?;
+    if !status.success() {
+        bail!("`{}` failed with {status}; {output} was not written", step.short());
+    }
+    let bytes = copied.with_context(|| format!("cannot write {}", partial.path))?;
+    require_dump(&partial.path).with_context(|| format!("{output} was not written"))?;
+    std::fs::rename(&partial.path, output)
+        .with_context(|| format!("cannot rename {} to {output}", partial.path))?;
+    partial.keep = true;
+    Ok(bytes)
+}
+
+/// Fails unless `file` starts as a dump in the custom format does.
+fn require_dump(file: &Utf8Path) -> Result<()> {
+    let mut head = [0u8; DUMP_MAGIC.len()];
+    let read = std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("cannot read {file}"));
+    if read.is_err() || head != DUMP_MAGIC {
+        read?;
+        bail!(
+            "{file} is not a dump in PostgreSQL's custom format (as `cargo xtask db dump` writes)"
+        );
+    }
+    Ok(())
+}
+
+fn count_rows(stack: &Stack, db: &Database) -> Result<u64> {
+    let text = count_step(stack, db).quiet().timeout(Duration::from_secs(60)).read()?;
+    text.trim().parse().with_context(|| format!("cannot read a row count from `{}`", text.trim()))
+}
+
+/// Restores `file` (refusing a database with rows unless `clean`); returns the rows after.
+fn restore(stack: &Stack, db: &Database, file: &Utf8Path, clean: bool) -> Result<u64> {
+    require_dump(file)?;
+    let rows = count_rows(stack, db)?;
+    if rows > 0 && !clean {
+        bail!(
+            "database {} of stack {} holds {rows} rows: pass --clean to replace them with the \
+             dump, or run `cargo xtask db reset` first",
+            db.name,
+            stack.project
+        );
+    }
+    let mut input = std::fs::File::open(file).with_context(|| format!("cannot read {file}"))?;
+    let step = restore_step(stack, db);
+    let streams = Streams { stdin: Stream::Piped, stdout: Stream::Stderr, stderr: Stream::Inherit };
+    let mut running = step.spawn(streams)?;
+    let mut stdin = running.stdin().context("pg_restore has no stdin")?;
+    let feeder = std::thread::spawn(move || -> std::io::Result<u64> {
+        let bytes = std::io::copy(&mut input, &mut stdin)?;
+        stdin.flush()?;
+        Ok(bytes)
+    });
+    let status = running.wait()?;
+    // A broken pipe when pg_restore stopped early says less than its status.
+    let _ = feeder.join();
+    if !status.success() {
+        bail!("`{}` failed with {status}: nothing was restored (one transaction)", step.short());
+    }
+    count_rows(stack, db)
+}
+
+fn reset_lifecycle(timeout: Duration) -> Lifecycle {
+    Lifecycle { timeout, build: true, teardown: Teardown::LeaveRunning }
+}
+
+/// Drops the database's volumes and starts the stack again (the services that ran, or all).
+fn reset(
+    stack: &Stack,
+    db: &Database,
+    revision: &Revision,
+    yes: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let volumes = db.volumes.join(", ");
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "db reset deletes volume {volumes} of stack {} and every row in it: pass --yes \
+                 to confirm (stdin is not a terminal to ask)",
+                stack.project
+            );
+        }
+        say!("delete volume {volumes} of stack {} and every row in it? type yes:", stack.project);
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+        if answer.trim() != "yes" {
+            bail!("reset cancelled; nothing was changed");
+        }
+    }
+    let running = stack
+        .compose()
+        .args(["ps", "--services", "--status", "running"])
+        .quiet()
+        .timeout(Duration::from_secs(30))
+        .read()?;
+    remove_db_step(stack, db).run()?;
+    if !db.volumes.is_empty() {
+        volume_rm_step(stack, db).run()?;
+    }
+    let mut services: Vec<String> = running.lines().map(str::to_owned).collect();
+    if !services.is_empty() && !services.contains(&db.service) {
+        services.push(db.service.clone());
+    }
+    let again = Stack { services, ..stack.clone() };
+    stack::lifecycle(&again, revision, reset_lifecycle(timeout), |_, _| {
+        say!("database {} of stack {} is empty and ready", db.name, stack.project);
+        Ok(())
+    })
+}
