@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: each measurement against a peer in the same run, interleaved, reported
 //! as a ratio, so that the figure does not depend on how fast this machine is today.
 
+mod devloop;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +18,8 @@ use crate::release;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
+pub use devloop::devloop;
+
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
 /// Dockerfile and target, with the same tags and labels, so both produce the same image.
 pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
@@ -28,6 +32,7 @@ pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
         name: "build",
         ours: Side::new("cargo xtask build server (no-op)", ours_times),
         peer: Side::new("docker buildx build (no-op)", peer_times),
+        others: Vec::new(),
         note: None,
     })
 }
@@ -43,6 +48,7 @@ pub fn startup(root: &Utf8Path, runs: u32) -> Result<Report> {
         name: "startup",
         ours: Side::new("cargo xtask --help (warm)", ours_times),
         peer: Side::new("docker compose --help", peer_times),
+        others: Vec::new(),
         note: None,
     })
 }
@@ -91,6 +97,7 @@ pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
         name: "release",
         ours: Side::new("release amd64+arm64 (cold cache)", multi),
         peer: Side::new("release amd64 (cold cache)", single),
+        others: Vec::new(),
         note: None,
     })
 }
@@ -135,6 +142,7 @@ pub fn wait(root: &Utf8Path, runs: u32) -> Result<Report> {
         name: "wait",
         ours: Side::new("cargo xtask wait-for tcp://", ours),
         peer: Side::new(peer_name, peer),
+        others: Vec::new(),
         note: None,
     })
 }
@@ -189,6 +197,7 @@ pub fn stack(root: &Utf8Path, runs: u32) -> Result<Report> {
         name: "stack",
         ours: Side::new("cargo xtask dev (to ready)", ours),
         peer: Side::new("docker compose up --wait", peer),
+        others: Vec::new(),
         note: Some(format!(
             "after the slowest service's own \"ready\" log line, ours finished {:.0} ms later, compose {:.0} ms (medians)",
             ms(median(&ours_lag)),
@@ -345,6 +354,8 @@ pub struct Report {
     pub name: &'static str,
     pub ours: Side,
     pub peer: Side,
+    /// More sides, shown beside the two the ratio compares.
+    pub others: Vec<Side>,
     /// A line that says more than the timings do.
     pub note: Option<String>,
 }
@@ -361,6 +372,7 @@ impl Report {
             "bench": self.name,
             "ours": self.ours.to_json(),
             "peer": self.peer.to_json(),
+            "others": self.others.iter().map(Side::to_json).collect::<Vec<_>>(),
             "ratio": self.ratio(),
             "note": self.note,
         })
@@ -371,9 +383,10 @@ impl Report {
             out!("{:#}", self.to_json());
             return;
         }
-        let width = self.ours.name.len().max(self.peer.name.len()).max(28);
+        let sides: Vec<&Side> = [&self.ours, &self.peer].into_iter().chain(&self.others).collect();
+        let width = sides.iter().map(|s| s.name.len()).max().unwrap_or(0).max(28);
         out!("{:<width$} {:>5} {:>9} {:>9} {:>9} {:>9}", "", "runs", "median", "p90", "min", "max");
-        for side in [&self.ours, &self.peer] {
+        for side in sides {
             let s = &side.samples;
             let min = s.iter().min().copied().unwrap_or_default();
             let max = s.iter().max().copied().unwrap_or_default();
@@ -454,6 +467,7 @@ mod tests {
             name: "t",
             ours: Side::new("a", ms(&[120, 130, 110])),
             peer: Side::new("b", ms(&[100, 90, 110])),
+            others: Vec::new(),
             note: None,
         };
         assert!((report.ratio() - 1.2).abs() < 1e-9);

@@ -656,6 +656,17 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Edit-to-serving time of a one-line change in a server source file: `dev --watch`
+    /// against `docker compose watch` (sync+restart) and against `cargo xtask dev` after the
+    /// edit, interleaved, each on a copy of the repository with a dev stack of its own.
+    Devloop {
+        /// Timed runs of each side (after one warm-up edit each).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Warm start: `cargo xtask --help` against `docker compose --help`, interleaved.
     Startup {
         /// Timed runs of each side (after one warm-up run each).

@@ -88,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(Bench::Stack { runs, json }) => (bench::stack(&root, runs)?, json),
                 Some(Bench::Release { runs, json }) => (bench::release(&root, runs)?, json),
                 Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
+                Some(Bench::Devloop { runs, json }) => (bench::devloop(&root, runs)?, json),
             };
             report.print(json);
             Ok(())
