@@ -444,9 +444,11 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
 
 /// Every task that starts or changes something, as a user would call it.
 /// `BUNDLE` stands for a valid bundle's path.
-const TASKS: [&[&str]; 16] = [
+const TASKS: [&[&str]; 22] = [
     &["dev"],
     &["dev", "up", "--profile", "cache", "--attach"],
+    &["dev", "--watch"],
+    &["dev", "up", "db"],
     &["dev", "down", "--volumes"],
     &["dev", "logs", "server", "--follow"],
     &["dev", "ps"],
@@ -461,6 +463,10 @@ const TASKS: [&[&str]; 16] = [
     &["run", "--port", "18283"],
     &["images", "save", "server", "--platform", "linux/amd64"],
     &["images", "load", "BUNDLE"],
+    &["db", "psql", "--", "--command=select 1"],
+    &["db", "dump", "--output", "sentinel.dump"],
+    &["db", "restore", "BUNDLE", "--clean"],
+    &["db", "reset", "--yes"],
 ];
 
 /// A bundle as `images save` writes it, holding `images` as its `images.tar`.
@@ -585,4 +591,48 @@ fn a_service_the_stack_lacks_and_json_where_output_is_a_stream_are_refused_in_on
         stderr.contains("`dev logs` prints the service's own output, which is not JSON"),
         "{stderr}"
     );
+}
+
+#[test]
+fn dev_up_names_only_services_the_stack_has_and_db_psql_refuses_json() {
+    let (output, log) = run_without_docker("up-no-such", &["dev", "up", "db", "web", "--dry-run"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("the stack has no service `web`: name one of"), "{stderr}");
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
+    // `dev up db` starts the database alone and waits for nothing else.
+    let (output, _) = run_without_docker("up-db", &["dev", "up", "db", "--dry-run", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let items = plan["plan"].as_array().unwrap();
+    let up = items
+        .iter()
+        .filter_map(|item| item["run"]["args"].as_array())
+        .find(|args| args.iter().any(|a| a == "up"))
+        .expect("an up step");
+    assert_eq!(up.last().unwrap(), "db", "{up:?}");
+    let waits: Vec<&str> = items.iter().filter_map(|item| item["wait_for"].as_str()).collect();
+    assert_eq!(waits.len(), 1, "only the database is waited for: {waits:?}");
+    assert!(waits[0].starts_with("db postgres://"), "{waits:?}");
+    let (output, _) = run_without_docker("psql-json", &["db", "psql", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("`db psql` prints psql's own output"));
+}
+
+#[test]
+fn dev_watch_plans_the_rules_of_the_dev_overlay_and_excludes_attach() {
+    let (output, _) = run_without_docker("watch-plan", &["dev", "--watch", "--dry-run"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan = text(&output.stdout);
+    assert!(plan.contains("then watches the working tree until Ctrl-C"), "{plan}");
+    assert!(
+        plan.contains(
+            "server: sync app/src/memories to /opt/venv/lib/python3.13/site-packages/memories, \
+             then restart"
+        ),
+        "{plan}"
+    );
+    assert!(plan.contains("server: rebuild on a change under app/uv.lock"), "{plan}");
+    let both = xtask(&["dev", "--watch", "--attach"]).output().unwrap();
+    assert_eq!(both.status.code(), Some(2), "--watch and --attach exclude each other");
 }
