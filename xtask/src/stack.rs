@@ -851,6 +851,27 @@ mod tests {
     }
 
     #[test]
+    fn a_local_env_file_is_read_after_the_dev_one_and_by_dev_stacks_only() {
+        let temp = Utf8PathBuf::try_from(std::env::temp_dir()).unwrap();
+        let root = temp.join(format!("xtask-local-env-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let local = root.join(LOCAL_ENV_FILE);
+        std::fs::write(&local, "EMBEDDING_DIM=7\nAPI_TOKEN=hidden-value\n").unwrap();
+        let dev = Stack::new(&root, Mode::Dev, "p".into(), &[], "t".into());
+        let args = dev.compose().args;
+        let at = |file: &str| args.iter().position(|a| a == file).unwrap();
+        assert!(at("compose/dev.env") < at(local.as_str()), "{args:?}");
+        assert_eq!(dev.setting("EMBEDDING_DIM").as_deref(), Some("7"));
+        assert!(dev.secret_values().contains(&"hidden-value".to_owned()));
+        let test = Stack::new(&root, Mode::Test, "p".into(), &[], "t".into());
+        assert!(!test.compose().args.contains(&local.to_string()), "only dev reads it");
+        std::fs::remove_file(&local).unwrap();
+        let without = Stack::new(&root, Mode::Dev, "p".into(), &[], "t".into());
+        assert!(without.env_files.is_empty(), "it is optional");
+        std::fs::remove_dir(&root).unwrap();
+    }
+
+    #[test]
     fn one_constructor_sets_project_files_env_file_and_profiles() {
         let step = stack(Mode::Test, &[Profile::Cache, Profile::Cache]).compose();
         assert_eq!(
