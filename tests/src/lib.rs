@@ -147,6 +147,19 @@ fn run_docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker")
 }
 
+/// The ids of the running containers of `service` in compose project `project`, one per line
+/// (empty when none runs).
+pub fn service_containers(project: &str, service: &str) -> String {
+    docker(&[
+        "ps",
+        "--quiet",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])
+}
+
 /// A name no other test or run on this machine uses.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -101,14 +101,7 @@ fn a_dump_survives_a_reset_restores_every_row_and_an_interrupted_one_leaves_no_f
     assert!(found.body.contains("second, with a comma"), "{}", found.body);
 
     // An interrupted dump: a lock holds pg_dump, then SIGINT.
-    let db_container = tests::docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", stack.project),
-        "--filter",
-        "label=com.docker.compose.service=db",
-    ]);
+    let db_container = tests::service_containers(&stack.project, "db");
     let lock = "begin; lock table memories in access exclusive mode; select pg_sleep(20);";
     let mut locker = Command::new("docker")
         .args(["exec", &db_container, "psql", "-U", "memories", "-d", "memories", "-c", lock])

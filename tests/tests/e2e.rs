@@ -35,14 +35,7 @@ fn stack() -> (u16, String) {
 }
 
 fn server_container(project: &str) -> String {
-    let container = docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=server",
-    ]);
+    let container = tests::service_containers(project, "server");
     assert!(!container.is_empty(), "no server container in project {project}");
     container
 }

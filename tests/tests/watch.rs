@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    Cleanup, RepoCopy, docker, free_port, http, leftovers, require_docker, run_id, unique_name,
-    xtask_binary,
+    Cleanup, RepoCopy, free_port, http, leftovers, require_docker, run_id, service_containers,
+    unique_name, xtask_binary,
 };
 
 /// The watch process and its `--json` events, read on a thread of their own.
@@ -52,14 +52,7 @@ fn event_is(event: &Value, kind: &str, service: &str) -> bool {
 }
 
 fn server_container(project: &str) -> String {
-    docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=server",
-    ])
+    service_containers(project, "server")
 }
 
 #[test]
@@ -142,14 +135,7 @@ fn dev_watch_serves_edits_reports_a_broken_one_recovers_and_rebuilds_on_a_lock_c
     assert!(body.contains(r#""watched":2"#), "the fix is served: {body}");
 
     // A lock change: the server's image is rebuilt and the server alone recreated.
-    let db = docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=db",
-    ]);
+    let db = service_containers(&project, "db");
     let lock = copy.path("app/uv.lock");
     let text = std::fs::read_to_string(&lock).unwrap();
     std::fs::write(&lock, format!("{text}# edited by the watch test\n")).unwrap();
@@ -162,14 +148,7 @@ fn dev_watch_serves_edits_reports_a_broken_one_recovers_and_rebuilds_on_a_lock_c
     assert_eq!(ready["event"], "ready", "{ready}");
     let recreated = server_container(&project);
     assert!(!recreated.is_empty() && recreated != container, "the server was recreated");
-    let still = docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=db",
-    ]);
+    let still = service_containers(&project, "db");
     assert_eq!(still, db, "the database was left alone");
     let body = version().expect("the rebuilt server answers");
     assert!(body.contains(r#""watched":2"#), "the rebuilt image has the working tree: {body}");

@@ -61,44 +61,40 @@ pub fn run(root: &Utf8Path, args: DbArgs) -> Result<()> {
     }
     let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
     if args.preview.dry_run {
-        plan(&stack, &db, &revision, &args.action).print(args.preview.json);
+        plan(&stack, &db, &revision, &args.action)?.print(args.preview.json);
         return Ok(());
     }
-    let json = args.preview.json;
-    match args.action {
+    let (said, result) = match args.action {
         DbAction::Psql { args } => {
             require_running(&stack, &db)?;
-            psql_step(&stack, &db, &args).stdout_is_data().run()
+            return psql_step(&stack, &db, &args).stdout_is_data().run();
         }
+        DbAction::Reset { yes, timeout } => return reset(&stack, &db, &revision, yes, timeout),
         DbAction::Dump { output } => {
             require_running(&stack, &db)?;
             let output = output.unwrap_or_else(|| default_dump_name(&stack.project));
             let bytes = dump(&stack, &db, &output)?;
-            say!(
+            let said = format!(
                 "dumped database {} of stack {} to {output} ({bytes} bytes)",
-                db.name,
-                stack.project
+                db.name, stack.project
             );
-            if json {
-                out!("{}", json!({"file": output.as_str(), "bytes": bytes}));
-            }
-            Ok(())
+            (said, json!({"file": output.as_str(), "bytes": bytes}))
         }
         DbAction::Restore { file, clean } => {
             require_running(&stack, &db)?;
             let rows = restore(&stack, &db, &file, clean)?;
-            say!(
+            let said = format!(
                 "restored {file} into database {} of stack {}: {rows} rows",
-                db.name,
-                stack.project
+                db.name, stack.project
             );
-            if json {
-                out!("{}", json!({"file": file.as_str(), "rows": rows}));
-            }
-            Ok(())
+            (said, json!({"file": file.as_str(), "rows": rows}))
         }
-        DbAction::Reset { yes, timeout } => reset(&stack, &db, &revision, yes, timeout),
+    };
+    say!("{said}");
+    if args.preview.json {
+        out!("{result}");
     }
+    Ok(())
 }
 
 fn exec(stack: &Stack, db: &Database) -> Step {
@@ -157,9 +153,9 @@ fn remove_db_step(stack: &Stack, db: &Database) -> Step {
 }
 
 /// What `db ACTION` would run.
-fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) -> Plan {
+fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) -> Result<Plan> {
     let plan = Plan::new(format!("db on project {}", stack.project));
-    match action {
+    let plan = match action {
         DbAction::Psql { args } => plan.step(psql_step(stack, db, args)),
         DbAction::Dump { output } => {
             let output = output.clone().unwrap_or_else(|| default_dump_name(&stack.project));
@@ -185,11 +181,12 @@ fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) ->
                 false => plan.note("asks first (refused without --yes when stdin is no terminal)"),
             };
             let plan = plan.step(remove_db_step(stack, db)).step(volume_rm_step(stack, db));
-            let model = stack.model().unwrap_or_default();
+            let model = stack.model()?;
             let how = reset_lifecycle(*timeout);
             stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
         }
-    }
+    };
+    Ok(plan)
 }
 
 fn default_dump_name(project: &str) -> Utf8PathBuf {
@@ -201,13 +198,7 @@ fn default_dump_name(project: &str) -> Utf8PathBuf {
 }
 
 fn require_running(stack: &Stack, db: &Database) -> Result<()> {
-    let running = stack
-        .compose()
-        .args(["ps", "--services", "--status", "running"])
-        .quiet()
-        .timeout(Duration::from_secs(30))
-        .read()?;
-    if !running.lines().any(|s| s == db.service) {
+    if !stack::running_services(stack)?.contains(&db.service) {
         bail!(
             "the {} service of stack {} is not running: start it with `cargo xtask dev up {}`",
             db.service,
@@ -347,17 +338,11 @@ fn reset(
             bail!("reset cancelled; nothing was changed");
         }
     }
-    let running = stack
-        .compose()
-        .args(["ps", "--services", "--status", "running"])
-        .quiet()
-        .timeout(Duration::from_secs(30))
-        .read()?;
+    let mut services = stack::running_services(stack)?;
     remove_db_step(stack, db).run()?;
     if !db.volumes.is_empty() {
         volume_rm_step(stack, db).run()?;
     }
-    let mut services: Vec<String> = running.lines().map(str::to_owned).collect();
     if !services.is_empty() && !services.contains(&db.service) {
         services.push(db.service.clone());
     }

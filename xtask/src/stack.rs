@@ -300,6 +300,17 @@ impl Stack {
     }
 }
 
+/// The services of the stack that run now, from `compose ps` (every profile).
+pub fn running_services(stack: &Stack) -> Result<Vec<String>> {
+    let listing = stack
+        .compose_all_profiles()
+        .args(["ps", "--services", "--status", "running"])
+        .quiet()
+        .timeout(Duration::from_secs(30))
+        .read()?;
+    Ok(listing.lines().map(str::to_owned).collect())
+}
+
 /// Builds the images the stack runs (a no-op when nothing changed).
 pub fn build(stack: &Stack, model: &Model, revision: &Revision) -> Result<()> {
     image::execute(&build_plan(stack, model, revision))

@@ -183,13 +183,8 @@ fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpCommand, json: bool) -> 
 
 /// The services of `model` that run now, so that a restart waits for what is there.
 fn running_services(stack: &Stack, model: &Model) -> Model {
-    let services = stack
-        .compose_all_profiles()
-        .args(["ps", "--services", "--status", "running"])
-        .quiet()
-        .read()
-        .unwrap_or_default();
-    model.only(&services.lines().collect::<Vec<_>>())
+    let services = stack::running_services(stack).unwrap_or_default();
+    model.only(&services.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Prints where each service answers, on stdout: one line each, or one JSON document.

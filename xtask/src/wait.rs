@@ -10,7 +10,7 @@ pub mod checks;
 mod display;
 pub mod docker;
 mod engine;
-mod net;
+pub mod net;
 mod postgres;
 pub mod spec;
 

@@ -193,9 +193,7 @@ pub fn watch(
     revision: &Revision,
     options: &WatchOptions,
 ) -> Result<()> {
-    let watched = Model {
-        services: model.services.iter().filter(|s| !s.watch.is_empty()).cloned().collect(),
-    };
+    let watched = Model { services: watched(model).into_iter().cloned().collect() };
     if watched.services.is_empty() {
         bail!(
             "no service of stack {} has `develop.watch` rules: add them to compose/dev.yaml",

@@ -12,7 +12,7 @@
 //! the bench fails.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -25,6 +25,7 @@ use crate::interrupt::{self, Interrupted};
 use crate::plan::{self, Running, Step, Stream, Streams};
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
+use crate::wait::{Attempt, net};
 
 /// The app version of the copies, so that their image tags never replace the repository's.
 const COPY_VERSION: &str = "0.0.0.dev0";
@@ -125,7 +126,11 @@ impl Copy {
             if interrupt::is_set() {
                 return Err(Interrupted.into());
             }
-            if get(self.server_port, "/v1/version").is_some_and(|body| body.contains(&wanted)) {
+            let port = self.server_port;
+            let timeout = Duration::from_secs(2);
+            let answer =
+                net::http("127.0.0.1", port, "/v1/version", Some(200), Some(&wanted), timeout);
+            if matches!(answer, Attempt::Ready) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -178,18 +183,6 @@ fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One `GET` on 127.0.0.1 with `Connection: close`: the body of a 200, else `None`.
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 /// Starts a watcher and waits until it says it watches (a line of its stdout that contains
