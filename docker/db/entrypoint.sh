@@ -1,6 +1,9 @@
 #!/bin/sh
 # Entry point of the db image: make sure a database exists, then run PostgreSQL as PID 1 (so
-# `docker stop` reaches it directly and it shuts down cleanly).
+# `docker stop` reaches it directly and it shuts down cleanly). The password comes from
+# POSTGRES_PASSWORD or from the file POSTGRES_PASSWORD_FILE names; it is only read when the
+# database is created. Writes go to the volume, /run/postgresql and /tmp only, so the root
+# filesystem may be read-only.
 #
 # The image carries a cluster prepared at build time (`db-entrypoint --prepare`) for the default
 # names, with init.sql applied and no password, outside the volume. A first start with those
@@ -60,6 +63,18 @@ if [ "${1:-}" = --prepare ]; then
 fi
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    # A Docker secret: the password from a file, without its final line break.
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+        if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+            echo "db: error: POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are both set: set only one" >&2
+            exit 1
+        fi
+        if [ ! -r "$POSTGRES_PASSWORD_FILE" ]; then
+            echo "db: error: POSTGRES_PASSWORD_FILE=$POSTGRES_PASSWORD_FILE cannot be read" >&2
+            exit 1
+        fi
+        POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+    fi
     if [ -z "${POSTGRES_PASSWORD:-}" ]; then
         echo "db: error: POSTGRES_PASSWORD is not set: the database refuses to start without a password" >&2
         exit 1

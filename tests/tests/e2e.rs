@@ -134,3 +134,103 @@ fn data_survives_a_server_restart() {
     let (_, found, _) = get_json(port, &search_path(&embedding(250, 0.7), 1));
     assert_eq!(found[0]["id"].as_i64(), Some(id), "{found}");
 }
+
+/// Input that PostgreSQL or pgvector cannot store as given is refused with 422 and a reason,
+/// never a 500 or a row that can never be found.
+#[test]
+fn unstorable_input_is_refused_with_422() {
+    let _shared = shared();
+    let (port, _) = stack();
+    let values = |value: &str| vec![value; 384].join(",");
+    let mut one_huge = vec!["0.5"; 384];
+    one_huge[3] = "1e39";
+    let bodies = [
+        ("NUL in text", format!(r#"{{"text":"a\u0000b","embedding":[{}]}}"#, values("0.5"))),
+        ("lone surrogate", format!(r#"{{"text":"a\ud800b","embedding":[{}]}}"#, values("0.5"))),
+        ("beyond float32", format!(r#"{{"text":"huge","embedding":[{}]}}"#, one_huge.join(","))),
+        ("zero as float32", format!(r#"{{"text":"tiny","embedding":[{}]}}"#, values("1e-46"))),
+    ];
+    for (what, body) in bodies {
+        let response = http("POST", port, "/v1/memories", Some(&body)).expect("POST answers");
+        assert_eq!(response.status, 422, "{what}: {}", response.body);
+        assert!(response.body.contains("detail"), "{what}: {}", response.body);
+    }
+    for (what, query) in [("beyond float32", one_huge.join(",")), ("tiny", values("1e-46"))] {
+        let (status, body, _) = get_json(port, &format!("/v1/memories/search?embedding={query}"));
+        assert_eq!(status, 422, "search {what}: {body}");
+    }
+    // The smallest values float32 keeps are stored and found again.
+    let tiny = vec![1e-40f32; 384];
+    let id = insert(port, "e2e subnormal", &tiny);
+    let (status, found, _) = get_json(port, &search_path(&tiny, 1));
+    assert_eq!(status, 200, "{found}");
+    assert!(found.as_array().unwrap().iter().any(|m| m["id"].as_i64() == Some(id)), "{found}");
+}
+
+/// The database container of the test stack.
+fn db_container(project: &str) -> String {
+    let container = tests::service_containers(project, "db");
+    assert!(!container.is_empty(), "no db container in project {project}");
+    container
+}
+
+/// Unpauses a container when dropped, so a failed assertion never leaves the database paused.
+struct Unpause(String);
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        let _ = tests::docker_output(&["unpause", &self.0]);
+    }
+}
+
+#[test]
+fn after_a_database_crash_and_restart_every_request_succeeds() {
+    let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (port, project) = stack();
+    // Several pooled connections, all of which the restart makes stale.
+    for i in 0..8 {
+        insert(port, &format!("e2e before restart {i}"), &embedding(300 + i, 0.2));
+    }
+    // Killed, not stopped: the server's connections get no goodbye from the database and
+    // stay open on its side until they are used.
+    let db = db_container(&project);
+    docker(&["kill", &db]);
+    docker(&["start", &db]);
+    let start = std::time::Instant::now();
+    while docker(&["inspect", "--format", "{{.State.Health.Status}}", &db]) != "healthy" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the database never became healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..10 {
+        let (status, body, _) = get_json(port, &search_path(&embedding(300 + i, 0.2), 1));
+        assert_eq!(status, 200, "request {i} after the restart: {body}");
+    }
+    insert(port, "e2e after restart", &embedding(320, 0.2));
+}
+
+#[test]
+fn a_database_that_does_not_answer_gives_503_fast_and_no_error_text() {
+    let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (port, project) = stack();
+    wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    let db = db_container(&project);
+    let paused = Unpause(db.clone());
+    docker(&["pause", &db]);
+    // The health endpoint gives up after 1 s; 2 s is the promise.
+    let start = std::time::Instant::now();
+    let (status, body, _) = get_json(port, "/v1/health");
+    let took = start.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(2), "health took {took:?}");
+    assert_eq!(body["database"], "unavailable", "no database error text: {body}");
+    // Other requests fail within their deadline (3 s) instead of hanging, with no error text.
+    let body = json!({"text": "e2e while paused", "embedding": embedding(330, 0.1)}).to_string();
+    let response = http("POST", port, "/v1/memories", Some(&body)).expect("an answer in time");
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert!(response.headers.contains("retry-after"), "{}", response.headers);
+    assert!(!response.body.contains("connection"), "{}", response.body);
+    drop(paused);
+    wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    let (status, found, _) = get_json(port, &search_path(&embedding(330, 0.1), 1));
+    assert_eq!(status, 200, "{found}");
+}

@@ -6,15 +6,19 @@ import hashlib
 import json
 import logging
 import math
+import struct
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query, Response
+import psycopg
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from . import __version__
 from .config import Settings
+from .db import Database, Unavailable
 
 log = logging.getLogger("memories")
 
@@ -22,6 +26,19 @@ log = logging.getLogger("memories")
 class NewMemory(BaseModel):
     text: str = Field(min_length=1, max_length=10_000)
     embedding: list[float]
+
+    @field_validator("text")
+    @classmethod
+    def storable_text(cls, text: str) -> str:
+        # PostgreSQL's text cannot hold NUL, and a lone surrogate (valid in JSON's `\ud800`
+        # escapes) has no UTF-8 form.
+        if "\x00" in text:
+            raise ValueError("text must not contain NUL characters (\\u0000)")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode: it contains a lone surrogate") from None
+        return text
 
 
 class Cache:
@@ -72,6 +89,12 @@ class Cache:
 
 
 def _vector_literal(values: list[float], dim: int) -> str:
+    """The pgvector literal of `values` as pgvector stores them, in 32-bit floats.
+
+    Checked after the rounding, so what is refused is what would go wrong: values beyond
+    float32's range, and vectors whose every value rounds to zero (they have no cosine distance
+    and would be stored but never found).
+    """
     if len(values) != dim:
         raise HTTPException(
             status_code=422,
@@ -79,9 +102,22 @@ def _vector_literal(values: list[float], dim: int) -> str:
         )
     if not all(math.isfinite(v) for v in values):
         raise HTTPException(status_code=422, detail="embedding values must be finite numbers")
-    if not any(values):
-        raise HTTPException(status_code=422, detail="embedding must not be all zeros (no cosine distance)")
-    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+    # Python packs a value beyond float32's range as infinity (older versions raise instead).
+    try:
+        stored = struct.unpack(f"{dim}f", struct.pack(f"{dim}f", *values))
+    except OverflowError:
+        stored = (math.inf,)
+    if not all(math.isfinite(v) for v in stored):
+        raise HTTPException(
+            status_code=422,
+            detail="embedding values must fit in 32-bit floats (magnitude at most 3.4e38)",
+        )
+    if not any(stored):
+        raise HTTPException(
+            status_code=422,
+            detail="embedding must not be all zeros as 32-bit floats (no cosine distance)",
+        )
+    return "[" + ",".join(repr(v) for v in stored) + "]"
 
 
 def _parse_embedding(raw: str) -> list[float]:
@@ -95,27 +131,52 @@ def _parse_embedding(raw: str) -> list[float]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=False)
+    database = Database(settings.database_url, timeout=settings.request_timeout)
     cache = Cache(settings.redis_url, settings.cache_ttl)
     dim = settings.embedding_dim
 
     async def lifespan(_app: FastAPI):
         # Open the first connection before serving, so the first health check is a quick one.
-        pool.open(wait=True, timeout=settings.db_wait_timeout)
+        database.open(timeout=settings.db_wait_timeout)
         yield
-        pool.close(timeout=1)
+        database.close()
 
     app = FastAPI(title="memories", version=__version__, lifespan=lifespan)
+
+    # What was wrong and where, without echoing the input back: it may be large, hold a secret,
+    # or be what was refused for not being encodable (a lone surrogate).
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [
+            {key: value for key, value in error.items() if key in ("type", "loc", "msg")}
+            for error in err.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+    # Clients learn that the database is unavailable, never its error text: that goes to the log.
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, err: Unavailable) -> JSONResponse:
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, err)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database is unavailable, try again shortly"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, err: psycopg.Error) -> JSONResponse:
+        log.error("%s %s: database error: %s", request.method, request.url.path, err)
+        return JSONResponse(status_code=500, content={"detail": "internal database error"})
 
     @app.get("/v1/health")
     def health() -> JSONResponse:
         try:
-            with pool.connection(timeout=2) as conn:
-                conn.execute("SELECT 1").fetchone()
-        except Exception as err:  # noqa: BLE001 - any failure means "not healthy".
+            database.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=1.0)
+        except (Unavailable, psycopg.Error) as err:
+            log.warning("health: database unavailable: %s", err)
             return JSONResponse(
                 status_code=503,
-                content={"status": "unavailable", "version": __version__, "database": str(err)},
+                content={"status": "unavailable", "version": __version__, "database": "unavailable"},
             )
         return JSONResponse({"status": "ok", "version": __version__, "database": "ok"})
 
@@ -126,11 +187,12 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/memories", status_code=201)
     def add_memory(memory: NewMemory) -> dict:
         vector = _vector_literal(memory.embedding, dim)
-        with pool.connection() as conn:
-            row = conn.execute(
+        row = database.run(
+            lambda conn: conn.execute(
                 "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
                 (memory.text, vector),
             ).fetchone()
+        )
         cache.invalidate()
         return {"id": row[0]}
 
@@ -145,12 +207,13 @@ def create_app(settings: Settings) -> FastAPI:
         if cached is not None:
             response.headers["X-Cache"] = "hit"
             return cached
-        with pool.connection() as conn:
-            rows = conn.execute(
+        rows = database.run(
+            lambda conn: conn.execute(
                 "SELECT id, text, embedding <=> %s::vector AS distance "
                 "FROM memories ORDER BY embedding <=> %s::vector LIMIT %s",
                 (vector, vector, k),
             ).fetchall()
+        )
         results = [{"id": r[0], "text": r[1], "distance": float(r[2])} for r in rows]
         cache.put(key, results)
         response.headers["X-Cache"] = "miss" if cache.client is not None else "off"

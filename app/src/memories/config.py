@@ -6,7 +6,14 @@ import os
 from dataclasses import dataclass
 from urllib.parse import quote
 
-_POSTGRES_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+_POSTGRES_PARTS = (
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_PASSWORD_FILE",
+    "POSTGRES_DB",
+)
 
 
 class ConfigError(Exception):
@@ -22,6 +29,7 @@ class Settings:
     host: str
     port: int
     db_wait_timeout: float
+    request_timeout: float
     cache_ttl: int
 
 
@@ -76,10 +84,31 @@ def database_url(env: dict[str, str]) -> str:
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set when DATABASE_URL is not")
     user = quote(env["POSTGRES_USER"], safe="")
-    password = env.get("POSTGRES_PASSWORD")
+    password = _password(env)
     auth = f"{user}:{quote(password, safe='')}" if password else user
     port = _int(env, "POSTGRES_PORT", 5432, 1, 65535)
     return f"postgresql://{auth}@{env['POSTGRES_HOST']}:{port}/{quote(env['POSTGRES_DB'], safe='')}"
+
+
+def _password(env: dict[str, str]) -> str | None:
+    """`POSTGRES_PASSWORD`, or the contents of the file `POSTGRES_PASSWORD_FILE` names (a Docker
+    secret), without its final line break."""
+    path = env.get("POSTGRES_PASSWORD_FILE")
+    if not path:
+        return env.get("POSTGRES_PASSWORD") or None
+    if env.get("POSTGRES_PASSWORD"):
+        raise ConfigError(
+            "POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are both set: set only one of them"
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            password = file.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"POSTGRES_PASSWORD_FILE={path}: cannot read it: {err.strerror or err}") from None
+    password = password.removesuffix("\n")
+    if not password or "\n" in password:
+        raise ConfigError(f"POSTGRES_PASSWORD_FILE={path} must hold the password on one line")
+    return password
 
 
 def load(env: dict[str, str] | None = None) -> Settings:
@@ -92,5 +121,6 @@ def load(env: dict[str, str] | None = None) -> Settings:
         host=env.get("HOST", "0.0.0.0"),
         port=_int(env, "PORT", 8283, 1, 65535),
         db_wait_timeout=_float(env, "DB_WAIT_TIMEOUT", 30.0),
+        request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 3.0),
         cache_ttl=_int(env, "CACHE_TTL", 300, 1, 86400),
     )

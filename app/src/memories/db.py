@@ -1,18 +1,102 @@
-"""Waiting for PostgreSQL with a deadline, and the schema, applied idempotently."""
+"""Waiting for PostgreSQL with a deadline, the schema, applied idempotently, and the pool that
+every request's queries go through, each with a deadline of its own."""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+T = TypeVar("T")
 
 SCHEMA_LOCK = 0x6D656D6F  # "memo": serialises schema changes between replicas starting at once.
 
 
 class DatabaseError(Exception):
     """The database never became ready or its schema does not fit this service."""
+
+
+class Unavailable(Exception):
+    """The database did not answer within a request's deadline, or refused the connection.
+
+    The message is for the log only: it may carry the server's own error text.
+    """
+
+
+# Connection settings for every pooled connection. A database that stops answering (a paused
+# container, a lost network) must not hold a request forever: connecting gives up after 2 s
+# (libpq's minimum), and TCP keepalives and an unacknowledged-data limit end a connection to a
+# peer that has gone away.
+CONNECTION_SETTINGS = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 5000,
+}
+
+
+class Database:
+    """The connection pool, and a deadline on every piece of work done with it.
+
+    Connections are checked when taken from the pool, so the first request after a database
+    restart gets a fresh connection instead of a stale one. Work runs on the pool's own threads
+    and the caller waits at most its deadline: a database that accepts connections but never
+    answers (a paused or overloaded server) gives `Unavailable` on time, the request fails fast,
+    and the stuck thread returns when the server does. Work still queued at its deadline never
+    starts, so a request that was answered with an error cannot take effect later.
+    """
+
+    def __init__(self, url: str, max_size: int = 8, timeout: float = 3.0) -> None:
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            check=ConnectionPool.check_connection,
+            kwargs=CONNECTION_SETTINGS,
+        )
+        self.workers = ThreadPoolExecutor(max_workers=max_size, thread_name_prefix="db")
+        self.timeout = timeout
+
+    def open(self, timeout: float) -> None:
+        self.pool.open(wait=True, timeout=timeout)
+
+    def close(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.pool.close(timeout=1)
+
+    def run(self, work: Callable[[psycopg.Connection], T], timeout: float | None = None) -> T:
+        """Runs `work` on a pooled connection within `timeout` seconds (the default deadline if
+        None), raising `Unavailable` when the database cannot be reached or does not answer."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+
+        def job() -> T:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"no database thread free within {timeout:g}s")
+            with self.pool.connection(timeout=remaining) as conn:
+                return work(conn)
+
+        future = self.workers.submit(job)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise Unavailable(f"no answer within {timeout:g}s") from None
+        except PoolTimeout as err:
+            raise Unavailable(f"no connection within {timeout:g}s: {err}") from err
+        except psycopg.OperationalError as err:
+            raise Unavailable(str(err).strip() or type(err).__name__) from err
 
 
 def describe(url: str) -> str:
