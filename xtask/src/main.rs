@@ -18,6 +18,7 @@ mod image;
 mod interrupt;
 mod plan;
 mod platform;
+mod prod;
 mod reap;
 mod registry;
 mod release;
@@ -69,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::WaitFor(args) => wait::run(&args),
         Command::Dev(args) => tasks::dev(&root, args),
         Command::Test(args) => tasks::test(&root, &args),
-        Command::Prod(args) => tasks::prod(&root, args),
+        Command::Prod(args) => prod::run(&root, args),
         Command::Db(args) => db::run(&root, args),
         Command::Run(args) => tasks::run(&root, &args),
         Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),

@@ -789,10 +789,12 @@ fn env_file_entries(text: &str) -> impl DoubleEndedIterator<Item = (&str, String
         .map(|(k, v)| (k.trim(), v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned()))
 }
 
-/// A setting whose value is a secret, by its name: a password, secret, token or key.
+/// A setting whose value is a secret, by its name: a password, secret, token or key. One that
+/// names the file holding a secret (`POSTGRES_PASSWORD_FILE`) is a path, not a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_uppercase();
-    ["PASSWORD", "SECRET", "TOKEN", "KEY", "REDISCLI_AUTH"].iter().any(|s| key.contains(s))
+    !key.ends_with("_FILE")
+        && ["PASSWORD", "SECRET", "TOKEN", "KEY", "REDISCLI_AUTH"].iter().any(|s| key.contains(s))
 }
 
 /// Fails naming every required secret that neither the environment nor an env file sets.
