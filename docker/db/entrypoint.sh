@@ -2,7 +2,7 @@
 # Entry point of the db image: make sure a database exists, then run PostgreSQL as PID 1 (so
 # `docker stop` reaches it directly and it shuts down cleanly). The password comes from
 # POSTGRES_PASSWORD or from the file POSTGRES_PASSWORD_FILE names; it is only read when the
-# database is created. Writes go to the volume, /run/postgresql and /tmp only, so the root
+# database is created. Writes go to the volume and /tmp only, so the root
 # filesystem may be read-only.
 #
 # The image carries a cluster prepared at build time (`db-entrypoint --prepare`) for the default
@@ -14,6 +14,10 @@
 # as ready. Either way the work happens in a scratch directory renamed into place only when
 # complete, so an interrupted first start leaves nothing a later start would take for a database.
 set -eu
+
+# The socket and lock directory: /run/postgresql (libpq's default) is a link to it, so with a
+# read-only root filesystem only /tmp needs to be writable.
+mkdir -p -m 0755 /tmp/postgresql
 
 : "${POSTGRES_USER:=memories}"
 : "${POSTGRES_DB:=memories}"

@@ -425,3 +425,71 @@ fn run_serves_the_standalone_image_and_stops_on_ctrl_c() {
     let kept = docker(&["volume", "ls", "--quiet", "--filter", &format!("name=^{volume}$")]);
     assert_eq!(kept, volume, "the data volume outlives the stack");
 }
+
+/// `prod up` for real: hardened containers, the password only as a secret file, and a crashed
+/// server that comes back on its own.
+#[test]
+fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-hard");
+    cleanup.project(&project);
+    let port = free_port();
+    let password = format!("pw-{}", unique_name("s3cret"));
+    let prod = |args: &[&str]| {
+        let output = xtask_process()
+            .arg("prod")
+            .args(args)
+            .env("POSTGRES_PASSWORD", &password)
+            .env("PROXY_PORT", port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "prod {args:?}: {text}");
+        assert!(!text.contains(&password), "prod {args:?} printed the password: {text}");
+        text
+    };
+    prod(&["config"]);
+    prod(&["up", "--no-build", "--dry-run", "--json"]);
+    prod(&["up", "--no-build", "--json"]);
+    let secrets = repo_root().join("target/xtask/secrets").join(&project);
+    assert!(secrets.join("POSTGRES_PASSWORD").is_file(), "the secret file is written");
+
+    let containers = docker(&["ps", "--quiet", "--filter", &project_label(&project)]);
+    let containers: Vec<&str> = containers.lines().collect();
+    assert_eq!(containers.len(), 4, "db, proxy and two servers: {containers:?}");
+    for container in &containers {
+        let inspected = docker(&["inspect", container]);
+        assert!(!inspected.contains(&password), "docker inspect {container} shows the password");
+        let host: Value = serde_json::from_str::<Value>(&inspected).unwrap()[0]["HostConfig"].clone();
+        assert_eq!(host["ReadonlyRootfs"], true, "{container}: {host}");
+        assert_eq!(host["CapDrop"], json!(["ALL"]), "{container}");
+        assert_eq!(host["SecurityOpt"], json!(["no-new-privileges:true"]), "{container}");
+        assert_eq!(host["RestartPolicy"]["Name"], "always", "{container}");
+        assert!(host["Memory"].as_u64().unwrap_or(0) > 0, "{container} has a memory limit");
+        assert!(host["NanoCpus"].as_u64().unwrap_or(0) > 0, "{container} has a CPU limit");
+    }
+    let published = docker(&["port", &format!("{project}-proxy-1"), "8080/tcp"]);
+    assert_eq!(published, format!("127.0.0.1:{port}"), "the proxy is on loopback only");
+
+    // Both servers crash at once (kill -9 of their main process): nobody acts, the service
+    // answers again.
+    for server in [format!("{project}-server-1"), format!("{project}-server-2")] {
+        let pid = docker(&["inspect", "--format", "{{.State.Pid}}", &server]);
+        let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
+        assert!(killed.success(), "kill -9 {pid} ({server})");
+    }
+    let start = Instant::now();
+    tests::wait_for_200(port, "/v1/health", Duration::from_secs(15));
+    eprintln!("the service answered 200 again {:?} after both servers were killed", start.elapsed());
+
+    prod(&["down", "--volumes"]);
+    assert!(!secrets.exists(), "prod down removes the secret files");
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}

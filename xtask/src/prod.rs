@@ -40,16 +40,26 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            stack::lifecycle(&stack, &revision, long_lived(timeout, no_build), |_, probes| {
+            stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
+            let how = long_lived(timeout, no_build);
+            let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
                 print_endpoints(&stack, probes, args.preview.json);
                 say!(
                     "the prod stack {} is ready; stop it with `cargo xtask prod down`",
                     stack.project
                 );
                 Ok(())
-            })
+            });
+            // A failed first start took the stack's containers down: its secrets go with them.
+            if started.is_err() && !stack::has_containers(&stack.project).unwrap_or(true) {
+                stack::remove_secrets(&stack)?;
+            }
+            started
         }
-        ProdAction::Down { volumes } => stack::down(&stack, volumes),
+        ProdAction::Down { volumes } => {
+            stack::down(&stack, volumes)?;
+            stack::remove_secrets(&stack)
+        }
         ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
             deploy_swarm(&stack, &revision, &name, no_build, timeout)
@@ -78,9 +88,18 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         ProdAction::Up { no_build, timeout } => {
             let model = stack.model()?;
             let how = long_lived(*timeout, *no_build);
+            let plan = match stack.secrets_dir() {
+                Some(dir) => plan.note(format!(
+                    "first writes each secret file the definition names (POSTGRES_PASSWORD) \
+                     into {dir} (a directory only this user can enter)"
+                )),
+                None => plan,
+            };
             stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
         }
-        ProdAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
+        ProdAction::Down { volumes } => plan
+            .step(stack::down_step(stack, *volumes))
+            .note("then removes the stack's secret files"),
         ProdAction::Deploy { stack: name, no_build, .. } => {
             let file = swarm_file(stack, name);
             let plan = match no_build {
@@ -245,7 +264,7 @@ fn deploy_swarm(
     let dir = file.parent().expect("the swarm file has a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     // It holds the interpolated secrets: readable by us only, and removed after the deploy.
-    write_private(&file, &serde_json::to_string_pretty(&definition)?)?;
+    stack::write_mode(&file, serde_json::to_string_pretty(&definition)?.as_bytes(), 0o600)?;
     let deployed = stack_deploy(stack, &file, name).run();
     let _ = std::fs::remove_file(&file);
     deployed.context("docker stack deploy failed")?;
@@ -299,20 +318,6 @@ impl Check for SwarmService {
             Attempt::NotYet(format!("{healthy} of {} replicas healthy", self.replicas))
         }
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {path}"))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {path}"))
 }
 
 #[cfg(test)]

@@ -107,6 +107,10 @@ pub struct Stack {
 /// reach the server's environment.
 pub const LOCAL_ENV_FILE: &str = ".env.local";
 
+/// The variable that tells the compose files where [`Stack::secrets_dir`] is.
+const SECRETS_VAR: &str = "MEMORIES_SECRETS";
+const SECRETS_DIR: &str = "target/xtask/secrets";
+
 impl Stack {
     pub fn new(
         root: &Utf8Path,
@@ -166,10 +170,19 @@ impl Stack {
         for (key, value) in &self.vars {
             step = step.env(key, value);
         }
+        if let Some(dir) = self.secrets_dir() {
+            step = step.env(SECRETS_VAR, dir.as_str());
+        }
         for secret in self.secret_values() {
             step = step.secret(&secret);
         }
         step
+    }
+
+    /// Where the files of the stack's compose secrets are written (`prod` only): a directory
+    /// per project that only this user can enter. See [`write_secrets`].
+    pub fn secrets_dir(&self) -> Option<Utf8PathBuf> {
+        (self.mode == Mode::Prod).then(|| self.root.join(SECRETS_DIR).join(&self.project))
     }
 
     /// The values of every secret-looking setting (see [`is_secret_key`]) in the environment
@@ -428,6 +441,11 @@ pub fn existing(project: &str) -> Result<Existing> {
 }
 
 /// Whether the project has any container, volume or network at all.
+/// Whether `project` has any container, running or not.
+pub fn has_containers(project: &str) -> Result<bool> {
+    Ok(!list(project, &["ps", "--all", "--quiet"])?.trim().is_empty())
+}
+
 pub fn exists(project: &str) -> Result<bool> {
     for args in [
         ["ps", "--all", "--quiet"].as_slice(),
@@ -564,7 +582,8 @@ pub fn service_check(stack: &Stack, service: &str, probe: &Probe) -> Box<dyn wai
 }
 
 /// A service's probe, counted only after `up` has started the containers, and failed at
-/// once when the service's container has exited: a dead server is not "not yet ready".
+/// once when the service's container has exited (or exited and is being restarted): a dead
+/// server is not "not yet ready".
 struct ServiceCheck {
     project: String,
     service: String,
@@ -595,7 +614,8 @@ impl wait::Check for ServiceCheck {
         );
         let exited = states.as_deref().unwrap_or("").lines().find_map(|line| {
             let (state, status) = line.split_once('\t')?;
-            matches!(state, "exited" | "dead").then(|| status.to_owned())
+            // Restarting: it exited, and its restart policy starts it again (prod's do).
+            matches!(state, "exited" | "dead" | "restarting").then(|| status.to_owned())
         });
         match exited {
             Some(status) => wait::Attempt::Failed(format!(
@@ -841,6 +861,82 @@ pub fn swarm_state(root: &Utf8Path) -> Result<String> {
         .read()
         .context("cannot ask the engine about swarm")?;
     Ok(out.trim().to_owned())
+}
+
+/// The settings behind the definition's file secrets: each top-level secret whose `file` is in
+/// [`Stack::secrets_dir`], as (secret, setting), the setting being the file's name.
+pub fn file_secrets(stack: &Stack, definition: &Value) -> Vec<(String, String)> {
+    let Some(dir) = stack.secrets_dir() else { return Vec::new() };
+    let secrets = definition["secrets"].as_object().into_iter().flatten();
+    secrets
+        .filter_map(|(name, spec)| {
+            let file = Utf8Path::new(spec["file"].as_str()?);
+            let setting = file.file_name()?;
+            (file.parent()? == dir).then(|| (name.clone(), setting.to_owned()))
+        })
+        .collect()
+}
+
+/// Writes the file of each of the definition's file secrets (see [`file_secrets`]) from its
+/// setting, into [`Stack::secrets_dir`]: mode 0700 on the directory, so the files themselves
+/// may be 0444, which a container's non-root user needs to read a bind-mounted secret. Each
+/// file is written whole under a temporary name and renamed into place.
+pub fn write_secrets(stack: &Stack, definition: &Value) -> Result<()> {
+    let Some(dir) = stack.secrets_dir() else { return Ok(()) };
+    let secrets = file_secrets(stack, definition);
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    private_dir(&dir)?;
+    for (_, setting) in secrets {
+        let Some(value) = stack.setting(&setting).filter(|v| !v.is_empty()) else {
+            bail!("{setting} is not set: export it, or pass `--env-file FILE` with {setting}=...")
+        };
+        let file = dir.join(&setting);
+        let partial = dir.join(format!(".{setting}.partial-{}", std::process::id()));
+        write_mode(&partial, value.as_bytes(), 0o444)?;
+        std::fs::rename(&partial, &file).with_context(|| format!("cannot write {file}"))?;
+    }
+    Ok(())
+}
+
+/// Removes the stack's secret files, once the stack is gone.
+pub fn remove_secrets(stack: &Stack) -> Result<()> {
+    let Some(dir) = stack.secrets_dir() else { return Ok(()) };
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove the secrets in {dir}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+fn private_dir(dir: &Utf8Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {dir}"))?;
+    // An existing directory keeps its mode: set it.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {dir} private"))
+}
+
+/// Writes `bytes` to a new file created with `mode`.
+#[cfg(unix)]
+pub fn write_mode(path: &Utf8Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot write {path}"))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {path}"))
 }
 
 /// The merged, interpolated definition as JSON, for a swarm deploy.
