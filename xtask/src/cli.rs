@@ -333,7 +333,10 @@ pub enum ProdAction {
         #[arg(long)]
         volumes: bool,
     },
-    /// Deploy the same prod definition to Docker Swarm and wait until every replica is healthy.
+    /// Deploy the prod definition to Docker Swarm, every image by its digest, and wait until
+    /// every service has converged; an update that fails is rolled back by swarm and fails
+    /// the deploy.
+    #[command(disable_version_flag = true)]
     Deploy {
         /// Deploy with `docker stack deploy` (the engine must be a swarm manager).
         #[arg(long, required = true)]
@@ -341,11 +344,52 @@ pub enum ProdAction {
         /// The stack name.
         #[arg(long, default_value = "memories", value_parser = parse_project)]
         stack: String,
-        #[arg(long)]
+        #[command(flatten)]
+        source: DeploySource,
+        /// With --registry: the version to deploy (default: app/pyproject.toml's).
+        #[arg(long, value_name = "V", requires = "registry")]
+        version: Option<String>,
+        /// With --local: check that the images are in the local store instead of building.
+        #[arg(long, requires = "local")]
         no_build: bool,
-        #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
+        #[arg(long, default_value = "300s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
     },
+    /// Per service of a swarm stack: desired and running replicas, image (by digest), update
+    /// state.
+    Status {
+        /// The stack name.
+        #[arg(long, default_value = "memories", value_parser = parse_project)]
+        stack: String,
+    },
+    /// Return services of a swarm stack to their previous spec (every one that has one when
+    /// none is named), and wait until they have.
+    Rollback {
+        /// The stack name.
+        #[arg(long, default_value = "memories", value_parser = parse_project)]
+        stack: String,
+        /// Services to roll back, by their name in the definition (`server`).
+        services: Vec<String>,
+        #[arg(long, default_value = "300s", value_parser = crate::wait::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Where `prod deploy --swarm` takes its images from: exactly one.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct DeploySource {
+    /// Deploy REG/NAME:VERSION of every image by the digest the registry holds (e.g.
+    /// `127.0.0.1:5000/memories`); a missing image is refused before anything changes.
+    #[arg(long, value_name = "REG", value_parser = parse_registry)]
+    pub registry: Option<String>,
+    /// Deploy the images a `cargo xtask release --json` printed, by their digests.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<camino::Utf8PathBuf>,
+    /// Deploy this engine's own images (built first unless --no-build): other nodes cannot
+    /// pull them, so for a one-node swarm only.
+    #[arg(long)]
+    pub local: bool,
 }
 
 #[derive(Debug, Args)]

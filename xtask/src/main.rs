@@ -25,6 +25,7 @@ mod release;
 mod remote;
 mod services;
 mod stack;
+mod swarm;
 mod tasks;
 mod tools;
 mod version;

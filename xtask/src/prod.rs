@@ -1,6 +1,6 @@
 //! `cargo xtask prod`: the production definition (`compose/prod.yaml`) as a compose stack on
-//! this engine (`up`, `down`), printed with its secrets redacted (`config`), or deployed to
-//! Docker Swarm (`deploy --swarm`).
+//! this engine (`up`, `down`), printed with its secrets redacted (`config`), or on Docker Swarm
+//! (`deploy --swarm`, `status`, `rollback`; see [`crate::swarm`]).
 
 use std::time::Duration;
 
@@ -8,14 +8,14 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::cli::{ProdAction, ProdArgs};
+use crate::cli::{DeploySource, ProdAction, ProdArgs};
 use crate::docker;
 use crate::plan::{Plan, Step};
 use crate::services::Model;
 use crate::stack::{self, Mode, Stack};
 use crate::tasks::{long_lived, print_endpoints};
 use crate::version::Revision;
-use crate::wait::{self, Attempt, Check, WaitOptions};
+use crate::swarm;
 
 pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     let revision = Revision::read(root)?;
@@ -24,7 +24,7 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     stack.env_files = args.env_file.clone();
     const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
     if args.preview.dry_run {
-        if !matches!(args.action, ProdAction::Down { .. }) {
+        if matches!(args.action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. }) {
             stack::require_secrets(&stack, &SECRETS)?;
         }
         prod_plan(&stack, &revision, &args.action)?.print(args.preview.json);
@@ -60,11 +60,113 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
             stack::down(&stack, volumes)?;
             stack::remove_secrets(&stack)
         }
-        ProdAction::Deploy { swarm: _, stack: name, no_build, timeout } => {
+        ProdAction::Deploy { swarm: _, stack: name, source, version, no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            deploy_swarm(&stack, &revision, &name, no_build, timeout)
+            let source = deploy_source(&revision, source, version, no_build);
+            deploy_swarm(&stack, &revision, &name, &source, timeout)
+        }
+        ProdAction::Status { stack: name } => {
+            let statuses = swarm::status(&stack.root, &name)?;
+            if statuses.is_empty() {
+                bail!("stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`");
+            }
+            print_status(&statuses, args.preview.json);
+            Ok(())
+        }
+        ProdAction::Rollback { stack: name, services, timeout } => {
+            require_manager(&stack)?;
+            let before = swarm::task_templates(&stack.root, &name)?;
+            let targets = swarm::rollback(&stack.root, &name, &services)?;
+            let wait = swarm::wait(&stack.root, &name, swarm::Expect::RolledBack, &before, timeout);
+            wait.with_context(|| format!("the rollback of {} did not complete", targets.join(", ")))?;
+            say!("rolled back {}", targets.join(", "));
+            print_status(&swarm::status(&stack.root, &name)?, args.preview.json);
+            Ok(())
         }
     }
+}
+
+fn deploy_source(
+    revision: &Revision,
+    source: DeploySource,
+    version: Option<String>,
+    no_build: bool,
+) -> swarm::Source {
+    match (source.registry, source.from) {
+        (Some(registry), _) => swarm::Source::Registry {
+            registry,
+            version: version.unwrap_or_else(|| revision.version.to_string()),
+        },
+        (None, Some(file)) => swarm::Source::Release(file),
+        (None, None) => swarm::Source::Local { build: !no_build },
+    }
+}
+
+fn print_status(statuses: &[swarm::ServiceStatus], json: bool) {
+    if json {
+        let all: Vec<Value> = statuses.iter().map(swarm::ServiceStatus::to_json).collect();
+        out!("{:#}", Value::from(all));
+        return;
+    }
+    out!("{:<24} {:>8}  {:<20} IMAGE", "SERVICE", "REPLICAS", "UPDATE");
+    for s in statuses {
+        out!(
+            "{:<24} {:>8}  {:<20} {}",
+            s.service,
+            format!("{}/{}", s.running, s.desired),
+            s.update.as_deref().unwrap_or("-"),
+            s.image
+        );
+    }
+    for s in statuses.iter().filter(|s| s.update.is_some()) {
+        if let Some(message) = &s.message {
+            out!("{}: {message}", s.service);
+        }
+    }
+}
+
+fn require_manager(stack: &Stack) -> Result<()> {
+    let state = stack::swarm_state(&stack.root)?;
+    if state != "active true" {
+        bail!(
+            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
+        );
+    }
+    Ok(())
+}
+
+fn deploy_swarm(
+    stack: &Stack,
+    revision: &Revision,
+    name: &str,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    require_manager(stack)?;
+    // One read of the definition: the images to deploy come from it, and it is what deploys.
+    let merged = stack::merged_definition(stack)?;
+    let model = Model::from_definition(&merged)?;
+    let images = swarm::resolve_images(stack, &model, revision, source)?;
+    let deployment = swarm::deployment(stack, merged, name, &images)?;
+    swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
+    let file = swarm_file(stack, name);
+    let dir = file.parent().expect("the swarm file has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let text = serde_json::to_string_pretty(&deployment.definition)?;
+    stack::write_mode(&file, text.as_bytes(), 0o600)?;
+    let before = swarm::task_templates(&stack.root, name)?;
+    let deployed = stack_deploy(stack, &file, name, source).run();
+    let _ = std::fs::remove_file(&file);
+    deployed.context("docker stack deploy failed")?;
+    swarm::wait(&stack.root, name, swarm::Expect::Updated, &before, timeout)?;
+    for secret in swarm::prune_secrets(&stack.root, name)? {
+        say!("removed secret {secret}: no current or previous spec uses it");
+    }
+    say!(
+        "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \
+         remove it with `docker stack rm {name}`"
+    );
+    Ok(())
 }
 
 /// Where `prod deploy --swarm` writes the definition it hands to `docker stack deploy`.
@@ -72,10 +174,18 @@ fn swarm_file(stack: &Stack, name: &str) -> Utf8PathBuf {
     stack.root.join(format!("target/xtask/{name}-swarm.json"))
 }
 
-/// `docker stack deploy` of the definition in `file` as stack `name`.
-fn stack_deploy(stack: &Stack, file: &Utf8Path, name: &str) -> Step {
+/// `docker stack deploy` of the definition in `file` as stack `name`; images from a registry
+/// are pulled with this client's credentials on every node.
+fn stack_deploy(stack: &Stack, file: &Utf8Path, name: &str, source: &swarm::Source) -> Step {
     let deploy = ["stack", "deploy", "--detach=true", "--prune", "--compose-file", file.as_str()];
-    docker::cli(&stack.root).args(deploy).arg(name)
+    let step = docker::cli(&stack.root).args(deploy);
+    let step = match source {
+        swarm::Source::Local { .. } => step.args(["--resolve-image", "never"]),
+        swarm::Source::Registry { .. } | swarm::Source::Release(_) => {
+            step.arg("--with-registry-auth")
+        }
+    };
+    step.arg(name)
 }
 
 /// What `prod ACTION` would run.
@@ -100,21 +210,53 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         ProdAction::Down { volumes } => plan
             .step(stack::down_step(stack, *volumes))
             .note("then removes the stack's secret files"),
-        ProdAction::Deploy { stack: name, no_build, .. } => {
+        ProdAction::Deploy { stack: name, source, version, no_build, .. } => {
+            let source = deploy_source(revision, source.clone(), version.clone(), *no_build);
             let file = swarm_file(stack, name);
-            let plan = match no_build {
-                true => {
-                    plan.note("--no-build: first checks that every image is in the local store")
+            let plan = plan
+                .note("first checks that this engine is a swarm manager")
+                .step(stack.config_step());
+            let plan = match &source {
+                swarm::Source::Local { build: false } => {
+                    plan.note("--no-build: checks that every image is in the local store")
                 }
-                false => plan.step(stack::build_plan(stack, &stack.model()?, revision).step),
+                swarm::Source::Local { build: true } => {
+                    plan.step(stack::build_plan(stack, &stack.model()?, revision).step)
+                }
+                swarm::Source::Registry { registry, version } => plan.note(format!(
+                    "reads the digest of {registry}/NAME:{version} for every image (`docker \
+                     buildx imagetools inspect`); a missing one stops the deploy before \
+                     anything changes"
+                )),
+                swarm::Source::Release(file) => plan.note(format!(
+                    "reads the images and digests in {file} and checks that the registry has \
+                     each; a missing one stops the deploy before anything changes"
+                )),
             };
-            plan.note("first checks that this engine is a swarm manager")
-                .step(stack.config_step())
-                .note(format!(
-                    "writes the swarm definition to {file} (mode 0600), removed after the deploy"
-                ))
-                .step(stack_deploy(stack, &file, name))
-                .note("then waits until every service runs its replicas")
+            plan.note(
+                "creates each Docker secret the definition names that does not exist yet \
+                 (`<stack>_<secret>_<hash of its content>`, the value on stdin)",
+            )
+            .note(format!("writes the swarm definition to {file} (mode 0600), removed after the deploy"))
+            .step(stack_deploy(stack, &file, name, &source))
+            .note(
+                "then waits until every service has converged (an update that swarm rolled \
+                 back fails the deploy), and removes the stack's secrets that no current or \
+                 previous spec uses",
+            )
+        }
+        ProdAction::Status { stack: name } => plan.note(format!(
+            "reads the services of stack {name} (`docker service inspect`, `docker service ps`)"
+        )),
+        ProdAction::Rollback { stack: name, services, .. } => {
+            let services = match services.is_empty() {
+                true => vec!["<each service with a previous spec>".to_owned()],
+                false => services.clone(),
+            };
+            let plan = services.iter().fold(plan, |plan, service| {
+                plan.step(swarm::rollback_step(&stack.root, &format!("{name}_{service}")))
+            });
+            plan.note("then waits until every service has rolled back")
         }
     };
     Ok(plan)
@@ -181,172 +323,10 @@ fn redact_url_passwords(text: &str) -> String {
     out
 }
 
-/// What a swarm deploy needs changed in the merged compose definition: the keys the swarm
-/// loader does not take, which are compose-only details of start order and naming.
-pub fn for_swarm(mut definition: Value) -> Value {
-    drop_nulls(&mut definition);
-    if let Some(object) = definition.as_object_mut() {
-        object.remove("name");
-    }
-    if let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) {
-        for service in services.values_mut() {
-            if let Some(service) = service.as_object_mut() {
-                // Swarm starts services in any order; the server waits for its database.
-                service.remove("depends_on");
-                service.remove("profiles");
-                // Published ports: swarm's routing mesh publishes on every interface anyway.
-                if let Some(ports) = service.get_mut("ports").and_then(Value::as_array_mut) {
-                    for port in ports {
-                        if let Some(port) = port.as_object_mut() {
-                            port.remove("host_ip");
-                            // Compose writes the published port as a string; swarm wants a number.
-                            let published = port
-                                .get("published")
-                                .and_then(Value::as_str)
-                                .and_then(|p| p.parse::<u64>().ok());
-                            if let Some(published) = published {
-                                port.insert("published".into(), published.into());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for section in ["networks", "volumes"] {
-        if let Some(items) = definition.get_mut(section).and_then(Value::as_object_mut) {
-            for item in items.values_mut() {
-                if let Some(item) = item.as_object_mut() {
-                    // Let the stack namespace them (`<stack>_db-data`).
-                    item.remove("name");
-                }
-            }
-        }
-    }
-    definition
-}
-
-/// Compose prints unset fields as `null`; the swarm loader wants them absent.
-fn drop_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(drop_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
-        _ => {}
-    }
-}
-
-fn deploy_swarm(
-    stack: &Stack,
-    revision: &Revision,
-    name: &str,
-    no_build: bool,
-    timeout: Duration,
-) -> Result<()> {
-    let state = stack::swarm_state(&stack.root)?;
-    if state != "active true" {
-        bail!(
-            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
-        );
-    }
-    // One read of the definition: the images to build come from it, and it is what deploys.
-    let merged = stack::merged_definition(stack)?;
-    let model = Model::from_definition(&merged)?;
-    if no_build {
-        stack::require_images(stack, &model)?;
-    } else {
-        stack::build(stack, &model, revision)?;
-    }
-    let definition = for_swarm(merged);
-    let file = swarm_file(stack, name);
-    let dir = file.parent().expect("the swarm file has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-    // It holds the interpolated secrets: readable by us only, and removed after the deploy.
-    stack::write_mode(&file, serde_json::to_string_pretty(&definition)?.as_bytes(), 0o600)?;
-    let deployed = stack_deploy(stack, &file, name).run();
-    let _ = std::fs::remove_file(&file);
-    deployed.context("docker stack deploy failed")?;
-    let services: Vec<(String, u64)> = definition["services"]
-        .as_object()
-        .map(|s| {
-            s.iter()
-                .map(|(service, spec)| {
-                    (format!("{name}_{service}"), spec["deploy"]["replicas"].as_u64().unwrap_or(1))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    say!("waiting up to {timeout:?} for every replica of stack {name} to be healthy");
-    let checks: Vec<(String, Box<dyn Check>)> = services
-        .into_iter()
-        .map(|(service, replicas)| {
-            (
-                format!("{service} ({replicas} healthy)"),
-                Box::new(SwarmService { service, replicas }) as Box<dyn Check>,
-            )
-        })
-        .collect();
-    let options =
-        WaitOptions { timeout, max_interval: Duration::from_millis(500), ..WaitOptions::default() };
-    wait::until_ready(checks, options)?;
-    say!("stack {name} is deployed; remove it with `docker stack rm {name}`");
-    Ok(())
-}
-
-/// Ready when a swarm service has as many healthy containers as it wants replicas.
-struct SwarmService {
-    service: String,
-    replicas: u64,
-}
-
-impl Check for SwarmService {
-    fn attempt(&mut self, timeout: Duration) -> Attempt {
-        let label = format!("label=com.docker.swarm.service.name={}", self.service);
-        let statuses = match wait::docker::docker(
-            &["ps", "--filter", &label, "--format", "{{.Status}}"],
-            timeout,
-        ) {
-            Ok(statuses) => statuses,
-            Err(e) => return Attempt::NotYet(e),
-        };
-        let healthy = statuses.lines().filter(|s| s.contains("(healthy)")).count() as u64;
-        if healthy >= self.replicas {
-            Attempt::Ready
-        } else {
-            Attempt::NotYet(format!("{healthy} of {} replicas healthy", self.replicas))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn swarm_definition_drops_compose_only_keys() {
-        let merged = json!({
-            "name": "memories-prod",
-            "services": {
-                "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x", "command": null},
-                "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}]},
-            },
-            "networks": {"default": {"name": "memories-prod_default"}},
-            "volumes": {"db-data": {"name": "memories-prod_db-data"}},
-        });
-        let swarm = for_swarm(merged);
-        assert!(swarm.get("name").is_none());
-        assert!(swarm["services"]["server"].get("depends_on").is_none());
-        assert_eq!(swarm["services"]["server"], json!({"image": "x"}));
-        assert_eq!(
-            swarm["services"]["proxy"]["ports"][0],
-            json!({"target": 8080, "published": 8080})
-        );
-        assert_eq!(swarm["networks"]["default"], json!({}));
-        assert_eq!(swarm["volumes"]["db-data"], json!({}));
-    }
 
     #[test]
     fn secrets_are_redacted_from_printed_definitions() {

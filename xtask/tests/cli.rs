@@ -444,7 +444,7 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
 
 /// Every task that starts or changes something, as a user would call it.
 /// `BUNDLE` stands for a valid bundle's path.
-const TASKS: [&[&str]; 22] = [
+const TASKS: [&[&str]; 24] = [
     &["dev"],
     &["dev", "up", "--profile", "cache", "--attach"],
     &["dev", "--watch"],
@@ -459,7 +459,9 @@ const TASKS: [&[&str]; 22] = [
     &["prod", "up"],
     &["prod", "down", "--volumes"],
     &["prod", "config"],
-    &["prod", "deploy", "--swarm"],
+    &["prod", "deploy", "--swarm", "--local"],
+    &["prod", "deploy", "--swarm", "--registry", "127.0.0.1:5000/memories", "--version", "0.1.0"],
+    &["prod", "rollback", "server"],
     &["run", "--port", "18283"],
     &["images", "save", "server", "--platform", "linux/amd64"],
     &["images", "load", "BUNDLE"],
