@@ -467,7 +467,8 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
     for container in &containers {
         let inspected = docker(&["inspect", container]);
         assert!(!inspected.contains(&password), "docker inspect {container} shows the password");
-        let host: Value = serde_json::from_str::<Value>(&inspected).unwrap()[0]["HostConfig"].clone();
+        let host: Value =
+            serde_json::from_str::<Value>(&inspected).unwrap()[0]["HostConfig"].clone();
         assert_eq!(host["ReadonlyRootfs"], true, "{container}: {host}");
         assert_eq!(host["CapDrop"], json!(["ALL"]), "{container}");
         assert_eq!(host["SecurityOpt"], json!(["no-new-privileges:true"]), "{container}");
@@ -487,7 +488,10 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
     }
     let start = Instant::now();
     tests::wait_for_200(port, "/v1/health", Duration::from_secs(15));
-    eprintln!("the service answered 200 again {:?} after both servers were killed", start.elapsed());
+    eprintln!(
+        "the service answered 200 again {:?} after both servers were killed",
+        start.elapsed()
+    );
 
     prod(&["down", "--volumes"]);
     assert!(!secrets.exists(), "prod down removes the secret files");

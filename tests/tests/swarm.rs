@@ -1,21 +1,86 @@
-//! `cargo xtask prod deploy --swarm` for real, on a one-node swarm.
+//! `cargo xtask prod deploy --swarm` for real, on a one-node swarm: by digest from a registry,
+//! a version the registry lacks refused before anything changes, no password in any service
+//! or container, and a version whose server cannot start rolled back by swarm while a steady
+//! load sees no failed request and every acknowledged insert stays readable.
 //!
 //! A test binary of its own, so that no other test's containers run while it turns swarm mode
 //! on and off: the engine's `swarm init` and `swarm leave` break the name resolution of
 //! containers that run at that moment on bridge networks (moby/moby#45144 and #51491), which
 //! made a compose stack started beside it fail to find its database.
 
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tests::{
-    Cleanup, docker, docker_output, free_port, leftovers, repo_root, require_docker, wait_for_200,
-    xtask_ok, xtask_process,
+    Cleanup, Registry, docker, docker_output, free_port, http, leftovers, pyproject_version,
+    repo_root, require_docker, wait_for_200, xtask_ok, xtask_process,
 };
 
+/// What a steady load through the proxy saw.
+#[derive(Default)]
+struct Load {
+    requests: u64,
+    failed: Vec<String>,
+    /// (id, n) of every acknowledged insert.
+    inserted: Vec<(i64, usize)>,
+}
+
+/// The `n`th insert's embedding: no two alike, so a search for it finds it first.
+fn unit(n: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; 384];
+    v[n % 384] = 1.0;
+    v[(n + 1) % 384] = 0.01 * (1 + n / 384) as f32;
+    v
+}
+
+/// Inserts and health checks, one every 40 ms or so, until `stop`.
+fn steady_load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let mut load = Load::default();
+        let mut axis = 0;
+        while !stop.load(Ordering::SeqCst) {
+            load.requests += 2;
+            match http("GET", port, "/v1/health", None) {
+                Some(r) if r.status == 200 => {}
+                Some(r) => load.failed.push(format!("health {}: {}", r.status, r.body)),
+                None => load.failed.push("health: no answer".into()),
+            }
+            let body = json!({"text": format!("swarm load {axis}"), "embedding": unit(axis)});
+            match http("POST", port, "/v1/memories", Some(&body.to_string())) {
+                Some(r) if r.status == 201 => {
+                    let id = serde_json::from_str::<Value>(&r.body).unwrap()["id"].as_i64();
+                    load.inserted.push((id.unwrap(), axis));
+                    axis += 1;
+                }
+                Some(r) => load.failed.push(format!("insert {}: {}", r.status, r.body)),
+                None => load.failed.push("insert: no answer".into()),
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        load
+    })
+}
+
 #[test]
-fn prod_deploys_to_a_one_node_swarm_with_every_replica_healthy() {
+fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_failed_request() {
     require_docker();
     xtask_ok(&["build", "server", "db", "proxy"]);
+    let registry = Registry::start();
+    let namespace = registry.namespace("swarm");
+    let version = pyproject_version();
+    // The tags the stack runs (`memories/NAME:<version>-<sha>`), as the build plan names them.
+    let plan: Value =
+        serde_json::from_str(&xtask_ok(&["build", "server", "db", "proxy", "--dry-run", "--json"]))
+            .unwrap();
+    for image in ["server", "db", "proxy"] {
+        let local = plan["bake"]["target"][image]["tags"][1].as_str().unwrap();
+        let remote = format!("{namespace}/{image}:{version}");
+        docker(&["tag", local, &remote]);
+        docker(&["push", "--quiet", &remote]);
+    }
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
     let we_started_the_swarm = state != "active";
     if we_started_the_swarm {
@@ -23,46 +88,122 @@ fn prod_deploys_to_a_one_node_swarm_with_every_replica_healthy() {
     }
     let stack = tests::unique_name("memswarm");
     let port = free_port();
-    let output = {
-        let mut cleanup = Cleanup::default();
-        cleanup.stack(&stack);
-        let output = xtask_process()
-            .args([
-                "prod",
-                "deploy",
-                "--swarm",
-                "--stack",
-                &stack,
-                "--no-build",
-                "--timeout",
-                "120s",
-            ])
-            .env("POSTGRES_PASSWORD", "swarm-test")
+    let password = tests::unique_name("swarm-pw");
+    let deploy = |extra: &[&str], env: &[(&str, &str)]| -> Output {
+        let mut command = xtask_process();
+        command
+            .args(["prod", "deploy", "--swarm", "--stack", &stack, "--timeout", "180s"])
+            .args(extra)
+            .env("POSTGRES_PASSWORD", &password)
             .env("PROXY_PORT", port.to_string())
-            .current_dir(repo_root())
-            .output()
-            .unwrap();
-        if output.status.success() {
-            wait_for_200(port, "/v1/health", Duration::from_secs(30));
-            let replicas = docker(&[
-                "ps",
-                "--filter",
-                &format!("label=com.docker.swarm.service.name={stack}_server"),
-                "--format",
-                "{{.Status}}",
-            ]);
-            assert_eq!(
-                replicas.lines().filter(|s| s.contains("(healthy)")).count(),
-                2,
-                "{replicas}"
-            );
+            .current_dir(repo_root());
+        for (key, value) in env {
+            command.env(key, value);
         }
+        let output = command.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!said.contains(&password), "prod deploy printed the password: {said}");
         output
     };
+    let status = || -> Value {
+        let out = xtask_ok(&["prod", "status", "--stack", &stack, "--json"]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cleanup = Cleanup::default();
+        cleanup.stack(&stack);
+
+        // A version the registry lacks: refused, nothing deployed.
+        let missing = deploy(&["--registry", &namespace, "--version", "9.9.9"], &[]);
+        assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+        assert!(stderr(&missing).contains("the registry does not have"), "{}", stderr(&missing));
+        let label = format!("label=com.docker.stack.namespace={stack}");
+        assert_eq!(docker(&["service", "ls", "--quiet", "--filter", &label]), "");
+
+        let first = deploy(&["--registry", &namespace], &[]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        wait_for_200(port, "/v1/health", Duration::from_secs(30));
+        for service in status().as_array().unwrap() {
+            let image = service["image"].as_str().unwrap();
+            assert!(image.starts_with(&namespace) && image.contains("@sha256:"), "{service}");
+            assert_eq!(service["running"], service["desired"], "{service}");
+        }
+        let services = docker(&["service", "ls", "--quiet", "--filter", &label]);
+        let services: Vec<&str> = services.lines().collect();
+        assert_eq!(services.len(), 3, "{services:?}");
+        let mut inspected = docker(&[&["service", "inspect"], services.as_slice()].concat());
+        let containers = docker(&["ps", "--quiet", "--filter", &label]);
+        for container in containers.lines() {
+            inspected += &docker(&["inspect", container]);
+        }
+        assert!(!inspected.contains(&password), "docker inspect shows the password");
+
+        // A version whose server cannot start (its table has 384 dimensions, not 7), under a
+        // steady load: swarm rolls it back, no request fails, no acknowledged insert is lost.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = steady_load(port, stop.clone());
+        std::thread::sleep(Duration::from_secs(2));
+        let broken = deploy(&["--registry", &namespace], &[("EMBEDDING_DIM", "7")]);
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::SeqCst);
+        let load = load.join().unwrap();
+        assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
+        assert!(stderr(&broken).contains("swarm rolled it back"), "{}", stderr(&broken));
+        let server = status()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == format!("{stack}_server"))
+            .cloned()
+            .unwrap();
+        assert_eq!(server["update"], "rollback_completed", "{server}");
+        assert_eq!(server["running"], 2, "{server}");
+        eprintln!(
+            "{} requests during the broken deploy, {} failed",
+            load.requests,
+            load.failed.len()
+        );
+        assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
+        assert!(load.inserted.len() > 10, "the load ran: {}", load.inserted.len());
+        // Read from the table itself: a search is approximate (HNSW) and may miss a row.
+        let db = docker(&[
+            "ps",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={stack}_db"),
+        ]);
+        let ids = docker(&[
+            "exec",
+            &db,
+            "psql",
+            "-U",
+            "memories",
+            "-d",
+            "memories",
+            "-At",
+            "-c",
+            "SELECT id FROM memories",
+        ]);
+        let ids: std::collections::BTreeSet<i64> =
+            ids.lines().map(|l| l.parse().unwrap()).collect();
+        for (id, _) in &load.inserted {
+            assert!(ids.contains(id), "acknowledged insert {id} is in the table");
+        }
+        drop(cleanup);
+        let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
+        assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");
+    }));
     if we_started_the_swarm {
         let _ = docker_output(&["swarm", "leave", "--force"]);
     }
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
     assert_eq!(
         leftovers(&format!("label=com.docker.stack.namespace={stack}")),
         Vec::<String>::new()

@@ -13,9 +13,9 @@ use crate::docker;
 use crate::plan::{Plan, Step};
 use crate::services::Model;
 use crate::stack::{self, Mode, Stack};
+use crate::swarm;
 use crate::tasks::{long_lived, print_endpoints};
 use crate::version::Revision;
-use crate::swarm;
 
 pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     let revision = Revision::read(root)?;
@@ -24,7 +24,10 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     stack.env_files = args.env_file.clone();
     const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
     if args.preview.dry_run {
-        if matches!(args.action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. }) {
+        if matches!(
+            args.action,
+            ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. }
+        ) {
             stack::require_secrets(&stack, &SECRETS)?;
         }
         prod_plan(&stack, &revision, &args.action)?.print(args.preview.json);
@@ -68,7 +71,9 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         ProdAction::Status { stack: name } => {
             let statuses = swarm::status(&stack.root, &name)?;
             if statuses.is_empty() {
-                bail!("stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`");
+                bail!(
+                    "stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`"
+                );
             }
             print_status(&statuses, args.preview.json);
             Ok(())
@@ -77,8 +82,10 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
             require_manager(&stack)?;
             let before = swarm::task_templates(&stack.root, &name)?;
             let targets = swarm::rollback(&stack.root, &name, &services)?;
-            let wait = swarm::wait(&stack.root, &name, swarm::Expect::RolledBack, &before, timeout);
-            wait.with_context(|| format!("the rollback of {} did not complete", targets.join(", ")))?;
+            let wait = swarm::wait(&stack.root, &name, &targets, &before, timeout);
+            wait.with_context(|| {
+                format!("the rollback of {} did not complete", targets.join(", "))
+            })?;
             say!("rolled back {}", targets.join(", "));
             print_status(&swarm::status(&stack.root, &name)?, args.preview.json);
             Ok(())
@@ -158,7 +165,7 @@ fn deploy_swarm(
     let deployed = stack_deploy(stack, &file, name, source).run();
     let _ = std::fs::remove_file(&file);
     deployed.context("docker stack deploy failed")?;
-    swarm::wait(&stack.root, name, swarm::Expect::Updated, &before, timeout)?;
+    swarm::wait(&stack.root, name, &[], &before, timeout)?;
     for secret in swarm::prune_secrets(&stack.root, name)? {
         say!("removed secret {secret}: no current or previous spec uses it");
     }
@@ -237,7 +244,9 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                 "creates each Docker secret the definition names that does not exist yet \
                  (`<stack>_<secret>_<hash of its content>`, the value on stdin)",
             )
-            .note(format!("writes the swarm definition to {file} (mode 0600), removed after the deploy"))
+            .note(format!(
+                "writes the swarm definition to {file} (mode 0600), removed after the deploy"
+            ))
             .step(stack_deploy(stack, &file, name, &source))
             .note(
                 "then waits until every service has converged (an update that swarm rolled \

@@ -111,6 +111,20 @@ pub fn for_swarm(mut definition: Value) -> Value {
                 // no-new-privileges is a daemon setting there.
                 service.remove("restart");
                 service.remove("security_opt");
+                // Swarm ignores it, with a warning: its tasks get the default /dev/shm.
+                service.remove("shm_size");
+                // Compose writes CPU limits as numbers; the swarm loader wants strings.
+                if let Some(resources) = service
+                    .get_mut("deploy")
+                    .and_then(|d| d.get_mut("resources"))
+                    .and_then(Value::as_object_mut)
+                {
+                    for bound in resources.values_mut() {
+                        if let Some(cpus) = bound.get("cpus").and_then(Value::as_f64) {
+                            bound["cpus"] = Value::from(cpus.to_string());
+                        }
+                    }
+                }
                 // Published ports: swarm publishes on every interface.
                 if let Some(ports) = service.get_mut("ports").and_then(Value::as_array_mut) {
                     for port in ports {
@@ -282,7 +296,9 @@ pub fn create_secrets(root: &Utf8Path, name: &str, secrets: &[SwarmSecret]) -> R
             .secret(&secret.value)
             .quiet()
             .read()
-            .with_context(|| format!("cannot create secret {} from {}", secret.name, secret.setting))?;
+            .with_context(|| {
+                format!("cannot create secret {} from {}", secret.name, secret.setting)
+            })?;
     }
     Ok(())
 }
@@ -396,9 +412,8 @@ pub fn status(root: &Utf8Path, name: &str) -> Result<Vec<ServiceStatus>> {
 }
 
 fn read_status(service: &Value, running: u64) -> ServiceStatus {
-    let spec_image = |spec: &Value| {
-        spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().map(str::to_owned)
-    };
+    let spec_image =
+        |spec: &Value| spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().map(str::to_owned);
     ServiceStatus {
         service: service["Spec"]["Name"].as_str().unwrap_or_default().to_owned(),
         desired: service["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(1),
@@ -504,12 +519,13 @@ pub fn task_templates(root: &Utf8Path, name: &str) -> Result<BTreeMap<String, Va
         .collect())
 }
 
-/// Waits until every service of stack `name` has converged as `expect` says. `before` holds
-/// the task templates before a deploy: a service whose template changed must be seen updating.
+/// Waits until every service of stack `name` has converged: the services in `rolled_back`
+/// (full names) once their rollback completed, the others once updated. `before` holds the
+/// task templates before a deploy: a service whose template changed must be seen updating.
 pub fn wait(
     root: &Utf8Path,
     name: &str,
-    expect: Expect,
+    rolled_back: &[String],
     before: &BTreeMap<String, Value>,
     timeout: Duration,
 ) -> Result<()> {
@@ -523,12 +539,12 @@ pub fn wait(
         .iter()
         .map(|(service, template)| {
             let changed = before.get(service).is_some_and(|old| old != template);
-            let check = Converged {
-                root: root.to_owned(),
-                service: service.to_owned(),
-                expect,
-                changed,
+            let expect = match rolled_back.contains(service) {
+                true => Expect::RolledBack,
+                false => Expect::Updated,
             };
+            let check =
+                Converged { root: root.to_owned(), service: service.to_owned(), expect, changed };
             (service.to_owned(), Box::new(check) as Box<dyn Check>)
         })
         .collect();
@@ -563,9 +579,7 @@ pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<
         bail!("no service of stack {name} has a previous spec to return to");
     }
     for target in &targets {
-        rollback_step(root, target)
-            .run()
-            .with_context(|| format!("cannot roll {target} back"))?;
+        rollback_step(root, target).run().with_context(|| format!("cannot roll {target} back"))?;
     }
     Ok(targets)
 }
@@ -586,7 +600,8 @@ mod tests {
                 "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x",
                            "command": null, "restart": "always",
                            "security_opt": ["no-new-privileges:true"]},
-                "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}]},
+                "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}],
+                          "deploy": {"resources": {"limits": {"cpus": 0.5, "memory": "134217728"}}}},
             },
             "networks": {"default": {"name": "memories-prod_default"}},
             "volumes": {"db-data": {"name": "memories-prod_db-data"}},
@@ -598,6 +613,7 @@ mod tests {
             swarm["services"]["proxy"]["ports"][0],
             json!({"target": 8080, "published": 8080})
         );
+        assert_eq!(swarm["services"]["proxy"]["deploy"]["resources"]["limits"]["cpus"], "0.5");
         assert_eq!(swarm["networks"]["default"], json!({}));
         assert_eq!(swarm["volumes"]["db-data"], json!({}));
     }
