@@ -30,6 +30,7 @@ fn merged(mode: &str, profiles: &[&str]) -> Value {
     let output = Command::new("docker")
         .args(&args)
         .env("MEMORIES_TAG", "check")
+        .env("MEMORIES_SECRETS", "/run/check")
         .env("POSTGRES_PASSWORD", "check")
         .current_dir(repo_root())
         .output()
@@ -70,6 +71,25 @@ fn compose_files_validate_with_healthchecks_and_no_database_port_beyond_loopback
             let published: Vec<&String> =
                 services.iter().filter(|(_, s)| s["ports"].is_array()).map(|(n, _)| n).collect();
             assert_eq!(published, ["proxy"], "prod publishes only the proxy");
+            // Every prod service is confined, restarts when it crashes, has limits and an
+            // update policy that rolls back, and sees no password in its environment.
+            for (name, service) in services {
+                assert_eq!(service["read_only"], true, "prod/{name}");
+                assert_eq!(service["cap_drop"], serde_json::json!(["ALL"]), "prod/{name}");
+                let deploy = &service["deploy"];
+                assert_eq!(deploy["restart_policy"]["condition"], "any", "prod/{name}");
+                assert!(deploy["resources"]["limits"]["memory"].is_string(), "prod/{name}");
+                assert_eq!(deploy["update_config"]["failure_action"], "rollback", "prod/{name}");
+                let env = service["environment"].as_object().into_iter().flatten();
+                for (key, value) in env {
+                    assert!(
+                        !key.contains("PASSWORD") || key.ends_with("_FILE"),
+                        "prod/{name} has {key}={value} in its environment"
+                    );
+                }
+            }
+            assert_eq!(services["db"]["deploy"]["update_config"]["order"], "stop-first");
+            assert_eq!(services["server"]["deploy"]["update_config"]["order"], "start-first");
         }
     }
     // No default password in prod: without it, the definition does not even validate.
@@ -77,6 +97,7 @@ fn compose_files_validate_with_healthchecks_and_no_database_port_beyond_loopback
         .args(["compose", "--file", "compose/compose.yaml", "--file", "compose/prod.yaml"])
         .args(["--env-file", "compose/prod.env", "config", "--quiet"])
         .env("MEMORIES_TAG", "check")
+        .env("MEMORIES_SECRETS", "/run/check")
         .env_remove("POSTGRES_PASSWORD")
         .current_dir(repo_root())
         .output()
