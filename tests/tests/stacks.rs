@@ -54,7 +54,7 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
             .filter(|l| l.contains("error") || l.contains("panicked") || l.contains("FAILED"))
             .collect();
         assert!(output.status.success(), "{project}: {errors:#?}");
-        assert!(stderr.contains("test result: ok. 5 passed"), "{project} ran the e2e suite");
+        assert!(stderr.contains("test result: ok. 8 passed"), "{project} ran the e2e suite");
         assert_eq!(
             leftovers(&project_label(project)),
             Vec::<String>::new(),
