@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
@@ -17,12 +17,14 @@ use crate::swarm;
 use crate::tasks::{long_lived, print_endpoints};
 use crate::version::Revision;
 
+/// The settings prod refuses to start without: never defaulted, never printed.
+const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
+
 pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = args.env_file.clone();
-    const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
     if args.preview.dry_run {
         if matches!(
             args.action,
@@ -69,17 +71,11 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
             deploy_swarm(&stack, &revision, &name, &source, timeout)
         }
         ProdAction::Status { stack: name } => {
-            let statuses = swarm::status(&stack.root, &name)?;
-            if statuses.is_empty() {
-                bail!(
-                    "stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`"
-                );
-            }
-            print_status(&statuses, args.preview.json);
+            print_status(&swarm::status(&stack.root, &name)?, args.preview.json);
             Ok(())
         }
         ProdAction::Rollback { stack: name, services, timeout } => {
-            require_manager(&stack)?;
+            swarm::require_manager(&stack)?;
             let before = swarm::task_templates(&stack.root, &name)?;
             let targets = swarm::rollback(&stack.root, &name, &services)?;
             let wait = swarm::wait(&stack.root, &name, &targets, &before, timeout);
@@ -132,16 +128,6 @@ fn print_status(statuses: &[swarm::ServiceStatus], json: bool) {
     }
 }
 
-fn require_manager(stack: &Stack) -> Result<()> {
-    let state = stack::swarm_state(&stack.root)?;
-    if state != "active true" {
-        bail!(
-            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
-        );
-    }
-    Ok(())
-}
-
 fn deploy_swarm(
     stack: &Stack,
     revision: &Revision,
@@ -149,7 +135,7 @@ fn deploy_swarm(
     source: &swarm::Source,
     timeout: Duration,
 ) -> Result<()> {
-    require_manager(stack)?;
+    swarm::require_manager(stack)?;
     // One read of the definition: the images to deploy come from it, and it is what deploys.
     let merged = stack::merged_definition(stack)?;
     let model = Model::from_definition(&merged)?;
@@ -207,8 +193,9 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             let how = long_lived(*timeout, *no_build);
             let plan = match stack.secrets_dir() {
                 Some(dir) => plan.note(format!(
-                    "first writes each secret file the definition names (POSTGRES_PASSWORD) \
-                     into {dir} (a directory only this user can enter)"
+                    "first writes each secret file the definition names ({}) into {dir} (a \
+                     directory only this user can enter)",
+                    SECRETS.join(", ")
                 )),
                 None => plan,
             };

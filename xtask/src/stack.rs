@@ -877,6 +877,16 @@ pub fn file_secrets(stack: &Stack, definition: &Value) -> Vec<(String, String)> 
         .collect()
 }
 
+/// The value of the setting behind a secret, which must be set and not empty.
+pub fn secret_setting(stack: &Stack, setting: &str) -> Result<String> {
+    match stack.setting(setting).filter(|v| !v.is_empty()) {
+        Some(value) => Ok(value),
+        None => {
+            bail!("{setting} is not set: export it, or pass `--env-file FILE` with {setting}=...")
+        }
+    }
+}
+
 /// Writes the file of each of the definition's file secrets (see [`file_secrets`]) from its
 /// setting, into [`Stack::secrets_dir`]: mode 0700 on the directory, so the files themselves
 /// may be 0444, which a container's non-root user needs to read a bind-mounted secret. Each
@@ -889,9 +899,7 @@ pub fn write_secrets(stack: &Stack, definition: &Value) -> Result<()> {
     }
     private_dir(&dir)?;
     for (_, setting) in secrets {
-        let Some(value) = stack.setting(&setting).filter(|v| !v.is_empty()) else {
-            bail!("{setting} is not set: export it, or pass `--env-file FILE` with {setting}=...")
-        };
+        let value = secret_setting(stack, &setting)?;
         let file = dir.join(&setting);
         let partial = dir.join(format!(".{setting}.partial-{}", std::process::id()));
         write_mode(&partial, value.as_bytes(), 0o444)?;

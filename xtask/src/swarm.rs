@@ -59,16 +59,13 @@ pub fn deployment(
     name: &str,
     images: &BTreeMap<String, String>,
 ) -> Result<Deployment> {
-    let mut secrets = Vec::new();
-    for (key, setting) in stack::file_secrets(stack, &merged) {
-        let Some(value) = stack.setting(&setting).filter(|v| !v.is_empty()) else {
-            bail!("{setting} is not set: export it, or pass `--env-file FILE` with {setting}=...")
-        };
-        secrets.push(SwarmSecret { name: secret_name(name, &key, &value), setting, value });
-    }
     let mut definition = for_swarm(merged);
-    for ((key, _), secret) in stack::file_secrets(stack, &definition).iter().zip(&secrets) {
-        definition["secrets"][key] = json!({"name": secret.name, "external": true});
+    let mut secrets = Vec::new();
+    for (key, setting) in stack::file_secrets(stack, &definition) {
+        let value = stack::secret_setting(stack, &setting)?;
+        let secret = SwarmSecret { name: secret_name(name, &key, &value), setting, value };
+        definition["secrets"][&key] = json!({"name": secret.name, "external": true});
+        secrets.push(secret);
     }
     if let Some(services) = definition["services"].as_object_mut() {
         for (service, spec) in services.iter_mut() {
@@ -348,6 +345,28 @@ pub fn prune_secrets(root: &Utf8Path, name: &str) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The services of stack `name`, failing when it has none.
+fn deployed_services(root: &Utf8Path, name: &str) -> Result<Vec<Value>> {
+    let services = inspect_services(root, name)?;
+    if services.is_empty() {
+        bail!(
+            "stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`"
+        );
+    }
+    Ok(services)
+}
+
+/// Fails unless this engine is a swarm manager, with the fix.
+pub fn require_manager(stack: &Stack) -> Result<()> {
+    let state = stack::swarm_state(&stack.root)?;
+    if state != "active true" {
+        bail!(
+            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
+        );
+    }
+    Ok(())
+}
+
 /// `docker service inspect` of every service of stack `name`.
 fn inspect_services(root: &Utf8Path, name: &str) -> Result<Vec<Value>> {
     let label = format!("label={NAMESPACE}={name}");
@@ -399,10 +418,10 @@ impl ServiceStatus {
     }
 }
 
-/// The status of every service of stack `name`, sorted by service.
+/// The status of every service of stack `name`, sorted by service; failing when it has none.
 pub fn status(root: &Utf8Path, name: &str) -> Result<Vec<ServiceStatus>> {
     let mut statuses = Vec::new();
-    for service in inspect_services(root, name)? {
+    for service in deployed_services(root, name)? {
         let full = service["Spec"]["Name"].as_str().unwrap_or_default().to_owned();
         let running = running_tasks(root, &full)?;
         statuses.push(read_status(&service, running));
@@ -479,8 +498,8 @@ impl Check for Converged {
 fn decide(status: &ServiceStatus, expect: Expect, changed: bool) -> Attempt {
     let message = status.message.as_deref().unwrap_or("no message");
     match (status.update.as_deref(), expect) {
-        (Some("updating" | "rollback_started"), _) => {
-            return Attempt::NotYet(format!("{}: {message}", status.update.as_deref().unwrap()));
+        (Some(state @ ("updating" | "rollback_started")), _) => {
+            return Attempt::NotYet(format!("{state}: {message}"));
         }
         (Some("paused" | "rollback_paused"), _) => {
             return Attempt::Failed(format!(
@@ -510,13 +529,16 @@ fn decide(status: &ServiceStatus, expect: Expect, changed: bool) -> Attempt {
 
 /// Each service of stack `name` with its task template: what a deploy may change.
 pub fn task_templates(root: &Utf8Path, name: &str) -> Result<BTreeMap<String, Value>> {
-    let services = inspect_services(root, name)?;
-    Ok(services
+    Ok(templates(inspect_services(root, name)?))
+}
+
+fn templates(services: Vec<Value>) -> BTreeMap<String, Value> {
+    services
         .into_iter()
         .filter_map(|s| {
             Some((s["Spec"]["Name"].as_str()?.to_owned(), s["Spec"]["TaskTemplate"].clone()))
         })
-        .collect())
+        .collect()
 }
 
 /// Waits until every service of stack `name` has converged: the services in `rolled_back`
@@ -529,12 +551,7 @@ pub fn wait(
     before: &BTreeMap<String, Value>,
     timeout: Duration,
 ) -> Result<()> {
-    let now = task_templates(root, name)?;
-    if now.is_empty() {
-        bail!(
-            "stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`"
-        );
-    }
+    let now = templates(deployed_services(root, name)?);
     let checks: Vec<(String, Box<dyn Check>)> = now
         .iter()
         .map(|(service, template)| {
@@ -558,7 +575,12 @@ pub fn wait(
 /// `docker service rollback` of each named service of stack `name` (all that have a previous
 /// spec when none is named).
 pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<String>> {
-    let all = inspect_services(root, name)?;
+    let all = deployed_services(root, name)?;
+    for service in services {
+        if !all.iter().any(|s| s["Spec"]["Name"].as_str() == Some(&format!("{name}_{service}"))) {
+            bail!("stack {name} has no service {service}");
+        }
+    }
     let mut targets = Vec::new();
     for service in &all {
         let full = service["Spec"]["Name"].as_str().unwrap_or_default();
@@ -568,11 +590,6 @@ pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<
             targets.push(full.to_owned());
         } else if named && !services.is_empty() {
             bail!("{full} has no previous spec to return to");
-        }
-    }
-    for service in services {
-        if !all.iter().any(|s| s["Spec"]["Name"].as_str() == Some(&format!("{name}_{service}"))) {
-            bail!("stack {name} has no service {service}");
         }
     }
     if targets.is_empty() {
