@@ -45,6 +45,9 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
         }
         ProdAction::Up { no_build, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
+            // Refuse a project of another kind before writing anything for it (the lifecycle
+            // checks again, as it does for every stack).
+            stack::require_own_kind(&stack)?;
             stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
             let how = long_lived(timeout, no_build);
             let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
