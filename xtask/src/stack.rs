@@ -36,6 +36,12 @@ pub enum Mode {
 }
 
 impl Mode {
+    const ALL: [Mode; 4] = [Mode::Dev, Mode::Test, Mode::Prod, Mode::Run];
+
+    fn from_name(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Dev => "dev",
@@ -107,6 +113,12 @@ pub struct Stack {
 /// reach the server's environment.
 pub const LOCAL_ENV_FILE: &str = ".env.local";
 
+/// The variable that the compose files put into the label [`KIND_LABEL`] of every container,
+/// network and volume.
+const KIND_VAR: &str = "MEMORIES_KIND";
+/// The label that says which kind of stack ([`Mode`]) made a container.
+const KIND_LABEL: &str = "memories.kind";
+
 /// The variable that tells the compose files where [`Stack::secrets_dir`] is.
 const SECRETS_VAR: &str = "MEMORIES_SECRETS";
 const SECRETS_DIR: &str = "target/xtask/secrets";
@@ -157,7 +169,7 @@ impl Stack {
         for profile in &self.profiles {
             step = step.args(["--profile", profile.name()]);
         }
-        step = step.env("MEMORIES_TAG", &self.tag);
+        step = step.env("MEMORIES_TAG", &self.tag).env(KIND_VAR, self.mode.name());
         if self.profiles.contains(&Profile::Cache) {
             step = step.env("REDIS_URL", "redis://redis:6379/0");
         }
@@ -407,9 +419,9 @@ pub fn tag(revision: &Revision) -> String {
     revision.build_tags()[1].clone()
 }
 
-/// What a project already has, from one `docker ps`: the overlays (dev, test, prod) of its
-/// containers, read from the label compose puts on each
-/// (`com.docker.compose.project.config_files`), and whether any of them runs.
+/// What a project already has, from one `docker ps`: the kinds of stack (dev, test, prod,
+/// run) of its containers, from their [`KIND_LABEL`] (or, on a container made before that
+/// label, from the compose files it was made from), and whether any of them runs.
 pub struct Existing {
     pub modes: Vec<Mode>,
     pub running: bool,
@@ -430,22 +442,41 @@ fn list(project: &str, args: &[&str]) -> Result<String> {
 }
 
 pub fn existing(project: &str) -> Result<Existing> {
-    let format = "{{.State}}\t{{.Label \"com.docker.compose.project.config_files\"}}";
-    let containers = list(project, &["ps", "--all", "--format", format])?;
-    let modes: Vec<Mode> = [Mode::Dev, Mode::Test, Mode::Prod, Mode::Run]
-        .into_iter()
-        .filter(|mode| containers.contains(&format!("{}.yaml", mode.name())))
-        .collect();
-    let running = containers.lines().any(|line| line.starts_with("running\t"));
-    Ok(Existing { modes, running })
+    let format = format!(
+        "{{{{.State}}}}\t{{{{.Label \"{KIND_LABEL}\"}}}}\t\
+         {{{{.Label \"com.docker.compose.project.config_files\"}}}}"
+    );
+    Ok(Existing::parse(&list(project, &["ps", "--all", "--format", &format])?))
 }
 
-/// Whether the project has any container, volume or network at all.
+impl Existing {
+    /// Reads `docker ps` lines of state, kind label and compose files.
+    fn parse(containers: &str) -> Existing {
+        let mut modes = Vec::new();
+        let mut running = false;
+        for line in containers.lines() {
+            let mut fields = line.splitn(3, '\t');
+            let (state, kind, files) =
+                (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next());
+            running |= state == "running";
+            let mode = Mode::from_name(kind).or_else(|| {
+                let files = files.unwrap_or("");
+                Mode::ALL.into_iter().find(|m| files.contains(&format!("{}.yaml", m.name())))
+            });
+            if let Some(mode) = mode.filter(|m| !modes.contains(m)) {
+                modes.push(mode);
+            }
+        }
+        Existing { modes, running }
+    }
+}
+
 /// Whether `project` has any container, running or not.
 pub fn has_containers(project: &str) -> Result<bool> {
     Ok(!list(project, &["ps", "--all", "--quiet"])?.trim().is_empty())
 }
 
+/// Whether the project has any container, volume or network at all.
 pub fn exists(project: &str) -> Result<bool> {
     for args in [
         ["ps", "--all", "--quiet"].as_slice(),
@@ -986,6 +1017,21 @@ mod tests {
         let without = Stack::new(&root, Mode::Dev, "p".into(), &[], "t".into());
         assert!(without.env_files.is_empty(), "it is optional");
         std::fs::remove_dir(&root).unwrap();
+    }
+
+    #[test]
+    fn a_project_is_of_the_kind_its_containers_are_labelled_with() {
+        let listing = "exited\tprod\t/repo/compose/compose.yaml,/repo/compose/dev.yaml\n\
+                       running\t\t/repo/compose/compose.yaml,/repo/compose/test.yaml\n\
+                       created\tprod\t\n";
+        let existing = Existing::parse(listing);
+        // The label wins over the files; a container without it is judged by its files.
+        assert_eq!(existing.modes, [Mode::Prod, Mode::Test]);
+        assert!(existing.running);
+        let none = Existing::parse("exited\t\t/elsewhere/docker-compose.yml\n");
+        assert!(none.modes.is_empty() && !none.running);
+        let step = stack(Mode::Run, &[]).compose();
+        assert!(step.env.contains(&(KIND_VAR.to_owned(), "run".to_owned())), "{:?}", step.env);
     }
 
     #[test]
