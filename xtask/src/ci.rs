@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{CiArgs, CiStep};
 use crate::interrupt;
-use crate::plan::{self, Step};
+use crate::plan::{self, Plan, Step};
 use crate::reap;
 use crate::registry::Throwaway;
 use crate::tools;
@@ -170,25 +170,17 @@ pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
         xtask: plan::this_xtask()?,
     };
     let steps = selected(&args.steps);
-    if args.dry_run {
-        let plan: Vec<(CiStep, Vec<Step>)> =
-            steps.iter().map(|&s| (s, commands.of(s, None, THROWAWAY))).collect();
-        if args.json {
-            let value: Vec<Value> = plan
-                .iter()
-                .map(|(s, c)| json!({"step": s.name(), "commands": c.iter().map(Step::to_json).collect::<Vec<_>>()}))
-                .collect();
-            out!("{:#}", json!({ "steps": value }));
-        } else {
-            for (step, list) in &plan {
-                out!("# {}", step.name());
-                plan::print_plan(list);
-            }
+    if args.preview.dry_run {
+        let mut plan = Plan::new("ci");
+        for &step in &steps {
+            plan = plan.note(step.name()).steps(commands.of(step, None, THROWAWAY));
         }
+        let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
+        plan.fact("steps", json!(names)).print(args.preview.json);
         return Ok(());
     }
     let outcomes = run_steps(&steps, args.keep_going, |step| execute(&commands, step));
-    print_summary(&outcomes, args.json);
+    print_summary(&outcomes, args.preview.json);
     if interrupt::is_set() {
         return Err(interrupt::Interrupted.into());
     }

@@ -511,18 +511,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_cache: bool,
     #[command(flatten)]
-    pub output: OutputArgs,
-}
-
-/// How a task reports: a plan without side effects, and/or JSON on stdout.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct OutputArgs {
-    /// Print the exact commands (and their inputs) on stdout and run nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print JSON on stdout: the plan with `--dry-run`, else the result.
-    #[arg(long)]
-    pub json: bool,
+    pub preview: Preview,
 }
 
 #[derive(Debug, Args)]
@@ -565,7 +554,7 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub preview: Preview,
 }
 
 #[derive(Debug, Args)]
@@ -576,12 +565,8 @@ pub struct CiArgs {
     /// Run the remaining steps after a failure (the default stops at the first).
     #[arg(long)]
     pub keep_going: bool,
-    /// Print each step's commands and run nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the summary (or, with `--dry-run`, the plan) as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub preview: Preview,
 }
 
 /// The steps of `cargo xtask ci`, in the order they run.

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::BuildArgs;
 use crate::docker;
-use crate::plan::{self, Step};
+use crate::plan::{Plan, Step};
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -173,12 +173,18 @@ pub struct BuildPlan {
 }
 
 impl BuildPlan {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "images": self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect::<Vec<_>>(),
-            "bake": self.bake,
-            "steps": [self.step.to_json()],
-        })
+    /// The images and their refs, for `--json`.
+    pub fn images_json(&self) -> Value {
+        self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect()
+    }
+
+    /// The build as a dry-run plan: the one bake, with its definition as a fact.
+    pub fn to_plan(&self) -> Plan {
+        let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
+        Plan::new(format!("build {}", names.join(" ")))
+            .step(self.step.clone())
+            .fact("images", self.images_json())
+            .fact("bake", self.bake.clone())
     }
 }
 
@@ -264,16 +270,12 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
 pub fn run(root: &Utf8Path, args: &BuildArgs) -> Result<()> {
     let revision = Revision::read(root)?;
     let plan = plan(root, &revision, &BuildRequest::from(args));
-    if args.output.dry_run {
-        if args.output.json {
-            out!("{:#}", plan.to_json());
-        } else {
-            plan::print_plan(std::slice::from_ref(&plan.step));
-        }
+    if args.preview.dry_run {
+        plan.to_plan().print(args.preview.json);
         return Ok(());
     }
     let built = execute(&plan)?;
-    if args.output.json {
+    if args.preview.json {
         let images: Vec<Value> = built
             .iter()
             .map(|b| json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest}))

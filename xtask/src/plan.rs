@@ -546,11 +546,15 @@ fn quote(word: &str) -> String {
 }
 
 /// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
-/// them and notes on what it decides only when it runs. Built without touching Docker.
+/// them and notes on what it decides only when it runs, and the facts it settled while
+/// planning (images, versions, definitions). Built without touching Docker. Every task's
+/// `--dry-run` is shown through [`Plan::print`].
 #[derive(Debug, Default)]
 pub struct Plan {
     pub task: String,
     pub items: Vec<PlanItem>,
+    /// Shown beside the plan in `--json` only, each under its own key.
+    facts: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug)]
@@ -563,11 +567,24 @@ pub enum PlanItem {
 
 impl Plan {
     pub fn new(task: impl Into<String>) -> Plan {
-        Plan { task: task.into(), items: Vec::new() }
+        Plan { task: task.into(), ..Plan::default() }
     }
 
     pub fn step(mut self, step: Step) -> Plan {
         self.items.push(PlanItem::Run(step));
+        self
+    }
+
+    pub fn steps(mut self, steps: impl IntoIterator<Item = Step>) -> Plan {
+        self.items.extend(steps.into_iter().map(PlanItem::Run));
+        self
+    }
+
+    /// A fact for `--json`, e.g. `images`; the keys `task`, `dry_run` and `plan` are the
+    /// plan's own.
+    pub fn fact(mut self, key: &str, value: Value) -> Plan {
+        debug_assert!(!["task", "dry_run", "plan"].contains(&key), "{key} is the plan's own");
+        self.facts.insert(key.to_owned(), value);
         self
     }
 
@@ -594,7 +611,11 @@ impl Plan {
                     PlanItem::Note(note) => json!({ "note": note }),
                 })
                 .collect();
-            out!("{:#}", json!({ "task": self.task, "dry_run": true, "plan": items }));
+            let mut document = self.facts.clone();
+            document.insert("task".into(), self.task.clone().into());
+            document.insert("dry_run".into(), true.into());
+            document.insert("plan".into(), items.into());
+            out!("{:#}", Value::Object(document));
             return;
         }
         out!("# {} (dry run: nothing was run)", self.task);
@@ -608,8 +629,8 @@ impl Plan {
     }
 }
 
-/// Prints a plan on stdout: each step as a command line, with its stdin below it.
-pub fn print_plan(steps: &[Step]) {
+/// Prints steps on stdout: each as a command line, with its stdin below it.
+fn print_plan(steps: &[Step]) {
     for step in steps {
         out!("{step}");
         if let Some(input) = &step.stdin {

@@ -12,7 +12,7 @@ use crate::cli::ReleaseArgs;
 use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
-use crate::plan::{self, Step};
+use crate::plan::{Plan, Step};
 use crate::platform::Platform;
 use crate::remote;
 use crate::version::Revision;
@@ -203,24 +203,42 @@ impl ReleasePlan {
         remote::Registry::new(&self.root, self.request.builder.as_deref())
     }
 
-    /// Every step a release can take, in order, with [`BUILT`] for digests known only later.
-    pub fn steps(&self) -> Vec<Step> {
+    /// The release as a dry-run plan: every step it can take, in order (with [`BUILT`] for
+    /// digests known only later), what it decides only when it runs as notes, and the images,
+    /// tags and bake definition as facts.
+    pub fn to_plan(&self) -> Plan {
         let remote = self.remote();
-        let mut steps: Vec<Step> =
-            self.images.iter().flat_map(|i| i.refs()).map(|r| remote.inspect_step(&r)).collect();
-        steps.push(self.build.step.clone());
-        for image in &self.images {
-            steps.push(remote.push_step(&image.version_ref()));
+        let copy = |image: &ReleaseImage, tags: &[String]| -> Vec<Step> {
             let source = format!("{}@{BUILT}", image.repository);
-            for reference in image.refs().iter().skip(1) {
-                steps.push(remote.copy_step(&source, reference));
-            }
+            let target = |tag: &String| format!("{}:{tag}", image.repository);
+            tags.iter().map(|tag| remote.copy_step(&source, &target(tag))).collect()
+        };
+        let mut plan = Plan::new(format!(
+            "release {} of {} to {}",
+            self.revision.version,
+            self.images.iter().map(|i| i.image.as_str()).collect::<Vec<_>>().join(" "),
+            self.registry
+        ))
+        .note(
+            "read every ref: a tag that holds this release is kept, one that holds another \
+             build is refused",
+        )
+        .steps(self.images.iter().flat_map(|i| i.refs()).map(|r| remote.inspect_step(&r)))
+        .note("build the images the registry lacks, into the local image store")
+        .step(self.build.step.clone())
+        .note("push each version, then copy it by digest to its other immutable refs");
+        for image in &self.images {
+            plan = plan
+                .step(remote.push_step(&image.version_ref()))
+                .steps(copy(image, &image.tags.immutable[1..]));
         }
-        steps
-    }
-
-    pub fn to_json(&self) -> Value {
-        let remote = self.remote();
+        plan = plan.note(
+            "read back every immutable ref and check its platforms, labels and digest; then move \
+             each moving tag whose image is older than this version, or absent",
+        );
+        for image in &self.images {
+            plan = plan.steps(copy(image, &image.tags.moving));
+        }
         let images: Vec<Value> = self
             .images
             .iter()
@@ -233,26 +251,15 @@ impl ReleasePlan {
                 })
             })
             .collect();
-        let each = |f: &dyn Fn(&ReleaseImage) -> Vec<Step>| -> Vec<Value> {
-            self.images.iter().flat_map(f).map(|s| s.to_json()).collect()
-        };
-        json!({
-            "version": self.revision.version.to_string(),
-            "revision": self.revision.commit,
-            "registry": self.registry,
-            "platforms": self.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "images": images,
-            "bake": self.build.bake,
-            "steps": {
-                "read": each(&|i| i.refs().iter().map(|r| remote.inspect_step(r)).collect()),
-                "build": [self.build.step.to_json()],
-                "push": each(&|i| vec![remote.push_step(&i.version_ref())]),
-                "copy": each(&|i| {
-                    let source = format!("{}@{BUILT}", i.repository);
-                    i.refs().iter().skip(1).map(|r| remote.copy_step(&source, r)).collect()
-                }),
-            },
-        })
+        plan.fact("version", self.revision.version.to_string().into())
+            .fact("revision", self.revision.commit.clone().into())
+            .fact("registry", self.registry.clone().into())
+            .fact(
+                "platforms",
+                self.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().into(),
+            )
+            .fact("images", images.into())
+            .fact("bake", self.build.bake.clone())
     }
 }
 
@@ -296,12 +303,8 @@ pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
         }
     }
     let plan = plan(root, &revision, &ReleaseRequest::from(args))?;
-    if args.output.dry_run {
-        if args.output.json {
-            out!("{:#}", plan.to_json());
-        } else {
-            plan::print_plan(&plan.steps());
-        }
+    if args.preview.dry_run {
+        plan.to_plan().print(args.preview.json);
         return Ok(());
     }
     let outcome = execute(&plan)?;
@@ -313,7 +316,7 @@ pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
             plan.revision.version
         );
     }
-    if args.output.json {
+    if args.preview.json {
         let images: Vec<Value> = outcome
             .released
             .iter()
@@ -694,6 +697,7 @@ fn join_keys(map: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::PlanItem;
     use crate::platform::parse_list;
     use crate::version::{AppVersion, rfc3339_utc};
 
@@ -769,7 +773,15 @@ mod tests {
             json!(["127.0.0.1:5000/acme/server:1.4.2", "127.0.0.1:5000/acme/server:sha-abcdef0"]),
             "moving tags are made in the registry, not locally"
         );
-        let steps: Vec<String> = plan.steps().iter().map(ToString::to_string).collect();
+        let planned = plan.to_plan();
+        let steps: Vec<String> = planned
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                PlanItem::Run(step) => Some(step.to_string()),
+                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
+            })
+            .collect();
         let reads = steps.iter().take_while(|s| s.contains("imagetools inspect")).count();
         assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
         assert!(steps[10].contains("buildx bake"), "{}", steps[10]);
@@ -780,15 +792,24 @@ mod tests {
              '127.0.0.1:5000/acme/server@sha256:<built>'"
         );
         assert_eq!(
-            steps[15],
+            steps[17],
             "docker buildx imagetools create --tag 127.0.0.1:5000/acme/server:latest \
              '127.0.0.1:5000/acme/server@sha256:<built>'"
         );
-        assert_eq!(steps[16], "docker push --quiet 127.0.0.1:5000/acme/db:1.4.2");
+        assert_eq!(steps[13], "docker push --quiet 127.0.0.1:5000/acme/db:1.4.2");
+        // Moving tags come last, after every immutable ref of every image.
+        assert!(steps[15..].iter().all(|s| s.contains("imagetools create")), "{steps:#?}");
         assert_eq!(steps.len(), 21);
-        let json = plan.to_json();
-        assert_eq!(json["steps"]["copy"].as_array().unwrap().len(), 8);
-        assert_eq!(json["steps"]["copy"][0]["timeout_ms"], 60_000, "every attempt is bounded");
+        let copies: Vec<&Step> = planned
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                PlanItem::Run(step) if step.args.contains(&"create".to_owned()) => Some(step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(copies.len(), 8);
+        assert_eq!(copies[0].to_json()["timeout_ms"], 60_000, "every attempt is bounded");
     }
 
     #[test]

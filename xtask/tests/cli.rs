@@ -80,7 +80,11 @@ fn dry_run_prints_the_bake_plan_and_runs_no_docker_command() {
     let (output, log) = run_without_docker("dry-run", &["build", "--dry-run"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    assert!(stdout.starts_with("docker buildx bake --file - --metadata-file "), "{stdout}");
+    assert!(stdout.starts_with("# build server standalone db redis proxy (dry run"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("docker buildx bake --file - --metadata-file ")),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"dockerfile\": \"docker/server/Dockerfile\""), "{stdout}");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 }
@@ -105,7 +109,8 @@ fn dry_run_json_is_the_plan() {
         plan["bake"]["target"]["db"]["platforms"],
         serde_json::json!(["linux/amd64", "linux/arm64"])
     );
-    assert_eq!(plan["steps"][0]["program"], "docker");
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["plan"][0]["run"]["program"], "docker");
     assert!(!log.exists());
 }
 
@@ -128,9 +133,18 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
     assert_eq!(plan["images"].as_array().unwrap().len(), 5);
-    assert_eq!(plan["steps"]["read"].as_array().unwrap().len(), 25, "five refs of five images");
-    assert_eq!(plan["steps"]["push"].as_array().unwrap().len(), 5, "one push per image");
-    let copies = plan["steps"]["copy"].as_array().unwrap();
+    let steps: Vec<&Value> =
+        plan["plan"].as_array().unwrap().iter().filter_map(|item| item.get("run")).collect();
+    let with = |word: &str| -> Vec<&Value> {
+        steps
+            .iter()
+            .copied()
+            .filter(|s| s["args"].as_array().unwrap().contains(&word.into()))
+            .collect()
+    };
+    assert_eq!(with("inspect").len(), 25, "five refs of five images");
+    assert_eq!(with("push").len(), 5, "one push per image");
+    let copies = with("create");
     assert_eq!(copies.len(), 20, "the other four refs are manifest copies");
     let last = copies.last().unwrap()["args"].as_array().unwrap();
     assert_eq!(last[last.len() - 2], "127.0.0.1:9/acme/proxy:latest", "latest moves last");
@@ -259,11 +273,11 @@ fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
         run_without_docker("ci-dry-run", &["ci", "release", "fmt", "--dry-run", "--json"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let steps: Vec<&str> =
-        plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["fmt", "release"], "CI's order, whatever the order given");
-    let release = &plan["steps"][1]["commands"][0]["args"];
-    assert_eq!(release[0], "release");
+    assert_eq!(plan["steps"], serde_json::json!(["fmt", "release"]), "CI's order, whatever given");
+    let items = plan["plan"].as_array().unwrap();
+    assert_eq!(items[0]["note"], "fmt");
+    let release = items.iter().position(|i| i["note"] == "release").expect("a release heading");
+    assert_eq!(items[release + 1]["run"]["args"][0], "release");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 
     let all = xtask(&["ci", "--dry-run"]).output().unwrap();
@@ -272,6 +286,7 @@ fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
     assert_eq!(
         headings,
         [
+            "# ci (dry run: nothing was run)",
             "# fmt",
             "# clippy",
             "# unit",
