@@ -10,10 +10,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::ImagesAction;
 use crate::docker;
 use crate::image::{self, BuildRequest, ImageName, Output};
-use crate::plan::{Plan, Step, Stream, Streams};
+use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -21,9 +20,18 @@ pub const FORMAT: &str = "memories-bundle/1";
 const MANIFEST: &str = "bundle.json";
 const IMAGES: &str = "images.tar";
 
-pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
+/// What `cargo xtask images` does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Save a bundle to `output`; `memories-<version>-<sha>.tar` when `None`.
+    Save { request: SaveRequest, output: Option<Utf8PathBuf> },
+    /// Verify a bundle, then load it.
+    Load { file: Utf8PathBuf },
+}
+
+pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
     match action {
-        ImagesAction::Save { images, output, platform, builder, preview } => {
+        Action::Save { request, output } => {
             let revision = Revision::read(root)?;
             let output = match output {
                 Some(path) => absolute(&path)?,
@@ -33,7 +41,6 @@ pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
                     revision.short()
                 )))?,
             };
-            let request = SaveRequest { images, platforms: platform.0, builder };
             if preview.dry_run {
                 save_plan(root, &revision, &request, &output).print(preview.json);
                 return Ok(());
@@ -43,7 +50,7 @@ pub fn run(root: &Utf8Path, action: ImagesAction) -> Result<()> {
             say!("saved {output}");
             Ok(())
         }
-        ImagesAction::Load { file, preview } => {
+        Action::Load { file } => {
             let file = absolute(&file)?;
             if preview.dry_run {
                 load_plan(root, &file)?.print(preview.json);

@@ -5,14 +5,49 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
+use clap::ValueEnum;
 use serde_json::{Value, json};
 
-use crate::cli::{CiArgs, CiStep};
 use crate::interrupt;
-use crate::plan::{self, Plan, Step};
+use crate::plan::{self, Plan, Preview, Step};
 use crate::reap;
 use crate::registry::Throwaway;
 use crate::tools;
+
+/// The steps of `cargo xtask ci`, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CiStep {
+    /// `cargo fmt --check`.
+    Fmt,
+    /// clippy with `-D warnings`, every target.
+    Clippy,
+    /// The tests that need no Docker: plans, parsing, the command line.
+    Unit,
+    /// Repository rules: Dockerfiles, .dockerignore, the lock file, compose files.
+    Repo,
+    /// hadolint on every Dockerfile.
+    Hadolint,
+    /// actionlint on .github/workflows.
+    Actionlint,
+    /// `cargo xtask build`: every image.
+    Build,
+    /// The Docker-backed tests: images, waits, stacks, releases, bundles.
+    Docker,
+    /// `cargo xtask test --e2e-only`: the end-to-end suite on an isolated stack.
+    E2e,
+    /// `cargo xtask release` of every image for amd64 and arm64 to a throwaway registry.
+    Release,
+}
+
+/// What `cargo xtask ci` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The steps to run, in any order; every one when empty.
+    pub steps: Vec<CiStep>,
+    /// Run the remaining steps after a failure.
+    pub keep_going: bool,
+    pub preview: Preview,
+}
 
 impl CiStep {
     pub const ALL: [CiStep; 10] = [
@@ -163,7 +198,7 @@ pub fn selected(named: &[CiStep]) -> Vec<CiStep> {
     CiStep::ALL.into_iter().filter(|s| named.is_empty() || named.contains(s)).collect()
 }
 
-pub fn run(root: &Utf8Path, args: &CiArgs) -> Result<()> {
+pub fn run(root: &Utf8Path, args: &Request) -> Result<()> {
     let commands = Commands {
         root: root.to_owned(),
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),

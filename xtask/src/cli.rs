@@ -1,14 +1,21 @@
-//! The command line: every task and flag, with doc comments as the only help text.
+//! The command line: every task and flag, with doc comments as the only help text, and the
+//! conversion of what was given into the tasks' request values (at the end of this file). No
+//! task module reads these types.
 
 use std::time::Duration;
 
 use camino::Utf8PathBuf;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::image::ImageName;
+use crate::ci::CiStep;
+use crate::image::{BuildRequest, ImageName, Output};
+use crate::plan::Preview;
 use crate::platform::PlatformList;
+use crate::release::{Allowances, ReleaseRequest};
 use crate::stack::Profile;
+use crate::tasks::{DevUp, RunRequest, TestRequest, WhenReady};
 use crate::wait::Probe;
+use crate::{bundle, ci, db, doctor, prod, tasks, wait};
 
 /// Typed build-and-ship tasks for the memories service.
 ///
@@ -190,7 +197,7 @@ impl clap::builder::TypedValueParser for ProbeParser {
 
 /// `--dry-run` and `--json`, the same on every task that starts or changes something.
 #[derive(Debug, Clone, Copy, Default, Args)]
-pub struct Preview {
+pub struct PreviewArgs {
     /// Print what would run (each command, what it then waits for) and exit; needs no
     /// Docker engine. Secrets are shown as ***.
     #[arg(long, global = true)]
@@ -208,7 +215,7 @@ pub struct DevArgs {
     #[command(flatten)]
     pub up: DevUpArgs,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,7 +307,7 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILTER", conflicts_with = "e2e_only")]
     pub tests: Option<String>,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
     /// Only the end-to-end tests whose names contain this, after `--`.
     #[arg(last = true)]
     pub filter: Vec<String>,
@@ -314,7 +321,7 @@ pub struct ProdArgs {
     #[arg(long, value_name = "FILE", global = true)]
     pub env_file: Vec<camino::Utf8PathBuf>,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -397,7 +404,7 @@ pub struct DbArgs {
     #[command(subcommand)]
     pub action: DbAction,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -449,7 +456,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "memories-standalone-data", value_parser = parse_volume)]
     pub volume: String,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 /// Docker volume names: letters, digits, `_`, `.` and `-`, starting with a letter or digit, at
@@ -511,7 +518,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_cache: bool,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Args)]
@@ -554,7 +561,7 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
     #[command(flatten)]
-    pub preview: Preview,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Args)]
@@ -566,32 +573,7 @@ pub struct CiArgs {
     #[arg(long)]
     pub keep_going: bool,
     #[command(flatten)]
-    pub preview: Preview,
-}
-
-/// The steps of `cargo xtask ci`, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CiStep {
-    /// `cargo fmt --check`.
-    Fmt,
-    /// clippy with `-D warnings`, every target.
-    Clippy,
-    /// The tests that need no Docker: plans, parsing, the command line.
-    Unit,
-    /// Repository rules: Dockerfiles, .dockerignore, the lock file, compose files.
-    Repo,
-    /// hadolint on every Dockerfile.
-    Hadolint,
-    /// actionlint on .github/workflows.
-    Actionlint,
-    /// `cargo xtask build`: every image.
-    Build,
-    /// The Docker-backed tests: images, waits, stacks, releases, bundles.
-    Docker,
-    /// `cargo xtask test --e2e-only`: the end-to-end suite on an isolated stack.
-    E2e,
-    /// `cargo xtask release` of every image for amd64 and arm64 to a throwaway registry.
-    Release,
+    pub preview: PreviewArgs,
 }
 
 #[derive(Debug, Args)]
@@ -626,7 +608,7 @@ pub enum ImagesAction {
         builder: Option<String>,
         /// With --json, the saved manifest (refs, digests, checksum) is printed on stdout.
         #[command(flatten)]
-        preview: Preview,
+        preview: PreviewArgs,
     },
     /// Verify a bundle (size and SHA-256 of its images, against its manifest) and only then
     /// load it; a truncated or altered bundle loads nothing.
@@ -636,7 +618,7 @@ pub enum ImagesAction {
         /// With --dry-run, the bundle is still verified (it is only read); with --json, the
         /// loaded manifest (refs and digests) is printed on stdout.
         #[command(flatten)]
-        preview: Preview,
+        preview: PreviewArgs,
     },
 }
 
@@ -762,6 +744,179 @@ pub fn parse_registry(raw: &str) -> Result<String, String> {
         }
     }
     Ok(trimmed.to_owned())
+}
+
+// The tasks' request values, from what the command line gave.
+
+impl From<PreviewArgs> for Preview {
+    fn from(args: PreviewArgs) -> Preview {
+        Preview { dry_run: args.dry_run, json: args.json }
+    }
+}
+
+impl DevUpArgs {
+    fn into_up(self, services: Vec<String>) -> DevUp {
+        let then = match (self.watch, self.attach) {
+            (true, _) => WhenReady::Watch,
+            (false, true) => WhenReady::Attach,
+            (false, false) => WhenReady::Exit,
+        };
+        DevUp {
+            services,
+            profiles: self.profile,
+            no_build: self.no_build,
+            then,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl From<DevArgs> for tasks::DevAction {
+    fn from(args: DevArgs) -> tasks::DevAction {
+        match args.action {
+            None => tasks::DevAction::Up(args.up.into_up(Vec::new())),
+            Some(DevAction::Up(command)) => {
+                tasks::DevAction::Up(command.up.into_up(command.services))
+            }
+            Some(DevAction::Down { volumes }) => tasks::DevAction::Down { volumes },
+            Some(DevAction::Logs { service, follow }) => tasks::DevAction::Logs { service, follow },
+            Some(DevAction::Ps) => tasks::DevAction::Ps,
+            Some(DevAction::Exec { service, command }) => {
+                tasks::DevAction::Exec { service, command }
+            }
+            Some(DevAction::Restart { service }) => tasks::DevAction::Restart { service },
+        }
+    }
+}
+
+impl From<TestArgs> for TestRequest {
+    fn from(args: TestArgs) -> TestRequest {
+        TestRequest {
+            keep: args.keep,
+            e2e_only: args.e2e_only,
+            project: args.project,
+            timeout: args.timeout,
+            tests: args.tests,
+            filter: args.filter,
+            preview: args.preview.into(),
+        }
+    }
+}
+
+impl From<RunArgs> for RunRequest {
+    fn from(args: RunArgs) -> RunRequest {
+        RunRequest {
+            no_build: args.no_build,
+            port: args.port,
+            volume: args.volume,
+            preview: args.preview.into(),
+        }
+    }
+}
+
+impl From<ProdAction> for prod::ProdAction {
+    fn from(action: ProdAction) -> prod::ProdAction {
+        match action {
+            ProdAction::Config => prod::ProdAction::Config,
+            ProdAction::Up { no_build, timeout } => prod::ProdAction::Up { no_build, timeout },
+            ProdAction::Down { volumes } => prod::ProdAction::Down { volumes },
+            ProdAction::Deploy { swarm: _, stack, source, version, no_build, timeout } => {
+                let source = match (source.registry, source.from) {
+                    (Some(registry), _) => prod::DeploySource::Registry { registry, version },
+                    (None, Some(file)) => prod::DeploySource::Release(file),
+                    (None, None) => prod::DeploySource::Local { build: !no_build },
+                };
+                prod::ProdAction::Deploy { stack, source, timeout }
+            }
+            ProdAction::Status { stack } => prod::ProdAction::Status { stack },
+            ProdAction::Rollback { stack, services, timeout } => {
+                prod::ProdAction::Rollback { stack, services, timeout }
+            }
+        }
+    }
+}
+
+impl From<DbAction> for db::DbAction {
+    fn from(action: DbAction) -> db::DbAction {
+        match action {
+            DbAction::Psql { args } => db::DbAction::Psql { args },
+            DbAction::Dump { output } => db::DbAction::Dump { output },
+            DbAction::Restore { file, clean } => db::DbAction::Restore { file, clean },
+            DbAction::Reset { yes, timeout } => db::DbAction::Reset { yes, timeout },
+        }
+    }
+}
+
+impl ImagesAction {
+    pub fn into_request(self) -> (bundle::Action, Preview) {
+        match self {
+            ImagesAction::Save { images, output, platform, builder, preview } => {
+                let request = bundle::SaveRequest { images, platforms: platform.0, builder };
+                (bundle::Action::Save { request, output }, preview.into())
+            }
+            ImagesAction::Load { file, preview } => (bundle::Action::Load { file }, preview.into()),
+        }
+    }
+}
+
+impl From<&BuildArgs> for BuildRequest {
+    fn from(args: &BuildArgs) -> BuildRequest {
+        BuildRequest {
+            images: args.images.clone(),
+            platforms: args.platform.clone().map(|list| list.0),
+            output: if args.push { Output::Push } else { Output::Load },
+            tags: None,
+            registry: args.registry.clone(),
+            builder: args.builder.clone(),
+            no_cache: args.no_cache,
+        }
+    }
+}
+
+impl From<&ReleaseArgs> for ReleaseRequest {
+    fn from(args: &ReleaseArgs) -> ReleaseRequest {
+        ReleaseRequest {
+            images: args.images.clone(),
+            registry: args.registry.clone(),
+            platforms: args.platform.0.clone(),
+            builder: args.builder.clone(),
+            allow: Allowances {
+                dirty: args.allow_dirty,
+                overwrite: args.force,
+                latest: !args.no_latest,
+            },
+            expect_version: args.expect_version.clone(),
+        }
+    }
+}
+
+impl From<CiArgs> for ci::Request {
+    fn from(args: CiArgs) -> ci::Request {
+        ci::Request { steps: args.steps, keep_going: args.keep_going, preview: args.preview.into() }
+    }
+}
+
+impl From<WaitForArgs> for wait::Request {
+    fn from(args: WaitForArgs) -> wait::Request {
+        wait::Request {
+            probes: args.probes,
+            timeout: args.timeout,
+            max_interval: args.max_interval,
+            any: args.any,
+            json: args.json,
+            quiet: args.quiet,
+        }
+    }
+}
+
+impl From<DoctorArgs> for doctor::Request {
+    fn from(args: DoctorArgs) -> doctor::Request {
+        doctor::Request {
+            platforms: args.platform.0,
+            builder: args.builder,
+            registry: args.registry,
+        }
+    }
 }
 
 #[cfg(test)]

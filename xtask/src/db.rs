@@ -13,8 +13,7 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::json;
 
-use crate::cli::{DbAction, DbArgs};
-use crate::plan::{Plan, Step, Stream, Streams};
+use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::services::{Model, Readiness};
 use crate::stack::{self, Lifecycle, Mode, Stack, Teardown};
 use crate::version::Revision;
@@ -49,22 +48,36 @@ impl Database {
 }
 
 /// `cargo xtask db ...`.
-pub fn run(root: &Utf8Path, args: DbArgs) -> Result<()> {
+/// What `cargo xtask db` does with the dev stack's database.
+#[derive(Debug, Clone)]
+pub enum DbAction {
+    /// A psql shell, with these arguments.
+    Psql { args: Vec<String> },
+    /// A dump in PostgreSQL's custom format; `<project>-<UTC time>.dump` when `output` is
+    /// `None`.
+    Dump { output: Option<Utf8PathBuf> },
+    /// Restore a dump in one transaction; `clean` replaces what the database holds.
+    Restore { file: Utf8PathBuf, clean: bool },
+    /// Drop the data volume and start the stack again; `yes` skips the question.
+    Reset { yes: bool, timeout: Duration },
+}
+
+pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
     let stack = Stack::new(root, Mode::Dev, project, &[], stack::tag(&revision));
-    if args.preview.json && !args.preview.dry_run && matches!(args.action, DbAction::Psql { .. }) {
+    if preview.json && !preview.dry_run && matches!(action, DbAction::Psql { .. }) {
         bail!(
             "`db psql` prints psql's own output, which is not JSON: drop --json (with --dry-run, \
              --json prints the plan)"
         );
     }
     let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
-    if args.preview.dry_run {
-        plan(&stack, &db, &revision, &args.action)?.print(args.preview.json);
+    if preview.dry_run {
+        plan(&stack, &db, &revision, &action)?.print(preview.json);
         return Ok(());
     }
-    let (said, result) = match args.action {
+    let (said, result) = match action {
         DbAction::Psql { args } => {
             require_running(&stack, &db)?;
             return psql_step(&stack, &db, &args).stdout_is_data().run();
@@ -91,7 +104,7 @@ pub fn run(root: &Utf8Path, args: DbArgs) -> Result<()> {
         }
     };
     say!("{said}");
-    if args.preview.json {
+    if preview.json {
         out!("{result}");
     }
     Ok(())

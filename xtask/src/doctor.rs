@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::cli::DoctorArgs;
 use crate::plan::Step;
+use crate::platform::Platform;
 use crate::wait::{Attempt, Probe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,7 +47,18 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
     out.success().then(|| out.stdout.trim().to_owned())
 }
 
-pub fn run(args: &DoctorArgs) -> Result<()> {
+/// What to check beyond the machine itself.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Platforms the builder must be able to build for.
+    pub platforms: Vec<Platform>,
+    /// The buildx builder to check; the current one when `None`.
+    pub builder: Option<String>,
+    /// A registry that must answer the registry API.
+    pub registry: Option<String>,
+}
+
+pub fn run(args: &Request) -> Result<()> {
     let findings = check(args);
     for f in &findings {
         out!("{:<5} {:<16} {}", f.level, f.what, f.detail);
@@ -59,7 +70,7 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn check(args: &DoctorArgs) -> Vec<Finding> {
+pub fn check(args: &Request) -> Vec<Finding> {
     let mut findings = vec![rust()];
     if which::which("docker").is_err() {
         findings.push(finding(
@@ -129,7 +140,7 @@ fn rust() -> Finding {
     }
 }
 
-fn buildx(args: &DoctorArgs) -> Finding {
+fn buildx(args: &Request) -> Finding {
     let Some(version) = output("docker", &["buildx", "version"]) else {
         return finding(
             Level::Fail,
@@ -149,13 +160,8 @@ fn buildx(args: &DoctorArgs) -> Finding {
         );
     };
     let platforms = builder_platforms(&description);
-    let missing: Vec<String> = args
-        .platform
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .filter(|p| !platforms.contains(p))
-        .collect();
+    let missing: Vec<String> =
+        args.platforms.iter().map(ToString::to_string).filter(|p| !platforms.contains(p)).collect();
     if missing.is_empty() {
         finding(Level::Ok, "buildx", format!("{version}; builds {}", platforms.join(", ")))
     } else {

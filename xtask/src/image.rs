@@ -9,9 +9,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
-use crate::cli::BuildArgs;
 use crate::docker;
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::version::Revision;
 
@@ -144,20 +143,6 @@ pub struct BuildRequest {
     pub no_cache: bool,
 }
 
-impl From<&BuildArgs> for BuildRequest {
-    fn from(args: &BuildArgs) -> BuildRequest {
-        BuildRequest {
-            images: args.images.clone(),
-            platforms: args.platform.clone().map(|list| list.0),
-            output: if args.push { Output::Push } else { Output::Load },
-            tags: None,
-            registry: args.registry.clone(),
-            builder: args.builder.clone(),
-            no_cache: args.no_cache,
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct PlannedImage {
     pub image: ImageName,
@@ -267,15 +252,15 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
         .collect())
 }
 
-pub fn run(root: &Utf8Path, args: &BuildArgs) -> Result<()> {
+pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<()> {
     let revision = Revision::read(root)?;
-    let plan = plan(root, &revision, &BuildRequest::from(args));
-    if args.preview.dry_run {
-        plan.to_plan().print(args.preview.json);
+    let plan = plan(root, &revision, request);
+    if preview.dry_run {
+        plan.to_plan().print(preview.json);
         return Ok(());
     }
     let built = execute(&plan)?;
-    if args.preview.json {
+    if preview.json {
         let images: Vec<Value> = built
             .iter()
             .map(|b| json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest}))

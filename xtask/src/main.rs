@@ -65,18 +65,26 @@ fn run(cli: Cli) -> Result<()> {
     let root = project_root();
     match cli.command {
         Command::Version(args) => version::run(&root, args.json),
-        Command::Build(args) => image::run(&root, &args),
-        Command::Release(args) => release::run(&root, &args),
-        Command::Images(args) => bundle::run(&root, args.action),
-        Command::WaitFor(args) => wait::run(&args),
-        Command::Dev(args) => tasks::dev(&root, args),
-        Command::Test(args) => tasks::test(&root, &args),
-        Command::Prod(args) => prod::run(&root, args),
-        Command::Db(args) => db::run(&root, args),
-        Command::Run(args) => tasks::run(&root, &args),
+        Command::Build(args) => image::run(&root, &(&args).into(), args.preview.into()),
+        Command::Release(args) => release::run(&root, &(&args).into(), args.preview.into()),
+        Command::Images(args) => {
+            let (action, preview) = args.action.into_request();
+            bundle::run(&root, action, preview)
+        }
+        Command::WaitFor(args) => wait::run(&args.into()),
+        Command::Dev(args) => {
+            let preview = args.preview.into();
+            tasks::dev(&root, args.into(), preview)
+        }
+        Command::Test(args) => tasks::test(&root, &args.into()),
+        Command::Prod(args) => {
+            prod::run(&root, args.action.into(), args.env_file, args.preview.into())
+        }
+        Command::Db(args) => db::run(&root, args.action.into(), args.preview.into()),
+        Command::Run(args) => tasks::run(&root, &args.into()),
         Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
-        Command::Doctor(args) => doctor::run(&args),
-        Command::Ci(args) => ci::run(&root, &args),
+        Command::Doctor(args) => doctor::run(&args.into()),
+        Command::Ci(args) => ci::run(&root, &args.into()),
         Command::FaultProxy(args) => faults::run(
             &args.upstream,
             faults::FaultPlan { rate: args.rate, seed: args.seed, delay: args.delay },

@@ -545,6 +545,14 @@ fn quote(word: &str) -> String {
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
+/// How a task reports: with `dry_run`, its plan and nothing run; with `json`, the plan or
+/// the result as JSON on stdout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Preview {
+    pub dry_run: bool,
+    pub json: bool,
+}
+
 /// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
 /// them and notes on what it decides only when it runs, and the facts it settled while
 /// planning (images, versions, definitions). Built without touching Docker. Every task's

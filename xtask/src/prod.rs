@@ -8,9 +8,8 @@ use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::cli::{DeploySource, ProdAction, ProdArgs};
 use crate::docker;
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, Preview, Step};
 use crate::services::Model;
 use crate::stack::{self, Mode, Stack};
 use crate::swarm;
@@ -20,22 +19,66 @@ use crate::version::Revision;
 /// The settings prod refuses to start without: never defaulted, never printed.
 const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
 
-pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
+/// What `cargo xtask prod` does with the production definition.
+#[derive(Debug, Clone)]
+pub enum ProdAction {
+    /// Print the merged definition, secrets redacted.
+    Config,
+    Up {
+        no_build: bool,
+        timeout: Duration,
+    },
+    Down {
+        volumes: bool,
+    },
+    /// Deploy to the swarm stack `stack` and wait until every service has converged.
+    Deploy {
+        stack: String,
+        source: DeploySource,
+        timeout: Duration,
+    },
+    Status {
+        stack: String,
+    },
+    /// Return `services` (every one with a previous spec when empty) to their previous spec.
+    Rollback {
+        stack: String,
+        services: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+/// Where `prod deploy` takes its images from.
+#[derive(Debug, Clone)]
+pub enum DeploySource {
+    /// `REGISTRY/NAME:VERSION` by digest; the app's version when `None`.
+    Registry { registry: String, version: Option<String> },
+    /// The images a `release --json` printed.
+    Release(Utf8PathBuf),
+    /// This engine's own images, built first when `build`.
+    Local { build: bool },
+}
+
+/// `cargo xtask prod ...`; `env_files` hold the secrets, read after compose/prod.env.
+pub fn run(
+    root: &Utf8Path,
+    action: ProdAction,
+    env_files: Vec<Utf8PathBuf>,
+    preview: Preview,
+) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
-    stack.env_files = args.env_file.clone();
-    if args.preview.dry_run {
-        if matches!(
-            args.action,
-            ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. }
-        ) {
+    stack.env_files = env_files;
+    if preview.dry_run {
+        if matches!(action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. })
+        {
             stack::require_secrets(&stack, &SECRETS)?;
         }
-        prod_plan(&stack, &revision, &args.action)?.print(args.preview.json);
+        prod_plan(&stack, &revision, &action)?.print(preview.json);
         return Ok(());
     }
-    match args.action {
+    match action {
         ProdAction::Config => {
             stack::require_secrets(&stack, &SECRETS)?;
             let mut definition = stack::merged_definition(&stack)?;
@@ -51,7 +94,7 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
             stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
             let how = long_lived(timeout, no_build);
             let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
-                print_endpoints(&stack, probes, args.preview.json);
+                print_endpoints(&stack, probes, preview.json);
                 say!(
                     "the prod stack {} is ready; stop it with `cargo xtask prod down`",
                     stack.project
@@ -68,13 +111,13 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
             stack::down(&stack, volumes)?;
             stack::remove_secrets(&stack)
         }
-        ProdAction::Deploy { swarm: _, stack: name, source, version, no_build, timeout } => {
+        ProdAction::Deploy { stack: name, source, timeout } => {
             stack::require_secrets(&stack, &SECRETS)?;
-            let source = deploy_source(&revision, source, version, no_build);
+            let source = deploy_source(&revision, source);
             deploy_swarm(&stack, &revision, &name, &source, timeout)
         }
         ProdAction::Status { stack: name } => {
-            print_status(&swarm::status(&stack.root, &name)?, args.preview.json);
+            print_status(&swarm::status(&stack.root, &name)?, preview.json);
             Ok(())
         }
         ProdAction::Rollback { stack: name, services, timeout } => {
@@ -86,25 +129,20 @@ pub fn run(root: &Utf8Path, args: ProdArgs) -> Result<()> {
                 format!("the rollback of {} did not complete", targets.join(", "))
             })?;
             say!("rolled back {}", targets.join(", "));
-            print_status(&swarm::status(&stack.root, &name)?, args.preview.json);
+            print_status(&swarm::status(&stack.root, &name)?, preview.json);
             Ok(())
         }
     }
 }
 
-fn deploy_source(
-    revision: &Revision,
-    source: DeploySource,
-    version: Option<String>,
-    no_build: bool,
-) -> swarm::Source {
-    match (source.registry, source.from) {
-        (Some(registry), _) => swarm::Source::Registry {
+fn deploy_source(revision: &Revision, source: DeploySource) -> swarm::Source {
+    match source {
+        DeploySource::Registry { registry, version } => swarm::Source::Registry {
             registry,
             version: version.unwrap_or_else(|| revision.version.to_string()),
         },
-        (None, Some(file)) => swarm::Source::Release(file),
-        (None, None) => swarm::Source::Local { build: !no_build },
+        DeploySource::Release(file) => swarm::Source::Release(file),
+        DeploySource::Local { build } => swarm::Source::Local { build },
     }
 }
 
@@ -207,8 +245,8 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         ProdAction::Down { volumes } => plan
             .step(stack::down_step(stack, *volumes))
             .note("then removes the stack's secret files"),
-        ProdAction::Deploy { stack: name, source, version, no_build, .. } => {
-            let source = deploy_source(revision, source.clone(), version.clone(), *no_build);
+        ProdAction::Deploy { stack: name, source, .. } => {
+            let source = deploy_source(revision, source.clone());
             let file = swarm_file(stack, name);
             let plan = plan
                 .note("first checks that this engine is a swarm manager")

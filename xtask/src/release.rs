@@ -8,11 +8,10 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 
-use crate::cli::ReleaseArgs;
 use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::remote;
 use crate::version::Revision;
@@ -122,22 +121,9 @@ pub struct ReleaseRequest {
     pub platforms: Vec<Platform>,
     pub builder: Option<String>,
     pub allow: Allowances,
-}
-
-impl From<&ReleaseArgs> for ReleaseRequest {
-    fn from(args: &ReleaseArgs) -> ReleaseRequest {
-        ReleaseRequest {
-            images: args.images.clone(),
-            registry: args.registry.clone(),
-            platforms: args.platform.0.clone(),
-            builder: args.builder.clone(),
-            allow: Allowances {
-                dirty: args.allow_dirty,
-                overwrite: args.force,
-                latest: !args.no_latest,
-            },
-        }
-    }
+    /// The version app/pyproject.toml must say (a release workflow's git tag; a leading `v`
+    /// is ignored).
+    pub expect_version: Option<String>,
 }
 
 /// Stands for a digest known only once the build has run, in plans.
@@ -290,9 +276,9 @@ pub struct Outcome {
     pub retries: u64,
 }
 
-pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
+pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Result<()> {
     let revision = Revision::read(root)?;
-    if let Some(expected) = &args.expect_version {
+    if let Some(expected) = &request.expect_version {
         let expected = expected.strip_prefix('v').unwrap_or(expected);
         if expected != revision.version.to_string() {
             bail!(
@@ -302,9 +288,9 @@ pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
             );
         }
     }
-    let plan = plan(root, &revision, &ReleaseRequest::from(args))?;
-    if args.preview.dry_run {
-        plan.to_plan().print(args.preview.json);
+    let plan = plan(root, &revision, request)?;
+    if preview.dry_run {
+        plan.to_plan().print(preview.json);
         return Ok(());
     }
     let outcome = execute(&plan)?;
@@ -316,7 +302,7 @@ pub fn run(root: &Utf8Path, args: &ReleaseArgs) -> Result<()> {
             plan.revision.version
         );
     }
-    if args.preview.json {
+    if preview.json {
         let images: Vec<Value> = outcome
             .released
             .iter()
@@ -718,6 +704,7 @@ mod tests {
             platforms: parse_list("linux/amd64,linux/aarch64,linux/x86_64").unwrap().0,
             builder: None,
             allow,
+            expect_version: None,
         }
     }
 

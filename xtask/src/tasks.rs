@@ -8,10 +8,9 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 use serde_json::Value;
 
-use crate::cli::{DevAction, DevArgs, DevUpCommand, RunArgs, TestArgs};
 use crate::docker;
 use crate::interrupt::{self, Interrupted};
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, Preview, Step};
 use crate::reap::{self, RunId};
 use crate::services::Model;
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
@@ -19,29 +18,74 @@ use crate::version::Revision;
 use crate::wait::{self, Probe, WaitOptions};
 use crate::watch::{self, WatchOptions};
 
+/// What `cargo xtask dev` does with the dev stack.
+#[derive(Debug, Clone)]
+pub enum DevAction {
+    Up(DevUp),
+    /// Remove the containers and network; the volumes too with `volumes`.
+    Down {
+        volumes: bool,
+    },
+    Logs {
+        service: Option<String>,
+        follow: bool,
+    },
+    Ps,
+    Exec {
+        service: String,
+        command: Vec<String>,
+    },
+    /// Restart one service and wait until the stack is ready again.
+    Restart {
+        service: String,
+    },
+}
+
+/// How `dev up` starts the stack, and what it does once the stack is ready.
+#[derive(Debug, Clone)]
+pub struct DevUp {
+    /// The services to start; every one when empty.
+    pub services: Vec<String>,
+    pub profiles: Vec<Profile>,
+    /// Use the images as they are.
+    pub no_build: bool,
+    pub then: WhenReady,
+    /// How long the stack may take to be ready.
+    pub timeout: Duration,
+}
+
+/// What `dev up` does once the stack is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenReady {
+    /// Print the URLs and exit, the stack left running.
+    Exit,
+    /// Follow the logs until Ctrl-C, which stops the stack.
+    Attach,
+    /// Follow the working tree (see [`crate::watch`]) until Ctrl-C.
+    Watch,
+}
+
 /// `cargo xtask dev ...`.
-pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
+pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
-    let action =
-        args.action.unwrap_or(DevAction::Up(DevUpCommand { up: args.up, services: Vec::new() }));
     let profiles = match &action {
-        DevAction::Up(up) => up.up.profile.clone(),
+        DevAction::Up(up) => up.profiles.clone(),
         _ => Vec::new(),
     };
     let mut stack = Stack::new(root, Mode::Dev, project, &profiles, stack::tag(&revision));
     if let DevAction::Up(up) = &action {
         stack.services = up.services.clone();
     }
-    if args.preview.json && !args.preview.dry_run {
+    if preview.json && !preview.dry_run {
         refuse_json(&action)?;
     }
-    if args.preview.dry_run {
-        dev_plan(&stack, &revision, &action)?.print(args.preview.json);
+    if preview.dry_run {
+        dev_plan(&stack, &revision, &action)?.print(preview.json);
         return Ok(());
     }
     match action {
-        DevAction::Up(up) => dev_up(&stack, &revision, &up, args.preview.json),
+        DevAction::Up(up) => dev_up(&stack, &revision, &up, preview.json),
         DevAction::Down { volumes } => stack::down(&stack, volumes),
         DevAction::Logs { service, follow } => {
             if let Some(service) = &service {
@@ -49,7 +93,7 @@ pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
             }
             logs_step(&stack, service.as_deref(), follow).stdout_is_data().run()
         }
-        DevAction::Ps => ps_step(&stack, args.preview.json).stdout_is_data().run(),
+        DevAction::Ps => ps_step(&stack, preview.json).stdout_is_data().run(),
         DevAction::Exec { service, command } => {
             stack.all_profiles().model()?.require(&service)?;
             exec_step(&stack, &service, &command).stdout_is_data().run()
@@ -65,7 +109,7 @@ pub fn dev(root: &Utf8Path, args: DevArgs) -> Result<()> {
                 checks,
                 WaitOptions { timeout: Duration::from_secs(120), ..WaitOptions::default() },
             )?;
-            if args.preview.json {
+            if preview.json {
                 print_endpoints(&stack, &probes, true);
             }
             Ok(())
@@ -114,17 +158,18 @@ pub fn long_lived(timeout: Duration, no_build: bool) -> Lifecycle {
 fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Plan> {
     let plan = Plan::new(format!("dev on project {}", stack.project));
     let plan = match action {
-        DevAction::Up(DevUpCommand { up, .. }) => {
+        DevAction::Up(up) => {
             let model = stack.model()?;
             let how = long_lived(up.timeout, up.no_build);
             stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| {
-                if up.attach {
-                    return plan
-                        .step(stack.compose().args(["logs", "--follow", "--since", "1s"]))
-                        .note("Ctrl-C then stops the stack (its data is kept)");
-                }
-                if !up.watch {
-                    return plan;
+                match up.then {
+                    WhenReady::Exit => return plan,
+                    WhenReady::Attach => {
+                        return plan
+                            .step(stack.compose().args(["logs", "--follow", "--since", "1s"]))
+                            .note("Ctrl-C then stops the stack (its data is kept)");
+                    }
+                    WhenReady::Watch => {}
                 }
                 watch::watched(&model).into_iter().fold(
                     plan.note("then watches the working tree until Ctrl-C, by these rules:"),
@@ -152,24 +197,24 @@ fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Pl
     Ok(plan)
 }
 
-fn dev_up(stack: &Stack, revision: &Revision, up: &DevUpCommand, json: bool) -> Result<()> {
-    let up = &up.up;
+fn dev_up(stack: &Stack, revision: &Revision, up: &DevUp, json: bool) -> Result<()> {
     let how = long_lived(up.timeout, up.no_build);
     stack::lifecycle(stack, revision, how, |model, probes| {
         // With --json and --watch, stdout is a stream of events, the endpoints the first.
-        if !(json && up.watch) {
+        if !(json && up.then == WhenReady::Watch) {
             print_endpoints(stack, probes, json);
         }
         say!(
             "the dev stack {} is ready; stop it with `cargo xtask dev down` (data is kept)",
             stack.project
         );
-        if up.watch {
-            let options = WatchOptions { timeout: up.timeout, json };
-            return watch::watch(stack, model, revision, &options);
-        }
-        if !up.attach {
-            return Ok(());
+        match up.then {
+            WhenReady::Exit => return Ok(()),
+            WhenReady::Watch => {
+                let options = WatchOptions { timeout: up.timeout, json };
+                return watch::watch(stack, model, revision, &options);
+            }
+            WhenReady::Attach => {}
         }
         let followed =
             stack.compose().args(["logs", "--follow", "--since", "1s"]).stdout_is_data().run();
@@ -210,33 +255,51 @@ pub fn print_endpoints(stack: &Stack, probes: &[(String, Probe)], json: bool) {
     }
 }
 
-fn test_stack(root: &Utf8Path, args: &TestArgs, revision: &Revision) -> Stack {
+/// What `cargo xtask test` runs, and on which project.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    /// Leave the stack running afterwards.
+    pub keep: bool,
+    /// Only the end-to-end suite.
+    pub e2e_only: bool,
+    /// The compose project; a unique one per run when `None`.
+    pub project: Option<String>,
+    /// How long the stack may take to be ready.
+    pub timeout: Duration,
+    /// Only the workspace tests whose names contain this.
+    pub tests: Option<String>,
+    /// Only the end-to-end tests whose names contain these.
+    pub filter: Vec<String>,
+    pub preview: Preview,
+}
+
+fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack {
     let project = args.project.clone().unwrap_or_else(|| stack::unique_project("memories-test"));
     Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(revision))
 }
 
 /// The `cargo test` of the unit, repository and Docker-backed tests.
-fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestArgs) -> Step {
+fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestRequest) -> Step {
     Step::new(cargo, root)
         .args(["test", "--workspace"])
         .args(args.tests.iter().flat_map(|filter| ["--", filter.as_str()]))
 }
 
 /// The `cargo test` of the end-to-end suite.
-fn e2e_tests(root: &Utf8Path, cargo: &str, args: &TestArgs) -> Step {
+fn e2e_tests(root: &Utf8Path, cargo: &str, args: &TestRequest) -> Step {
     Step::new(cargo, root)
         .args(["test", "--package", "tests", "--test", "e2e", "--"])
         .args(args.filter.iter().cloned())
 }
 
 /// The lifecycle of the end-to-end suite's stack.
-fn test_lifecycle(args: &TestArgs) -> Lifecycle {
+fn test_lifecycle(args: &TestRequest) -> Lifecycle {
     let teardown = if args.keep { Teardown::Keep } else { Teardown::Always };
     Lifecycle { timeout: args.timeout, build: true, teardown }
 }
 
 /// What `cargo xtask test` would run.
-fn test_plan(root: &Utf8Path, args: &TestArgs, cargo: &str) -> Result<Plan> {
+fn test_plan(root: &Utf8Path, args: &TestRequest, cargo: &str) -> Result<Plan> {
     let revision = Revision::read(root)?;
     let stack = test_stack(root, args, &revision);
     let model = stack.model()?;
@@ -252,7 +315,7 @@ fn test_plan(root: &Utf8Path, args: &TestArgs, cargo: &str) -> Result<Plan> {
 }
 
 /// `cargo xtask test`.
-pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
+pub fn test(root: &Utf8Path, args: &TestRequest) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if args.preview.dry_run {
         test_plan(root, args, &cargo)?.print(args.preview.json);
@@ -279,7 +342,7 @@ pub fn test(root: &Utf8Path, args: &TestArgs) -> Result<()> {
     })
 }
 
-fn test_run(root: &Utf8Path, args: &TestArgs, cargo: &str, run: RunId) -> Result<()> {
+fn test_run(root: &Utf8Path, args: &TestRequest, cargo: &str, run: RunId) -> Result<()> {
     if !args.e2e_only {
         workspace_tests(root, cargo, args)
             .env(reap::ENV, &run.to_string())
@@ -311,7 +374,19 @@ fn test_run(root: &Utf8Path, args: &TestArgs, cargo: &str, run: RunId) -> Result
 
 /// `cargo xtask prod ...`.
 /// `cargo xtask run`.
-pub fn run(root: &Utf8Path, args: &RunArgs) -> Result<()> {
+/// How `cargo xtask run` starts the standalone image.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Use the image as it is.
+    pub no_build: bool,
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// The named volume that keeps the data between runs.
+    pub volume: String,
+    pub preview: Preview,
+}
+
+pub fn run(root: &Utf8Path, args: &RunRequest) -> Result<()> {
     let revision = Revision::read(root)?;
     let project = format!("memories-run-{}", args.port);
     let mut stack = Stack::new(root, Mode::Run, project, &[], stack::tag(&revision));

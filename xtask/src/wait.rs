@@ -27,8 +27,6 @@ pub use spec::Probe;
 
 use display::Status;
 
-use crate::cli::WaitForArgs;
-
 /// Parses `60s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw_trim = raw.trim();
@@ -55,8 +53,24 @@ pub fn checks(probes: &[Probe]) -> Vec<(String, Box<dyn Check>)> {
     probes.iter().map(|p| (p.to_string(), checks::for_probe(p))).collect()
 }
 
+/// What `cargo xtask wait-for` waits for, and how it reports.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub probes: Vec<Probe>,
+    /// The one deadline for all probes.
+    pub timeout: Duration,
+    /// The longest pause between two attempts of one probe.
+    pub max_interval: Duration,
+    /// Done when any probe is ready, instead of all.
+    pub any: bool,
+    /// The result as JSON on stdout.
+    pub json: bool,
+    /// Nothing on stderr but errors.
+    pub quiet: bool,
+}
+
 /// `cargo xtask wait-for`.
-pub fn run(args: &WaitForArgs) -> Result<()> {
+pub fn run(args: &Request) -> Result<()> {
     let options = WaitOptions {
         timeout: args.timeout,
         max_interval: args.max_interval,
