@@ -197,6 +197,8 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");
+
+        a_dead_runs_swarm_stack_is_reaped(&password);
     }));
     if we_started_the_swarm {
         let _ = docker_output(&["swarm", "leave", "--force"]);
@@ -208,4 +210,42 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         leftovers(&format!("label=com.docker.stack.namespace={stack}")),
         Vec::<String>::new()
     );
+}
+
+/// A stack that a test run deployed and left when its process died: `cargo xtask reap` removes
+/// its services, their containers, its network, volume and secrets.
+fn a_dead_runs_swarm_stack_is_reaped(password: &str) {
+    // This machine's part of a run id, with a pid and start time no live process has.
+    let dead = format!("{}-4194000-1", &tests::run_id()[..9]);
+    let stack = tests::unique_name("memorphan");
+    let mut cleanup = Cleanup::default();
+    cleanup.stack(&stack);
+    let deployed = xtask_process()
+        .args(["prod", "deploy", "--swarm", "--stack", &stack, "--local", "--no-build"])
+        .args(["--timeout", "180s"])
+        .env("POSTGRES_PASSWORD", password)
+        .env("PROXY_PORT", free_port().to_string())
+        .env("MEMORIES_RUN", &dead)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    let label = format!("label=memories.run={dead}");
+    let listed = |what: &str| docker(&[what, "ls", "--quiet", "--filter", &label]);
+    assert_eq!(listed("service").lines().count(), 3, "every service carries the run label");
+    assert_eq!(listed("secret").lines().count(), 1, "the password secret carries it");
+    assert!(!leftovers(&label).is_empty(), "its containers and network carry it");
+
+    let reaped = xtask_process()
+        .args(["reap", "--json"])
+        .env_remove("MEMORIES_RUN")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reaped.stderr);
+    assert!(reaped.status.success(), "{said}");
+    assert!(said.contains(&format!("removing what run {dead} left")), "{said}");
+    assert_eq!(listed("service"), "");
+    assert_eq!(listed("secret"), "");
+    assert_eq!(leftovers(&label), Vec::<String>::new());
 }

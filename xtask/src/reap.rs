@@ -5,9 +5,9 @@
 //! The id is `t<host>-<pid>-<start>`: a hash of this machine's name and boot, the pid of the
 //! process that owns the run, and that process's start time in clock ticks since boot (so a
 //! reused pid is not mistaken for the run). It is lowercase letters, digits and dashes, so it
-//! can also be part of a container, project or image repository name. Containers, networks and
-//! volumes carry it as the label `memories.run`; throwaway image repositories carry it in
-//! their name.
+//! can also be part of a container, project or image repository name. Containers, networks,
+//! volumes, and on a swarm services and secrets, carry it as the label `memories.run`;
+//! throwaway image repositories carry it in their name.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +17,7 @@ use camino::Utf8Path;
 use serde_json::{Value, json};
 
 use crate::docker;
+use crate::interrupt;
 use crate::plan::Step;
 
 /// The label that names the run a container, network or volume belongs to.
@@ -131,35 +132,56 @@ fn process_start(pid: u32) -> Option<u64> {
 /// What one run left in Docker.
 #[derive(Debug, Default)]
 pub struct Leftovers {
+    /// Swarm services (whose tasks are among the containers).
+    pub services: Vec<String>,
     pub containers: Vec<String>,
     pub networks: Vec<String>,
     pub volumes: Vec<String>,
+    /// Swarm secrets.
+    pub secrets: Vec<String>,
     pub tags: Vec<String>,
 }
 
 impl Leftovers {
     fn is_empty(&self) -> bool {
-        self.containers.is_empty()
+        self.services.is_empty()
+            && self.containers.is_empty()
             && self.networks.is_empty()
             && self.volumes.is_empty()
+            && self.secrets.is_empty()
             && self.tags.is_empty()
     }
 
     fn to_json(&self) -> Value {
         json!({
+            "services": self.services,
             "containers": self.containers,
             "networks": self.networks,
             "volumes": self.volumes,
+            "secrets": self.secrets,
             "tags": self.tags,
         })
+    }
+
+    fn bucket(&mut self, kind: Kind) -> &mut Vec<String> {
+        match kind {
+            Kind::Service => &mut self.services,
+            Kind::Container => &mut self.containers,
+            Kind::Network => &mut self.networks,
+            Kind::Volume => &mut self.volumes,
+            Kind::Secret => &mut self.secrets,
+        }
     }
 }
 
 /// The labelled kinds of Docker object.
+#[derive(Debug, Clone, Copy)]
 enum Kind {
+    Service,
     Container,
     Network,
     Volume,
+    Secret,
 }
 
 /// Lists what every run left, by run: labelled containers, networks and volumes, and image
@@ -181,17 +203,29 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
         ]);
         let listed =
             query(listing, when).with_context(|| format!("cannot list labelled {}", command[0]))?;
-        for line in listed.lines() {
-            let Some((id, run)) = line.split_once('\t') else { continue };
-            if let Some(run) = RunId::parse(run.trim()) {
-                let leftovers = runs.entry(run).or_default();
-                let bucket = match kind {
-                    Kind::Container => &mut leftovers.containers,
-                    Kind::Network => &mut leftovers.networks,
-                    Kind::Volume => &mut leftovers.volumes,
-                };
-                bucket.push(id.to_owned());
+        add_labelled(&mut runs, kind, &listed);
+    }
+    if is_swarm_manager(root, when)? {
+        for (kind, what) in [(Kind::Service, "service"), (Kind::Secret, "secret")] {
+            // Neither listing can show a label's value: inspect what it found.
+            let found = docker::cli(root)
+                .args([what, "ls", "--quiet", "--filter"])
+                .arg(format!("label={LABEL}"));
+            let found = query(found, when).with_context(|| format!("cannot list {what}s"))?;
+            let ids: Vec<&str> = found.split_whitespace().collect();
+            if ids.is_empty() {
+                continue;
             }
+            let format = format!("{{{{.ID}}}}\t{{{{index .Spec.Labels \"{LABEL}\"}}}}");
+            let inspect =
+                docker::cli(root).args([what, "inspect", "--format", &format]).args(ids.clone());
+            // One that went away between the two calls is no leftover.
+            let listed = match query(inspect, when) {
+                Ok(listed) => listed,
+                Err(_) if interrupt::is_set() => return Err(interrupt::Interrupted.into()),
+                Err(_) => continue,
+            };
+            add_labelled(&mut runs, kind, &listed);
         }
     }
     let tags = docker::cli(root).args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
@@ -203,6 +237,22 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
         }
     }
     Ok(runs)
+}
+
+/// Files `id<TAB>run` lines under their runs.
+fn add_labelled(runs: &mut BTreeMap<RunId, Leftovers>, kind: Kind, listed: &str) {
+    for line in listed.lines() {
+        let Some((id, run)) = line.split_once('\t') else { continue };
+        if let Some(run) = RunId::parse(run.trim()) {
+            runs.entry(run).or_default().bucket(kind).push(id.to_owned());
+        }
+    }
+}
+
+/// Whether the engine manages a swarm, and so can hold services and secrets.
+fn is_swarm_manager(root: &Utf8Path, when: When) -> Result<bool> {
+    let info = docker::cli(root).args(["info", "--format", "{{.Swarm.ControlAvailable}}"]);
+    Ok(query(info, when).context("cannot ask the engine about swarm mode")?.trim() == "true")
 }
 
 /// When the reaper runs: the two differ in how a signal is taken.
@@ -224,8 +274,9 @@ fn query(step: Step, when: When) -> Result<String> {
     answer.stdout_of(&step)
 }
 
-/// Removes what `leftovers` lists: containers (with their anonymous volumes) first, then the
-/// networks and volumes they used, then the tags.
+/// Removes what `leftovers` lists: services first (so that swarm starts no new task), then
+/// containers (with their anonymous volumes), then the networks, volumes and secrets they
+/// used, then the tags.
 pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> {
     let mut failures = Vec::new();
     let mut each = |args: &[&str], ids: &[String]| {
@@ -237,9 +288,11 @@ pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> 
             failures.push(format!("{err:#}"));
         }
     };
+    each(&["service", "rm"], &leftovers.services);
     each(&["rm", "--force", "--volumes"], &leftovers.containers);
     each(&["network", "rm"], &leftovers.networks);
     each(&["volume", "rm", "--force"], &leftovers.volumes);
+    each(&["secret", "rm"], &leftovers.secrets);
     each(&["image", "rm"], &leftovers.tags);
     if !failures.is_empty() {
         anyhow::bail!("cannot remove all of a run's leftovers: {}", failures.join("; "));
@@ -312,9 +365,11 @@ pub fn reap(root: &Utf8Path, dry_run: bool, json: bool) -> Result<()> {
 
 fn summary(leftovers: &Leftovers) -> String {
     let parts = [
+        (leftovers.services.len(), "service"),
         (leftovers.containers.len(), "container"),
         (leftovers.networks.len(), "network"),
         (leftovers.volumes.len(), "volume"),
+        (leftovers.secrets.len(), "secret"),
         (leftovers.tags.len(), "image tag"),
     ];
     let shown: Vec<String> = parts

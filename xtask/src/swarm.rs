@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::docker;
 use crate::image::{self, ImageName};
 use crate::plan::Step;
+use crate::reap;
 use crate::release;
 use crate::remote::Registry;
 use crate::services::Model;
@@ -119,6 +120,18 @@ pub fn for_swarm(mut definition: Value) -> Value {
                     for bound in resources.values_mut() {
                         if let Some(cpus) = bound.get("cpus").and_then(Value::as_f64) {
                             bound["cpus"] = Value::from(cpus.to_string());
+                        }
+                    }
+                }
+                // The run label of a test run's containers also labels their service, so that
+                // the reaper removes the service rather than containers swarm would replace.
+                let run = service.get("labels").and_then(|l| l.get(reap::LABEL)).cloned();
+                if let Some(run) = run.filter(|r| r.as_str().is_some_and(|r| !r.is_empty())) {
+                    let deploy = service.entry("deploy").or_insert_with(|| json!({}));
+                    if let Some(deploy) = deploy.as_object_mut() {
+                        let labels = deploy.entry("labels").or_insert_with(|| json!({}));
+                        if let Some(labels) = labels.as_object_mut() {
+                            labels.insert(reap::LABEL.to_owned(), run);
                         }
                     }
                 }
@@ -305,6 +318,7 @@ pub fn create_secret_step(root: &Utf8Path, name: &str, secret: &SwarmSecret) -> 
     docker::cli(root)
         .args(["secret", "create", "--label"])
         .arg(format!("{NAMESPACE}={name}"))
+        .args(reap::label_args())
         .arg(&secret.name)
         .arg("-")
 }
@@ -633,6 +647,21 @@ mod tests {
         assert_eq!(swarm["services"]["proxy"]["deploy"]["resources"]["limits"]["cpus"], "0.5");
         assert_eq!(swarm["networks"]["default"], json!({}));
         assert_eq!(swarm["volumes"]["db-data"], json!({}));
+    }
+
+    #[test]
+    fn a_test_run_label_also_labels_the_service() {
+        let run = "t0000abcd-42-7";
+        let merged = json!({"services": {
+            "server": {"image": "x", "labels": {"memories.run": run, "memories.probe": "http /"},
+                       "deploy": {"replicas": 2}},
+            "db": {"image": "y", "labels": {"memories.run": ""}},
+        }});
+        let swarm = for_swarm(merged);
+        let server = &swarm["services"]["server"];
+        assert_eq!(server["deploy"], json!({"replicas": 2, "labels": {"memories.run": run}}));
+        assert_eq!(server["labels"]["memories.run"], run, "the containers keep it");
+        assert!(swarm["services"]["db"].get("deploy").is_none(), "outside a run: no label");
     }
 
     #[test]
