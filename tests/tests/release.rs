@@ -1,8 +1,8 @@
 //! Releases against a registry of the test's own: what lands (both platforms, labels, one digest
 //! per image across its tags), that a version is never pushed twice, that a release killed
 //! half-way finishes when run again, that moving tags only move forward, that a flaky registry
-//! is retried through, that a failed build pushes nothing, and air-gapped bundles that load only
-//! when intact.
+//! is retried through, that a failed build pushes nothing, and air-gapped bundles (OCI image
+//! layouts that skopeo reads) that load only when their hash is the one saved.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -336,6 +336,9 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let saved = xtask_ok(&["images", "save", "server", "db", "--output", bundle_arg, "--json"]);
     let saved: Value = serde_json::from_str(&saved).unwrap();
     assert_eq!(saved["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    let sha256 = saved["sha256"].as_str().unwrap().to_owned();
+    let on_disk = Command::new("sha256sum").arg(&bundle).output().unwrap();
+    assert!(String::from_utf8_lossy(&on_disk.stdout).starts_with(&sha256), "the file's own hash");
     let refs: Vec<String> = saved["images"]
         .as_array()
         .unwrap()
@@ -343,6 +346,33 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
         .flat_map(|i| i["refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(refs.len(), 6, "three tags of two images: {refs:?}");
+    let server = &saved["images"][0];
+    assert_eq!(server["image"], "server");
+
+    // Someone else's tool reads it: Debian's skopeo, as an OCI archive, by the full ref.
+    let built: Value = serde_json::from_str(&xtask_ok(&["build", "tools", "--json"])).unwrap();
+    let tools = built["images"][0]["refs"][0].as_str().unwrap().to_owned();
+    let skopeo = |args: &[&str]| -> Value {
+        let mount = format!("{}:/bundle:ro", dir.display());
+        let archive = format!("oci-archive:/bundle/memories.tar:{}", refs[0]);
+        let mut command = vec!["run", "--rm", "--volume", mount.as_str(), tools.as_str()];
+        command.extend(args);
+        command.push(&archive);
+        serde_json::from_str(&docker(&command)).unwrap()
+    };
+    let raw = skopeo(&["inspect", "--raw"]);
+    let platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["platform"]["os"] != "unknown")
+        .map(|m| {
+            format!("{}/{}", m["platform"]["os"], m["platform"]["architecture"]).replace('"', "")
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{raw}");
+    let inspected = skopeo(&["inspect"]);
+    assert_eq!(inspected["Labels"]["org.opencontainers.image.version"], saved["version"]);
 
     // A damaged copy is refused before anything is loaded.
     let damaged = dir.join("damaged.tar");
@@ -351,19 +381,48 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     for r in &refs {
         docker(&["image", "rm", r]);
     }
-    let refused = xtask_captured(&["images", "load", damaged.to_str().unwrap()]);
+    let refused =
+        xtask_captured(&["images", "load", damaged.to_str().unwrap(), "--sha256", &sha256]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("is not a complete memories bundle"), "{stderr}");
+    assert!(stderr.contains("not the bundle that was saved"), "{stderr}");
+    assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
+
+    // A forged bundle: the base image saved as our server, with metadata that lists no image.
+    // Its hash is not the real one's; without the hash check, its empty list is refused.
+    docker(&["pull", "--quiet", "debian:trixie-slim"]);
+    docker(&["tag", "debian:trixie-slim", &refs[0]]);
+    let forged = dir.join("forged.tar");
+    docker(&["save", "--output", forged.to_str().unwrap(), &refs[0]]);
+    docker(&["image", "rm", &refs[0]]);
+    let metadata = dir.join("memories-bundle.json");
+    std::fs::write(&metadata, r#"{"format": "memories-bundle/2", "images": []}"#).unwrap();
+    let appended = Command::new("tar")
+        .args(["--append", "--file", forged.to_str().unwrap(), "--directory"])
+        .args([dir.to_str().unwrap(), "memories-bundle.json"])
+        .status()
+        .unwrap();
+    assert!(appended.success());
+    let forged = forged.to_str().unwrap();
+    let refused = xtask_captured(&["images", "load", forged, "--sha256", &sha256]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not the bundle that was saved"), "{stderr}");
+    let unchecked = xtask_captured(&["images", "load", forged, "--skip-checksum"]);
+    let stderr = String::from_utf8_lossy(&unchecked.stderr);
+    assert_eq!(unchecked.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lists no image"), "{stderr}");
     assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
 
     // No registry from here on: the stack must come from the bundle alone.
     registry.stop();
-    let loaded = xtask_ok(&["images", "load", bundle_arg]);
+    let loaded = xtask_ok(&["images", "load", bundle_arg, "--sha256", &sha256]);
     for r in &refs {
         assert!(loaded.contains(r.as_str()), "{r} is reported: {loaded}");
         docker(&["image", "inspect", r]);
     }
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", &refs[0]]);
+    assert_eq!(id, server["digest"].as_str().unwrap(), "the server is ours, not the forgery");
     let project = unique_name("memories-bundle");
     cleanup.project(&project);
     let port = free_port();

@@ -1,32 +1,69 @@
-//! `cargo xtask images save|load`: release images for a machine without a registry, as one
-//! tar file holding `bundle.json` (refs, digests, platforms, and the size and SHA-256 of the
-//! images) and `images.tar` (what `docker save` writes). Loading verifies before it loads.
+//! `cargo xtask images save|load`: release images for a machine without a registry.
+//!
+//! A bundle is one OCI image layout in a tar file (`oci-layout`, `index.json`,
+//! `blobs/sha256/...`, as `docker save` writes it), so skopeo (`oci-archive:FILE:REF`), crane,
+//! `ctr import` and `docker load` read it as it is. Its `index.json` names each image by its
+//! full ref, and `memories-bundle.json` beside it says what the bundle holds: the version,
+//! commit and platforms, and each image's refs and digest.
+//!
+//! `images save` prints the file's SHA-256. `images load --sha256 HASH` copies the file into a
+//! private directory while hashing it and refuses any other hash, so the file cannot change
+//! between the check and the load; it then loads from that copy only the refs the bundle names
+//! (an extra tag in `index.json` never gets in), and checks each ref's digest afterwards.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::docker;
 use crate::image::{self, BuildRequest, ImageName, Output};
+use crate::interrupt;
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::version::Revision;
 
-pub const FORMAT: &str = "memories-bundle/1";
-const MANIFEST: &str = "bundle.json";
-const IMAGES: &str = "images.tar";
+pub const FORMAT: &str = "memories-bundle/2";
+const METADATA: &str = "memories-bundle.json";
+const INDEX: &str = "index.json";
+/// Docker's own list of the archive's images and tags, which `docker save` adds to the layout.
+const DOCKER_MANIFEST: &str = "manifest.json";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// What `cargo xtask images` does.
 #[derive(Debug, Clone)]
 pub enum Action {
     /// Save a bundle to `output`; `memories-<version>-<sha>.tar` when `None`.
     Save { request: SaveRequest, output: Option<Utf8PathBuf> },
-    /// Verify a bundle, then load it.
-    Load { file: Utf8PathBuf },
+    /// Check a bundle, then load it.
+    Load { file: Utf8PathBuf, checksum: Checksum },
+}
+
+/// What `images load` checks the whole file against before it loads anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// The SHA-256 `images save` printed, as 64 hex digits.
+    Sha256(String),
+    /// No check of the file as a whole (its structure and digests are still checked).
+    Skip,
+}
+
+impl Checksum {
+    /// Accepts 64 hex digits, with or without a `sha256:` prefix, in either case.
+    pub fn parse(raw: &str) -> Result<Checksum, String> {
+        let hex = raw.trim().strip_prefix("sha256:").unwrap_or(raw.trim()).to_ascii_lowercase();
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Checksum::Sha256(hex))
+        } else {
+            Err(format!(
+                "`{raw}` is not a SHA-256: give the 64 hex digits `cargo xtask images save` printed"
+            ))
+        }
+    }
 }
 
 pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
@@ -45,31 +82,38 @@ pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
                 save_plan(root, &revision, &request, &output).print(preview.json);
                 return Ok(());
             }
-            let manifest = save(root, &revision, &request, &output)?;
-            report(&manifest, preview.json);
-            say!("saved {output}");
+            let saved = save(root, &revision, &request, &output)?;
+            for (reference, digest) in refs_of(&saved.metadata) {
+                say!("saved {reference} {digest}");
+            }
+            if preview.json {
+                let mut report = saved.metadata.clone();
+                report["file"] = json!(output.as_str());
+                report["sha256"] = json!(saved.sha256);
+                out!("{report:#}");
+            } else {
+                // `sha256sum` format: `sha256sum --check` reads it back.
+                out!("{}  {output}", saved.sha256);
+            }
+            say!("load it with `cargo xtask images load {output} --sha256 {}`", saved.sha256);
             Ok(())
         }
-        Action::Load { file } => {
+        Action::Load { file, checksum } => {
             let file = absolute(&file)?;
             if preview.dry_run {
-                load_plan(root, &file)?.print(preview.json);
+                load_plan(root, &file, &checksum)?.print(preview.json);
                 return Ok(());
             }
-            let manifest = load(root, &file)?;
-            report(&manifest, preview.json);
+            let metadata = load(root, &file, &checksum)?;
+            if preview.json {
+                out!("{metadata:#}");
+            } else {
+                for (reference, digest) in refs_of(&metadata) {
+                    out!("{reference} {digest}");
+                }
+            }
             Ok(())
         }
-    }
-}
-
-fn report(manifest: &Value, json: bool) {
-    if json {
-        out!("{manifest:#}");
-        return;
-    }
-    for (reference, digest) in refs_of(manifest) {
-        out!("{reference} {digest}");
     }
 }
 
@@ -103,11 +147,12 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
     image::plan(root, revision, &build)
 }
 
-/// Where the images and the bundle are written before the bundle is renamed to `output`.
+/// Where `docker save` writes, and where the bundle is written before it is renamed to
+/// `output`.
 fn partial_files(output: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf) {
     let dir = output.parent().unwrap_or(Utf8Path::new("."));
     let name = output.file_name().unwrap_or("bundle");
-    (dir.join(format!(".{name}.images.partial")), dir.join(format!(".{name}.partial")))
+    (dir.join(format!(".{name}.saved.partial")), dir.join(format!(".{name}.partial")))
 }
 
 fn save_step(root: &Utf8Path, archive: &Utf8Path, refs: impl IntoIterator<Item = String>) -> Step {
@@ -128,20 +173,28 @@ fn save_plan(
         .step(build.step)
         .step(save_step(root, &archive, refs))
         .note(format!(
-            "hashes {archive} (SHA-256), writes {MANIFEST} and {IMAGES} into {partial}, renames it to {output}, and removes {archive}"
+            "writes the OCI image layout of {archive} into {partial} with {INDEX} naming each \
+             image by its full ref and {METADATA} listing each ref and digest, hashes it \
+             (SHA-256), renames it to {output}, removes {archive}, and prints the hash"
         ))
 }
 
-/// What `images load` would do, after verifying the bundle (which only reads it).
-fn load_plan(root: &Utf8Path, file: &Utf8Path) -> Result<Plan> {
-    let manifest = verify(file)?;
+/// What `images load` would do, after checking the bundle (which only reads it).
+fn load_plan(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Plan> {
+    let sha256 = check_file(file, checksum)?;
+    let layout = Layout::read(file, file)?;
     let mut plan = Plan::new(format!("load the bundle {file}"))
-        .note(format!("verified {file}: its {IMAGES} matches the size and SHA-256 of {MANIFEST}"))
+        .note(match checksum {
+            Checksum::Sha256(_) => format!("checked {file}: its SHA-256 is {sha256}, as given"),
+            Checksum::Skip => format!("--skip-checksum: {file} (SHA-256 {sha256}) is not checked"),
+        })
+        .note("copies it into a private directory, checking its SHA-256 again on the way")
         .step(load_step(root))
         .note(format!(
-            "fed {IMAGES} of {file} on stdin; then checks that each ref names its digest:"
+            "fed the copy on stdin with {INDEX} cut down to the refs the bundle names; then \
+             checks that each ref names its digest:"
         ));
-    for (reference, digest) in refs_of(&manifest) {
+    for (reference, digest) in refs_of(&layout.metadata) {
         plan = plan.note(format!("{reference} {digest}"));
     }
     Ok(plan)
@@ -151,9 +204,9 @@ fn load_step(root: &Utf8Path) -> Step {
     docker::cli(root).arg("load").quiet()
 }
 
-/// Every ref of a manifest, with the image digest it must name.
-fn refs_of(manifest: &Value) -> Vec<(&str, &str)> {
-    let images = manifest["images"].as_array().map(Vec::as_slice).unwrap_or_default();
+/// Every ref of the bundle's metadata, with the image digest it must name.
+fn refs_of(metadata: &Value) -> Vec<(&str, &str)> {
+    let images = metadata["images"].as_array().map(Vec::as_slice).unwrap_or_default();
     images
         .iter()
         .flat_map(|image| {
@@ -164,15 +217,21 @@ fn refs_of(manifest: &Value) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// Builds (a no-op when the cache is warm), saves every ref into one `docker save` archive and
-/// wraps it with its manifest. The bundle is written beside `output` and renamed into place, so
-/// `output` never holds a partial bundle.
+/// A saved bundle: its metadata and the SHA-256 of the whole file.
+pub struct Saved {
+    pub metadata: Value,
+    pub sha256: String,
+}
+
+/// Builds (a no-op when the cache is warm), saves every ref with `docker save`, and writes
+/// that layout as the bundle. The bundle is written beside `output` and renamed into place,
+/// so `output` never holds a partial bundle.
 pub fn save(
     root: &Utf8Path,
     revision: &Revision,
     request: &SaveRequest,
     output: &Utf8Path,
-) -> Result<Value> {
+) -> Result<Saved> {
     let dir = output.parent().filter(|d| !d.as_str().is_empty()).unwrap_or(Utf8Path::new("."));
     if !dir.is_dir() {
         bail!("cannot write {output}: {dir} is not a directory");
@@ -182,71 +241,87 @@ pub fn save(
     let result = (|| {
         let refs = built.iter().flat_map(|b| b.refs.iter().cloned());
         save_step(root, &archive, refs).run().context("docker save failed")?;
-        let (size, sha256) = hash_file(&archive)?;
         let images: Vec<Value> = built
             .iter()
-            .map(|b| {
-                json!({
-                    "image": b.image.as_str(),
-                    "digest": b.digest,
-                    "refs": b.refs,
-                })
-            })
+            .map(|b| json!({"image": b.image.as_str(), "digest": b.digest, "refs": b.refs}))
             .collect();
-        let manifest = json!({
+        let metadata = json!({
             "format": FORMAT,
             "version": revision.version.to_string(),
             "revision": revision.commit,
             "created": revision.created,
             "platforms": request.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "images": images,
-            "file": { "path": IMAGES, "size": size, "sha256": sha256 },
         });
-        write_bundle(&partial, &manifest, &archive, size)?;
+        write_bundle(&archive, &partial, &metadata)?;
+        let (_, sha256) = hash_file(&partial)?;
         std::fs::rename(&partial, output)
             .with_context(|| format!("cannot move the bundle into place at {output}"))?;
-        Ok(manifest)
+        Ok(Saved { metadata, sha256 })
     })();
     let _ = std::fs::remove_file(&archive);
     let _ = std::fs::remove_file(&partial);
     result
 }
 
-fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {path}"))?;
-    hash_reader(&mut file).with_context(|| format!("cannot read {path}"))
+/// The familiar form of a containerd image name: `docker.io/memories/server:1` is
+/// `memories/server:1`, as our refs are written.
+fn familiar(name: &str) -> &str {
+    name.strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name)
 }
 
-/// Size and lowercase hex SHA-256 of everything `reader` yields.
-fn hash_reader(reader: &mut impl Read) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buffer)?;
-        if n == 0 {
-            break;
+/// The ref an entry of `index.json` names: its containerd name, else its OCI ref name.
+fn entry_ref(entry: &Value) -> Option<&str> {
+    let annotations = &entry["annotations"];
+    annotations[CONTAINERD_NAME].as_str().or(annotations[REF_NAME].as_str()).map(familiar)
+}
+
+/// `docker save`'s `index.json` with each entry's OCI ref name set to its full ref (docker
+/// writes only the tag, which is ambiguous once two images share one), after checking that
+/// it holds every ref of `metadata` with the digest the build reported.
+fn bundle_index(mut index: Value, metadata: &Value) -> Result<Value> {
+    let entries = index["manifests"].as_array_mut().context("docker save wrote no manifests")?;
+    for entry in entries.iter_mut() {
+        if let Some(reference) = entry_ref(entry).map(str::to_owned) {
+            entry["annotations"][REF_NAME] = json!(reference);
         }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
     }
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
+    wanted_entries(&index, metadata).context("docker save did not write what was built")?;
+    Ok(index)
 }
 
-fn write_bundle(path: &Utf8Path, manifest: &Value, archive: &Utf8Path, size: u64) -> Result<()> {
+/// Copies the layout `docker save` wrote at `archive` into the bundle at `path`: its
+/// `index.json` rewritten by [`bundle_index`] and the metadata first (so a reader finds them
+/// without reading the blobs), then every other entry as it is.
+fn write_bundle(archive: &Utf8Path, path: &Utf8Path, metadata: &Value) -> Result<()> {
+    let index = read_entry(archive, INDEX)?
+        .with_context(|| format!("docker save wrote no {INDEX} into {archive}"))?;
+    let index: Value =
+        serde_json::from_slice(&index).with_context(|| format!("{INDEX} of {archive}"))?;
+    let index = bundle_index(index, metadata)?;
     let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
-    let mut tar = tar::Builder::new(io::BufWriter::new(file));
-    let text = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
-    tar.append_data(&mut header(text.len() as u64), MANIFEST, text.as_slice())
-        .with_context(|| format!("cannot write {path}"))?;
-    let images = File::open(archive).with_context(|| format!("cannot open {archive}"))?;
-    tar.append_data(&mut header(size), IMAGES, images)
-        .with_context(|| format!("cannot write {path}"))?;
-    let mut out = tar.into_inner().with_context(|| format!("cannot write {path}"))?;
-    out.flush().with_context(|| format!("cannot write {path}"))?;
-    out.get_ref().sync_all().with_context(|| format!("cannot write {path}"))?;
-    Ok(())
+    let written = (|| -> io::Result<File> {
+        let mut tar = tar::Builder::new(io::BufWriter::new(file));
+        for (name, value) in [(INDEX, &index), (METADATA, metadata)] {
+            let text = serde_json::to_vec_pretty(value).expect("JSON serialises");
+            tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
+        }
+        let mut source = tar::Archive::new(BufReader::new(File::open(archive)?));
+        for entry in source.entries()? {
+            let mut entry = entry?;
+            let name = entry.path()?.into_owned();
+            if [INDEX, METADATA].iter().any(|n| name.as_os_str() == *n) {
+                continue;
+            }
+            let mut head = entry.header().clone();
+            tar.append_data(&mut head, &name, &mut entry)?;
+        }
+        tar.into_inner()?.into_inner().map_err(io::IntoInnerError::into_error)
+    })();
+    let file = written.with_context(|| format!("cannot write {path} from {archive}"))?;
+    file.sync_all().with_context(|| format!("cannot write {path}"))
 }
 
 fn header(size: u64) -> tar::Header {
@@ -257,112 +332,249 @@ fn header(size: u64) -> tar::Header {
     header
 }
 
-/// Reads the manifest and checks the images against it; only then loads them, and finally
-/// checks that every ref names the digest the manifest gives.
-pub fn load(root: &Utf8Path, file: &Utf8Path) -> Result<Value> {
-    let manifest = verify(file)?;
+/// The bytes of the entry `name` of the tar file at `path`, if it has one.
+fn read_entry(path: &Utf8Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let reader = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    let mut archive = tar::Archive::new(BufReader::new(reader));
+    for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
+        let mut entry = entry.with_context(|| format!("cannot read {path}"))?;
+        if entry.path_bytes().as_ref() == name.as_bytes() {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {path}"))?;
+            return Ok(Some(bytes));
+        }
+    }
+    Ok(None)
+}
+
+fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    copy_hashing(&mut file, &mut io::sink()).with_context(|| format!("cannot read {path}"))
+}
+
+/// Copies `reader` into `writer` and returns the size and lowercase hex SHA-256 of what it
+/// copied. Stops on Ctrl-C.
+fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        if interrupt::is_set() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        writer.write_all(&buffer[..n])?;
+        size += n as u64;
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((size, hex))
+}
+
+/// Refuses a file whose SHA-256 is not the expected one; returns the SHA-256.
+fn check_hash(file: &Utf8Path, checksum: &Checksum, sha256: String) -> Result<String> {
+    match checksum {
+        Checksum::Sha256(expected) if *expected != sha256 => bail!(
+            "{file} has SHA-256 {sha256}, not the {expected} given with --sha256: it is not the \
+             bundle that was saved (damaged, cut short or replaced); nothing was loaded"
+        ),
+        _ => Ok(sha256),
+    }
+}
+
+/// Hashes `file` and checks it against `checksum`, reading it once.
+fn check_file(file: &Utf8Path, checksum: &Checksum) -> Result<String> {
+    let (_, sha256) = hash_file(file).map_err(interrupted)?;
+    check_hash(file, checksum, sha256)
+}
+
+/// An error of a copy that Ctrl-C stopped is the interruption itself.
+fn interrupted(err: anyhow::Error) -> anyhow::Error {
+    if interrupt::is_set() { interrupt::Interrupted.into() } else { err }
+}
+
+/// What a bundle says of itself: its `index.json` and its metadata, checked against each
+/// other.
+struct Layout {
+    index: Value,
+    metadata: Value,
+}
+
+impl Layout {
+    /// Reads both (the first two entries of a bundle `images save` wrote, else anywhere in
+    /// the file) and checks them: the format, at least one image, and every ref of the
+    /// metadata in the index with the digest the metadata gives.
+    /// `shown` is the file's name in errors (`file` may be a private copy of it).
+    fn read(file: &Utf8Path, shown: &Utf8Path) -> Result<Layout> {
+        let damaged = |what: String| {
+            anyhow!(
+                "{shown} is not a complete memories bundle ({what}): nothing was loaded; save it \
+                 again with `cargo xtask images save`"
+            )
+        };
+        let reader = File::open(file).with_context(|| format!("cannot open {file}"))?;
+        let mut archive = tar::Archive::new(BufReader::new(reader));
+        let (mut index, mut metadata) = (None, None);
+        for entry in archive.entries().map_err(|e| damaged(e.to_string()))? {
+            let mut entry = entry.map_err(|e| damaged(e.to_string()))?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let slot = match name.as_str() {
+                INDEX => &mut index,
+                METADATA => &mut metadata,
+                _ => continue,
+            };
+            let mut text = Vec::new();
+            entry.read_to_end(&mut text).map_err(|e| damaged(format!("{name}: {e}")))?;
+            let value: Value =
+                serde_json::from_slice(&text).map_err(|e| damaged(format!("{name}: {e}")))?;
+            *slot = Some(value);
+            if index.is_some() && metadata.is_some() {
+                break;
+            }
+        }
+        let index = index.ok_or_else(|| damaged(format!("it has no {INDEX}")))?;
+        let metadata = metadata.ok_or_else(|| damaged(format!("it has no {METADATA}")))?;
+        if metadata["format"] != FORMAT {
+            return Err(damaged(format!("{METADATA} is not {FORMAT}")));
+        }
+        wanted_entries(&index, &metadata).map_err(|e| damaged(format!("{e:#}")))?;
+        Ok(Layout { index, metadata })
+    }
+}
+
+/// The entries of `index` that the metadata names, one per ref; an error when the metadata
+/// names no image, or a ref the index lacks or gives another digest.
+fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
+    let refs = refs_of(metadata);
+    if refs.is_empty() {
+        bail!("{METADATA} lists no image");
+    }
+    let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut wanted = Vec::new();
+    for (reference, digest) in refs {
+        let entry = entries
+            .iter()
+            .find(|e| entry_ref(e) == Some(reference))
+            .with_context(|| format!("{INDEX} has no {reference}"))?;
+        let found = entry["digest"].as_str().unwrap_or_default();
+        if found != digest {
+            bail!("{INDEX} names {reference} as {found}, {METADATA} as {digest}");
+        }
+        wanted.push(entry.clone());
+    }
+    Ok(wanted)
+}
+
+/// Streams the bundle at `file` to `sink` as the layout `docker load` gets: `index.json` cut
+/// down to the entries the metadata names, without the metadata and without docker's own
+/// tag list (whose tags are not checked), every blob as it is.
+fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<()> {
+    let wanted = wanted_entries(&layout.index, &layout.metadata)?;
+    let mut index = layout.index.clone();
+    index["manifests"] = Value::Array(wanted);
+    let written = (|| -> io::Result<()> {
+        let mut tar = tar::Builder::new(sink);
+        let mut source = tar::Archive::new(BufReader::new(File::open(file)?));
+        for entry in source.entries()? {
+            let mut entry = entry?;
+            let name = entry.path()?.into_owned();
+            if name.as_os_str() == INDEX {
+                let text = serde_json::to_vec(&index).expect("JSON serialises");
+                tar.append_data(&mut header(text.len() as u64), INDEX, text.as_slice())?;
+            } else if ![METADATA, DOCKER_MANIFEST].iter().any(|n| name.as_os_str() == *n) {
+                let mut head = entry.header().clone();
+                let mut checked = Interruptible(&mut entry);
+                tar.append_data(&mut head, &name, &mut checked)?;
+            }
+        }
+        tar.into_inner()?.flush()
+    })();
+    written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
+}
+
+/// A reader that stops on Ctrl-C.
+struct Interruptible<R>(R);
+
+impl<R: Read> Read for Interruptible<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if interrupt::is_set() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        self.0.read(buffer)
+    }
+}
+
+/// A directory only this user can enter, removed with everything in it when dropped.
+struct PrivateDir(Utf8PathBuf);
+
+impl PrivateDir {
+    fn new() -> Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let temp = Utf8PathBuf::try_from(std::env::temp_dir())
+            .context("the temporary directory is not UTF-8")?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = temp.join(format!("xtask-bundle-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create a private directory {dir}"))?;
+        Ok(PrivateDir(dir))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the bundle into a private directory while hashing it, checks the hash and the
+/// layout of that copy, and only then loads it; finally checks that every ref names the
+/// digest the bundle gives. Nothing reads `file` after the copy.
+pub fn load(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Value> {
     docker::require_cli()?;
+    let private = PrivateDir::new()?;
+    let copy = private.0.join("bundle.tar");
+    let copied = (|| -> Result<(u64, String)> {
+        let mut source = File::open(file).with_context(|| format!("cannot open {file}"))?;
+        let mut target = File::create(&copy).with_context(|| format!("cannot create {copy}"))?;
+        copy_hashing(&mut source, &mut target)
+            .with_context(|| format!("cannot copy {file} to {copy}"))
+    })();
+    let (_, sha256) = copied.map_err(interrupted)?;
+    check_hash(file, checksum, sha256)?;
+    let layout = Layout::read(&copy, file)?;
     let load = load_step(root);
-    say!("$ {load} <{file}:{IMAGES}");
+    say!("$ {load} <{file} (its refs only)");
     let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
     let mut loading = load.spawn(streams)?;
-    let mut stdin = loading.stdin().expect("stdin is piped");
-    let copied = with_images(file, |entry| io::copy(entry, &mut stdin).map(|_| ()));
-    drop(stdin);
+    let stdin = loading.stdin().expect("stdin is piped");
+    let streamed = write_for_load(&copy, &layout, stdin);
     let status = loading.wait()?;
-    copied?;
+    streamed?;
     if !status.success() {
         bail!("`docker load` failed for {file}");
     }
-    for (reference, digest) in refs_of(&manifest) {
+    for (reference, digest) in refs_of(&layout.metadata) {
         let id = docker::cli(root)
             .args(["image", "inspect", "--format", "{{.Id}}", reference])
             .read()
             .with_context(|| format!("{reference} is not in the image store after loading"))?;
-        if !digest.is_empty() && id.trim() != digest {
-            bail!("{reference} loaded as {}, but the bundle's manifest says {digest}", id.trim());
+        if id.trim() != digest {
+            bail!("{reference} loaded as {}, but the bundle says {digest}", id.trim());
         }
     }
-    Ok(manifest)
-}
-
-/// Checks a bundle without loading anything: the manifest's format, and the images' size and
-/// SHA-256. Returns the manifest.
-pub fn verify(file: &Utf8Path) -> Result<Value> {
-    let damaged = |what: String| {
-        anyhow::anyhow!(
-            "{file} is not a complete memories bundle ({what}): nothing was loaded; save it again with `cargo xtask images save`"
-        )
-    };
-    let reader = File::open(file).with_context(|| format!("cannot open {file}"))?;
-    let mut archive = tar::Archive::new(io::BufReader::new(reader));
-    let mut entries = archive.entries().map_err(|e| damaged(e.to_string()))?;
-    let mut first = entries
-        .next()
-        .ok_or_else(|| damaged("it is empty".into()))?
-        .map_err(|e| damaged(e.to_string()))?;
-    if first.path_bytes().as_ref() != MANIFEST.as_bytes() {
-        return Err(damaged(format!("its first entry is not {MANIFEST}")));
-    }
-    let mut text = String::new();
-    first.read_to_string(&mut text).map_err(|e| damaged(format!("{MANIFEST}: {e}")))?;
-    let manifest: Value =
-        serde_json::from_str(&text).map_err(|e| damaged(format!("{MANIFEST}: {e}")))?;
-    if manifest["format"] != FORMAT {
-        return Err(damaged(format!("{MANIFEST} is not {FORMAT}")));
-    }
-    let want_size = manifest["file"]["size"].as_u64();
-    let want_sha = manifest["file"]["sha256"].as_str().unwrap_or_default().to_owned();
-    let mut images = entries
-        .next()
-        .ok_or_else(|| damaged(format!("{IMAGES} is missing")))?
-        .map_err(|e| damaged(e.to_string()))?;
-    if images.path_bytes().as_ref() != IMAGES.as_bytes() {
-        return Err(damaged(format!("its second entry is not {IMAGES}")));
-    }
-    let (size, sha) = hash_reader(&mut images).map_err(|e| damaged(format!("{IMAGES}: {e}")))?;
-    if Some(size) != want_size {
-        return Err(damaged(format!(
-            "{IMAGES} has {size} bytes, its manifest says {}",
-            want_size.map_or("none".into(), |s| s.to_string())
-        )));
-    }
-    if sha != want_sha {
-        return Err(damaged(format!("{IMAGES} has SHA-256 {sha}, its manifest says {want_sha}")));
-    }
-    Ok(manifest)
-}
-
-/// Runs `f` on the bundle's `images.tar` entry.
-fn with_images(file: &Utf8Path, f: impl FnOnce(&mut dyn Read) -> io::Result<()>) -> Result<()> {
-    let reader = File::open(file).with_context(|| format!("cannot open {file}"))?;
-    let mut archive = tar::Archive::new(io::BufReader::new(reader));
-    for entry in archive.entries().with_context(|| format!("cannot read {file}"))? {
-        let mut entry = entry.with_context(|| format!("cannot read {file}"))?;
-        if entry.path_bytes().as_ref() == IMAGES.as_bytes() {
-            return f(&mut entry).with_context(|| format!("cannot stream {IMAGES} of {file}"));
-        }
-    }
-    bail!("{file} has no {IMAGES}")
+    Ok(layout.metadata)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bundle_with(dir: &Utf8Path, images: &[u8], manifest_sha: Option<&str>) -> Utf8PathBuf {
-        let archive = dir.join("images");
-        std::fs::write(&archive, images).unwrap();
-        let (size, sha) = hash_file(&archive).unwrap();
-        let manifest = json!({
-            "format": FORMAT,
-            "images": [],
-            "file": {"path": IMAGES, "size": size, "sha256": manifest_sha.unwrap_or(&sha)},
-        });
-        let path = dir.join("bundle.tar");
-        write_bundle(&path, &manifest, &archive, size).unwrap();
-        path
-    }
 
     fn scratch(name: &str) -> Utf8PathBuf {
         let dir = Utf8PathBuf::try_from(std::env::temp_dir())
@@ -373,39 +585,141 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn an_intact_bundle_verifies() {
-        let dir = scratch("intact");
-        let path = bundle_with(&dir, b"layers and indexes", None);
-        let manifest = verify(&path).unwrap();
-        assert_eq!(manifest["file"]["size"], 18);
-        let mut seen = Vec::new();
-        with_images(&path, |r| r.read_to_end(&mut seen).map(|_| ())).unwrap();
-        assert_eq!(seen, b"layers and indexes");
+    const SERVER: &str = "sha256:aaaa";
+    const OTHER: &str = "sha256:bbbb";
+
+    /// A layout as `docker save` writes it: a blob, docker's tag list, and an index whose
+    /// entries carry only their tag as the OCI ref name, one of them an image not asked for.
+    fn saved_layout(dir: &Utf8Path) -> Utf8PathBuf {
+        let entry = |name: &str, digest: &str| {
+            let tag = name.rsplit_once(':').unwrap().1;
+            json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+                   "size": 855, "annotations": {CONTAINERD_NAME: format!("docker.io/{name}"),
+                   REF_NAME: tag}})
+        };
+        let index = json!({"schemaVersion": 2, "manifests": [
+            entry("memories/server:t", SERVER), entry("memories/evil:t", OTHER)]});
+        let path = dir.join("saved.tar");
+        let mut tar = tar::Builder::new(File::create(&path).unwrap());
+        let files: [(&str, Vec<u8>); 4] = [
+            ("blobs/sha256/aaaa", b"layer bytes".to_vec()),
+            (INDEX, index.to_string().into_bytes()),
+            (DOCKER_MANIFEST, b"[{\"RepoTags\":[\"memories/evil:t\"]}]".to_vec()),
+            ("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}".to_vec()),
+        ];
+        for (name, bytes) in files {
+            tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
+        }
+        tar.finish().unwrap();
+        path
+    }
+
+    fn metadata(refs: &[(&str, &str)]) -> Value {
+        let images: Vec<Value> = refs
+            .iter()
+            .map(|(r, d)| json!({"image": "server", "digest": d, "refs": [r]}))
+            .collect();
+        json!({"format": FORMAT, "images": images})
+    }
+
+    fn names_and_index(bytes: &[u8]) -> (Vec<String>, Value) {
+        let mut archive = tar::Archive::new(bytes);
+        let mut names = Vec::new();
+        let mut index = Value::Null;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            if name == INDEX {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                index = serde_json::from_str(&text).unwrap();
+            }
+            names.push(name);
+        }
+        (names, index)
     }
 
     #[test]
-    fn truncated_altered_or_foreign_bundles_are_refused() {
-        let dir = scratch("bad");
-        let path = bundle_with(&dir, &vec![7u8; 5000], None);
-        let full = std::fs::read(&path).unwrap();
+    fn a_bundle_is_the_saved_layout_with_full_ref_names_and_its_metadata_first() {
+        let dir = scratch("layout");
+        let bundle = dir.join("bundle.tar");
+        let asked = metadata(&[("memories/server:t", SERVER)]);
+        write_bundle(&saved_layout(&dir), &bundle, &asked).unwrap();
+        let (names, index) = names_and_index(&std::fs::read(&bundle).unwrap());
+        assert_eq!(
+            names,
+            [INDEX, METADATA, "blobs/sha256/aaaa", DOCKER_MANIFEST, "oci-layout"],
+            "a reader finds the index and the metadata before the blobs"
+        );
+        let refs: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["annotations"][REF_NAME].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, ["memories/server:t", "memories/evil:t"], "skopeo can tell them apart");
+        let layout = Layout::read(&bundle, &bundle).unwrap();
+        assert_eq!(layout.metadata, asked);
 
-        std::fs::write(&path, &full[..3000]).unwrap();
-        let err = verify(&path).unwrap_err().to_string();
-        assert!(err.contains("not a complete memories bundle"), "{err}");
+        let mut loaded = Vec::new();
+        write_for_load(&bundle, &layout, &mut loaded).unwrap();
+        let (names, index) = names_and_index(&loaded);
+        assert_eq!(names, [INDEX, "blobs/sha256/aaaa", "oci-layout"], "no metadata, no tag list");
+        let loaded_refs: Vec<&str> =
+            index["manifests"].as_array().unwrap().iter().filter_map(entry_ref).collect();
+        assert_eq!(loaded_refs, ["memories/server:t"], "only what the bundle names is loaded");
+    }
+
+    #[test]
+    fn a_bundle_that_names_nothing_or_other_digests_is_refused() {
+        let dir = scratch("refused");
+        let saved = saved_layout(&dir);
+        let refused = |asked: Value| {
+            let bundle = dir.join("bundle.tar");
+            // Written by hand: write_bundle refuses these itself.
+            let index = read_entry(&saved, INDEX).unwrap().unwrap();
+            let mut tar = tar::Builder::new(File::create(&bundle).unwrap());
+            for (name, bytes) in
+                [(INDEX, index.clone()), (METADATA, asked.to_string().into_bytes())]
+            {
+                tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
+            }
+            tar.finish().unwrap();
+            Layout::read(&bundle, Utf8Path::new("shown.tar")).err().unwrap().to_string()
+        };
+        let empty = refused(metadata(&[]));
+        assert!(empty.contains("lists no image") && empty.contains("shown.tar"), "{empty}");
+        let other = refused(metadata(&[("memories/server:t", OTHER)]));
+        assert!(other.contains("names memories/server:t as sha256:aaaa"), "{other}");
+        let absent = refused(metadata(&[("memories/server:u", SERVER)]));
+        assert!(absent.contains("has no memories/server:u"), "{absent}");
+        let foreign = refused(json!({"format": "memories-bundle/1", "images": []}));
+        assert!(foreign.contains("is not memories-bundle/2"), "{foreign}");
+        assert!(write_bundle(&saved, &dir.join("b.tar"), &metadata(&[])).is_err());
+
+        let truncated = dir.join("truncated.tar");
+        std::fs::write(&truncated, &std::fs::read(&saved).unwrap()[..700]).unwrap();
+        let err = Layout::read(&truncated, &truncated).err().unwrap().to_string();
+        assert!(
+            err.contains("not a complete memories bundle") && err.contains("nothing was loaded"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_whole_file_is_checked_against_the_hash_given() {
+        let dir = scratch("hash");
+        let file = dir.join("f");
+        std::fs::write(&file, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(check_file(&file, &Checksum::parse(abc).unwrap()).unwrap(), abc);
+        let upper = format!("sha256:{}", abc.to_uppercase());
+        assert_eq!(Checksum::parse(&upper).unwrap(), Checksum::Sha256(abc.into()));
+        assert!(Checksum::parse("abc").unwrap_err().contains("64 hex digits"));
+        let other = Checksum::Sha256("0".repeat(64));
+        let err = check_file(&file, &other).unwrap_err().to_string();
+        assert!(err.contains(&format!("has SHA-256 {abc}, not the")), "{err}");
         assert!(err.contains("nothing was loaded"), "{err}");
-
-        let mut altered = full.clone();
-        let at = full.windows(4).position(|w| w == [7, 7, 7, 7]).unwrap() + 100;
-        altered[at] = 8;
-        std::fs::write(&path, &altered).unwrap();
-        let err = verify(&path).unwrap_err().to_string();
-        assert!(err.contains("images.tar has SHA-256"), "{err}");
-
-        let wrong = bundle_with(&dir, b"x", Some("00"));
-        assert!(verify(&wrong).unwrap_err().to_string().contains("its manifest says 00"));
-
-        std::fs::write(&path, b"").unwrap();
-        assert!(verify(&path).unwrap_err().to_string().contains("not a complete memories bundle"));
+        assert_eq!(check_file(&file, &Checksum::Skip).unwrap(), abc);
     }
 }

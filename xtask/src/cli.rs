@@ -42,8 +42,9 @@ pub enum Command {
     /// Refuses a dirty tree, a version the registry holds from another build, and `latest` for
     /// a pre-release. Credentials come from the docker config (`docker login`).
     Release(ReleaseArgs),
-    /// Move release images without a registry: `save` writes one bundle of every image for
-    /// every platform with a manifest of digests and checksums; `load` verifies and loads it.
+    /// Move release images without a registry: `save` writes one bundle (an OCI image layout)
+    /// of every image for every platform and prints its SHA-256; `load --sha256` checks it and
+    /// loads only the refs it names.
     Images(ImagesArgs),
     /// The local stack: build what changed, start it, wait until ready, print the URLs.
     ///
@@ -585,8 +586,9 @@ pub struct ImagesArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImagesAction {
     /// Build (from cache when nothing changed) and save images for every platform into one
-    /// bundle: the images as `docker save` writes them, and `bundle.json` with their refs,
-    /// digests, platforms and the file's SHA-256.
+    /// bundle: an OCI image layout in a tar file (skopeo, crane, `ctr import` and `docker load`
+    /// read it), whose `memories-bundle.json` lists each image's refs and digest. Prints the
+    /// file's SHA-256 (as `sha256sum` does), which `images load --sha256` checks.
     Save {
         /// Images to save; every image but `registry` when none is named.
         #[arg(value_enum)]
@@ -610,13 +612,25 @@ pub enum ImagesAction {
         #[command(flatten)]
         preview: PreviewArgs,
     },
-    /// Verify a bundle (size and SHA-256 of its images, against its manifest) and only then
-    /// load it; a truncated or altered bundle loads nothing.
+    /// Check a bundle and only then load it: its SHA-256 against the one `images save`
+    /// printed (on a private copy, so the file cannot change between the check and the load),
+    /// then only the refs the bundle names, each checked for its digest afterwards. A
+    /// truncated, altered or replaced bundle loads nothing.
+    ///
+    /// Example: `cargo xtask images load memories-0.1.0-abc1234.tar --sha256 9f86d0...`
     Load {
         /// The bundle `images save` wrote.
         file: camino::Utf8PathBuf,
-        /// With --dry-run, the bundle is still verified (it is only read); with --json, the
-        /// loaded manifest (refs and digests) is printed on stdout.
+        /// The SHA-256 `images save` printed (64 hex digits, `sha256:` optional).
+        #[arg(long, value_name = "HASH", value_parser = bundle::Checksum::parse,
+              required_unless_present = "skip_checksum")]
+        sha256: Option<bundle::Checksum>,
+        /// Load without checking the file's SHA-256 (a bundle you made yourself); its layout
+        /// and digests are still checked.
+        #[arg(long, conflicts_with = "sha256")]
+        skip_checksum: bool,
+        /// With --dry-run, the bundle is still checked (it is only read); with --json, the
+        /// loaded bundle's metadata (refs and digests) is printed on stdout.
         #[command(flatten)]
         preview: PreviewArgs,
     },
@@ -854,7 +868,10 @@ impl ImagesAction {
                 let request = bundle::SaveRequest { images, platforms: platform.0, builder };
                 (bundle::Action::Save { request, output }, preview.into())
             }
-            ImagesAction::Load { file, preview } => (bundle::Action::Load { file }, preview.into()),
+            ImagesAction::Load { file, sha256, skip_checksum: _, preview } => {
+                let checksum = sha256.unwrap_or(bundle::Checksum::Skip);
+                (bundle::Action::Load { file, checksum }, preview.into())
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum ImageName {
     Proxy,
     /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
     Registry,
+    /// Supply-chain tools from Debian (skopeo) for tests and checks; never released.
+    Tools,
 }
 
 impl ImageName {
@@ -49,6 +51,7 @@ impl ImageName {
             ImageName::Redis => "redis",
             ImageName::Proxy => "proxy",
             ImageName::Registry => "registry",
+            ImageName::Tools => "tools",
         }
     }
 }
@@ -92,6 +95,11 @@ pub fn source(image: ImageName) -> ImageSource {
             dockerfile: "docker/registry/Dockerfile",
             target: "registry",
             title: "memories-registry",
+        },
+        ImageName::Tools => ImageSource {
+            dockerfile: "docker/tools/Dockerfile",
+            target: "tools",
+            title: "memories-tools",
         },
         ImageName::Db => {
             ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }

@@ -303,8 +303,10 @@ fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
 
 #[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy, registry"),
+        (&["images", "load", "b.tar"], "--sha256 <HASH>"),
+        (&["images", "load", "b.tar", "--sha256", "abc"], "give the 64 hex digits"),
         (&["release", "--platform", "linux/amd64,windows/amd64"], "only linux images"),
         (&["release", "--registry", "http://127.0.0.1:5000"], "scheme"),
         (&["ci", "lint"], "possible values: fmt, clippy, unit, repo, hadolint, actionlint"),
@@ -479,26 +481,42 @@ const TASKS: [&[&str]; 24] = [
     &["prod", "rollback", "server"],
     &["run", "--port", "18283"],
     &["images", "save", "server", "--platform", "linux/amd64"],
-    &["images", "load", "BUNDLE"],
+    &["images", "load", "BUNDLE", "--sha256", "SHA256"],
     &["db", "psql", "--", "--command=select 1"],
     &["db", "dump", "--output", "sentinel.dump"],
     &["db", "restore", "BUNDLE", "--clean"],
     &["db", "reset", "--yes"],
 ];
 
-/// A bundle as `images save` writes it, holding `images` as its `images.tar`.
-fn bundle(dir: &Path, images: &[u8]) -> PathBuf {
+/// A bundle as `images save` writes it (an OCI layout whose one image is `blob`), and its
+/// SHA-256.
+fn bundle(dir: &Path, blob: &[u8]) -> (PathBuf, String) {
     use sha2::Digest;
-    let sha: String = sha2::Sha256::digest(images).iter().map(|b| format!("{b:02x}")).collect();
-    let manifest = serde_json::json!({
-        "format": "memories-bundle/1",
-        "images": [{"image": "server", "digest": "sha256:0", "refs": ["memories/server:t"]}],
-        "file": {"path": "images.tar", "size": images.len(), "sha256": sha},
+    let hex = |bytes: &[u8]| -> String {
+        sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let digest = format!("sha256:{}", hex(blob));
+    let reference = "memories/server:t";
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+        "size": blob.len(), "annotations": {
+            "io.containerd.image.name": format!("docker.io/{reference}"),
+            "org.opencontainers.image.ref.name": reference}}]})
+    .to_string();
+    let metadata = serde_json::json!({
+        "format": "memories-bundle/2",
+        "images": [{"image": "server", "digest": digest, "refs": [reference]}],
     })
     .to_string();
     let path = dir.join("bundle.tar");
     let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
-    for (name, bytes) in [("bundle.json", manifest.as_bytes()), ("images.tar", images)] {
+    let blob_path = format!("blobs/sha256/{}", hex(blob));
+    for (name, bytes) in [
+        ("index.json", index.as_bytes()),
+        ("memories-bundle.json", metadata.as_bytes()),
+        (blob_path.as_str(), blob),
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice()),
+    ] {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
@@ -506,7 +524,8 @@ fn bundle(dir: &Path, images: &[u8]) -> PathBuf {
         archive.append_data(&mut header, name, bytes).unwrap();
     }
     archive.finish().unwrap();
-    path
+    let sha256 = hex(&std::fs::read(&path).unwrap());
+    (path, sha256)
 }
 
 #[test]
@@ -520,7 +539,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
         format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\n"),
     )
     .unwrap();
-    let bundle = bundle(&dir, b"not really images");
+    let (bundle, sha256) = bundle(&dir, b"not really images");
     let (path, log) = fake_docker("sentinel");
     let run = |args: &[&str]| {
         let output = xtask(args)
@@ -538,7 +557,11 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
     for task in TASKS {
         let mut args: Vec<&str> = task
             .iter()
-            .map(|a| if *a == "BUNDLE" { bundle.to_str().unwrap() } else { a })
+            .map(|a| match *a {
+                "BUNDLE" => bundle.to_str().unwrap(),
+                "SHA256" => sha256.as_str(),
+                _ => a,
+            })
             .collect();
         if task[0] == "prod" {
             args.extend(["--env-file", env_file.to_str().unwrap()]);
