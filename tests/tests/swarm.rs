@@ -1,7 +1,9 @@
 //! `cargo xtask prod deploy --swarm` for real, on a one-node swarm: by digest from a registry,
 //! a version the registry lacks refused before anything changes, no password in any service
-//! or container, and a version whose server cannot start rolled back by swarm while a steady
-//! load sees no failed request and every acknowledged insert stays readable.
+//! or container, a version whose server cannot start rolled back by swarm, and an update to a
+//! new version that keeps the database and proxy running, each under a steady load that sees
+//! no failed request and whose every acknowledged insert stays readable; and a stack of a dead
+//! test run reaped.
 //!
 //! A test binary of its own, so that no other test's containers run while it turns swarm mode
 //! on and off: the engine's `swarm init` and `swarm leave` break the name resolution of
@@ -170,30 +172,82 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         );
         assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
         assert!(load.inserted.len() > 10, "the load ran: {}", load.inserted.len());
-        // Read from the table itself: a search is approximate (HNSW) and may miss a row.
-        let db = docker(&[
-            "ps",
-            "--quiet",
-            "--filter",
-            &format!("label=com.docker.swarm.service.name={stack}_db"),
-        ]);
-        let ids = docker(&[
-            "exec",
-            &db,
-            "psql",
-            "-U",
-            "memories",
-            "-d",
-            "memories",
-            "-At",
-            "-c",
-            "SELECT id FROM memories",
-        ]);
-        let ids: std::collections::BTreeSet<i64> =
-            ids.lines().map(|l| l.parse().unwrap()).collect();
+        let stored = || -> std::collections::BTreeSet<i64> {
+            // Read from the table itself: a search is approximate (HNSW) and may miss a row.
+            let db = docker(&[
+                "ps",
+                "--quiet",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={stack}_db"),
+            ]);
+            let ids = docker(&[
+                "exec",
+                &db,
+                "psql",
+                "-U",
+                "memories",
+                "-d",
+                "memories",
+                "-At",
+                "-c",
+                "SELECT id FROM memories",
+            ]);
+            ids.lines().map(|l| l.parse().unwrap()).collect()
+        };
+        let ids = stored();
         for (id, _) in &load.inserted {
             assert!(ids.contains(id), "acknowledged insert {id} is in the table");
         }
+
+        // An update to a version whose server changed and whose database and proxy only got
+        // new labels (as every release labels every image), under a steady load: the servers
+        // are replaced one at a time, the database and the proxy keep running, no request fails.
+        let next = format!("{version}.post9");
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&stack);
+        std::fs::create_dir_all(&dir).unwrap();
+        for image in ["server", "db", "proxy"] {
+            let mut dockerfile = format!(
+                "FROM {namespace}/{image}:{version}\n\
+                 LABEL org.opencontainers.image.version=\"{next}\"\n"
+            );
+            if image == "server" {
+                dockerfile += &format!("ENV MEMORIES_RELEASE=\"{next}\"\n");
+            }
+            std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+            let tag = format!("{namespace}/{image}:{next}");
+            docker(&["build", "--quiet", "--tag", &tag, dir.to_str().unwrap()]);
+            docker(&["push", "--quiet", &tag]);
+        }
+        let image_of = |service: &str| -> String {
+            let statuses = status();
+            let found = statuses.as_array().unwrap().iter().find(|s| s["service"] == service);
+            found.unwrap()["image"].as_str().unwrap().to_owned()
+        };
+        let (db_before, proxy_before) =
+            (image_of(&format!("{stack}_db")), image_of(&format!("{stack}_proxy")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = steady_load(port, stop.clone());
+        std::thread::sleep(Duration::from_secs(2));
+        let updated = deploy(&["--registry", &namespace, "--version", &next], &[]);
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::SeqCst);
+        let load = load.join().unwrap();
+        assert!(updated.status.success(), "{}", stderr(&updated));
+        for kept in ["db", "proxy"] {
+            let said = format!("{kept}: {namespace}/{kept}:{next}@");
+            assert!(stderr(&updated).contains(&said), "{kept} is kept: {}", stderr(&updated));
+        }
+        assert!(image_of(&format!("{stack}_server")).contains(&format!("/server:{next}@sha256:")));
+        assert_eq!(image_of(&format!("{stack}_db")), db_before, "the database was not restarted");
+        assert_eq!(image_of(&format!("{stack}_proxy")), proxy_before);
+        eprintln!("{} requests during the update, {} failed", load.requests, load.failed.len());
+        assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
+        assert!(load.inserted.len() > 10, "the load ran: {}", load.inserted.len());
+        let ids = stored();
+        for (id, _) in &load.inserted {
+            assert!(ids.contains(id), "acknowledged insert {id} is in the table");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");

@@ -180,8 +180,26 @@ fn deploy_swarm(
     // One read of the definition: the images to deploy come from it, and it is what deploys.
     let merged = stack::merged_definition(stack)?;
     let model = Model::from_definition(&merged)?;
-    let images = swarm::resolve_images(stack, &model, revision, source)?;
+    let mut images = swarm::resolve_images(stack, &model, revision, source)?;
+    swarm::keep_unchanged(&stack.root, name, &mut images)?;
     let deployment = swarm::deployment(stack, merged, name, &images)?;
+    apply(stack, name, &deployment, source, timeout)?;
+    say!(
+        "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \
+         remove it with `docker stack rm {name}`"
+    );
+    Ok(())
+}
+
+/// Deploys `deployment` as stack `name`: its secrets first, then `docker stack deploy`, then
+/// waits until every service has converged, then prunes the secrets no spec uses.
+pub fn apply(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
     swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
     let file = swarm_file(stack, name);
     let dir = file.parent().expect("the swarm file has a directory");
@@ -196,10 +214,6 @@ fn deploy_swarm(
     for secret in swarm::prune_secrets(&stack.root, name)? {
         say!("removed secret {secret}: no current or previous spec uses it");
     }
-    say!(
-        "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \
-         remove it with `docker stack rm {name}`"
-    );
     Ok(())
 }
 
@@ -269,6 +283,10 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                 )),
             };
             plan.note(
+                "keeps the running image of each service whose new image has the same layers \
+                 and run settings (only labels differ), so that service is not restarted",
+            )
+            .note(
                 "creates each Docker secret the definition names that does not exist yet \
                  (`<stack>_<secret>_<hash of its content>`, the value on stdin)",
             )

@@ -268,6 +268,66 @@ pub fn resolve_images(
     Ok(resolved)
 }
 
+/// What of an image decides what runs, per platform: its layers and its run settings, without
+/// what a rebuild of the same content changes (its labels, creation time and history). `None`
+/// for an answer that is not an image index.
+fn content(inspected: &Value) -> Option<Value> {
+    let index = release::read_index(inspected).ok()?;
+    let single = index.platforms.len() == 1;
+    let mut platforms = serde_json::Map::new();
+    for platform in index.platforms.keys() {
+        // With one image in the index, `.Image` is that image's config rather than a map.
+        let image = match inspected["image"].get(platform) {
+            Some(image) => image,
+            None if single => &inspected["image"],
+            None => return None,
+        };
+        let mut config = image["config"].clone();
+        config.as_object_mut()?.remove("Labels");
+        platforms.insert(platform.clone(), json!({"config": config, "rootfs": image["rootfs"]}));
+    }
+    (!platforms.is_empty()).then_some(Value::Object(platforms))
+}
+
+/// Where the deploy would give a running service of stack `name` an image of the same content
+/// (the same layers and run settings: every release labels every image with its version, so
+/// an unchanged database gets a new digest all the same), keeps the running image, so that the
+/// service is not restarted: a database stopped for a label would fail requests. Returns the
+/// services kept.
+pub fn keep_unchanged(
+    root: &Utf8Path,
+    name: &str,
+    images: &mut BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    let running: BTreeMap<String, String> = inspect_services(root, name)?
+        .iter()
+        .filter_map(|service| {
+            let spec = &service["Spec"];
+            let service = spec["Name"].as_str()?.strip_prefix(&format!("{name}_"))?.to_owned();
+            Some((service, spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str()?.to_owned()))
+        })
+        .collect();
+    let remote = Registry::new(root, None);
+    let mut kept = Vec::new();
+    for (service, wanted) in images.iter_mut() {
+        let Some(current) = running.get(service) else { continue };
+        if current == wanted || !current.contains("@sha256:") || !wanted.contains("@sha256:") {
+            continue;
+        }
+        let Some(old) = remote.inspect(current)? else { continue };
+        let Some(new) = remote.inspect(wanted)? else { continue };
+        if content(&old).is_some() && content(&old) == content(&new) {
+            say!(
+                "{service}: {wanted} has the layers and settings of the running {current} (only \
+                 its labels differ): kept, not restarted"
+            );
+            *wanted = current.clone();
+            kept.push(service.clone());
+        }
+    }
+    Ok(kept)
+}
+
 /// Image name -> `repository:tag@digest`, from a `cargo xtask release --json` output.
 fn read_release(file: &Utf8Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
@@ -647,6 +707,33 @@ mod tests {
         assert_eq!(swarm["services"]["proxy"]["deploy"]["resources"]["limits"]["cpus"], "0.5");
         assert_eq!(swarm["networks"]["default"], json!({}));
         assert_eq!(swarm["volumes"]["db-data"], json!({}));
+    }
+
+    #[test]
+    fn images_that_differ_only_in_labels_have_one_content() {
+        let image = |version: &str, layer: &str| {
+            json!({"created": version, "history": [{"created": version}],
+                   "config": {"Cmd": ["postgres"], "Labels": {"version": version}},
+                   "rootfs": {"type": "layers", "diff_ids": [layer]}})
+        };
+        let inspected = |amd64: Value, arm64: Value| {
+            let entry = |arch: &str| {
+                json!({"digest": format!("sha256:{arch}"),
+                                            "platform": {"os": "linux", "architecture": arch}})
+            };
+            json!({"manifest": {"digest": "sha256:i", "manifests": [entry("amd64"), entry("arm64")]},
+                   "image": {"linux/amd64": amd64, "linux/arm64": arm64}})
+        };
+        let a = inspected(image("0.1.0", "sha256:l1"), image("0.1.0", "sha256:l2"));
+        let b = inspected(image("0.2.0", "sha256:l1"), image("0.2.0", "sha256:l2"));
+        assert!(content(&a).is_some());
+        assert_eq!(content(&a), content(&b), "labels, times and history do not count");
+        let changed = inspected(image("0.2.0", "sha256:l1"), image("0.2.0", "sha256:l3"));
+        assert_ne!(content(&a), content(&changed), "a layer of one platform counts");
+        let mut settings = b.clone();
+        settings["image"]["linux/amd64"]["config"]["Cmd"] = json!(["sh"]);
+        assert_ne!(content(&a), content(&settings), "run settings count");
+        assert_eq!(content(&json!({"manifest": {}})), None);
     }
 
     #[test]
