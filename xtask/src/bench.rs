@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: each measurement against a peer in the same run, interleaved, reported
 //! as a ratio, so that the figure does not depend on how fast this machine is today.
 
+mod deploy;
 mod devloop;
 
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crate::release;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
+pub use deploy::deploy;
 pub use devloop::devloop;
 
 /// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same

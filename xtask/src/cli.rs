@@ -692,6 +692,18 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Requests that fail, and their p99 latency, during an update of the prod stack on a
+    /// swarm from version A to B under 50 requests a second through the proxy: `prod deploy
+    /// --swarm` against a `docker stack deploy` of the same images without our update settings,
+    /// interleaved. Starts a one-node swarm if the engine is in none (and leaves it after).
+    Deploy {
+        /// Updates of each side (each is a fresh stack: minutes).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Warm start: `cargo xtask --help` against `docker compose --help`, interleaved.
     Startup {
         /// Timed runs of each side (after one warm-up run each).

@@ -99,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(Bench::Release { runs, json }) => (bench::release(&root, runs)?, json),
                 Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
                 Some(Bench::Devloop { runs, json }) => (bench::devloop(&root, runs)?, json),
+                Some(Bench::Deploy { runs, json }) => (bench::deploy(&root, runs)?, json),
             };
             report.print(json);
             Ok(())

@@ -1,0 +1,371 @@
+//! `cargo xtask bench deploy`: requests that fail, and how slow they get, during an update of
+//! the production stack on Docker Swarm from version A to version B under a steady load
+//! through the proxy. Ours is `cargo xtask prod deploy --swarm` (start-first servers, healthcheck
+//! gated; services whose image content did not change keep running); the peer is the same
+//! images deployed the naive way: `docker stack deploy` of the same definition without our
+//! update settings (swarm's defaults: stop-first, one task at a time) and with every service
+//! moved to B's image.
+//!
+//! B is A with new version labels on every image and, for the server only, a changed setting:
+//! what a release that changed the server looks like.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::Value;
+
+use super::{Report, Side, free_port};
+use crate::image::{self, BuildRequest, ImageName};
+use crate::plan::{self, Step};
+use crate::registry::Throwaway;
+use crate::services::Model;
+use crate::stack::{self, Mode, Stack};
+use crate::version::Revision;
+use crate::{docker, prod, swarm};
+
+/// Requests per second of the load, alternating inserts and searches.
+const RATE: u32 = 50;
+/// A request that takes longer than this has failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const VERSION_A: &str = "1.0.0";
+const VERSION_B: &str = "1.0.1";
+const DIMENSIONS: usize = 384;
+
+/// What one request saw.
+struct Outcome {
+    latency: Duration,
+    failure: Option<String>,
+}
+
+/// The load of one update: every request sent while it ran.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ticker: JoinHandle<Vec<Outcome>>,
+}
+
+impl Load {
+    /// Sends [`RATE`] requests a second to the proxy on `port`, each on a thread of its own,
+    /// so that a stalled request never holds back the next.
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let ticker = std::thread::spawn(move || {
+            let (sender, results) = mpsc::channel();
+            let started = Instant::now();
+            let mut workers = Vec::new();
+            let mut n = 0u32;
+            while !stopped.load(Ordering::SeqCst) {
+                let sender = sender.clone();
+                workers.push(std::thread::spawn(move || {
+                    let _ = sender.send(one_request(port, n as usize));
+                }));
+                n += 1;
+                let next = started + Duration::from_secs_f64(f64::from(n) / f64::from(RATE));
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            drop(sender);
+            for worker in workers {
+                let _ = worker.join();
+            }
+            results.into_iter().collect()
+        });
+        Load { stop, ticker }
+    }
+
+    fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.ticker.join().unwrap_or_default()
+    }
+}
+
+/// The `n`th request: an insert for even `n`, a search for odd.
+fn one_request(port: u16, n: usize) -> Outcome {
+    let started = Instant::now();
+    let mut embedding = vec!["0".to_owned(); DIMENSIONS];
+    embedding[n % DIMENSIONS] = "1".into();
+    let result = if n % 2 == 0 {
+        let body =
+            format!("{{\"text\": \"bench deploy {n}\", \"embedding\": [{}]}}", embedding.join(","));
+        http(port, "POST", "/v1/memories", Some(&body))
+    } else {
+        let path = format!("/v1/memories/search?k=3&embedding={}", embedding.join(","));
+        http(port, "GET", &path, None)
+    };
+    let failure = match result {
+        Ok(status) if (200..300).contains(&status) => None,
+        Ok(status) => Some(format!("status {status}")),
+        Err(err) => Some(err),
+    };
+    Outcome { latency: started.elapsed(), failure }
+}
+
+/// One HTTP/1.1 request on its own connection; the answer's status.
+fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<u16, String> {
+    let mut stream = crate::wait::net::connect("127.0.0.1", port, REQUEST_TIMEOUT)?;
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| format!("request not sent: {e}"))?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("no answer: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| "the answer is not HTTP".to_owned())
+}
+
+/// Swarm mode for the benchmark: the engine's own when it is a manager, else one started here
+/// and left again at the end.
+struct Swarm {
+    root: Utf8PathBuf,
+    started: bool,
+}
+
+impl Swarm {
+    fn join(root: &Utf8Path) -> Result<Swarm> {
+        let state = docker::cli(root)
+            .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .quiet()
+            .read()
+            .context("cannot ask the engine about swarm mode")?;
+        if state.trim() == "active" {
+            return Ok(Swarm { root: root.to_owned(), started: false });
+        }
+        say!(
+            "starting a one-node swarm for the benchmark (left again at the end); containers on \
+             bridge networks, such as a dev stack, may lose their name resolution until recreated"
+        );
+        docker::cli(root).args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).run()?;
+        Ok(Swarm { root: root.to_owned(), started: true })
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = docker::cli(&self.root).args(["swarm", "leave", "--force"]).run_regardless();
+        }
+    }
+}
+
+/// A swarm stack of the benchmark, removed when dropped.
+struct BenchStack {
+    root: Utf8PathBuf,
+    name: String,
+}
+
+impl Drop for BenchStack {
+    fn drop(&mut self) {
+        let _ = docker::cli(&self.root).args(["stack", "rm", &self.name]).run_regardless();
+        // `stack rm` returns before the containers are gone; the next stack must not meet them.
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = docker::cli(&self.root)
+                .args(["ps", "--all", "--quiet", "--filter", &label])
+                .quiet()
+                .capture_regardless();
+            if left.is_ok_and(|c| c.stdout.trim().is_empty()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Pushes version A of the server, db and proxy images, as built here, and version B: A with
+/// new version labels, and for the server a changed setting.
+fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()> {
+    let revision = Revision::read(root)?;
+    let images = vec![ImageName::Server, ImageName::Db, ImageName::Proxy];
+    let request = BuildRequest { images, ..BuildRequest::default() };
+    let built = image::execute(&image::plan(root, &revision, &request))?;
+    for image in &built {
+        let a = format!("{namespace}/{}:{VERSION_A}", image.image);
+        docker::cli(root).args(["tag", &image.refs[0], &a]).run()?;
+        docker::cli(root).args(["push", "--quiet", &a]).run()?;
+        let mut dockerfile =
+            format!("FROM {a}\nLABEL org.opencontainers.image.version=\"{VERSION_B}\"\n");
+        if image.image == ImageName::Server {
+            dockerfile += &format!("ENV MEMORIES_RELEASE=\"{VERSION_B}\"\n");
+        }
+        std::fs::write(work.join("Dockerfile"), dockerfile)
+            .with_context(|| format!("cannot write a Dockerfile in {work}"))?;
+        let b = format!("{namespace}/{}:{VERSION_B}", image.image);
+        docker::cli(root).args(["build", "--quiet", "--tag", &b, work.as_str()]).run()?;
+        docker::cli(root).args(["push", "--quiet", &b]).run()?;
+    }
+    Ok(())
+}
+
+/// The prod stack `name` on the proxy port `port`, its password in `env_file`.
+fn prod_stack(root: &Utf8Path, name: &str, port: u16, env_file: &Utf8Path) -> Stack {
+    let tag = Revision::read(root).map(|r| stack::tag(&r)).unwrap_or_default();
+    let mut stack = Stack::new(root, Mode::Prod, name.to_owned(), &[], tag);
+    stack.env_files = vec![env_file.to_owned()];
+    stack.vars = vec![("PROXY_PORT".to_owned(), port.to_string())];
+    stack
+}
+
+/// `cargo xtask prod deploy --swarm` of `version`, as a user runs it.
+fn ours(
+    root: &Utf8Path,
+    name: &str,
+    port: u16,
+    env_file: &Utf8Path,
+    namespace: &str,
+    version: &str,
+) -> Result<()> {
+    Step::new(&plan::this_xtask()?, root)
+        .args(["prod", "deploy", "--swarm", "--stack", name, "--registry", namespace])
+        .args(["--version", version, "--env-file", env_file.as_str(), "--timeout", "300s"])
+        .env("PROXY_PORT", &port.to_string())
+        .run()
+        .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
+}
+
+/// The naive update to version B: every service moved to B's image, deployed with swarm's
+/// default update settings.
+fn naive(
+    root: &Utf8Path,
+    name: &str,
+    port: u16,
+    env_file: &Utf8Path,
+    namespace: &str,
+) -> Result<()> {
+    let stack = prod_stack(root, name, port, env_file);
+    let revision = Revision::read(root)?;
+    let merged = stack::merged_definition(&stack)?;
+    let model = Model::from_definition(&merged)?;
+    let source =
+        swarm::Source::Registry { registry: namespace.to_owned(), version: VERSION_B.to_owned() };
+    let images = swarm::resolve_images(&stack, &model, &revision, &source)?;
+    let mut deployment = swarm::deployment(&stack, merged, name, &images)?;
+    if let Some(services) = deployment.definition["services"].as_object_mut() {
+        for service in services.values_mut() {
+            if let Some(deploy) = service.get_mut("deploy").and_then(Value::as_object_mut) {
+                deploy.remove("update_config");
+                deploy.remove("rollback_config");
+            }
+        }
+    }
+    prod::apply(&stack, name, &deployment, &source, Duration::from_secs(300))
+}
+
+/// Runs `update` under the load and returns what the load saw.
+fn under_load(port: u16, update: impl FnOnce() -> Result<()>) -> Result<Vec<Outcome>> {
+    let load = Load::start(port);
+    std::thread::sleep(Duration::from_secs(2));
+    let updated = update();
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = load.finish();
+    updated.map(|()| outcomes)
+}
+
+fn p99(outcomes: &[Outcome]) -> Duration {
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    latencies.sort();
+    match latencies.len() {
+        0 => Duration::ZERO,
+        n => latencies[(n * 99).div_ceil(100) - 1],
+    }
+}
+
+pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
+    docker::require_cli()?;
+    let work = root.join(format!("target/xtask/bench-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {work}"))?;
+    let result = (|| {
+        let _swarm = Swarm::join(root)?;
+        let registry = Throwaway::start(root)?;
+        let namespace = format!("{}/bench-deploy", registry.address);
+        push_versions(root, &namespace, &work)?;
+        let env_file = work.join("secrets.env");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        stack::write_mode(
+            &env_file,
+            format!("POSTGRES_PASSWORD=bench-{nanos:x}\n").as_bytes(),
+            0o600,
+        )?;
+        let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+        for run in 1..=runs {
+            for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+                let name = format!("membench{side}r{run}p{}", std::process::id());
+                let _stack = BenchStack { root: root.to_owned(), name: name.clone() };
+                let port = free_port()?;
+                say!("run {run}/{runs}: {} deploys {VERSION_A}", ["ours", "naive"][side]);
+                ours(root, &name, port, &env_file, &namespace, VERSION_A)?;
+                say!(
+                    "run {run}/{runs}: {} update to {VERSION_B} under load",
+                    ["ours", "naive"][side]
+                );
+                let outcomes = under_load(port, || match side {
+                    0 => ours(root, &name, port, &env_file, &namespace, VERSION_B),
+                    _ => naive(root, &name, port, &env_file, &namespace),
+                })?;
+                seen[side].extend(outcomes);
+            }
+        }
+        registry.untag_local(&namespace);
+        let [ours_seen, naive_seen] = seen;
+        let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
+        let first_failure = naive_seen.iter().find_map(|o| o.failure.clone());
+        let note = format!(
+            "failed requests: ours {} of {}, naive {} of {}{}; p99 latency: ours {:.0} ms, naive \
+             {:.0} ms ({RATE} requests/s through the proxy, a request fails on a non-2xx answer, \
+             an error or {}s without one)",
+            failed(&ours_seen),
+            ours_seen.len(),
+            failed(&naive_seen),
+            naive_seen.len(),
+            first_failure.map_or(String::new(), |f| format!(" (e.g. {f})")),
+            super::ms(p99(&ours_seen)),
+            super::ms(p99(&naive_seen)),
+            REQUEST_TIMEOUT.as_secs()
+        );
+        let latencies = |o: &[Outcome]| o.iter().map(|o| o.latency).collect::<Vec<_>>();
+        Ok(Report {
+            name: "deploy",
+            ours: Side::new("request latency, prod deploy (ours)", latencies(&ours_seen)),
+            peer: Side::new("request latency, naive stack deploy", latencies(&naive_seen)),
+            others: Vec::new(),
+            note: Some(note),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_is_the_nearest_rank() {
+        let outcomes: Vec<Outcome> = (1..=200)
+            .map(|ms| Outcome { latency: Duration::from_millis(ms), failure: None })
+            .collect();
+        assert_eq!(p99(&outcomes), Duration::from_millis(198));
+        assert_eq!(p99(&[]), Duration::ZERO);
+    }
+}
