@@ -8,11 +8,39 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import uvicorn
 
 from . import __version__, config, db
 from .api import create_app
+
+
+class DrainingServer(uvicorn.Server):
+    """Goes on serving for `delay` seconds after the first SIGTERM or SIGINT, then shuts down.
+
+    Behind a proxy that resolves the server's name itself (nginx with `resolver ... valid=5s`,
+    Docker's round-robin DNS), a replica that swarm is replacing has left DNS but may still be in
+    a proxy's cache: closing at once would turn those requests into refused connections and
+    connect timeouts. A second signal shuts down at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, delay: float) -> None:
+        super().__init__(config)
+        self.delay = delay
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+        if self.delay <= 0 or self.draining:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        logging.getLogger("memories").info(
+            "signal %d: serving for %gs more, then shutting down", sig, self.delay
+        )
+        timer = threading.Timer(self.delay, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
 
 
 def main() -> int:
@@ -30,13 +58,14 @@ def main() -> int:
     except (config.ConfigError, db.DatabaseError) as err:
         print(f"memories: error: {err}", file=sys.stderr)
         return 1
-    uvicorn.run(
+    server_config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=1,
         access_log=False,
     )
+    DrainingServer(server_config, settings.shutdown_delay).run()
     return 0
 
 

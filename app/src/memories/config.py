@@ -31,6 +31,8 @@ class Settings:
     db_wait_timeout: float
     request_timeout: float
     cache_ttl: int
+    # Seconds to go on serving after SIGTERM before shutting down (0: at once).
+    shutdown_delay: float
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -56,6 +58,19 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def _delay(env: dict[str, str], name: str) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 300:
+        raise ConfigError(f"{name}={raw!r} is out of range: use 0 to 300 seconds")
     return value
 
 
@@ -123,4 +138,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         db_wait_timeout=_float(env, "DB_WAIT_TIMEOUT", 30.0),
         request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 3.0),
         cache_ttl=_int(env, "CACHE_TTL", 300, 1, 86400),
+        shutdown_delay=_delay(env, "SHUTDOWN_DELAY"),
     )
