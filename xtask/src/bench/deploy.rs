@@ -280,6 +280,21 @@ fn under_load(port: u16, update: impl FnOnce() -> Result<()>) -> Result<Vec<Outc
     updated.map(|()| outcomes)
 }
 
+/// ` (N reason, M reason)`: why requests failed, most common first; empty when none did.
+fn reasons(outcomes: &[Outcome]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for failure in outcomes.iter().filter_map(|o| o.failure.as_deref()) {
+        *counts.entry(failure).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    if counts.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = counts.iter().map(|(why, n)| format!("{n} {why}")).collect();
+    format!(" ({})", shown.join(", "))
+}
+
 fn p99(outcomes: &[Outcome]) -> Duration {
     let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
     latencies.sort();
@@ -329,16 +344,16 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         registry.untag_local(&namespace);
         let [ours_seen, naive_seen] = seen;
         let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
-        let first_failure = naive_seen.iter().find_map(|o| o.failure.clone());
         let note = format!(
-            "failed requests: ours {} of {}, naive {} of {}{}; p99 latency: ours {:.0} ms, naive \
-             {:.0} ms ({RATE} requests/s through the proxy, a request fails on a non-2xx answer, \
-             an error or {}s without one)",
+            "failed requests: ours {} of {}{}, naive {} of {}{}; p99 latency: ours {:.0} ms, \
+             naive {:.0} ms ({RATE} requests/s through the proxy, a request fails on a non-2xx \
+             answer, an error or {}s without one)",
             failed(&ours_seen),
             ours_seen.len(),
+            reasons(&ours_seen),
             failed(&naive_seen),
             naive_seen.len(),
-            first_failure.map_or(String::new(), |f| format!(" (e.g. {f})")),
+            reasons(&naive_seen),
             super::ms(p99(&ours_seen)),
             super::ms(p99(&naive_seen)),
             REQUEST_TIMEOUT.as_secs()
