@@ -291,21 +291,12 @@ pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> 
     each(&["service", "rm"], &leftovers.services);
     // Swarm stops a removed service's tasks after `service rm` returns; their network can go
     // only once they have.
-    let tasks: Vec<String> = leftovers
-        .services
-        .iter()
-        .flat_map(|id| ["--filter".to_owned(), format!("label=com.docker.swarm.service.id={id}")])
-        .collect();
-    until_gone(root, when, &[&["ps", "--all", "--quiet"][..], &str_refs(&tasks)].concat());
+    let tasks = ["ps", "--all", "--quiet"];
+    until_gone(root, when, &tasks, "label=com.docker.swarm.service.id", &leftovers.services);
     each(&["rm", "--force", "--volumes"], &leftovers.containers);
     each(&["network", "rm"], &leftovers.networks);
     // A swarm network outlives its `network rm` for a moment, too.
-    let networks: Vec<String> = leftovers
-        .networks
-        .iter()
-        .flat_map(|id| ["--filter".to_owned(), format!("id={id}")])
-        .collect();
-    until_gone(root, when, &[&["network", "ls", "--quiet"][..], &str_refs(&networks)].concat());
+    until_gone(root, when, &["network", "ls", "--quiet"], "id", &leftovers.networks);
     each(&["volume", "rm", "--force"], &leftovers.volumes);
     each(&["secret", "rm"], &leftovers.secrets);
     each(&["image", "rm"], &leftovers.tags);
@@ -315,23 +306,21 @@ pub fn remove(root: &Utf8Path, leftovers: &Leftovers, when: When) -> Result<()> 
     Ok(())
 }
 
-fn str_refs(strings: &[String]) -> Vec<&str> {
-    strings.iter().map(String::as_str).collect()
-}
-
-/// Waits, at most a minute, until the docker listing `args` (filtered to what is being
-/// removed) lists nothing. A listing without a filter means there is nothing to wait for.
-fn until_gone(root: &Utf8Path, when: When, args: &[&str]) {
-    if !args.contains(&"--filter") {
+/// Waits, at most a minute, until the docker listing `list` filtered to `key=ID` for each of
+/// `ids` lists nothing.
+fn until_gone(root: &Utf8Path, when: When, list: &[&str], key: &str, ids: &[String]) {
+    if ids.is_empty() {
         return;
     }
+    let filters = ids.iter().flat_map(|id| ["--filter".to_owned(), format!("{key}={id}")]);
+    let listing = docker::cli(root).args(list.iter().copied()).args(filters);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         let stopped = match when {
             When::Before => interrupt::is_set(),
             When::Cleanup => interrupt::cleanup_abandoned(),
         };
-        let listed = query(docker::cli(root).args(args.iter().copied()), when);
+        let listed = query(listing.clone(), when);
         if stopped || listed.is_ok_and(|l| l.trim().is_empty()) {
             return;
         }
