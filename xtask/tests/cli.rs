@@ -460,7 +460,7 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
 }
 
 /// Every task that starts or changes something, as a user would call it.
-/// `BUNDLE` stands for a valid bundle's path.
+/// `BUNDLE` stands for a valid bundle's path, `SHA256` for its hash.
 const TASKS: [&[&str]; 24] = [
     &["dev"],
     &["dev", "up", "--profile", "cache", "--attach"],

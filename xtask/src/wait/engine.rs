@@ -267,6 +267,9 @@ pub fn wait(
                     seed,
                 );
                 let mut attempts = 0;
+                // What the last attempt that ran its course saw: one the deadline cut short
+                // says less (it saw nothing, for want of time), so the report keeps this.
+                let mut telling: Option<String> = None;
                 let cancelled = || options.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
                 loop {
                     let now = clock.now();
@@ -287,7 +290,14 @@ pub fn wait(
                         Attempt::Failed(error) => {
                             return report(Event::Failed { index, attempts, error });
                         }
-                        Attempt::NotYet(error) => report(Event::NotYet { index, attempts, error }),
+                        Attempt::NotYet(error) => {
+                            let error = match telling.take() {
+                                Some(earlier) if clock.now() >= deadline => earlier,
+                                _ => error,
+                            };
+                            telling = Some(error.clone());
+                            report(Event::NotYet { index, attempts, error });
+                        }
                     }
                     let now = clock.now();
                     if now >= deadline || stop.load(Ordering::SeqCst) || cancelled() {
@@ -511,6 +521,36 @@ mod tests {
         assert_eq!(outcome.reports[1].state, State::Ready);
         assert!(outcome.elapsed >= Duration::from_millis(300));
         assert!(outcome.elapsed < Duration::from_millis(330), "{:?}", outcome.elapsed);
+    }
+
+    /// Sees a telling refusal three times, then hangs until the deadline ends its attempt.
+    struct RefusesThenHangs<'a> {
+        attempts: u32,
+        clock: &'a FakeClock,
+    }
+
+    impl Check for RefusesThenHangs<'_> {
+        fn attempt(&mut self, timeout: Duration) -> Attempt {
+            self.attempts += 1;
+            if self.attempts <= 3 {
+                return Attempt::NotYet("the server asks for 2000000000 SCRAM iterations".into());
+            }
+            self.clock.sleep(timeout);
+            Attempt::NotYet("no complete answer within the attempt timeout".into())
+        }
+    }
+
+    #[test]
+    fn an_attempt_the_deadline_cut_short_does_not_hide_what_the_others_saw() {
+        let clock = FakeClock::default();
+        let check = RefusesThenHangs { attempts: 0, clock: &clock };
+        let checks: Vec<(String, Box<dyn Check + '_>)> = vec![("pg".into(), Box::new(check))];
+        let outcome = wait(checks, options(300), &clock, |_, _| {});
+        assert_eq!(outcome.verdict, Verdict::TimedOut);
+        let report = &outcome.reports[0];
+        assert_eq!(report.attempts, 4);
+        let last = report.last_error.as_deref().unwrap();
+        assert!(last.contains("SCRAM iterations"), "{last}");
     }
 
     #[test]
