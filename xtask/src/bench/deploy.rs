@@ -287,7 +287,7 @@ fn reasons(outcomes: &[Outcome]) -> String {
         *counts.entry(failure).or_default() += 1;
     }
     let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     if counts.is_empty() {
         return String::new();
     }
