@@ -166,7 +166,7 @@ impl Drop for Swarm {
     }
 }
 
-/// A swarm stack of the benchmark, removed when dropped.
+/// A swarm stack of the benchmark, removed with its volumes when dropped.
 struct BenchStack {
     root: Utf8PathBuf,
     name: String,
@@ -187,6 +187,16 @@ impl Drop for BenchStack {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+        // `stack rm` keeps volumes: the database's goes too.
+        let volumes = docker::cli(&self.root)
+            .args(["volume", "ls", "--quiet", "--filter", &label])
+            .quiet()
+            .capture_regardless();
+        let volumes = volumes.map(|c| c.stdout).unwrap_or_default();
+        if !volumes.trim().is_empty() {
+            let remove = docker::cli(&self.root).args(["volume", "rm", "--force"]);
+            let _ = remove.args(volumes.split_whitespace()).quiet().capture_regardless();
         }
     }
 }
