@@ -162,6 +162,9 @@ impl Drop for Swarm {
     fn drop(&mut self) {
         if self.started {
             let _ = docker::cli(&self.root).args(["swarm", "leave", "--force"]).run_regardless();
+            // `swarm init` made it, and `swarm leave` keeps it.
+            let gateway = docker::cli(&self.root).args(["network", "rm", "docker_gwbridge"]);
+            let _ = gateway.quiet().capture_regardless();
         }
     }
 }
