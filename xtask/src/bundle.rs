@@ -296,32 +296,44 @@ fn bundle_index(mut index: Value, metadata: &Value) -> Result<Value> {
 /// `index.json` rewritten by [`bundle_index`] and the metadata first (so a reader finds them
 /// without reading the blobs), then every other entry as it is.
 fn write_bundle(archive: &Utf8Path, path: &Utf8Path, metadata: &Value) -> Result<()> {
-    let index = read_entry(archive, INDEX)?
-        .with_context(|| format!("docker save wrote no {INDEX} into {archive}"))?;
+    let [index] = read_entries(archive, [INDEX])?;
+    let index = index.with_context(|| format!("docker save wrote no {INDEX} into {archive}"))?;
     let index: Value =
         serde_json::from_slice(&index).with_context(|| format!("{INDEX} of {archive}"))?;
     let index = bundle_index(index, metadata)?;
     let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
-    let written = (|| -> io::Result<File> {
-        let mut tar = tar::Builder::new(io::BufWriter::new(file));
-        for (name, value) in [(INDEX, &index), (METADATA, metadata)] {
-            let text = serde_json::to_vec_pretty(value).expect("JSON serialises");
-            tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
-        }
-        let mut source = tar::Archive::new(BufReader::new(File::open(archive)?));
-        for entry in source.entries()? {
-            let mut entry = entry?;
-            let name = entry.path()?.into_owned();
-            if [INDEX, METADATA].iter().any(|n| name.as_os_str() == *n) {
-                continue;
-            }
-            let mut head = entry.header().clone();
-            tar.append_data(&mut head, &name, &mut entry)?;
-        }
-        tar.into_inner()?.into_inner().map_err(io::IntoInnerError::into_error)
-    })();
-    let file = written.with_context(|| format!("cannot write {path} from {archive}"))?;
+    let front = [(INDEX, &index), (METADATA, metadata)];
+    let written = copy_layout(archive, io::BufWriter::new(file), &front, &[INDEX, METADATA])
+        .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error));
+    let file = written.map_err(|e| interrupted(anyhow!(e)));
+    let file = file.with_context(|| format!("cannot write {path} from {archive}"))?;
     file.sync_all().with_context(|| format!("cannot write {path}"))
+}
+
+/// Writes to `sink` a tar of the `front` entries (JSON documents), then every entry of the tar
+/// file `source` but those named in `skip`, as it is. Stops on Ctrl-C.
+fn copy_layout<W: Write>(
+    source: &Utf8Path,
+    sink: W,
+    front: &[(&str, &Value)],
+    skip: &[&str],
+) -> io::Result<W> {
+    let mut tar = tar::Builder::new(sink);
+    for (name, value) in front {
+        let text = serde_json::to_vec_pretty(value).expect("JSON serialises");
+        tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
+    }
+    let mut archive = tar::Archive::new(BufReader::new(File::open(source)?));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        if skip.iter().any(|n| name.as_os_str() == *n) {
+            continue;
+        }
+        let mut head = entry.header().clone();
+        tar.append_data(&mut head, &name, &mut Interruptible(&mut entry))?;
+    }
+    tar.into_inner()
 }
 
 fn header(size: u64) -> tar::Header {
@@ -332,19 +344,28 @@ fn header(size: u64) -> tar::Header {
     header
 }
 
-/// The bytes of the entry `name` of the tar file at `path`, if it has one.
-fn read_entry(path: &Utf8Path, name: &str) -> Result<Option<Vec<u8>>> {
+/// The bytes of each entry of the tar file at `path` named in `names`, where it has one; the
+/// reading stops once every one is found.
+fn read_entries<const N: usize>(path: &Utf8Path, names: [&str; N]) -> Result<[Option<Vec<u8>>; N]> {
+    let mut found: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
     let reader = File::open(path).with_context(|| format!("cannot open {path}"))?;
     let mut archive = tar::Archive::new(BufReader::new(reader));
     for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
         let mut entry = entry.with_context(|| format!("cannot read {path}"))?;
-        if entry.path_bytes().as_ref() == name.as_bytes() {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {path}"))?;
-            return Ok(Some(bytes));
+        let Some(at) = names.iter().position(|n| entry.path_bytes().as_ref() == n.as_bytes())
+        else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {} of {path}", names[at]))?;
+        found[at] = Some(bytes);
+        if found.iter().all(Option::is_some) {
+            break;
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
@@ -396,8 +417,8 @@ fn interrupted(err: anyhow::Error) -> anyhow::Error {
     if interrupt::is_set() { interrupt::Interrupted.into() } else { err }
 }
 
-/// What a bundle says of itself: its `index.json` and its metadata, checked against each
-/// other.
+/// What a bundle says of itself, checked: its metadata, and its `index.json` cut down to the
+/// entries the metadata names.
 struct Layout {
     index: Value,
     metadata: Value,
@@ -406,8 +427,8 @@ struct Layout {
 impl Layout {
     /// Reads both (the first two entries of a bundle `images save` wrote, else anywhere in
     /// the file) and checks them: the format, at least one image, and every ref of the
-    /// metadata in the index with the digest the metadata gives.
-    /// `shown` is the file's name in errors (`file` may be a private copy of it).
+    /// metadata in the index with the digest the metadata gives. `shown` is the file's name in
+    /// errors (`file` may be a private copy of it).
     fn read(file: &Utf8Path, shown: &Utf8Path) -> Result<Layout> {
         let damaged = |what: String| {
             anyhow!(
@@ -415,32 +436,18 @@ impl Layout {
                  again with `cargo xtask images save`"
             )
         };
-        let reader = File::open(file).with_context(|| format!("cannot open {file}"))?;
-        let mut archive = tar::Archive::new(BufReader::new(reader));
-        let (mut index, mut metadata) = (None, None);
-        for entry in archive.entries().map_err(|e| damaged(e.to_string()))? {
-            let mut entry = entry.map_err(|e| damaged(e.to_string()))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let slot = match name.as_str() {
-                INDEX => &mut index,
-                METADATA => &mut metadata,
-                _ => continue,
-            };
-            let mut text = Vec::new();
-            entry.read_to_end(&mut text).map_err(|e| damaged(format!("{name}: {e}")))?;
-            let value: Value =
-                serde_json::from_slice(&text).map_err(|e| damaged(format!("{name}: {e}")))?;
-            *slot = Some(value);
-            if index.is_some() && metadata.is_some() {
-                break;
-            }
-        }
-        let index = index.ok_or_else(|| damaged(format!("it has no {INDEX}")))?;
-        let metadata = metadata.ok_or_else(|| damaged(format!("it has no {METADATA}")))?;
+        let [index, metadata] = read_entries(file, [INDEX, METADATA])
+            .map_err(|e| damaged(format!("{:#}", e.root_cause())))?;
+        let parse = |name: &str, bytes: Option<Vec<u8>>| -> Result<Value> {
+            let bytes = bytes.ok_or_else(|| damaged(format!("it has no {name}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{name}: {e}")))
+        };
+        let (mut index, metadata) = (parse(INDEX, index)?, parse(METADATA, metadata)?);
         if metadata["format"] != FORMAT {
             return Err(damaged(format!("{METADATA} is not {FORMAT}")));
         }
-        wanted_entries(&index, &metadata).map_err(|e| damaged(format!("{e:#}")))?;
+        let wanted = wanted_entries(&index, &metadata).map_err(|e| damaged(format!("{e:#}")))?;
+        index["manifests"] = Value::Array(wanted);
         Ok(Layout { index, metadata })
     }
 }
@@ -472,26 +479,9 @@ fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
 /// down to the entries the metadata names, without the metadata and without docker's own
 /// tag list (whose tags are not checked), every blob as it is.
 fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<()> {
-    let wanted = wanted_entries(&layout.index, &layout.metadata)?;
-    let mut index = layout.index.clone();
-    index["manifests"] = Value::Array(wanted);
-    let written = (|| -> io::Result<()> {
-        let mut tar = tar::Builder::new(sink);
-        let mut source = tar::Archive::new(BufReader::new(File::open(file)?));
-        for entry in source.entries()? {
-            let mut entry = entry?;
-            let name = entry.path()?.into_owned();
-            if name.as_os_str() == INDEX {
-                let text = serde_json::to_vec(&index).expect("JSON serialises");
-                tar.append_data(&mut header(text.len() as u64), INDEX, text.as_slice())?;
-            } else if ![METADATA, DOCKER_MANIFEST].iter().any(|n| name.as_os_str() == *n) {
-                let mut head = entry.header().clone();
-                let mut checked = Interruptible(&mut entry);
-                tar.append_data(&mut head, &name, &mut checked)?;
-            }
-        }
-        tar.into_inner()?.flush()
-    })();
+    let skip = [INDEX, METADATA, DOCKER_MANIFEST];
+    let written =
+        copy_layout(file, sink, &[(INDEX, &layout.index)], &skip).and_then(|mut out| out.flush());
     written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
 }
 
@@ -677,7 +667,8 @@ mod tests {
         let refused = |asked: Value| {
             let bundle = dir.join("bundle.tar");
             // Written by hand: write_bundle refuses these itself.
-            let index = read_entry(&saved, INDEX).unwrap().unwrap();
+            let [index] = read_entries(&saved, [INDEX]).unwrap();
+            let index = index.unwrap();
             let mut tar = tar::Builder::new(File::create(&bundle).unwrap());
             for (name, bytes) in
                 [(INDEX, index.clone()), (METADATA, asked.to_string().into_bytes())]
