@@ -24,6 +24,7 @@ use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::interrupt;
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
+use crate::reap::{Owner, RunId};
 use crate::version::Revision;
 
 pub const FORMAT: &str = "memories-bundle/2";
@@ -500,20 +501,36 @@ impl<R: Read> Read for Interruptible<R> {
 /// A directory only this user can enter, removed with everything in it when dropped.
 struct PrivateDir(Utf8PathBuf);
 
+const PRIVATE_PREFIX: &str = "xtask-bundle-";
+
 impl PrivateDir {
+    /// `xtask-bundle-<run id of this process>` in the temporary directory, after removing the
+    /// ones of processes that are gone: a load killed with `kill -9` leaves its copy of a
+    /// bundle (gigabytes) behind, and the next load takes it away.
     fn new() -> Result<PrivateDir> {
         use std::os::unix::fs::DirBuilderExt;
         let temp = Utf8PathBuf::try_from(std::env::temp_dir())
             .context("the temporary directory is not UTF-8")?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = temp.join(format!("xtask-bundle-{}-{nanos}", std::process::id()));
+        sweep_private_dirs(&temp);
+        let owner = RunId::of_process(std::process::id())
+            .context("cannot name a private directory: /proc is needed")?;
+        let dir = temp.join(format!("{PRIVATE_PREFIX}{owner}"));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create a private directory {dir}"))?;
         Ok(PrivateDir(dir))
+    }
+}
+
+/// Removes the private directories in `temp` whose process is gone.
+fn sweep_private_dirs(temp: &Utf8Path) {
+    let Ok(entries) = temp.read_dir_utf8() else { return };
+    for entry in entries.flatten() {
+        let owner = entry.file_name().strip_prefix(PRIVATE_PREFIX).and_then(RunId::parse);
+        if owner.is_some_and(|run| run.owner() == Owner::Gone) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -695,6 +712,21 @@ mod tests {
             err.contains("not a complete memories bundle") && err.contains("nothing was loaded"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn private_copies_of_processes_that_are_gone_are_removed() {
+        let temp = scratch("sweep");
+        let ours = RunId::of_process(std::process::id()).unwrap().to_string();
+        // This machine's part of a run id, with a pid and start time no live process has.
+        let gone = format!("{}-4194000-1", &ours[..9]);
+        for name in [&ours, &gone, &"not-a-run".to_owned()] {
+            std::fs::create_dir_all(temp.join(format!("{PRIVATE_PREFIX}{name}/x"))).unwrap();
+        }
+        sweep_private_dirs(&temp);
+        assert!(temp.join(format!("{PRIVATE_PREFIX}{ours}")).exists(), "a live process keeps it");
+        assert!(!temp.join(format!("{PRIVATE_PREFIX}{gone}")).exists(), "a dead one's goes");
+        assert!(temp.join(format!("{PRIVATE_PREFIX}not-a-run")).exists(), "not ours: kept");
     }
 
     #[test]
