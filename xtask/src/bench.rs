@@ -426,11 +426,16 @@ pub fn median(samples: &[Duration]) -> Duration {
 
 /// The 90th percentile, by nearest rank.
 pub fn p90(samples: &[Duration]) -> Duration {
+    percentile(samples, 90)
+}
+
+/// The `pct`th percentile, by nearest rank.
+pub fn percentile(samples: &[Duration], pct: usize) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort();
     match sorted.len() {
         0 => Duration::ZERO,
-        n => sorted[(n * 9).div_ceil(10) - 1],
+        n => sorted[(n * pct).div_ceil(100) - 1],
     }
 }
 

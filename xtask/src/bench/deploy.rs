@@ -169,20 +169,78 @@ impl Drop for Swarm {
     }
 }
 
-/// A swarm stack of the benchmark, removed with its volumes when dropped.
-struct BenchStack {
-    root: Utf8PathBuf,
+/// One side's swarm stack: its name and proxy port, and where its images and its password
+/// come from; removed with its volumes when dropped.
+struct BenchStack<'a> {
+    root: &'a Utf8Path,
+    revision: &'a Revision,
+    /// The throwaway registry's namespace that holds both versions.
+    namespace: &'a str,
+    env_file: &'a Utf8Path,
     name: String,
+    port: u16,
 }
 
-impl Drop for BenchStack {
+impl BenchStack<'_> {
+    /// The prod stack on this side's proxy port, its password in the env file.
+    fn prod_stack(&self) -> Stack {
+        let tag = stack::tag(self.revision);
+        let mut stack = Stack::new(self.root, Mode::Prod, self.name.clone(), &[], tag);
+        stack.env_files = vec![self.env_file.to_owned()];
+        stack.vars = vec![("PROXY_PORT".to_owned(), self.port.to_string())];
+        stack
+    }
+
+    /// `cargo xtask prod deploy --swarm` of `version`, as a user runs it.
+    fn ours(&self, version: &str) -> Result<()> {
+        Step::new(&plan::this_xtask()?, self.root)
+            .args([
+                "prod",
+                "deploy",
+                "--swarm",
+                "--stack",
+                &self.name,
+                "--registry",
+                self.namespace,
+            ])
+            .args(["--version", version, "--env-file", self.env_file.as_str(), "--timeout", "300s"])
+            .env("PROXY_PORT", &self.port.to_string())
+            .run()
+            .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
+    }
+
+    /// The naive update to version B: every service moved to B's image, deployed with swarm's
+    /// default update settings.
+    fn naive(&self) -> Result<()> {
+        let stack = self.prod_stack();
+        let merged = stack::merged_definition(&stack)?;
+        let model = Model::from_definition(&merged)?;
+        let source = swarm::Source::Registry {
+            registry: self.namespace.to_owned(),
+            version: VERSION_B.to_owned(),
+        };
+        let images = swarm::resolve_images(&stack, &model, self.revision, &source)?;
+        let mut deployment = swarm::deployment(&stack, merged, &self.name, &images)?;
+        if let Some(services) = deployment.definition["services"].as_object_mut() {
+            for service in services.values_mut() {
+                if let Some(deploy) = service.get_mut("deploy").and_then(Value::as_object_mut) {
+                    deploy.remove("update_config");
+                    deploy.remove("rollback_config");
+                }
+            }
+        }
+        prod::apply(&stack, &self.name, &deployment, &source, Duration::from_secs(300))
+    }
+}
+
+impl Drop for BenchStack<'_> {
     fn drop(&mut self) {
-        let _ = docker::cli(&self.root).args(["stack", "rm", &self.name]).run_regardless();
+        let _ = docker::cli(self.root).args(["stack", "rm", &self.name]).run_regardless();
         // `stack rm` returns before the containers are gone; the next stack must not meet them.
         let label = format!("label=com.docker.stack.namespace={}", self.name);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let left = docker::cli(&self.root)
+            let left = docker::cli(self.root)
                 .args(["ps", "--all", "--quiet", "--filter", &label])
                 .quiet()
                 .capture_regardless();
@@ -192,13 +250,13 @@ impl Drop for BenchStack {
             std::thread::sleep(Duration::from_millis(500));
         }
         // `stack rm` keeps volumes: the database's goes too.
-        let volumes = docker::cli(&self.root)
+        let volumes = docker::cli(self.root)
             .args(["volume", "ls", "--quiet", "--filter", &label])
             .quiet()
             .capture_regardless();
         let volumes = volumes.map(|c| c.stdout).unwrap_or_default();
         if !volumes.trim().is_empty() {
-            let remove = docker::cli(&self.root).args(["volume", "rm", "--force"]);
+            let remove = docker::cli(self.root).args(["volume", "rm", "--force"]);
             let _ = remove.args(volumes.split_whitespace()).quiet().capture_regardless();
         }
     }
@@ -206,11 +264,15 @@ impl Drop for BenchStack {
 
 /// Pushes version A of the server, db and proxy images, as built here, and version B: A with
 /// new version labels, and for the server a changed setting.
-fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()> {
-    let revision = Revision::read(root)?;
+fn push_versions(
+    root: &Utf8Path,
+    revision: &Revision,
+    namespace: &str,
+    work: &Utf8Path,
+) -> Result<()> {
     let images = vec![ImageName::Server, ImageName::Db, ImageName::Proxy];
     let request = BuildRequest { images, ..BuildRequest::default() };
-    let built = image::execute(&image::plan(root, &revision, &request))?;
+    let built = image::execute(&image::plan(root, revision, &request))?;
     for image in &built {
         let a = format!("{namespace}/{}:{VERSION_A}", image.image);
         docker::cli(root).args(["tag", &image.refs[0], &a]).run()?;
@@ -227,60 +289,6 @@ fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()
         docker::cli(root).args(["push", "--quiet", &b]).run()?;
     }
     Ok(())
-}
-
-/// The prod stack `name` on the proxy port `port`, its password in `env_file`.
-fn prod_stack(root: &Utf8Path, name: &str, port: u16, env_file: &Utf8Path) -> Stack {
-    let tag = Revision::read(root).map(|r| stack::tag(&r)).unwrap_or_default();
-    let mut stack = Stack::new(root, Mode::Prod, name.to_owned(), &[], tag);
-    stack.env_files = vec![env_file.to_owned()];
-    stack.vars = vec![("PROXY_PORT".to_owned(), port.to_string())];
-    stack
-}
-
-/// `cargo xtask prod deploy --swarm` of `version`, as a user runs it.
-fn ours(
-    root: &Utf8Path,
-    name: &str,
-    port: u16,
-    env_file: &Utf8Path,
-    namespace: &str,
-    version: &str,
-) -> Result<()> {
-    Step::new(&plan::this_xtask()?, root)
-        .args(["prod", "deploy", "--swarm", "--stack", name, "--registry", namespace])
-        .args(["--version", version, "--env-file", env_file.as_str(), "--timeout", "300s"])
-        .env("PROXY_PORT", &port.to_string())
-        .run()
-        .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
-}
-
-/// The naive update to version B: every service moved to B's image, deployed with swarm's
-/// default update settings.
-fn naive(
-    root: &Utf8Path,
-    name: &str,
-    port: u16,
-    env_file: &Utf8Path,
-    namespace: &str,
-) -> Result<()> {
-    let stack = prod_stack(root, name, port, env_file);
-    let revision = Revision::read(root)?;
-    let merged = stack::merged_definition(&stack)?;
-    let model = Model::from_definition(&merged)?;
-    let source =
-        swarm::Source::Registry { registry: namespace.to_owned(), version: VERSION_B.to_owned() };
-    let images = swarm::resolve_images(&stack, &model, &revision, &source)?;
-    let mut deployment = swarm::deployment(&stack, merged, name, &images)?;
-    if let Some(services) = deployment.definition["services"].as_object_mut() {
-        for service in services.values_mut() {
-            if let Some(deploy) = service.get_mut("deploy").and_then(Value::as_object_mut) {
-                deploy.remove("update_config");
-                deploy.remove("rollback_config");
-            }
-        }
-    }
-    prod::apply(&stack, name, &deployment, &source, Duration::from_secs(300))
 }
 
 /// Runs `update` under the load and returns what the load saw.
@@ -309,12 +317,11 @@ fn reasons(outcomes: &[Outcome]) -> String {
 }
 
 fn p99(outcomes: &[Outcome]) -> Duration {
-    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
-    latencies.sort();
-    match latencies.len() {
-        0 => Duration::ZERO,
-        n => latencies[(n * 99).div_ceil(100) - 1],
-    }
+    super::percentile(&latencies(outcomes), 99)
+}
+
+fn latencies(outcomes: &[Outcome]) -> Vec<Duration> {
+    outcomes.iter().map(|o| o.latency).collect()
 }
 
 pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
@@ -325,36 +332,42 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let _swarm = Swarm::join(root)?;
         let registry = Throwaway::start(root)?;
         let namespace = format!("{}/bench-deploy", registry.address);
-        push_versions(root, &namespace, &work)?;
+        let revision = Revision::read(root)?;
         let env_file = work.join("secrets.env");
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        stack::write_mode(
-            &env_file,
-            format!("POSTGRES_PASSWORD=bench-{nanos:x}\n").as_bytes(),
-            0o600,
-        )?;
-        let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
-        for run in 1..=runs {
-            for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
-                let name = format!("membench{side}r{run}p{}", std::process::id());
-                let _stack = BenchStack { root: root.to_owned(), name: name.clone() };
-                let port = free_port()?;
-                say!("run {run}/{runs}: {} deploys {VERSION_A}", ["ours", "naive"][side]);
-                ours(root, &name, port, &env_file, &namespace, VERSION_A)?;
-                say!(
-                    "run {run}/{runs}: {} update to {VERSION_B} under load",
-                    ["ours", "naive"][side]
-                );
-                let outcomes = under_load(port, || match side {
-                    0 => ours(root, &name, port, &env_file, &namespace, VERSION_B),
-                    _ => naive(root, &name, port, &env_file, &namespace),
-                })?;
-                seen[side].extend(outcomes);
+        let password = format!("POSTGRES_PASSWORD=bench-{nanos:x}\n");
+        stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
+        let measured = (|| -> Result<[Vec<Outcome>; 2]> {
+            push_versions(root, &revision, &namespace, &work)?;
+            let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+            for run in 1..=runs {
+                for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+                    let stack = BenchStack {
+                        root,
+                        revision: &revision,
+                        namespace: &namespace,
+                        env_file: &env_file,
+                        name: format!("membench{side}r{run}p{}", std::process::id()),
+                        port: free_port()?,
+                    };
+                    let who = ["ours", "naive"][side];
+                    say!("run {run}/{runs}: {who} deploys {VERSION_A}");
+                    stack.ours(VERSION_A)?;
+                    say!("run {run}/{runs}: {who} update to {VERSION_B} under load");
+                    let outcomes = under_load(stack.port, || match side {
+                        0 => stack.ours(VERSION_B),
+                        _ => stack.naive(),
+                    })?;
+                    seen[side].extend(outcomes);
+                }
             }
-        }
+            Ok(seen)
+        })();
+        // Whatever happened, the local tags of the registry's images go with it.
         registry.untag_local(&namespace);
+        let seen = measured?;
         let [ours_seen, naive_seen] = seen;
         let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
         let note = format!(
@@ -371,7 +384,6 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
             super::ms(p99(&naive_seen)),
             REQUEST_TIMEOUT.as_secs()
         );
-        let latencies = |o: &[Outcome]| o.iter().map(|o| o.latency).collect::<Vec<_>>();
         Ok(Report {
             name: "deploy",
             ours: Side::new("request latency, prod deploy (ours)", latencies(&ours_seen)),
