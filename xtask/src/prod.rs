@@ -180,9 +180,9 @@ fn deploy_swarm(
     // One read of the definition: the images to deploy come from it, and it is what deploys.
     let merged = stack::merged_definition(stack)?;
     let model = Model::from_definition(&merged)?;
-    let mut images = swarm::resolve_images(stack, &model, revision, source)?;
-    swarm::keep_unchanged(&stack.root, name, &mut images)?;
-    let deployment = swarm::deployment(stack, merged, name, &images)?;
+    let mut resolved = swarm::resolve_images(stack, &model, revision, source)?;
+    swarm::keep_unchanged(&stack.root, name, &mut resolved)?;
+    let deployment = swarm::deployment(stack, merged, name, &resolved.images)?;
     apply(stack, name, &deployment, source, timeout)?;
     say!(
         "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \

@@ -194,6 +194,14 @@ fn our_images(stack: &Stack, model: &Model) -> Vec<(String, ImageName)> {
         .collect()
 }
 
+/// The images a deploy resolved.
+pub struct Resolved {
+    /// Service -> the image it deploys.
+    pub images: BTreeMap<String, String>,
+    /// Service -> what the registry answered for its image (registry sources only).
+    answers: BTreeMap<String, Value>,
+}
+
 /// The image each service deploys, by digest where the source is a registry: nothing changes
 /// before every one of them is known to exist.
 pub fn resolve_images(
@@ -201,7 +209,7 @@ pub fn resolve_images(
     model: &Model,
     revision: &Revision,
     source: &Source,
-) -> Result<BTreeMap<String, String>> {
+) -> Result<Resolved> {
     let ours = our_images(stack, model);
     let wanted: Vec<(String, ImageName, String)> = match source {
         Source::Local { build } => {
@@ -210,12 +218,13 @@ pub fn resolve_images(
             } else {
                 stack::require_images(stack, model)?;
             }
-            return Ok(ours
+            let images = ours
                 .into_iter()
                 .map(|(service, image)| {
                     (service, format!("{}:{}", image::repository(None, image), stack.tag))
                 })
-                .collect());
+                .collect();
+            return Ok(Resolved { images, answers: BTreeMap::new() });
         }
         Source::Registry { registry, version } => ours
             .into_iter()
@@ -242,6 +251,7 @@ pub fn resolve_images(
     };
     let remote = Registry::new(&stack.root, None);
     let mut resolved = BTreeMap::new();
+    let mut answers = BTreeMap::new();
     let mut missing = Vec::new();
     for (service, _, reference) in wanted {
         match remote.inspect(&reference)? {
@@ -253,7 +263,8 @@ pub fn resolve_images(
                     Some(_) => bail!("the registry answered {reference} with {}", index.digest),
                     None => format!("{reference}@{}", index.digest),
                 };
-                resolved.insert(service, pinned);
+                resolved.insert(service.clone(), pinned);
+                answers.insert(service, inspected);
             }
             None => missing.push(reference),
         }
@@ -265,7 +276,7 @@ pub fn resolve_images(
             missing.join(", ")
         );
     }
-    Ok(resolved)
+    Ok(Resolved { images: resolved, answers })
 }
 
 /// What of an image decides what runs, per platform: its layers and its run settings, without
@@ -292,13 +303,8 @@ fn content(inspected: &Value) -> Option<Value> {
 /// Where the deploy would give a running service of stack `name` an image of the same content
 /// (the same layers and run settings: every release labels every image with its version, so
 /// an unchanged database gets a new digest all the same), keeps the running image, so that the
-/// service is not restarted: a database stopped for a label would fail requests. Returns the
-/// services kept.
-pub fn keep_unchanged(
-    root: &Utf8Path,
-    name: &str,
-    images: &mut BTreeMap<String, String>,
-) -> Result<Vec<String>> {
+/// service is not restarted: a database stopped for a label would fail requests.
+pub fn keep_unchanged(root: &Utf8Path, name: &str, resolved: &mut Resolved) -> Result<()> {
     let running: BTreeMap<String, String> = inspect_services(root, name)?
         .iter()
         .filter_map(|service| {
@@ -308,24 +314,24 @@ pub fn keep_unchanged(
         })
         .collect();
     let remote = Registry::new(root, None);
-    let mut kept = Vec::new();
-    for (service, wanted) in images.iter_mut() {
-        let Some(current) = running.get(service) else { continue };
-        if current == wanted || !current.contains("@sha256:") || !wanted.contains("@sha256:") {
+    for (service, wanted) in resolved.images.iter_mut() {
+        let (Some(current), Some(new)) = (running.get(service), resolved.answers.get(service))
+        else {
+            continue;
+        };
+        if current == wanted || !current.contains("@sha256:") {
             continue;
         }
         let Some(old) = remote.inspect(current)? else { continue };
-        let Some(new) = remote.inspect(wanted)? else { continue };
-        if content(&old).is_some() && content(&old) == content(&new) {
+        if content(&old).is_some() && content(&old) == content(new) {
             say!(
                 "{service}: {wanted} has the layers and settings of the running {current} (only \
                  its labels differ): kept, not restarted"
             );
             *wanted = current.clone();
-            kept.push(service.clone());
         }
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// Image name -> `repository:tag@digest`, from a `cargo xtask release --json` output.

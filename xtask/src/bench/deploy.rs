@@ -219,7 +219,7 @@ impl BenchStack<'_> {
             registry: self.namespace.to_owned(),
             version: VERSION_B.to_owned(),
         };
-        let images = swarm::resolve_images(&stack, &model, self.revision, &source)?;
+        let images = swarm::resolve_images(&stack, &model, self.revision, &source)?.images;
         let mut deployment = swarm::deployment(&stack, merged, &self.name, &images)?;
         if let Some(services) = deployment.definition["services"].as_object_mut() {
             for service in services.values_mut() {
