@@ -555,8 +555,9 @@ pub struct Preview {
 
 /// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
 /// them and notes on what it decides only when it runs, and the facts it settled while
-/// planning (images, versions, definitions). Built without touching Docker. Every task's
-/// `--dry-run` is shown through [`Plan::print`].
+/// planning (images, versions, definitions). Built without touching Docker. Every task that
+/// starts or changes something shows its `--dry-run` through [`Plan::print`] (`reap
+/// --dry-run` is not a plan: it lists what reaping would remove).
 #[derive(Debug, Default)]
 pub struct Plan {
     pub task: String,
