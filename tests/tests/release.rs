@@ -355,7 +355,7 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let skopeo = |args: &[&str]| -> Value {
         let mount = format!("{}:/bundle:ro", dir.display());
         let archive = format!("oci-archive:/bundle/memories.tar:{}", refs[0]);
-        let mut command = vec!["run", "--rm", "--volume", mount.as_str(), tools.as_str()];
+        let mut command = vec!["run", "--rm", "--volume", mount.as_str(), tools.as_str(), "skopeo"];
         command.extend(args);
         command.push(&archive);
         serde_json::from_str(&docker(&command)).unwrap()

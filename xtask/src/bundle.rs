@@ -24,7 +24,7 @@ use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::interrupt;
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
-use crate::reap::{Owner, RunId};
+use crate::reap::RunDir;
 use crate::version::Revision;
 
 pub const FORMAT: &str = "memories-bundle/2";
@@ -348,7 +348,13 @@ fn header(size: u64) -> tar::Header {
 /// The bytes of each entry of the tar file at `path` named in `names`, where it has one; the
 /// reading stops once every one is found.
 fn read_entries<const N: usize>(path: &Utf8Path, names: [&str; N]) -> Result<[Option<Vec<u8>>; N]> {
-    let mut found: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
+    let found = read_tar_entries(path, &names)?;
+    Ok(found.try_into().expect("one answer per name"))
+}
+
+/// [`read_entries`] for names known only at run time.
+pub fn read_tar_entries(path: &Utf8Path, names: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut found: Vec<Option<Vec<u8>>> = vec![None; names.len()];
     let reader = File::open(path).with_context(|| format!("cannot open {path}"))?;
     let mut archive = tar::Archive::new(BufReader::new(reader));
     for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
@@ -498,55 +504,20 @@ impl<R: Read> Read for Interruptible<R> {
     }
 }
 
-/// A directory only this user can enter, removed with everything in it when dropped.
-struct PrivateDir(Utf8PathBuf);
-
+/// Where `images load` keeps its private copy of a bundle: `xtask-bundle-<run id>` in the
+/// temporary directory (a load killed with `kill -9` leaves its copy, gigabytes, behind, and
+/// the next load takes it away).
 const PRIVATE_PREFIX: &str = "xtask-bundle-";
-
-impl PrivateDir {
-    /// `xtask-bundle-<run id of this process>` in the temporary directory, after removing the
-    /// ones of processes that are gone: a load killed with `kill -9` leaves its copy of a
-    /// bundle (gigabytes) behind, and the next load takes it away.
-    fn new() -> Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let temp = Utf8PathBuf::try_from(std::env::temp_dir())
-            .context("the temporary directory is not UTF-8")?;
-        sweep_private_dirs(&temp);
-        let owner = RunId::of_process(std::process::id())
-            .context("cannot name a private directory: /proc is needed")?;
-        let dir = temp.join(format!("{PRIVATE_PREFIX}{owner}"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create a private directory {dir}"))?;
-        Ok(PrivateDir(dir))
-    }
-}
-
-/// Removes the private directories in `temp` whose process is gone.
-fn sweep_private_dirs(temp: &Utf8Path) {
-    let Ok(entries) = temp.read_dir_utf8() else { return };
-    for entry in entries.flatten() {
-        let owner = entry.file_name().strip_prefix(PRIVATE_PREFIX).and_then(RunId::parse);
-        if owner.is_some_and(|run| run.owner() == Owner::Gone) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Copies the bundle into a private directory while hashing it, checks the hash and the
 /// layout of that copy, and only then loads it; finally checks that every ref names the
 /// digest the bundle gives. Nothing reads `file` after the copy.
 pub fn load(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Value> {
     docker::require_cli()?;
-    let private = PrivateDir::new()?;
-    let copy = private.0.join("bundle.tar");
+    let temp = Utf8PathBuf::try_from(std::env::temp_dir())
+        .context("the temporary directory is not UTF-8")?;
+    let private = RunDir::new(&temp, PRIVATE_PREFIX)?;
+    let copy = private.path().join("bundle.tar");
     let copied = (|| -> Result<(u64, String)> {
         let mut source = File::open(file).with_context(|| format!("cannot open {file}"))?;
         let mut target = File::create(&copy).with_context(|| format!("cannot create {copy}"))?;
@@ -712,21 +683,6 @@ mod tests {
             err.contains("not a complete memories bundle") && err.contains("nothing was loaded"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn private_copies_of_processes_that_are_gone_are_removed() {
-        let temp = scratch("sweep");
-        let ours = RunId::of_process(std::process::id()).unwrap().to_string();
-        // This machine's part of a run id, with a pid and start time no live process has.
-        let gone = format!("{}-4194000-1", &ours[..9]);
-        for name in [&ours, &gone, &"not-a-run".to_owned()] {
-            std::fs::create_dir_all(temp.join(format!("{PRIVATE_PREFIX}{name}/x"))).unwrap();
-        }
-        sweep_private_dirs(&temp);
-        assert!(temp.join(format!("{PRIVATE_PREFIX}{ours}")).exists(), "a live process keeps it");
-        assert!(!temp.join(format!("{PRIVATE_PREFIX}{gone}")).exists(), "a dead one's goes");
-        assert!(temp.join(format!("{PRIVATE_PREFIX}not-a-run")).exists(), "not ours: kept");
     }
 
     #[test]

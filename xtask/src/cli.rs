@@ -32,7 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the app version, the git revision and the image tags derived from them.
     Version(VersionArgs),
-    /// Build the images (all, or the named ones) in one buildx bake session.
+    /// Build the images (all, or the named ones) in one buildx bake session, reproducibly: a
+    /// rebuild of the same commit gives the same digest for each platform.
     Build(BuildArgs),
     /// Release the images to a registry: build every image the registry lacks for every
     /// platform, push only when all of them built, read every immutable ref back, then move
@@ -505,7 +506,7 @@ pub struct BuildArgs {
     /// are accepted for amd64 and arm64. Default: the builder's own platform.
     #[arg(long, value_name = "LIST", value_parser = crate::platform::parse_list)]
     pub platform: Option<PlatformList>,
-    /// Push to the registry instead of loading into the local image store.
+    /// Push to the registry as well as loading into the local image store.
     #[arg(long, requires = "registry")]
     pub push: bool,
     /// Registry and namespace to name the images under, e.g. `127.0.0.1:5000/acme`.
@@ -893,7 +894,7 @@ impl From<&BuildArgs> for BuildRequest {
         BuildRequest {
             images: args.images.clone(),
             platforms: args.platform.clone().map(|list| list.0),
-            output: if args.push { Output::Push } else { Output::Load },
+            output: if args.push { Output::Push } else { Output::Store },
             tags: None,
             registry: args.registry.clone(),
             builder: args.builder.clone(),

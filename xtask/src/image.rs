@@ -9,9 +9,12 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
+use crate::bundle;
 use crate::docker;
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
+use crate::reap::RunDir;
+use crate::remote;
 use crate::version::Revision;
 
 /// The images this repository builds.
@@ -29,7 +32,8 @@ pub enum ImageName {
     Proxy,
     /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
     Registry,
-    /// Supply-chain tools from Debian (skopeo) for tests and checks; never released.
+    /// Supply-chain tools from Debian (cosign, skopeo) for signing, tests and checks; never
+    /// released.
     Tools,
 }
 
@@ -116,24 +120,32 @@ pub fn repository(registry: Option<&str>, image: ImageName) -> String {
 }
 
 /// Where built images go.
+///
+/// Only the engine's own exporter can load into its image store, and it cannot rewrite
+/// timestamps, so reproducible builds go through an OCI archive: BuildKit writes each image
+/// there with every timestamp clamped to the commit time, and `docker load` takes it into the
+/// store unchanged (same index, same digests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Output {
-    /// Loaded into the local image store (`type=docker`), ready for `docker run`.
+    /// Loaded into the local image store (`type=docker`), ready for `docker run`: the fast path
+    /// of the dev loop, with the build's own file times.
     #[default]
     Load,
-    /// Kept in the engine's image store as whole multi-platform indexes (`type=image`), to be
-    /// pushed or saved later.
+    /// Reproducible: whole multi-platform indexes in the engine's image store, to be pushed or
+    /// saved later.
     Store,
-    /// Pushed to the registry as each target finishes (`type=registry`).
+    /// Reproducible, as [`Output::Store`], then pushed to the registry under every ref.
     Push,
 }
 
 impl Output {
-    fn exporter(self) -> &'static str {
+    /// The exporter of one image; `archive` is where a reproducible build writes it.
+    fn exporter(self, archive: &Utf8Path) -> String {
         match self {
-            Output::Load => "type=docker",
-            Output::Store => "type=image",
-            Output::Push => "type=registry",
+            Output::Load => "type=docker".to_owned(),
+            Output::Store | Output::Push => {
+                format!("type=oci,dest={archive},rewrite-timestamp=true")
+            }
         }
     }
 }
@@ -155,6 +167,8 @@ pub struct BuildRequest {
 pub struct PlannedImage {
     pub image: ImageName,
     pub refs: Vec<String>,
+    /// The OCI archive a reproducible build writes it to, before it is loaded.
+    pub archive: Option<Utf8PathBuf>,
 }
 
 #[derive(Debug)]
@@ -163,7 +177,18 @@ pub struct BuildPlan {
     pub bake: Value,
     pub metadata_file: Utf8PathBuf,
     pub step: Step,
+    /// The run's directory for the archives of a reproducible build (removed afterwards).
+    pub archives: Option<Utf8PathBuf>,
+    /// `docker load` of each archive, after the bake.
+    pub loads: Vec<Step>,
+    /// The refs pushed after the loads ([`Output::Push`]).
+    pub pushes: Vec<String>,
+    pub root: Utf8PathBuf,
+    pub builder: Option<String>,
 }
+
+/// The prefix of a build's archive directory in `target/xtask`.
+const ARCHIVES_PREFIX: &str = "archives-";
 
 impl BuildPlan {
     /// The images and their refs, for `--json`.
@@ -171,11 +196,19 @@ impl BuildPlan {
         self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect()
     }
 
-    /// The build as a dry-run plan: the one bake, with its definition as a fact.
+    fn remote(&self) -> remote::Registry {
+        remote::Registry::new(&self.root, self.builder.as_deref())
+    }
+
+    /// The build as a dry-run plan: the one bake (with its definition as a fact), then the
+    /// loads and pushes of a reproducible build.
     pub fn to_plan(&self) -> Plan {
         let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
+        let remote = self.remote();
         Plan::new(format!("build {}", names.join(" ")))
             .step(self.step.clone())
+            .steps(self.loads.iter().cloned())
+            .steps(self.pushes.iter().map(|r| remote.push_step(r)))
             .fact("images", self.images_json())
             .fact("bake", self.bake.clone())
     }
@@ -189,6 +222,9 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         request.images.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
     };
     let tags = request.tags.clone().unwrap_or_else(|| revision.build_tags());
+    let reproducible = request.output != Output::Load;
+    let archives =
+        reproducible.then(|| RunDir::planned(&root.join("target/xtask"), ARCHIVES_PREFIX));
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {
@@ -198,20 +234,29 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         let mut labels: Map<String, Value> =
             revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         labels.insert("org.opencontainers.image.title".into(), source.title.into());
+        let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
+        let exporter = request.output.exporter(archive.as_deref().unwrap_or(Utf8Path::new("")));
+        // BuildKit's own build argument: the image config's times and, with
+        // `rewrite-timestamp`, every file time. No stage declares it, so it never reaches a
+        // `RUN` step's environment or cache key.
         let mut target = json!({
             "context": ".",
             "dockerfile": source.dockerfile,
             "target": source.target,
             "tags": refs,
             "labels": labels,
-            "output": [request.output.exporter()],
+            "args": { "SOURCE_DATE_EPOCH": revision.epoch.to_string() },
+            "output": [exporter],
         });
+        if reproducible {
+            target["attest"] = json!(["type=provenance,mode=max"]);
+        }
         if let Some(platforms) = &request.platforms {
             let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
             target["platforms"] = platforms.into();
         }
         targets.insert(image.as_str().into(), target);
-        planned.push(PlannedImage { image, refs });
+        planned.push(PlannedImage { image, refs, archive });
     }
     let names: Vec<&str> = images.iter().map(|i| i.as_str()).collect();
     let bake = json!({ "group": { "default": { "targets": names } }, "target": targets });
@@ -225,28 +270,138 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         step = step.arg("--no-cache");
     }
     let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
-    BuildPlan { images: planned, bake, metadata_file, step }
+    let loads = planned
+        .iter()
+        .filter_map(|p| p.archive.as_ref())
+        .map(|archive| docker::cli(root).args(["load", "--quiet", "--input", archive.as_str()]))
+        .collect();
+    let pushes = match request.output {
+        Output::Push => planned.iter().flat_map(|p| p.refs.iter().cloned()).collect(),
+        Output::Load | Output::Store => Vec::new(),
+    };
+    BuildPlan {
+        images: planned,
+        bake,
+        metadata_file,
+        step,
+        archives,
+        loads,
+        pushes,
+        root: root.to_owned(),
+        builder: request.builder.clone(),
+    }
 }
 
-/// A built image: its refs and the digest buildx reported.
+/// A built image: its refs, the digest buildx reported and, for a reproducible build, what
+/// each platform's manifest is.
 #[derive(Debug)]
 pub struct Built {
     pub image: ImageName,
     pub refs: Vec<String>,
     pub digest: Option<String>,
+    pub platforms: Vec<PlatformImage>,
 }
 
-/// Runs a planned build and reads the digests back from buildx's metadata file.
+/// One platform of a built image: the digest of its manifest (what a rebuild of the commit
+/// reproduces) and its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformImage {
+    pub platform: String,
+    pub digest: String,
+    pub layers: Vec<String>,
+}
+
+impl PlatformImage {
+    pub fn to_json(&self) -> Value {
+        json!({"platform": self.platform, "digest": self.digest, "layers": self.layers})
+    }
+}
+
+/// The platforms of the one index in an OCI archive BuildKit wrote (attestation manifests,
+/// platform `unknown/unknown`, are not images and are left out).
+pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
+    let blob = |digest: &str| -> String {
+        format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap_or(digest))
+    };
+    let json_of = |bytes: Option<Vec<u8>>, what: &str| -> Result<Value> {
+        let bytes = bytes.with_context(|| format!("{archive} has no {what}"))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{what} in {archive} is not JSON"))
+    };
+    let [top] = bundle::read_tar_entries(archive, &["index.json"])?.try_into().expect("one");
+    let top = json_of(top, "index.json")?;
+    let index = top["manifests"][0]["digest"].as_str().context("index.json names no index")?;
+    let [index] = bundle::read_tar_entries(archive, &[&blob(index)])?.try_into().expect("one");
+    let index = json_of(index, "image index")?;
+    let mut platforms: Vec<(String, String)> = Vec::new();
+    for entry in index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let p = &entry["platform"];
+        let (Some(os), Some(arch), Some(digest)) =
+            (p["os"].as_str(), p["architecture"].as_str(), entry["digest"].as_str())
+        else {
+            continue;
+        };
+        if os == "unknown" {
+            continue;
+        }
+        let mut name = format!("{os}/{arch}");
+        if let Some(variant) = p["variant"].as_str() {
+            name = format!("{name}/{variant}");
+        }
+        platforms.push((name, digest.to_owned()));
+    }
+    let names: Vec<String> = platforms.iter().map(|(_, digest)| blob(digest)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let manifests = bundle::read_tar_entries(archive, &names)?;
+    platforms
+        .into_iter()
+        .zip(manifests)
+        .map(|((platform, digest), manifest)| {
+            let manifest = json_of(manifest, &format!("manifest {digest}"))?;
+            let layers = manifest["layers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|layer| layer["digest"].as_str().map(str::to_owned))
+                .collect();
+            Ok(PlatformImage { platform, digest, layers })
+        })
+        .collect()
+}
+
+/// Runs a planned build and reads the digests back from buildx's metadata file; a
+/// reproducible build's archives are loaded (and removed, whatever happens), and then pushed
+/// for [`Output::Push`].
 pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
     let dir = plan.metadata_file.parent().expect("metadata file has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let archives = match &plan.archives {
+        Some(planned) => {
+            let made = RunDir::new(dir, ARCHIVES_PREFIX)?;
+            assert_eq!(made.path(), planned, "the archive directory is the planned one");
+            Some(made)
+        }
+        None => None,
+    };
     let _ = std::fs::remove_file(&plan.metadata_file);
     plan.step.run().map_err(docker::explain_buildx_failure).context("image build failed")?;
     let metadata = std::fs::read_to_string(&plan.metadata_file)
         .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
     let _ = std::fs::remove_file(&plan.metadata_file);
     let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
+    let mut platforms = Vec::new();
+    for (planned, load) in plan.images.iter().zip(&plan.loads) {
+        let archive = planned.archive.as_ref().expect("a loaded image has an archive");
+        platforms.push(read_archive(archive)?);
+        load.run().context("cannot load a built image into the image store")?;
+    }
+    drop(archives);
+    let remote = plan.remote();
+    for reference in &plan.pushes {
+        remote.push(reference)?;
+    }
+    let mut platforms = platforms.into_iter();
     Ok(plan
         .images
         .iter()
@@ -256,6 +411,7 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
             digest: metadata[planned.image.as_str()]["containerimage.digest"]
                 .as_str()
                 .map(str::to_owned),
+            platforms: platforms.next().unwrap_or_default(),
         })
         .collect())
 }
@@ -271,7 +427,10 @@ pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<
     if preview.json {
         let images: Vec<Value> = built
             .iter()
-            .map(|b| json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest}))
+            .map(|b| {
+                let platforms: Vec<Value> = b.platforms.iter().map(PlatformImage::to_json).collect();
+                json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest, "platforms": platforms})
+            })
             .collect();
         out!("{:#}", json!({ "images": images }));
     } else {
@@ -294,6 +453,7 @@ mod tests {
             version: AppVersion::parse("0.4.2").unwrap(),
             commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
             dirty: false,
+            epoch: 1_700_000_000,
             created: rfc3339_utc(1_700_000_000),
             source: Some("https://example.com/memories.git".into()),
         }
@@ -321,6 +481,8 @@ mod tests {
         assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
         assert_eq!(server["target"], "runtime");
         assert_eq!(server["output"], json!(["type=docker"]));
+        assert_eq!(server["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+        assert!(server.get("attest").is_none() && plan.loads.is_empty() && plan.archives.is_none());
         assert_eq!(
             server["tags"],
             json!([
@@ -362,8 +524,33 @@ mod tests {
         assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
         let db = &plan.bake["target"]["db"];
         assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
-        assert_eq!(db["output"], json!(["type=registry"]));
+        let archives = plan.archives.as_ref().expect("a pushed build is reproducible");
+        assert!(archives.starts_with("/repo/target/xtask"), "{archives}");
+        assert_eq!(
+            db["output"],
+            json!([format!("type=oci,dest={archives}/db.tar,rewrite-timestamp=true")])
+        );
+        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+        assert_eq!(db["attest"], json!(["type=provenance,mode=max"]));
         assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
         assert!(plan.bake["target"].get("standalone").is_none());
+        // Each archive is loaded, then every ref pushed.
+        let loads: Vec<&str> = plan.loads.iter().map(|l| l.args.last().unwrap().as_str()).collect();
+        assert_eq!(loads, [format!("{archives}/server.tar"), format!("{archives}/db.tar")]);
+        assert_eq!(plan.pushes.len(), 6);
+        assert!(plan.pushes.contains(&"127.0.0.1:5000/acme/db:sha-abcdef0".to_owned()));
+        let shown = plan.to_plan();
+        let commands: Vec<&str> = shown
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                crate::plan::PlanItem::Run(step) => Some(step.args[0].as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            ["buildx", "load", "load", "push", "push", "push", "push", "push", "push"]
+        );
     }
 }

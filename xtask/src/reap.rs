@@ -13,12 +13,62 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{Context, Result};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 
 use crate::docker;
 use crate::interrupt;
 use crate::plan::Step;
+
+/// A directory of this process's run that only this user can enter, removed with everything
+/// in it when dropped: `<parent>/<prefix><run id>`. Making one first removes the ones of
+/// processes that are gone, so what a task killed with `kill -9` left behind (a bundle's copy,
+/// image archives: gigabytes) goes with the next run of it.
+pub struct RunDir(Utf8PathBuf);
+
+impl RunDir {
+    /// The path [`RunDir::new`] makes in this process, for plans.
+    pub fn planned(parent: &Utf8Path, prefix: &str) -> Utf8PathBuf {
+        let owner = RunId::of_process(std::process::id())
+            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
+        parent.join(format!("{prefix}{owner}"))
+    }
+
+    pub fn new(parent: &Utf8Path, prefix: &str) -> Result<RunDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        sweep_run_dirs(parent, prefix);
+        let owner = RunId::of_process(std::process::id())
+            .context("cannot name a run's directory: /proc is needed")?;
+        let dir = parent.join(format!("{prefix}{owner}"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the directory {dir}"))?;
+        Ok(RunDir(dir))
+    }
+
+    pub fn path(&self) -> &Utf8Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the run directories `<parent>/<prefix><run id>` whose process is gone.
+fn sweep_run_dirs(parent: &Utf8Path, prefix: &str) {
+    let Ok(entries) = parent.read_dir_utf8() else { return };
+    for entry in entries.flatten() {
+        let owner = entry.file_name().strip_prefix(prefix).and_then(RunId::parse);
+        if owner.is_some_and(|run| run.owner() == Owner::Gone) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 /// The label that names the run a container, network or volume belongs to.
 pub const LABEL: &str = "memories.run";
@@ -411,6 +461,31 @@ fn summary(leftovers: &Leftovers) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_directories_of_processes_that_are_gone_are_removed() {
+        let parent = Utf8PathBuf::try_from(std::env::temp_dir())
+            .unwrap()
+            .join(format!("reap-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let ours = RunId::of_process(std::process::id()).unwrap().to_string();
+        // This machine's part of a run id, with a pid and start time no live process has.
+        let gone = format!("{}-4194000-1", &ours[..9]);
+        for name in [&ours, &gone, &"not-a-run".to_owned()] {
+            std::fs::create_dir_all(parent.join(format!("p-{name}/x"))).unwrap();
+        }
+        sweep_run_dirs(&parent, "p-");
+        assert!(parent.join(format!("p-{ours}")).exists(), "a live process keeps it");
+        assert!(!parent.join(format!("p-{gone}")).exists(), "a dead one's goes");
+        assert!(parent.join("p-not-a-run").exists(), "not ours: kept");
+        let made = RunDir::new(&parent, "q-").unwrap();
+        assert_eq!(made.path(), parent.join(format!("q-{ours}")));
+        let mode = std::fs::metadata(made.path()).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+        drop(made);
+        assert!(!parent.join(format!("q-{ours}")).exists(), "removed when dropped");
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 
     #[test]
     fn ids_round_trip_and_are_found_inside_names() {

@@ -210,8 +210,12 @@ impl ReleasePlan {
              build is refused",
         )
         .steps(self.images.iter().flat_map(|i| i.refs()).map(|r| remote.inspect_step(&r)))
-        .note("build the images the registry lacks, into the local image store")
+        .note(
+            "build the images the registry lacks, reproducibly (into OCI archives), and load them \
+             into the local image store",
+        )
         .step(self.build.step.clone())
+        .steps(self.build.loads.iter().cloned())
         .note("push each version, then copy it by digest to its other immutable refs");
         for image in &self.images {
             plan = plan
@@ -692,6 +696,7 @@ mod tests {
             version: AppVersion::parse(version).unwrap(),
             commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
             dirty,
+            epoch: 1_700_000_000,
             created: rfc3339_utc(1_700_000_000),
             source: None,
         }
@@ -754,7 +759,12 @@ mod tests {
         );
         let server = &plan.build.bake["target"]["server"];
         assert_eq!(server["platforms"], json!(["linux/amd64", "linux/arm64"]));
-        assert_eq!(server["output"], json!(["type=image"]), "nothing is pushed by the build");
+        let archive = plan.build.images[0].archive.clone().unwrap();
+        assert_eq!(
+            server["output"],
+            json!([format!("type=oci,dest={archive},rewrite-timestamp=true")]),
+            "nothing is pushed by the build, which is reproducible"
+        );
         assert_eq!(
             server["tags"],
             json!(["127.0.0.1:5000/acme/server:1.4.2", "127.0.0.1:5000/acme/server:sha-abcdef0"]),
@@ -772,6 +782,8 @@ mod tests {
         let reads = steps.iter().take_while(|s| s.contains("imagetools inspect")).count();
         assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
         assert!(steps[10].contains("buildx bake"), "{}", steps[10]);
+        assert_eq!(steps[11], format!("docker load --quiet --input {archive}"));
+        let steps = [&steps[..11], &steps[13..]].concat();
         assert_eq!(steps[11], "docker push --quiet 127.0.0.1:5000/acme/server:1.4.2");
         assert_eq!(
             steps[12],

@@ -103,8 +103,10 @@ pub struct Revision {
     pub commit: String,
     /// Uncommitted changes (tracked or untracked) in the work tree.
     pub dirty: bool,
-    /// The commit time, RFC 3339 in UTC: the images' `created` label, so that a rebuild of
-    /// the same commit gives the same image.
+    /// The commit time (or `SOURCE_DATE_EPOCH` when set) as a unix time: BuildKit's
+    /// `SOURCE_DATE_EPOCH`, which every timestamp in a released image is clamped to.
+    pub epoch: i64,
+    /// The same time, RFC 3339 in UTC: the images' `created` label.
     pub created: String,
     /// Where the source lives (the `origin` remote without credentials), if known.
     pub source: Option<String>,
@@ -135,6 +137,7 @@ impl Revision {
             version,
             commit,
             dirty: !status.is_empty(),
+            epoch,
             created: rfc3339_utc(epoch),
             source,
         })
@@ -252,6 +255,7 @@ mod tests {
             version: AppVersion::parse(version).unwrap(),
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             dirty,
+            epoch: 0,
             created: rfc3339_utc(0),
             source: None,
         }

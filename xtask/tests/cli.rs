@@ -161,7 +161,7 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 }
 
-/// A `docker` that plays a registry without the version, a build that succeeds, a first push
+/// A `docker` that plays a registry without the version, a build that succeeds (and loads), a first push
 /// that meets a 500 once, and a refused second push.
 fn docker_refusing_second_push(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
@@ -174,12 +174,22 @@ echo "$@" >> '{log}'
 case "$1 $2" in
 "buildx bake")
     while [ $# -gt 0 ]; do [ "$1" = --metadata-file ] && out=$2; shift; done
-    cat > /dev/null
+    # Each OCI archive the bake names: one index of one amd64 manifest.
+    for dest in $(grep -o 'dest=[^,]*' | cut -d= -f2); do
+        layout=$(mktemp -d)
+        mkdir -p "$layout/blobs/sha256"
+        echo '{{"manifests":[{{"digest":"sha256:i"}}]}}' > "$layout/index.json"
+        echo '{{"manifests":[{{"platform":{{"os":"linux","architecture":"amd64"}},"digest":"sha256:m"}}]}}' > "$layout/blobs/sha256/i"
+        echo '{{"layers":[{{"digest":"sha256:l"}}]}}' > "$layout/blobs/sha256/m"
+        tar -cf "$dest" -C "$layout" index.json blobs
+        rm -rf "$layout"
+    done
     echo '{{"server":{{"containerimage.digest":"sha256:s"}},"db":{{"containerimage.digest":"sha256:d"}}}}' > "$out"
     ;;
 "buildx imagetools")
     [ "$3" = create ] && exit 0
     echo "ERROR: not found" >&2; exit 1 ;;
+"load --quiet") ;;
 "push --quiet")
     case "$(grep -c '^push' '{log}')" in
     1) echo "unexpected status from HEAD request to http://r/v2/: 500 Internal Server Error" >&2; exit 1 ;;

@@ -1,0 +1,95 @@
+//! Reproducible images: two `cargo xtask build`s of one commit for amd64 and arm64, each from
+//! empty BuildKit caches (every step run again, every cache mount emptied), give every image the
+//! same manifest digest on both platforms.
+//!
+//! One exemption, the db image's last layer: PostgreSQL's cluster, prepared at build time so a
+//! first start only sets the password. `initdb` stamps it with a system identifier made of the
+//! time and its pid, and the checkpoint and shutdown times go into `pg_control`, the WAL and
+//! `pgstat.stat`, so that one layer differs between any two builds. Every other layer of the db
+//! image must still be identical.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tests::{Cleanup, docker, require_docker, unique_name, xtask_ok};
+
+/// Every image this repository builds, released or not.
+const IMAGES: [&str; 7] = ["server", "standalone", "db", "redis", "proxy", "registry", "tools"];
+
+/// Image → platform → (manifest digest, layer digests).
+type Built = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
+
+fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
+    // Cache mounts (package lists, uv's wheel cache) survive `--no-cache`; emptying them makes
+    // the build fetch everything again, as on a fresh machine.
+    docker(&["buildx", "prune", "--force", "--filter", "type=exec.cachemount"]);
+    let mut args = vec!["build"];
+    args.extend(IMAGES);
+    args.extend([
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--no-cache",
+        "--registry",
+        registry,
+        "--json",
+    ]);
+    let out: Value = serde_json::from_str(&xtask_ok(&args)).expect("build --json prints JSON");
+    let mut built = Built::new();
+    for image in out["images"].as_array().expect("images") {
+        for reference in image["refs"].as_array().unwrap() {
+            cleanup.image(reference.as_str().unwrap());
+        }
+        let platforms = image["platforms"]
+            .as_array()
+            .expect("a reproducible build reports its platforms")
+            .iter()
+            .map(|p| {
+                let layers =
+                    p["layers"].as_array().unwrap().iter().map(|l| l.to_string()).collect();
+                (p["platform"].as_str().unwrap().to_owned(), (p["digest"].to_string(), layers))
+            })
+            .collect();
+        built.insert(image["image"].as_str().unwrap().to_owned(), platforms);
+    }
+    built
+}
+
+#[test]
+fn two_builds_from_empty_caches_give_the_same_digests() {
+    require_docker();
+    let mut cleanup = Cleanup::default();
+    let first = build_from_empty_caches(&unique_name("localhost/repro-a"), &mut cleanup);
+    let second = build_from_empty_caches(&unique_name("localhost/repro-b"), &mut cleanup);
+    let mut every = IMAGES.to_vec();
+    every.sort_unstable();
+    assert_eq!(first.keys().map(String::as_str).collect::<Vec<_>>(), every);
+    let mut differing = Vec::new();
+    for (image, platforms) in &first {
+        assert_eq!(
+            platforms.keys().collect::<Vec<_>>(),
+            ["linux/amd64", "linux/arm64"],
+            "{image} is built for both platforms"
+        );
+        for (platform, (digest, layers)) in platforms {
+            let (again, layers_again) = &second[image][platform];
+            if image == "db" {
+                let n = layers.len();
+                assert_eq!(
+                    layers[..n - 1],
+                    layers_again[..n - 1],
+                    "db {platform}: every layer but the prepared cluster is reproducible"
+                );
+                continue;
+            }
+            if digest != again {
+                let changed: Vec<usize> = (0..layers.len().max(layers_again.len()))
+                    .filter(|&i| layers.get(i) != layers_again.get(i))
+                    .collect();
+                differing.push(format!(
+                    "{image} {platform}: {digest} then {again} (layers that differ: {changed:?})"
+                ));
+            }
+        }
+    }
+    assert!(differing.is_empty(), "not reproducible:\n{}", differing.join("\n"));
+}
