@@ -12,6 +12,7 @@ use crate::image::{BuildRequest, ImageName, Output};
 use crate::plan::Preview;
 use crate::platform::PlatformList;
 use crate::release::{Allowances, ReleaseRequest};
+use crate::sign::KeySource;
 use crate::stack::Profile;
 use crate::tasks::{DevUp, RunRequest, TestRequest, WhenReady};
 use crate::wait::Probe;
@@ -43,6 +44,12 @@ pub enum Command {
     /// Refuses a dirty tree, a version the registry holds from another build, and `latest` for
     /// a pre-release. Credentials come from the docker config (`docker login`).
     Release(ReleaseArgs),
+    /// Check a published ref in one report: the index it names, its platforms, its labels, its
+    /// cosign signature (with a public key) and its provenance attestations. Exits 1 if any
+    /// check fails.
+    ///
+    /// Example: `cargo xtask verify 127.0.0.1:5000/memories/server:0.1.0 --key cosign.pub`.
+    Verify(VerifyArgs),
     /// Move release images without a registry: `save` writes one bundle (an OCI image layout)
     /// of every image for every platform and prints its SHA-256; `load --sha256` checks it and
     /// loads only the refs it names.
@@ -562,8 +569,63 @@ pub struct ReleaseArgs {
     /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
+    /// Sign every released index by digest with this cosign private key (a PEM file, or
+    /// `env://NAME` for a variable holding it; its password in `COSIGN_PASSWORD`), and verify
+    /// each signature when reading the release back.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<KeySource>,
+    #[command(flatten)]
+    pub transparency: TransparencyArgs,
     #[command(flatten)]
     pub preview: PreviewArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TransparencyArgs {
+    /// Record signatures in the public transparency log (Rekor), and require an entry there
+    /// when verifying: cosign's own default, off here because no log is reachable offline.
+    #[arg(long)]
+    pub transparency_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The ref to check, e.g. `ghcr.io/acme/server:1.4.2`.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The cosign public key (a PEM file such as cosign.pub, or `env://NAME`).
+    #[arg(long, value_name = "PUB")]
+    pub key: KeySource,
+    /// The platforms the index must hold, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = crate::platform::parse_list,
+        default_value = crate::release::DEFAULT_PLATFORMS
+    )]
+    pub platform: PlatformList,
+    #[command(flatten)]
+    pub transparency: TransparencyArgs,
+    /// Print the report as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<&TransparencyArgs> for crate::sign::Options {
+    fn from(args: &TransparencyArgs) -> crate::sign::Options {
+        crate::sign::Options { transparency_log: args.transparency_log }
+    }
+}
+
+impl From<&VerifyArgs> for crate::verify::Request {
+    fn from(args: &VerifyArgs) -> crate::verify::Request {
+        crate::verify::Request {
+            reference: args.reference.clone(),
+            key: args.key.clone(),
+            platforms: args.platform.0.clone(),
+            options: (&args.transparency).into(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -916,6 +978,8 @@ impl From<&ReleaseArgs> for ReleaseRequest {
                 latest: !args.no_latest,
             },
             expect_version: args.expect_version.clone(),
+            sign: args.sign.clone(),
+            signing: (&args.transparency).into(),
         }
     }
 }

@@ -24,10 +24,12 @@ mod registry;
 mod release;
 mod remote;
 mod services;
+mod sign;
 mod stack;
 mod swarm;
 mod tasks;
 mod tools;
+mod verify;
 mod version;
 mod wait;
 mod watch;
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Version(args) => version::run(&root, args.json),
         Command::Build(args) => image::run(&root, &(&args).into(), args.preview.into()),
         Command::Release(args) => release::run(&root, &(&args).into(), args.preview.into()),
+        Command::Verify(args) => verify::run(&root, &(&args).into(), args.json),
         Command::Images(args) => {
             let (action, preview) = args.action.into_request();
             bundle::run(&root, action, preview)

@@ -14,6 +14,7 @@ use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::remote;
+use crate::sign::{self, Cosign, Key, KeyKind, KeySource};
 use crate::version::Revision;
 
 /// Where releases go unless `--registry` says otherwise: the local registry of a development
@@ -111,6 +112,18 @@ pub struct ReleasePlan {
     pub root: Utf8PathBuf,
     /// Every image, for every platform, into the local image store; nothing pushed.
     pub build: BuildPlan,
+    /// The signing key, read before anything runs, and the `tools` build cosign runs from.
+    pub signer: Option<Signer>,
+}
+
+/// What signs a release.
+#[derive(Debug)]
+pub struct Signer {
+    pub key: Key,
+    /// `COSIGN_PASSWORD`, empty when unset (a key without a password).
+    pub password: String,
+    pub tools: BuildPlan,
+    pub cosign: Cosign,
 }
 
 /// What a release needs to know, independent of the command line.
@@ -124,6 +137,9 @@ pub struct ReleaseRequest {
     /// The version app/pyproject.toml must say (a release workflow's git tag; a leading `v`
     /// is ignored).
     pub expect_version: Option<String>,
+    /// The cosign private key that signs every released index.
+    pub sign: Option<KeySource>,
+    pub signing: sign::Options,
 }
 
 /// Stands for a digest known only once the build has run, in plans.
@@ -149,6 +165,16 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> R
         })
         .collect();
     let build = build_plan(root, revision, request, &names, &tags);
+    let signer = match &request.sign {
+        Some(source) => {
+            let key = Key::read(source, KeyKind::Private)?;
+            let password = std::env::var(sign::PASSWORD_VAR).unwrap_or_default();
+            let tools = Cosign::tools_build(root, revision);
+            let cosign = Cosign::new(root, &tools, request.signing);
+            Some(Signer { key, password, tools, cosign })
+        }
+        None => None,
+    };
     Ok(ReleasePlan {
         revision: revision.clone(),
         registry: request.registry.clone(),
@@ -157,6 +183,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> R
         request: request.clone(),
         root: root.to_owned(),
         build,
+        signer,
     })
 }
 
@@ -222,10 +249,22 @@ impl ReleasePlan {
                 .step(remote.push_step(&image.version_ref()))
                 .steps(copy(image, &image.tags.immutable[1..]));
         }
-        plan = plan.note(
-            "read back every immutable ref and check its platforms, labels and digest; then move \
-             each moving tag whose image is older than this version, or absent",
-        );
+        plan =
+            plan.note("read back every immutable ref and check its platforms, labels and digest");
+        if let Some(signer) = &self.signer {
+            plan = plan
+                .note(
+                    "sign each index the registry does not hold a valid signature of, by \
+                     digest, and verify every signature with the key's public half",
+                )
+                .step(signer.tools.step.clone())
+                .step(signer.cosign.public_key_step(&signer.key, &signer.password));
+            for image in &self.images {
+                let target = format!("{}@{BUILT}", image.repository);
+                plan = plan.step(signer.cosign.sign_step(&signer.key, &signer.password, &target));
+            }
+        }
+        plan = plan.note("move each moving tag whose image is older than this version, or absent");
         for image in &self.images {
             plan = plan.steps(copy(image, &image.tags.moving));
         }
@@ -250,6 +289,7 @@ impl ReleasePlan {
             )
             .fact("images", images.into())
             .fact("bake", self.build.bake.clone())
+            .fact("signed_with", self.signer.as_ref().map(|s| s.key.source().to_string()).into())
     }
 }
 
@@ -262,6 +302,8 @@ pub struct Released {
     pub refs: Vec<String>,
     /// Platform → the digest of its manifest.
     pub platforms: BTreeMap<String, String>,
+    /// Its signature was verified with the signing key's public half.
+    pub signed: bool,
 }
 
 /// A moving tag that names a newer release and was left where it is.
@@ -316,6 +358,7 @@ pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Resul
                     "digest": r.digest,
                     "refs": r.refs,
                     "platforms": r.platforms,
+                    "signed": r.signed,
                 })
             })
             .collect();
@@ -363,6 +406,15 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
     let remote = plan.remote();
     let retries_before = remote::retries();
     let overwrite = plan.request.allow.overwrite;
+    // Before anything is pushed: the tools image, and the key opened with its password.
+    let public = match &plan.signer {
+        Some(signer) => {
+            image::execute(&signer.tools)
+                .context("cannot build the tools image that runs cosign")?;
+            Some(signer.cosign.public_key(&signer.key, &signer.password)?)
+        }
+        None => None,
+    };
 
     let mut standings = Vec::new();
     let mut foreign = Vec::new();
@@ -457,7 +509,33 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
             platforms = found.platforms;
             refs.push(reference);
         }
-        released.push(Released { image: image.image, digest: digest.clone(), refs, platforms });
+        released.push(Released {
+            image: image.image,
+            digest: digest.clone(),
+            refs,
+            platforms,
+            signed: false,
+        });
+    }
+    if let (Some(signer), Some(public)) = (&plan.signer, &public) {
+        for entry in &mut released {
+            let target = format!(
+                "{}@{}",
+                image::repository(Some(&plan.registry), entry.image),
+                entry.digest
+            );
+            // A re-run after an interruption finds the signature already there: one per index.
+            if signer.cosign.verify(public, &target)?.is_err() {
+                signer.cosign.sign(&signer.key, &signer.password, &target).context(
+                    "every immutable ref is released, but not every signature: run the release \
+                     again to sign the rest",
+                )?;
+            }
+            if let Err(reason) = signer.cosign.verify(public, &target)? {
+                bail!("the signature of {target} does not verify after signing: {reason}");
+            }
+            entry.signed = true;
+        }
     }
 
     let Moves { to_move, in_place, left_alone } = moves(&remote, plan, &digests)?;
@@ -710,7 +788,57 @@ mod tests {
             builder: None,
             allow,
             expect_version: None,
+            sign: None,
+            signing: sign::Options::default(),
         }
+    }
+
+    #[test]
+    fn a_signed_release_signs_each_index_before_any_moving_tag_and_never_shows_the_key() {
+        let dir = std::env::temp_dir().join(format!("release-sign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("cosign.key");
+        std::fs::write(&key, "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nSECRETBODY\n")
+            .unwrap();
+        let key = Utf8PathBuf::try_from(key).unwrap();
+        let signed = ReleaseRequest { sign: Some(KeySource::File(key.clone())), ..request(STABLE) };
+        let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &signed).unwrap();
+        let steps: Vec<String> = plan
+            .to_plan()
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                PlanItem::Run(step) => Some(step.to_string()),
+                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
+            })
+            .collect();
+        let signs: Vec<usize> =
+            (0..steps.len()).filter(|&i| steps[i].contains("cosign sign")).collect();
+        assert_eq!(signs.len(), 2, "one signature per index: {steps:#?}");
+        assert!(
+            steps[signs[0]]
+                .ends_with("--tlog-upload=false '127.0.0.1:5000/acme/server@sha256:<built>'"),
+            "{}",
+            steps[signs[0]]
+        );
+        let last_push = steps.iter().rposition(|s| s.contains("docker push")).unwrap();
+        let first_move = steps.iter().position(|s| s.contains("--tag 127.0.0.1:5000/acme/server:1.4 ")).unwrap();
+        assert!(last_push < signs[0] && signs[1] < first_move, "{steps:#?}");
+        assert!(steps.iter().all(|s| !s.contains("SECRETBODY")), "{steps:#?}");
+        let wrong = ReleaseRequest {
+            sign: Some(KeySource::File(dir.join("absent.key").try_into().unwrap())),
+            ..request(STABLE)
+        };
+        let err = plan_err(&wrong);
+        assert!(err.contains("cannot read the key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn plan_err(request: &ReleaseRequest) -> String {
+        format!(
+            "{:#}",
+            plan(Utf8Path::new("/repo"), &revision("1.4.2", false), request).unwrap_err()
+        )
     }
 
     const STABLE: Allowances = Allowances { dirty: false, overwrite: false, latest: true };

@@ -175,7 +175,7 @@ fn jitter() -> f64 {
 }
 
 /// Sleeps, waking early with [`Interrupted`] on Ctrl-C or SIGTERM.
-fn interruptible_sleep(total: Duration) -> Result<()> {
+pub fn interruptible_sleep(total: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + total;
     while std::time::Instant::now() < deadline {
         if interrupt::is_set() {
@@ -242,6 +242,23 @@ impl Registry {
                 })?;
                 Ok(Some(value))
             }
+            Err(Failure::Absent { .. }) => Ok(None),
+            Err(failure) => Err(self.explain(&format!("cannot read {reference}"), failure)),
+        }
+    }
+
+    /// The manifest or index under `reference` exactly as the registry holds it
+    /// (`imagetools inspect --raw`), or `None` when it holds nothing there.
+    pub fn inspect_raw(&self, reference: &str) -> Result<Option<Value>> {
+        let step = docker::buildx(&self.root, self.builder.as_deref())
+            .args(["imagetools", "inspect", "--raw"])
+            .arg(reference)
+            .timeout(READ_TIMEOUT)
+            .quiet();
+        match self.run(&format!("reading {reference}"), &step)? {
+            Ok(captured) => serde_json::from_str(&captured.stdout)
+                .map(Some)
+                .map_err(|e| anyhow!("the registry's answer for {reference} is not JSON: {e}")),
             Err(Failure::Absent { .. }) => Ok(None),
             Err(failure) => Err(self.explain(&format!("cannot read {reference}"), failure)),
         }

@@ -1,0 +1,364 @@
+//! Signatures with cosign, Debian's, run from the `tools` image so users need nothing beyond
+//! Docker: `release --sign` signs each released index by digest and reads every signature back,
+//! and `cargo xtask verify` checks any published ref with a public key.
+//!
+//! Keys never reach a command line or a log. The private key, its password and the public key
+//! go to `docker run` as variables named without a value (`--env COSIGN_KEY`), which docker
+//! copies from the environment we give it, and cosign reads them as `env://COSIGN_KEY`; they
+//! are secrets of every step, so a plan or an error shows `***`.
+//!
+//! No transparency log is reachable here, so by default nothing is uploaded to one
+//! (`--tlog-upload=false`) and verification looks for no entry in one
+//! (`--insecure-ignore-tlog=true`). `--transparency-log` gives cosign's own defaults (Rekor)
+//! back where the log is reachable.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::image::{self, BuildRequest, ImageName, Output};
+use crate::plan::Step;
+use crate::remote::{self, Failure};
+use crate::version::Revision;
+
+/// The variables a key reaches cosign through.
+const PRIVATE_KEY_VAR: &str = "COSIGN_KEY";
+const PUBLIC_KEY_VAR: &str = "COSIGN_PUBLIC_KEY";
+/// cosign's own variable for the private key's password (empty for a key without one).
+pub const PASSWORD_VAR: &str = "COSIGN_PASSWORD";
+
+/// Where a key comes from: a PEM file, or `env://NAME` for a variable that holds the PEM text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(Utf8PathBuf),
+    Env(String),
+}
+
+impl FromStr for KeySource {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<KeySource, String> {
+        match raw.strip_prefix("env://") {
+            Some("") => Err("`env://` names no variable: write `env://NAME`".to_owned()),
+            Some(name) => Ok(KeySource::Env(name.to_owned())),
+            None if raw.is_empty() => Err("no key given: a PEM file, or `env://NAME`".to_owned()),
+            None => Ok(KeySource::File(raw.into())),
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(path) => write!(f, "{path}"),
+            KeySource::Env(name) => write!(f, "env://{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Private,
+    Public,
+}
+
+/// A key's PEM text, read once, and where it came from (for messages; never the text).
+#[derive(Clone)]
+pub struct Key {
+    pem: String,
+    source: KeySource,
+    kind: KeyKind,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?} from {})", self.kind, self.source)
+    }
+}
+
+impl Key {
+    pub fn read(source: &KeySource, kind: KeyKind) -> Result<Key> {
+        let pem = match source {
+            KeySource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the key {path}"))?,
+            KeySource::Env(name) => std::env::var(name).with_context(|| {
+                format!("the key variable {name} is not set: set it to the key's PEM text")
+            })?,
+        };
+        Key::parse(pem, source.clone(), kind)
+    }
+
+    fn parse(pem: String, source: KeySource, kind: KeyKind) -> Result<Key> {
+        let header = pem.lines().map(str::trim).find(|l| l.starts_with("-----BEGIN "));
+        let Some(header) = header else {
+            bail!("{source} is not a PEM key: it has no `-----BEGIN` line");
+        };
+        let private = header.contains("PRIVATE KEY");
+        match (kind, private) {
+            (KeyKind::Private, false) => bail!(
+                "{source} is not a private key ({header}): sign with the key `cosign \
+                 generate-key-pair` wrote to cosign.key"
+            ),
+            (KeyKind::Public, true) => bail!(
+                "{source} is a private key: verify with the public key (cosign.pub), and keep \
+                 the private one to yourself"
+            ),
+            _ => Ok(Key { pem, source, kind }),
+        }
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+}
+
+/// cosign in the `tools` image, as the steps of a release or a verification use it.
+#[derive(Debug, Clone)]
+pub struct Cosign {
+    root: Utf8PathBuf,
+    /// The `tools` image ref.
+    image: String,
+    transparency_log: bool,
+    /// The docker client's config (registry credentials), mounted for cosign to log in with.
+    docker_config: Option<DockerConfig>,
+}
+
+#[derive(Debug, Clone)]
+struct DockerConfig {
+    file: Utf8PathBuf,
+    /// The file's owner: cosign runs as them, so it can read a file only they may read.
+    owner: (u32, u32),
+}
+
+/// How cosign runs: with or without a transparency log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub transparency_log: bool,
+}
+
+impl Cosign {
+    /// The build of the `tools` image that cosign runs from: this revision's, for this
+    /// machine's platform, cached after the first time.
+    pub fn tools_build(root: &Utf8Path, revision: &Revision) -> image::BuildPlan {
+        let request = BuildRequest {
+            images: vec![ImageName::Tools],
+            output: Output::Load,
+            ..BuildRequest::default()
+        };
+        image::plan(root, revision, &request)
+    }
+
+    /// cosign from the image `tools_build` makes; nothing runs.
+    pub fn new(root: &Utf8Path, tools: &image::BuildPlan, options: Options) -> Cosign {
+        let image = tools.images[0].refs[1].clone();
+        Cosign {
+            root: root.to_owned(),
+            image,
+            transparency_log: options.transparency_log,
+            docker_config: DockerConfig::find(),
+        }
+    }
+
+    /// `docker run` of cosign with the variables in `env` passed by name.
+    fn run(&self, env: &[&str]) -> Step {
+        let mut step = crate::docker::cli(&self.root).args(["run", "--rm", "--network", "host"]);
+        match &self.docker_config {
+            Some(config) => {
+                let (uid, gid) = config.owner;
+                step = step
+                    .args(["--user", &format!("{uid}:{gid}")])
+                    .args(["--volume", &format!("{}:/docker/config.json:ro", config.file)])
+                    .args(["--env", "DOCKER_CONFIG=/docker"]);
+            }
+            None => step = step.args(["--env", "HOME=/tmp"]),
+        }
+        for name in env {
+            step = step.args(["--env", name]);
+        }
+        step.arg(&self.image).arg("cosign").timeout(std::time::Duration::from_secs(300))
+    }
+
+    /// `cosign sign` of `target` (`REPO@sha256:...`): one signature, stored beside the image.
+    pub fn sign_step(&self, key: &Key, password: &str, target: &str) -> Step {
+        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
+        let mut step = self
+            .run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
+            .args(["sign", "--key", &key_ref, "--yes"])
+            .env(PRIVATE_KEY_VAR, &key.pem)
+            .env(PASSWORD_VAR, password)
+            .secret(&key.pem)
+            .secret(password);
+        if !self.transparency_log {
+            step = step.arg("--tlog-upload=false");
+        }
+        step.arg(target)
+    }
+
+    /// `cosign verify` of `target` with a public key: its exit status is the answer.
+    pub fn verify_step(&self, key: &Key, target: &str) -> Step {
+        let key_ref = format!("env://{PUBLIC_KEY_VAR}");
+        let mut step = self
+            .run(&[PUBLIC_KEY_VAR])
+            .args(["verify", "--key", &key_ref, "--output", "json"])
+            .env(PUBLIC_KEY_VAR, &key.pem);
+        if !self.transparency_log {
+            step = step.arg("--insecure-ignore-tlog=true");
+        }
+        step.arg(target)
+    }
+
+    /// `cosign public-key` of a private key: what verifies its signatures.
+    pub fn public_key_step(&self, key: &Key, password: &str) -> Step {
+        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
+        self.run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
+            .args(["public-key", "--key", &key_ref])
+            .env(PRIVATE_KEY_VAR, &key.pem)
+            .env(PASSWORD_VAR, password)
+            .secret(&key.pem)
+            .secret(password)
+            .quiet()
+    }
+
+    pub fn public_key(&self, key: &Key, password: &str) -> Result<Key> {
+        let step = self.public_key_step(key, password);
+        let captured = step.capture()?;
+        if !captured.success() {
+            bail!(
+                "cannot read the signing key {}: {}: set {PASSWORD_VAR} to its password (empty \
+                 for a key without one)",
+                key.source,
+                step.redact(last_line(&captured.stderr))
+            );
+        }
+        Key::parse(captured.stdout, key.source.clone(), KeyKind::Public)
+    }
+
+    /// Signs `target`, retrying what fails transiently.
+    pub fn sign(&self, key: &Key, password: &str, target: &str) -> Result<()> {
+        let step = self.sign_step(key, password, target);
+        match attempt(&format!("signing {target}"), &step)? {
+            Ok(()) => Ok(()),
+            Err(reason) => bail!("cannot sign {target}: {reason}"),
+        }
+    }
+
+    /// Whether `target` carries a signature that `key` verifies: `Err` with cosign's reason
+    /// when it does not (a transient failure is retried first).
+    pub fn verify(&self, key: &Key, target: &str) -> Result<Result<(), String>> {
+        let step = self.verify_step(key, target).quiet();
+        attempt(&format!("verifying {target}"), &step)
+    }
+}
+
+/// Runs `step` with the registry's retry policy: `Ok(Err(reason))` when it failed for good.
+fn attempt(what: &str, step: &Step) -> Result<Result<(), String>> {
+    let outcome = remote::with_retries(
+        what,
+        &remote::RetryPolicy::REGISTRY,
+        || {
+            let captured = step.capture()?;
+            if captured.success() {
+                return Ok(Ok(()));
+            }
+            let timed_out = captured.timed_out.then_some(step.timeout).flatten();
+            Ok(Err(remote::classify(&step.redact(&captured.stderr), timed_out)))
+        },
+        remote::interruptible_sleep,
+    )?;
+    Ok(outcome.map_err(|failure| match failure {
+        Failure::Absent { reason }
+        | Failure::Transient { reason, .. }
+        | Failure::Definite { reason, .. } => reason,
+    }))
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no output")
+}
+
+impl DockerConfig {
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, when it exists.
+    fn find() -> Option<DockerConfig> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match std::env::var("DOCKER_CONFIG") {
+            Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
+            _ => Utf8PathBuf::from(std::env::var("HOME").ok()?).join(".docker"),
+        };
+        let file = dir.join("config.json");
+        let metadata = std::fs::metadata(&file).ok()?;
+        Some(DockerConfig { file, owner: (metadata.uid(), metadata.gid()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIVATE: &str = "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nAAAA\n-----END \
+                           ENCRYPTED SIGSTORE PRIVATE KEY-----\n";
+    const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n";
+
+    fn cosign(transparency_log: bool) -> Cosign {
+        Cosign {
+            root: "/repo".into(),
+            image: "memories/tools:0.4.2-abcdef0".into(),
+            transparency_log,
+            docker_config: None,
+        }
+    }
+
+    #[test]
+    fn key_sources_are_files_or_variables() {
+        assert_eq!("cosign.key".parse(), Ok(KeySource::File("cosign.key".into())));
+        assert_eq!("env://SIGNING_KEY".parse(), Ok(KeySource::Env("SIGNING_KEY".into())));
+        assert!("env://".parse::<KeySource>().unwrap_err().contains("env://NAME"));
+        assert!("".parse::<KeySource>().is_err());
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_kind_is_refused_in_one_line() {
+        let source = KeySource::File("k".into());
+        let parse = |pem: &str, kind| Key::parse(pem.to_owned(), source.clone(), kind);
+        assert!(parse(PRIVATE, KeyKind::Private).is_ok());
+        assert!(parse(PUBLIC, KeyKind::Public).is_ok());
+        let err = parse(PUBLIC, KeyKind::Private).unwrap_err().to_string();
+        assert!(err.contains("is not a private key"), "{err}");
+        let err = parse(PRIVATE, KeyKind::Public).unwrap_err().to_string();
+        assert!(err.contains("is a private key: verify with the public key"), "{err}");
+        let err = parse("hello", KeyKind::Public).unwrap_err().to_string();
+        assert!(err.contains("is not a PEM key"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_passwords_never_reach_the_command_line() {
+        let key = Key::parse(PRIVATE.into(), KeySource::Env("K".into()), KeyKind::Private).unwrap();
+        let step = cosign(false).sign_step(&key, "hunter2", "r/server@sha256:abc");
+        let argv = step.args.join(" ");
+        assert!(!argv.contains("AAAA") && !argv.contains("hunter2"), "{argv}");
+        assert!(argv.contains("--env COSIGN_KEY --env COSIGN_PASSWORD"), "{argv}");
+        assert!(
+            argv.ends_with(
+                "cosign sign --key env://COSIGN_KEY --yes --tlog-upload=false r/server@sha256:abc"
+            ),
+            "{argv}"
+        );
+        let shown = step.to_json().to_string();
+        assert!(!shown.contains("AAAA") && !shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn the_transparency_log_is_off_unless_asked_for() {
+        let key = Key::parse(PUBLIC.into(), KeySource::File("p".into()), KeyKind::Public).unwrap();
+        let offline = cosign(false).verify_step(&key, "r/server:1").args.join(" ");
+        assert!(offline.contains("--insecure-ignore-tlog=true"), "{offline}");
+        let online = cosign(true).verify_step(&key, "r/server:1").args.join(" ");
+        assert!(!online.contains("tlog"), "{online}");
+        let private =
+            Key::parse(PRIVATE.into(), KeySource::File("k".into()), KeyKind::Private).unwrap();
+        let sign = cosign(true).sign_step(&private, "", "r/server@sha256:abc").args.join(" ");
+        assert!(!sign.contains("tlog"), "{sign}");
+    }
+}

@@ -1,0 +1,271 @@
+//! `cargo xtask verify REF --key PUB`: checks a published ref the way a user of it would, in
+//! one report: the index it names, its platforms, its labels, its signature (cosign, by the
+//! digest the ref named when it was read) and its provenance attestations. Exit status 1 when
+//! any check fails.
+
+use anyhow::{Context, Result, bail};
+use camino::Utf8Path;
+use serde_json::{Value, json};
+
+use crate::image::ImageName;
+use crate::platform::Platform;
+use crate::release::read_index;
+use crate::remote;
+use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
+use crate::version::Revision;
+
+/// What to verify, independent of the command line.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub reference: String,
+    pub key: KeySource,
+    pub platforms: Vec<Platform>,
+    pub options: Options,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, outcome: Result<String, String>) -> Check {
+        match outcome {
+            Ok(detail) => Check { name, ok: true, detail },
+            Err(detail) => Check { name, ok: false, detail },
+        }
+    }
+}
+
+/// The labels every image of ours carries.
+const LABELS: [&str; 5] = [
+    "org.opencontainers.image.version",
+    "org.opencontainers.image.revision",
+    "org.opencontainers.image.created",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.title",
+];
+
+/// The in-toto predicate types of a BuildKit provenance attestation.
+const PROVENANCE: [&str; 2] =
+    ["https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1"];
+
+/// The repository of `reference` (what precedes `:tag` or `@digest`).
+pub fn repository_of(reference: &str) -> &str {
+    let name = reference.split('@').next().unwrap_or(reference);
+    match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
+}
+
+/// Checks the labels of every platform: each of [`LABELS`] present and the same on every
+/// platform, and the title the one of the image the repository is named after.
+pub fn check_labels(
+    inspected: &Value,
+    platforms: &[String],
+    repository: &str,
+) -> Result<String, String> {
+    let image_of = |platform: &str| -> &Value {
+        match inspected["image"].get(platform) {
+            Some(image) => image,
+            None if platforms.len() == 1 => &inspected["image"],
+            None => &Value::Null,
+        }
+    };
+    let mut values = Vec::new();
+    for key in LABELS {
+        let found: Vec<Option<&str>> =
+            platforms.iter().map(|p| image_of(p)["config"]["Labels"][key].as_str()).collect();
+        match found.first() {
+            Some(Some(first)) if found.iter().all(|v| v == &Some(*first)) => {
+                values.push((key, (*first).to_owned()));
+            }
+            _ => return Err(format!("{key} is missing or differs between platforms")),
+        }
+    }
+    let title = &values.iter().find(|(k, _)| k.ends_with(".title")).expect("a title").1;
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    let ours = ImageName::ALL.iter().find(|image| image.as_str() == name);
+    if let Some(image) = ours {
+        let want = crate::image::source(*image).title;
+        if title != want {
+            return Err(format!("title is `{title}`, but {repository} holds `{want}`"));
+        }
+    }
+    let version = &values[0].1;
+    let revision = &values[1].1;
+    Ok(format!("{title} {version} from {revision}"))
+}
+
+/// The digests of the attestation manifests in an index, by the platform manifest each
+/// describes.
+fn attestations(inspected: &Value) -> Vec<(String, String)> {
+    let entries =
+        inspected["manifest"]["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| e["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .filter_map(|e| {
+            let of = e["annotations"]["vnd.docker.reference.digest"].as_str()?;
+            Some((of.to_owned(), e["digest"].as_str()?.to_owned()))
+        })
+        .collect()
+}
+
+pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
+    crate::docker::require_cli()?;
+    let key = Key::read(&request.key, KeyKind::Public)?;
+    let registry = remote::Registry::new(root, None);
+    let reference = &request.reference;
+    let repository = repository_of(reference);
+    let inspected = registry.inspect(reference)?.with_context(|| {
+        format!("{reference} is not in the registry: check the name and the tag")
+    })?;
+    let found = read_index(&inspected)
+        .with_context(|| format!("{reference} in the registry is not an image index"))?;
+    let pinned = format!("{repository}@{}", found.digest);
+    let mut checks = Vec::new();
+
+    let have: Vec<String> = found.platforms.keys().cloned().collect();
+    let missing: Vec<String> =
+        request.platforms.iter().map(ToString::to_string).filter(|p| !have.contains(p)).collect();
+    checks.push(Check::new(
+        "platforms",
+        if missing.is_empty() {
+            Ok(have.join(", "))
+        } else {
+            Err(format!("missing {} (found: {})", missing.join(", "), have.join(", ")))
+        },
+    ));
+
+    checks.push(Check::new("labels", check_labels(&inspected, &have, repository)));
+
+    let revision = Revision::read(root)?;
+    let tools = Cosign::tools_build(root, &revision);
+    crate::image::execute(&tools).context("cannot build the tools image that runs cosign")?;
+    let cosign = Cosign::new(root, &tools, request.options);
+    checks.push(Check::new(
+        "signature",
+        match cosign.verify(&key, &pinned)? {
+            Ok(()) => Ok(format!("{pinned} verified with {}", key.source())),
+            Err(reason) => Err(format!("not verified with {}: {reason}", key.source())),
+        },
+    ));
+
+    let attested = attestations(&inspected);
+    let mut provenance = Vec::new();
+    let mut lacking = Vec::new();
+    for (platform, digest) in &found.platforms {
+        let Some((_, attestation)) = attested.iter().find(|(of, _)| of == digest) else {
+            lacking.push(platform.clone());
+            continue;
+        };
+        let raw =
+            registry.inspect_raw(&format!("{repository}@{attestation}"))?.with_context(|| {
+                format!("{repository}@{attestation} is listed but not in the registry")
+            })?;
+        let types: Vec<&str> = raw["layers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str())
+            .collect();
+        if types.iter().any(|t| PROVENANCE.contains(t)) {
+            provenance.push(platform.clone());
+        } else {
+            lacking.push(platform.clone());
+        }
+    }
+    checks.push(Check::new(
+        "provenance",
+        if lacking.is_empty() && !provenance.is_empty() {
+            Ok(format!("SLSA provenance for {}", provenance.join(", ")))
+        } else {
+            Err(format!("no provenance attestation for {}", lacking.join(", ")))
+        },
+    ));
+
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    if json {
+        let report: Vec<Value> = checks
+            .iter()
+            .map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail}))
+            .collect();
+        out!(
+            "{:#}",
+            json!({
+                "ref": reference,
+                "digest": found.digest,
+                "ok": failed.is_empty(),
+                "checks": report,
+            })
+        );
+    } else {
+        out!("{reference} is {}", found.digest);
+        for check in &checks {
+            out!("{:<4} {:<10} {}", if check.ok { "ok" } else { "FAIL" }, check.name, check.detail);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{reference} failed verification: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_is_what_precedes_the_tag_or_digest() {
+        assert_eq!(repository_of("127.0.0.1:5000/acme/server:1.2.3"), "127.0.0.1:5000/acme/server");
+        assert_eq!(
+            repository_of("127.0.0.1:5000/acme/server@sha256:ab"),
+            "127.0.0.1:5000/acme/server"
+        );
+        assert_eq!(repository_of("127.0.0.1:5000/acme/server"), "127.0.0.1:5000/acme/server");
+        assert_eq!(repository_of("ghcr.io/acme/db:1@sha256:ab"), "ghcr.io/acme/db");
+    }
+
+    fn inspected(title: &str, arm_version: &str) -> Value {
+        let labels = |version: &str| {
+            json!({"config": {"Labels": {
+                "org.opencontainers.image.version": version,
+                "org.opencontainers.image.revision": "abc",
+                "org.opencontainers.image.created": "2023-11-14T22:13:20Z",
+                "org.opencontainers.image.source": "https://example.com/m.git",
+                "org.opencontainers.image.title": title,
+            }}})
+        };
+        json!({"image": {"linux/amd64": labels("1.0.0"), "linux/arm64": labels(arm_version)}})
+    }
+
+    #[test]
+    fn labels_must_agree_and_name_the_image_of_the_repository() {
+        let both = ["linux/amd64".to_owned(), "linux/arm64".to_owned()];
+        let good = check_labels(&inspected("memories-server", "1.0.0"), &both, "r/acme/server");
+        assert_eq!(good, Ok("memories-server 1.0.0 from abc".to_owned()));
+        let retagged = check_labels(&inspected("memories-db", "1.0.0"), &both, "r/acme/server");
+        assert!(retagged.unwrap_err().contains("holds `memories-server`"));
+        let split = check_labels(&inspected("memories-server", "0.9.0"), &both, "r/acme/server");
+        assert!(split.unwrap_err().contains("version is missing or differs"));
+        // A repository of another name is not held to one of our titles.
+        assert!(check_labels(&inspected("x", "1.0.0"), &both, "r/acme/other").is_ok());
+    }
+
+    #[test]
+    fn attestation_manifests_are_found_by_the_manifest_they_describe() {
+        let index = json!({"manifest": {"manifests": [
+            {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                             "vnd.docker.reference.digest": "sha256:a"}},
+        ]}});
+        assert_eq!(attestations(&index), [("sha256:a".to_owned(), "sha256:att".to_owned())]);
+    }
+}
