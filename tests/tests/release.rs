@@ -12,9 +12,21 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port, repo_root,
-    unique_name, wait_for_200, xtask_captured, xtask_ok, xtask_process,
+    Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port,
+    pyproject_version, repo_root, unique_name, wait_for_200, xtask_captured, xtask_ok,
+    xtask_process,
 };
+
+/// The `tools` image (cosign, skopeo), built once for the whole binary: two builds naming the
+/// same image at once make the image store refuse the second, and the xtask commands these
+/// tests run build it again (from cache) for themselves.
+fn tools_image() -> &'static str {
+    static TOOLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let built: Value = serde_json::from_str(&xtask_ok(&["build", "tools", "--json"])).unwrap();
+        built["images"][0]["refs"][1].as_str().unwrap().to_owned()
+    })
+}
 
 /// What `cargo xtask version --json` says about this tree.
 fn version() -> Value {
@@ -350,12 +362,11 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     assert_eq!(server["image"], "server");
 
     // Someone else's tool reads it: Debian's skopeo, as an OCI archive, by the full ref.
-    let built: Value = serde_json::from_str(&xtask_ok(&["build", "tools", "--json"])).unwrap();
-    let tools = built["images"][0]["refs"][0].as_str().unwrap().to_owned();
+    let tools = tools_image();
     let skopeo = |args: &[&str]| -> Value {
         let mount = format!("{}:/bundle:ro", dir.display());
         let archive = format!("oci-archive:/bundle/memories.tar:{}", refs[0]);
-        let mut command = vec!["run", "--rm", "--volume", mount.as_str(), tools.as_str(), "skopeo"];
+        let mut command = vec!["run", "--rm", "--volume", mount.as_str(), tools, "skopeo"];
         command.extend(args);
         command.push(&archive);
         serde_json::from_str(&docker(&command)).unwrap()
@@ -446,4 +457,167 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
         .unwrap();
     assert!(down.success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cosign key pair made by the tools image in `dir` (cosign.key, cosign.pub), with
+/// `password`.
+fn key_pair(dir: &std::path::Path, password: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mount = format!("{}:/keys", dir.display());
+    let output = docker_output(&[
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        "--volume",
+        &mount,
+        "--workdir",
+        "/keys",
+        "--env",
+        &format!("COSIGN_PASSWORD={password}"),
+        tools_image(),
+        "cosign",
+        "generate-key-pair",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `cosign verify` of `reference` with the public key in `dir`, run by hand.
+fn cosign_verifies(reference: &str, dir: &std::path::Path) -> bool {
+    let mount = format!("{}:/keys:ro", dir.display());
+    docker_output(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--volume",
+        &mount,
+        tools_image(),
+        "cosign",
+        "verify",
+        "--key",
+        "/keys/cosign.pub",
+        "--insecure-ignore-tlog=true",
+        reference,
+    ])
+    .status
+    .success()
+}
+
+#[test]
+fn a_signed_release_verifies_with_its_key_only_and_a_retagged_ref_fails_verify() {
+    let registry = Registry::start();
+    let namespace = registry.namespace("signed");
+    let version = pyproject_version();
+    let dir = std::env::temp_dir().join(unique_name("release-keys"));
+    let (ours, other) = (dir.join("ours"), dir.join("other"));
+    key_pair(&ours, "correct horse");
+    key_pair(&other, "");
+    let key = ours.join("cosign.key");
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let body = key_text.lines().nth(1).unwrap().to_owned();
+
+    let wrong_password = xtask_process()
+        .args(["release", "server", "--registry", &namespace, "--allow-dirty"])
+        .args(["--sign", key.to_str().unwrap()])
+        .env("COSIGN_PASSWORD", "wrong")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(wrong_password.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong_password.stderr);
+    assert!(
+        stderr.contains("cannot read the signing key") && stderr.contains("COSIGN_PASSWORD"),
+        "{stderr}"
+    );
+    assert!(
+        inspect(&format!("{namespace}/server:{version}")).is_none(),
+        "nothing pushed: {stderr}"
+    );
+
+    let released = xtask_process()
+        .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .args(["--sign", "env://RELEASE_KEY", "--json"])
+        .env("RELEASE_KEY", &key_text)
+        .env("COSIGN_PASSWORD", "correct horse")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&released.stderr);
+    assert!(released.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&released.stdout);
+    for shown in [&stdout, &stderr] {
+        assert!(!shown.contains(&body) && !shown.contains("correct horse"), "{shown}");
+    }
+    let report: Value = serde_json::from_slice(&released.stdout).unwrap();
+    for image in report["images"].as_array().unwrap() {
+        assert_eq!(image["signed"], true, "{image}");
+        for reference in image["refs"].as_array().unwrap() {
+            let reference = reference.as_str().unwrap();
+            assert!(cosign_verifies(reference, &ours), "{reference} verifies with our key");
+            assert!(
+                !cosign_verifies(reference, &other),
+                "{reference} must not verify with another key"
+            );
+        }
+    }
+
+    // Each index carries an SBOM per platform that lists Debian and Python packages.
+    for (image, package) in [("db", "postgresql-17"), ("server", "fastapi")] {
+        let reference = format!("{namespace}/{image}:{version}");
+        let sboms: Value = serde_json::from_str(&docker(&[
+            "buildx",
+            "imagetools",
+            "inspect",
+            &reference,
+            "--format",
+            "{{json .SBOM}}",
+        ]))
+        .unwrap();
+        for platform in ["linux/amd64", "linux/arm64"] {
+            let packages = sboms[platform]["SPDX"]["packages"].as_array().unwrap_or_else(|| {
+                panic!("{reference} has no SPDX SBOM for {platform}: {sboms:#}")
+            });
+            let found = packages.iter().find(|p| p["name"] == package);
+            let version = found.and_then(|p| p["versionInfo"].as_str()).unwrap_or_default();
+            assert!(!version.is_empty(), "{reference} {platform}: {package} with its version");
+        }
+    }
+
+    let server = format!("{namespace}/server:{version}");
+    let public = ours.join("cosign.pub");
+    let verify = |reference: &str, key: &std::path::Path| {
+        xtask_captured(&["verify", reference, "--key", key.to_str().unwrap(), "--json"])
+    };
+    let good = verify(&server, &public);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let good: Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(good["ok"], true);
+    let names: Vec<&str> =
+        good["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(names, ["platforms", "labels", "signature", "provenance", "sbom"]);
+    assert!(good["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{good:#}");
+
+    let by_other = verify(&server, &other.join("cosign.pub"));
+    assert_eq!(by_other.status.code(), Some(1), "another key: failed");
+
+    // Tampered: the server's version tag retagged to the db image (signed, but as db).
+    let db = digest_of(&format!("{namespace}/db:{version}"));
+    docker(&["buildx", "imagetools", "create", "--tag", &server, &format!("{namespace}/db@{db}")]);
+    let tampered = verify(&server, &public);
+    assert_eq!(tampered.status.code(), Some(1));
+    let tampered_report: Value = serde_json::from_slice(&tampered.stdout).unwrap();
+    assert_eq!(tampered_report["ok"], false);
+    let failed: Vec<&str> = tampered_report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["labels", "signature"], "{tampered_report:#}");
+    let last =
+        String::from_utf8_lossy(&tampered.stderr).lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("failed verification: labels, signature"), "{last}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

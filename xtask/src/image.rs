@@ -13,7 +13,7 @@ use crate::bundle;
 use crate::docker;
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
-use crate::reap::RunDir;
+use crate::reap::{RunDir, RunId};
 use crate::remote;
 use crate::version::Revision;
 
@@ -35,6 +35,9 @@ pub enum ImageName {
     /// Supply-chain tools from Debian (cosign, skopeo) for signing, tests and checks; never
     /// released.
     Tools,
+    /// The SBOM generator BuildKit runs for every reproducible build (build platform only);
+    /// never released.
+    Sbom,
 }
 
 impl ImageName {
@@ -56,6 +59,7 @@ impl ImageName {
             ImageName::Proxy => "proxy",
             ImageName::Registry => "registry",
             ImageName::Tools => "tools",
+            ImageName::Sbom => "sbom",
         }
     }
 }
@@ -104,6 +108,11 @@ pub fn source(image: ImageName) -> ImageSource {
             dockerfile: "docker/tools/Dockerfile",
             target: "tools",
             title: "memories-tools",
+        },
+        ImageName::Sbom => ImageSource {
+            dockerfile: "docker/sbom/Dockerfile",
+            target: "sbom",
+            title: "memories-sbom",
         },
         ImageName::Db => {
             ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
@@ -185,6 +194,9 @@ pub struct BuildPlan {
     pub pushes: Vec<String>,
     pub root: Utf8PathBuf,
     pub builder: Option<String>,
+    /// The SBOM generator's own build, first, for a reproducible build; its ref is this run's
+    /// alone (so builds side by side never name one image at once) and is removed afterwards.
+    pub generator: Option<Box<BuildPlan>>,
 }
 
 /// The prefix of a build's archive directory in `target/xtask`.
@@ -200,14 +212,19 @@ impl BuildPlan {
         remote::Registry::new(&self.root, self.builder.as_deref())
     }
 
+    /// What builds the images, in order: the SBOM generator's build, the one bake, the loads.
+    pub fn build_steps(&self) -> Vec<Step> {
+        let generator = self.generator.iter().map(|g| g.step.clone());
+        generator.chain([self.step.clone()]).chain(self.loads.iter().cloned()).collect()
+    }
+
     /// The build as a dry-run plan: the one bake (with its definition as a fact), then the
     /// loads and pushes of a reproducible build.
     pub fn to_plan(&self) -> Plan {
         let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
         let remote = self.remote();
         Plan::new(format!("build {}", names.join(" ")))
-            .step(self.step.clone())
-            .steps(self.loads.iter().cloned())
+            .steps(self.build_steps())
             .steps(self.pushes.iter().map(|r| remote.push_step(r)))
             .fact("images", self.images_json())
             .fact("bake", self.bake.clone())
@@ -225,6 +242,19 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let reproducible = request.output != Output::Load;
     let archives =
         reproducible.then(|| RunDir::planned(&root.join("target/xtask"), ARCHIVES_PREFIX));
+    let generator = reproducible.then(|| {
+        let run = RunId::of_process(std::process::id())
+            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
+        let request = BuildRequest {
+            images: vec![ImageName::Sbom],
+            tags: Some(vec![revision.build_tags()[1].clone()]),
+            registry: Some(format!("memories/run-{run}")),
+            builder: request.builder.clone(),
+            ..BuildRequest::default()
+        };
+        Box::new(plan(root, revision, &request))
+    });
+    let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {
@@ -248,8 +278,9 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             "args": { "SOURCE_DATE_EPOCH": revision.epoch.to_string() },
             "output": [exporter],
         });
-        if reproducible {
-            target["attest"] = json!(["type=provenance,mode=max"]);
+        if let Some(generator) = &generator_ref {
+            target["attest"] =
+                json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")]);
         }
         if let Some(platforms) = &request.platforms {
             let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
@@ -289,6 +320,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         pushes,
         root: root.to_owned(),
         builder: request.builder.clone(),
+        generator,
     }
 }
 
@@ -376,6 +408,13 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
     let dir = plan.metadata_file.parent().expect("metadata file has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let _generator = match &plan.generator {
+        Some(generator) => {
+            execute(generator).context("cannot build the SBOM generator")?;
+            Some(Untag { root: &plan.root, refs: &generator.images[0].refs })
+        }
+        None => None,
+    };
     let archives = match &plan.archives {
         Some(planned) => {
             let made = RunDir::new(dir, ARCHIVES_PREFIX)?;
@@ -414,6 +453,19 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
             platforms: platforms.next().unwrap_or_default(),
         })
         .collect())
+}
+
+/// Removes local tags when dropped.
+struct Untag<'a> {
+    root: &'a Utf8Path,
+    refs: &'a [String],
+}
+
+impl Drop for Untag<'_> {
+    fn drop(&mut self) {
+        let step = docker::cli(self.root).args(["image", "rm"]).args(self.refs).quiet();
+        let _ = step.capture();
+    }
 }
 
 pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<()> {
@@ -531,7 +583,13 @@ mod tests {
             json!([format!("type=oci,dest={archives}/db.tar,rewrite-timestamp=true")])
         );
         assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
-        assert_eq!(db["attest"], json!(["type=provenance,mode=max"]));
+        let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
+        let run = RunId::of_process(std::process::id()).unwrap();
+        assert_eq!(*generator, format!("memories/run-{run}/sbom:0.4.2-abcdef0"));
+        assert_eq!(
+            db["attest"],
+            json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")])
+        );
         assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
         assert!(plan.bake["target"].get("standalone").is_none());
         // Each archive is loaded, then every ref pushed.
@@ -548,9 +606,10 @@ mod tests {
                 _ => None,
             })
             .collect();
+        // The generator, the bake, each archive loaded, then every ref pushed.
         assert_eq!(
             commands,
-            ["buildx", "load", "load", "push", "push", "push", "push", "push", "push"]
+            ["buildx", "buildx", "load", "load", "push", "push", "push", "push", "push", "push"]
         );
     }
 }

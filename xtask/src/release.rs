@@ -15,6 +15,7 @@ use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::remote;
 use crate::sign::{self, Cosign, Key, KeyKind, KeySource};
+use crate::verify;
 use crate::version::Revision;
 
 /// Where releases go unless `--registry` says otherwise: the local registry of a development
@@ -241,8 +242,7 @@ impl ReleasePlan {
             "build the images the registry lacks, reproducibly (into OCI archives), and load them \
              into the local image store",
         )
-        .step(self.build.step.clone())
-        .steps(self.build.loads.iter().cloned())
+        .steps(self.build.build_steps())
         .note("push each version, then copy it by digest to its other immutable refs");
         for image in &self.images {
             plan = plan
@@ -516,6 +516,20 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
             platforms,
             signed: false,
         });
+    }
+    // Every index carries its provenance and SBOM, for every platform.
+    for image in &plan.images {
+        let reference = image.version_ref();
+        let inspected = remote
+            .inspect(&reference)?
+            .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
+        let found = read_index(&inspected)?;
+        let types =
+            verify::predicate_types(&remote, &image.repository, &inspected, &found.platforms)?;
+        let (provenance, sbom) = verify::check_attestations(&types);
+        if let Err(reason) = provenance.and(sbom) {
+            bail!("{reference} in the registry is not what was released: {reason}");
+        }
     }
     if let (Some(signer), Some(public)) = (&plan.signer, &public) {
         for entry in &mut released {
@@ -822,7 +836,8 @@ mod tests {
             steps[signs[0]]
         );
         let last_push = steps.iter().rposition(|s| s.contains("docker push")).unwrap();
-        let first_move = steps.iter().position(|s| s.contains("--tag 127.0.0.1:5000/acme/server:1.4 ")).unwrap();
+        let first_move =
+            steps.iter().position(|s| s.contains("--tag 127.0.0.1:5000/acme/server:1.4 ")).unwrap();
         assert!(last_push < signs[0] && signs[1] < first_move, "{steps:#?}");
         assert!(steps.iter().all(|s| !s.contains("SECRETBODY")), "{steps:#?}");
         let wrong = ReleaseRequest {
@@ -909,9 +924,10 @@ mod tests {
             .collect();
         let reads = steps.iter().take_while(|s| s.contains("imagetools inspect")).count();
         assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
-        assert!(steps[10].contains("buildx bake"), "{}", steps[10]);
-        assert_eq!(steps[11], format!("docker load --quiet --input {archive}"));
-        let steps = [&steps[..11], &steps[13..]].concat();
+        assert!(steps[10].contains("buildx bake"), "the SBOM generator: {}", steps[10]);
+        assert!(steps[11].contains("buildx bake"), "{}", steps[11]);
+        assert_eq!(steps[12], format!("docker load --quiet --input {archive}"));
+        let steps = [&steps[..11], &steps[14..]].concat();
         assert_eq!(steps[11], "docker push --quiet 127.0.0.1:5000/acme/server:1.4.2");
         assert_eq!(
             steps[12],

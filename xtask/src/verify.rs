@@ -1,7 +1,9 @@
 //! `cargo xtask verify REF --key PUB`: checks a published ref the way a user of it would, in
 //! one report: the index it names, its platforms, its labels, its signature (cosign, by the
-//! digest the ref named when it was read) and its provenance attestations. Exit status 1 when
-//! any check fails.
+//! digest the ref named when it was read), and its provenance and SBOM attestations. Exit
+//! status 1 when any check fails.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
@@ -52,6 +54,59 @@ const LABELS: [&str; 5] = [
 /// The in-toto predicate types of a BuildKit provenance attestation.
 const PROVENANCE: [&str; 2] =
     ["https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1"];
+
+/// The predicate type of an SPDX SBOM, the only kind BuildKit attaches.
+const SBOM: &str = "https://spdx.dev/Document";
+
+/// The in-toto predicate types attached to each platform of an index (platform → types), read
+/// from the attestation manifests it lists.
+pub fn predicate_types(
+    registry: &remote::Registry,
+    repository: &str,
+    inspected: &Value,
+    platforms: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let attested = attestations(inspected);
+    let mut types = BTreeMap::new();
+    for (platform, digest) in platforms {
+        let mut found = Vec::new();
+        for (_, attestation) in attested.iter().filter(|(of, _)| of == digest) {
+            let reference = format!("{repository}@{attestation}");
+            let raw = registry
+                .inspect_raw(&reference)?
+                .with_context(|| format!("{reference} is listed but not in the registry"))?;
+            let layers = raw["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
+            found.extend(
+                layers
+                    .iter()
+                    .filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str())
+                    .map(str::to_owned),
+            );
+        }
+        types.insert(platform.clone(), found);
+    }
+    Ok(types)
+}
+
+/// Whether every platform has a provenance attestation, and an SBOM.
+pub fn check_attestations(
+    types: &BTreeMap<String, Vec<String>>,
+) -> (Result<String, String>, Result<String, String>) {
+    let check = |what: &str, wanted: &dyn Fn(&str) -> bool| -> Result<String, String> {
+        let lacking: Vec<&str> = types
+            .iter()
+            .filter(|(_, t)| !t.iter().any(|t| wanted(t)))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let all: Vec<&str> = types.keys().map(String::as_str).collect();
+        match (all.is_empty(), lacking.is_empty()) {
+            (true, _) => Err("the index lists no platform".to_owned()),
+            (false, true) => Ok(format!("{what} for {}", all.join(", "))),
+            (false, false) => Err(format!("no {what} attestation for {}", lacking.join(", "))),
+        }
+    };
+    (check("SLSA provenance", &|t| PROVENANCE.contains(&t)), check("SPDX SBOM", &|t| t == SBOM))
+}
 
 /// The repository of `reference` (what precedes `:tag` or `@digest`).
 pub fn repository_of(reference: &str) -> &str {
@@ -156,39 +211,10 @@ pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
         },
     ));
 
-    let attested = attestations(&inspected);
-    let mut provenance = Vec::new();
-    let mut lacking = Vec::new();
-    for (platform, digest) in &found.platforms {
-        let Some((_, attestation)) = attested.iter().find(|(of, _)| of == digest) else {
-            lacking.push(platform.clone());
-            continue;
-        };
-        let raw =
-            registry.inspect_raw(&format!("{repository}@{attestation}"))?.with_context(|| {
-                format!("{repository}@{attestation} is listed but not in the registry")
-            })?;
-        let types: Vec<&str> = raw["layers"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str())
-            .collect();
-        if types.iter().any(|t| PROVENANCE.contains(t)) {
-            provenance.push(platform.clone());
-        } else {
-            lacking.push(platform.clone());
-        }
-    }
-    checks.push(Check::new(
-        "provenance",
-        if lacking.is_empty() && !provenance.is_empty() {
-            Ok(format!("SLSA provenance for {}", provenance.join(", ")))
-        } else {
-            Err(format!("no provenance attestation for {}", lacking.join(", ")))
-        },
-    ));
+    let types = predicate_types(&registry, repository, &inspected, &found.platforms)?;
+    let (provenance, sbom) = check_attestations(&types);
+    checks.push(Check::new("provenance", provenance));
+    checks.push(Check::new("sbom", sbom));
 
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     if json {
@@ -267,5 +293,22 @@ mod tests {
                              "vnd.docker.reference.digest": "sha256:a"}},
         ]}});
         assert_eq!(attestations(&index), [("sha256:a".to_owned(), "sha256:att".to_owned())]);
+    }
+
+    #[test]
+    fn every_platform_needs_provenance_and_an_sbom() {
+        let types = |arm: &[&str]| -> BTreeMap<String, Vec<String>> {
+            BTreeMap::from([
+                ("linux/amd64".to_owned(), vec![PROVENANCE[0].to_owned(), SBOM.to_owned()]),
+                ("linux/arm64".to_owned(), arm.iter().map(|t| (*t).to_owned()).collect()),
+            ])
+        };
+        let (provenance, sbom) = check_attestations(&types(&[PROVENANCE[0], SBOM]));
+        assert_eq!(provenance.unwrap(), "SLSA provenance for linux/amd64, linux/arm64");
+        assert_eq!(sbom.unwrap(), "SPDX SBOM for linux/amd64, linux/arm64");
+        let (provenance, sbom) = check_attestations(&types(&[PROVENANCE[0]]));
+        assert!(provenance.is_ok());
+        assert_eq!(sbom.unwrap_err(), "no SPDX SBOM attestation for linux/arm64");
+        assert!(check_attestations(&BTreeMap::new()).0.is_err());
     }
 }

@@ -340,9 +340,10 @@ fn a_stopped_daemon_is_named_with_the_fix_and_exits_1() {
     let stderr = text(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with(
-            "error: image build failed: cannot reach the Docker daemon at DOCKER_HOST=tcp://127.0.0.1:9"
-        ),
+        last.starts_with("error: ")
+            && last.contains(
+                "image build failed: cannot reach the Docker daemon at DOCKER_HOST=tcp://127.0.0.1:9"
+            ),
         "{stderr}"
     );
 }
