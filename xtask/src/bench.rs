@@ -14,6 +14,7 @@ use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::plan::{self, Step, Streams};
+use crate::reap::RunDir;
 use crate::registry::Throwaway;
 use crate::release;
 use crate::stack::{self, Mode, Stack};
@@ -22,14 +23,28 @@ use crate::version::Revision;
 pub use deploy::deploy;
 pub use devloop::devloop;
 
-/// A no-op `cargo xtask build server` against a bare `docker buildx build` of the same
-/// Dockerfile and target, with the same tags and labels, so both produce the same image.
+/// A no-op `cargo xtask build server` against the hand-written commands that give the same
+/// image: a `docker buildx build` of the same Dockerfile and target, with the same tags, labels,
+/// `SOURCE_DATE_EPOCH`, attestations and OCI archive, then `docker load` of the archive.
 pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
-    let peer = bare_build(root, &Revision::read(root)?);
-    let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
+    let revision = Revision::read(root)?;
+    let request = BuildRequest {
+        images: vec![ImageName::Server],
+        output: image::Output::Store,
+        ..BuildRequest::default()
+    };
+    let plan = image::plan(root, &revision, &request);
+    let generator = plan.generator.as_ref().expect("a reproducible build has a generator");
+    // The peer's SBOM generator: built once here, removed at the end.
+    image::execute(generator).context("cannot build the SBOM generator")?;
+    let archive = RunDir::new(&root.join("target/xtask"), "bench-build-")?;
+    let peer = bare_build(root, &plan, &archive.path().join("server.tar"));
+    let measured = measure(&ours, &peer, runs);
+    let _ = docker::cli(root).args(["image", "rm"]).args(&generator.images[0].refs).capture();
+    let (ours_times, peer_times) = measured?;
     Ok(Report {
         name: "build",
         ours: Side::new("cargo xtask build server (no-op)", ours_times),
@@ -55,12 +70,27 @@ pub fn startup(root: &Utf8Path, runs: u32) -> Result<Report> {
     })
 }
 
-/// The hand-written `docker buildx build` that gives what `cargo xtask build server` gives.
-fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
-    let request = BuildRequest { images: vec![ImageName::Server], ..BuildRequest::default() };
-    let plan = image::plan(root, revision, &request);
+/// The hand-written commands that give what `cargo xtask build server` gives: the build of
+/// `plan`'s one target into `archive`, and its load (a shell script, as the peer is one).
+fn bare_build(root: &Utf8Path, plan: &image::BuildPlan, archive: &Utf8Path) -> Step {
     let target = &plan.bake["target"]["server"];
-    let mut step = docker::buildx(root, None).args(["build", "--load"]);
+    let mut step = Step::new("sh", root).args([
+        "-c",
+        "archive=$1; shift; docker buildx build \"$@\" && docker load --quiet --input \"$archive\"",
+        "sh",
+        archive.as_str(),
+        "build",
+    ]);
+    step = step.args(["--output", &format!("type=oci,dest={archive},rewrite-timestamp=true")]);
+    for attest in target["attest"].as_array().into_iter().flatten() {
+        step = step.args(["--attest", attest.as_str().unwrap_or_default()]);
+    }
+    for (key, value) in target["args"].as_object().into_iter().flatten() {
+        step = step.args([
+            "--build-arg".to_owned(),
+            format!("{key}={}", value.as_str().unwrap_or_default()),
+        ]);
+    }
     step = step.args(["--file", target["dockerfile"].as_str().unwrap_or_default()]);
     step = step.args(["--target", target["target"].as_str().unwrap_or_default()]);
     for tag in target["tags"].as_array().into_iter().flatten() {
@@ -71,6 +101,43 @@ fn bare_build(root: &Utf8Path, revision: &Revision) -> Step {
             .args(["--label".to_owned(), format!("{key}={}", value.as_str().unwrap_or_default())]);
     }
     step.arg(".")
+}
+
+/// `cargo xtask build` of every image for amd64 and arm64 from an empty BuildKit cache (pruned
+/// before every run), with a warm registry cache (`--cache registry=...`, written by one build
+/// before the first run) against the same with nothing, interleaved. The warm side writes the
+/// cache back as well, as a CI run does.
+pub fn cache(root: &Utf8Path, runs: u32) -> Result<Report> {
+    docker::require_buildx()?;
+    let registry = Throwaway::start(root)?;
+    let exe = plan::this_xtask()?;
+    let cache = format!("registry={}/bench/cache", registry.address);
+    let build = |cached: bool| {
+        let step = Step::new(&exe, root)
+            .args(["build", "--platform", release::DEFAULT_PLATFORMS, "--registry"])
+            .arg(format!("{}/bench", registry.address));
+        if cached { step.args(["--cache", &cache]) } else { step }
+    };
+    say!("writing the registry cache: {}", build(true));
+    build(true).run()?;
+    let mut samples = [Vec::new(), Vec::new()];
+    for run in 1..=runs {
+        for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+            let what = if side == 0 { "with the registry cache" } else { "from nothing" };
+            say!("run {run}/{runs}: build from an empty BuildKit cache, {what}");
+            docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
+            samples[side].push(time(&build(side == 0))?);
+        }
+    }
+    registry.untag_local(&format!("{}/bench", registry.address));
+    let [warm, cold] = samples;
+    Ok(Report {
+        name: "cache",
+        ours: Side::new("build, empty BuildKit cache, warm registry cache", warm),
+        peer: Side::new("build, empty BuildKit cache, no cache", cold),
+        others: Vec::new(),
+        note: None,
+    })
 }
 
 /// A release of every image for amd64 and arm64 against the same release for amd64 alone, each
@@ -453,13 +520,23 @@ mod tests {
             created: "2020-01-01T00:00:00Z".into(),
             source: None,
         };
-        let step = bare_build(Utf8Path::new("/repo"), &revision).to_string();
+        let request = BuildRequest {
+            images: vec![ImageName::Server],
+            output: image::Output::Store,
+            ..BuildRequest::default()
+        };
+        let plan = image::plan(Utf8Path::new("/repo"), &revision, &request);
+        let step = bare_build(Utf8Path::new("/repo"), &plan, Utf8Path::new("/a/s.tar")).to_string();
+        let generator = &plan.generator.as_ref().unwrap().images[0].refs[0];
         assert!(
-            step.starts_with(
-                "docker buildx build --load --file docker/server/Dockerfile --target runtime \
-                 --tag memories/server:1.0.0 --tag memories/server:1.0.0-1234567 --tag memories/server:sha-1234567 \
+            step.contains(&format!(
+                "sh /a/s.tar build --output type=oci,dest=/a/s.tar,rewrite-timestamp=true \
+                 --attest type=provenance,mode=max --attest type=sbom,generator={generator} \
+                 --build-arg SOURCE_DATE_EPOCH=1577836800 --file docker/server/Dockerfile \
+                 --target runtime --tag memories/server:1.0.0 --tag memories/server:1.0.0-1234567 \
+                 --tag memories/server:sha-1234567 \
                  --label org.opencontainers.image.created=2020-01-01T00:00:00Z"
-            ),
+            )),
             "{step}"
         );
         assert!(step.ends_with(" ."), "{step}");

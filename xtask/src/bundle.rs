@@ -144,6 +144,7 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
         registry: None,
         builder: request.builder.clone(),
         no_cache: false,
+        cache: None,
     };
     image::plan(root, revision, &build)
 }

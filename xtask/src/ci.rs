@@ -8,6 +8,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::{Value, json};
 
+use crate::image::Cache;
 use crate::interrupt;
 use crate::plan::{self, Plan, Preview, Step};
 use crate::reap;
@@ -46,6 +47,8 @@ pub struct Request {
     pub steps: Vec<CiStep>,
     /// Run the remaining steps after a failure.
     pub keep_going: bool,
+    /// The build cache the build and release steps read and write.
+    pub cache: Option<Cache>,
     pub preview: Preview,
 }
 
@@ -85,6 +88,7 @@ struct Commands {
     root: Utf8PathBuf,
     cargo: String,
     xtask: String,
+    cache: Option<Cache>,
 }
 
 /// Stands in for the throwaway registry's address in a printed plan.
@@ -97,6 +101,11 @@ impl Commands {
 
     fn xtask(&self) -> Step {
         Step::new(&self.xtask, &self.root)
+    }
+
+    /// `--cache CACHE`, when one is given.
+    fn cache_args(&self) -> Vec<String> {
+        self.cache.iter().flat_map(|c| ["--cache".to_owned(), c.to_string()]).collect()
     }
 
     /// The commands of `step`; `linters` and `registry` are where those live once set up.
@@ -138,7 +147,7 @@ impl Commands {
                     .map_or_else(|| Utf8PathBuf::from("actionlint"), tools::Tools::actionlint);
                 vec![Step::new(program.as_str(), &self.root).arg("-no-color")]
             }
-            CiStep::Build => vec![self.xtask().arg("build")],
+            CiStep::Build => vec![self.xtask().arg("build").args(self.cache_args())],
             CiStep::Docker => vec![self.cargo().args(["test", "--package", "tests"])],
             CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
             CiStep::Release => vec![
@@ -146,7 +155,8 @@ impl Commands {
                     .args(["release", "--registry"])
                     .arg(format!("{registry}/ci"))
                     // Local runs happen on work in progress; the release path is what is tested.
-                    .arg("--allow-dirty"),
+                    .arg("--allow-dirty")
+                    .args(self.cache_args()),
             ],
         }
     }
@@ -203,6 +213,7 @@ pub fn run(root: &Utf8Path, args: &Request) -> Result<()> {
         root: root.to_owned(),
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         xtask: plan::this_xtask()?,
+        cache: args.cache.clone(),
     };
     let steps = selected(&args.steps);
     if args.preview.dry_run {
@@ -328,7 +339,31 @@ mod tests {
     use super::*;
 
     fn commands() -> Commands {
-        Commands { root: "/repo".into(), cargo: "cargo".into(), xtask: "/bin/xtask".into() }
+        Commands {
+            root: "/repo".into(),
+            cargo: "cargo".into(),
+            xtask: "/bin/xtask".into(),
+            cache: None,
+        }
+    }
+
+    #[test]
+    fn the_cache_reaches_the_build_and_the_release_only() {
+        let commands = Commands { cache: Some(Cache::Gha), ..commands() };
+        let shown = |step| {
+            commands
+                .of(step, None, "127.0.0.1:9")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shown(CiStep::Build), ["/bin/xtask build --cache gha"]);
+        assert!(
+            shown(CiStep::Release)[0].ends_with("--allow-dirty --cache gha"),
+            "{:?}",
+            shown(CiStep::Release)
+        );
+        assert!(!shown(CiStep::Docker)[0].contains("--cache"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ci::CiStep;
-use crate::image::{BuildRequest, ImageName, Output};
+use crate::image::{BuildRequest, Cache, ImageName, Output};
 use crate::plan::Preview;
 use crate::platform::PlatformList;
 use crate::release::{Allowances, ReleaseRequest};
@@ -112,7 +112,7 @@ pub enum Command {
     /// SIGTERM what it did as JSON on stdout.
     FaultProxy(FaultProxyArgs),
     /// Measure tasks against their peers in the same run and print the ratios: one benchmark,
-    /// or with none named every one but `release`, in one table.
+    /// or with none named the quick ones (wait, stack, build, startup), in one table.
     Bench(BenchArgs),
 }
 
@@ -526,9 +526,16 @@ pub struct BuildArgs {
     /// Build every step again, ignoring the build cache.
     #[arg(long)]
     pub no_cache: bool,
+    #[arg(long, value_name = "CACHE", help = CACHE_HELP)]
+    pub cache: Option<Cache>,
     #[command(flatten)]
     pub preview: PreviewArgs,
 }
+
+/// `--cache`, the same on build, release and ci.
+const CACHE_HELP: &str = "Read the build cache from, and write it to, `registry=REPO` (tag \
+    REPO:<image>), `local=DIR` (DIR/<image>) or `gha` (GitHub Actions, scope <image>); every \
+    stage's layers (mode=max)";
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
@@ -569,6 +576,8 @@ pub struct ReleaseArgs {
     /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
+    #[arg(long, value_name = "CACHE", help = CACHE_HELP)]
+    pub cache: Option<Cache>,
     /// Sign every released index by digest with this cosign private key (a PEM file, or
     /// `env://NAME` for a variable holding it; its password in `COSIGN_PASSWORD`), and verify
     /// each signature when reading the release back.
@@ -636,6 +645,9 @@ pub struct CiArgs {
     /// Run the remaining steps after a failure (the default stops at the first).
     #[arg(long)]
     pub keep_going: bool,
+    /// The build cache for the build and release steps (see `cargo xtask build --help`).
+    #[arg(long, value_name = "CACHE")]
+    pub cache: Option<Cache>,
     #[command(flatten)]
     pub preview: PreviewArgs,
 }
@@ -702,7 +714,8 @@ pub enum ImagesAction {
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
-    /// One benchmark; with none, every one but `release`, with default runs, in one table.
+    /// One benchmark; with none, the quick ones (wait, stack, build, startup), with default
+    /// runs, in one table.
     #[command(subcommand)]
     pub bench: Option<Bench>,
     /// Print JSON on stdout instead of the table (when running every benchmark).
@@ -738,6 +751,18 @@ pub enum Bench {
     /// Clears this machine's build cache before every run.
     Release {
         /// Runs of each side (each run is two cold releases: minutes).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+        runs: u32,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `cargo xtask build` of every image for linux/amd64 and linux/arm64 from an empty BuildKit
+    /// cache with a warm registry cache (`--cache registry=...`) against the same with no
+    /// cache, interleaved, to a throwaway registry. Clears this machine's build cache before
+    /// every run.
+    Cache {
+        /// Runs of each side (each run is two builds from an empty cache: minutes).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
         runs: u32,
         /// Print JSON on stdout instead of a table.
@@ -961,6 +986,7 @@ impl From<&BuildArgs> for BuildRequest {
             registry: args.registry.clone(),
             builder: args.builder.clone(),
             no_cache: args.no_cache,
+            cache: args.cache.clone(),
         }
     }
 }
@@ -980,13 +1006,19 @@ impl From<&ReleaseArgs> for ReleaseRequest {
             expect_version: args.expect_version.clone(),
             sign: args.sign.clone(),
             signing: (&args.transparency).into(),
+            cache: args.cache.clone(),
         }
     }
 }
 
 impl From<CiArgs> for ci::Request {
     fn from(args: CiArgs) -> ci::Request {
-        ci::Request { steps: args.steps, keep_going: args.keep_going, preview: args.preview.into() }
+        ci::Request {
+            steps: args.steps,
+            keep_going: args.keep_going,
+            cache: args.cache,
+            preview: args.preview.into(),
+        }
     }
 }
 

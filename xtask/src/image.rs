@@ -159,6 +159,86 @@ impl Output {
     }
 }
 
+/// Where BuildKit's cache lives between machines (`--cache`): read before a build
+/// (`cache-from`) and written after it (`cache-to`, `mode=max`: every stage's layers), one
+/// scope per image, so that a fresh CI runner builds from what the last run left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cache {
+    /// `registry=REPO`: the tag `REPO:<image>` holds each image's cache.
+    Registry(String),
+    /// `local=DIR`: the directory `DIR/<image>` holds each image's cache.
+    Local(Utf8PathBuf),
+    /// `gha`: the GitHub Actions cache, scope `<image>` (buildx takes the cache service's URL
+    /// and token from `ACTIONS_CACHE_URL` and `ACTIONS_RUNTIME_TOKEN`).
+    Gha,
+}
+
+impl std::str::FromStr for Cache {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Cache, String> {
+        let usage = "use `registry=REPO` (e.g. registry=ghcr.io/acme/cache), `local=DIR` or `gha`";
+        match raw.split_once('=') {
+            None if raw == "gha" => Ok(Cache::Gha),
+            Some(("registry", repo)) if !repo.is_empty() => {
+                if repo.contains(',') || repo.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+                    return Err(format!(
+                        "`{repo}` is not a repository: give it without a tag (each image gets its \
+                         own tag), e.g. registry=ghcr.io/acme/cache"
+                    ));
+                }
+                Ok(Cache::Registry(repo.to_owned()))
+            }
+            Some(("local", dir)) if !dir.is_empty() && !dir.contains(',') => {
+                Ok(Cache::Local(dir.into()))
+            }
+            _ => Err(format!("`{raw}` is not a cache: {usage}")),
+        }
+    }
+}
+
+impl fmt::Display for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cache::Registry(repo) => write!(f, "registry={repo}"),
+            Cache::Local(dir) => write!(f, "local={dir}"),
+            Cache::Gha => f.write_str("gha"),
+        }
+    }
+}
+
+impl Cache {
+    /// The `cache-from` and `cache-to` entries of one image. A local cache is read only when it
+    /// exists (buildx fails on a missing directory; a registry's missing tag is only a miss).
+    pub fn entries(&self, image: ImageName) -> (Vec<String>, Vec<String>) {
+        match self {
+            Cache::Registry(repo) => {
+                let reference = format!("{repo}:{image}");
+                (
+                    vec![format!("type=registry,ref={reference}")],
+                    vec![format!(
+                        "type=registry,ref={reference},mode=max,image-manifest=true,\
+                         oci-mediatypes=true"
+                    )],
+                )
+            }
+            Cache::Local(dir) => {
+                let dir = dir.join(image.as_str());
+                let from = if dir.join("index.json").is_file() {
+                    vec![format!("type=local,src={dir}")]
+                } else {
+                    Vec::new()
+                };
+                (from, vec![format!("type=local,dest={dir},mode=max")])
+            }
+            Cache::Gha => (
+                vec![format!("type=gha,scope={image}")],
+                vec![format!("type=gha,scope={image},mode=max")],
+            ),
+        }
+    }
+}
+
 /// What to build, independent of how the command line spelled it.
 #[derive(Debug, Clone, Default)]
 pub struct BuildRequest {
@@ -170,6 +250,8 @@ pub struct BuildRequest {
     pub registry: Option<String>,
     pub builder: Option<String>,
     pub no_cache: bool,
+    /// Where to read the build cache from and write it to, beyond the builder's own.
+    pub cache: Option<Cache>,
 }
 
 #[derive(Debug)]
@@ -250,6 +332,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             tags: Some(vec![revision.build_tags()[1].clone()]),
             registry: Some(format!("memories/run-{run}")),
             builder: request.builder.clone(),
+            cache: request.cache.clone(),
             ..BuildRequest::default()
         };
         Box::new(plan(root, revision, &request))
@@ -285,6 +368,11 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         if let Some(platforms) = &request.platforms {
             let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
             target["platforms"] = platforms.into();
+        }
+        if let Some(cache) = &request.cache {
+            let (from, to) = cache.entries(image);
+            target["cache-from"] = from.into();
+            target["cache-to"] = to.into();
         }
         targets.insert(image.as_str().into(), target);
         planned.push(PlannedImage { image, refs, archive });
@@ -560,6 +648,47 @@ mod tests {
     }
 
     #[test]
+    fn caches_are_one_flag_with_a_scope_per_image() {
+        let parse = |raw: &str| raw.parse::<Cache>();
+        assert_eq!(parse("gha"), Ok(Cache::Gha));
+        assert_eq!(parse("local=/tmp/c"), Ok(Cache::Local("/tmp/c".into())));
+        assert_eq!(
+            parse("registry=ghcr.io/acme/cache"),
+            Ok(Cache::Registry("ghcr.io/acme/cache".into()))
+        );
+        assert_eq!(
+            parse("registry=127.0.0.1:5000/cache"),
+            Ok(Cache::Registry("127.0.0.1:5000/cache".into())),
+            "a port is not a tag"
+        );
+        assert!(parse("registry=ghcr.io/acme/cache:v1").unwrap_err().contains("without a tag"));
+        for bad in ["", "s3=bucket", "registry=", "local=", "gha=x", "local=a,b"] {
+            assert!(parse(bad).unwrap_err().contains("registry=REPO"), "{bad}");
+        }
+        let (from, to) = Cache::Gha.entries(ImageName::Server);
+        assert_eq!(
+            (from, to),
+            (
+                vec!["type=gha,scope=server".to_owned()],
+                vec!["type=gha,scope=server,mode=max".to_owned()]
+            )
+        );
+        // A local cache that is not there yet is only written.
+        let dir = std::env::temp_dir().join(format!("cache-test-{}", std::process::id()));
+        let local = Cache::Local(Utf8PathBuf::try_from(dir.clone()).unwrap());
+        let (from, to) = local.entries(ImageName::Db);
+        assert!(from.is_empty());
+        assert_eq!(to, [format!("type=local,dest={}/db,mode=max", dir.display())]);
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db/index.json"), "{}").unwrap();
+        assert_eq!(
+            local.entries(ImageName::Db).0,
+            [format!("type=local,src={}/db", dir.display())]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn flags_reach_the_plan() {
         let request = BuildRequest {
             images: vec![ImageName::Db, ImageName::Server, ImageName::Db],
@@ -569,6 +698,7 @@ mod tests {
             registry: Some("127.0.0.1:5000/acme".into()),
             builder: Some("multi".into()),
             no_cache: true,
+            cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
         };
         let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
         assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
@@ -592,6 +722,18 @@ mod tests {
         );
         assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
         assert!(plan.bake["target"].get("standalone").is_none());
+        assert_eq!(db["cache-from"], json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db"]));
+        assert_eq!(
+            db["cache-to"],
+            json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db,mode=max,image-manifest=true,\
+                 oci-mediatypes=true"])
+        );
+        let generator = plan.generator.as_ref().unwrap();
+        assert_eq!(
+            generator.bake["target"]["sbom"]["cache-from"],
+            json!(["type=registry,ref=127.0.0.1:5000/acme/cache:sbom"]),
+            "the SBOM generator's build is cached too"
+        );
         // Each archive is loaded, then every ref pushed.
         let loads: Vec<&str> = plan.loads.iter().map(|l| l.args.last().unwrap().as_str()).collect();
         assert_eq!(loads, [format!("{archives}/server.tar"), format!("{archives}/db.tar")]);

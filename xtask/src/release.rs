@@ -140,6 +140,8 @@ pub struct ReleaseRequest {
     pub expect_version: Option<String>,
     /// The cosign private key that signs every released index.
     pub sign: Option<KeySource>,
+    /// The build cache to read and write beyond the builder's own.
+    pub cache: Option<image::Cache>,
     pub signing: sign::Options,
 }
 
@@ -208,6 +210,7 @@ fn build_plan(
             registry: Some(request.registry.clone()),
             builder: request.builder.clone(),
             no_cache: false,
+            cache: request.cache.clone(),
         },
     )
 }
@@ -804,6 +807,7 @@ mod tests {
             expect_version: None,
             sign: None,
             signing: sign::Options::default(),
+            cache: None,
         }
     }
 
