@@ -190,7 +190,19 @@ impl std::str::FromStr for Cache {
                 Ok(Cache::Registry(repo.to_owned()))
             }
             Some(("local", dir)) if !dir.is_empty() && !dir.contains(',') => {
-                Ok(Cache::Local(dir.into()))
+                // Relative to where the command was typed, not to the repository root that
+                // buildx runs in.
+                let dir = Utf8PathBuf::from(dir);
+                if dir.is_absolute() {
+                    return Ok(Cache::Local(dir));
+                }
+                let cwd = std::env::current_dir()
+                    .ok()
+                    .and_then(|cwd| Utf8PathBuf::try_from(cwd).ok())
+                    .ok_or(
+                        "the current directory cannot be read: give local=DIR as an absolute path",
+                    )?;
+                Ok(Cache::Local(cwd.join(dir)))
             }
             _ => Err(format!("`{raw}` is not a cache: {usage}")),
         }
@@ -209,7 +221,7 @@ impl fmt::Display for Cache {
 
 impl Cache {
     /// The `cache-from` and `cache-to` entries of one image. A local cache is read only when it
-    /// exists (buildx fails on a missing directory; a registry's missing tag is only a miss).
+    /// exists: buildx would warn about a missing one, and a first run has none.
     pub fn entries(&self, image: ImageName) -> (Vec<String>, Vec<String>) {
         match self {
             Cache::Registry(repo) => {
@@ -652,6 +664,8 @@ mod tests {
         let parse = |raw: &str| raw.parse::<Cache>();
         assert_eq!(parse("gha"), Ok(Cache::Gha));
         assert_eq!(parse("local=/tmp/c"), Ok(Cache::Local("/tmp/c".into())));
+        let cwd = Utf8PathBuf::try_from(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(parse("local=c"), Ok(Cache::Local(cwd.join("c"))), "relative to the caller");
         assert_eq!(
             parse("registry=ghcr.io/acme/cache"),
             Ok(Cache::Registry("ghcr.io/acme/cache".into()))
