@@ -252,8 +252,10 @@ impl ReleasePlan {
                 .step(remote.push_step(&image.version_ref()))
                 .steps(copy(image, &image.tags.immutable[1..]));
         }
-        plan =
-            plan.note("read back every immutable ref and check its platforms, labels and digest");
+        plan = plan.note(
+            "read back every immutable ref and check its platforms, labels and digest, and that \
+             each index carries provenance and an SBOM for every platform",
+        );
         if let Some(signer) = &self.signer {
             plan = plan
                 .note(
