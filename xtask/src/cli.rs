@@ -45,8 +45,8 @@ pub enum Command {
     /// a pre-release. Credentials come from the docker config (`docker login`).
     Release(ReleaseArgs),
     /// Check a published ref in one report: the index it names, its platforms, its labels, its
-    /// cosign signature (with a public key) and its provenance attestations. Exits 1 if any
-    /// check fails.
+    /// cosign signature (with a public key), and its provenance and SBOM attestations. Exits 1
+    /// if any check fails.
     ///
     /// Example: `cargo xtask verify 127.0.0.1:5000/memories/server:0.1.0 --key cosign.pub`.
     Verify(VerifyArgs),
@@ -550,15 +550,8 @@ pub struct ReleaseArgs {
         default_value = crate::release::DEFAULT_REGISTRY
     )]
     pub registry: String,
-    /// Target platforms, comma-separated; `x86_64` and `aarch64` are accepted for amd64 and
-    /// arm64, duplicates are dropped.
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_parser = crate::platform::parse_list,
-        default_value = crate::release::DEFAULT_PLATFORMS
-    )]
-    pub platform: PlatformList,
+    #[command(flatten)]
+    pub platforms: ReleasePlatforms,
     /// Release a work tree with uncommitted changes (tags and labels then say `-dirty`).
     #[arg(long)]
     pub allow_dirty: bool,
@@ -589,6 +582,20 @@ pub struct ReleaseArgs {
     pub preview: PreviewArgs,
 }
 
+/// `--platform` of what is released (and verified): both platforms unless told otherwise.
+#[derive(Debug, Args)]
+pub struct ReleasePlatforms {
+    /// The platforms, comma-separated; `x86_64` and `aarch64` are accepted for amd64 and
+    /// arm64, duplicates are dropped.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = crate::platform::parse_list,
+        default_value = crate::release::DEFAULT_PLATFORMS
+    )]
+    pub platform: PlatformList,
+}
+
 #[derive(Debug, Args)]
 pub struct TransparencyArgs {
     /// Record signatures in the public transparency log (Rekor), and require an entry there
@@ -605,14 +612,8 @@ pub struct VerifyArgs {
     /// The cosign public key (a PEM file such as cosign.pub, or `env://NAME`).
     #[arg(long, value_name = "PUB")]
     pub key: KeySource,
-    /// The platforms the index must hold, comma-separated.
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_parser = crate::platform::parse_list,
-        default_value = crate::release::DEFAULT_PLATFORMS
-    )]
-    pub platform: PlatformList,
+    #[command(flatten)]
+    pub platforms: ReleasePlatforms,
     #[command(flatten)]
     pub transparency: TransparencyArgs,
     /// Print the report as JSON on stdout instead of text.
@@ -631,7 +632,7 @@ impl From<&VerifyArgs> for crate::verify::Request {
         crate::verify::Request {
             reference: args.reference.clone(),
             key: args.key.clone(),
-            platforms: args.platform.0.clone(),
+            platforms: args.platforms.platform.0.clone(),
             options: (&args.transparency).into(),
         }
     }
@@ -996,7 +997,7 @@ impl From<&ReleaseArgs> for ReleaseRequest {
         ReleaseRequest {
             images: args.images.clone(),
             registry: args.registry.clone(),
-            platforms: args.platform.0.clone(),
+            platforms: args.platforms.platform.0.clone(),
             builder: args.builder.clone(),
             allow: Allowances {
                 dirty: args.allow_dirty,

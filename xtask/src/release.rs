@@ -823,15 +823,7 @@ mod tests {
         let key = Utf8PathBuf::try_from(key).unwrap();
         let signed = ReleaseRequest { sign: Some(KeySource::File(key.clone())), ..request(STABLE) };
         let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &signed).unwrap();
-        let steps: Vec<String> = plan
-            .to_plan()
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                PlanItem::Run(step) => Some(step.to_string()),
-                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
-            })
-            .collect();
+        let steps = commands(&plan.to_plan());
         let signs: Vec<usize> =
             (0..steps.len()).filter(|&i| steps[i].contains("cosign sign")).collect();
         assert_eq!(signs.len(), 2, "one signature per index: {steps:#?}");
@@ -853,6 +845,17 @@ mod tests {
         let err = plan_err(&wrong);
         assert!(err.contains("cannot read the key"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The commands of a plan, as shown.
+    fn commands(plan: &Plan) -> Vec<String> {
+        plan.items
+            .iter()
+            .filter_map(|item| match item {
+                PlanItem::Run(step) => Some(step.to_string()),
+                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
+            })
+            .collect()
     }
 
     fn plan_err(request: &ReleaseRequest) -> String {
@@ -920,14 +923,7 @@ mod tests {
             "moving tags are made in the registry, not locally"
         );
         let planned = plan.to_plan();
-        let steps: Vec<String> = planned
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                PlanItem::Run(step) => Some(step.to_string()),
-                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
-            })
-            .collect();
+        let steps = commands(&planned);
         let reads = steps.iter().take_while(|s| s.contains("imagetools inspect")).count();
         assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
         assert!(steps[10].contains("buildx bake"), "the SBOM generator: {}", steps[10]);
