@@ -288,7 +288,8 @@ fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
 }
 
 /// A `docker` in front of the real one that breaks the `db` target of every bake definition
-/// (an unknown Dockerfile stage), so exactly one image of a release fails to build.
+/// that has one (an unknown Dockerfile stage), so exactly one image of a release fails to
+/// build.
 fn docker_breaking_db(dir: &std::path::Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let real = Command::new("sh").args(["-c", "command -v docker"]).output().unwrap();
@@ -297,7 +298,8 @@ fn docker_breaking_db(dir: &std::path::Path) -> String {
         "#!/bin/sh\n\
          case \" $* \" in\n\
          *\" bake \"*) python3 -c 'import json,sys; b=json.load(sys.stdin); \
-         b[\"target\"][\"db\"][\"target\"]=\"no-such-stage\"; json.dump(b, sys.stdout)' \
+         b[\"target\"].get(\"db\", {{}}).update(target=\"no-such-stage\"); \
+         json.dump(b, sys.stdout)' \
          | exec {real} \"$@\" ;;\n\
          *) exec {real} \"$@\" ;;\n\
          esac\n"
