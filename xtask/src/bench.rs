@@ -81,7 +81,12 @@ fn bare_build(root: &Utf8Path, plan: &image::BuildPlan, archive: &Utf8Path) -> S
         archive.as_str(),
         "build",
     ]);
-    step = step.args(["--output", &format!("type=oci,dest={archive},rewrite-timestamp=true")]);
+    // Our exporter, writing to the peer's own archive.
+    let ours = plan.images[0].archive.as_ref().expect("a reproducible build has an archive");
+    for output in target["output"].as_array().into_iter().flatten() {
+        let output = output.as_str().unwrap_or_default().replace(ours.as_str(), archive.as_str());
+        step = step.args(["--output", &output]);
+    }
     for attest in target["attest"].as_array().into_iter().flatten() {
         step = step.args(["--attest", attest.as_str().unwrap_or_default()]);
     }
@@ -530,7 +535,8 @@ mod tests {
         let generator = &plan.generator.as_ref().unwrap().images[0].refs[0];
         assert!(
             step.contains(&format!(
-                "sh /a/s.tar build --output type=oci,dest=/a/s.tar,rewrite-timestamp=true \
+                "sh /a/s.tar build --output type=oci,dest=/a/s.tar,rewrite-timestamp=true,\
+                 compression=gzip,compression-level=1 \
                  --attest type=provenance,mode=max --attest type=sbom,generator={generator} \
                  --build-arg SOURCE_DATE_EPOCH=1577836800 --file docker/server/Dockerfile \
                  --target runtime --tag memories/server:1.0.0 --tag memories/server:1.0.0-1234567 \

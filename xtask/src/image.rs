@@ -152,9 +152,13 @@ impl Output {
     fn exporter(self, archive: &Utf8Path) -> String {
         match self {
             Output::Load => "type=docker".to_owned(),
-            Output::Store | Output::Push => {
-                format!("type=oci,dest={archive},rewrite-timestamp=true")
-            }
+            // gzip's fastest level: rewriting every layer's timestamps recompresses it on each
+            // build, cache hit or not, and at the default level that took about 60 s of a
+            // two-core machine for the standalone image's two platforms, at 1 about 34 s, for
+            // layers about 11% larger.
+            Output::Store | Output::Push => format!(
+                "type=oci,dest={archive},rewrite-timestamp=true,compression=gzip,compression-level=1"
+            ),
         }
     }
 }
@@ -724,7 +728,10 @@ mod tests {
         assert!(archives.starts_with("/repo/target/xtask"), "{archives}");
         assert_eq!(
             db["output"],
-            json!([format!("type=oci,dest={archives}/db.tar,rewrite-timestamp=true")])
+            json!([format!(
+                "type=oci,dest={archives}/db.tar,rewrite-timestamp=true,compression=gzip,\
+                 compression-level=1"
+            )])
         );
         assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
         let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];

@@ -914,7 +914,10 @@ mod tests {
         let archive = plan.build.images[0].archive.clone().unwrap();
         assert_eq!(
             server["output"],
-            json!([format!("type=oci,dest={archive},rewrite-timestamp=true")]),
+            json!([format!(
+                "type=oci,dest={archive},rewrite-timestamp=true,compression=gzip,\
+                 compression-level=1"
+            )]),
             "nothing is pushed by the build, which is reproducible"
         );
         assert_eq!(
