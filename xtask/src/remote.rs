@@ -78,10 +78,13 @@ pub fn classify(stderr: &str, timed_out: Option<Duration>) -> Failure {
 }
 
 /// The first HTTP status in the text, as Go's registry clients print it: `...: 500 Internal
-/// Server Error`, `HTTP status: 429 Too Many Requests`.
+/// Server Error`, `HTTP status: 429 Too Many Requests`, and go-containerregistry's (cosign's)
+/// `unexpected status code 500 Internal Server Error`.
 fn http_status(text: &str) -> Option<u16> {
-    text.match_indices(": ").find_map(|(at, _)| {
-        let rest = &text[at + 2..];
+    let colons = text.match_indices(": ").map(|(at, sep)| at + sep.len());
+    let codes = text.match_indices("status code ").map(|(at, sep)| at + sep.len());
+    colons.chain(codes).find_map(|start| {
+        let rest = &text[start..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let after = rest[digits.len()..].chars().nth(1);
         let status: u16 = digits.parse().ok()?;
@@ -332,6 +335,8 @@ mod tests {
         assert!(transient(false)(&classify(closed, None)));
         let limited = "ERROR: unexpected status from POST request to http://127.0.0.1:1/v2/x/blobs/uploads/: 429 Too Many Requests";
         assert!(transient(true)(&classify(limited, None)));
+        let cosign = "Error: signing [r/server@sha256:ab]: GET http://127.0.0.1:1/v2/server/manifests/sha256-ab.sig: unexpected status code 500 Internal Server Error: unknown";
+        assert!(transient(false)(&classify(cosign, None)), "{:?}", classify(cosign, None));
         assert!(transient(false)(&classify("Head \"http://r/v2/\": EOF", None)));
         assert!(transient(false)(&classify(
             "dial tcp 127.0.0.1:9: connect: connection refused",
