@@ -347,8 +347,18 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let bundle = dir.join("memories.tar");
     let bundle_arg = bundle.to_str().unwrap();
 
-    let saved = xtask_ok(&["images", "save", "server", "db", "--output", bundle_arg, "--json"]);
-    let saved: Value = serde_json::from_str(&saved).unwrap();
+    let (ours, other) = (dir.join("ours"), dir.join("other"));
+    key_pair(&ours, "bundle secret");
+    key_pair(&other, "");
+    let saved = xtask_process()
+        .args(["images", "save", "server", "db", "--output", bundle_arg, "--json"])
+        .args(["--sign", ours.join("cosign.key").to_str().unwrap()])
+        .env("COSIGN_PASSWORD", "bundle secret")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let saved: Value = serde_json::from_slice(&saved.stdout).unwrap();
     assert_eq!(saved["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
     let sha256 = saved["sha256"].as_str().unwrap().to_owned();
     let on_disk = Command::new("sha256sum").arg(&bundle).output().unwrap();
@@ -427,9 +437,37 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     assert!(stderr.contains("lists no image"), "{stderr}");
     assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
 
+    // Signed by our key: another key's public half refuses it before anything is loaded.
+    let other_key = other.join("cosign.pub");
+    let wrong_key = xtask_captured(&[
+        "images",
+        "load",
+        bundle_arg,
+        "--sha256",
+        &sha256,
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&wrong_key.stderr);
+    assert_eq!(wrong_key.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not signed by") && stderr.contains("nothing was loaded"),
+        "{stderr}"
+    );
+    assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
+
     // No registry from here on: the stack must come from the bundle alone.
     registry.stop();
-    let loaded = xtask_ok(&["images", "load", bundle_arg, "--sha256", &sha256]);
+    let our_key = ours.join("cosign.pub");
+    let loaded = xtask_ok(&[
+        "images",
+        "load",
+        bundle_arg,
+        "--sha256",
+        &sha256,
+        "--key",
+        our_key.to_str().unwrap(),
+    ]);
     for r in &refs {
         assert!(loaded.contains(r.as_str()), "{r} is reported: {loaded}");
         docker(&["image", "inspect", r]);

@@ -25,10 +25,13 @@ use crate::interrupt;
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::reap::RunDir;
+use crate::sign::{Cosign, Key, KeyKind, KeySource, Options, Signer};
 use crate::version::Revision;
 
 pub const FORMAT: &str = "memories-bundle/2";
 const METADATA: &str = "memories-bundle.json";
+/// The cosign signature of the metadata's bytes, in a bundle saved with `--sign`.
+const SIGNATURE: &str = "memories-bundle.sig.json";
 const INDEX: &str = "index.json";
 /// Docker's own list of the archive's images and tags, which `docker save` adds to the layout.
 const DOCKER_MANIFEST: &str = "manifest.json";
@@ -40,8 +43,8 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub enum Action {
     /// Save a bundle to `output`; `memories-<version>-<sha>.tar` when `None`.
     Save { request: SaveRequest, output: Option<Utf8PathBuf> },
-    /// Check a bundle, then load it.
-    Load { file: Utf8PathBuf, checksum: Checksum },
+    /// Check a bundle (and with `key`, its signature), then load it.
+    Load { file: Utf8PathBuf, checksum: Checksum, key: Option<KeySource>, signing: Options },
 }
 
 /// What `images load` checks the whole file against before it loads anything.
@@ -99,13 +102,18 @@ pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
             say!("load it with `cargo xtask images load {output} --sha256 {}`", saved.sha256);
             Ok(())
         }
-        Action::Load { file, checksum } => {
+        Action::Load { file, checksum, key, signing } => {
             let file = absolute(&file)?;
+            let key = key.map(|k| Key::read(&k, KeyKind::Public)).transpose()?;
             if preview.dry_run {
-                load_plan(root, &file, &checksum)?.print(preview.json);
+                load_plan(root, &file, &checksum, key.as_ref())?.print(preview.json);
                 return Ok(());
             }
-            let metadata = load(root, &file, &checksum)?;
+            let checker = match &key {
+                Some(key) => Some(SignatureCheck::new(root, key.clone(), signing)?),
+                None => None,
+            };
+            let metadata = load(root, &file, &checksum, checker.as_ref())?;
             if preview.json {
                 out!("{metadata:#}");
             } else {
@@ -132,6 +140,9 @@ pub struct SaveRequest {
     pub images: Vec<ImageName>,
     pub platforms: Vec<Platform>,
     pub builder: Option<String>,
+    /// The cosign private key that signs the bundle's metadata (its refs and digests).
+    pub sign: Option<KeySource>,
+    pub signing: Options,
 }
 
 /// The build `images save` starts with: every platform into the local store.
@@ -182,7 +193,12 @@ fn save_plan(
 }
 
 /// What `images load` would do, after checking the bundle (which only reads it).
-fn load_plan(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Plan> {
+fn load_plan(
+    root: &Utf8Path,
+    file: &Utf8Path,
+    checksum: &Checksum,
+    key: Option<&Key>,
+) -> Result<Plan> {
     let sha256 = check_file(file, checksum)?;
     let layout = Layout::read(file, file)?;
     let mut plan = Plan::new(format!("load the bundle {file}"))
@@ -190,12 +206,17 @@ fn load_plan(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Pl
             Checksum::Sha256(_) => format!("checked {file}: its SHA-256 is {sha256}, as given"),
             Checksum::Skip => format!("--skip-checksum: {file} (SHA-256 {sha256}) is not checked"),
         })
-        .note("copies it into a private directory, checking its SHA-256 again on the way")
-        .step(load_step(root))
-        .note(format!(
-            "fed the copy on stdin with {INDEX} cut down to the refs the bundle names; then \
-             checks that each ref names its digest:"
+        .note("copies it into a private directory, checking its SHA-256 again on the way");
+    if let Some(key) = key {
+        plan = plan.note(format!(
+            "checks with cosign that {METADATA} of the copy is signed by {} (refused if not)",
+            key.source()
         ));
+    }
+    let mut plan = plan.step(load_step(root)).note(format!(
+        "fed the copy on stdin with {INDEX} cut down to the refs the bundle names; then checks \
+         that each ref names its digest:"
+    ));
     for (reference, digest) in refs_of(&layout.metadata) {
         plan = plan.note(format!("{reference} {digest}"));
     }
@@ -238,6 +259,15 @@ pub fn save(
     if !dir.is_dir() {
         bail!("cannot write {output}: {dir} is not a directory");
     }
+    // Before the build: a wrong password stops the save before anything is written.
+    let signer = match &request.sign {
+        Some(source) => {
+            let signer = Signer::new(root, revision, source, request.signing)?;
+            let public = signer.prepare()?;
+            Some((signer, public))
+        }
+        None => None,
+    };
     let built = image::execute(&build_plan(root, revision, request))?;
     let (archive, partial) = partial_files(output);
     let result = (|| {
@@ -255,7 +285,16 @@ pub fn save(
             "platforms": request.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "images": images,
         });
-        write_bundle(&archive, &partial, &metadata)?;
+        let signature = match &signer {
+            Some((signer, public)) => {
+                let signed = serde_json::to_vec_pretty(&metadata).expect("JSON serialises");
+                let signature =
+                    signer.sign_blob(public, &signed).context("cannot sign the bundle")?;
+                Some(json!({"signs": METADATA, "cosign": signature}))
+            }
+            None => None,
+        };
+        write_bundle(&archive, &partial, &metadata, signature.as_ref())?;
         let (_, sha256) = hash_file(&partial)?;
         std::fs::rename(&partial, output)
             .with_context(|| format!("cannot move the bundle into place at {output}"))?;
@@ -297,15 +336,22 @@ fn bundle_index(mut index: Value, metadata: &Value) -> Result<Value> {
 /// Copies the layout `docker save` wrote at `archive` into the bundle at `path`: its
 /// `index.json` rewritten by [`bundle_index`] and the metadata first (so a reader finds them
 /// without reading the blobs), then every other entry as it is.
-fn write_bundle(archive: &Utf8Path, path: &Utf8Path, metadata: &Value) -> Result<()> {
+fn write_bundle(
+    archive: &Utf8Path,
+    path: &Utf8Path,
+    metadata: &Value,
+    signature: Option<&Value>,
+) -> Result<()> {
     let [index] = read_entries(archive, [INDEX])?;
     let index = index.with_context(|| format!("docker save wrote no {INDEX} into {archive}"))?;
     let index: Value =
         serde_json::from_slice(&index).with_context(|| format!("{INDEX} of {archive}"))?;
     let index = bundle_index(index, metadata)?;
     let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
-    let front = [(INDEX, &index), (METADATA, metadata)];
-    let written = copy_layout(archive, io::BufWriter::new(file), &front, &[INDEX, METADATA])
+    let mut front = vec![(INDEX, &index), (METADATA, metadata)];
+    front.extend(signature.map(|s| (SIGNATURE, s)));
+    let skip = [INDEX, METADATA, SIGNATURE];
+    let written = copy_layout(archive, io::BufWriter::new(file), &front, &skip)
         .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error));
     let file = written.map_err(|e| interrupted(anyhow!(e)));
     let file = file.with_context(|| format!("cannot write {path} from {archive}"))?;
@@ -487,7 +533,7 @@ fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
 /// down to the entries the metadata names, without the metadata and without docker's own
 /// tag list (whose tags are not checked), every blob as it is.
 fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<()> {
-    let skip = [INDEX, METADATA, DOCKER_MANIFEST];
+    let skip = [INDEX, METADATA, SIGNATURE, DOCKER_MANIFEST];
     let written =
         copy_layout(file, sink, &[(INDEX, &layout.index)], &skip).and_then(|mut out| out.flush());
     written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
@@ -513,7 +559,51 @@ const PRIVATE_PREFIX: &str = "xtask-bundle-";
 /// Copies the bundle into a private directory while hashing it, checks the hash and the
 /// layout of that copy, and only then loads it; finally checks that every ref names the
 /// digest the bundle gives. Nothing reads `file` after the copy.
-pub fn load(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Value> {
+/// Checks a bundle's signature with a public key, through cosign in the tools image.
+pub struct SignatureCheck {
+    key: Key,
+    tools: image::BuildPlan,
+    cosign: Cosign,
+}
+
+impl SignatureCheck {
+    fn new(root: &Utf8Path, key: Key, signing: Options) -> Result<SignatureCheck> {
+        let revision = Revision::read(root)?;
+        let tools = Cosign::tools_build(root, &revision);
+        let cosign = Cosign::new(root, &tools, signing);
+        Ok(SignatureCheck { key, tools, cosign })
+    }
+
+    /// Whether the bundle at `copy` carries a signature of its metadata's bytes that the key
+    /// verifies; `shown` is the file's name in errors.
+    fn check(&self, copy: &Utf8Path, shown: &Utf8Path) -> Result<()> {
+        let [metadata, signature] = read_entries(copy, [METADATA, SIGNATURE])?;
+        let metadata = metadata.with_context(|| format!("{shown} has no {METADATA}"))?;
+        let Some(signature) = signature else {
+            bail!(
+                "{shown} is not signed: nothing was loaded; save it with `cargo xtask images save \
+                 --sign KEY`, or load it without --key"
+            );
+        };
+        let signature: Value = serde_json::from_slice(&signature)
+            .with_context(|| format!("{SIGNATURE} in {shown} is not JSON"))?;
+        let signature = signature["cosign"]
+            .as_str()
+            .with_context(|| format!("{SIGNATURE} in {shown} holds no cosign signature"))?;
+        image::execute(&self.tools).context("cannot build the tools image that runs cosign")?;
+        if let Err(reason) = self.cosign.verify_blob(&self.key, signature, &metadata)? {
+            bail!("{shown} is not signed by {}: {reason}: nothing was loaded", self.key.source());
+        }
+        Ok(())
+    }
+}
+
+pub fn load(
+    root: &Utf8Path,
+    file: &Utf8Path,
+    checksum: &Checksum,
+    signature: Option<&SignatureCheck>,
+) -> Result<Value> {
     docker::require_cli()?;
     let temp = Utf8PathBuf::try_from(std::env::temp_dir())
         .context("the temporary directory is not UTF-8")?;
@@ -528,6 +618,9 @@ pub fn load(root: &Utf8Path, file: &Utf8Path, checksum: &Checksum) -> Result<Val
     let (_, sha256) = copied.map_err(interrupted)?;
     check_hash(file, checksum, sha256)?;
     let layout = Layout::read(&copy, file)?;
+    if let Some(check) = signature {
+        check.check(&copy, file)?;
+    }
     let load = load_step(root);
     say!("$ {load} <{file} (its refs only)");
     let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
@@ -619,17 +712,54 @@ mod tests {
     }
 
     #[test]
+    fn an_unsigned_bundle_is_refused_when_a_key_is_given() {
+        let dir = scratch("unsigned");
+        let bundle = dir.join("bundle.tar");
+        write_bundle(
+            &saved_layout(&dir),
+            &bundle,
+            &metadata(&[("memories/server:t", SERVER)]),
+            None,
+        )
+        .unwrap();
+        let pem = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        let key = Key::read(&KeySource::Env("NO_SUCH_KEY_VAR".into()), KeyKind::Public);
+        assert!(key.is_err(), "an unset variable is refused");
+        let key_file = dir.join("cosign.pub");
+        std::fs::write(&key_file, pem).unwrap();
+        let key = Key::read(&KeySource::File(key_file), KeyKind::Public).unwrap();
+        let revision = crate::version::Revision {
+            version: crate::version::AppVersion::parse("1.0.0").unwrap(),
+            commit: "1234567890123456789012345678901234567890".into(),
+            dirty: false,
+            epoch: 0,
+            created: "1970-01-01T00:00:00Z".into(),
+            source: None,
+        };
+        let tools = Cosign::tools_build(Utf8Path::new("/repo"), &revision);
+        let cosign = Cosign::new(Utf8Path::new("/repo"), &tools, Options::default());
+        let check = SignatureCheck { key, tools, cosign };
+        let err = check.check(&bundle, &bundle).unwrap_err().to_string();
+        assert!(err.contains("is not signed: nothing was loaded"), "{err}");
+        assert!(err.contains("images save --sign KEY"), "{err}");
+    }
+
+    #[test]
     fn a_bundle_is_the_saved_layout_with_full_ref_names_and_its_metadata_first() {
         let dir = scratch("layout");
         let bundle = dir.join("bundle.tar");
         let asked = metadata(&[("memories/server:t", SERVER)]);
-        write_bundle(&saved_layout(&dir), &bundle, &asked).unwrap();
+        let signature = json!({"signs": METADATA, "cosign": "MEUC"});
+        write_bundle(&saved_layout(&dir), &bundle, &asked, Some(&signature)).unwrap();
         let (names, index) = names_and_index(&std::fs::read(&bundle).unwrap());
         assert_eq!(
             names,
-            [INDEX, METADATA, "blobs/sha256/aaaa", DOCKER_MANIFEST, "oci-layout"],
-            "a reader finds the index and the metadata before the blobs"
+            [INDEX, METADATA, SIGNATURE, "blobs/sha256/aaaa", DOCKER_MANIFEST, "oci-layout"],
+            "a reader finds the index, the metadata and its signature before the blobs"
         );
+        // What is signed is the metadata entry's bytes, as written.
+        let [written] = read_entries(&bundle, [METADATA]).unwrap();
+        assert_eq!(written.unwrap(), serde_json::to_vec_pretty(&asked).unwrap());
         let refs: Vec<&str> = index["manifests"]
             .as_array()
             .unwrap()
@@ -643,7 +773,11 @@ mod tests {
         let mut loaded = Vec::new();
         write_for_load(&bundle, &layout, &mut loaded).unwrap();
         let (names, index) = names_and_index(&loaded);
-        assert_eq!(names, [INDEX, "blobs/sha256/aaaa", "oci-layout"], "no metadata, no tag list");
+        assert_eq!(
+            names,
+            [INDEX, "blobs/sha256/aaaa", "oci-layout"],
+            "no metadata, no signature, no tag list"
+        );
         let loaded_refs: Vec<&str> =
             index["manifests"].as_array().unwrap().iter().filter_map(entry_ref).collect();
         assert_eq!(loaded_refs, ["memories/server:t"], "only what the bundle names is loaded");
@@ -675,7 +809,7 @@ mod tests {
         assert!(absent.contains("has no memories/server:u"), "{absent}");
         let foreign = refused(json!({"format": "memories-bundle/1", "images": []}));
         assert!(foreign.contains("is not memories-bundle/2"), "{foreign}");
-        assert!(write_bundle(&saved, &dir.join("b.tar"), &metadata(&[])).is_err());
+        assert!(write_bundle(&saved, &dir.join("b.tar"), &metadata(&[]), None).is_err());
 
         let truncated = dir.join("truncated.tar");
         std::fs::write(&truncated, &std::fs::read(&saved).unwrap()[..700]).unwrap();

@@ -684,6 +684,12 @@ pub enum ImagesAction {
         /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
         #[arg(long, value_name = "NAME")]
         builder: Option<String>,
+        /// Sign the bundle's list of refs and digests with this cosign private key (a PEM
+        /// file, or `env://NAME`; its password in `COSIGN_PASSWORD`), for `images load --key`.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<KeySource>,
+        #[command(flatten)]
+        transparency: TransparencyArgs,
         /// With --json, the saved manifest (refs, digests, checksum) is printed on stdout.
         #[command(flatten)]
         preview: PreviewArgs,
@@ -705,6 +711,13 @@ pub enum ImagesAction {
         /// and digests are still checked.
         #[arg(long, conflicts_with = "sha256")]
         skip_checksum: bool,
+        /// Load only if the bundle is signed by this cosign public key (a PEM file, or
+        /// `env://NAME`): its list of refs and digests, which every loaded ref is checked
+        /// against.
+        #[arg(long, value_name = "PUB")]
+        key: Option<KeySource>,
+        #[command(flatten)]
+        transparency: TransparencyArgs,
         /// With --dry-run, the bundle is still checked (it is only read); with --json, the
         /// loaded bundle's metadata (refs and digests) is printed on stdout.
         #[command(flatten)]
@@ -965,13 +978,28 @@ impl From<DbAction> for db::DbAction {
 impl ImagesAction {
     pub fn into_request(self) -> (bundle::Action, Preview) {
         match self {
-            ImagesAction::Save { images, output, platform, builder, preview } => {
-                let request = bundle::SaveRequest { images, platforms: platform.0, builder };
+            ImagesAction::Save {
+                images,
+                output,
+                platform,
+                builder,
+                sign,
+                transparency,
+                preview,
+            } => {
+                let request = bundle::SaveRequest {
+                    images,
+                    platforms: platform.0,
+                    builder,
+                    sign,
+                    signing: (&transparency).into(),
+                };
                 (bundle::Action::Save { request, output }, preview.into())
             }
-            ImagesAction::Load { file, sha256, skip_checksum: _, preview } => {
+            ImagesAction::Load { file, sha256, skip_checksum: _, key, transparency, preview } => {
                 let checksum = sha256.unwrap_or(bundle::Checksum::Skip);
-                (bundle::Action::Load { file, checksum }, preview.into())
+                let signing = (&transparency).into();
+                (bundle::Action::Load { file, checksum, key, signing }, preview.into())
             }
         }
     }

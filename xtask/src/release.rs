@@ -14,7 +14,7 @@ use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::remote;
-use crate::sign::{self, Cosign, Key, KeyKind, KeySource};
+use crate::sign::{self, KeySource, Signer};
 use crate::verify;
 use crate::version::Revision;
 
@@ -117,16 +117,6 @@ pub struct ReleasePlan {
     pub signer: Option<Signer>,
 }
 
-/// What signs a release.
-#[derive(Debug)]
-pub struct Signer {
-    pub key: Key,
-    /// `COSIGN_PASSWORD`, empty when unset (a key without a password).
-    pub password: String,
-    pub tools: BuildPlan,
-    pub cosign: Cosign,
-}
-
 /// What a release needs to know, independent of the command line.
 #[derive(Debug, Clone)]
 pub struct ReleaseRequest {
@@ -169,13 +159,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> R
         .collect();
     let build = build_plan(root, revision, request, &names, &tags);
     let signer = match &request.sign {
-        Some(source) => {
-            let key = Key::read(source, KeyKind::Private)?;
-            let password = std::env::var(sign::PASSWORD_VAR).unwrap_or_default();
-            let tools = Cosign::tools_build(root, revision);
-            let cosign = Cosign::new(root, &tools, request.signing);
-            Some(Signer { key, password, tools, cosign })
-        }
+        Some(source) => Some(Signer::new(root, revision, source, request.signing)?),
         None => None,
     };
     Ok(ReleasePlan {
@@ -413,11 +397,7 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
     let overwrite = plan.request.allow.overwrite;
     // Before anything is pushed: the tools image, and the key opened with its password.
     let public = match &plan.signer {
-        Some(signer) => {
-            image::execute(&signer.tools)
-                .context("cannot build the tools image that runs cosign")?;
-            Some(signer.cosign.public_key(&signer.key, &signer.password)?)
-        }
+        Some(signer) => Some(signer.prepare()?),
         None => None,
     };
 

@@ -114,6 +114,55 @@ impl Key {
     }
 }
 
+/// What signs: the private key (read before anything runs), its password, and the cosign
+/// that uses them.
+#[derive(Debug)]
+pub struct Signer {
+    pub key: Key,
+    /// `COSIGN_PASSWORD`, empty when unset (a key without a password).
+    pub password: String,
+    /// The `tools` build cosign runs from.
+    pub tools: image::BuildPlan,
+    pub cosign: Cosign,
+}
+
+impl Signer {
+    /// Reads the key; runs nothing.
+    pub fn new(
+        root: &Utf8Path,
+        revision: &Revision,
+        source: &KeySource,
+        options: Options,
+    ) -> Result<Signer> {
+        let key = Key::read(source, KeyKind::Private)?;
+        let password = std::env::var(PASSWORD_VAR).unwrap_or_default();
+        let tools = Cosign::tools_build(root, revision);
+        let cosign = Cosign::new(root, &tools, options);
+        Ok(Signer { key, password, tools, cosign })
+    }
+
+    /// Builds the tools image and opens the key with its password: the public key that
+    /// verifies what it signs. A wrong password fails here, before anything is signed.
+    pub fn prepare(&self) -> Result<Key> {
+        image::execute(&self.tools).context("cannot build the tools image that runs cosign")?;
+        self.cosign.public_key(&self.key, &self.password)
+    }
+
+    /// Signs `blob`, then checks the signature with `public`: the signature, base64.
+    pub fn sign_blob(&self, public: &Key, blob: &[u8]) -> Result<String> {
+        let step = self.cosign.sign_blob_step(&self.key, &self.password, blob);
+        let captured = step.capture()?;
+        if !captured.success() {
+            bail!("cannot sign: {}", step.redact(last_line(&captured.stderr)));
+        }
+        let signature = captured.stdout.trim().to_owned();
+        if let Err(reason) = self.cosign.verify_blob(public, &signature, blob)? {
+            bail!("the signature just made does not verify: {reason}");
+        }
+        Ok(signature)
+    }
+}
+
 /// cosign in the `tools` image, as the steps of a release or a verification use it.
 #[derive(Debug, Clone)]
 pub struct Cosign {
@@ -161,9 +210,16 @@ impl Cosign {
         }
     }
 
-    /// `docker run` of cosign with the variables in `env` passed by name.
+    /// `docker run` of cosign with the variables in `env` passed by name (and stdin, for the
+    /// commands that read a blob there).
     fn run(&self, env: &[&str]) -> Step {
-        let mut step = crate::docker::cli(&self.root).args(["run", "--rm", "--network", "host"]);
+        let mut step = crate::docker::cli(&self.root).args([
+            "run",
+            "--rm",
+            "--interactive",
+            "--network",
+            "host",
+        ]);
         match &self.docker_config {
             Some(config) => {
                 let (uid, gid) = config.owner;
@@ -207,6 +263,53 @@ impl Cosign {
             step = step.arg("--insecure-ignore-tlog=true");
         }
         step.arg(target)
+    }
+
+    /// `cosign sign-blob` of `blob`, fed on stdin: the signature, base64, on stdout.
+    pub fn sign_blob_step(&self, key: &Key, password: &str, blob: &[u8]) -> Step {
+        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
+        let mut step = self
+            .run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
+            .args(["sign-blob", "--key", &key_ref, "--yes"])
+            .env(PRIVATE_KEY_VAR, &key.pem)
+            .env(PASSWORD_VAR, password)
+            .secret(&key.pem)
+            .secret(password)
+            .stdin_bytes(blob.to_vec());
+        if !self.transparency_log {
+            step = step.arg("--tlog-upload=false");
+        }
+        step.arg("-")
+    }
+
+    /// `cosign verify-blob` of `blob` (on stdin) against `signature` with a public key.
+    pub fn verify_blob_step(&self, key: &Key, signature: &str, blob: &[u8]) -> Step {
+        let key_ref = format!("env://{PUBLIC_KEY_VAR}");
+        let mut step = self
+            .run(&[PUBLIC_KEY_VAR])
+            .args(["verify-blob", "--key", &key_ref, "--signature", signature])
+            .env(PUBLIC_KEY_VAR, &key.pem)
+            .stdin_bytes(blob.to_vec())
+            .quiet();
+        if !self.transparency_log {
+            step = step.arg("--insecure-ignore-tlog=true");
+        }
+        step.arg("-")
+    }
+
+    /// Whether `signature` is `key`'s over `blob`: `Err` with cosign's reason when not.
+    pub fn verify_blob(
+        &self,
+        key: &Key,
+        signature: &str,
+        blob: &[u8],
+    ) -> Result<Result<(), String>> {
+        let step = self.verify_blob_step(key, signature, blob);
+        let captured = step.capture()?;
+        if captured.success() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(last_line(&captured.stderr).to_owned()))
     }
 
     /// `cosign public-key` of a private key: what verifies its signatures.
