@@ -115,8 +115,7 @@ impl Key {
 }
 
 /// What signs: the private key (read before anything runs), its password, and the cosign
-/// that uses them.
-#[derive(Debug)]
+/// that uses them. Its `Debug` shows neither the key nor the password.
 pub struct Signer {
     pub key: Key,
     /// `COSIGN_PASSWORD`, empty when unset (a key without a password).
@@ -124,6 +123,16 @@ pub struct Signer {
     /// The `tools` build cosign runs from.
     pub tools: image::BuildPlan,
     pub cosign: Cosign,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("key", &self.key)
+            .field("password", &"***")
+            .field("cosign", &self.cosign)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Signer {
@@ -450,6 +459,29 @@ mod tests {
         let shown = step.to_json().to_string();
         assert!(!shown.contains("AAAA") && !shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn a_signer_never_shows_its_key_or_password() {
+        let key = Key::parse(PRIVATE.into(), KeySource::Env("K".into()), KeyKind::Private).unwrap();
+        let signer = Signer {
+            key,
+            password: "hunter2".into(),
+            tools: Cosign::tools_build(
+                Utf8Path::new("/repo"),
+                &crate::version::Revision {
+                    version: crate::version::AppVersion::parse("1.0.0").unwrap(),
+                    commit: "1234567890123456789012345678901234567890".into(),
+                    dirty: false,
+                    epoch: 0,
+                    created: "1970-01-01T00:00:00Z".into(),
+                    source: None,
+                },
+            ),
+            cosign: cosign(false),
+        };
+        let shown = format!("{signer:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("AAAA"), "{shown}");
     }
 
     #[test]
