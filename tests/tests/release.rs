@@ -438,16 +438,12 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     assert!(!docker_output(&["image", "inspect", &refs[0]]).status.success(), "nothing loaded");
 
     // Signed by our key: another key's public half refuses it before anything is loaded.
-    let other_key = other.join("cosign.pub");
-    let wrong_key = xtask_captured(&[
-        "images",
-        "load",
-        bundle_arg,
-        "--sha256",
-        &sha256,
-        "--key",
-        other_key.to_str().unwrap(),
-    ]);
+    let load_with_key = |keys: &std::path::Path| {
+        let key = keys.join("cosign.pub");
+        let key = key.to_str().unwrap().to_owned();
+        xtask_captured(&["images", "load", bundle_arg, "--sha256", &sha256, "--key", &key])
+    };
+    let wrong_key = load_with_key(&other);
     let stderr = String::from_utf8_lossy(&wrong_key.stderr);
     assert_eq!(wrong_key.status.code(), Some(1), "{stderr}");
     assert!(
@@ -458,16 +454,9 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
 
     // No registry from here on: the stack must come from the bundle alone.
     registry.stop();
-    let our_key = ours.join("cosign.pub");
-    let loaded = xtask_ok(&[
-        "images",
-        "load",
-        bundle_arg,
-        "--sha256",
-        &sha256,
-        "--key",
-        our_key.to_str().unwrap(),
-    ]);
+    let loaded = load_with_key(&ours);
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let loaded = String::from_utf8(loaded.stdout).unwrap();
     for r in &refs {
         assert!(loaded.contains(r.as_str()), "{r} is reported: {loaded}");
         docker(&["image", "inspect", r]);

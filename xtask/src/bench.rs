@@ -517,14 +517,7 @@ mod tests {
 
     #[test]
     fn the_peer_builds_the_same_image_by_hand() {
-        let revision = Revision {
-            version: crate::version::AppVersion::parse("1.0.0").unwrap(),
-            commit: "1234567890123456789012345678901234567890".into(),
-            dirty: false,
-            epoch: 1_577_836_800,
-            created: "2020-01-01T00:00:00Z".into(),
-            source: None,
-        };
+        let revision = Revision::example();
         let request = BuildRequest {
             images: vec![ImageName::Server],
             output: image::Output::Store,

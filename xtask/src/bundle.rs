@@ -728,15 +728,7 @@ mod tests {
         let key_file = dir.join("cosign.pub");
         std::fs::write(&key_file, pem).unwrap();
         let key = Key::read(&KeySource::File(key_file), KeyKind::Public).unwrap();
-        let revision = crate::version::Revision {
-            version: crate::version::AppVersion::parse("1.0.0").unwrap(),
-            commit: "1234567890123456789012345678901234567890".into(),
-            dirty: false,
-            epoch: 0,
-            created: "1970-01-01T00:00:00Z".into(),
-            source: None,
-        };
-        let tools = Cosign::tools_build(Utf8Path::new("/repo"), &revision);
+        let tools = Cosign::tools_build(Utf8Path::new("/repo"), &Revision::example());
         let cosign = Cosign::new(Utf8Path::new("/repo"), &tools, Options::default());
         let check = SignatureCheck { key, tools, cosign };
         let err = check.check(&bundle, &bundle).unwrap_err().to_string();

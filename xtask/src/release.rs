@@ -488,9 +488,13 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
         let digest = &digests[&image.image];
         let mut refs = Vec::new();
         let mut platforms = BTreeMap::new();
-        for tag in &image.tags.immutable {
+        for (n, tag) in image.tags.immutable.iter().enumerate() {
             let reference = format!("{}:{tag}", image.repository);
-            let found = verify(&remote, plan, &reference, digest)?;
+            let (found, inspected) = verify(&remote, plan, &reference, digest)?;
+            // Every immutable ref names this one index: its attestations are read once.
+            if n == 0 {
+                check_attested(&remote, &image.repository, &reference, &inspected, &found)?;
+            }
             platforms = found.platforms;
             refs.push(reference);
         }
@@ -501,20 +505,6 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
             platforms,
             signed: false,
         });
-    }
-    // Every index carries its provenance and SBOM, for every platform.
-    for image in &plan.images {
-        let reference = image.version_ref();
-        let inspected = remote
-            .inspect(&reference)?
-            .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
-        let found = read_index(&inspected)?;
-        let types =
-            verify::predicate_types(&remote, &image.repository, &inspected, &found.platforms)?;
-        let (provenance, sbom) = verify::check_attestations(&types);
-        if let Err(reason) = provenance.and(sbom) {
-            bail!("{reference} in the registry is not what was released: {reason}");
-        }
     }
     if let (Some(signer), Some(public)) = (&plan.signer, &public) {
         for entry in &mut released {
@@ -658,12 +648,14 @@ fn untag_local(plan: &ReleasePlan) {
 }
 
 /// Reads `reference` back and checks that it is this release's index under `digest`.
+/// Reads `reference` back and checks that it is this release's index under `digest`: what was
+/// found, and the registry's answer.
 fn verify(
     remote: &remote::Registry,
     plan: &ReleasePlan,
     reference: &str,
     digest: &str,
-) -> Result<FoundIndex> {
+) -> Result<(FoundIndex, Value)> {
     let inspected = remote
         .inspect(reference)?
         .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
@@ -672,7 +664,7 @@ fn verify(
     if found.digest != digest {
         bail!("{reference} is {} in the registry, but the release is {digest}", found.digest);
     }
-    Ok(found)
+    Ok((found, inspected))
 }
 
 /// An index as read back: its digest, each platform's manifest digest, and the version and
@@ -707,13 +699,9 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     }
     let label = |key: &str| -> Option<String> {
         let mut values = platforms.keys().map(|platform| {
-            // With one image in the index, `.Image` is that image's config rather than a map.
-            let image = match inspected["image"].get(platform) {
-                Some(image) => image,
-                None if platforms.len() == 1 => &inspected["image"],
-                None => &Value::Null,
-            };
-            image["config"]["Labels"][key].as_str().map(str::to_owned)
+            platform_image(inspected, platform, platforms.len())["config"]["Labels"][key]
+                .as_str()
+                .map(str::to_owned)
         });
         let first = values.next()??;
         values.all(|v| v.as_deref() == Some(first.as_str())).then_some(first)
@@ -721,6 +709,34 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     let version = label("org.opencontainers.image.version");
     let revision = label("org.opencontainers.image.revision");
     Ok(FoundIndex { digest, platforms, version, revision })
+}
+
+/// Checks that the index read back as `inspected` carries a provenance attestation and an SBOM
+/// for every platform.
+fn check_attested(
+    remote: &remote::Registry,
+    repository: &str,
+    reference: &str,
+    inspected: &Value,
+    found: &FoundIndex,
+) -> Result<()> {
+    let types = verify::predicate_types(remote, repository, inspected, &found.platforms)?;
+    let (provenance, sbom) = verify::check_attestations(&types);
+    match provenance.and(sbom) {
+        Ok(_) => Ok(()),
+        Err(reason) => bail!("{reference} in the registry is not what was released: {reason}"),
+    }
+}
+
+/// One platform's image in `imagetools inspect --format '{{json .}}'` output, of an index of
+/// `count` platforms: with one image in the index, `.Image` is that image's config rather than
+/// a map by platform.
+pub fn platform_image<'a>(inspected: &'a Value, platform: &str, count: usize) -> &'a Value {
+    match inspected["image"].get(platform) {
+        Some(image) => image,
+        None if count == 1 => &inspected["image"],
+        None => &Value::Null,
+    }
 }
 
 /// Checks an index as read back: every wanted platform, each image labelled with the release's

@@ -245,65 +245,54 @@ impl Cosign {
         step.arg(&self.image).arg("cosign").timeout(std::time::Duration::from_secs(300))
     }
 
-    /// `cosign sign` of `target` (`REPO@sha256:...`): one signature, stored beside the image.
-    pub fn sign_step(&self, key: &Key, password: &str, target: &str) -> Step {
+    /// cosign `command` with the private key and its password (secrets of the step).
+    fn with_private_key(&self, command: &str, key: &Key, password: &str) -> Step {
         let key_ref = format!("env://{PRIVATE_KEY_VAR}");
-        let mut step = self
-            .run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
-            .args(["sign", "--key", &key_ref, "--yes"])
-            .env(PRIVATE_KEY_VAR, &key.pem)
-            .env(PASSWORD_VAR, password)
-            .secret(&key.pem)
-            .secret(password);
-        if !self.transparency_log {
-            step = step.arg("--tlog-upload=false");
-        }
-        step.arg(target)
-    }
-
-    /// `cosign verify` of `target` with a public key: its exit status is the answer.
-    pub fn verify_step(&self, key: &Key, target: &str) -> Step {
-        let key_ref = format!("env://{PUBLIC_KEY_VAR}");
-        let mut step = self
-            .run(&[PUBLIC_KEY_VAR])
-            .args(["verify", "--key", &key_ref, "--output", "json"])
-            .env(PUBLIC_KEY_VAR, &key.pem);
-        if !self.transparency_log {
-            step = step.arg("--insecure-ignore-tlog=true");
-        }
-        step.arg(target)
-    }
-
-    /// `cosign sign-blob` of `blob`, fed on stdin: the signature, base64, on stdout.
-    pub fn sign_blob_step(&self, key: &Key, password: &str, blob: &[u8]) -> Step {
-        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
-        let mut step = self
-            .run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
-            .args(["sign-blob", "--key", &key_ref, "--yes"])
+        self.run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
+            .args([command, "--key", &key_ref])
             .env(PRIVATE_KEY_VAR, &key.pem)
             .env(PASSWORD_VAR, password)
             .secret(&key.pem)
             .secret(password)
-            .stdin_bytes(blob.to_vec());
-        if !self.transparency_log {
-            step = step.arg("--tlog-upload=false");
-        }
-        step.arg("-")
+    }
+
+    /// cosign `command` with a public key.
+    fn with_public_key(&self, command: &str, key: &Key) -> Step {
+        let key_ref = format!("env://{PUBLIC_KEY_VAR}");
+        self.run(&[PUBLIC_KEY_VAR]).args([command, "--key", &key_ref]).env(PUBLIC_KEY_VAR, &key.pem)
+    }
+
+    /// The flag that leaves the transparency log out, when it is left out: `flag` is the
+    /// command's own spelling of it.
+    fn offline(&self, step: Step, flag: &str) -> Step {
+        if self.transparency_log { step } else { step.arg(flag) }
+    }
+
+    /// `cosign sign` of `target` (`REPO@sha256:...`): one signature, stored beside the image.
+    pub fn sign_step(&self, key: &Key, password: &str, target: &str) -> Step {
+        let step = self.with_private_key("sign", key, password).arg("--yes");
+        self.offline(step, "--tlog-upload=false").arg(target)
+    }
+
+    /// `cosign verify` of `target` with a public key: its exit status is the answer.
+    pub fn verify_step(&self, key: &Key, target: &str) -> Step {
+        let step = self.with_public_key("verify", key).args(["--output", "json"]);
+        self.offline(step, "--insecure-ignore-tlog=true").arg(target)
+    }
+
+    /// `cosign sign-blob` of `blob`, fed on stdin: the signature, base64, on stdout.
+    pub fn sign_blob_step(&self, key: &Key, password: &str, blob: &[u8]) -> Step {
+        let step = self.with_private_key("sign-blob", key, password).arg("--yes");
+        self.offline(step, "--tlog-upload=false").arg("-").stdin_bytes(blob.to_vec())
     }
 
     /// `cosign verify-blob` of `blob` (on stdin) against `signature` with a public key.
     pub fn verify_blob_step(&self, key: &Key, signature: &str, blob: &[u8]) -> Step {
-        let key_ref = format!("env://{PUBLIC_KEY_VAR}");
-        let mut step = self
-            .run(&[PUBLIC_KEY_VAR])
-            .args(["verify-blob", "--key", &key_ref, "--signature", signature])
-            .env(PUBLIC_KEY_VAR, &key.pem)
+        let step = self.with_public_key("verify-blob", key).args(["--signature", signature]);
+        self.offline(step, "--insecure-ignore-tlog=true")
+            .arg("-")
             .stdin_bytes(blob.to_vec())
-            .quiet();
-        if !self.transparency_log {
-            step = step.arg("--insecure-ignore-tlog=true");
-        }
-        step.arg("-")
+            .quiet()
     }
 
     /// Whether `signature` is `key`'s over `blob`: `Err` with cosign's reason when not.
@@ -323,14 +312,7 @@ impl Cosign {
 
     /// `cosign public-key` of a private key: what verifies its signatures.
     pub fn public_key_step(&self, key: &Key, password: &str) -> Step {
-        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
-        self.run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
-            .args(["public-key", "--key", &key_ref])
-            .env(PRIVATE_KEY_VAR, &key.pem)
-            .env(PASSWORD_VAR, password)
-            .secret(&key.pem)
-            .secret(password)
-            .quiet()
+        self.with_private_key("public-key", key, password).quiet()
     }
 
     pub fn public_key(&self, key: &Key, password: &str) -> Result<Key> {
@@ -467,17 +449,7 @@ mod tests {
         let signer = Signer {
             key,
             password: "hunter2".into(),
-            tools: Cosign::tools_build(
-                Utf8Path::new("/repo"),
-                &crate::version::Revision {
-                    version: crate::version::AppVersion::parse("1.0.0").unwrap(),
-                    commit: "1234567890123456789012345678901234567890".into(),
-                    dirty: false,
-                    epoch: 0,
-                    created: "1970-01-01T00:00:00Z".into(),
-                    source: None,
-                },
-            ),
+            tools: Cosign::tools_build(Utf8Path::new("/repo"), &Revision::example()),
             cosign: cosign(false),
         };
         let shown = format!("{signer:?}");

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::image::ImageName;
 use crate::platform::Platform;
-use crate::release::read_index;
+use crate::release::{platform_image, read_index};
 use crate::remote;
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
 use crate::version::Revision;
@@ -124,13 +124,7 @@ pub fn check_labels(
     platforms: &[String],
     repository: &str,
 ) -> Result<String, String> {
-    let image_of = |platform: &str| -> &Value {
-        match inspected["image"].get(platform) {
-            Some(image) => image,
-            None if platforms.len() == 1 => &inspected["image"],
-            None => &Value::Null,
-        }
-    };
+    let image_of = |platform: &str| platform_image(inspected, platform, platforms.len());
     let mut values = Vec::new();
     for key in LABELS {
         let found: Vec<Option<&str>> =

@@ -181,6 +181,21 @@ fn strip_credentials(url: &str) -> String {
     }
 }
 
+#[cfg(test)]
+impl Revision {
+    /// A clean revision of version 1.0.0, committed at 2020-01-01T00:00:00Z, for tests.
+    pub fn example() -> Revision {
+        Revision {
+            version: AppVersion::parse("1.0.0").unwrap(),
+            commit: "1234567890123456789012345678901234567890".into(),
+            dirty: false,
+            epoch: 1_577_836_800,
+            created: "2020-01-01T00:00:00Z".into(),
+            source: None,
+        }
+    }
+}
+
 /// Formats a unix time as `YYYY-MM-DDTHH:MM:SSZ` (days to civil date after H. Hinnant).
 pub fn rfc3339_utc(epoch: i64) -> String {
     let days = epoch.div_euclid(86_400);
