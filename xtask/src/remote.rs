@@ -285,7 +285,9 @@ impl Registry {
         }
     }
 
-    fn run(&self, what: &str, step: &Step) -> Result<Result<Captured, Failure>> {
+    /// Runs `step`, any command that talks to the registry, with this registry's retry policy;
+    /// what it said is classified with its secrets redacted.
+    pub fn run(&self, what: &str, step: &Step) -> Result<Result<Captured, Failure>> {
         with_retries(
             what,
             &self.policy,
@@ -295,7 +297,7 @@ impl Registry {
                     return Ok(Ok(captured));
                 }
                 let timed_out = captured.timed_out.then_some(step.timeout).flatten();
-                Ok(Err(classify(&captured.stderr, timed_out)))
+                Ok(Err(classify(&step.redact(&captured.stderr), timed_out)))
             },
             interruptible_sleep,
         )

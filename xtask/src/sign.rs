@@ -310,6 +310,16 @@ impl Cosign {
         Ok(Err(last_line(&captured.stderr).to_owned()))
     }
 
+    /// Runs `step` with the registry's retries: `Ok(Err(reason))` when it failed for good.
+    fn attempt(&self, what: &str, step: &Step) -> Result<Result<(), String>> {
+        let outcome = remote::Registry::new(&self.root, None).run(what, step)?;
+        Ok(outcome.map(drop).map_err(|failure| match failure {
+            Failure::Absent { reason }
+            | Failure::Transient { reason, .. }
+            | Failure::Definite { reason, .. } => reason,
+        }))
+    }
+
     /// `cosign public-key` of a private key: what verifies its signatures.
     pub fn public_key_step(&self, key: &Key, password: &str) -> Step {
         self.with_private_key("public-key", key, password).quiet()
@@ -332,7 +342,7 @@ impl Cosign {
     /// Signs `target`, retrying what fails transiently.
     pub fn sign(&self, key: &Key, password: &str, target: &str) -> Result<()> {
         let step = self.sign_step(key, password, target);
-        match attempt(&format!("signing {target}"), &step)? {
+        match self.attempt(&format!("signing {target}"), &step)? {
             Ok(()) => Ok(()),
             Err(reason) => bail!("cannot sign {target}: {reason}"),
         }
@@ -342,30 +352,8 @@ impl Cosign {
     /// when it does not (a transient failure is retried first).
     pub fn verify(&self, key: &Key, target: &str) -> Result<Result<(), String>> {
         let step = self.verify_step(key, target).quiet();
-        attempt(&format!("verifying {target}"), &step)
+        self.attempt(&format!("verifying {target}"), &step)
     }
-}
-
-/// Runs `step` with the registry's retry policy: `Ok(Err(reason))` when it failed for good.
-fn attempt(what: &str, step: &Step) -> Result<Result<(), String>> {
-    let outcome = remote::with_retries(
-        what,
-        &remote::RetryPolicy::REGISTRY,
-        || {
-            let captured = step.capture()?;
-            if captured.success() {
-                return Ok(Ok(()));
-            }
-            let timed_out = captured.timed_out.then_some(step.timeout).flatten();
-            Ok(Err(remote::classify(&step.redact(&captured.stderr), timed_out)))
-        },
-        remote::interruptible_sleep,
-    )?;
-    Ok(outcome.map_err(|failure| match failure {
-        Failure::Absent { reason }
-        | Failure::Transient { reason, .. }
-        | Failure::Definite { reason, .. } => reason,
-    }))
 }
 
 fn last_line(text: &str) -> &str {
