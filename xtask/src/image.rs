@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
@@ -143,7 +143,8 @@ pub enum Output {
     /// Reproducible: whole multi-platform indexes in the engine's image store, to be pushed or
     /// saved later.
     Store,
-    /// Reproducible, as [`Output::Store`], then pushed to the registry under every ref.
+    /// Reproducible, pushed from each archive to the registry under every ref (one request at
+    /// a time, each retried on its own); not loaded.
     Push,
 }
 
@@ -286,12 +287,11 @@ pub struct BuildPlan {
     pub step: Step,
     /// The run's directory for the archives of a reproducible build (removed afterwards).
     pub archives: Option<Utf8PathBuf>,
-    /// `docker load` of each archive, after the bake.
+    /// `docker load` of each archive, after the bake ([`Output::Store`]).
     pub loads: Vec<Step>,
-    /// The refs pushed after the loads ([`Output::Push`]).
-    pub pushes: Vec<String>,
+    /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
+    pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
     pub root: Utf8PathBuf,
-    pub builder: Option<String>,
     /// The SBOM generator's own build, first, for a reproducible build; its ref is this run's
     /// alone (so builds side by side never name one image at once) and is removed afterwards.
     pub generator: Option<Box<BuildPlan>>,
@@ -306,10 +306,6 @@ impl BuildPlan {
         self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect()
     }
 
-    fn remote(&self) -> remote::Registry {
-        remote::Registry::new(&self.root, self.builder.as_deref())
-    }
-
     /// What builds the images, in order: the SBOM generator's build, the one bake, the loads.
     pub fn build_steps(&self) -> Vec<Step> {
         let generator = self.generator.iter().map(|g| g.step.clone());
@@ -320,10 +316,9 @@ impl BuildPlan {
     /// loads and pushes of a reproducible build.
     pub fn to_plan(&self) -> Plan {
         let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
-        let remote = self.remote();
         Plan::new(format!("build {}", names.join(" ")))
             .steps(self.build_steps())
-            .steps(self.pushes.iter().map(|r| remote.push_step(r)))
+            .requests(self.pushes.iter().map(|(archive, refs)| remote::push_request(archive, refs)))
             .fact("images", self.images_json())
             .fact("bake", self.bake.clone())
     }
@@ -405,14 +400,16 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         step = step.arg("--no-cache");
     }
     let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
-    let loads = planned
-        .iter()
-        .filter_map(|p| p.archive.as_ref())
-        .map(|archive| docker::cli(root).args(["load", "--quiet", "--input", archive.as_str()]))
-        .collect();
-    let pushes = match request.output {
-        Output::Push => planned.iter().flat_map(|p| p.refs.iter().cloned()).collect(),
-        Output::Load | Output::Store => Vec::new(),
+    let archived = planned.iter().filter_map(|p| Some((p.archive.clone()?, p.refs.clone())));
+    let (loads, pushes) = match request.output {
+        Output::Load => (Vec::new(), Vec::new()),
+        Output::Store => {
+            let load = |(archive, _): (Utf8PathBuf, _)| {
+                docker::cli(root).args(["load", "--quiet", "--input", archive.as_str()])
+            };
+            (archived.map(load).collect(), Vec::new())
+        }
+        Output::Push => (Vec::new(), archived.collect()),
     };
     BuildPlan {
         images: planned,
@@ -423,8 +420,18 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         loads,
         pushes,
         root: root.to_owned(),
-        builder: request.builder.clone(),
         generator,
+    }
+}
+
+/// The context of a build's error once every image was built and a push failed: some images
+/// or refs may be in the registry already.
+#[derive(Debug)]
+pub struct PushCutShort;
+
+impl fmt::Display for PushCutShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("every image was built, but the push was cut short")
     }
 }
 
@@ -533,17 +540,26 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
         .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
     let _ = std::fs::remove_file(&plan.metadata_file);
     let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
+    let digest_of = |image: ImageName| {
+        metadata[image.as_str()]["containerimage.digest"].as_str().map(str::to_owned)
+    };
     let mut platforms = Vec::new();
-    for (planned, load) in plan.images.iter().zip(&plan.loads) {
-        let archive = planned.archive.as_ref().expect("a loaded image has an archive");
+    for archive in plan.images.iter().filter_map(|p| p.archive.as_ref()) {
         platforms.push(read_archive(archive)?);
+    }
+    for load in &plan.loads {
         load.run().context("cannot load a built image into the image store")?;
     }
-    drop(archives);
-    let remote = plan.remote();
-    for reference in &plan.pushes {
-        remote.push(reference)?;
+    if !plan.pushes.is_empty() {
+        let remote = remote::Registry::new(&plan.root);
+        for (planned, (archive, refs)) in plan.images.iter().zip(&plan.pushes) {
+            let pushed = remote.push_archive(archive, refs).context(PushCutShort)?;
+            if let Some(built) = digest_of(planned.image).filter(|built| *built != pushed) {
+                bail!("{} was built as {built} but its archive holds {pushed}", planned.image);
+            }
+        }
     }
+    drop(archives);
     let mut platforms = platforms.into_iter();
     Ok(plan
         .images
@@ -551,9 +567,7 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
         .map(|planned| Built {
             image: planned.image,
             refs: planned.refs.clone(),
-            digest: metadata[planned.image.as_str()]["containerimage.digest"]
-                .as_str()
-                .map(str::to_owned),
+            digest: digest_of(planned.image),
             platforms: platforms.next().unwrap_or_default(),
         })
         .collect())

@@ -11,6 +11,7 @@ mod bundle;
 mod ci;
 mod cli;
 mod db;
+mod distribution;
 mod docker;
 mod doctor;
 mod faults;

@@ -566,9 +566,26 @@ pub struct Plan {
     facts: serde_json::Map<String, Value>,
 }
 
+/// A registry API call a task makes itself (no command runs it), as a plan shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// One line, e.g. `read 127.0.0.1:5000/acme/server:1.4.2`.
+    pub summary: String,
+    /// The same for `--json`, e.g. `{"action": "read", "ref": ...}`.
+    pub detail: Value,
+}
+
+impl Request {
+    pub fn new(summary: String, detail: Value) -> Request {
+        Request { summary, detail }
+    }
+}
+
 #[derive(Debug)]
 pub enum PlanItem {
     Run(Step),
+    /// A request to a registry's API.
+    Request(Request),
     /// What must be ready before the task goes on, e.g. `server http://127.0.0.1:8283/...`.
     WaitFor(String),
     Note(String),
@@ -591,6 +608,11 @@ impl Plan {
 
     /// A fact for `--json`, e.g. `images`; the keys `task`, `dry_run` and `plan` are the
     /// plan's own.
+    pub fn requests(mut self, requests: impl IntoIterator<Item = Request>) -> Plan {
+        self.items.extend(requests.into_iter().map(PlanItem::Request));
+        self
+    }
+
     pub fn fact(mut self, key: &str, value: Value) -> Plan {
         debug_assert!(!["task", "dry_run", "plan"].contains(&key), "{key} is the plan's own");
         self.facts.insert(key.to_owned(), value);
@@ -616,6 +638,7 @@ impl Plan {
                 .iter()
                 .map(|item| match item {
                     PlanItem::Run(step) => json!({ "run": step.to_json() }),
+                    PlanItem::Request(request) => json!({ "registry": request.detail }),
                     PlanItem::WaitFor(what) => json!({ "wait_for": what }),
                     PlanItem::Note(note) => json!({ "note": note }),
                 })
@@ -631,6 +654,7 @@ impl Plan {
         for item in &self.items {
             match item {
                 PlanItem::Run(step) => print_plan(std::slice::from_ref(step)),
+                PlanItem::Request(request) => out!("# registry: {}", request.summary),
                 PlanItem::WaitFor(what) => out!("# wait until ready: {what}"),
                 PlanItem::Note(note) => out!("# {note}"),
             }

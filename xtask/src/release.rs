@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
-use crate::plan::{Plan, Preview, Step};
+use crate::plan::{Plan, Preview, Request};
 use crate::platform::Platform;
 use crate::remote;
 use crate::sign::{self, KeySource, Signer};
@@ -174,8 +174,8 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> R
     })
 }
 
-/// Builds `names` into the local image store under their immutable refs only: moving tags are
-/// made in the registry, by manifest copy.
+/// Builds `names` reproducibly and pushes each from its archive under its immutable refs only:
+/// moving tags are made in the registry, by manifest copy.
 fn build_plan(
     root: &Utf8Path,
     revision: &Revision,
@@ -189,7 +189,7 @@ fn build_plan(
         &BuildRequest {
             images: names.to_vec(),
             platforms: Some(request.platforms.clone()),
-            output: Output::Store,
+            output: Output::Push,
             tags: Some(tags.immutable.clone()),
             registry: Some(request.registry.clone()),
             builder: request.builder.clone(),
@@ -201,18 +201,17 @@ fn build_plan(
 
 impl ReleasePlan {
     fn remote(&self) -> remote::Registry {
-        remote::Registry::new(&self.root, self.request.builder.as_deref())
+        remote::Registry::new(&self.root)
     }
 
     /// The release as a dry-run plan: every step it can take, in order (with [`BUILT`] for
     /// digests known only later), what it decides only when it runs as notes, and the images,
     /// tags and bake definition as facts.
     pub fn to_plan(&self) -> Plan {
-        let remote = self.remote();
-        let copy = |image: &ReleaseImage, tags: &[String]| -> Vec<Step> {
+        let copy = |image: &ReleaseImage, tags: &[String]| -> Vec<Request> {
             let source = format!("{}@{BUILT}", image.repository);
             let target = |tag: &String| format!("{}:{tag}", image.repository);
-            tags.iter().map(|tag| remote.copy_step(&source, &target(tag))).collect()
+            tags.iter().map(|tag| remote::copy_request(&source, &target(tag))).collect()
         };
         let mut plan = Plan::new(format!(
             "release {} of {} to {}",
@@ -224,18 +223,19 @@ impl ReleasePlan {
             "read every ref: a tag that holds this release is kept, one that holds another \
              build is refused",
         )
-        .steps(self.images.iter().flat_map(|i| i.refs()).map(|r| remote.inspect_step(&r)))
+        .requests(self.images.iter().flat_map(|i| i.refs()).map(|r| remote::read_request(&r)))
         .note(
-            "build the images the registry lacks, reproducibly (into OCI archives), and load them \
-             into the local image store",
+            "build the images the registry lacks, reproducibly (into OCI archives); nothing is \
+             pushed unless every one built",
         )
         .steps(self.build.build_steps())
-        .note("push each version, then copy it by digest to its other immutable refs");
-        for image in &self.images {
-            plan = plan
-                .step(remote.push_step(&image.version_ref()))
-                .steps(copy(image, &image.tags.immutable[1..]));
-        }
+        .note(
+            "push each from its archive under its immutable refs (an image an earlier run pushed \
+             gets its missing refs by manifest copy instead)",
+        )
+        .requests(
+            self.build.pushes.iter().map(|(archive, refs)| remote::push_request(archive, refs)),
+        );
         plan = plan.note(
             "read back every immutable ref and check its platforms, labels and digest, and that \
              each index carries provenance and an SBOM for every platform",
@@ -255,7 +255,7 @@ impl ReleasePlan {
         }
         plan = plan.note("move each moving tag whose image is older than this version, or absent");
         for image in &self.images {
-            plan = plan.steps(copy(image, &image.tags.moving));
+            plan = plan.requests(copy(image, &image.tags.moving));
         }
         let images: Vec<Value> = self
             .images
@@ -450,10 +450,12 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
         let build = build_plan(&plan.root, &plan.revision, &plan.request, &to_build, &tags);
         let built = match image::execute(&build) {
             Ok(built) => built,
-            Err(err) => {
-                untag_local(plan);
-                return Err(err.context("release aborted before pushing anything"));
+            Err(err) if err.is::<image::PushCutShort>() => {
+                return Err(err.context(
+                    "the release stopped before moving any tag: run it again to finish it",
+                ));
             }
+            Err(err) => return Err(err.context("release aborted before pushing anything")),
         };
         for b in built {
             let digest =
@@ -464,18 +466,11 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
     for (image, standing) in plan.images.iter().zip(&standings) {
         let digest = &digests[&image.image];
         let source = format!("{}@{digest}", image.repository);
-        let (push_first, copies) = match standing {
-            Standing::New => (true, image.tags.immutable[1..].to_vec()),
-            Standing::Resumed { missing, .. } => (false, missing.clone()),
-        };
-        if push_first {
-            remote
-                .push(&image.version_ref())
-                .context("the release stopped before moving any tag: run it again to finish it")?;
-        }
-        // A resumed image may miss its version tag itself (only its sha tag was pushed before
-        // the interruption): it is copied like any other.
-        for tag in copies {
+        // The build pushed every immutable ref of a new image. A resumed one may miss its
+        // version tag itself (only its sha tag was written before the interruption): it is
+        // copied like any other.
+        let Standing::Resumed { missing, .. } = standing else { continue };
+        for tag in missing {
             let target = format!("{}:{tag}", image.repository);
             remote
                 .copy(&source, &target)
@@ -634,16 +629,6 @@ pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&Fou
             Move::Keep(current.version.clone().unwrap_or_default())
         }
         _ => Move::Forward,
-    }
-}
-
-/// Removes the local release refs after a failed build, so a failed release leaves no tags.
-fn untag_local(plan: &ReleasePlan) {
-    for image in &plan.images {
-        let refs: Vec<String> =
-            image.tags.immutable.iter().map(|t| format!("{}:{t}", image.repository)).collect();
-        let step = docker::cli(&plan.root).args(["image", "rm"]).args(refs);
-        let _ = step.capture();
     }
 }
 

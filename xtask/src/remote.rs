@@ -1,29 +1,32 @@
-//! Registry operations (read an index, push a tag, copy a manifest to another tag), each made
-//! by one constructor, run through the docker CLI, its answer classified once (absent,
-//! transient, definite), and retried with a bounded, jittered backoff when transient.
+//! Registry operations (read an index, push an image, copy a manifest to another tag), their
+//! failures classified once (absent, transient, definite), and retried with a bounded,
+//! jittered backoff when transient.
 //!
-//! The docker CLI reports a registry's answer only as text, so [`classify`] is the one place
-//! that reads it; everything else decides on the [`Failure`] it returns.
+//! Our own requests go through [`crate::distribution`], which classifies HTTP answers. Other
+//! registry clients (cosign) report a registry's answer only as text, so [`classify`] is the
+//! one place that reads it.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use camino::{Utf8Path, Utf8PathBuf};
-use serde_json::Value;
+use camino::Utf8Path;
+use serde_json::{Value, json};
 
-use crate::docker;
+use crate::distribution::{Client, Reference};
 use crate::interrupt::{self, Interrupted};
-use crate::plan::{Captured, Step};
+use crate::plan::{Captured, Request, Step};
 
 /// Why a registry operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The registry does not have the ref (404, `manifest unknown`, `not found`).
     Absent { reason: String },
-    /// Worth another try: 5xx, 429, a reset or refused connection, a timeout.
-    Transient { reason: String, rate_limited: bool },
+    /// Worth another try: 5xx, 429, a reset or refused connection, a timeout; `retry_after` is
+    /// how long the registry asked to be left alone (`Retry-After`).
+    Transient { reason: String, rate_limited: bool, retry_after: Option<Duration> },
     /// Retrying cannot help: 401/403, a bad name, anything not known to be transient.
     Definite { reason: String, unauthorized: bool },
 }
@@ -35,16 +38,17 @@ pub fn classify(stderr: &str, timed_out: Option<Duration>) -> Failure {
         return Failure::Transient {
             reason: format!("no answer within {}s", limit.as_secs()),
             rate_limited: false,
+            retry_after: None,
         };
     }
     let text = stderr.to_ascii_lowercase();
     let status = http_status(stderr);
     if status == Some(429) || text.contains("toomanyrequests") || text.contains("too many requests")
     {
-        return Failure::Transient { reason, rate_limited: true };
+        return Failure::Transient { reason, rate_limited: true, retry_after: None };
     }
     if status.is_some_and(|s| (500..600).contains(&s)) {
-        return Failure::Transient { reason, rate_limited: false };
+        return Failure::Transient { reason, rate_limited: false, retry_after: None };
     }
     let unauthorized = matches!(status, Some(401 | 403))
         || ["unauthorized", "denied", "forbidden", "authentication required"]
@@ -72,7 +76,7 @@ pub fn classify(stderr: &str, timed_out: Option<Duration>) -> Failure {
     ];
     let eof = text.lines().any(|l| l.trim_end().ends_with(": eof"));
     if eof || NETWORK.iter().any(|w| text.contains(w)) {
-        return Failure::Transient { reason, rate_limited: false };
+        return Failure::Transient { reason, rate_limited: false, retry_after: None };
     }
     Failure::Definite { reason, unauthorized: false }
 }
@@ -152,8 +156,14 @@ pub fn with_retries<T>(
     loop {
         tried += 1;
         match attempt()? {
-            Err(Failure::Transient { reason, rate_limited }) if tried < policy.attempts => {
-                let wait = policy.pause(tried, rate_limited, jitter());
+            Err(Failure::Transient { reason, rate_limited, retry_after })
+                if tried < policy.attempts =>
+            {
+                let mut wait = policy.pause(tried, rate_limited, jitter());
+                // A registry's own word on when to come back wins, up to a minute.
+                if let Some(after) = retry_after {
+                    wait = wait.max(after.min(Duration::from_secs(60)));
+                }
                 say!(
                     "registry: {what} failed ({reason}); transient, attempt {tried} of {}, \
                      retrying in {:.1}s",
@@ -163,9 +173,9 @@ pub fn with_retries<T>(
                 RETRIES.fetch_add(1, Ordering::SeqCst);
                 pause(wait)?;
             }
-            Err(Failure::Transient { reason, rate_limited }) => {
+            Err(Failure::Transient { reason, rate_limited, retry_after }) => {
                 let reason = format!("{reason} (transient, still failing after {tried} attempts)");
-                return Ok(Err(Failure::Transient { reason, rate_limited }));
+                return Ok(Err(Failure::Transient { reason, rate_limited, retry_after }));
             }
             other => return Ok(other),
         }
@@ -189,104 +199,49 @@ pub fn interruptible_sleep(total: Duration) -> Result<()> {
     Ok(())
 }
 
-/// One registry (reached through the docker CLI and its credentials) and the operations a
-/// release needs.
-#[derive(Debug, Clone)]
+/// One registry and the operations a release needs, each request of them retried on its own
+/// ([`distribution::Client`]).
+#[derive(Clone)]
 pub struct Registry {
-    root: Utf8PathBuf,
-    builder: Option<String>,
     policy: RetryPolicy,
+    client: Arc<Client>,
 }
 
-/// Per-attempt limits: a read or a manifest copy is small; a push moves layers.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-const PUSH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
 impl Registry {
-    pub fn new(root: &Utf8Path, builder: Option<&str>) -> Registry {
-        Registry {
-            root: root.to_owned(),
-            builder: builder.map(str::to_owned),
-            policy: RetryPolicy::REGISTRY,
-        }
+    pub fn new(root: &Utf8Path) -> Registry {
+        let policy = RetryPolicy::REGISTRY;
+        Registry { policy, client: Arc::new(Client::new(root, policy)) }
     }
 
-    /// `docker buildx imagetools inspect --format '{{json .}}' REF`: the index and the image
-    /// configs (labels) of each platform.
-    pub fn inspect_step(&self, reference: &str) -> Step {
-        docker::buildx(&self.root, self.builder.as_deref())
-            .args(["imagetools", "inspect", "--format", "{{json .}}"])
-            .arg(reference)
-            .timeout(READ_TIMEOUT)
-    }
-
-    /// `docker push REF`: uploads a local image (every platform of its index).
-    pub fn push_step(&self, reference: &str) -> Step {
-        docker::cli(&self.root).args(["push", "--quiet"]).arg(reference).timeout(PUSH_TIMEOUT)
-    }
-
-    /// `docker buildx imagetools create --tag TARGET SOURCE`: a manifest copy inside the
-    /// registry, which keeps the source's digest and uploads no layer.
-    pub fn copy_step(&self, source: &str, target: &str) -> Step {
-        docker::buildx(&self.root, self.builder.as_deref())
-            .args(["imagetools", "create", "--tag"])
-            .arg(target)
-            .arg(source)
-            .timeout(READ_TIMEOUT)
-    }
-
-    /// What the registry holds under `reference`, or `None` when it holds nothing there.
+    /// The index (or manifest) under `reference` and the image config of each platform, in
+    /// the shape of `docker buildx imagetools inspect --format '{{json .}}'`, or `None` when the
+    /// registry holds nothing there.
     pub fn inspect(&self, reference: &str) -> Result<Option<Value>> {
-        let step = self.inspect_step(reference);
-        match self.run(&format!("reading {reference}"), &step)? {
-            Ok(captured) => {
-                let value = serde_json::from_str(&captured.stdout).map_err(|e| {
-                    anyhow!("the registry's answer for {reference} is not JSON: {e}")
-                })?;
-                Ok(Some(value))
-            }
-            Err(Failure::Absent { .. }) => Ok(None),
-            Err(failure) => Err(self.explain(&format!("cannot read {reference}"), failure)),
-        }
+        self.client.inspect(&Reference::parse(reference)?)
     }
 
-    /// The manifest or index under `reference` exactly as the registry holds it
-    /// (`imagetools inspect --raw`), or `None` when it holds nothing there.
+    /// The manifest or index under `reference` exactly as the registry holds it, or `None`
+    /// when it holds nothing there.
     pub fn inspect_raw(&self, reference: &str) -> Result<Option<Value>> {
-        let step = docker::buildx(&self.root, self.builder.as_deref())
-            .args(["imagetools", "inspect", "--raw"])
-            .arg(reference)
-            .timeout(READ_TIMEOUT)
-            .quiet();
-        match self.run(&format!("reading {reference}"), &step)? {
-            Ok(captured) => serde_json::from_str(&captured.stdout)
-                .map(Some)
-                .map_err(|e| anyhow!("the registry's answer for {reference} is not JSON: {e}")),
-            Err(Failure::Absent { .. }) => Ok(None),
-            Err(failure) => Err(self.explain(&format!("cannot read {reference}"), failure)),
-        }
+        Ok(self.client.manifest(&Reference::parse(reference)?)?.map(|m| m.value))
     }
 
-    pub fn push(&self, reference: &str) -> Result<()> {
-        let step = self.push_step(reference);
-        match self.run(&format!("pushing {reference}"), &step)? {
-            Ok(_) => Ok(()),
-            Err(failure) => Err(self.explain(&format!("cannot push {reference}"), failure)),
-        }
+    /// Pushes the image in the OCI archive under every ref of `refs` (one repository); returns
+    /// the digest of its index.
+    pub fn push_archive(&self, archive: &Utf8Path, refs: &[String]) -> Result<String> {
+        let targets: Vec<Reference> =
+            refs.iter().map(|r| Reference::parse(r)).collect::<Result<_>>()?;
+        self.client.push_archive(archive, &targets)
     }
 
+    /// A manifest copy inside the registry: `target` then names the digest `source` names, and
+    /// no layer moves.
     pub fn copy(&self, source: &str, target: &str) -> Result<()> {
-        let step = self.copy_step(source, target);
-        match self.run(&format!("copying {source} to {target}"), &step)? {
-            Ok(_) => Ok(()),
-            Err(failure) => {
-                Err(self.explain(&format!("cannot copy {source} to {target}"), failure))
-            }
-        }
+        self.client.copy(&Reference::parse(source)?, &Reference::parse(target)?).map(|_| ())
     }
 
-    /// Runs `step`, any command that talks to the registry, with this registry's retry policy;
-    /// what it said is classified with its secrets redacted.
+    /// Runs `step`, a command of another registry client (cosign), with this registry's retry
+    /// policy; what it said is classified with its secrets redacted.
     pub fn run(&self, what: &str, step: &Step) -> Result<Result<Captured, Failure>> {
         with_retries(
             what,
@@ -302,19 +257,44 @@ impl Registry {
             interruptible_sleep,
         )
     }
+}
 
-    fn explain(&self, doing: &str, failure: Failure) -> anyhow::Error {
-        match failure {
-            Failure::Absent { reason } => anyhow!("{doing}: {reason}"),
-            Failure::Transient { reason, .. } => {
-                anyhow!("{doing}: {reason}: check that the registry is up, then run it again")
-            }
-            Failure::Definite { reason, unauthorized: true } => anyhow!(
-                "{doing}: {reason}: log in with `docker login` (to the registry host) with an \
-                 account that may push there"
-            ),
-            Failure::Definite { reason, unauthorized: false } => anyhow!("{doing}: {reason}"),
+/// What a release's plan shows for reading `reference`.
+pub fn read_request(reference: &str) -> Request {
+    Request::new(format!("read {reference}"), json!({"action": "read", "ref": reference}))
+}
+
+/// What a plan shows for pushing the OCI archive `archive` under `refs`.
+pub fn push_request(archive: &Utf8Path, refs: &[String]) -> Request {
+    Request::new(
+        format!(
+            "push {archive} as {} (each blob the registry lacks, then the manifests)",
+            refs.join(", ")
+        ),
+        json!({"action": "push", "archive": archive.as_str(), "refs": refs}),
+    )
+}
+
+/// What a plan shows for a manifest copy of `source` to `target`.
+pub fn copy_request(source: &str, target: &str) -> Request {
+    Request::new(
+        format!("copy {source} to {target} (the manifest only)"),
+        json!({"action": "copy", "from": source, "to": target}),
+    )
+}
+
+/// Says what failed, with the fix where one is known.
+pub fn explain(doing: &str, failure: Failure) -> anyhow::Error {
+    match failure {
+        Failure::Absent { reason } => anyhow!("{doing}: {reason}"),
+        Failure::Transient { reason, .. } => {
+            anyhow!("{doing}: {reason}: check that the registry is up, then run it again")
         }
+        Failure::Definite { reason, unauthorized: true } => anyhow!(
+            "{doing}: {reason}: log in with `docker login` (to the registry host) with an \
+             account that may push there"
+        ),
+        Failure::Definite { reason, unauthorized: false } => anyhow!("{doing}: {reason}"),
     }
 }
 
@@ -381,8 +361,16 @@ mod tests {
     fn transient_failures_are_retried_definite_ones_never() {
         let policy = RetryPolicy { attempts: 4, ..RetryPolicy::REGISTRY };
         let mut answers = vec![
-            Err(Failure::Transient { reason: "500".into(), rate_limited: false }),
-            Err(Failure::Transient { reason: "429".into(), rate_limited: true }),
+            Err(Failure::Transient {
+                reason: "500".into(),
+                rate_limited: false,
+                retry_after: None,
+            }),
+            Err(Failure::Transient {
+                reason: "429".into(),
+                rate_limited: true,
+                retry_after: Some(Duration::from_secs(3)),
+            }),
             Ok("done"),
         ]
         .into_iter();
@@ -398,7 +386,7 @@ mod tests {
         );
         assert_eq!(result.unwrap(), Ok("done"));
         assert_eq!(paused.len(), 2);
-        assert!(paused[1] >= Duration::from_secs(1), "a rate limit waits longer: {paused:?}");
+        assert!(paused[1] >= Duration::from_secs(3), "a Retry-After is waited out: {paused:?}");
 
         let answered_always = |failure: Failure| {
             let mut calls = 0;
@@ -418,8 +406,11 @@ mod tests {
         assert!(matches!(definite, Err(Failure::Definite { .. })));
         assert_eq!(calls, 1);
 
-        let (exhausted, calls) =
-            answered_always(Failure::Transient { reason: "reset".into(), rate_limited: false });
+        let (exhausted, calls) = answered_always(Failure::Transient {
+            reason: "reset".into(),
+            rate_limited: false,
+            retry_after: None,
+        });
         let Err(Failure::Transient { reason, .. }) = exhausted else { panic!() };
         assert_eq!(calls, 4);
         assert!(reason.contains("after 4 attempts"), "{reason}");

@@ -312,7 +312,7 @@ impl Cosign {
 
     /// Runs `step` with the registry's retries: `Ok(Err(reason))` when it failed for good.
     fn attempt(&self, what: &str, step: &Step) -> Result<Result<(), String>> {
-        let outcome = remote::Registry::new(&self.root, None).run(what, step)?;
+        let outcome = remote::Registry::new(&self.root).run(what, step)?;
         Ok(outcome.map(drop).map_err(|failure| match failure {
             Failure::Absent { reason }
             | Failure::Transient { reason, .. }

@@ -249,7 +249,7 @@ pub fn resolve_images(
             wanted
         }
     };
-    let remote = Registry::new(&stack.root, None);
+    let remote = Registry::new(&stack.root);
     let mut resolved = BTreeMap::new();
     let mut answers = BTreeMap::new();
     let mut missing = Vec::new();
@@ -313,7 +313,7 @@ pub fn keep_unchanged(root: &Utf8Path, name: &str, resolved: &mut Resolved) -> R
             Some((service, spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str()?.to_owned()))
         })
         .collect();
-    let remote = Registry::new(root, None);
+    let remote = Registry::new(root);
     for (service, wanted) in resolved.images.iter_mut() {
         let (Some(current), Some(new)) = (running.get(service), resolved.answers.get(service))
         else {

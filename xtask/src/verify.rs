@@ -168,7 +168,7 @@ fn attestations(inspected: &Value) -> Vec<(String, String)> {
 pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
     crate::docker::require_cli()?;
     let key = Key::read(&request.key, KeyKind::Public)?;
-    let registry = remote::Registry::new(root, None);
+    let registry = remote::Registry::new(root);
     let reference = &request.reference;
     let repository = repository_of(reference);
     let inspected = registry.inspect(reference)?.with_context(|| {

@@ -1,0 +1,1076 @@
+//! A client of a registry's HTTP API (the OCI distribution spec): manifests and blobs are read,
+//! an OCI archive is pushed blob by blob, and a tag is moved by a manifest copy.
+//!
+//! Every request is retried on its own when it fails transiently (5xx, 429 after its
+//! `Retry-After`, a reset or refused connection, a timeout), with the registry retry policy.
+//! That is why releases do not push with `docker push`: it gives up a whole push, hundreds of
+//! requests, on one failed request.
+//!
+//! Authentication is what `docker login` left: the registry's challenge (`WWW-Authenticate`)
+//! says basic or bearer, and the credentials come from the Docker config file, a credential
+//! store or a credential helper. A loopback registry is spoken to in plain HTTP, as Docker
+//! does; every other one over TLS, with the Mozilla root certificates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use ureq::http;
+
+use crate::interrupt::{self, Interrupted};
+use crate::plan::Step;
+use crate::remote::{Failure, RetryPolicy, interruptible_sleep, with_retries};
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// The largest manifest read (the distribution spec asks registries to take 4 MiB).
+const MANIFEST_LIMIT: u64 = 4 << 20;
+/// The largest blob read into memory: image configs and attestation statements.
+const BLOB_LIMIT: u64 = 64 << 20;
+/// Blobs uploaded at once.
+const UPLOADERS: usize = 4;
+
+/// A repository of one registry, as named in an image ref (`127.0.0.1:5000/acme/server`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repository {
+    /// The registry as written (`ghcr.io`, `127.0.0.1:5000`, `docker.io`).
+    pub registry: String,
+    /// The path inside it (`acme/server`; `library/debian` for Docker Hub's short names).
+    pub name: String,
+}
+
+/// An image ref split into its repository and its tag or digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub repository: Repository,
+    /// A tag (`1.4.2`) or a digest (`sha256:...`).
+    pub reference: String,
+}
+
+impl Reference {
+    /// Splits `REGISTRY/PATH:TAG` or `REGISTRY/PATH@DIGEST`; a first component without a dot
+    /// or a port that is not `localhost` names Docker Hub, as the docker CLI reads it.
+    pub fn parse(raw: &str) -> Result<Reference> {
+        let invalid = || {
+            anyhow!(
+                "`{raw}` is not an image ref: use REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST"
+            )
+        };
+        let (path, reference) = match raw.split_once('@') {
+            Some((path, digest)) => {
+                let path = path
+                    .rsplit_once(':')
+                    .filter(|(_, t)| !t.contains('/'))
+                    .map_or(path, |(p, _)| p);
+                (path, digest.to_owned())
+            }
+            None => match raw.rsplit_once(':') {
+                Some((path, tag)) if !tag.contains('/') => (path, tag.to_owned()),
+                _ => (raw, "latest".to_owned()),
+            },
+        };
+        if path.is_empty() || reference.is_empty() || path.contains("//") {
+            return Err(invalid());
+        }
+        let (first, rest) = path.split_once('/').unwrap_or(("", path));
+        let explicit = first.contains('.') || first.contains(':') || first == "localhost";
+        let repository = if explicit {
+            if rest.is_empty() {
+                return Err(invalid());
+            }
+            Repository { registry: first.to_owned(), name: rest.to_owned() }
+        } else if path.contains('/') {
+            Repository { registry: "docker.io".to_owned(), name: path.to_owned() }
+        } else {
+            Repository { registry: "docker.io".to_owned(), name: format!("library/{path}") }
+        };
+        Ok(Reference { repository, reference })
+    }
+}
+
+impl Repository {
+    /// The host that serves the registry's API.
+    fn api_host(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
+        }
+    }
+
+    /// Plain HTTP for a loopback registry (Docker treats those as insecure), TLS elsewhere.
+    fn base(&self) -> String {
+        let host = self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(h, _)| h);
+        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+        let scheme = if loopback { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", self.api_host(), self.name)
+    }
+
+    /// The key `docker login` files the registry's credentials under.
+    fn credentials_key(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
+            other => other,
+        }
+    }
+}
+
+/// What the client may do in a repository, for a bearer token's scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self, name: &str) -> String {
+        match self {
+            Access::Pull => format!("repository:{name}:pull"),
+            Access::Push => format!("repository:{name}:pull,push"),
+        }
+    }
+}
+
+/// A request's body, made anew for each attempt.
+enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8], &'a str),
+    /// `size` bytes of a file from `offset`: a blob inside an OCI archive.
+    File {
+        path: &'a Utf8Path,
+        offset: u64,
+        size: u64,
+    },
+}
+
+/// One answer, its body read whole (up to the request's limit).
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Credentials for one registry, as `docker login` stored them.
+#[derive(Clone)]
+enum Credentials {
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// An OAuth refresh token (`identitytoken`), traded at the token service.
+    Identity(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Credentials::Identity(_) => f.write_str("Identity(***)"),
+        }
+    }
+}
+
+/// A registry API client; cheap to share between threads.
+pub struct Client {
+    agent: ureq::Agent,
+    policy: RetryPolicy,
+    root: Utf8PathBuf,
+    /// `Authorization` values by registry and, for bearer tokens, scope.
+    authorizations: Mutex<HashMap<String, String>>,
+    /// Credentials looked up so far, by registry (`None`: there are none).
+    credentials: Mutex<HashMap<String, Option<Credentials>>>,
+}
+
+impl Client {
+    pub fn new(root: &Utf8Path, policy: RetryPolicy) -> Client {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent("memories-xtask")
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .build();
+        Client {
+            agent: config.into(),
+            policy,
+            root: root.to_owned(),
+            authorizations: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The manifest or index under `reference`, its media type and digest, or `None` when the
+    /// registry has nothing there. A manifest asked for by digest must hash to it.
+    pub fn manifest(&self, reference: &Reference) -> Result<Option<Manifest>> {
+        let repo = &reference.repository;
+        let url = format!("{}/manifests/{}", repo.base(), reference.reference);
+        let accept = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
+        let what = format!("reading {}", display(reference));
+        let answer = self.retried(&what, || {
+            self.send(
+                repo,
+                Access::Pull,
+                "GET",
+                &url,
+                &[("Accept", &accept)],
+                &Body::Empty,
+                MANIFEST_LIMIT,
+            )
+        })?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(Failure::Absent { .. }) => return Ok(None),
+            Err(failure) => {
+                return Err(explain(&format!("cannot read {}", display(reference)), failure));
+            }
+        };
+        let digest = sha256_digest(&answer.body);
+        if reference.reference.starts_with("sha256:") && reference.reference != digest {
+            bail!(
+                "{} answered a manifest whose digest is {digest}: the registry is corrupt or lying",
+                display(reference)
+            );
+        }
+        let value: Value = serde_json::from_slice(&answer.body)
+            .with_context(|| format!("the manifest of {} is not JSON", display(reference)))?;
+        let media_type = value["mediaType"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| {
+                answer
+                    .header("content-type")
+                    .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
+            })
+            .unwrap_or_else(|| OCI_MANIFEST.to_owned());
+        Ok(Some(Manifest { bytes: answer.body, media_type, digest, value }))
+    }
+
+    /// A blob read into memory (an image config, an attestation), checked against its digest.
+    pub fn blob(&self, repo: &Repository, digest: &str) -> Result<Vec<u8>> {
+        let url = format!("{}/blobs/{digest}", repo.base());
+        let what = format!("reading blob {digest} of {}", display_repo(repo));
+        let answer = self.retried(&what, || {
+            self.send(repo, Access::Pull, "GET", &url, &[], &Body::Empty, BLOB_LIMIT)
+        })?;
+        let answer = answer.map_err(|f| {
+            explain(&format!("cannot read blob {digest} of {}", display_repo(repo)), f)
+        })?;
+        let actual = sha256_digest(&answer.body);
+        if actual != digest {
+            bail!(
+                "blob {digest} of {} hashes to {actual}: the registry is corrupt or lying",
+                display_repo(repo)
+            );
+        }
+        Ok(answer.body)
+    }
+
+    /// Stores `manifest` under `reference` (a tag or its digest).
+    pub fn put_manifest(&self, reference: &Reference, manifest: &Manifest) -> Result<()> {
+        let repo = &reference.repository;
+        let url = format!("{}/manifests/{}", repo.base(), reference.reference);
+        let what = format!("writing {}", display(reference));
+        let body = Body::Bytes(&manifest.bytes, &manifest.media_type);
+        let answer = self.retried(&what, || {
+            self.send(repo, Access::Push, "PUT", &url, &[], &body, MANIFEST_LIMIT)
+        })?;
+        let answer =
+            answer.map_err(|f| explain(&format!("cannot write {}", display(reference)), f))?;
+        if let Some(stored) = answer.header("docker-content-digest") {
+            if stored != manifest.digest {
+                bail!("{} stored the manifest {} as {stored}", display(reference), manifest.digest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the manifest at `source` to the tag of `target` in the same repository: the
+    /// digest stays, no blob moves.
+    pub fn copy(&self, source: &Reference, target: &Reference) -> Result<Manifest> {
+        if source.repository != target.repository {
+            bail!(
+                "cannot copy {} to {}: a manifest copy stays inside one repository",
+                display(source),
+                display(target)
+            );
+        }
+        let manifest = self.manifest(source)?.with_context(|| {
+            format!("cannot copy {}: the registry does not have it", display(source))
+        })?;
+        self.put_manifest(target, &manifest)?;
+        Ok(manifest)
+    }
+
+    /// Whether the repository holds the blob.
+    fn has_blob(&self, repo: &Repository, digest: &str) -> Result<bool> {
+        let url = format!("{}/blobs/{digest}", repo.base());
+        let what = format!("looking for blob {digest} in {}", display_repo(repo));
+        match self
+            .retried(&what, || self.send(repo, Access::Push, "HEAD", &url, &[], &Body::Empty, 0))?
+        {
+            Ok(_) => Ok(true),
+            Err(Failure::Absent { .. }) => Ok(false),
+            Err(failure) => Err(explain(
+                &format!("cannot look for blob {digest} in {}", display_repo(repo)),
+                failure,
+            )),
+        }
+    }
+
+    /// Uploads one blob of an archive unless the repository has it: a session (`POST`), then
+    /// the whole blob in one `PUT`. A session the registry forgot is started again.
+    fn upload(&self, repo: &Repository, layout: &Layout, digest: &str) -> Result<()> {
+        let (offset, size) = layout.blob_position(digest)?;
+        let doing = format!("upload blob {digest} to {}", display_repo(repo));
+        for _ in 0..3 {
+            if self.has_blob(repo, digest)? {
+                return Ok(());
+            }
+            let start = format!("{}/blobs/uploads/", repo.base());
+            let what = format!("starting the upload of blob {digest} to {}", display_repo(repo));
+            let started = self.retried(&what, || {
+                self.send(repo, Access::Push, "POST", &start, &[], &Body::Empty, MANIFEST_LIMIT)
+            })?;
+            let started = started.map_err(|f| explain(&format!("cannot {doing}"), f))?;
+            let location = started.header("location").with_context(|| {
+                format!("cannot {doing}: the registry named no upload location")
+            })?;
+            let location = absolute(&repo.base(), location);
+            let separator = if location.contains('?') { '&' } else { '?' };
+            let url = format!("{location}{separator}digest={}", encode(digest));
+            let body = Body::File { path: &layout.path, offset, size };
+            let what =
+                format!("uploading blob {digest} ({}) to {}", human_size(size), display_repo(repo));
+            match self.retried(&what, || {
+                self.send(repo, Access::Push, "PUT", &url, &[], &body, MANIFEST_LIMIT)
+            })? {
+                Ok(_) => return Ok(()),
+                // The session is gone (expired, or consumed by an attempt whose answer was
+                // lost): the blob may be there now, else a new session.
+                Err(Failure::Absent { .. }) => continue,
+                Err(failure) => return Err(explain(&format!("cannot {doing}"), failure)),
+            }
+        }
+        bail!("cannot {doing}: the registry forgot three upload sessions in a row")
+    }
+
+    /// Pushes the one index of an OCI archive under every tag of `targets` (refs of one
+    /// repository): each blob it reaches is uploaded once (skipped when the registry has it),
+    /// then each manifest by digest, then the index under each tag. Returns the index's
+    /// digest.
+    pub fn push_archive(&self, archive: &Utf8Path, targets: &[Reference]) -> Result<String> {
+        let Some(first) = targets.first() else { bail!("no ref to push {archive} to") };
+        let repo = &first.repository;
+        if let Some(other) = targets.iter().find(|t| &t.repository != repo) {
+            bail!(
+                "cannot push {archive} to {} and {}: one push goes to one repository",
+                display(first),
+                display(other)
+            );
+        }
+        let layout = Layout::open(archive)?;
+        let top = layout.top()?;
+        let mut manifests = Vec::new();
+        let mut blobs = BTreeSet::new();
+        layout.walk(&top, &mut manifests, &mut blobs)?;
+        let blobs: Vec<String> = blobs.into_iter().collect();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let errors = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..UPLOADERS.min(blobs.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        if n >= blobs.len() || failed.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Err(err) = self.upload(repo, &layout, &blobs[n]) {
+                            failed.store(true, Ordering::SeqCst);
+                            errors.lock().expect("no uploader panics holding it").push(err);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut errors = errors.into_inner().expect("no uploader panicked");
+        if let Some(pos) = errors.iter().position(|e| !e.is::<Interrupted>()) {
+            return Err(errors.swap_remove(pos));
+        }
+        if let Some(err) = errors.pop() {
+            return Err(err);
+        }
+        for manifest in &manifests {
+            let by_digest =
+                Reference { repository: repo.clone(), reference: manifest.digest.clone() };
+            self.put_manifest(&by_digest, manifest)?;
+        }
+        for target in targets {
+            self.put_manifest(target, &top)?;
+        }
+        Ok(top.digest)
+    }
+
+    /// What `docker buildx imagetools inspect --format '{{json .}}'` shows: `manifest` (with
+    /// its `digest` and `size`) and `image`, the config of each platform (keyed `os/arch`) of
+    /// an index, or of the one image of a manifest. `None` when the registry has nothing there.
+    pub fn inspect(&self, reference: &Reference) -> Result<Option<Value>> {
+        let Some(top) = self.manifest(reference)? else { return Ok(None) };
+        let repo = &reference.repository;
+        let mut shown = top.value.clone();
+        shown["digest"] = top.digest.clone().into();
+        shown["size"] = top.bytes.len().into();
+        let config_of = |manifest: &Value| -> Result<Value> {
+            let digest =
+                manifest["config"]["digest"].as_str().context("a manifest without a config")?;
+            let bytes = self.blob(repo, digest)?;
+            serde_json::from_slice(&bytes).with_context(|| format!("config {digest} is not JSON"))
+        };
+        let image = if is_index(&top.media_type) {
+            let mut images = serde_json::Map::new();
+            for entry in top.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let Some(platform) = platform_name(&entry["platform"]) else { continue };
+                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
+                let child = Reference { repository: repo.clone(), reference: digest.to_owned() };
+                let manifest = self.manifest(&child)?.with_context(|| {
+                    format!(
+                        "{} lists {digest}, which the registry does not have",
+                        display(reference)
+                    )
+                })?;
+                images.insert(platform, config_of(&manifest.value)?);
+            }
+            Value::Object(images)
+        } else {
+            config_of(&top.value)?
+        };
+        Ok(Some(json!({"name": display(reference), "manifest": shown, "image": image})))
+    }
+
+    /// Retries one request with the client's policy, stopping on Ctrl-C.
+    fn retried(
+        &self,
+        what: &str,
+        attempt: impl FnMut() -> Result<Result<Answer, Failure>>,
+    ) -> Result<Result<Answer, Failure>> {
+        with_retries(what, &self.policy, attempt, interruptible_sleep)
+    }
+
+    /// One attempt of one request: with the authorization held for the registry, and once
+    /// more after a 401 with what its challenge asks for.
+    fn send(
+        &self,
+        repo: &Repository,
+        access: Access,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Body<'_>,
+        limit: u64,
+    ) -> Result<Result<Answer, Failure>> {
+        let key = format!("{} {}", repo.registry, access.scope(&repo.name));
+        let mut challenged = false;
+        loop {
+            if interrupt::is_set() {
+                return Err(Interrupted.into());
+            }
+            let authorization =
+                self.authorizations.lock().expect("not poisoned").get(&key).cloned();
+            let answer =
+                match self.exchange(method, url, headers, authorization.as_deref(), body, limit) {
+                    Ok(answer) => answer,
+                    Err(_) if interrupt::is_set() => return Err(Interrupted.into()),
+                    Err(failure) => return Ok(Err(failure)),
+                };
+            if answer.status == 401 && !challenged {
+                challenged = true;
+                let challenge = answer.header("www-authenticate").unwrap_or_default().to_owned();
+                match self.authorize(repo, access, &challenge)? {
+                    Ok(value) => {
+                        self.authorizations
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(key.clone(), value);
+                        continue;
+                    }
+                    Err(failure) => return Ok(Err(failure)),
+                }
+            }
+            return Ok(status_failure(&answer).map_or(Ok(answer), Err));
+        }
+    }
+
+    /// One HTTP exchange; a transport failure is classified.
+    fn exchange(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        authorization: Option<&str>,
+        body: &Body<'_>,
+        limit: u64,
+    ) -> Result<Answer, Failure> {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        fn built<B>(
+            url: &str,
+            request: http::request::Builder,
+            body: B,
+        ) -> Result<http::Request<B>, Failure> {
+            request.body(body).map_err(|e| Failure::Definite {
+                reason: format!("{url}: {e}"),
+                unauthorized: false,
+            })
+        }
+        let response = match body {
+            Body::Empty => {
+                let request = request.header("Content-Length", "0");
+                self.agent.run(built(url, request, ureq::SendBody::none())?)
+            }
+            Body::Bytes(bytes, media_type) => {
+                let request = request
+                    .header("Content-Type", *media_type)
+                    .header("Content-Length", bytes.len().to_string());
+                let mut bytes = io::Cursor::new(*bytes);
+                self.agent.run(built(url, request, ureq::SendBody::from_reader(&mut bytes))?)
+            }
+            Body::File { path, offset, size } => {
+                let reader = open_range(path, *offset, *size).map_err(|e| Failure::Definite {
+                    reason: format!("cannot read {path}: {e}"),
+                    unauthorized: false,
+                })?;
+                let request = request
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Length", size.to_string());
+                self.agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
+            }
+        };
+        let mut response = response.map_err(|e| transport_failure(method, url, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = if method == "HEAD" || limit == 0 {
+            Vec::new()
+        } else {
+            response
+                .body_mut()
+                .with_config()
+                .limit(limit)
+                .read_to_vec()
+                .map_err(|e| transport_failure(method, url, &e))?
+        };
+        Ok(Answer { status, headers, body })
+    }
+
+    /// The `Authorization` value a 401's challenge asks for: basic credentials, or a bearer
+    /// token from the registry's token service (with the credentials, if there are any).
+    fn authorize(
+        &self,
+        repo: &Repository,
+        access: Access,
+        challenge: &str,
+    ) -> Result<Result<String, Failure>> {
+        let credentials = self.credentials_for(repo)?;
+        let unauthorized =
+            |reason: String| Ok(Err(Failure::Definite { reason, unauthorized: true }));
+        let (scheme, params) = parse_challenge(challenge);
+        match scheme.as_str() {
+            "basic" => match credentials {
+                Some(Credentials::Basic { username, password }) => {
+                    let pair = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    Ok(Ok(format!("Basic {pair}")))
+                }
+                _ => unauthorized(format!(
+                    "{} asks for a login, and there is none for it",
+                    repo.registry
+                )),
+            },
+            "bearer" => {
+                let Some(realm) = params.get("realm") else {
+                    return unauthorized(format!(
+                        "{} asks for a token but names no token service",
+                        repo.registry
+                    ));
+                };
+                let service = params.get("service").cloned().unwrap_or_default();
+                let scope = access.scope(&repo.name);
+                self.token(repo, realm, &service, &scope, credentials.as_ref())
+                    .map(|t| t.map(|t| format!("Bearer {t}")))
+            }
+            _ => unauthorized(format!(
+                "{} answered 401 without a challenge this client knows (`{challenge}`)",
+                repo.registry
+            )),
+        }
+    }
+
+    /// A bearer token for `scope`, asked of the token service at `realm`.
+    fn token(
+        &self,
+        repo: &Repository,
+        realm: &str,
+        service: &str,
+        scope: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Result<String, Failure>> {
+        let what = format!("asking {realm} for a token for {}", display_repo(repo));
+        let query = format!("service={}&scope={}", encode(service), encode(scope));
+        let answer = self.retried(&what, || {
+            let attempt = match credentials {
+                Some(Credentials::Identity(refresh)) => {
+                    let form = format!(
+                        "grant_type=refresh_token&refresh_token={}&client_id=memories-xtask&{query}",
+                        encode(refresh)
+                    );
+                    let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+                    self.exchange("POST", realm, &headers, None, &Body::Bytes(form.as_bytes(), headers[0].1), MANIFEST_LIMIT)
+                }
+                Some(Credentials::Basic { username, password }) => {
+                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                    let url = format!("{realm}?{query}");
+                    self.exchange("GET", &url, &[], Some(&format!("Basic {pair}")), &Body::Empty, MANIFEST_LIMIT)
+                }
+                None => self.exchange("GET", &format!("{realm}?{query}"), &[], None, &Body::Empty, MANIFEST_LIMIT),
+            };
+            Ok(attempt.and_then(|answer| status_failure(&answer).map_or(Ok(answer), Err)))
+        })?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(Failure::Absent { reason } | Failure::Definite { reason, .. }) => {
+                return Ok(Err(Failure::Definite {
+                    reason: format!("the token service refused: {reason}"),
+                    unauthorized: true,
+                }));
+            }
+            Err(transient) => return Ok(Err(transient)),
+        };
+        let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        match value["token"].as_str().or_else(|| value["access_token"].as_str()) {
+            Some(token) => Ok(Ok(token.to_owned())),
+            None => Ok(Err(Failure::Definite {
+                reason: format!("{realm} answered without a token"),
+                unauthorized: true,
+            })),
+        }
+    }
+
+    fn credentials_for(&self, repo: &Repository) -> Result<Option<Credentials>> {
+        let mut known = self.credentials.lock().expect("not poisoned");
+        if let Some(found) = known.get(&repo.registry) {
+            return Ok(found.clone());
+        }
+        let found = docker_credentials(&self.root, repo.credentials_key())?;
+        known.insert(repo.registry.clone(), found.clone());
+        Ok(found)
+    }
+}
+
+/// A manifest or index as the registry holds it: its exact bytes, which its digest is of.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: String,
+    pub value: Value,
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+/// `os/arch[/variant]` of an index entry, or `None` for an attestation (`unknown/unknown`).
+pub fn platform_name(platform: &Value) -> Option<String> {
+    let (os, arch) = (platform["os"].as_str()?, platform["architecture"].as_str()?);
+    if os == "unknown" {
+        return None;
+    }
+    Some(match platform["variant"].as_str() {
+        Some(variant) => format!("{os}/{arch}/{variant}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
+/// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter writes it)
+/// with the place of every entry, so that a blob is read straight from the file.
+struct Layout {
+    path: Utf8PathBuf,
+    /// Entry name → (offset of its data, size).
+    entries: HashMap<String, (u64, u64)>,
+}
+
+impl Layout {
+    fn open(path: &Utf8Path) -> Result<Layout> {
+        let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        let mut entries = HashMap::new();
+        for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
+            let entry = entry.with_context(|| format!("cannot read {path}"))?;
+            let name =
+                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
+            entries.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+        Ok(Layout { path: path.to_owned(), entries })
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let &(offset, size) =
+            self.entries.get(name).with_context(|| format!("{} has no {name}", self.path))?;
+        let mut bytes = Vec::new();
+        open_range(&self.path, offset, size)
+            .and_then(|mut r| r.read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {name} of {}", self.path))?;
+        Ok(bytes)
+    }
+
+    fn blob_position(&self, digest: &str) -> Result<(u64, u64)> {
+        self.entries
+            .get(&blob_name(digest))
+            .copied()
+            .with_context(|| format!("{} has no blob {digest}", self.path))
+    }
+
+    fn manifest(&self, digest: &str, media_type: &str) -> Result<Manifest> {
+        let bytes = self.read(&blob_name(digest))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            bail!("{}: blob {digest} hashes to {actual}", self.path);
+        }
+        let value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: manifest {digest} is not JSON", self.path))?;
+        Ok(Manifest { bytes, media_type: media_type.to_owned(), digest: digest.to_owned(), value })
+    }
+
+    /// The one index or manifest `index.json` names.
+    fn top(&self) -> Result<Manifest> {
+        let index: Value = serde_json::from_slice(&self.read("index.json")?)
+            .with_context(|| format!("index.json of {} is not JSON", self.path))?;
+        let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let [entry] = entries else {
+            bail!(
+                "{} names {} images in its index.json; a push takes an archive of one",
+                self.path,
+                entries.len()
+            );
+        };
+        let digest = entry["digest"]
+            .as_str()
+            .with_context(|| format!("index.json of {} names no digest", self.path))?;
+        self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_INDEX))
+    }
+
+    /// Collects the manifests below `manifest` (children before their index) and every blob
+    /// they name.
+    fn walk(
+        &self,
+        manifest: &Manifest,
+        manifests: &mut Vec<Manifest>,
+        blobs: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        if is_index(&manifest.media_type) {
+            for entry in
+                manifest.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default()
+            {
+                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
+                let child =
+                    self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST))?;
+                self.walk(&child, manifests, blobs)?;
+                manifests.push(child);
+            }
+        } else {
+            let config = manifest.value["config"]["digest"].as_str();
+            let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for digest in
+                config.into_iter().chain(layers.iter().filter_map(|l| l["digest"].as_str()))
+            {
+                blobs.insert(digest.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn blob_name(digest: &str) -> String {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+    format!("blobs/{algorithm}/{hex}")
+}
+
+/// `size` bytes of the file at `path` from `offset`; reading stops on Ctrl-C.
+fn open_range(path: &Utf8Path, offset: u64, size: u64) -> io::Result<impl Read + Send + 'static> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(Interruptible(BufReader::new(file).take(size)))
+}
+
+struct Interruptible<R>(R);
+
+impl<R: Read> Read for Interruptible<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if interrupt::is_set() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        self.0.read(buffer)
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// What an answer's status means: `None` for success.
+fn status_failure(answer: &Answer) -> Option<Failure> {
+    let status = answer.status;
+    if (200..300).contains(&status) {
+        return None;
+    }
+    let reason = format!("{status} {}{}", reason_phrase(status), registry_errors(&answer.body));
+    Some(match status {
+        404 => Failure::Absent { reason },
+        429 => Failure::Transient { reason, rate_limited: true, retry_after: retry_after(answer) },
+        408 | 500..=599 => {
+            Failure::Transient { reason, rate_limited: false, retry_after: retry_after(answer) }
+        }
+        401 | 403 => Failure::Definite { reason, unauthorized: true },
+        _ => Failure::Definite { reason, unauthorized: false },
+    })
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+}
+
+/// The registry's own words, from its `{"errors": [{"code", "message"}]}` body.
+fn registry_errors(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else { return String::new() };
+    let said: Vec<String> = value["errors"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let code = e["code"].as_str().unwrap_or_default();
+            let message = e["message"].as_str().unwrap_or_default();
+            format!("{code}: {message}").trim_matches([' ', ':']).to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from registries and is not read).
+fn retry_after(answer: &Answer) -> Option<Duration> {
+    answer.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A transport error: the connection failing or timing out is transient; a name that does not
+/// resolve, or TLS refusing the certificate, is definite.
+fn transport_failure(method: &str, url: &str, error: &ureq::Error) -> Failure {
+    let reason = format!("{method} {url}: {error}");
+    match error {
+        ureq::Error::HostNotFound => Failure::Definite {
+            reason: format!("{reason} (check the registry's name)"),
+            unauthorized: false,
+        },
+        ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::Pem(_)
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Http(_) => Failure::Definite { reason, unauthorized: false },
+        ureq::Error::BodyExceedsLimit(limit) => Failure::Definite {
+            reason: format!("{method} {url}: the answer is larger than {limit} bytes"),
+            unauthorized: false,
+        },
+        _ => Failure::Transient { reason, rate_limited: false, retry_after: None },
+    }
+}
+
+fn explain(doing: &str, failure: Failure) -> anyhow::Error {
+    crate::remote::explain(doing, failure)
+}
+
+/// A location the registry answered, made absolute against its API base.
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_owned();
+    }
+    let origin_end = base.find("://").map_or(0, |at| at + 3);
+    let origin = match base[origin_end..].find('/') {
+        Some(at) => &base[..origin_end + at],
+        None => base,
+    };
+    format!("{origin}/{}", location.trim_start_matches('/'))
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The scheme (lowercase) and parameters of a `WWW-Authenticate` value.
+fn parse_challenge(challenge: &str) -> (String, BTreeMap<String, String>) {
+    let challenge = challenge.trim();
+    let (scheme, rest) = challenge.split_once(' ').unwrap_or((challenge, ""));
+    let mut params = BTreeMap::new();
+    let mut rest = rest.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (value, remaining) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"').unwrap_or(quoted.len());
+                (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+            }
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        params.insert(key, value.to_owned());
+        rest = remaining.trim_start_matches([',', ' ']);
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// The credentials `docker login` stored for `key` (a registry host, or Docker Hub's URL):
+/// from the registry's credential helper, the credential store, or `auths` in the config file.
+fn docker_credentials(root: &Utf8Path, key: &str) -> Result<Option<Credentials>> {
+    let dir = match std::env::var("DOCKER_CONFIG") {
+        Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
+        _ => match std::env::var("HOME") {
+            Ok(home) => Utf8PathBuf::from(home).join(".docker"),
+            Err(_) => return Ok(None),
+        },
+    };
+    let file = dir.join("config.json");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
+    };
+    let config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{file} is not JSON"))?;
+    credentials_in(&config, key, |helper| helper_credentials(root, helper, key))
+        .with_context(|| format!("cannot read the credentials for {key} (from {file})"))
+}
+
+/// [`docker_credentials`] once the config is read; `helper` asks a credential helper.
+fn credentials_in(
+    config: &Value,
+    key: &str,
+    helper: impl Fn(&str) -> Result<Option<Credentials>>,
+) -> Result<Option<Credentials>> {
+    let bare = |k: &str| {
+        k.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    if let Some(name) = config["credHelpers"]
+        .as_object()
+        .and_then(|h| h.iter().find(|(k, _)| bare(k) == bare(key)))
+        .and_then(|(_, v)| v.as_str())
+    {
+        return helper(name);
+    }
+    let auths = config["auths"].as_object();
+    let entry = auths.and_then(|a| {
+        a.iter()
+            .find(|(k, _)| bare(k) == bare(key) || bare(k).split('/').next() == Some(&bare(key)))
+    });
+    if let Some((_, entry)) = entry {
+        if let Some(token) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::Identity(token.to_owned())));
+        }
+        if let Some(auth) = entry["auth"].as_str().filter(|a| !a.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .context("its `auth` is not base64")?;
+            let decoded = String::from_utf8(decoded).context("its `auth` is not UTF-8")?;
+            let (username, password) =
+                decoded.split_once(':').context("its `auth` is not USER:PASSWORD")?;
+            return Ok(Some(Credentials::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            }));
+        }
+    }
+    match config["credsStore"].as_str().filter(|s| !s.is_empty()) {
+        Some(store) => helper(store),
+        None => Ok(None),
+    }
+}
+
+/// `docker-credential-NAME get`, given the registry on stdin, as the docker CLI asks it.
+fn helper_credentials(root: &Utf8Path, name: &str, key: &str) -> Result<Option<Credentials>> {
+    let program = format!("docker-credential-{name}");
+    let step = Step::new(&program, root)
+        .arg("get")
+        .stdin(key.to_owned())
+        .quiet()
+        .timeout(Duration::from_secs(30));
+    let captured = step.capture().with_context(|| format!("cannot run {program}"))?;
+    if !captured.success() {
+        let said = captured.stdout.trim().to_owned() + captured.stderr.trim();
+        if said.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        bail!("`{program} get` failed: {}", said.lines().next().unwrap_or("no output"));
+    }
+    let value: Value = serde_json::from_str(&captured.stdout)
+        .with_context(|| format!("{program} did not answer JSON"))?;
+    let (username, secret) = (
+        value["Username"].as_str().unwrap_or_default(),
+        value["Secret"].as_str().unwrap_or_default(),
+    );
+    Ok(match (username, secret) {
+        (_, "") => None,
+        ("<token>", token) => Some(Credentials::Identity(token.to_owned())),
+        (username, password) => Some(Credentials::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }),
+    })
+}
+
+fn display(reference: &Reference) -> String {
+    let separator = if reference.reference.starts_with("sha256:") { '@' } else { ':' };
+    format!("{}{separator}{}", display_repo(&reference.repository), reference.reference)
+}
+
+fn display_repo(repo: &Repository) -> String {
+    format!("{}/{}", repo.registry, repo.name)
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        0..1_000_000 => format!("{:.0} kB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
