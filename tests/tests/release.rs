@@ -133,7 +133,7 @@ fn release_pushes_both_platforms_verified_and_never_the_same_version_twice() {
     let last = stderr.lines().last().unwrap();
     assert!(last.starts_with("error: ") && last.contains("already in the registry"), "{stderr}");
     assert!(last.contains("--force"), "{last}");
-    assert!(!stderr.contains("docker push"), "nothing was pushed: {stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("pushed ")), "nothing was pushed: {stderr}");
     assert_eq!(digests(&namespace, &["server", "db"]), before, "the registry is unchanged");
 }
 
@@ -163,8 +163,8 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     for line in stderr.lines() {
         let line = line.unwrap();
         seen.push(line.clone());
-        // The step after the first push: the first push has completed.
-        if line.starts_with("$ docker buildx imagetools create") {
+        // The first image's push has completed: its blobs, manifests and every immutable tag.
+        if line.starts_with("pushed server as ") {
             child.kill().unwrap(); // SIGKILL: no clean-up of any kind.
             break;
         }
@@ -180,8 +180,6 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "a re-run without --force finishes the release: {stderr}");
     let reported: Value = serde_json::from_slice(&again.stdout).unwrap();
-    let built_locally = docker(&["image", "inspect", "--format", "{{.Id}}", &server]);
-    assert_eq!(first, built_locally, "the server in the registry is the one the first run built");
     for (n, image) in ["server", "db"].iter().enumerate() {
         let digest = reported["images"][n]["digest"].as_str().unwrap();
         for tag in release_tags() {
@@ -189,7 +187,7 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
             assert_eq!(digest_of(&reference), digest, "{reference}");
         }
     }
-    assert_eq!(reported["images"][0]["digest"], first);
+    assert_eq!(reported["images"][0]["digest"], first, "the server the first run pushed stays");
     assert_eq!(reported["images"][0]["refs"].as_array().unwrap().len(), 5);
 
     let complete = release(&namespace, &[]);
@@ -269,7 +267,8 @@ fn moving_tags_never_move_back_to_an_older_line() {
 #[test]
 fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
     let registry = Registry::start();
-    let flaky = FaultyRegistry::start(&registry, "5%", 20261123);
+    // One request in five fails: a 500, a 429, a reset connection or a delay.
+    let flaky = FaultyRegistry::start(&registry, "20%", 20261123);
     let namespace = flaky.namespace("flaky");
     let output = release(&namespace, &["--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -142,6 +142,7 @@ impl Access {
 }
 
 /// A request's body, made anew for each attempt.
+#[derive(Clone, Copy)]
 enum Body<'a> {
     Empty,
     Bytes(&'a [u8], &'a str),
@@ -151,6 +152,28 @@ enum Body<'a> {
         offset: u64,
         size: u64,
     },
+}
+
+/// One request: its method, URL, `Accept` header, body, and how much of the answer's body is
+/// read (0: none).
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    method: &'a str,
+    url: &'a str,
+    accept: Option<&'a str>,
+    body: Body<'a>,
+    limit: u64,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: &'a str, url: &'a str, limit: u64) -> Call<'a> {
+        Call { method, url, accept: None, body: Body::Empty, limit }
+    }
+
+    fn with_body(mut self, body: Body<'a>) -> Call<'a> {
+        self.body = body;
+        self
+    }
 }
 
 /// One answer, its body read whole (up to the request's limit).
@@ -223,17 +246,8 @@ impl Client {
         let url = format!("{}/manifests/{}", repo.base(), reference.reference);
         let accept = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
         let what = format!("reading {}", display(reference));
-        let answer = self.retried(&what, || {
-            self.send(
-                repo,
-                Access::Pull,
-                "GET",
-                &url,
-                &[("Accept", &accept)],
-                &Body::Empty,
-                MANIFEST_LIMIT,
-            )
-        })?;
+        let call = Call { accept: Some(&accept), ..Call::new("GET", &url, MANIFEST_LIMIT) };
+        let answer = self.retried(&what, || self.send(repo, Access::Pull, &call))?;
         let answer = match answer {
             Ok(answer) => answer,
             Err(Failure::Absent { .. }) => return Ok(None),
@@ -266,9 +280,8 @@ impl Client {
     pub fn blob(&self, repo: &Repository, digest: &str) -> Result<Vec<u8>> {
         let url = format!("{}/blobs/{digest}", repo.base());
         let what = format!("reading blob {digest} of {}", display_repo(repo));
-        let answer = self.retried(&what, || {
-            self.send(repo, Access::Pull, "GET", &url, &[], &Body::Empty, BLOB_LIMIT)
-        })?;
+        let call = Call::new("GET", &url, BLOB_LIMIT);
+        let answer = self.retried(&what, || self.send(repo, Access::Pull, &call))?;
         let answer = answer.map_err(|f| {
             explain(&format!("cannot read blob {digest} of {}", display_repo(repo)), f)
         })?;
@@ -289,7 +302,7 @@ impl Client {
         let what = format!("writing {}", display(reference));
         let body = Body::Bytes(&manifest.bytes, &manifest.media_type);
         let answer = self.retried(&what, || {
-            self.send(repo, Access::Push, "PUT", &url, &[], &body, MANIFEST_LIMIT)
+            self.send(repo, Access::Push, &Call::new("PUT", &url, MANIFEST_LIMIT).with_body(body))
         })?;
         let answer =
             answer.map_err(|f| explain(&format!("cannot write {}", display(reference)), f))?;
@@ -322,9 +335,7 @@ impl Client {
     fn has_blob(&self, repo: &Repository, digest: &str) -> Result<bool> {
         let url = format!("{}/blobs/{digest}", repo.base());
         let what = format!("looking for blob {digest} in {}", display_repo(repo));
-        match self
-            .retried(&what, || self.send(repo, Access::Push, "HEAD", &url, &[], &Body::Empty, 0))?
-        {
+        match self.retried(&what, || self.send(repo, Access::Push, &Call::new("HEAD", &url, 0)))? {
             Ok(_) => Ok(true),
             Err(Failure::Absent { .. }) => Ok(false),
             Err(failure) => Err(explain(
@@ -346,7 +357,7 @@ impl Client {
             let start = format!("{}/blobs/uploads/", repo.base());
             let what = format!("starting the upload of blob {digest} to {}", display_repo(repo));
             let started = self.retried(&what, || {
-                self.send(repo, Access::Push, "POST", &start, &[], &Body::Empty, MANIFEST_LIMIT)
+                self.send(repo, Access::Push, &Call::new("POST", &start, MANIFEST_LIMIT))
             })?;
             let started = started.map_err(|f| explain(&format!("cannot {doing}"), f))?;
             let location = started.header("location").with_context(|| {
@@ -359,7 +370,11 @@ impl Client {
             let what =
                 format!("uploading blob {digest} ({}) to {}", human_size(size), display_repo(repo));
             match self.retried(&what, || {
-                self.send(repo, Access::Push, "PUT", &url, &[], &body, MANIFEST_LIMIT)
+                self.send(
+                    repo,
+                    Access::Push,
+                    &Call::new("PUT", &url, MANIFEST_LIMIT).with_body(body),
+                )
             })? {
                 Ok(_) => return Ok(()),
                 // The session is gone (expired, or consumed by an attempt whose answer was
@@ -480,11 +495,7 @@ impl Client {
         &self,
         repo: &Repository,
         access: Access,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &Body<'_>,
-        limit: u64,
+        call: &Call<'_>,
     ) -> Result<Result<Answer, Failure>> {
         let key = format!("{} {}", repo.registry, access.scope(&repo.name));
         let mut challenged = false;
@@ -494,12 +505,11 @@ impl Client {
             }
             let authorization =
                 self.authorizations.lock().expect("not poisoned").get(&key).cloned();
-            let answer =
-                match self.exchange(method, url, headers, authorization.as_deref(), body, limit) {
-                    Ok(answer) => answer,
-                    Err(_) if interrupt::is_set() => return Err(Interrupted.into()),
-                    Err(failure) => return Ok(Err(failure)),
-                };
+            let answer = match self.exchange(call, authorization.as_deref()) {
+                Ok(answer) => answer,
+                Err(_) if interrupt::is_set() => return Err(Interrupted.into()),
+                Err(failure) => return Ok(Err(failure)),
+            };
             if answer.status == 401 && !challenged {
                 challenged = true;
                 let challenge = answer.header("www-authenticate").unwrap_or_default().to_owned();
@@ -519,18 +529,11 @@ impl Client {
     }
 
     /// One HTTP exchange; a transport failure is classified.
-    fn exchange(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        authorization: Option<&str>,
-        body: &Body<'_>,
-        limit: u64,
-    ) -> Result<Answer, Failure> {
+    fn exchange(&self, call: &Call<'_>, authorization: Option<&str>) -> Result<Answer, Failure> {
+        let Call { method, url, accept, body, limit } = *call;
         let mut request = http::Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
         }
         if let Some(value) = authorization {
             request = request.header("Authorization", value);
@@ -552,13 +555,13 @@ impl Client {
             }
             Body::Bytes(bytes, media_type) => {
                 let request = request
-                    .header("Content-Type", *media_type)
+                    .header("Content-Type", media_type)
                     .header("Content-Length", bytes.len().to_string());
-                let mut bytes = io::Cursor::new(*bytes);
+                let mut bytes = io::Cursor::new(bytes);
                 self.agent.run(built(url, request, ureq::SendBody::from_reader(&mut bytes))?)
             }
             Body::File { path, offset, size } => {
-                let reader = open_range(path, *offset, *size).map_err(|e| Failure::Definite {
+                let reader = open_range(path, offset, size).map_err(|e| Failure::Definite {
                     reason: format!("cannot read {path}: {e}"),
                     unauthorized: false,
                 })?;
@@ -645,15 +648,19 @@ impl Client {
                         "grant_type=refresh_token&refresh_token={}&client_id=memories-xtask&{query}",
                         encode(refresh)
                     );
-                    let headers = [("Content-Type", "application/x-www-form-urlencoded")];
-                    self.exchange("POST", realm, &headers, None, &Body::Bytes(form.as_bytes(), headers[0].1), MANIFEST_LIMIT)
+                    let body = Body::Bytes(form.as_bytes(), "application/x-www-form-urlencoded");
+                    self.exchange(&Call::new("POST", realm, MANIFEST_LIMIT).with_body(body), None)
                 }
                 Some(Credentials::Basic { username, password }) => {
                     let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
                     let url = format!("{realm}?{query}");
-                    self.exchange("GET", &url, &[], Some(&format!("Basic {pair}")), &Body::Empty, MANIFEST_LIMIT)
+                    let basic = format!("Basic {pair}");
+                    self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), Some(&basic))
                 }
-                None => self.exchange("GET", &format!("{realm}?{query}"), &[], None, &Body::Empty, MANIFEST_LIMIT),
+                None => {
+                    let url = format!("{realm}?{query}");
+                    self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), None)
+                }
             };
             Ok(attempt.and_then(|answer| status_failure(&answer).map_or(Ok(answer), Err)))
         })?;
@@ -767,17 +774,17 @@ impl Layout {
     fn top(&self) -> Result<Manifest> {
         let index: Value = serde_json::from_slice(&self.read("index.json")?)
             .with_context(|| format!("index.json of {} is not JSON", self.path))?;
+        // One entry per tag the image was exported with, each naming the same index.
         let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let [entry] = entries else {
+        let digests: BTreeSet<&str> = entries.iter().filter_map(|e| e["digest"].as_str()).collect();
+        let (Some(entry), 1) = (entries.first(), digests.len()) else {
             bail!(
                 "{} names {} images in its index.json; a push takes an archive of one",
                 self.path,
-                entries.len()
+                digests.len()
             );
         };
-        let digest = entry["digest"]
-            .as_str()
-            .with_context(|| format!("index.json of {} names no digest", self.path))?;
+        let digest = entry["digest"].as_str().expect("counted above");
         self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_INDEX))
     }
 
@@ -1072,5 +1079,156 @@ fn human_size(bytes: u64) -> String {
     match bytes {
         0..1_000_000 => format!("{:.0} kB", bytes as f64 / 1e3),
         _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> (String, String, String) {
+        let r = Reference::parse(raw).unwrap();
+        (r.repository.registry, r.repository.name, r.reference)
+    }
+
+    #[test]
+    fn refs_split_into_registry_repository_and_tag_or_digest() {
+        let own = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            parse("127.0.0.1:5000/acme/server:1.4.2"),
+            own("127.0.0.1:5000", "acme/server", "1.4.2")
+        );
+        assert_eq!(
+            parse("ghcr.io/acme/server@sha256:ab"),
+            own("ghcr.io", "acme/server", "sha256:ab")
+        );
+        assert_eq!(
+            parse("ghcr.io/acme/server:1.4@sha256:ab"),
+            own("ghcr.io", "acme/server", "sha256:ab")
+        );
+        assert_eq!(parse("localhost/x"), own("localhost", "x", "latest"));
+        assert_eq!(parse("debian:trixie-slim"), own("docker.io", "library/debian", "trixie-slim"));
+        assert_eq!(parse("acme/server:1"), own("docker.io", "acme/server", "1"));
+        assert!(Reference::parse("ghcr.io/").is_err());
+        assert!(Reference::parse("").unwrap_err().to_string().contains("REGISTRY/NAME:TAG"));
+
+        let hub = Reference::parse("docker.io/acme/server:1").unwrap().repository;
+        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/acme/server");
+        assert_eq!(hub.credentials_key(), "https://index.docker.io/v1/");
+        let local = Reference::parse("127.0.0.1:5000/acme/server:1").unwrap().repository;
+        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/acme/server", "loopback is plain HTTP");
+        assert_eq!(
+            Reference::parse("localhost:5000/a:1").unwrap().repository.base(),
+            "http://localhost:5000/v2/a"
+        );
+    }
+
+    #[test]
+    fn challenges_and_locations_are_read_as_registries_send_them() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:acme/server:pull,push""#,
+        );
+        assert_eq!(scheme, "bearer");
+        assert_eq!(params["realm"], "https://auth.example/token");
+        assert_eq!(params["service"], "registry.example");
+        assert_eq!(
+            params["scope"], "repository:acme/server:pull,push",
+            "a comma inside quotes stays"
+        );
+        let (scheme, params) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!((scheme.as_str(), params["realm"].as_str()), ("basic", "Registry Realm"));
+
+        let base = "https://ghcr.io/v2/acme/server";
+        assert_eq!(
+            absolute(base, "/v2/acme/server/blobs/uploads/u1?_state=x"),
+            "https://ghcr.io/v2/acme/server/blobs/uploads/u1?_state=x"
+        );
+        assert_eq!(absolute(base, "https://storage.example/u1"), "https://storage.example/u1");
+        assert_eq!(encode("sha256:ab"), "sha256%3Aab");
+        assert_eq!(encode("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> Answer {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        Answer { status, headers: map, body: body.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn statuses_are_absent_transient_or_definite() {
+        assert!(status_failure(&answer(201, &[], "")).is_none());
+        let absent = status_failure(&answer(
+            404,
+            &[],
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+        ));
+        assert_eq!(
+            absent,
+            Some(Failure::Absent {
+                reason: "404 Not Found (MANIFEST_UNKNOWN: manifest unknown)".into()
+            })
+        );
+        let limited = status_failure(&answer(429, &[("retry-after", "7")], ""));
+        assert_eq!(
+            limited,
+            Some(Failure::Transient {
+                reason: "429 Too Many Requests".into(),
+                rate_limited: true,
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+        assert!(matches!(
+            status_failure(&answer(503, &[], "")),
+            Some(Failure::Transient { rate_limited: false, .. })
+        ));
+        assert!(matches!(
+            status_failure(&answer(403, &[], "")),
+            Some(Failure::Definite { unauthorized: true, .. })
+        ));
+        let invalid = status_failure(&answer(
+            400,
+            &[],
+            r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#,
+        ));
+        assert!(
+            matches!(&invalid, Some(Failure::Definite { unauthorized: false, reason }) if reason.contains("DIGEST_INVALID")),
+            "{invalid:?}"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_helper_then_auths_then_the_store() {
+        let none = |_: &str| -> Result<Option<Credentials>> { Ok(None) };
+        let from_helper = |name: &str| -> Result<Option<Credentials>> {
+            Ok(Some(Credentials::Basic { username: name.to_owned(), password: "p".into() }))
+        };
+        let basic = |c: Option<Credentials>| match c {
+            Some(Credentials::Basic { username, password }) => Some((username, password)),
+            _ => None,
+        };
+        let config = json!({
+            "auths": {
+                "ghcr.io": {"auth": base64::engine::general_purpose::STANDARD.encode("me:s3cret")},
+                "https://index.docker.io/v1/": {"identitytoken": "refresh"},
+            },
+            "credHelpers": {"123.dkr.ecr.example": "ecr-login"},
+            "credsStore": "desktop",
+        });
+        let found = credentials_in(&config, "ghcr.io", none).unwrap();
+        assert_eq!(basic(found), Some(("me".into(), "s3cret".into())));
+        let hub = credentials_in(&config, "https://index.docker.io/v1/", none).unwrap();
+        assert!(matches!(hub, Some(Credentials::Identity(t)) if t == "refresh"));
+        let ecr = credentials_in(&config, "123.dkr.ecr.example", from_helper).unwrap();
+        assert_eq!(basic(ecr), Some(("ecr-login".into(), "p".into())));
+        let stored = credentials_in(&config, "quay.io", from_helper).unwrap();
+        assert_eq!(basic(stored), Some(("desktop".into(), "p".into())));
+        assert!(credentials_in(&json!({}), "quay.io", from_helper).unwrap().is_none());
+        let shown = format!(
+            "{:?}",
+            Credentials::Basic { username: "me".into(), password: "s3cret".into() }
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -133,22 +133,21 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
     assert_eq!(plan["images"].as_array().unwrap().len(), 5);
-    let steps: Vec<&Value> =
-        plan["plan"].as_array().unwrap().iter().filter_map(|item| item.get("run")).collect();
-    let with = |word: &str| -> Vec<&Value> {
-        steps
-            .iter()
-            .copied()
-            .filter(|s| s["args"].as_array().unwrap().contains(&word.into()))
-            .collect()
+    let requests: Vec<&Value> =
+        plan["plan"].as_array().unwrap().iter().filter_map(|item| item.get("registry")).collect();
+    let with = |action: &str| -> Vec<&Value> {
+        requests.iter().copied().filter(|r| r["action"] == action).collect()
     };
-    assert_eq!(with("inspect").len(), 25, "five refs of five images");
-    assert_eq!(with("push").len(), 5, "one push per image");
-    let copies = with("create");
-    assert_eq!(copies.len(), 20, "the other four refs are manifest copies");
-    let last = copies.last().unwrap()["args"].as_array().unwrap();
-    assert_eq!(last[last.len() - 2], "127.0.0.1:9/acme/proxy:latest", "latest moves last");
-    assert_eq!(last[last.len() - 1], "127.0.0.1:9/acme/proxy@sha256:<built>");
+    assert_eq!(with("read").len(), 25, "five refs of five images");
+    let pushes = with("push");
+    assert_eq!(pushes.len(), 5, "one push per image");
+    assert_eq!(pushes[0]["refs"].as_array().unwrap().len(), 2, "under both immutable refs");
+    assert!(pushes[0]["archive"].as_str().unwrap().ends_with(".tar"), "{:#}", pushes[0]);
+    let copies = with("copy");
+    assert_eq!(copies.len(), 15, "the three moving tags of each image are manifest copies");
+    let last = copies.last().unwrap();
+    assert_eq!(last["to"], "127.0.0.1:9/acme/proxy:latest", "latest moves last");
+    assert_eq!(last["from"], "127.0.0.1:9/acme/proxy@sha256:<built>");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 
     let (text_plan, log) =
@@ -156,17 +155,174 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     assert!(text_plan.status.success(), "{}", text(&text_plan.stderr));
     let stdout = text(&text_plan.stdout);
     let bake = stdout.find("docker buildx bake").expect("the build is planned");
-    let push = stdout.find("docker push --quiet").expect("pushes are planned");
+    let push = stdout.find("# registry: push ").expect("pushes are planned");
     assert!(bake < push, "every image builds before anything is pushed:\n{stdout}");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 }
 
-/// A `docker` that plays a registry without the version, a build that succeeds (and loads), a first push
-/// that meets a 500 once, and a refused second push.
-fn docker_refusing_second_push(test: &str) -> (String, PathBuf) {
+/// A registry on a loopback port that keeps what it is sent in memory and logs each request
+/// as `METHOD PATH`. `answer` may answer a request itself first (given the log so far), e.g.
+/// with a 500 or a refusal.
+struct FakeRegistry {
+    address: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type Answer = Option<(u16, Vec<(String, String)>, Vec<u8>)>;
+
+impl FakeRegistry {
+    fn start(answer: impl Fn(&str, &str, &[String]) -> Answer + Send + 'static) -> FakeRegistry {
+        use std::collections::HashMap;
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread_log = log.clone();
+        std::thread::spawn(move || {
+            let mut stored: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+            let mut uploads = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) =
+                    (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+                let mut headers = HashMap::new();
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let Some((name, value)) = header.trim_end().split_once(": ") else { break };
+                    headers.insert(name.to_ascii_lowercase(), value.to_owned());
+                }
+                let length: usize =
+                    headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = target.split('?').next().unwrap().to_owned();
+                let so_far = thread_log.lock().unwrap().clone();
+                thread_log.lock().unwrap().push(format!("{method} {path}"));
+                let (status, extra, reply) = answer(&method, &path, &so_far).unwrap_or_else(|| {
+                    let media = headers.get("content-type").cloned().unwrap_or_default();
+                    let key = |p: &str| p.replace("/manifests/", "/m/").replace("/blobs/", "/b/");
+                    match method.as_str() {
+                        "POST" => {
+                            uploads += 1;
+                            let location = format!("/upload/{uploads}");
+                            (202, vec![("Location".into(), location)], Vec::new())
+                        }
+                        "PUT" if path.starts_with("/upload/") => {
+                            let digest =
+                                target.split("digest=").nth(1).unwrap().replace("%3A", ":");
+                            stored.insert(format!("blob {digest}"), (media, body));
+                            (201, Vec::new(), Vec::new())
+                        }
+                        "PUT" => {
+                            stored.insert(key(&path), (media, body));
+                            (201, Vec::new(), Vec::new())
+                        }
+                        _ => {
+                            let found = if path.contains("/blobs/") {
+                                stored.get(&format!("blob {}", path.rsplit('/').next().unwrap()))
+                            } else {
+                                stored.get(&key(&path))
+                            };
+                            match found {
+                                Some((media, bytes)) => {
+                                    let headers = vec![("Content-Type".into(), media.clone())];
+                                    let body =
+                                        if method == "HEAD" { Vec::new() } else { bytes.clone() };
+                                    (200, headers, body)
+                                }
+                                None => (
+                                    404,
+                                    Vec::new(),
+                                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#.to_vec(),
+                                ),
+                            }
+                        }
+                    }
+                });
+                let mut head = format!(
+                    "HTTP/1.1 {status} Fake\r\nConnection: close\r\nContent-Length: {}\r\n",
+                    reply.len()
+                );
+                for (name, value) in extra {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = stream.write_all(head.as_bytes());
+                if method != "HEAD" {
+                    let _ = stream.write_all(&reply);
+                }
+            }
+        });
+        FakeRegistry { address, log }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// An OCI archive as BuildKit's exporter writes one: an index of one amd64 image (a config and
+/// a layer) under `index.json`; returns it and the index's digest.
+fn oci_archive(seed: &str) -> (Vec<u8>, String) {
+    use sha2::{Digest, Sha256};
+    let digest = |b: &[u8]| -> String {
+        format!(
+            "sha256:{}",
+            Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    };
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Labels":{{"seed":"{seed}"}}}}}}"#
+    )
+    .into_bytes();
+    let layer = format!("layer of {seed}").into_bytes();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{}}}]}}"#,
+        digest(&config), config.len(), digest(&layer), layer.len()
+    ).into_bytes();
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        digest(&manifest), manifest.len()
+    ).into_bytes();
+    let top = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{}","size":{}}}]}}"#,
+        digest(&index), index.len()
+    ).into_bytes();
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut add = |name: String, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, name, bytes).unwrap();
+    };
+    add("index.json".into(), &top);
+    for blob in [&config, &layer, &manifest, &index] {
+        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob);
+    }
+    (archive.into_inner().unwrap(), digest(&index))
+}
+
+/// A `docker` whose bake writes a real OCI archive for each image (server and db) and reports
+/// its digest; every other call succeeds.
+fn docker_baking_archives(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let mut metadata = serde_json::Map::new();
+    for image in ["server", "db"] {
+        let (archive, digest) = oci_archive(image);
+        std::fs::write(dir.join(format!("{image}.tar")), archive).unwrap();
+        metadata.insert(image.into(), serde_json::json!({"containerimage.digest": digest}));
+    }
+    std::fs::write(dir.join("metadata.json"), Value::Object(metadata).to_string()).unwrap();
     let log = dir.join("calls.log");
     let script = format!(
         r#"#!/bin/sh
@@ -174,32 +330,15 @@ echo "$@" >> '{log}'
 case "$1 $2" in
 "buildx bake")
     while [ $# -gt 0 ]; do [ "$1" = --metadata-file ] && out=$2; shift; done
-    # Each OCI archive the bake names: one index of one amd64 manifest.
     for dest in $(grep -o 'dest=[^,]*' | cut -d= -f2); do
-        layout=$(mktemp -d)
-        mkdir -p "$layout/blobs/sha256"
-        echo '{{"manifests":[{{"digest":"sha256:i"}}]}}' > "$layout/index.json"
-        echo '{{"manifests":[{{"platform":{{"os":"linux","architecture":"amd64"}},"digest":"sha256:m"}}]}}' > "$layout/blobs/sha256/i"
-        echo '{{"layers":[{{"digest":"sha256:l"}}]}}' > "$layout/blobs/sha256/m"
-        tar -cf "$dest" -C "$layout" index.json blobs
-        rm -rf "$layout"
+        cp '{dir}'/"$(basename "$dest")" "$dest"
     done
-    echo '{{"server":{{"containerimage.digest":"sha256:s"}},"db":{{"containerimage.digest":"sha256:d"}}}}' > "$out"
-    ;;
-"buildx imagetools")
-    [ "$3" = create ] && exit 0
-    echo "ERROR: not found" >&2; exit 1 ;;
-"load --quiet") ;;
-"push --quiet")
-    case "$(grep -c '^push' '{log}')" in
-    1) echo "unexpected status from HEAD request to http://r/v2/: 500 Internal Server Error" >&2; exit 1 ;;
-    2) exit 0 ;;
-    *) echo "denied: requested access to the resource is denied" >&2; exit 1 ;;
-    esac ;;
-*) exit 1 ;;
+    cp '{dir}/metadata.json' "$out" ;;
 esac
+exit 0
 "#,
-        log = log.display()
+        log = log.display(),
+        dir = dir.display()
     );
     let path = dir.join("docker");
     std::fs::write(&path, script).unwrap();
@@ -210,40 +349,65 @@ esac
 
 #[test]
 fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_tag() {
-    let (path, log) = docker_refusing_second_push("push-refused");
-    let output =
-        xtask(&["release", "server", "db", "--registry", "127.0.0.1:9/acme", "--allow-dirty"])
-            .env("PATH", path)
-            .output()
-            .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    let (path, log) = docker_baking_archives("push-refused");
+    // The first manifest write for server meets a 500; every blob request for db is refused.
+    let registry = FakeRegistry::start(|method, path, so_far| {
+        let error = |status, code: &str| {
+            let body = format!(r#"{{"errors":[{{"code":"{code}","message":"said the fake"}}]}}"#);
+            Some((status, Vec::new(), body.into_bytes()))
+        };
+        let manifest_writes =
+            so_far.iter().filter(|l| l.starts_with("PUT /v2/acme/server/manifests/")).count();
+        if method == "PUT" && path.starts_with("/v2/acme/server/manifests/") && manifest_writes == 0
+        {
+            return error(500, "UNKNOWN");
+        }
+        if path.starts_with("/v2/acme/db/blobs/") {
+            return error(403, "DENIED");
+        }
+        None
+    });
+    let namespace = format!("{}/acme", registry.address);
+    let output = xtask(&["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .env("PATH", path)
+        .env("DOCKER_CONFIG", Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-docker-config"))
+        .output()
+        .unwrap();
     let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     let version: Value =
         serde_json::from_slice(&xtask(&["version", "--json"]).output().unwrap().stdout).unwrap();
     let version = version["version"].as_str().unwrap();
+    let retried = format!("registry: writing {namespace}/server@sha256:");
+    let retried =
+        stderr.lines().find(|l| l.starts_with(&retried)).unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        stderr.contains(&format!(
-            "registry: pushing 127.0.0.1:9/acme/server:{version} failed (unexpected status from \
-             HEAD request to http://r/v2/: 500 Internal Server Error); transient, attempt 1 of 12, \
-             retrying in"
-        )),
+        retried.contains("failed (500 Internal Server Error (UNKNOWN: said the fake)); transient, attempt 1 of 12, retrying in"),
+        "{retried}"
+    );
+    assert!(
+        stderr.contains(&format!("pushed server as {namespace}/server:{version}, ")),
         "{stderr}"
     );
     let last = stderr.lines().last().unwrap();
     assert!(last.contains("the release stopped before moving any tag: run it again"), "{last}");
-    assert!(last.contains(&format!("cannot push 127.0.0.1:9/acme/db:{version}")), "{last}");
+    assert!(last.contains(&format!("cannot push db as {namespace}/db:{version}")), "{last}");
+    assert!(last.contains(": 403 Forbidden"), "{last}");
     assert!(last.contains("docker login"), "a refusal names the fix: {last}");
     let calls = std::fs::read_to_string(&log).unwrap();
-    let bake = calls.lines().position(|l| l.contains("bake")).expect("built");
-    let first_push = calls.lines().position(|l| l.starts_with("push")).expect("pushed");
-    assert!(bake < first_push, "nothing is pushed before every image built:\n{calls}");
-    let pushed: Vec<&str> = calls.lines().filter(|l| l.starts_with("push")).collect();
-    assert_eq!(pushed.len(), 3, "the 500 is retried, the refusal is not: {calls}");
-    assert!(
-        calls.contains("create --tag 127.0.0.1:9/acme/server:sha-"),
-        "server's sha tag is a manifest copy: {calls}"
-    );
-    assert!(!calls.contains(":latest"), "latest never moved: {calls}");
+    assert!(calls.contains("buildx bake"), "built: {calls}");
+    let requests = registry.requests();
+    let refused: Vec<&String> =
+        requests.iter().filter(|r| r.contains("/v2/acme/db/blobs/")).collect();
+    let distinct: std::collections::BTreeSet<&String> = refused.iter().copied().collect();
+    assert!(!refused.is_empty(), "{requests:#?}");
+    assert_eq!(refused.len(), distinct.len(), "no refusal is retried: {requests:#?}");
+    let tags: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("PUT /v2/acme/server/manifests/") && !r.contains("sha256:"))
+        .collect();
+    assert_eq!(tags.len(), 2, "server's version and sha tags, each written once: {requests:#?}");
+    assert!(!requests.iter().any(|r| r.contains("latest")), "latest never moved: {requests:#?}");
 }
 
 #[test]
