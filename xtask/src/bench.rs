@@ -11,12 +11,14 @@ use camino::Utf8Path;
 use serde_json::json;
 
 use crate::docker;
+use crate::faults;
 use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::plan::{self, Step, Streams};
 use crate::reap::RunDir;
 use crate::registry::Throwaway;
 use crate::release;
+use crate::remote;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
@@ -173,6 +175,89 @@ pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
         peer: Side::new("release amd64 (cold cache)", single),
         others: Vec::new(),
         note: None,
+    })
+}
+
+/// Releases through the fault proxy at `rate` against releases straight to the registry (see
+/// `Bench::Flaky`): each must complete, and every ref it reports must hold its digest when read
+/// back without the proxy.
+pub fn flaky(root: &Utf8Path, runs: u32, rate: f64) -> Result<Report> {
+    docker::require_buildx()?;
+    let registry = Throwaway::start(root)?;
+    let upstream: std::net::SocketAddr =
+        registry.address.parse().context("the throwaway registry's address")?;
+    let exe = plan::this_xtask()?;
+    let direct = remote::Registry::new(root);
+    let release = |address: &str, namespace: &str| -> Result<(Duration, serde_json::Value)> {
+        let step = Step::new(&exe, root)
+            .args(["release", "server", "db", "--json", "--allow-dirty", "--registry"])
+            .arg(format!("{address}/{namespace}"))
+            .quiet();
+        let start = Instant::now();
+        let output = step.capture()?;
+        let elapsed = start.elapsed();
+        if !output.success() {
+            let last = output.stderr.lines().rev().find(|l| !l.trim().is_empty());
+            bail!("`{step}` failed: {}", last.unwrap_or("no output"));
+        }
+        let reported: serde_json::Value =
+            serde_json::from_str(&output.stdout).context("release --json printed no JSON")?;
+        // Read back around the proxy: what the registry itself holds.
+        for image in reported["images"].as_array().into_iter().flatten() {
+            let digest = image["digest"].as_str().unwrap_or_default();
+            for reference in image["refs"].as_array().into_iter().flatten() {
+                let reference =
+                    reference.as_str().unwrap_or_default().replace(address, &registry.address);
+                let found = direct
+                    .inspect(&reference)?
+                    .with_context(|| format!("{reference} is missing"))?;
+                if found["manifest"]["digest"] != digest {
+                    bail!("{reference} does not hold the released {digest}");
+                }
+            }
+        }
+        Ok((elapsed, reported))
+    };
+    say!("warming the build cache: one release straight to the registry");
+    release(&registry.address, "bench-warm")?;
+    let (mut faulty, mut clean) = (Vec::new(), Vec::new());
+    let (mut retries, mut injected, mut requests) = (Vec::new(), 0, 0);
+    for run in 1..=runs {
+        for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
+            let namespace = format!("bench-{run}-{side}");
+            if side == 1 {
+                say!("run {run}/{runs}: release straight to the registry");
+                clean.push(release(&registry.address, &namespace)?.0);
+                continue;
+            }
+            let plan =
+                faults::FaultPlan { rate, seed: u64::from(run), delay: Duration::from_millis(500) };
+            let proxy = faults::FaultProxy::start(upstream, plan, false)?;
+            say!("run {run}/{runs}: release through {:.0}% faults (seed {run})", rate * 100.0);
+            let (elapsed, reported) = release(&proxy.address, &namespace)
+                .with_context(|| format!("release {run} through the fault proxy"))?;
+            faulty.push(elapsed);
+            retries.push(reported["retries"].as_u64().unwrap_or_default());
+            injected += proxy.stats.faults();
+            requests += proxy.stats.requests();
+        }
+    }
+    retries.sort_unstable();
+    let extra = median(&faulty).saturating_sub(median(&clean));
+    Ok(Report {
+        name: "flaky",
+        ours: Side::new(format!("release through {:.0}% faults", rate * 100.0), faulty),
+        peer: Side::new("release straight to the registry", clean),
+        others: Vec::new(),
+        note: Some(format!(
+            "{runs} of {runs} releases through faults completed and read back; retries per \
+             release {} to {} (median {}); {injected} of {requests} requests got a fault; median \
+             extra time {:.1} s",
+            retries.first().unwrap_or(&0),
+            retries.last().unwrap_or(&0),
+            retries[retries.len() / 2],
+            extra.as_secs_f64()
+        )),
     })
 }
 

@@ -806,6 +806,21 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Releases of server and db for linux/amd64 and linux/arm64 through the fault-injecting
+    /// proxy (a seed per run) against the same releases straight to the registry, interleaved,
+    /// each to its own namespace of a throwaway registry, from a warm build cache. Every tag is
+    /// then read back directly; the note gives retries per release.
+    Flaky {
+        /// Releases of each side.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// The share of requests the proxy fails: 0.2 or 20%.
+        #[arg(long, default_value = "20%", value_parser = crate::faults::parse_rate)]
+        rate: f64,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Warm start: `cargo xtask --help` against `docker compose --help`, interleaved.
     Startup {
         /// Timed runs of each side (after one warm-up run each).

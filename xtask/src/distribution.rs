@@ -110,9 +110,7 @@ impl Repository {
 
     /// Plain HTTP for a loopback registry (Docker treats those as insecure), TLS elsewhere.
     fn base(&self) -> String {
-        let host = self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(h, _)| h);
-        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
-        let scheme = if loopback { "http" } else { "https" };
+        let scheme = if is_loopback(&self.registry) { "http" } else { "https" };
         format!("{scheme}://{}/v2/{}", self.api_host(), self.name)
     }
 
@@ -123,6 +121,20 @@ impl Repository {
             other => other,
         }
     }
+}
+
+/// Whether `host[:port]` is this machine's loopback.
+fn is_loopback(address: &str) -> bool {
+    let host = match address.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => address.rsplit_once(':').map_or(address, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    is_loopback(rest.split('/').next().unwrap_or(rest))
 }
 
 /// What the client may do in a repository, for a bearer token's scope.
@@ -211,7 +223,10 @@ impl std::fmt::Debug for Credentials {
 
 /// A registry API client; cheap to share between threads.
 pub struct Client {
+    /// Through `HTTPS_PROXY`/`HTTP_PROXY` when set (`NO_PROXY` honoured).
     agent: ureq::Agent,
+    /// For loopback addresses, which no proxy reaches (as Go's clients, Docker's, decide).
+    loopback: ureq::Agent,
     policy: RetryPolicy,
     root: Utf8PathBuf,
     /// `Authorization` values by registry and, for bearer tokens, scope.
@@ -222,16 +237,21 @@ pub struct Client {
 
 impl Client {
     pub fn new(root: &Utf8Path, policy: RetryPolicy) -> Client {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent("memories-xtask")
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .build();
+        let agent = |proxy: Option<ureq::Proxy>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .user_agent("memories-xtask")
+                .proxy(proxy)
+                .timeout_connect(Some(Duration::from_secs(15)))
+                .timeout_per_read(Some(Duration::from_secs(60)))
+                .timeout_per_write(Some(Duration::from_secs(60)))
+                .timeout_recv_response(Some(Duration::from_secs(120)))
+                .build()
+                .into()
+        };
         Client {
-            agent: config.into(),
+            agent: agent(ureq::Proxy::try_from_env()),
+            loopback: agent(None),
             policy,
             root: root.to_owned(),
             authorizations: Mutex::new(HashMap::new()),
@@ -531,6 +551,7 @@ impl Client {
     /// One HTTP exchange; a transport failure is classified.
     fn exchange(&self, call: &Call<'_>, authorization: Option<&str>) -> Result<Answer, Failure> {
         let Call { method, url, accept, body, limit } = *call;
+        let agent = if is_loopback_url(url) { &self.loopback } else { &self.agent };
         let mut request = http::Request::builder().method(method).uri(url);
         if let Some(accept) = accept {
             request = request.header("Accept", accept);
@@ -551,14 +572,14 @@ impl Client {
         let response = match body {
             Body::Empty => {
                 let request = request.header("Content-Length", "0");
-                self.agent.run(built(url, request, ureq::SendBody::none())?)
+                agent.run(built(url, request, ureq::SendBody::none())?)
             }
             Body::Bytes(bytes, media_type) => {
                 let request = request
                     .header("Content-Type", media_type)
                     .header("Content-Length", bytes.len().to_string());
                 let mut bytes = io::Cursor::new(bytes);
-                self.agent.run(built(url, request, ureq::SendBody::from_reader(&mut bytes))?)
+                agent.run(built(url, request, ureq::SendBody::from_reader(&mut bytes))?)
             }
             Body::File { path, offset, size } => {
                 let reader = open_range(path, offset, size).map_err(|e| Failure::Definite {
@@ -568,7 +589,7 @@ impl Client {
                 let request = request
                     .header("Content-Type", "application/octet-stream")
                     .header("Content-Length", size.to_string());
-                self.agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
+                agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
             }
         };
         let mut response = response.map_err(|e| transport_failure(method, url, &e))?;
@@ -1120,6 +1141,12 @@ mod tests {
         assert_eq!(
             Reference::parse("localhost:5000/a:1").unwrap().repository.base(),
             "http://localhost:5000/v2/a"
+        );
+        assert!(
+            is_loopback_url("http://[::1]:5000/v2/") && is_loopback_url("http://127.0.0.2/v2/")
+        );
+        assert!(
+            !is_loopback_url("https://ghcr.io/v2/") && !is_loopback_url("https://127.example/v2/")
         );
     }
 

@@ -102,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(Bench::Stack { runs, json }) => (bench::stack(&root, runs)?, json),
                 Some(Bench::Release { runs, json }) => (bench::release(&root, runs)?, json),
                 Some(Bench::Cache { runs, json }) => (bench::cache(&root, runs)?, json),
+                Some(Bench::Flaky { runs, rate, json }) => (bench::flaky(&root, runs, rate)?, json),
                 Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
                 Some(Bench::Devloop { runs, json }) => (bench::devloop(&root, runs)?, json),
                 Some(Bench::Deploy { runs, json }) => (bench::deploy(&root, runs)?, json),
