@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP proxy for a registry: every request in front of the upstream either
 //! passes, or gets a 500, a 429 with `Retry-After`, a connection reset or a delay. Which request
 //! gets which fault follows from a seed and the request's arrival number, so a failure seen once
-//! can be seen again. Used by the release tests, `bench release --faults` and
+//! can be seen again. Used by the release tests, `bench flaky` and
 //! `cargo xtask fault-proxy`.
 //!
 //! Each client connection carries one request: the proxy asks both sides to close after it
