@@ -231,6 +231,8 @@ pub struct Client {
     root: Utf8PathBuf,
     /// `Authorization` values by registry and, for bearer tokens, scope.
     authorizations: Mutex<HashMap<String, String>>,
+    /// Held while a 401 is answered with a login.
+    authorizing: Mutex<()>,
     /// Credentials looked up so far, by registry (`None`: there are none).
     credentials: Mutex<HashMap<String, Option<Credentials>>>,
 }
@@ -255,6 +257,7 @@ impl Client {
             policy,
             root: root.to_owned(),
             authorizations: Mutex::new(HashMap::new()),
+            authorizing: Mutex::new(()),
             credentials: Mutex::new(HashMap::new()),
         }
     }
@@ -532,6 +535,13 @@ impl Client {
             };
             if answer.status == 401 && !challenged {
                 challenged = true;
+                // One login at a time: parallel uploads that meet the same 401 ask for one
+                // token, and the others take it.
+                let _authorizing = self.authorizing.lock().expect("not poisoned");
+                let current = self.authorizations.lock().expect("not poisoned").get(&key).cloned();
+                if current.is_some() && current != authorization {
+                    continue;
+                }
                 let challenge = answer.header("www-authenticate").unwrap_or_default().to_owned();
                 match self.authorize(repo, access, &challenge)? {
                     Ok(value) => {
@@ -570,10 +580,12 @@ impl Client {
             })
         }
         let response = match body {
-            Body::Empty => {
+            // Some registries refuse a POST without a length.
+            Body::Empty if method == "POST" => {
                 let request = request.header("Content-Length", "0");
                 agent.run(built(url, request, ureq::SendBody::none())?)
             }
+            Body::Empty => agent.run(built(url, request, ureq::SendBody::none())?),
             Body::Bytes(bytes, media_type) => {
                 let request = request
                     .header("Content-Type", media_type)
@@ -641,8 +653,9 @@ impl Client {
                 };
                 let service = params.get("service").cloned().unwrap_or_default();
                 let scope = access.scope(&repo.name);
-                self.token(repo, realm, &service, &scope, credentials.as_ref())
-                    .map(|t| t.map(|t| format!("Bearer {t}")))
+                Ok(self
+                    .token(repo, realm, &service, &scope, credentials.as_ref())
+                    .map(|t| format!("Bearer {t}")))
             }
             _ => unauthorized(format!(
                 "{} answered 401 without a challenge this client knows (`{challenge}`)",
@@ -659,49 +672,53 @@ impl Client {
         service: &str,
         scope: &str,
         credentials: Option<&Credentials>,
-    ) -> Result<Result<String, Failure>> {
-        let what = format!("asking {realm} for a token for {}", display_repo(repo));
+    ) -> Result<String, Failure> {
         let query = format!("service={}&scope={}", encode(service), encode(scope));
-        let answer = self.retried(&what, || {
-            let attempt = match credentials {
-                Some(Credentials::Identity(refresh)) => {
-                    let form = format!(
-                        "grant_type=refresh_token&refresh_token={}&client_id=memories-xtask&{query}",
-                        encode(refresh)
-                    );
-                    let body = Body::Bytes(form.as_bytes(), "application/x-www-form-urlencoded");
-                    self.exchange(&Call::new("POST", realm, MANIFEST_LIMIT).with_body(body), None)
-                }
-                Some(Credentials::Basic { username, password }) => {
-                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-                    let url = format!("{realm}?{query}");
-                    let basic = format!("Basic {pair}");
-                    self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), Some(&basic))
-                }
-                None => {
-                    let url = format!("{realm}?{query}");
-                    self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), None)
-                }
-            };
-            Ok(attempt.and_then(|answer| status_failure(&answer).map_or(Ok(answer), Err)))
-        })?;
-        let answer = match answer {
+        // One attempt: the request it serves is the one retried.
+        let attempt = match credentials {
+            Some(Credentials::Identity(refresh)) => {
+                let form = format!(
+                    "grant_type=refresh_token&refresh_token={}&client_id=memories-xtask&{query}",
+                    encode(refresh)
+                );
+                let body = Body::Bytes(form.as_bytes(), "application/x-www-form-urlencoded");
+                self.exchange(&Call::new("POST", realm, MANIFEST_LIMIT).with_body(body), None)
+            }
+            Some(Credentials::Basic { username, password }) => {
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                let url = format!("{realm}?{query}");
+                let basic = format!("Basic {pair}");
+                self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), Some(&basic))
+            }
+            None => {
+                let url = format!("{realm}?{query}");
+                self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), None)
+            }
+        };
+        let answer = match attempt.and_then(|a| status_failure(&a).map_or(Ok(a), Err)) {
             Ok(answer) => answer,
             Err(Failure::Absent { reason } | Failure::Definite { reason, .. }) => {
-                return Ok(Err(Failure::Definite {
-                    reason: format!("the token service refused: {reason}"),
+                return Err(Failure::Definite {
+                    reason: format!(
+                        "the token service {realm} refused {}: {reason}",
+                        display_repo(repo)
+                    ),
                     unauthorized: true,
-                }));
+                });
             }
-            Err(transient) => return Ok(Err(transient)),
+            Err(Failure::Transient { reason, rate_limited, retry_after }) => {
+                let reason = format!("the token service {realm}: {reason}");
+                return Err(Failure::Transient { reason, rate_limited, retry_after });
+            }
         };
         let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
         match value["token"].as_str().or_else(|| value["access_token"].as_str()) {
-            Some(token) => Ok(Ok(token.to_owned())),
-            None => Ok(Err(Failure::Definite {
+            Some(token) => Ok(token.to_owned()),
+            None => Err(Failure::Definite {
                 reason: format!("{realm} answered without a token"),
                 unauthorized: true,
-            })),
+            }),
         }
     }
 

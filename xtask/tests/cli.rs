@@ -170,8 +170,15 @@ struct FakeRegistry {
 
 type Answer = Option<(u16, Vec<(String, String)>, Vec<u8>)>;
 
+/// What the fake registry was asked: header names are lowercase.
+struct Request {
+    method: String,
+    path: String,
+    headers: std::collections::HashMap<String, String>,
+}
+
 impl FakeRegistry {
-    fn start(answer: impl Fn(&str, &str, &[String]) -> Answer + Send + 'static) -> FakeRegistry {
+    fn start(answer: impl Fn(&Request, &[String]) -> Answer + Send + 'static) -> FakeRegistry {
         use std::collections::HashMap;
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -205,7 +212,9 @@ impl FakeRegistry {
                 let path = target.split('?').next().unwrap().to_owned();
                 let so_far = thread_log.lock().unwrap().clone();
                 thread_log.lock().unwrap().push(format!("{method} {path}"));
-                let (status, extra, reply) = answer(&method, &path, &so_far).unwrap_or_else(|| {
+                let request = Request { method: method.clone(), path: path.clone(), headers };
+                let (status, extra, reply) = answer(&request, &so_far).unwrap_or_else(|| {
+                    let Request { headers, .. } = &request;
                     let media = headers.get("content-type").cloned().unwrap_or_default();
                     let key = |p: &str| p.replace("/manifests/", "/m/").replace("/blobs/", "/b/");
                     match method.as_str() {
@@ -351,7 +360,8 @@ exit 0
 fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_tag() {
     let (path, log) = docker_baking_archives("push-refused");
     // The first manifest write for server meets a 500; every blob request for db is refused.
-    let registry = FakeRegistry::start(|method, path, so_far| {
+    let registry = FakeRegistry::start(|request, so_far| {
+        let (method, path) = (request.method.as_str(), request.path.as_str());
         let error = |status, code: &str| {
             let body = format!(r#"{{"errors":[{{"code":"{code}","message":"said the fake"}}]}}"#);
             Some((status, Vec::new(), body.into_bytes()))
@@ -408,6 +418,59 @@ fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_ta
         .collect();
     assert_eq!(tags.len(), 2, "server's version and sha tags, each written once: {requests:#?}");
     assert!(!requests.iter().any(|r| r.contains("latest")), "latest never moved: {requests:#?}");
+}
+
+#[test]
+fn a_registry_that_wants_a_token_gets_one_made_with_the_docker_login_credentials() {
+    use base64::Engine as _;
+    let (path, _) = docker_baking_archives("push-token");
+    let registry = FakeRegistry::start(move |request, _| {
+        let header = |name: &str| request.headers.get(name).map(String::as_str);
+        if request.path == "/token" {
+            // The credentials `docker login` stored, as basic auth.
+            let login = base64::engine::general_purpose::STANDARD.encode("me:s3cret");
+            if header("authorization") != Some(&format!("Basic {login}")) {
+                return Some((401, Vec::new(), Vec::new()));
+            }
+            return Some((200, Vec::new(), br#"{"token":"t0ken"}"#.to_vec()));
+        }
+        if header("authorization") != Some("Bearer t0ken") {
+            let port = header("host").unwrap_or_default().rsplit(':').next().unwrap_or_default();
+            let challenge =
+                format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake""#);
+            return Some((401, vec![("WWW-Authenticate".into(), challenge)], Vec::new()));
+        }
+        None
+    });
+    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-config-token");
+    std::fs::create_dir_all(&config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("me:s3cret");
+    let auths = serde_json::json!({"auths": {&registry.address: {"auth": auth}}});
+    std::fs::write(config.join("config.json"), auths.to_string()).unwrap();
+    let namespace = format!("{}/acme", registry.address);
+    let output = xtask(&["release", "server", "--registry", &namespace, "--allow-dirty"])
+        .env("PATH", path)
+        .env("DOCKER_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(&format!("pushed server as {namespace}/server:")), "{stderr}");
+    assert!(!stderr.contains("s3cret") && !stderr.contains("t0ken"), "{stderr}");
+    // The read-back that follows the push then refuses the fake image, which lacks the
+    // release's labels: proof that it was read through the token too.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("is not what was released"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1));
+    let requests = registry.requests();
+    let tokens = requests.iter().filter(|r| *r == "GET /token").count();
+    // One token for reading (pull), one for pushing (pull,push): each asked for once.
+    assert_eq!(tokens, 2, "{requests:#?}");
+    let manifests = requests.iter().filter(|r| r.starts_with("PUT /v2/acme/server/manifests/"));
+    assert_eq!(
+        manifests.count(),
+        3,
+        "the platform manifest, then the index under two tags: {requests:#?}"
+    );
 }
 
 #[test]
