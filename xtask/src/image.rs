@@ -38,6 +38,9 @@ pub enum ImageName {
     /// The SBOM generator BuildKit runs for every reproducible build (build platform only);
     /// never released.
     Sbom,
+    /// A second Docker engine (Debian's docker.io) for the two-node swarm test; never
+    /// released.
+    Node,
 }
 
 impl ImageName {
@@ -60,6 +63,7 @@ impl ImageName {
             ImageName::Registry => "registry",
             ImageName::Tools => "tools",
             ImageName::Sbom => "sbom",
+            ImageName::Node => "node",
         }
     }
 }
@@ -113,6 +117,11 @@ pub fn source(image: ImageName) -> ImageSource {
             dockerfile: "docker/sbom/Dockerfile",
             target: "sbom",
             title: "memories-sbom",
+        },
+        ImageName::Node => ImageSource {
+            dockerfile: "docker/node/Dockerfile",
+            target: "node",
+            title: "memories-node",
         },
         ImageName::Db => {
             ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
