@@ -21,6 +21,15 @@ use tests::{
     run_id, unique_name, wait_for_200, xtask_ok, xtask_process,
 };
 
+/// A network removed when dropped, after the containers on it.
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker_output(&["network", "rm", &self.0]);
+    }
+}
+
 /// Polls `check` every 200 ms until it holds or `limit` passes; how long it took.
 fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -64,12 +73,13 @@ fn replicas_spread_over_two_nodes_and_come_back_on_one_when_the_other_stops() {
         let found = images.iter().find(|i| i["image"] == image).unwrap();
         found["refs"][1].as_str().unwrap().to_owned()
     };
-    let mut cleanup = Cleanup::default();
     let labels = ["--label", &format!("memories.run={}", run_id())];
 
     // The bridge both engines speak swarm over, and the registry both pull from.
     let network = unique_name("memories-nodes");
     docker(&[&["network", "create"], &labels[..], &[&network]].concat());
+    let _network = Network(network.clone());
+    let mut cleanup = Cleanup::default();
     let gateway =
         docker(&["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", &network]);
     let registry = unique_name("memories-nodes-registry");
@@ -206,7 +216,6 @@ fn replicas_spread_over_two_nodes_and_come_back_on_one_when_the_other_stops() {
     }
     drop(node_cleanup);
     drop(cleanup);
-    let _ = docker_output(&["network", "rm", &network]);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
