@@ -771,7 +771,8 @@ impl Layout {
         let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
         let mut archive = tar::Archive::new(BufReader::new(file));
         let mut entries = HashMap::new();
-        for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
+        // Seeking past each entry's data: only the headers are read.
+        for entry in archive.entries_with_seek().with_context(|| format!("cannot read {path}"))? {
             let entry = entry.with_context(|| format!("cannot read {path}"))?;
             let name =
                 String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
