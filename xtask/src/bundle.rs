@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::docker;
 use crate::image::{self, BuildRequest, ImageName, Output};
-use crate::interrupt;
+use crate::interrupt::{self, Interruptible};
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::reap::RunDir;
@@ -537,18 +537,6 @@ fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<
     let written =
         copy_layout(file, sink, &[(INDEX, &layout.index)], &skip).and_then(|mut out| out.flush());
     written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
-}
-
-/// A reader that stops on Ctrl-C.
-struct Interruptible<R>(R);
-
-impl<R: Read> Read for Interruptible<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        if interrupt::is_set() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
-        }
-        self.0.read(buffer)
-    }
 }
 
 /// Where `images load` keeps its private copy of a bundle: `xtask-bundle-<run id>` in the

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use ureq::http;
 
-use crate::interrupt::{self, Interrupted};
+use crate::interrupt::{self, Interrupted, Interruptible};
 use crate::plan::Step;
 use crate::remote::{Failure, RetryPolicy, interruptible_sleep, with_retries};
 
@@ -868,17 +868,6 @@ fn open_range(path: &Utf8Path, offset: u64, size: u64) -> io::Result<impl Read +
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     Ok(Interruptible(BufReader::new(file).take(size)))
-}
-
-struct Interruptible<R>(R);
-
-impl<R: Read> Read for Interruptible<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        if interrupt::is_set() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
-        }
-        self.0.read(buffer)
-    }
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {

@@ -109,3 +109,15 @@ impl fmt::Display for Abandoned {
 }
 
 impl std::error::Error for Abandoned {}
+
+/// A reader that stops on Ctrl-C: its next read fails with [`std::io::ErrorKind::Interrupted`].
+pub struct Interruptible<R>(pub R);
+
+impl<R: std::io::Read> std::io::Read for Interruptible<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if is_set() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+        }
+        self.0.read(buffer)
+    }
+}
