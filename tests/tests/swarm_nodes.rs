@@ -114,6 +114,8 @@ fn replicas_spread_over_two_nodes_and_come_back_on_one_when_the_other_stops() {
     let mut node_cleanup = Cleanup::default();
     node_cleanup.container(&node);
     node_cleanup.volume(&node_data);
+    // Made first, so that it carries the run's label too (`cargo xtask reap` after a kill).
+    docker(&[&["volume", "create"], &labels[..], &[&node_data]].concat());
     docker(
         &[
             &["run", "--detach", "--privileged", "--name", &node],
