@@ -85,6 +85,9 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
     }
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
     let we_started_the_swarm = state != "active";
+    // `swarm init` makes it and `swarm leave` keeps it.
+    let gwbridge_before =
+        docker_output(&["network", "inspect", "docker_gwbridge"]).status.success();
     if we_started_the_swarm {
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
     }
@@ -256,6 +259,9 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
     }));
     if we_started_the_swarm {
         let _ = docker_output(&["swarm", "leave", "--force"]);
+        if !gwbridge_before {
+            let _ = docker_output(&["network", "rm", "docker_gwbridge"]);
+        }
     }
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
