@@ -339,7 +339,7 @@ impl Client {
 
     /// Copies the manifest at `source` to the tag of `target` in the same repository: the
     /// digest stays, no blob moves.
-    pub fn copy(&self, source: &Reference, target: &Reference) -> Result<Manifest> {
+    pub fn copy(&self, source: &Reference, target: &Reference) -> Result<()> {
         if source.repository != target.repository {
             bail!(
                 "cannot copy {} to {}: a manifest copy stays inside one repository",
@@ -350,8 +350,7 @@ impl Client {
         let manifest = self.manifest(source)?.with_context(|| {
             format!("cannot copy {}: the registry does not have it", display(source))
         })?;
-        self.put_manifest(target, &manifest)?;
-        Ok(manifest)
+        self.put_manifest(target, &manifest)
     }
 
     /// Whether the repository holds the blob.

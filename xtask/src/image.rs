@@ -487,18 +487,11 @@ pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
     let mut platforms: Vec<(String, String)> = Vec::new();
     for entry in index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
-        let (Some(os), Some(arch), Some(digest)) =
-            (p["os"].as_str(), p["architecture"].as_str(), entry["digest"].as_str())
+        let (Some(name), Some(digest)) =
+            (crate::distribution::platform_name(p), entry["digest"].as_str())
         else {
             continue;
         };
-        if os == "unknown" {
-            continue;
-        }
-        let mut name = format!("{os}/{arch}");
-        if let Some(variant) = p["variant"].as_str() {
-            name = format!("{name}/{variant}");
-        }
         platforms.push((name, digest.to_owned()));
     }
     let names: Vec<String> = platforms.iter().map(|(_, digest)| blob(digest)).collect();

@@ -670,16 +670,8 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     let mut platforms = BTreeMap::new();
     for entry in manifest["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
-        let (Some(os), Some(arch)) = (p["os"].as_str(), p["architecture"].as_str()) else {
-            continue;
-        };
-        if os == "unknown" {
-            continue; // An attestation manifest, not an image.
-        }
-        let mut name = format!("{os}/{arch}");
-        if let Some(variant) = p["variant"].as_str() {
-            name = format!("{name}/{variant}");
-        }
+        // An attestation manifest (`unknown/unknown`) is not an image.
+        let Some(name) = crate::distribution::platform_name(p) else { continue };
         platforms.insert(name, entry["digest"].as_str().unwrap_or_default().to_owned());
     }
     let label = |key: &str| -> Option<String> {

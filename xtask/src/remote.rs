@@ -237,7 +237,7 @@ impl Registry {
     /// A manifest copy inside the registry: `target` then names the digest `source` names, and
     /// no layer moves.
     pub fn copy(&self, source: &str, target: &str) -> Result<()> {
-        self.client.copy(&Reference::parse(source)?, &Reference::parse(target)?).map(|_| ())
+        self.client.copy(&Reference::parse(source)?, &Reference::parse(target)?)
     }
 
     /// Runs `step`, a command of another registry client (cosign), with this registry's retry
