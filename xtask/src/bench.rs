@@ -18,7 +18,7 @@ use crate::plan::{self, Step, Streams};
 use crate::reap::RunDir;
 use crate::registry::Throwaway;
 use crate::release;
-use crate::remote;
+use crate::oci;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 
@@ -187,7 +187,7 @@ pub fn flaky(root: &Utf8Path, runs: u32, rate: f64) -> Result<Report> {
     let upstream: std::net::SocketAddr =
         registry.address.parse().context("the throwaway registry's address")?;
     let exe = plan::this_xtask()?;
-    let direct = remote::Registry::new(root);
+    let direct = oci::Registry::new(root);
     let release = |address: &str, namespace: &str| -> Result<(Duration, serde_json::Value)> {
         let step = Step::new(&exe, root)
             .args(["release", "server", "db", "--json", "--allow-dirty", "--registry"])

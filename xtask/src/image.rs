@@ -14,7 +14,7 @@ use crate::docker;
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::reap::{RunDir, RunId};
-use crate::remote;
+use crate::oci;
 use crate::version::Revision;
 
 /// The images this repository builds.
@@ -327,7 +327,7 @@ impl BuildPlan {
         let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
         Plan::new(format!("build {}", names.join(" ")))
             .steps(self.build_steps())
-            .requests(self.pushes.iter().map(|(archive, refs)| remote::push_request(archive, refs)))
+            .requests(self.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)))
             .fact("images", self.images_json())
             .fact("bake", self.bake.clone())
     }
@@ -488,7 +488,7 @@ pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
     for entry in index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
         let (Some(name), Some(digest)) =
-            (crate::distribution::platform_name(p), entry["digest"].as_str())
+            (crate::oci::platform_name(p), entry["digest"].as_str())
         else {
             continue;
         };
@@ -553,7 +553,7 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
         load.run().context("cannot load a built image into the image store")?;
     }
     if !plan.pushes.is_empty() {
-        let remote = remote::Registry::new(&plan.root);
+        let remote = oci::Registry::new(&plan.root);
         for (planned, (archive, refs)) in plan.images.iter().zip(&plan.pushes) {
             let pushed = remote
                 .push_archive(archive, refs)

@@ -13,7 +13,7 @@ use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::plan::{Plan, Preview, Request};
 use crate::platform::Platform;
-use crate::remote;
+use crate::oci;
 use crate::sign::{self, KeySource, Signer};
 use crate::verify;
 use crate::version::Revision;
@@ -200,8 +200,8 @@ fn build_plan(
 }
 
 impl ReleasePlan {
-    fn remote(&self) -> remote::Registry {
-        remote::Registry::new(&self.root)
+    fn remote(&self) -> oci::Registry {
+        oci::Registry::new(&self.root)
     }
 
     /// The release as a dry-run plan: every step it can take, in order (with [`BUILT`] for
@@ -211,7 +211,7 @@ impl ReleasePlan {
         let copy = |image: &ReleaseImage, tags: &[String]| -> Vec<Request> {
             let source = format!("{}@{BUILT}", image.repository);
             let target = |tag: &String| format!("{}:{tag}", image.repository);
-            tags.iter().map(|tag| remote::copy_request(&source, &target(tag))).collect()
+            tags.iter().map(|tag| oci::copy_request(&source, &target(tag))).collect()
         };
         let mut plan = Plan::new(format!(
             "release {} of {} to {}",
@@ -223,7 +223,7 @@ impl ReleasePlan {
             "read every ref: a tag that holds this release is kept, one that holds another \
              build is refused",
         )
-        .requests(self.images.iter().flat_map(|i| i.refs()).map(|r| remote::read_request(&r)))
+        .requests(self.images.iter().flat_map(|i| i.refs()).map(|r| oci::read_request(&r)))
         .note(
             "build the images the registry lacks, reproducibly (into OCI archives); nothing is \
              pushed unless every one built",
@@ -234,7 +234,7 @@ impl ReleasePlan {
              gets its missing refs by manifest copy instead)",
         )
         .requests(
-            self.build.pushes.iter().map(|(archive, refs)| remote::push_request(archive, refs)),
+            self.build.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)),
         );
         plan = plan.note(
             "read back every immutable ref and check its platforms, labels and digest, and that \
@@ -393,7 +393,7 @@ enum Standing {
 pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
     docker::require_cli()?;
     let remote = plan.remote();
-    let retries_before = remote::retries();
+    let retries_before = oci::retries();
     let overwrite = plan.request.allow.overwrite;
     // Before anything is pushed: the tools image, and the key opened with its password.
     let public = match &plan.signer {
@@ -535,13 +535,13 @@ pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
         let entry = released.iter_mut().find(|r| r.image == image.image).expect("a released image");
         entry.refs.push(reference.clone());
     }
-    Ok(Outcome { released, left_alone, retries: remote::retries() - retries_before })
+    Ok(Outcome { released, left_alone, retries: oci::retries() - retries_before })
 }
 
 /// Reads an image's immutable refs: absent (new), held by this release (resumed), or held by
 /// another build (added to `foreign`, refused by the caller).
 fn standing(
-    remote: &remote::Registry,
+    remote: &oci::Registry,
     plan: &ReleasePlan,
     image: &ReleaseImage,
     foreign: &mut Vec<String>,
@@ -573,7 +573,7 @@ fn standing(
 /// alone (naming a newer one), or already in place. `digests` holds each image's release
 /// digest where known (a new image's moving tags cannot already be in place).
 fn moves<'a>(
-    remote: &remote::Registry,
+    remote: &oci::Registry,
     plan: &'a ReleasePlan,
     digests: &BTreeMap<ImageName, String>,
 ) -> Result<Moves<'a>> {
@@ -636,7 +636,7 @@ pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&Fou
 /// Reads `reference` back and checks that it is this release's index under `digest`: what was
 /// found, and the registry's answer.
 fn verify(
-    remote: &remote::Registry,
+    remote: &oci::Registry,
     plan: &ReleasePlan,
     reference: &str,
     digest: &str,
@@ -671,7 +671,7 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     for entry in manifest["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
         // An attestation manifest (`unknown/unknown`) is not an image.
-        let Some(name) = crate::distribution::platform_name(p) else { continue };
+        let Some(name) = crate::oci::platform_name(p) else { continue };
         platforms.insert(name, entry["digest"].as_str().unwrap_or_default().to_owned());
     }
     let label = |key: &str| -> Option<String> {
@@ -691,7 +691,7 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
 /// Checks that the index read back as `inspected` carries a provenance attestation and an SBOM
 /// for every platform.
 fn check_attested(
-    remote: &remote::Registry,
+    remote: &oci::Registry,
     repository: &str,
     reference: &str,
     inspected: &Value,

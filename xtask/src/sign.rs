@@ -20,7 +20,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::plan::Step;
-use crate::remote::{self, Failure};
+use crate::oci::{self, Failure};
 use crate::version::Revision;
 
 /// The variables a key reaches cosign through.
@@ -312,7 +312,7 @@ impl Cosign {
 
     /// Runs `step` with the registry's retries: `Ok(Err(reason))` when it failed for good.
     fn attempt(&self, what: &str, step: &Step) -> Result<Result<(), String>> {
-        let outcome = remote::Registry::new(&self.root).run(what, step)?;
+        let outcome = oci::Registry::new(&self.root).run(what, step)?;
         Ok(outcome.map(drop).map_err(|failure| match failure {
             Failure::Absent { reason }
             | Failure::Transient { reason, .. }

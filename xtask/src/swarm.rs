@@ -17,7 +17,7 @@ use crate::image::{self, ImageName};
 use crate::plan::Step;
 use crate::reap;
 use crate::release;
-use crate::remote::Registry;
+use crate::oci::Registry;
 use crate::services::Model;
 use crate::stack::{self, Stack};
 use crate::version::Revision;

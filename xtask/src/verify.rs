@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::image::ImageName;
 use crate::platform::Platform;
 use crate::release::{platform_image, read_index};
-use crate::remote;
+use crate::oci;
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
 use crate::version::Revision;
 
@@ -61,7 +61,7 @@ const SBOM: &str = "https://spdx.dev/Document";
 /// The in-toto predicate types attached to each platform of an index (platform → types), read
 /// from the attestation manifests it lists.
 pub fn predicate_types(
-    registry: &remote::Registry,
+    registry: &oci::Registry,
     repository: &str,
     inspected: &Value,
     platforms: &BTreeMap<String, String>,
@@ -168,7 +168,7 @@ fn attestations(inspected: &Value) -> Vec<(String, String)> {
 pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
     crate::docker::require_cli()?;
     let key = Key::read(&request.key, KeyKind::Public)?;
-    let registry = remote::Registry::new(root);
+    let registry = oci::Registry::new(root);
     let reference = &request.reference;
     let repository = repository_of(reference);
     let inspected = registry.inspect(reference)?.with_context(|| {

@@ -1,23 +1,18 @@
-//! Registry operations (read an index, push an image, copy a manifest to another tag), their
-//! failures classified once (absent, transient, definite), and retried with a bounded,
-//! jittered backoff when transient.
+//! Registry failures classified once (absent, transient, definite), and retried with a
+//! bounded, jittered backoff when transient.
 //!
-//! Our own requests go through [`crate::distribution`], which classifies HTTP answers. Other
+//! Our own requests are classified from their HTTP answers ([`crate::oci::client`]). Other
 //! registry clients (cosign) report a registry's answer only as text, so [`classify`] is the
 //! one place that reads it.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use camino::Utf8Path;
-use serde_json::{Value, json};
 
-use crate::distribution::{Client, Reference};
 use crate::interrupt::{self, Interrupted};
-use crate::plan::{Captured, Request, Step};
+
 
 /// Why a registry operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +79,7 @@ pub fn classify(stderr: &str, timed_out: Option<Duration>) -> Failure {
 /// The first HTTP status in the text, as Go's registry clients print it: `...: 500 Internal
 /// Server Error`, `HTTP status: 429 Too Many Requests`, and go-containerregistry's (cosign's)
 /// `unexpected status code 500 Internal Server Error`.
-fn http_status(text: &str) -> Option<u16> {
+pub(crate) fn http_status(text: &str) -> Option<u16> {
     let colons = text.match_indices(": ").map(|(at, sep)| at + sep.len());
     let codes = text.match_indices("status code ").map(|(at, sep)| at + sep.len());
     colons.chain(codes).find_map(|start| {
@@ -97,7 +92,7 @@ fn http_status(text: &str) -> Option<u16> {
     })
 }
 
-fn last_line(text: &str) -> &str {
+pub(crate) fn last_line(text: &str) -> &str {
     let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim();
     line.strip_prefix("ERROR: ").or_else(|| line.strip_prefix("error: ")).unwrap_or(line)
 }
@@ -182,7 +177,7 @@ pub fn with_retries<T>(
     }
 }
 
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
     (random >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -197,90 +192,6 @@ pub fn interruptible_sleep(total: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50).min(total));
     }
     Ok(())
-}
-
-/// One registry and the operations a release needs, each request of them retried on its own
-/// ([`distribution::Client`]).
-#[derive(Clone)]
-pub struct Registry {
-    policy: RetryPolicy,
-    client: Arc<Client>,
-}
-
-impl Registry {
-    pub fn new(root: &Utf8Path) -> Registry {
-        let policy = RetryPolicy::REGISTRY;
-        Registry { policy, client: Arc::new(Client::new(root, policy)) }
-    }
-
-    /// The index (or manifest) under `reference` and the image config of each platform, in
-    /// the shape of `docker buildx imagetools inspect --format '{{json .}}'`, or `None` when the
-    /// registry holds nothing there.
-    pub fn inspect(&self, reference: &str) -> Result<Option<Value>> {
-        self.client.inspect(&Reference::parse(reference)?)
-    }
-
-    /// The manifest or index under `reference` exactly as the registry holds it, or `None`
-    /// when it holds nothing there.
-    pub fn inspect_raw(&self, reference: &str) -> Result<Option<Value>> {
-        Ok(self.client.manifest(&Reference::parse(reference)?)?.map(|m| m.value))
-    }
-
-    /// Pushes the image in the OCI archive under every ref of `refs` (one repository); returns
-    /// the digest of its index.
-    pub fn push_archive(&self, archive: &Utf8Path, refs: &[String]) -> Result<String> {
-        let targets: Vec<Reference> =
-            refs.iter().map(|r| Reference::parse(r)).collect::<Result<_>>()?;
-        self.client.push_archive(archive, &targets)
-    }
-
-    /// A manifest copy inside the registry: `target` then names the digest `source` names, and
-    /// no layer moves.
-    pub fn copy(&self, source: &str, target: &str) -> Result<()> {
-        self.client.copy(&Reference::parse(source)?, &Reference::parse(target)?)
-    }
-
-    /// Runs `step`, a command of another registry client (cosign), with this registry's retry
-    /// policy; what it said is classified with its secrets redacted.
-    pub fn run(&self, what: &str, step: &Step) -> Result<Result<Captured, Failure>> {
-        with_retries(
-            what,
-            &self.policy,
-            || {
-                let captured = step.capture()?;
-                if captured.success() {
-                    return Ok(Ok(captured));
-                }
-                let timed_out = captured.timed_out.then_some(step.timeout).flatten();
-                Ok(Err(classify(&step.redact(&captured.stderr), timed_out)))
-            },
-            interruptible_sleep,
-        )
-    }
-}
-
-/// What a release's plan shows for reading `reference`.
-pub fn read_request(reference: &str) -> Request {
-    Request::new(format!("read {reference}"), json!({"action": "read", "ref": reference}))
-}
-
-/// What a plan shows for pushing the OCI archive `archive` under `refs`.
-pub fn push_request(archive: &Utf8Path, refs: &[String]) -> Request {
-    Request::new(
-        format!(
-            "push {archive} as {} (each blob the registry lacks, then the manifests)",
-            refs.join(", ")
-        ),
-        json!({"action": "push", "archive": archive.as_str(), "refs": refs}),
-    )
-}
-
-/// What a plan shows for a manifest copy of `source` to `target`.
-pub fn copy_request(source: &str, target: &str) -> Request {
-    Request::new(
-        format!("copy {source} to {target} (the manifest only)"),
-        json!({"action": "copy", "from": source, "to": target}),
-    )
 }
 
 /// Says what failed, with the fix where one is known.

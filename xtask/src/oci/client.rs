@@ -11,151 +11,38 @@
 //! store or a credential helper. A loopback registry is spoken to in plain HTTP, as Docker
 //! does; every other one over TLS, with the Mozilla root certificates.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use ureq::http;
 
-use crate::interrupt::{self, Interrupted, Interruptible};
-use crate::plan::Step;
-use crate::remote::{Failure, RetryPolicy, interruptible_sleep, with_retries};
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+use crate::interrupt::{self, Interrupted};
+use crate::oci::archive::{Layout, open_range};
+use crate::oci::auth::{Access, Credentials, docker_credentials, parse_challenge};
+use crate::oci::manifest::{
+    DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, is_index, platform_name,
+    sha256_digest,
+};
+use crate::oci::reference::{Reference, Repository, display, display_repo, is_loopback_url};
+use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries};
 
 /// The largest manifest read (the distribution spec asks registries to take 4 MiB).
-const MANIFEST_LIMIT: u64 = 4 << 20;
+pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
 /// The largest blob read into memory: image configs and attestation statements.
-const BLOB_LIMIT: u64 = 64 << 20;
+pub(crate) const BLOB_LIMIT: u64 = 64 << 20;
 /// Blobs uploaded at once.
-const UPLOADERS: usize = 4;
-
-/// A repository of one registry, as named in an image ref (`127.0.0.1:5000/acme/server`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Repository {
-    /// The registry as written (`ghcr.io`, `127.0.0.1:5000`, `docker.io`).
-    pub registry: String,
-    /// The path inside it (`acme/server`; `library/debian` for Docker Hub's short names).
-    pub name: String,
-}
-
-/// An image ref split into its repository and its tag or digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
-    pub repository: Repository,
-    /// A tag (`1.4.2`) or a digest (`sha256:...`).
-    pub reference: String,
-}
-
-impl Reference {
-    /// Splits `REGISTRY/PATH:TAG` or `REGISTRY/PATH@DIGEST`; a first component without a dot
-    /// or a port that is not `localhost` names Docker Hub, as the docker CLI reads it.
-    pub fn parse(raw: &str) -> Result<Reference> {
-        let invalid = || {
-            anyhow!(
-                "`{raw}` is not an image ref: use REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST"
-            )
-        };
-        let (path, reference) = match raw.split_once('@') {
-            Some((path, digest)) => {
-                let path = path
-                    .rsplit_once(':')
-                    .filter(|(_, t)| !t.contains('/'))
-                    .map_or(path, |(p, _)| p);
-                (path, digest.to_owned())
-            }
-            None => match raw.rsplit_once(':') {
-                Some((path, tag)) if !tag.contains('/') => (path, tag.to_owned()),
-                _ => (raw, "latest".to_owned()),
-            },
-        };
-        if path.is_empty() || reference.is_empty() || path.contains("//") {
-            return Err(invalid());
-        }
-        let (first, rest) = path.split_once('/').unwrap_or(("", path));
-        let explicit = first.contains('.') || first.contains(':') || first == "localhost";
-        let repository = if explicit {
-            if rest.is_empty() {
-                return Err(invalid());
-            }
-            Repository { registry: first.to_owned(), name: rest.to_owned() }
-        } else if path.contains('/') {
-            Repository { registry: "docker.io".to_owned(), name: path.to_owned() }
-        } else {
-            Repository { registry: "docker.io".to_owned(), name: format!("library/{path}") }
-        };
-        Ok(Reference { repository, reference })
-    }
-}
-
-impl Repository {
-    /// The host that serves the registry's API.
-    fn api_host(&self) -> &str {
-        match self.registry.as_str() {
-            "docker.io" | "index.docker.io" => "registry-1.docker.io",
-            other => other,
-        }
-    }
-
-    /// Plain HTTP for a loopback registry (Docker treats those as insecure), TLS elsewhere.
-    fn base(&self) -> String {
-        let scheme = if is_loopback(&self.registry) { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", self.api_host(), self.name)
-    }
-
-    /// The key `docker login` files the registry's credentials under.
-    fn credentials_key(&self) -> &str {
-        match self.registry.as_str() {
-            "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
-            other => other,
-        }
-    }
-}
-
-/// Whether `host[:port]` is this machine's loopback.
-fn is_loopback(address: &str) -> bool {
-    let host = match address.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => address.rsplit_once(':').map_or(address, |(h, _)| h),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    is_loopback(rest.split('/').next().unwrap_or(rest))
-}
-
-/// What the client may do in a repository, for a bearer token's scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Access {
-    Pull,
-    Push,
-}
-
-impl Access {
-    fn scope(self, name: &str) -> String {
-        match self {
-            Access::Pull => format!("repository:{name}:pull"),
-            Access::Push => format!("repository:{name}:pull,push"),
-        }
-    }
-}
+pub(crate) const UPLOADERS: usize = 4;
 
 /// A request's body, made anew for each attempt.
 #[derive(Clone, Copy)]
-enum Body<'a> {
+pub(crate) enum Body<'a> {
     Empty,
     Bytes(&'a [u8], &'a str),
     /// `size` bytes of a file from `offset`: a blob inside an OCI archive.
@@ -169,7 +56,7 @@ enum Body<'a> {
 /// One request: its method, URL, `Accept` header, body, and how much of the answer's body is
 /// read (0: none).
 #[derive(Clone, Copy)]
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     method: &'a str,
     url: &'a str,
     accept: Option<&'a str>,
@@ -189,7 +76,7 @@ impl<'a> Call<'a> {
 }
 
 /// One answer, its body read whole (up to the request's limit).
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     headers: http::HeaderMap,
     body: Vec<u8>,
@@ -198,26 +85,6 @@ struct Answer {
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// Credentials for one registry, as `docker login` stored them.
-#[derive(Clone)]
-enum Credentials {
-    Basic {
-        username: String,
-        password: String,
-    },
-    /// An OAuth refresh token (`identitytoken`), traded at the token service.
-    Identity(String),
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-            Credentials::Identity(_) => f.write_str("Identity(***)"),
-        }
     }
 }
 
@@ -732,150 +599,8 @@ impl Client {
     }
 }
 
-/// A manifest or index as the registry holds it: its exact bytes, which its digest is of.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub bytes: Vec<u8>,
-    pub media_type: String,
-    pub digest: String,
-    pub value: Value,
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_LIST
-}
-
-/// `os/arch[/variant]` of an index entry, or `None` for an attestation (`unknown/unknown`).
-pub fn platform_name(platform: &Value) -> Option<String> {
-    let (os, arch) = (platform["os"].as_str()?, platform["architecture"].as_str()?);
-    if os == "unknown" {
-        return None;
-    }
-    Some(match platform["variant"].as_str() {
-        Some(variant) => format!("{os}/{arch}/{variant}"),
-        None => format!("{os}/{arch}"),
-    })
-}
-
-/// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter writes it)
-/// with the place of every entry, so that a blob is read straight from the file.
-struct Layout {
-    path: Utf8PathBuf,
-    /// Entry name → (offset of its data, size).
-    entries: HashMap<String, (u64, u64)>,
-}
-
-impl Layout {
-    fn open(path: &Utf8Path) -> Result<Layout> {
-        let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
-        let mut archive = tar::Archive::new(BufReader::new(file));
-        let mut entries = HashMap::new();
-        // Seeking past each entry's data: only the headers are read.
-        for entry in archive.entries_with_seek().with_context(|| format!("cannot read {path}"))? {
-            let entry = entry.with_context(|| format!("cannot read {path}"))?;
-            let name =
-                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
-            entries.insert(name, (entry.raw_file_position(), entry.size()));
-        }
-        Ok(Layout { path: path.to_owned(), entries })
-    }
-
-    fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let &(offset, size) =
-            self.entries.get(name).with_context(|| format!("{} has no {name}", self.path))?;
-        let mut bytes = Vec::new();
-        open_range(&self.path, offset, size)
-            .and_then(|mut r| r.read_to_end(&mut bytes))
-            .with_context(|| format!("cannot read {name} of {}", self.path))?;
-        Ok(bytes)
-    }
-
-    fn blob_position(&self, digest: &str) -> Result<(u64, u64)> {
-        self.entries
-            .get(&blob_name(digest))
-            .copied()
-            .with_context(|| format!("{} has no blob {digest}", self.path))
-    }
-
-    fn manifest(&self, digest: &str, media_type: &str) -> Result<Manifest> {
-        let bytes = self.read(&blob_name(digest))?;
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
-            bail!("{}: blob {digest} hashes to {actual}", self.path);
-        }
-        let value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: manifest {digest} is not JSON", self.path))?;
-        Ok(Manifest { bytes, media_type: media_type.to_owned(), digest: digest.to_owned(), value })
-    }
-
-    /// The one index or manifest `index.json` names.
-    fn top(&self) -> Result<Manifest> {
-        let index: Value = serde_json::from_slice(&self.read("index.json")?)
-            .with_context(|| format!("index.json of {} is not JSON", self.path))?;
-        // One entry per tag the image was exported with, each naming the same index.
-        let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let digests: BTreeSet<&str> = entries.iter().filter_map(|e| e["digest"].as_str()).collect();
-        let (Some(entry), 1) = (entries.first(), digests.len()) else {
-            bail!(
-                "{} names {} images in its index.json; a push takes an archive of one",
-                self.path,
-                digests.len()
-            );
-        };
-        let digest = entry["digest"].as_str().expect("counted above");
-        self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_INDEX))
-    }
-
-    /// Collects the manifests below `manifest` (children before their index) and every blob
-    /// they name.
-    fn walk(
-        &self,
-        manifest: &Manifest,
-        manifests: &mut Vec<Manifest>,
-        blobs: &mut BTreeSet<String>,
-    ) -> Result<()> {
-        if is_index(&manifest.media_type) {
-            for entry in
-                manifest.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default()
-            {
-                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
-                let child =
-                    self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST))?;
-                self.walk(&child, manifests, blobs)?;
-                manifests.push(child);
-            }
-        } else {
-            let config = manifest.value["config"]["digest"].as_str();
-            let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
-            for digest in
-                config.into_iter().chain(layers.iter().filter_map(|l| l["digest"].as_str()))
-            {
-                blobs.insert(digest.to_owned());
-            }
-        }
-        Ok(())
-    }
-}
-
-fn blob_name(digest: &str) -> String {
-    let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-    format!("blobs/{algorithm}/{hex}")
-}
-
-/// `size` bytes of the file at `path` from `offset`; reading stops on Ctrl-C.
-fn open_range(path: &Utf8Path, offset: u64, size: u64) -> io::Result<impl Read + Send + 'static> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    Ok(Interruptible(BufReader::new(file).take(size)))
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// What an answer's status means: `None` for success.
-fn status_failure(answer: &Answer) -> Option<Failure> {
+pub(crate) fn status_failure(answer: &Answer) -> Option<Failure> {
     let status = answer.status;
     if (200..300).contains(&status) {
         return None;
@@ -892,12 +617,12 @@ fn status_failure(answer: &Answer) -> Option<Failure> {
     })
 }
 
-fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
 }
 
 /// The registry's own words, from its `{"errors": [{"code", "message"}]}` body.
-fn registry_errors(body: &[u8]) -> String {
+pub(crate) fn registry_errors(body: &[u8]) -> String {
     let Ok(value) = serde_json::from_slice::<Value>(body) else { return String::new() };
     let said: Vec<String> = value["errors"]
         .as_array()
@@ -915,13 +640,13 @@ fn registry_errors(body: &[u8]) -> String {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from registries and is not read).
-fn retry_after(answer: &Answer) -> Option<Duration> {
+pub(crate) fn retry_after(answer: &Answer) -> Option<Duration> {
     answer.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// A transport error: the connection failing or timing out is transient; a name that does not
 /// resolve, or TLS refusing the certificate, is definite.
-fn transport_failure(method: &str, url: &str, error: &ureq::Error) -> Failure {
+pub(crate) fn transport_failure(method: &str, url: &str, error: &ureq::Error) -> Failure {
     let reason = format!("{method} {url}: {error}");
     match error {
         ureq::Error::HostNotFound => Failure::Definite {
@@ -941,12 +666,12 @@ fn transport_failure(method: &str, url: &str, error: &ureq::Error) -> Failure {
     }
 }
 
-fn explain(doing: &str, failure: Failure) -> anyhow::Error {
-    crate::remote::explain(doing, failure)
+pub(crate) fn explain(doing: &str, failure: Failure) -> anyhow::Error {
+    crate::oci::retry::explain(doing, failure)
 }
 
 /// A location the registry answered, made absolute against its API base.
-fn absolute(base: &str, location: &str) -> String {
+pub(crate) fn absolute(base: &str, location: &str) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
         return location.to_owned();
     }
@@ -959,7 +684,7 @@ fn absolute(base: &str, location: &str) -> String {
 }
 
 /// Percent-encodes a query value.
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -971,138 +696,7 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
-/// The scheme (lowercase) and parameters of a `WWW-Authenticate` value.
-fn parse_challenge(challenge: &str) -> (String, BTreeMap<String, String>) {
-    let challenge = challenge.trim();
-    let (scheme, rest) = challenge.split_once(' ').unwrap_or((challenge, ""));
-    let mut params = BTreeMap::new();
-    let mut rest = rest.trim();
-    while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
-        let (value, remaining) = match after.strip_prefix('"') {
-            Some(quoted) => {
-                let end = quoted.find('"').unwrap_or(quoted.len());
-                (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
-            }
-            None => after.split_once(',').unwrap_or((after, "")),
-        };
-        params.insert(key, value.to_owned());
-        rest = remaining.trim_start_matches([',', ' ']);
-    }
-    (scheme.to_ascii_lowercase(), params)
-}
-
-/// The credentials `docker login` stored for `key` (a registry host, or Docker Hub's URL):
-/// from the registry's credential helper, the credential store, or `auths` in the config file.
-fn docker_credentials(root: &Utf8Path, key: &str) -> Result<Option<Credentials>> {
-    let dir = match std::env::var("DOCKER_CONFIG") {
-        Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
-        _ => match std::env::var("HOME") {
-            Ok(home) => Utf8PathBuf::from(home).join(".docker"),
-            Err(_) => return Ok(None),
-        },
-    };
-    let file = dir.join("config.json");
-    let text = match std::fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
-    };
-    let config: Value =
-        serde_json::from_str(&text).with_context(|| format!("{file} is not JSON"))?;
-    credentials_in(&config, key, |helper| helper_credentials(root, helper, key))
-        .with_context(|| format!("cannot read the credentials for {key} (from {file})"))
-}
-
-/// [`docker_credentials`] once the config is read; `helper` asks a credential helper.
-fn credentials_in(
-    config: &Value,
-    key: &str,
-    helper: impl Fn(&str) -> Result<Option<Credentials>>,
-) -> Result<Option<Credentials>> {
-    let bare = |k: &str| {
-        k.trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned()
-    };
-    if let Some(name) = config["credHelpers"]
-        .as_object()
-        .and_then(|h| h.iter().find(|(k, _)| bare(k) == bare(key)))
-        .and_then(|(_, v)| v.as_str())
-    {
-        return helper(name);
-    }
-    let auths = config["auths"].as_object();
-    let entry = auths.and_then(|a| {
-        a.iter()
-            .find(|(k, _)| bare(k) == bare(key) || bare(k).split('/').next() == Some(&bare(key)))
-    });
-    if let Some((_, entry)) = entry {
-        if let Some(token) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
-            return Ok(Some(Credentials::Identity(token.to_owned())));
-        }
-        if let Some(auth) = entry["auth"].as_str().filter(|a| !a.is_empty()) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .context("its `auth` is not base64")?;
-            let decoded = String::from_utf8(decoded).context("its `auth` is not UTF-8")?;
-            let (username, password) =
-                decoded.split_once(':').context("its `auth` is not USER:PASSWORD")?;
-            return Ok(Some(Credentials::Basic {
-                username: username.to_owned(),
-                password: password.to_owned(),
-            }));
-        }
-    }
-    match config["credsStore"].as_str().filter(|s| !s.is_empty()) {
-        Some(store) => helper(store),
-        None => Ok(None),
-    }
-}
-
-/// `docker-credential-NAME get`, given the registry on stdin, as the docker CLI asks it.
-fn helper_credentials(root: &Utf8Path, name: &str, key: &str) -> Result<Option<Credentials>> {
-    let program = format!("docker-credential-{name}");
-    let step = Step::new(&program, root)
-        .arg("get")
-        .stdin(key.to_owned())
-        .quiet()
-        .timeout(Duration::from_secs(30));
-    let captured = step.capture().with_context(|| format!("cannot run {program}"))?;
-    if !captured.success() {
-        let said = captured.stdout.trim().to_owned() + captured.stderr.trim();
-        if said.to_ascii_lowercase().contains("credentials not found") {
-            return Ok(None);
-        }
-        bail!("`{program} get` failed: {}", said.lines().next().unwrap_or("no output"));
-    }
-    let value: Value = serde_json::from_str(&captured.stdout)
-        .with_context(|| format!("{program} did not answer JSON"))?;
-    let (username, secret) = (
-        value["Username"].as_str().unwrap_or_default(),
-        value["Secret"].as_str().unwrap_or_default(),
-    );
-    Ok(match (username, secret) {
-        (_, "") => None,
-        ("<token>", token) => Some(Credentials::Identity(token.to_owned())),
-        (username, password) => Some(Credentials::Basic {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        }),
-    })
-}
-
-fn display(reference: &Reference) -> String {
-    let separator = if reference.reference.starts_with("sha256:") { '@' } else { ':' };
-    format!("{}{separator}{}", display_repo(&reference.repository), reference.reference)
-}
-
-fn display_repo(repo: &Repository) -> String {
-    format!("{}/{}", repo.registry, repo.name)
-}
-
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     match bytes {
         0..1_000_000 => format!("{:.0} kB", bytes as f64 / 1e3),
         _ => format!("{:.1} MB", bytes as f64 / 1e6),
@@ -1113,64 +707,8 @@ fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn parse(raw: &str) -> (String, String, String) {
-        let r = Reference::parse(raw).unwrap();
-        (r.repository.registry, r.repository.name, r.reference)
-    }
-
     #[test]
-    fn refs_split_into_registry_repository_and_tag_or_digest() {
-        let own = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
-        assert_eq!(
-            parse("127.0.0.1:5000/acme/server:1.4.2"),
-            own("127.0.0.1:5000", "acme/server", "1.4.2")
-        );
-        assert_eq!(
-            parse("ghcr.io/acme/server@sha256:ab"),
-            own("ghcr.io", "acme/server", "sha256:ab")
-        );
-        assert_eq!(
-            parse("ghcr.io/acme/server:1.4@sha256:ab"),
-            own("ghcr.io", "acme/server", "sha256:ab")
-        );
-        assert_eq!(parse("localhost/x"), own("localhost", "x", "latest"));
-        assert_eq!(parse("debian:trixie-slim"), own("docker.io", "library/debian", "trixie-slim"));
-        assert_eq!(parse("acme/server:1"), own("docker.io", "acme/server", "1"));
-        assert!(Reference::parse("ghcr.io/").is_err());
-        assert!(Reference::parse("").unwrap_err().to_string().contains("REGISTRY/NAME:TAG"));
-
-        let hub = Reference::parse("docker.io/acme/server:1").unwrap().repository;
-        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/acme/server");
-        assert_eq!(hub.credentials_key(), "https://index.docker.io/v1/");
-        let local = Reference::parse("127.0.0.1:5000/acme/server:1").unwrap().repository;
-        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/acme/server", "loopback is plain HTTP");
-        assert_eq!(
-            Reference::parse("localhost:5000/a:1").unwrap().repository.base(),
-            "http://localhost:5000/v2/a"
-        );
-        assert!(
-            is_loopback_url("http://[::1]:5000/v2/") && is_loopback_url("http://127.0.0.2/v2/")
-        );
-        assert!(
-            !is_loopback_url("https://ghcr.io/v2/") && !is_loopback_url("https://127.example/v2/")
-        );
-    }
-
-    #[test]
-    fn challenges_and_locations_are_read_as_registries_send_them() {
-        let (scheme, params) = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:acme/server:pull,push""#,
-        );
-        assert_eq!(scheme, "bearer");
-        assert_eq!(params["realm"], "https://auth.example/token");
-        assert_eq!(params["service"], "registry.example");
-        assert_eq!(
-            params["scope"], "repository:acme/server:pull,push",
-            "a comma inside quotes stays"
-        );
-        let (scheme, params) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!((scheme.as_str(), params["realm"].as_str()), ("basic", "Registry Realm"));
-
+    fn locations_are_made_absolute_and_queries_encoded() {
         let base = "https://ghcr.io/v2/acme/server";
         assert_eq!(
             absolute(base, "/v2/acme/server/blobs/uploads/u1?_state=x"),
@@ -1229,39 +767,5 @@ mod tests {
             matches!(&invalid, Some(Failure::Definite { unauthorized: false, reason }) if reason.contains("DIGEST_INVALID")),
             "{invalid:?}"
         );
-    }
-
-    #[test]
-    fn credentials_come_from_the_helper_then_auths_then_the_store() {
-        let none = |_: &str| -> Result<Option<Credentials>> { Ok(None) };
-        let from_helper = |name: &str| -> Result<Option<Credentials>> {
-            Ok(Some(Credentials::Basic { username: name.to_owned(), password: "p".into() }))
-        };
-        let basic = |c: Option<Credentials>| match c {
-            Some(Credentials::Basic { username, password }) => Some((username, password)),
-            _ => None,
-        };
-        let config = json!({
-            "auths": {
-                "ghcr.io": {"auth": base64::engine::general_purpose::STANDARD.encode("me:s3cret")},
-                "https://index.docker.io/v1/": {"identitytoken": "refresh"},
-            },
-            "credHelpers": {"123.dkr.ecr.example": "ecr-login"},
-            "credsStore": "desktop",
-        });
-        let found = credentials_in(&config, "ghcr.io", none).unwrap();
-        assert_eq!(basic(found), Some(("me".into(), "s3cret".into())));
-        let hub = credentials_in(&config, "https://index.docker.io/v1/", none).unwrap();
-        assert!(matches!(hub, Some(Credentials::Identity(t)) if t == "refresh"));
-        let ecr = credentials_in(&config, "123.dkr.ecr.example", from_helper).unwrap();
-        assert_eq!(basic(ecr), Some(("ecr-login".into(), "p".into())));
-        let stored = credentials_in(&config, "quay.io", from_helper).unwrap();
-        assert_eq!(basic(stored), Some(("desktop".into(), "p".into())));
-        assert!(credentials_in(&json!({}), "quay.io", from_helper).unwrap().is_none());
-        let shown = format!(
-            "{:?}",
-            Credentials::Basic { username: "me".into(), password: "s3cret".into() }
-        );
-        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

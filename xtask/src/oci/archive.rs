@@ -1,0 +1,120 @@
+//! The one reader of OCI archives (an image layout in a tar file, as BuildKit's `type=oci`
+//! exporter and `images save` write it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::Value;
+
+use crate::interrupt::Interruptible;
+use crate::oci::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, blob_name, is_index, sha256_digest};
+
+/// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter writes it)
+/// with the place of every entry, so that a blob is read straight from the file.
+pub(crate) struct Layout {
+    pub(crate) path: Utf8PathBuf,
+    /// Entry name → (offset of its data, size).
+    entries: HashMap<String, (u64, u64)>,
+}
+
+impl Layout {
+    pub(crate) fn open(path: &Utf8Path) -> Result<Layout> {
+        let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        let mut entries = HashMap::new();
+        // Seeking past each entry's data: only the headers are read.
+        for entry in archive.entries_with_seek().with_context(|| format!("cannot read {path}"))? {
+            let entry = entry.with_context(|| format!("cannot read {path}"))?;
+            let name =
+                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
+            entries.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+        Ok(Layout { path: path.to_owned(), entries })
+    }
+
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let &(offset, size) =
+            self.entries.get(name).with_context(|| format!("{} has no {name}", self.path))?;
+        let mut bytes = Vec::new();
+        open_range(&self.path, offset, size)
+            .and_then(|mut r| r.read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {name} of {}", self.path))?;
+        Ok(bytes)
+    }
+
+    pub(crate) fn blob_position(&self, digest: &str) -> Result<(u64, u64)> {
+        self.entries
+            .get(&blob_name(digest))
+            .copied()
+            .with_context(|| format!("{} has no blob {digest}", self.path))
+    }
+
+    pub(crate) fn manifest(&self, digest: &str, media_type: &str) -> Result<Manifest> {
+        let bytes = self.read(&blob_name(digest))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            bail!("{}: blob {digest} hashes to {actual}", self.path);
+        }
+        let value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: manifest {digest} is not JSON", self.path))?;
+        Ok(Manifest { bytes, media_type: media_type.to_owned(), digest: digest.to_owned(), value })
+    }
+
+    /// The one index or manifest `index.json` names.
+    pub(crate) fn top(&self) -> Result<Manifest> {
+        let index: Value = serde_json::from_slice(&self.read("index.json")?)
+            .with_context(|| format!("index.json of {} is not JSON", self.path))?;
+        // One entry per tag the image was exported with, each naming the same index.
+        let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let digests: BTreeSet<&str> = entries.iter().filter_map(|e| e["digest"].as_str()).collect();
+        let (Some(entry), 1) = (entries.first(), digests.len()) else {
+            bail!(
+                "{} names {} images in its index.json; a push takes an archive of one",
+                self.path,
+                digests.len()
+            );
+        };
+        let digest = entry["digest"].as_str().expect("counted above");
+        self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_INDEX))
+    }
+
+    /// Collects the manifests below `manifest` (children before their index) and every blob
+    /// they name.
+    pub(crate) fn walk(
+        &self,
+        manifest: &Manifest,
+        manifests: &mut Vec<Manifest>,
+        blobs: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        if is_index(&manifest.media_type) {
+            for entry in
+                manifest.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default()
+            {
+                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
+                let child =
+                    self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST))?;
+                self.walk(&child, manifests, blobs)?;
+                manifests.push(child);
+            }
+        } else {
+            let config = manifest.value["config"]["digest"].as_str();
+            let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for digest in
+                config.into_iter().chain(layers.iter().filter_map(|l| l["digest"].as_str()))
+            {
+                blobs.insert(digest.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `size` bytes of the file at `path` from `offset`; reading stops on Ctrl-C.
+pub(crate) fn open_range(path: &Utf8Path, offset: u64, size: u64) -> io::Result<impl Read + Send + 'static> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(Interruptible(BufReader::new(file).take(size)))
+}

@@ -1,0 +1,16 @@
+//! Everything we know of OCI images and registries, in one package: refs, manifests and
+//! indexes, the OCI archive reader, logins, the registry client with its retries, and the
+//! operations a release needs. Other modules ask it typed questions; no registry JSON is read
+//! outside it.
+
+mod archive;
+mod auth;
+mod client;
+mod manifest;
+mod reference;
+mod registry;
+mod retry;
+
+pub use manifest::platform_name;
+pub use registry::{Registry, copy_request, push_request, read_request};
+pub use retry::{Failure, retries};

@@ -1,0 +1,158 @@
+//! Image refs: `REGISTRY/NAME:TAG` or `REGISTRY/NAME@DIGEST` split into a repository of one
+//! registry and a tag or digest, as the docker CLI reads them; the one parser of refs.
+
+use anyhow::{Result, anyhow};
+
+/// A repository of one registry, as named in an image ref (`127.0.0.1:5000/acme/server`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repository {
+    /// The registry as written (`ghcr.io`, `127.0.0.1:5000`, `docker.io`).
+    pub registry: String,
+    /// The path inside it (`acme/server`; `library/debian` for Docker Hub's short names).
+    pub name: String,
+}
+
+/// An image ref split into its repository and its tag or digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub repository: Repository,
+    /// A tag (`1.4.2`) or a digest (`sha256:...`).
+    pub reference: String,
+}
+
+impl Reference {
+    /// Splits `REGISTRY/PATH:TAG` or `REGISTRY/PATH@DIGEST`; a first component without a dot
+    /// or a port that is not `localhost` names Docker Hub, as the docker CLI reads it.
+    pub fn parse(raw: &str) -> Result<Reference> {
+        let invalid = || {
+            anyhow!(
+                "`{raw}` is not an image ref: use REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST"
+            )
+        };
+        let (path, reference) = match raw.split_once('@') {
+            Some((path, digest)) => {
+                let path = path
+                    .rsplit_once(':')
+                    .filter(|(_, t)| !t.contains('/'))
+                    .map_or(path, |(p, _)| p);
+                (path, digest.to_owned())
+            }
+            None => match raw.rsplit_once(':') {
+                Some((path, tag)) if !tag.contains('/') => (path, tag.to_owned()),
+                _ => (raw, "latest".to_owned()),
+            },
+        };
+        if path.is_empty() || reference.is_empty() || path.contains("//") {
+            return Err(invalid());
+        }
+        let (first, rest) = path.split_once('/').unwrap_or(("", path));
+        let explicit = first.contains('.') || first.contains(':') || first == "localhost";
+        let repository = if explicit {
+            if rest.is_empty() {
+                return Err(invalid());
+            }
+            Repository { registry: first.to_owned(), name: rest.to_owned() }
+        } else if path.contains('/') {
+            Repository { registry: "docker.io".to_owned(), name: path.to_owned() }
+        } else {
+            Repository { registry: "docker.io".to_owned(), name: format!("library/{path}") }
+        };
+        Ok(Reference { repository, reference })
+    }
+}
+
+impl Repository {
+    /// The host that serves the registry's API.
+    pub(crate) fn api_host(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
+        }
+    }
+
+    /// Plain HTTP for a loopback registry (Docker treats those as insecure), TLS elsewhere.
+    pub(crate) fn base(&self) -> String {
+        let scheme = if is_loopback(&self.registry) { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", self.api_host(), self.name)
+    }
+
+    /// The key `docker login` files the registry's credentials under.
+    pub(crate) fn credentials_key(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
+            other => other,
+        }
+    }
+}
+
+/// Whether `host[:port]` is this machine's loopback.
+pub(crate) fn is_loopback(address: &str) -> bool {
+    let host = match address.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => address.rsplit_once(':').map_or(address, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    is_loopback(rest.split('/').next().unwrap_or(rest))
+}
+
+pub(crate) fn display(reference: &Reference) -> String {
+    let separator = if reference.reference.starts_with("sha256:") { '@' } else { ':' };
+    format!("{}{separator}{}", display_repo(&reference.repository), reference.reference)
+}
+
+pub(crate) fn display_repo(repo: &Repository) -> String {
+    format!("{}/{}", repo.registry, repo.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> (String, String, String) {
+        let r = Reference::parse(raw).unwrap();
+        (r.repository.registry, r.repository.name, r.reference)
+    }
+
+    #[test]
+    fn refs_split_into_registry_repository_and_tag_or_digest() {
+        let own = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            parse("127.0.0.1:5000/acme/server:1.4.2"),
+            own("127.0.0.1:5000", "acme/server", "1.4.2")
+        );
+        assert_eq!(
+            parse("ghcr.io/acme/server@sha256:ab"),
+            own("ghcr.io", "acme/server", "sha256:ab")
+        );
+        assert_eq!(
+            parse("ghcr.io/acme/server:1.4@sha256:ab"),
+            own("ghcr.io", "acme/server", "sha256:ab")
+        );
+        assert_eq!(parse("localhost/x"), own("localhost", "x", "latest"));
+        assert_eq!(parse("debian:trixie-slim"), own("docker.io", "library/debian", "trixie-slim"));
+        assert_eq!(parse("acme/server:1"), own("docker.io", "acme/server", "1"));
+        assert!(Reference::parse("ghcr.io/").is_err());
+        assert!(Reference::parse("").unwrap_err().to_string().contains("REGISTRY/NAME:TAG"));
+
+        let hub = Reference::parse("docker.io/acme/server:1").unwrap().repository;
+        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/acme/server");
+        assert_eq!(hub.credentials_key(), "https://index.docker.io/v1/");
+        let local = Reference::parse("127.0.0.1:5000/acme/server:1").unwrap().repository;
+        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/acme/server", "loopback is plain HTTP");
+        assert_eq!(
+            Reference::parse("localhost:5000/a:1").unwrap().repository.base(),
+            "http://localhost:5000/v2/a"
+        );
+        assert!(
+            is_loopback_url("http://[::1]:5000/v2/") && is_loopback_url("http://127.0.0.2/v2/")
+        );
+        assert!(
+            !is_loopback_url("https://ghcr.io/v2/") && !is_loopback_url("https://127.example/v2/")
+        );
+    }
+
+}
