@@ -14,11 +14,11 @@ use crate::docker;
 use crate::faults;
 use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
+use crate::oci;
 use crate::plan::{self, Step, Streams};
 use crate::reap::RunDir;
 use crate::registry::Throwaway;
 use crate::release;
-use crate::oci;
 use crate::stack::{self, Mode, Stack};
 use crate::version::Revision;
 

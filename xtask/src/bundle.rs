@@ -435,7 +435,7 @@ fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<(
     let mut size = 0u64;
     loop {
         if interrupt::is_set() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            return Err(interrupt::interrupted_io());
         }
         let n = reader.read(&mut buffer)?;
         if n == 0 {

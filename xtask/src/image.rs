@@ -11,10 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::bundle;
 use crate::docker;
+use crate::oci;
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::reap::{RunDir, RunId};
-use crate::oci;
 use crate::version::Revision;
 
 /// The images this repository builds.
@@ -487,8 +487,7 @@ pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
     let mut platforms: Vec<(String, String)> = Vec::new();
     for entry in index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
-        let (Some(name), Some(digest)) =
-            (crate::oci::platform_name(p), entry["digest"].as_str())
+        let (Some(name), Some(digest)) = (crate::oci::platform_name(p), entry["digest"].as_str())
         else {
             continue;
         };

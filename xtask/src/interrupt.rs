@@ -110,14 +110,36 @@ impl fmt::Display for Abandoned {
 
 impl std::error::Error for Abandoned {}
 
-/// A reader that stops on Ctrl-C: its next read fails with [`std::io::ErrorKind::Interrupted`].
+/// A reader that stops on Ctrl-C: its next read fails with an error whose inner error is
+/// [`Interrupted`]. Not [`std::io::ErrorKind::Interrupted`]: `std::io::copy` and
+/// `read_to_end` retry that kind, so a copy would spin instead of stopping.
 pub struct Interruptible<R>(pub R);
 
 impl<R: std::io::Read> std::io::Read for Interruptible<R> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         if is_set() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+            return Err(interrupted_io());
         }
         self.0.read(buffer)
+    }
+}
+
+/// The I/O error of a read or write that Ctrl-C stopped (see [`Interruptible`]).
+pub fn interrupted_io() -> std::io::Error {
+    std::io::Error::other(Interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn an_interrupted_read_ends_a_copy_instead_of_being_retried() {
+        // `read_to_end` retries `ErrorKind::Interrupted` forever; ours must end it.
+        let error = interrupted_io();
+        assert_ne!(error.kind(), std::io::ErrorKind::Interrupted);
+        assert!(error.get_ref().is_some_and(|e| e.is::<Interrupted>()));
     }
 }

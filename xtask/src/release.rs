@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
+use crate::oci;
 use crate::plan::{Plan, Preview, Request};
 use crate::platform::Platform;
-use crate::oci;
 use crate::sign::{self, KeySource, Signer};
 use crate::verify;
 use crate::version::Revision;
@@ -233,9 +233,7 @@ impl ReleasePlan {
             "push each from its archive under its immutable refs (an image an earlier run pushed \
              gets its missing refs by manifest copy instead)",
         )
-        .requests(
-            self.build.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)),
-        );
+        .requests(self.build.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)));
         plan = plan.note(
             "read back every immutable ref and check its platforms, labels and digest, and that \
              each index carries provenance and an SBOM for every platform",

@@ -19,8 +19,8 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::image::{self, BuildRequest, ImageName, Output};
-use crate::plan::Step;
 use crate::oci::{self, Failure};
+use crate::plan::Step;
 use crate::version::Revision;
 
 /// The variables a key reaches cosign through.

@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::docker;
 use crate::image::{self, ImageName};
+use crate::oci::Registry;
 use crate::plan::Step;
 use crate::reap;
 use crate::release;
-use crate::oci::Registry;
 use crate::services::Model;
 use crate::stack::{self, Stack};
 use crate::version::Revision;

@@ -10,9 +10,9 @@ use camino::Utf8Path;
 use serde_json::{Value, json};
 
 use crate::image::ImageName;
+use crate::oci;
 use crate::platform::Platform;
 use crate::release::{platform_image, read_index};
-use crate::oci;
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
 use crate::version::Revision;
 

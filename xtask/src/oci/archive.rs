@@ -113,7 +113,11 @@ impl Layout {
 }
 
 /// `size` bytes of the file at `path` from `offset`; reading stops on Ctrl-C.
-pub(crate) fn open_range(path: &Utf8Path, offset: u64, size: u64) -> io::Result<impl Read + Send + 'static> {
+pub(crate) fn open_range(
+    path: &Utf8Path,
+    offset: u64,
+    size: u64,
+) -> io::Result<impl Read + Send + 'static> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     Ok(Interruptible(BufReader::new(file).take(size)))

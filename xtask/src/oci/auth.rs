@@ -139,7 +139,11 @@ pub(crate) fn credentials_in(
 }
 
 /// `docker-credential-NAME get`, given the registry on stdin, as the docker CLI asks it.
-pub(crate) fn helper_credentials(root: &Utf8Path, name: &str, key: &str) -> Result<Option<Credentials>> {
+pub(crate) fn helper_credentials(
+    root: &Utf8Path,
+    name: &str,
+    key: &str,
+) -> Result<Option<Credentials>> {
     let program = format!("docker-credential-{name}");
     let step = Step::new(&program, root)
         .arg("get")
@@ -148,11 +152,11 @@ pub(crate) fn helper_credentials(root: &Utf8Path, name: &str, key: &str) -> Resu
         .timeout(Duration::from_secs(30));
     let captured = step.capture().with_context(|| format!("cannot run {program}"))?;
     if !captured.success() {
-        let said = captured.stdout.trim().to_owned() + captured.stderr.trim();
+        let said = format!("{}\n{}", captured.stdout.trim(), captured.stderr.trim());
         if said.to_ascii_lowercase().contains("credentials not found") {
             return Ok(None);
         }
-        bail!("`{program} get` failed: {}", said.lines().next().unwrap_or("no output"));
+        bail!("`{program} get` failed: {}", helper_said(&said));
     }
     let value: Value = serde_json::from_str(&captured.stdout)
         .with_context(|| format!("{program} did not answer JSON"))?;
@@ -168,6 +172,27 @@ pub(crate) fn helper_credentials(root: &Utf8Path, name: &str, key: &str) -> Resu
             password: password.to_owned(),
         }),
     })
+}
+
+/// The first line a failed credential helper printed, fit to show: a line that carries JSON
+/// is not shown (a helper that fails after printing its answer prints the secret), and any
+/// `Secret` value found in its output is redacted as `***` wherever else it appears.
+fn helper_said(said: &str) -> String {
+    let mut step = Step::new("docker-credential", ".");
+    for line in said.lines() {
+        let Ok(value) = serde_json::from_str::<Value>(line.trim()) else { continue };
+        for key in ["Secret", "secret", "Password", "password", "token", "access_token"] {
+            step = step.secret(value[key].as_str().unwrap_or_default());
+        }
+    }
+    let line = said.lines().map(str::trim).find(|l| !l.is_empty());
+    match line {
+        None => "no output".to_owned(),
+        Some(line) if line.contains('{') => {
+            "it printed JSON (not shown here: it may hold the secret)".to_owned()
+        }
+        Some(line) => step.redact(line),
+    }
 }
 
 #[cfg(test)]
@@ -224,5 +249,15 @@ mod tests {
             Credentials::Basic { username: "me".into(), password: "s3cret".into() }
         );
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_failing_helper_never_shows_its_secret() {
+        let answered = "{\"ServerURL\":\"ghcr.io\",\"Username\":\"me\",\"Secret\":\"s3cret\"}\n";
+        let said = helper_said(&format!("{answered}\nthen s3cret was refused"));
+        assert!(!said.contains("s3cret"), "{said}");
+        let said = helper_said(&format!("store locked for s3cret\n{answered}"));
+        assert_eq!(said, "store locked for ***");
+        assert_eq!(helper_said("\n  \n"), "no output");
     }
 }

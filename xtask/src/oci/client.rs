@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
@@ -30,8 +30,9 @@ use crate::oci::manifest::{
     DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, is_index, platform_name,
     sha256_digest,
 };
-use crate::oci::reference::{Reference, Repository, display, display_repo, is_loopback_url};
+use crate::oci::reference::{Reference, Repository, display, display_repo, host_of, origin_of};
 use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries};
+use crate::oci::transport::Transport;
 
 /// The largest manifest read (the distribution spec asks registries to take 4 MiB).
 pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
@@ -88,16 +89,28 @@ impl Answer {
     }
 }
 
+/// A login held for a registry and scope: the `Authorization` value, when it runs out (a bearer
+/// token's `expires_in`), and the challenge it answered, so that it is renewed without a 401.
+#[derive(Clone)]
+pub(crate) struct Authorization {
+    value: String,
+    expires: Option<Instant>,
+    challenge: String,
+}
+
+impl Authorization {
+    fn expired(&self) -> bool {
+        self.expires.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
 /// A registry API client; cheap to share between threads.
 pub struct Client {
-    /// Through `HTTPS_PROXY`/`HTTP_PROXY` when set (`NO_PROXY` honoured).
-    agent: ureq::Agent,
-    /// For loopback addresses, which no proxy reaches (as Go's clients, Docker's, decide).
-    loopback: ureq::Agent,
+    transport: Transport,
     policy: RetryPolicy,
     root: Utf8PathBuf,
-    /// `Authorization` values by registry and, for bearer tokens, scope.
-    authorizations: Mutex<HashMap<String, String>>,
+    /// Logins by registry and, for bearer tokens, scope.
+    authorizations: Mutex<HashMap<String, Authorization>>,
     /// Held while a 401 is answered with a login.
     authorizing: Mutex<()>,
     /// Credentials looked up so far, by registry (`None`: there are none).
@@ -106,21 +119,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(root: &Utf8Path, policy: RetryPolicy) -> Client {
-        let agent = |proxy: Option<ureq::Proxy>| -> ureq::Agent {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .user_agent("memories-xtask")
-                .proxy(proxy)
-                .timeout_connect(Some(Duration::from_secs(15)))
-                .timeout_per_read(Some(Duration::from_secs(60)))
-                .timeout_per_write(Some(Duration::from_secs(60)))
-                .timeout_recv_response(Some(Duration::from_secs(120)))
-                .build()
-                .into()
-        };
         Client {
-            agent: agent(ureq::Proxy::try_from_env()),
-            loopback: agent(None),
+            transport: Transport::from_env(),
             policy,
             root: root.to_owned(),
             authorizations: Mutex::new(HashMap::new()),
@@ -133,7 +133,7 @@ impl Client {
     /// registry has nothing there. A manifest asked for by digest must hash to it.
     pub fn manifest(&self, reference: &Reference) -> Result<Option<Manifest>> {
         let repo = &reference.repository;
-        let url = format!("{}/manifests/{}", repo.base(), reference.reference);
+        let url = format!("{}/manifests/{}", self.base(repo)?, reference.reference);
         let accept = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
         let what = format!("reading {}", display(reference));
         let call = Call { accept: Some(&accept), ..Call::new("GET", &url, MANIFEST_LIMIT) };
@@ -168,7 +168,7 @@ impl Client {
 
     /// A blob read into memory (an image config, an attestation), checked against its digest.
     pub fn blob(&self, repo: &Repository, digest: &str) -> Result<Vec<u8>> {
-        let url = format!("{}/blobs/{digest}", repo.base());
+        let url = format!("{}/blobs/{digest}", self.base(repo)?);
         let what = format!("reading blob {digest} of {}", display_repo(repo));
         let call = Call::new("GET", &url, BLOB_LIMIT);
         let answer = self.retried(&what, || self.send(repo, Access::Pull, &call))?;
@@ -188,7 +188,7 @@ impl Client {
     /// Stores `manifest` under `reference` (a tag or its digest).
     pub fn put_manifest(&self, reference: &Reference, manifest: &Manifest) -> Result<()> {
         let repo = &reference.repository;
-        let url = format!("{}/manifests/{}", repo.base(), reference.reference);
+        let url = format!("{}/manifests/{}", self.base(repo)?, reference.reference);
         let what = format!("writing {}", display(reference));
         let body = Body::Bytes(&manifest.bytes, &manifest.media_type);
         let answer = self.retried(&what, || {
@@ -222,7 +222,7 @@ impl Client {
 
     /// Whether the repository holds the blob.
     fn has_blob(&self, repo: &Repository, digest: &str) -> Result<bool> {
-        let url = format!("{}/blobs/{digest}", repo.base());
+        let url = format!("{}/blobs/{digest}", self.base(repo)?);
         let what = format!("looking for blob {digest} in {}", display_repo(repo));
         match self.retried(&what, || self.send(repo, Access::Push, &Call::new("HEAD", &url, 0)))? {
             Ok(_) => Ok(true),
@@ -243,7 +243,7 @@ impl Client {
             if self.has_blob(repo, digest)? {
                 return Ok(());
             }
-            let start = format!("{}/blobs/uploads/", repo.base());
+            let start = format!("{}/blobs/uploads/", self.base(repo)?);
             let what = format!("starting the upload of blob {digest} to {}", display_repo(repo));
             let started = self.retried(&what, || {
                 self.send(repo, Access::Push, &Call::new("POST", &start, MANIFEST_LIMIT))
@@ -252,7 +252,8 @@ impl Client {
             let location = started.header("location").with_context(|| {
                 format!("cannot {doing}: the registry named no upload location")
             })?;
-            let location = absolute(&repo.base(), location);
+            let base = self.base(repo)?;
+            let location = absolute(&base, location);
             let separator = if location.contains('?') { '&' } else { '?' };
             let url = format!("{location}{separator}digest={}", encode(digest));
             let body = Body::File { path: &layout.path, offset, size };
@@ -378,8 +379,14 @@ impl Client {
         with_retries(what, &self.policy, attempt, interruptible_sleep)
     }
 
-    /// One attempt of one request: with the authorization held for the registry, and once
-    /// more after a 401 with what its challenge asks for.
+    /// The repository's API base, with the scheme its host's route takes.
+    fn base(&self, repo: &Repository) -> Result<String> {
+        Ok(repo.base(self.transport.route(repo.api_host())?.scheme))
+    }
+
+    /// One attempt of one request: with the login held for the registry when the request goes
+    /// to the registry's own origin (a `Location` on another host gets none), renewed first
+    /// when it has expired, and once more after a 401 with what its challenge asks for.
     fn send(
         &self,
         repo: &Repository,
@@ -387,36 +394,35 @@ impl Client {
         call: &Call<'_>,
     ) -> Result<Result<Answer, Failure>> {
         let key = format!("{} {}", repo.registry, access.scope(&repo.name));
+        let own_origin = origin_of(call.url) == origin_of(&self.base(repo)?);
         let mut challenged = false;
         loop {
             if interrupt::is_set() {
                 return Err(Interrupted.into());
             }
-            let authorization =
-                self.authorizations.lock().expect("not poisoned").get(&key).cloned();
-            let answer = match self.exchange(call, authorization.as_deref()) {
+            let mut held = match own_origin {
+                true => self.authorizations.lock().expect("not poisoned").get(&key).cloned(),
+                false => None,
+            };
+            if let Some(stale) = held.as_ref().filter(|a| a.expired()) {
+                // A token that has run out is renewed before the request, not after it: a
+                // blob upload with a stale token is cut off in the middle of its body.
+                let challenge = stale.challenge.clone();
+                match self.renew(repo, access, &key, Some(stale), &challenge)? {
+                    Ok(renewed) => held = Some(renewed),
+                    Err(failure) => return Ok(Err(failure)),
+                }
+            }
+            let answer = match self.exchange(call, held.as_ref().map(|a| a.value.as_str())) {
                 Ok(answer) => answer,
                 Err(_) if interrupt::is_set() => return Err(Interrupted.into()),
                 Err(failure) => return Ok(Err(failure)),
             };
-            if answer.status == 401 && !challenged {
+            if answer.status == 401 && own_origin && !challenged {
                 challenged = true;
-                // One login at a time: parallel uploads that meet the same 401 ask for one
-                // token, and the others take it.
-                let _authorizing = self.authorizing.lock().expect("not poisoned");
-                let current = self.authorizations.lock().expect("not poisoned").get(&key).cloned();
-                if current.is_some() && current != authorization {
-                    continue;
-                }
                 let challenge = answer.header("www-authenticate").unwrap_or_default().to_owned();
-                match self.authorize(repo, access, &challenge)? {
-                    Ok(value) => {
-                        self.authorizations
-                            .lock()
-                            .expect("not poisoned")
-                            .insert(key.clone(), value);
-                        continue;
-                    }
+                match self.renew(repo, access, &key, held.as_ref(), &challenge)? {
+                    Ok(_) => continue,
                     Err(failure) => return Ok(Err(failure)),
                 }
             }
@@ -424,10 +430,38 @@ impl Client {
         }
     }
 
+    /// A new login for `key` in place of `stale`. One login at a time: parallel requests that
+    /// meet the same 401 or the same expiry ask for one token, and the others take it.
+    fn renew(
+        &self,
+        repo: &Repository,
+        access: Access,
+        key: &str,
+        stale: Option<&Authorization>,
+        challenge: &str,
+    ) -> Result<Result<Authorization, Failure>> {
+        let _authorizing = self.authorizing.lock().expect("not poisoned");
+        let current = self.authorizations.lock().expect("not poisoned").get(key).cloned();
+        if let Some(current) = current {
+            if stale.is_none_or(|s| s.value != current.value) && !current.expired() {
+                return Ok(Ok(current));
+            }
+        }
+        let renewed = self.authorize(repo, access, challenge)?;
+        if let Ok(login) = &renewed {
+            self.authorizations.lock().expect("not poisoned").insert(key.to_owned(), login.clone());
+        }
+        Ok(renewed)
+    }
+
     /// One HTTP exchange; a transport failure is classified.
     fn exchange(&self, call: &Call<'_>, authorization: Option<&str>) -> Result<Answer, Failure> {
         let Call { method, url, accept, body, limit } = *call;
-        let agent = if is_loopback_url(url) { &self.loopback } else { &self.agent };
+        let route = self
+            .transport
+            .route(host_of(url))
+            .map_err(|e| Failure::Definite { reason: format!("{e:#}"), unauthorized: false })?;
+        let agent = &route.agent;
         let mut request = http::Request::builder().method(method).uri(url);
         if let Some(accept) = accept {
             request = request.header("Accept", accept);
@@ -470,7 +504,8 @@ impl Client {
                 agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
             }
         };
-        let mut response = response.map_err(|e| transport_failure(method, url, &e))?;
+        let mut response =
+            response.map_err(|e| transport_failure(method, url, &e, &route.trust))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = if method == "HEAD" || limit == 0 {
@@ -481,7 +516,7 @@ impl Client {
                 .with_config()
                 .limit(limit)
                 .read_to_vec()
-                .map_err(|e| transport_failure(method, url, &e))?
+                .map_err(|e| transport_failure(method, url, &e, &route.trust))?
         };
         Ok(Answer { status, headers, body })
     }
@@ -493,8 +528,14 @@ impl Client {
         repo: &Repository,
         access: Access,
         challenge: &str,
-    ) -> Result<Result<String, Failure>> {
+    ) -> Result<Result<Authorization, Failure>> {
         let credentials = self.credentials_for(repo)?;
+        let login = |value: String, lasts: Option<Duration>| Authorization {
+            value,
+            // Renewed a little early: a request sent just before the end would be refused.
+            expires: lasts.map(|d| Instant::now() + d.mul_f64(0.9)),
+            challenge: challenge.to_owned(),
+        };
         let unauthorized =
             |reason: String| Ok(Err(Failure::Definite { reason, unauthorized: true }));
         let (scheme, params) = parse_challenge(challenge);
@@ -503,7 +544,7 @@ impl Client {
                 Some(Credentials::Basic { username, password }) => {
                     let pair = base64::engine::general_purpose::STANDARD
                         .encode(format!("{username}:{password}"));
-                    Ok(Ok(format!("Basic {pair}")))
+                    Ok(Ok(login(format!("Basic {pair}"), None)))
                 }
                 _ => unauthorized(format!(
                     "{} asks for a login, and there is none for it",
@@ -521,7 +562,7 @@ impl Client {
                 let scope = access.scope(&repo.name);
                 Ok(self
                     .token(repo, realm, &service, &scope, credentials.as_ref())
-                    .map(|t| format!("Bearer {t}")))
+                    .map(|(token, lasts)| login(format!("Bearer {token}"), Some(lasts))))
             }
             _ => unauthorized(format!(
                 "{} answered 401 without a challenge this client knows (`{challenge}`)",
@@ -530,7 +571,8 @@ impl Client {
         }
     }
 
-    /// A bearer token for `scope`, asked of the token service at `realm`.
+    /// A bearer token for `scope`, asked of the token service at `realm`, and how long it
+    /// lasts (its `expires_in`; 60 s when the service does not say, as the spec has it).
     fn token(
         &self,
         repo: &Repository,
@@ -538,7 +580,7 @@ impl Client {
         service: &str,
         scope: &str,
         credentials: Option<&Credentials>,
-    ) -> Result<String, Failure> {
+    ) -> Result<(String, Duration), Failure> {
         let query = format!("service={}&scope={}", encode(service), encode(scope));
         // One attempt: the request it serves is the one retried.
         let attempt = match credentials {
@@ -579,9 +621,10 @@ impl Client {
             }
         };
         let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        let lasts = Duration::from_secs(value["expires_in"].as_u64().unwrap_or(60));
         match value["token"].as_str().or_else(|| value["access_token"].as_str()) {
-            Some(token) => Ok(token.to_owned()),
-            None => Err(Failure::Definite {
+            Some(token) if !token.is_empty() => Ok((token.to_owned(), lasts)),
+            _ => Err(Failure::Definite {
                 reason: format!("{realm} answered without a token"),
                 unauthorized: true,
             }),
@@ -645,23 +688,49 @@ pub(crate) fn retry_after(answer: &Answer) -> Option<Duration> {
 }
 
 /// A transport error: the connection failing or timing out is transient; a name that does not
-/// resolve, or TLS refusing the certificate, is definite.
-pub(crate) fn transport_failure(method: &str, url: &str, error: &ureq::Error) -> Failure {
+/// resolve, TLS refusing the certificate or the handshake, or a peer that does not speak HTTP
+/// is definite, and says what to fix. `trust` is what the certificate was checked against.
+pub(crate) fn transport_failure(
+    method: &str,
+    url: &str,
+    error: &ureq::Error,
+    trust: &str,
+) -> Failure {
     let reason = format!("{method} {url}: {error}");
+    let definite = |reason: String| Failure::Definite { reason, unauthorized: false };
+    let host = host_of(url);
+    let tls = |cause: &dyn std::fmt::Display| {
+        definite(format!(
+            "{method} {url}: TLS with {host} failed ({cause}); its certificate was checked \
+             against {trust}: for a private CA, put it in /etc/docker/certs.d/{host}/ca.crt \
+             (as Docker reads it) or name it with MEMORIES_REGISTRY_CA"
+        ))
+    };
     match error {
-        ureq::Error::HostNotFound => Failure::Definite {
-            reason: format!("{reason} (check the registry's name)"),
-            unauthorized: false,
-        },
-        ureq::Error::Tls(_)
-        | ureq::Error::Rustls(_)
-        | ureq::Error::Pem(_)
-        | ureq::Error::BadUri(_)
-        | ureq::Error::Http(_) => Failure::Definite { reason, unauthorized: false },
-        ureq::Error::BodyExceedsLimit(limit) => Failure::Definite {
-            reason: format!("{method} {url}: the answer is larger than {limit} bytes"),
-            unauthorized: false,
-        },
+        ureq::Error::HostNotFound => definite(format!("{reason} (check the registry's name)")),
+        ureq::Error::Io(io) => {
+            if let Some(cause) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return tls(cause);
+            }
+            let text = io.to_string();
+            if text.contains("failed to lookup address") && !text.contains("Temporary failure") {
+                return definite(format!(
+                    "{method} {url}: the name {host} does not resolve ({text}): check the \
+                     registry's name"
+                ));
+            }
+            Failure::Transient { reason, rate_limited: false, retry_after: None }
+        }
+        ureq::Error::Tls(cause) => tls(cause),
+        ureq::Error::Rustls(cause) => tls(cause),
+        ureq::Error::Pem(_) | ureq::Error::BadUri(_) | ureq::Error::Http(_) => definite(reason),
+        ureq::Error::Protocol(_) => definite(format!(
+            "{reason}: {host} does not answer HTTP there (a TLS port spoken to in plain HTTP, \
+             or another service)"
+        )),
+        ureq::Error::BodyExceedsLimit(limit) => {
+            definite(format!("{method} {url}: the answer is larger than {limit} bytes"))
+        }
         _ => Failure::Transient { reason, rate_limited: false, retry_after: None },
     }
 }

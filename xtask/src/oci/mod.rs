@@ -10,6 +10,7 @@ mod manifest;
 mod reference;
 mod registry;
 mod retry;
+mod transport;
 
 pub use manifest::platform_name;
 pub use registry::{Registry, copy_request, push_request, read_request};

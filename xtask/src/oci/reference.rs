@@ -70,9 +70,8 @@ impl Repository {
         }
     }
 
-    /// Plain HTTP for a loopback registry (Docker treats those as insecure), TLS elsewhere.
-    pub(crate) fn base(&self) -> String {
-        let scheme = if is_loopback(&self.registry) { "http" } else { "https" };
+    /// The repository's API base under `scheme` (the transport's choice for its host).
+    pub(crate) fn base(&self, scheme: &str) -> String {
         format!("{scheme}://{}/v2/{}", self.api_host(), self.name)
     }
 
@@ -94,9 +93,17 @@ pub(crate) fn is_loopback(address: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(crate) fn is_loopback_url(url: &str) -> bool {
+/// The `host[:port]` of a URL.
+pub(crate) fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    is_loopback(rest.split('/').next().unwrap_or(rest))
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+}
+
+/// The origin of a URL (`scheme://host[:port]`), lowercase: credentials go only to their own.
+pub(crate) fn origin_of(url: &str) -> String {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    format!("{scheme}://{}", host_of(url)).to_ascii_lowercase()
 }
 
 pub(crate) fn display(reference: &Reference) -> String {
@@ -139,20 +146,14 @@ mod tests {
         assert!(Reference::parse("").unwrap_err().to_string().contains("REGISTRY/NAME:TAG"));
 
         let hub = Reference::parse("docker.io/acme/server:1").unwrap().repository;
-        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/acme/server");
+        assert_eq!(hub.base("https"), "https://registry-1.docker.io/v2/acme/server");
         assert_eq!(hub.credentials_key(), "https://index.docker.io/v1/");
-        let local = Reference::parse("127.0.0.1:5000/acme/server:1").unwrap().repository;
-        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/acme/server", "loopback is plain HTTP");
-        assert_eq!(
-            Reference::parse("localhost:5000/a:1").unwrap().repository.base(),
-            "http://localhost:5000/v2/a"
-        );
         assert!(
-            is_loopback_url("http://[::1]:5000/v2/") && is_loopback_url("http://127.0.0.2/v2/")
+            is_loopback("[::1]:5000") && is_loopback("127.0.0.2") && is_loopback("localhost:5000")
         );
-        assert!(
-            !is_loopback_url("https://ghcr.io/v2/") && !is_loopback_url("https://127.example/v2/")
-        );
+        assert!(!is_loopback("ghcr.io") && !is_loopback("127.example"));
+        assert_eq!(host_of("https://u:p@Storage.example:9000/u1?x=1"), "Storage.example:9000");
+        assert_eq!(origin_of("https://Storage.example:9000/u1"), "https://storage.example:9000");
+        assert_ne!(origin_of("http://127.0.0.1:5000/v2/"), origin_of("http://localhost:5000/v2/"));
     }
-
 }

@@ -13,7 +13,6 @@ use anyhow::{Result, anyhow};
 
 use crate::interrupt::{self, Interrupted};
 
-
 /// Why a registry operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
