@@ -81,7 +81,6 @@ fn bare_build(root: &Utf8Path, plan: &image::BuildPlan, archive: &Utf8Path) -> S
         "archive=$1; shift; docker buildx build \"$@\" && docker load --quiet --input \"$archive\"",
         "sh",
         archive.as_str(),
-        "build",
     ]);
     // Our exporter, writing to the peer's own archive.
     let ours = plan.images[0].archive.as_ref().expect("a reproducible build has an archive");
