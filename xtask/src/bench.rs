@@ -611,8 +611,9 @@ mod tests {
         let step = bare_build(Utf8Path::new("/repo"), &plan, Utf8Path::new("/a/s.tar")).to_string();
         let generator = &plan.generator.as_ref().unwrap().images[0].refs[0];
         assert!(
+            // The script says `docker buildx build "$@"`: the arguments start after `build`.
             step.contains(&format!(
-                "sh /a/s.tar build --output type=oci,dest=/a/s.tar,rewrite-timestamp=true,\
+                "sh /a/s.tar --output type=oci,dest=/a/s.tar,rewrite-timestamp=true,\
                  compression=gzip,compression-level=1 \
                  --attest type=provenance,mode=max --attest type=sbom,generator={generator} \
                  --build-arg SOURCE_DATE_EPOCH=1577836800 --file docker/server/Dockerfile \

@@ -156,6 +156,7 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
         builder: request.builder.clone(),
         no_cache: false,
         cache: None,
+        overwrite: false,
     };
     image::plan(root, revision, &build)
 }

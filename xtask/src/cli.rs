@@ -1031,6 +1031,9 @@ impl From<&BuildArgs> for BuildRequest {
             builder: args.builder.clone(),
             no_cache: args.no_cache,
             cache: args.cache.clone(),
+            // A developer's push moves the build tags of the commit, as `docker push` did;
+            // only releases hold their tags immutable.
+            overwrite: true,
         }
     }
 }

@@ -278,6 +278,9 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Where to read the build cache from and write it to, beyond the builder's own.
     pub cache: Option<Cache>,
+    /// Pushes may replace a tag that names another image (`release --force`); otherwise each
+    /// tag is read just before it is written and such a tag is refused.
+    pub overwrite: bool,
 }
 
 #[derive(Debug)]
@@ -300,6 +303,8 @@ pub struct BuildPlan {
     pub loads: Vec<Step>,
     /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
     pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
+    /// See [`BuildRequest::overwrite`].
+    pub overwrite: bool,
     pub root: Utf8PathBuf,
     /// The SBOM generator's own build, first, for a reproducible build; its ref is this run's
     /// alone (so builds side by side never name one image at once) and is removed afterwards.
@@ -428,6 +433,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         archives,
         loads,
         pushes,
+        overwrite: request.overwrite,
         root: root.to_owned(),
         generator,
     }
@@ -555,7 +561,7 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
         let remote = oci::Registry::new(&plan.root);
         for (planned, (archive, refs)) in plan.images.iter().zip(&plan.pushes) {
             let pushed = remote
-                .push_archive(archive, refs)
+                .push_archive(archive, refs, plan.overwrite)
                 .with_context(|| format!("cannot push {} as {}", planned.image, refs.join(", ")))
                 .context(PushCutShort)?;
             if let Some(built) = digest_of(planned.image).filter(|built| *built != pushed) {
@@ -736,6 +742,7 @@ mod tests {
             builder: Some("multi".into()),
             no_cache: true,
             cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
+            overwrite: false,
         };
         let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
         assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);

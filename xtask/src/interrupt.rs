@@ -131,8 +131,6 @@ pub fn interrupted_io() -> std::io::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
 
     #[test]

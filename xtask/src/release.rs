@@ -195,6 +195,7 @@ fn build_plan(
             builder: request.builder.clone(),
             no_cache: false,
             cache: request.cache.clone(),
+            overwrite: request.allow.overwrite,
         },
     )
 }
@@ -666,6 +667,16 @@ pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
     let manifest = &inspected["manifest"];
     let digest = manifest["digest"].as_str().context("no digest in the answer")?.to_owned();
     let mut platforms = BTreeMap::new();
+    if manifest.get("manifests").is_none() && manifest.get("config").is_some() {
+        // One image stored as a manifest, not an index: its platform is its config's.
+        let image = &inspected["image"];
+        let platform = serde_json::json!({
+            "os": image["os"], "architecture": image["architecture"], "variant": image["variant"],
+        });
+        if let Some(name) = crate::oci::platform_name(&platform) {
+            platforms.insert(name, digest.clone());
+        }
+    }
     for entry in manifest["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let p = &entry["platform"];
         // An attestation manifest (`unknown/unknown`) is not an image.

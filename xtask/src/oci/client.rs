@@ -111,6 +111,8 @@ pub struct Client {
     root: Utf8PathBuf,
     /// Logins by registry and, for bearer tokens, scope.
     authorizations: Mutex<HashMap<String, Authorization>>,
+    /// The repository of each registry's blobs this run saw there, by `registry digest`.
+    blobs: Mutex<HashMap<String, String>>,
     /// Held while a 401 is answered with a login.
     authorizing: Mutex<()>,
     /// Credentials looked up so far, by registry (`None`: there are none).
@@ -124,6 +126,7 @@ impl Client {
             policy,
             root: root.to_owned(),
             authorizations: Mutex::new(HashMap::new()),
+            blobs: Mutex::new(HashMap::new()),
             authorizing: Mutex::new(()),
             credentials: Mutex::new(HashMap::new()),
         }
@@ -241,14 +244,26 @@ impl Client {
         let doing = format!("upload blob {digest} to {}", display_repo(repo));
         for _ in 0..3 {
             if self.has_blob(repo, digest)? {
+                self.holds(repo, digest);
                 return Ok(());
             }
-            let start = format!("{}/blobs/uploads/", self.base(repo)?);
+            // A blob this run saw in another repository of the registry is mounted from there
+            // (no bytes move); a registry that declines opens an ordinary session instead.
+            let from =
+                self.blobs.lock().expect("not poisoned").get(&blob_key(repo, digest)).cloned();
+            let mut start = format!("{}/blobs/uploads/", self.base(repo)?);
+            if let Some(from) = &from {
+                start.push_str(&format!("?mount={}&from={}", encode(digest), encode(from)));
+            }
             let what = format!("starting the upload of blob {digest} to {}", display_repo(repo));
             let started = self.retried(&what, || {
                 self.send(repo, Access::Push, &Call::new("POST", &start, MANIFEST_LIMIT))
             })?;
             let started = started.map_err(|f| explain(&format!("cannot {doing}"), f))?;
+            if from.is_some() && started.status == 201 {
+                self.holds(repo, digest);
+                return Ok(());
+            }
             let location = started.header("location").with_context(|| {
                 format!("cannot {doing}: the registry named no upload location")
             })?;
@@ -266,7 +281,10 @@ impl Client {
                     &Call::new("PUT", &url, MANIFEST_LIMIT).with_body(body),
                 )
             })? {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.holds(repo, digest);
+                    return Ok(());
+                }
                 // The session is gone (expired, or consumed by an attempt whose answer was
                 // lost): the blob may be there now, else a new session.
                 Err(Failure::Absent { .. }) => continue,
@@ -276,11 +294,23 @@ impl Client {
         bail!("cannot {doing}: the registry forgot three upload sessions in a row")
     }
 
+    /// Notes that `repo` holds the blob, so that other repositories of the registry mount it.
+    fn holds(&self, repo: &Repository, digest: &str) {
+        self.blobs.lock().expect("not poisoned").insert(blob_key(repo, digest), repo.name.clone());
+    }
+
     /// Pushes the one index of an OCI archive under every tag of `targets` (refs of one
-    /// repository): each blob it reaches is uploaded once (skipped when the registry has it),
-    /// then each manifest by digest, then the index under each tag. Returns the index's
-    /// digest.
-    pub fn push_archive(&self, archive: &Utf8Path, targets: &[Reference]) -> Result<String> {
+    /// repository): each blob it reaches is uploaded once (skipped when the registry has it,
+    /// mounted when another repository of it does), then each manifest by digest, then the
+    /// index under each tag. Unless `overwrite`, each tag is read again just before it is
+    /// written, and a tag that names another digest is refused: another build pushed it
+    /// meanwhile, and released tags are immutable. Returns the index's digest.
+    pub fn push_archive(
+        &self,
+        archive: &Utf8Path,
+        targets: &[Reference],
+        overwrite: bool,
+    ) -> Result<String> {
         let Some(first) = targets.first() else { bail!("no ref to push {archive} to") };
         let repo = &first.repository;
         if let Some(other) = targets.iter().find(|t| &t.repository != repo) {
@@ -329,6 +359,19 @@ impl Client {
             self.put_manifest(&by_digest, manifest)?;
         }
         for target in targets {
+            if !overwrite {
+                match self.manifest(target)? {
+                    Some(current) if current.digest == top.digest => continue,
+                    Some(current) => bail!(
+                        "{} appeared in the registry as {} while this image was built (another \
+                         build pushed it), and released tags are immutable: nothing was \
+                         overwritten; bump the version, or pass --force to overwrite",
+                        display(target),
+                        current.digest
+                    ),
+                    None => {}
+                }
+            }
             self.put_manifest(target, &top)?;
         }
         Ok(top.digest)
@@ -685,6 +728,10 @@ pub(crate) fn registry_errors(body: &[u8]) -> String {
 /// `Retry-After` in seconds (the HTTP-date form is rare from registries and is not read).
 pub(crate) fn retry_after(answer: &Answer) -> Option<Duration> {
     answer.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn blob_key(repo: &Repository, digest: &str) -> String {
+    format!("{} {digest}", repo.registry)
 }
 
 /// A transport error: the connection failing or timing out is transient; a name that does not

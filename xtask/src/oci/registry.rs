@@ -39,12 +39,18 @@ impl Registry {
         Ok(self.client.manifest(&Reference::parse(reference)?)?.map(|m| m.value))
     }
 
-    /// Pushes the image in the OCI archive under every ref of `refs` (one repository); returns
-    /// the digest of its index.
-    pub fn push_archive(&self, archive: &Utf8Path, refs: &[String]) -> Result<String> {
+    /// Pushes the image in the OCI archive under every ref of `refs` (one repository), each
+    /// refused if it names another image by then unless `overwrite`; returns the digest of its
+    /// index.
+    pub fn push_archive(
+        &self,
+        archive: &Utf8Path,
+        refs: &[String],
+        overwrite: bool,
+    ) -> Result<String> {
         let targets: Vec<Reference> =
             refs.iter().map(|r| Reference::parse(r)).collect::<Result<_>>()?;
-        self.client.push_archive(archive, &targets)
+        self.client.push_archive(archive, &targets, overwrite)
     }
 
     /// A manifest copy inside the registry: `target` then names the digest `source` names, and
