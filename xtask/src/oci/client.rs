@@ -444,7 +444,12 @@ impl Client {
                 return Err(Interrupted.into());
             }
             let mut held = match own_origin {
-                true => self.authorizations.lock().expect("not poisoned").get(&key).cloned(),
+                true => {
+                    let held = self.authorizations.lock().expect("not poisoned");
+                    // A push token (`pull,push`) serves reads too.
+                    let push = format!("{} {}", repo.registry, Access::Push.scope(&repo.name));
+                    held.get(&key).or_else(|| held.get(&push)).cloned()
+                }
                 false => None,
             };
             if let Some(stale) = held.as_ref().filter(|a| a.expired()) {
@@ -575,8 +580,9 @@ impl Client {
         let credentials = self.credentials_for(repo)?;
         let login = |value: String, lasts: Option<Duration>| Authorization {
             value,
-            // Renewed a little early: a request sent just before the end would be refused.
-            expires: lasts.map(|d| Instant::now() + d.mul_f64(0.9)),
+            // Renewed early, with a fifth of its life left: a request sent just before the end
+            // can wait in a queue and arrive after it.
+            expires: lasts.map(|d| Instant::now() + d.mul_f64(0.8)),
             challenge: challenge.to_owned(),
         };
         let unauthorized =
