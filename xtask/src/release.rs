@@ -991,6 +991,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_newer_release_stored_as_one_manifest_keeps_its_moving_tags() {
+        // A single manifest (no index): `image` is its config, not a map by platform.
+        let single = json!({
+            "manifest": {"digest": "sha256:one", "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                         "config": {"digest": "sha256:cfg"}, "layers": []},
+            "image": {"os": "linux", "architecture": "amd64",
+                      "config": {"Labels": {"org.opencontainers.image.version": "0.9.0"}}},
+        });
+        let found = read_index(&single).unwrap();
+        assert_eq!(found.version.as_deref(), Some("0.9.0"));
+        assert_eq!(found.platforms.keys().collect::<Vec<_>>(), ["linux/amd64"]);
+        let ours = revision("0.1.1", false);
+        assert_eq!(decide_move(&ours, Some("sha256:a"), Some(&found)), Move::Keep("0.9.0".into()));
+    }
+
     fn inspected(platforms: &[(&str, &str)], version: &str, revision: &str) -> Value {
         let mut manifests: Vec<Value> = platforms
             .iter()
