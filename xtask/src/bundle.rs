@@ -606,6 +606,8 @@ pub fn load(
     })();
     let (_, sha256) = copied.map_err(interrupted)?;
     check_hash(file, checksum, sha256)?;
+    // Every entry is checked before anything of the bundle is read or loaded.
+    crate::oci::archive_entries(&copy, file)?;
     let layout = Layout::read(&copy, file)?;
     if let Some(check) = signature {
         check.check(&copy, file)?;

@@ -711,3 +711,67 @@ fn dev_watch_plans_the_rules_of_the_dev_overlay_and_excludes_attach() {
     let both = xtask(&["dev", "--watch", "--attach"]).output().unwrap();
     assert_eq!(both.status.code(), Some(2), "--watch and --attach exclude each other");
 }
+
+/// `bundle` with one more entry at its end: `name` (written raw, so `..` stays), of `kind`.
+fn bundle_with(dir: &Path, name: &str, kind: tar::EntryType, bytes: &[u8]) -> (PathBuf, String) {
+    use sha2::Digest;
+    let (path, _) = bundle(dir, b"an image index");
+    let mut tar = std::fs::read(&path).unwrap();
+    // Drop the end-of-archive blocks (and any padding) that `finish` wrote.
+    while tar.len() >= 512 && tar[tar.len() - 512..].iter().all(|b| *b == 0) {
+        tar.truncate(tar.len() - 512);
+    }
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_size(if kind == tar::EntryType::Regular { bytes.len() as u64 } else { 0 });
+    if kind == tar::EntryType::Symlink {
+        header.set_link_name("/etc/shadow").unwrap();
+    }
+    header.set_cksum();
+    tar.extend_from_slice(header.as_bytes());
+    if kind == tar::EntryType::Regular {
+        tar.extend_from_slice(bytes);
+        tar.resize(tar.len().next_multiple_of(512), 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    std::fs::write(&path, &tar).unwrap();
+    let sha256: String = sha2::Sha256::digest(&tar).iter().map(|b| format!("{b:02x}")).collect();
+    (path, sha256)
+}
+
+#[test]
+fn a_bundle_with_a_smuggled_or_escaping_entry_is_refused_before_anything_loads() {
+    let smuggled = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:00","size":1,"annotations":{"io.containerd.image.name":"docker.io/adv/smuggled:1"}}]}"#;
+    let cases = [
+        ("./index.json", tar::EntryType::Regular, "repeats a name"),
+        ("../outside", tar::EntryType::Regular, "climbs out of the archive"),
+        ("/etc/cron.d/x", tar::EntryType::Regular, "is an absolute path"),
+        ("blobs/sha256/link", tar::EntryType::Symlink, "is not a file"),
+        ("dev", tar::EntryType::Char, "is not a file"),
+    ];
+    for (n, (name, kind, why)) in cases.into_iter().enumerate() {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("smuggled-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, sha256) = bundle_with(&dir, name, kind, smuggled);
+        let file = file.to_str().unwrap();
+        let public = dir.join("cosign.pub");
+        std::fs::write(&public, "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n")
+            .unwrap();
+        for key in [None, Some(public.to_str().unwrap())] {
+            let mut args = vec!["images", "load", file, "--sha256", &sha256];
+            args.extend(key.map(|k| ["--key", k]).into_iter().flatten());
+            let (output, log) = run_without_docker(&format!("smuggled-{n}"), &args);
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+            let last = stderr.lines().last().unwrap_or_default();
+            assert!(
+                last.contains(&format!("{file} is refused: its entry `{name}` {why}")),
+                "{last}"
+            );
+            assert!(!log.exists(), "docker ran for {name}: {:?}", std::fs::read_to_string(&log));
+        }
+    }
+}

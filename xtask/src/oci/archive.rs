@@ -22,17 +22,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub(crate) fn open(path: &Utf8Path) -> Result<Layout> {
-        let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
-        let mut archive = tar::Archive::new(BufReader::new(file));
-        let mut entries = HashMap::new();
-        // Seeking past each entry's data: only the headers are read.
-        for entry in archive.entries_with_seek().with_context(|| format!("cannot read {path}"))? {
-            let entry = entry.with_context(|| format!("cannot read {path}"))?;
-            let name =
-                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
-            entries.insert(name, (entry.raw_file_position(), entry.size()));
-        }
-        Ok(Layout { path: path.to_owned(), entries })
+        Ok(Layout { path: path.to_owned(), entries: entries(path, path)? })
     }
 
     pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
@@ -112,6 +102,59 @@ impl Layout {
     }
 }
 
+/// The entries of the tar file at `path` (`shown` in errors: the user's name for it, where
+/// `path` is a private copy), by name, each with the offset of its data and its size. Every
+/// name is normalised once (`./` taken off); the whole file is refused, naming the entry, when
+/// any entry is absolute, climbs out with `..`, is a link, a device or anything but a file or a
+/// directory, or repeats a name: such an archive is not what an exporter wrote, and a second
+/// `index.json` or a link would reach `docker load` unchecked. Only the headers are read.
+pub fn entries(path: &Utf8Path, shown: &Utf8Path) -> Result<HashMap<String, (u64, u64)>> {
+    let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    let mut entries = HashMap::new();
+    let refuse = |name: &str, why: &str| {
+        anyhow::anyhow!(
+            "{shown} is refused: its entry `{name}` {why}; an OCI archive holds only files and \
+             directories, each named once, inside it (nothing was loaded or pushed)"
+        )
+    };
+    for entry in archive.entries_with_seek().with_context(|| format!("cannot read {shown}"))? {
+        let entry = entry.with_context(|| format!("cannot read {shown}"))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        let name = normalise(&raw).map_err(|why| refuse(&raw, why))?;
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(refuse(&raw, "is not a file (a link, a device or another special entry)"));
+        }
+        if entries.insert(name, (entry.raw_file_position(), entry.size())).is_some() {
+            return Err(refuse(&raw, "repeats a name an earlier entry has"));
+        }
+    }
+    Ok(entries)
+}
+
+/// A tar entry's name without `./` and trailing `/`; an error says why it is not acceptable.
+fn normalise(raw: &str) -> Result<String, &'static str> {
+    if raw.starts_with('/') {
+        return Err("is an absolute path");
+    }
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("climbs out of the archive with `..`"),
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err("has no name");
+    }
+    Ok(parts.join("/"))
+}
+
 /// `size` bytes of the file at `path` from `offset`; reading stops on Ctrl-C.
 pub(crate) fn open_range(
     path: &Utf8Path,
@@ -121,4 +164,18 @@ pub(crate) fn open_range(
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     Ok(Interruptible(BufReader::new(file).take(size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_are_normalised_once_and_escapes_refused() {
+        assert_eq!(normalise("./index.json"), Ok("index.json".into()));
+        assert_eq!(normalise("blobs//sha256/ab/"), Ok("blobs/sha256/ab".into()));
+        assert!(normalise("/etc/passwd").is_err());
+        assert!(normalise("blobs/../../x").is_err());
+        assert!(normalise("./").is_err());
+    }
 }

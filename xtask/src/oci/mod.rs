@@ -12,6 +12,7 @@ mod registry;
 mod retry;
 mod transport;
 
+pub use archive::entries as archive_entries;
 pub use manifest::platform_name;
 pub use registry::{Registry, copy_request, push_request, read_request};
 pub use retry::{Failure, retries};
