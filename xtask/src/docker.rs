@@ -33,8 +33,12 @@ pub fn require_cli() -> Result<()> {
 
 /// Explains a failed buildx command when the cause is the setup rather than the build: a
 /// stopped daemon or a missing plugin. Runs only after a failure, so a successful build pays
-/// nothing for it.
+/// nothing for it. A build that a signal stopped is the interruption itself: the engine queries
+/// would be refused too, and their "cannot reach the Docker daemon" would be false.
 pub fn explain_buildx_failure(failure: anyhow::Error) -> anyhow::Error {
+    if crate::interrupt::is_set() {
+        return crate::interrupt::Interrupted.into();
+    }
     match require_buildx() {
         Ok(()) => failure,
         Err(setup) => setup,
