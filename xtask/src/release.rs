@@ -810,8 +810,9 @@ mod tests {
             (0..steps.len()).filter(|&i| steps[i].contains("cosign sign")).collect();
         assert_eq!(signs.len(), 2, "one signature per index: {steps:#?}");
         assert!(
-            steps[signs[0]]
-                .ends_with("--tlog-upload=false '127.0.0.1:5000/acme/server@sha256:<built>'"),
+            steps[signs[0]].ends_with(
+                "--tlog-upload=false '127.0.0.1:5000/acme/server@sha256:<built>' <stdin"
+            ),
             "{}",
             steps[signs[0]]
         );

@@ -2,10 +2,14 @@
 //! Docker: `release --sign` signs each released index by digest and reads every signature back,
 //! and `cargo xtask verify` checks any published ref with a public key.
 //!
-//! Keys never reach a command line or a log. The private key, its password and the public key
-//! go to `docker run` as variables named without a value (`--env COSIGN_KEY`), which docker
-//! copies from the environment we give it, and cosign reads them as `env://COSIGN_KEY`; they
-//! are secrets of every step, so a plan or an error shows `***`.
+//! Keys never reach a command line, a log or the container's environment (which `docker
+//! inspect` shows). The private key is written to a directory of this run that only we may
+//! enter (`$TMPDIR/xtask-cosign-<run id>`, removed when the step ends, swept after a `kill -9`),
+//! mounted read-only, and cosign runs as us to read it; its password goes on cosign's stdin,
+//! which cosign reads when `COSIGN_PASSWORD` is unset and stdin is not a terminal. The public
+//! key, which is no secret, goes as a variable named without a value (`--env
+//! COSIGN_PUBLIC_KEY`). The password and the key are secrets of every step: a plan or an error
+//! shows `***`.
 //!
 //! No transparency log is reachable here, so by default nothing is uploaded to one
 //! (`--tlog-upload=false`) and verification looks for no entry in one
@@ -21,11 +25,15 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::oci::{self, Failure};
 use crate::plan::Step;
+use crate::reap::RunDir;
 use crate::version::Revision;
 
-/// The variables a key reaches cosign through.
-const PRIVATE_KEY_VAR: &str = "COSIGN_KEY";
+/// The variable the public key reaches cosign through.
 const PUBLIC_KEY_VAR: &str = "COSIGN_PUBLIC_KEY";
+/// The private directory that holds the private key (and a blob to sign) on the host, and
+/// where cosign finds it.
+const KEY_DIR_PREFIX: &str = "xtask-cosign-";
+const KEY_MOUNT: &str = "/run/cosign";
 /// cosign's own variable for the private key's password (empty for a key without one).
 pub const PASSWORD_VAR: &str = "COSIGN_PASSWORD";
 
@@ -159,8 +167,11 @@ impl Signer {
 
     /// Signs `blob`, then checks the signature with `public`: the signature, base64.
     pub fn sign_blob(&self, public: &Key, blob: &[u8]) -> Result<String> {
-        let step = self.cosign.sign_blob_step(&self.key, &self.password, blob);
-        let captured = step.capture()?;
+        let step = self.cosign.sign_blob_step(&self.key, &self.password);
+        let files = KeyFiles::write(&self.key, Some(blob))?;
+        let captured = step.capture();
+        drop(files);
+        let captured = captured?;
         if !captured.success() {
             bail!("cannot sign: {}", step.redact(last_line(&captured.stderr)));
         }
@@ -220,8 +231,9 @@ impl Cosign {
     }
 
     /// `docker run` of cosign with the variables in `env` passed by name (and stdin, for the
-    /// commands that read a blob there).
-    fn run(&self, env: &[&str]) -> Step {
+    /// commands that read a blob or a password there); with `keys`, the private key directory
+    /// is mounted read-only and cosign runs as us, who alone may read it.
+    fn run(&self, env: &[&str], keys: Option<&Utf8Path>) -> Step {
         let mut step = crate::docker::cli(&self.root).args([
             "run",
             "--rm",
@@ -229,13 +241,22 @@ impl Cosign {
             "--network",
             "host",
         ]);
+        let us = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        if let Some(dir) = keys {
+            step = step.args(["--volume", &format!("{dir}:{KEY_MOUNT}:ro")]);
+        }
         match &self.docker_config {
             Some(config) => {
-                let (uid, gid) = config.owner;
+                let (uid, gid) = if keys.is_some() { us } else { config.owner };
                 step = step
                     .args(["--user", &format!("{uid}:{gid}")])
                     .args(["--volume", &format!("{}:/docker/config.json:ro", config.file)])
                     .args(["--env", "DOCKER_CONFIG=/docker"]);
+            }
+            None if keys.is_some() => {
+                step = step
+                    .args(["--user", &format!("{}:{}", us.0, us.1)])
+                    .args(["--env", "HOME=/tmp"]);
             }
             None => step = step.args(["--env", "HOME=/tmp"]),
         }
@@ -245,13 +266,13 @@ impl Cosign {
         step.arg(&self.image).arg("cosign").timeout(std::time::Duration::from_secs(300))
     }
 
-    /// cosign `command` with the private key and its password (secrets of the step).
+    /// cosign `command` with the private key from the key directory ([`KeyFiles`] writes it
+    /// before the step runs) and its password on stdin (secrets of the step).
     fn with_private_key(&self, command: &str, key: &Key, password: &str) -> Step {
-        let key_ref = format!("env://{PRIVATE_KEY_VAR}");
-        self.run(&[PRIVATE_KEY_VAR, PASSWORD_VAR])
-            .args([command, "--key", &key_ref])
-            .env(PRIVATE_KEY_VAR, &key.pem)
-            .env(PASSWORD_VAR, password)
+        let key_file = format!("{KEY_MOUNT}/cosign.key");
+        self.run(&[], Some(&KeyFiles::planned()))
+            .args([command, "--key", &key_file])
+            .stdin(password.to_owned())
             .secret(&key.pem)
             .secret(password)
     }
@@ -259,7 +280,9 @@ impl Cosign {
     /// cosign `command` with a public key.
     fn with_public_key(&self, command: &str, key: &Key) -> Step {
         let key_ref = format!("env://{PUBLIC_KEY_VAR}");
-        self.run(&[PUBLIC_KEY_VAR]).args([command, "--key", &key_ref]).env(PUBLIC_KEY_VAR, &key.pem)
+        self.run(&[PUBLIC_KEY_VAR], None)
+            .args([command, "--key", &key_ref])
+            .env(PUBLIC_KEY_VAR, &key.pem)
     }
 
     /// The flag that leaves the transparency log out, when it is left out: `flag` is the
@@ -280,10 +303,11 @@ impl Cosign {
         self.offline(step, "--insecure-ignore-tlog=true").arg(target)
     }
 
-    /// `cosign sign-blob` of `blob`, fed on stdin: the signature, base64, on stdout.
-    pub fn sign_blob_step(&self, key: &Key, password: &str, blob: &[u8]) -> Step {
+    /// `cosign sign-blob` of the blob [`KeyFiles`] writes beside the key (stdin carries the
+    /// password): the signature, base64, on stdout.
+    pub fn sign_blob_step(&self, key: &Key, password: &str) -> Step {
         let step = self.with_private_key("sign-blob", key, password).arg("--yes");
-        self.offline(step, "--tlog-upload=false").arg("-").stdin_bytes(blob.to_vec())
+        self.offline(step, "--tlog-upload=false").arg(format!("{KEY_MOUNT}/blob"))
     }
 
     /// `cosign verify-blob` of `blob` (on stdin) against `signature` with a public key.
@@ -327,7 +351,10 @@ impl Cosign {
 
     pub fn public_key(&self, key: &Key, password: &str) -> Result<Key> {
         let step = self.public_key_step(key, password);
-        let captured = step.capture()?;
+        let files = KeyFiles::write(key, None)?;
+        let captured = step.capture();
+        drop(files);
+        let captured = captured?;
         if !captured.success() {
             bail!(
                 "cannot read the signing key {}: {}: set {PASSWORD_VAR} to its password (empty \
@@ -342,7 +369,10 @@ impl Cosign {
     /// Signs `target`, retrying what fails transiently.
     pub fn sign(&self, key: &Key, password: &str, target: &str) -> Result<()> {
         let step = self.sign_step(key, password, target);
-        match self.attempt(&format!("signing {target}"), &step)? {
+        let files = KeyFiles::write(key, None)?;
+        let attempted = self.attempt(&format!("signing {target}"), &step);
+        drop(files);
+        match attempted? {
             Ok(()) => Ok(()),
             Err(reason) => bail!("cannot sign {target}: {reason}"),
         }
@@ -353,6 +383,44 @@ impl Cosign {
     pub fn verify(&self, key: &Key, target: &str) -> Result<Result<(), String>> {
         let step = self.verify_step(key, target).quiet();
         self.attempt(&format!("verifying {target}"), &step)
+    }
+}
+
+/// The private key (and a blob to sign) written for one cosign step, in a directory of this
+/// run only we may enter; removed, with everything in it, when dropped.
+struct KeyFiles {
+    _dir: RunDir,
+}
+
+impl KeyFiles {
+    fn parent() -> Utf8PathBuf {
+        Utf8PathBuf::try_from(std::env::temp_dir()).unwrap_or_else(|_| Utf8PathBuf::from("/tmp"))
+    }
+
+    /// Where [`KeyFiles::write`] puts them, for plans.
+    fn planned() -> Utf8PathBuf {
+        RunDir::planned(&KeyFiles::parent(), KEY_DIR_PREFIX)
+    }
+
+    fn write(key: &Key, blob: Option<&[u8]>) -> Result<KeyFiles> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = RunDir::new(&KeyFiles::parent(), KEY_DIR_PREFIX)?;
+        let write = |name: &str, bytes: &[u8]| -> Result<()> {
+            let path = dir.path().join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {path}"))?;
+            file.write_all(bytes).with_context(|| format!("cannot write {path}"))
+        };
+        write("cosign.key", key.pem.as_bytes())?;
+        if let Some(blob) = blob {
+            write("blob", blob)?;
+        }
+        Ok(KeyFiles { _dir: dir })
     }
 }
 
@@ -419,13 +487,18 @@ mod tests {
         let step = cosign(false).sign_step(&key, "hunter2", "r/server@sha256:abc");
         let argv = step.args.join(" ");
         assert!(!argv.contains("AAAA") && !argv.contains("hunter2"), "{argv}");
-        assert!(argv.contains("--env COSIGN_KEY --env COSIGN_PASSWORD"), "{argv}");
+        assert!(step.env.is_empty(), "nothing secret in the container's environment");
+        assert!(
+            argv.contains(&format!("--volume {}:/run/cosign:ro", KeyFiles::planned())),
+            "{argv}"
+        );
         assert!(
             argv.ends_with(
-                "cosign sign --key env://COSIGN_KEY --yes --tlog-upload=false r/server@sha256:abc"
+                "cosign sign --key /run/cosign/cosign.key --yes --tlog-upload=false r/server@sha256:abc"
             ),
             "{argv}"
         );
+        assert_eq!(step.stdin.as_deref(), Some("hunter2"), "the password goes on stdin");
         let shown = step.to_json().to_string();
         assert!(!shown.contains("AAAA") && !shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"), "{shown}");
