@@ -775,3 +775,52 @@ fn a_bundle_with_a_smuggled_or_escaping_entry_is_refused_before_anything_loads()
         }
     }
 }
+
+#[test]
+fn ctrl_c_while_a_multi_gb_bundle_is_copied_exits_130_at_once_and_leaves_no_copy() {
+    use std::time::{Duration, Instant};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ctrl-c-load");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 8 GB, sparse: the copy into the private directory takes far longer than the test waits.
+    let file = dir.join("big.tar");
+    std::fs::File::create(&file).unwrap().set_len(8 << 30).unwrap();
+    let temp = dir.join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let (path, log) = fake_docker("ctrl-c-load");
+    let mut child = xtask(&["images", "load", file.to_str().unwrap(), "--sha256", &"a".repeat(64)])
+        .env("PATH", path)
+        .env("TMPDIR", &temp)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the private copy is growing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let copy_size =
+        || -> u64 { walk_files(&temp).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum() };
+    while copy_size() < (64 << 20) {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let sent = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(1), "it took {took:?} to stop: {stderr}");
+    assert!(walk_files(&temp).is_empty(), "the private copy was left: {:?}", walk_files(&temp));
+    assert!(!log.exists(), "docker ran: {:?}", std::fs::read_to_string(&log));
+    assert!(stderr.lines().last().unwrap_or_default().contains("interrupted"), "{stderr}");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+    }
+    files
+}
