@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -24,6 +25,7 @@ use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::interrupt::{self, Interruptible};
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
+use crate::progress::{Counted, Progress};
 use crate::reap::RunDir;
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options, Signer};
 use crate::version::Revision;
@@ -352,7 +354,8 @@ fn write_bundle(
     let mut front = vec![(INDEX, &index), (METADATA, metadata)];
     front.extend(signature.map(|s| (SIGNATURE, s)));
     let skip = [INDEX, METADATA, SIGNATURE];
-    let written = copy_layout(archive, io::BufWriter::new(file), &front, &skip)
+    let what = format!("writing {path}");
+    let written = copy_layout(archive, io::BufWriter::new(file), &front, &skip, &what)
         .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error));
     let file = written.map_err(|e| interrupted(anyhow!(e)));
     let file = file.with_context(|| format!("cannot write {path} from {archive}"))?;
@@ -360,19 +363,24 @@ fn write_bundle(
 }
 
 /// Writes to `sink` a tar of the `front` entries (JSON documents), then every entry of the tar
-/// file `source` but those named in `skip`, as it is. Stops on Ctrl-C.
+/// file `source` but those named in `skip`, as it is; its progress is shown as `what`. Stops
+/// on Ctrl-C.
 fn copy_layout<W: Write>(
     source: &Utf8Path,
     sink: W,
     front: &[(&str, &Value)],
     skip: &[&str],
+    what: &str,
 ) -> io::Result<W> {
+    let total = std::fs::metadata(source)?.len();
+    let progress = Arc::new(Progress::bytes(what, total));
     let mut tar = tar::Builder::new(sink);
     for (name, value) in front {
         let text = serde_json::to_vec_pretty(value).expect("JSON serialises");
         tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
     }
-    let mut archive = tar::Archive::new(BufReader::new(File::open(source)?));
+    let reader = Counted::new(BufReader::new(File::open(source)?), progress);
+    let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
@@ -424,8 +432,11 @@ pub fn read_tar_entries(path: &Utf8Path, names: &[&str]) -> Result<Vec<Option<Ve
 }
 
 fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {path}"))?;
-    copy_hashing(&mut file, &mut io::sink()).with_context(|| format!("cannot read {path}"))
+    let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    let total = file.metadata().map_or(0, |m| m.len());
+    let progress = Arc::new(Progress::bytes(&format!("hashing {path}"), total));
+    copy_hashing(&mut Counted::new(file, progress), &mut io::sink())
+        .with_context(|| format!("cannot read {path}"))
 }
 
 /// Copies `reader` into `writer` and returns the size and lowercase hex SHA-256 of what it
@@ -536,7 +547,8 @@ fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
 fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<()> {
     let skip = [INDEX, METADATA, SIGNATURE, DOCKER_MANIFEST];
     let written =
-        copy_layout(file, sink, &[(INDEX, &layout.index)], &skip).and_then(|mut out| out.flush());
+        copy_layout(file, sink, &[(INDEX, &layout.index)], &skip, &format!("loading {file}"))
+            .and_then(|mut out| out.flush());
     written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
 }
 
@@ -599,9 +611,11 @@ pub fn load(
     let private = RunDir::new(&temp, PRIVATE_PREFIX)?;
     let copy = private.path().join("bundle.tar");
     let copied = (|| -> Result<(u64, String)> {
-        let mut source = File::open(file).with_context(|| format!("cannot open {file}"))?;
+        let source = File::open(file).with_context(|| format!("cannot open {file}"))?;
+        let total = source.metadata().map_or(0, |m| m.len());
+        let progress = Arc::new(Progress::bytes(&format!("copying and hashing {file}"), total));
         let mut target = File::create(&copy).with_context(|| format!("cannot create {copy}"))?;
-        copy_hashing(&mut source, &mut target)
+        copy_hashing(&mut Counted::new(source, progress), &mut target)
             .with_context(|| format!("cannot copy {file} to {copy}"))
     })();
     let (_, sha256) = copied.map_err(interrupted)?;

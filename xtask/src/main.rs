@@ -20,6 +20,7 @@ mod oci;
 mod plan;
 mod platform;
 mod prod;
+mod progress;
 mod reap;
 mod registry;
 mod release;
@@ -67,11 +68,18 @@ fn run(cli: Cli) -> Result<()> {
     let root = project_root();
     match cli.command {
         Command::Version(args) => version::run(&root, args.json),
-        Command::Build(args) => image::run(&root, &(&args).into(), args.preview.into()),
-        Command::Release(args) => release::run(&root, &(&args).into(), args.preview.into()),
+        Command::Build(args) => {
+            quiet_progress(args.preview.json);
+            image::run(&root, &(&args).into(), args.preview.into())
+        }
+        Command::Release(args) => {
+            quiet_progress(args.preview.json);
+            release::run(&root, &(&args).into(), args.preview.into())
+        }
         Command::Verify(args) => verify::run(&root, &(&args).into(), args.json),
         Command::Images(args) => {
             let (action, preview) = args.action.into_request();
+            quiet_progress(preview.json);
             bundle::run(&root, action, preview)
         }
         Command::WaitFor(args) => wait::run(&args.into()),
@@ -109,6 +117,13 @@ fn run(cli: Cli) -> Result<()> {
             report.print(json);
             Ok(())
         }
+    }
+}
+
+/// Under `--json`, no progress is said: stderr carries only what a failure needs.
+fn quiet_progress(json: bool) {
+    if json {
+        progress::quiet();
     }
 }
 

@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -33,6 +33,7 @@ use crate::oci::manifest::{
 use crate::oci::reference::{Reference, Repository, display, display_repo, host_of, origin_of};
 use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries};
 use crate::oci::transport::Transport;
+use crate::progress::{Counted, Progress};
 
 /// The largest manifest read (the distribution spec asks registries to take 4 MiB).
 pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
@@ -51,6 +52,8 @@ pub(crate) enum Body<'a> {
         path: &'a Utf8Path,
         offset: u64,
         size: u64,
+        /// Where the bytes sent are counted; an attempt that fails takes its count back.
+        progress: Option<&'a Arc<Progress>>,
     },
 }
 
@@ -239,12 +242,19 @@ impl Client {
 
     /// Uploads one blob of an archive unless the repository has it: a session (`POST`), then
     /// the whole blob in one `PUT`. A session the registry forgot is started again.
-    fn upload(&self, repo: &Repository, layout: &Layout, digest: &str) -> Result<()> {
+    fn upload(
+        &self,
+        repo: &Repository,
+        layout: &Layout,
+        digest: &str,
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
         let (offset, size) = layout.blob_position(digest)?;
         let doing = format!("upload blob {digest} to {}", display_repo(repo));
         for _ in 0..3 {
             if self.has_blob(repo, digest)? {
                 self.holds(repo, digest);
+                progress.add(size);
                 return Ok(());
             }
             // A blob this run saw in another repository of the registry is mounted from there
@@ -262,6 +272,7 @@ impl Client {
             let started = started.map_err(|f| explain(&format!("cannot {doing}"), f))?;
             if from.is_some() && started.status == 201 {
                 self.holds(repo, digest);
+                progress.add(size);
                 return Ok(());
             }
             let location = started.header("location").with_context(|| {
@@ -271,9 +282,12 @@ impl Client {
             let location = absolute(&base, location);
             let separator = if location.contains('?') { '&' } else { '?' };
             let url = format!("{location}{separator}digest={}", encode(digest));
-            let body = Body::File { path: &layout.path, offset, size };
-            let what =
-                format!("uploading blob {digest} ({}) to {}", human_size(size), display_repo(repo));
+            let body = Body::File { path: &layout.path, offset, size, progress: Some(progress) };
+            let what = format!(
+                "uploading blob {digest} ({}) to {}",
+                crate::progress::size(size),
+                display_repo(repo)
+            );
             match self.retried(&what, || {
                 self.send(
                     repo,
@@ -326,6 +340,11 @@ impl Client {
         let mut blobs = BTreeSet::new();
         layout.walk(&top, &mut manifests, &mut blobs)?;
         let blobs: Vec<String> = blobs.into_iter().collect();
+        let mut total = 0;
+        for digest in &blobs {
+            total += layout.blob_position(digest)?.1;
+        }
+        let progress = Arc::new(Progress::bytes(&format!("pushing {}", display(first)), total));
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let errors = Mutex::new(Vec::new());
@@ -337,7 +356,7 @@ impl Client {
                         if n >= blobs.len() || failed.load(Ordering::SeqCst) {
                             return;
                         }
-                        if let Err(err) = self.upload(repo, &layout, &blobs[n]) {
+                        if let Err(err) = self.upload(repo, &layout, &blobs[n], &progress) {
                             failed.store(true, Ordering::SeqCst);
                             errors.lock().expect("no uploader panics holding it").push(err);
                             return;
@@ -541,7 +560,7 @@ impl Client {
                 let mut bytes = io::Cursor::new(bytes);
                 agent.run(built(url, request, ureq::SendBody::from_reader(&mut bytes))?)
             }
-            Body::File { path, offset, size } => {
+            Body::File { path, offset, size, progress } => {
                 let reader = open_range(path, offset, size).map_err(|e| Failure::Definite {
                     reason: format!("cannot read {path}: {e}"),
                     unauthorized: false,
@@ -549,7 +568,21 @@ impl Client {
                 let request = request
                     .header("Content-Type", "application/octet-stream")
                     .header("Content-Length", size.to_string());
-                agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
+                match progress {
+                    Some(progress) => {
+                        let counted = Counted::new(reader, progress.clone());
+                        let attempt = counted.attempt.clone();
+                        let body = ureq::SendBody::from_owned_reader(counted);
+                        let sent = agent.run(built(url, request, body)?);
+                        if !sent.as_ref().is_ok_and(|r| r.status().is_success()) {
+                            progress.take_back(attempt.load(std::sync::atomic::Ordering::SeqCst));
+                        }
+                        sent
+                    }
+                    None => {
+                        agent.run(built(url, request, ureq::SendBody::from_owned_reader(reader))?)
+                    }
+                }
             }
         };
         let mut response =
@@ -816,13 +849,6 @@ pub(crate) fn encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
-}
-
-pub(crate) fn human_size(bytes: u64) -> String {
-    match bytes {
-        0..1_000_000 => format!("{:.0} kB", bytes as f64 / 1e3),
-        _ => format!("{:.1} MB", bytes as f64 / 1e6),
-    }
 }
 
 #[cfg(test)]
