@@ -824,3 +824,87 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn ctrl_c_while_a_multi_gb_bundle_is_written_exits_130_at_once_and_leaves_no_file() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::time::{Duration, Instant};
+    let (path, _) = common::docker_baking_archives("ctrl-c-save");
+    let fake = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-docker-ctrl-c-save");
+    let built: Value =
+        serde_json::from_slice(&std::fs::read(fake.join("metadata.json")).unwrap()).unwrap();
+    let digest = built["server"]["containerimage.digest"].as_str().unwrap();
+    let version = {
+        let out = xtask(&["version", "--json"]).output().unwrap();
+        let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+        value["version"].as_str().unwrap().to_owned()
+    };
+    // What `docker save` writes: an index naming server's refs, and one 8 GB blob of zeros
+    // (sparse on disk, so the test writes almost nothing itself).
+    let refs = xtask(&["images", "save", "server", "--dry-run", "--json"]).output().unwrap();
+    let plan = text(&refs.stdout);
+    let tags: Vec<String> = plan
+        .split('"')
+        .filter(|s| s.starts_with("memories/server:"))
+        .map(str::to_owned)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(tags.iter().any(|t| t.ends_with(&version)), "{plan}");
+    let entries: Vec<Value> = tags
+        .iter()
+        .map(|t| serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": 1, "annotations": {"io.containerd.image.name": format!("docker.io/{t}")}}))
+        .collect();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": entries}).to_string();
+    let save = fake.join("save.tar");
+    // Written by hand: a tar builder would end the archive before the blob.
+    let mut file = std::fs::File::create(&save).unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("index.json").unwrap();
+    header.set_size(index.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    file.write_all(header.as_bytes()).unwrap();
+    file.write_all(index.as_bytes()).unwrap();
+    file.write_all(&vec![0; index.len().next_multiple_of(512) - index.len()]).unwrap();
+    let size: u64 = 8 << 30;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("blobs/sha256/zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    file.write_all(header.as_bytes()).unwrap();
+    let end = file.stream_position().unwrap() + size;
+    file.seek(SeekFrom::Start(end + 1023)).unwrap();
+    file.write_all(&[0]).unwrap();
+    drop(file);
+
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ctrl-c-save-out");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let output = out_dir.join("bundle.tar");
+    let mut child = xtask(&["images", "save", "server", "--output", output.to_str().unwrap()])
+        .env("PATH", path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partial = out_dir.join(".bundle.tar.partial");
+    while partial.metadata().map_or(0, |m| m.len()) < (64 << 20) {
+        assert!(Instant::now() < deadline, "the bundle was never being written");
+        assert!(child.try_wait().unwrap().is_none(), "it ended before the signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let sent = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(1), "it took {took:?} to stop: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "a partial bundle was left: {left:?}");
+}

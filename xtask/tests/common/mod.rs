@@ -206,7 +206,8 @@ pub fn oci_archive(seed: &str) -> (Vec<u8>, String) {
 }
 
 /// A `docker` whose bake writes a real OCI archive for each image (server and db) and reports
-/// its digest; every other call succeeds.
+/// its digest, and whose `save` copies `save.tar` from its directory when a test put one there;
+/// every other call succeeds. Returns PATH with it first, and its log of calls.
 pub fn docker_baking_archives(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -229,6 +230,8 @@ case "$1 $2" in
         cp '{dir}'/"$(basename "$dest")" "$dest"
     done
     cp '{dir}/metadata.json' "$out" ;;
+"save --output")
+    [ -f '{dir}/save.tar' ] && cp --sparse=always '{dir}/save.tar' "$3" ;;
 esac
 exit 0
 "#,
