@@ -536,7 +536,17 @@ fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
         if found != digest {
             bail!("{INDEX} names {reference} as {found}, {METADATA} as {digest}");
         }
-        wanted.push(entry.clone());
+        // Made from the (signed) metadata, not copied: no annotation of the file's own (a second
+        // name, say) reaches `docker load`.
+        wanted.push(json!({
+            "mediaType": entry["mediaType"].as_str().unwrap_or(crate::oci::OCI_INDEX),
+            "digest": digest,
+            "size": entry["size"].as_u64().context("an index entry without a size")?,
+            "annotations": {
+                CONTAINERD_NAME: crate::oci::full_name(reference)?,
+                REF_NAME: reference,
+            },
+        }));
     }
     Ok(wanted)
 }

@@ -13,6 +13,7 @@ mod retry;
 mod transport;
 
 pub use archive::entries as archive_entries;
-pub use manifest::platform_name;
+pub use manifest::{OCI_INDEX, platform_name};
+pub use reference::full_name;
 pub use registry::{Registry, copy_request, push_request, read_request};
 pub use retry::{Failure, retries};

@@ -93,6 +93,13 @@ pub(crate) fn is_loopback(address: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A ref written in full, as containerd names images: `memories/server:1` is
+/// `docker.io/memories/server:1`.
+pub fn full_name(raw: &str) -> Result<String> {
+    let reference = Reference::parse(raw)?;
+    Ok(display(&reference))
+}
+
 /// The `host[:port]` of a URL.
 pub(crate) fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -143,6 +150,9 @@ mod tests {
         assert_eq!(parse("debian:trixie-slim"), own("docker.io", "library/debian", "trixie-slim"));
         assert_eq!(parse("acme/server:1"), own("docker.io", "acme/server", "1"));
         assert!(Reference::parse("ghcr.io/").is_err());
+        assert_eq!(full_name("memories/server:1").unwrap(), "docker.io/memories/server:1");
+        assert_eq!(full_name("debian:trixie").unwrap(), "docker.io/library/debian:trixie");
+        assert_eq!(full_name("127.0.0.1:5000/a/b:2").unwrap(), "127.0.0.1:5000/a/b:2");
         assert!(Reference::parse("").unwrap_err().to_string().contains("REGISTRY/NAME:TAG"));
 
         let hub = Reference::parse("docker.io/acme/server:1").unwrap().repository;
