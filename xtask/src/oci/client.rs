@@ -8,8 +8,11 @@
 //!
 //! Authentication is what `docker login` left: the registry's challenge (`WWW-Authenticate`)
 //! says basic or bearer, and the credentials come from the Docker config file, a credential
-//! store or a credential helper. A loopback registry is spoken to in plain HTTP, as Docker
-//! does; every other one over TLS, with the Mozilla root certificates.
+//! store or a credential helper, and go only to the registry's own origin (and the token
+//! service its challenge names): an upload `Location` on another host gets none. Bearer tokens
+//! are renewed before they run out. Which scheme and which certificates each host gets is
+//! [`crate::oci::transport`]'s to say. A blob another repository of the registry holds is
+//! mounted, not uploaded again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
