@@ -744,8 +744,13 @@ fn bundle_with(dir: &Path, name: &str, kind: tar::EntryType, bytes: &[u8]) -> (P
 #[test]
 fn a_bundle_with_a_smuggled_or_escaping_entry_is_refused_before_anything_loads() {
     let smuggled = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:00","size":1,"annotations":{"io.containerd.image.name":"docker.io/adv/smuggled:1"}}]}"#;
+    use sha2::Digest;
+    let hex: String =
+        sha2::Sha256::digest(b"an image index").iter().map(|b| format!("{b:02x}")).collect();
+    let blob = format!("blobs/sha256/{hex}");
     let cases = [
         ("./index.json", tar::EntryType::Regular, "repeats a name"),
+        (blob.as_str(), tar::EntryType::Regular, "repeats a name"),
         ("../outside", tar::EntryType::Regular, "climbs out of the archive"),
         ("/etc/cron.d/x", tar::EntryType::Regular, "is an absolute path"),
         ("blobs/sha256/link", tar::EntryType::Symlink, "is not a file"),
