@@ -239,11 +239,7 @@ fn a_registry_that_wants_a_token_gets_one_made_with_the_docker_login_credentials
         }
         None
     });
-    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-config-token");
-    std::fs::create_dir_all(&config).unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("me:s3cret");
-    let auths = serde_json::json!({"auths": {&registry.address: {"auth": auth}}});
-    std::fs::write(config.join("config.json"), auths.to_string()).unwrap();
+    let config = common::docker_login("docker-config-token", &registry.address);
     let namespace = format!("{}/acme", registry.address);
     let output = xtask(&["release", "server", "--registry", &namespace, "--allow-dirty"])
         .env("PATH", path)
@@ -793,7 +789,7 @@ fn ctrl_c_while_a_multi_gb_bundle_is_copied_exits_130_at_once_and_leaves_no_copy
     let temp = dir.join("tmp");
     std::fs::create_dir_all(&temp).unwrap();
     let (path, log) = fake_docker("ctrl-c-load");
-    let mut child = xtask(&["images", "load", file.to_str().unwrap(), "--sha256", &"a".repeat(64)])
+    let child = xtask(&["images", "load", file.to_str().unwrap(), "--sha256", &"a".repeat(64)])
         .env("PATH", path)
         .env("TMPDIR", &temp)
         .stderr(std::process::Stdio::piped())
@@ -807,13 +803,7 @@ fn ctrl_c_while_a_multi_gb_bundle_is_copied_exits_130_at_once_and_leaves_no_copy
         assert!(Instant::now() < deadline, "the copy never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let sent = Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
-    let took = sent.elapsed();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, took, stderr) = interrupt(child);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(took < Duration::from_secs(1), "it took {took:?} to stop: {stderr}");
     assert!(walk_files(&temp).is_empty(), "the private copy was left: {:?}", walk_files(&temp));
@@ -901,15 +891,24 @@ fn ctrl_c_while_a_multi_gb_bundle_is_written_exits_130_at_once_and_leaves_no_fil
         assert!(child.try_wait().unwrap().is_none(), "it ended before the signal");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let (status, took, stderr) = interrupt(child);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(1), "it took {took:?} to stop: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "a partial bundle was left: {left:?}");
+}
+
+/// Sends SIGINT to `child` (its stderr piped) and waits: its exit status, how long it took to
+/// end after the signal, and what it said.
+fn interrupt(
+    mut child: std::process::Child,
+) -> (std::process::ExitStatus, std::time::Duration, String) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let sent = Instant::now();
+    let sent = std::time::Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     let took = sent.elapsed();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(took < Duration::from_secs(1), "it took {took:?} to stop: {stderr}");
-    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).collect();
-    assert!(left.is_empty(), "a partial bundle was left: {left:?}");
+    (status, took, stderr)
 }

@@ -244,3 +244,15 @@ exit 0
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     (format!("{}:{}", dir.display(), std::env::var("PATH").unwrap()), log)
 }
+
+/// A Docker config that logs in to `registry` as `me:s3cret`.
+pub fn docker_login(name: &str, registry: &str) -> PathBuf {
+    use base64::Engine as _;
+    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&config);
+    std::fs::create_dir_all(&config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("me:s3cret");
+    let auths = serde_json::json!({"auths": {registry: {"auth": auth}}});
+    std::fs::write(config.join("config.json"), auths.to_string()).unwrap();
+    config
+}
