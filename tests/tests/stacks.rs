@@ -303,16 +303,18 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
     assert_eq!(test.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("project {project} already exists")), "{stderr}");
     assert!(!stderr.contains(" down "), "nothing was torn down: {stderr}");
-    let prod = xtask_process()
-        .args(["prod", "up", "--no-build"])
-        .env("COMPOSE_PROJECT_NAME", &project)
-        .env("POSTGRES_PASSWORD", "not-used")
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&prod.stderr);
-    assert_eq!(prod.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("holds a dev stack, not a prod one"), "{stderr}");
+    for args in [["prod", "up", "--no-build"], ["prod", "down", "--volumes"]] {
+        let prod = xtask_process()
+            .args(args)
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .env("POSTGRES_PASSWORD", "not-used")
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&prod.stderr);
+        assert_eq!(prod.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("holds a dev stack, not a prod one"), "{stderr}");
+    }
 
     let down = dev(&project, ports, &["down"]);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
@@ -492,6 +494,50 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
         "the service answered 200 again {:?} after both servers were killed",
         start.elapsed()
     );
+
+    // Every db task pointed at the prod project (a leftover COMPOSE_PROJECT_NAME) is refused
+    // before it runs anything: the row survives, and so does the volume once the containers
+    // are gone.
+    let body = format!(r#"{{"text": "prod row", "embedding": [{}]}}"#, vec!["0.5"; 384].join(","));
+    let created = http("POST", port, "/v1/memories", Some(&body)).unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let rows = || {
+        let db = format!("{project}-db-1");
+        let count = "select count(*) from memories";
+        docker(&["exec", &db, "psql", "-U", "memories", "-At", "-c", count])
+    };
+    assert_eq!(rows(), "1");
+    let not_a_dump = std::env::temp_dir().join(unique_name("not-a-dump"));
+    std::fs::write(&not_a_dump, "PGDMP").unwrap();
+    let not_a_dump = not_a_dump.to_str().unwrap();
+    let dev_tasks: [&[&str]; 5] = [
+        &["db", "reset", "--yes"],
+        &["db", "restore", "--clean", not_a_dump],
+        &["db", "dump", "--output", not_a_dump],
+        &["db", "psql", "--", "-c", "drop table memories"],
+        &["dev", "down", "--volumes"],
+    ];
+    let refused = |args: &[&str]| {
+        let output = xtask_process()
+            .args(args)
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .stdin(Stdio::null())
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("holds a prod stack, not a dev one: nothing was done"), "{stderr}");
+    };
+    for args in dev_tasks {
+        refused(args);
+        assert_eq!(rows(), "1", "after {args:?}");
+    }
+    std::fs::remove_file(not_a_dump).unwrap();
+    prod(&["down"]);
+    refused(&["db", "reset", "--yes"]);
+    let volumes = docker(&["volume", "ls", "--quiet", "--filter", &project_label(&project)]);
+    assert!(!volumes.is_empty(), "the prod volume is still there");
 
     prod(&["down", "--volumes"]);
     assert!(!secrets.exists(), "prod down removes the secret files");

@@ -73,6 +73,12 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
         );
     }
     let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
+    if !preview.dry_run {
+        // Before any step: a project named for another kind of stack (a leftover
+        // `COMPOSE_PROJECT_NAME`) is refused with nothing done, its containers and volumes
+        // untouched.
+        stack::require_own_kind(&stack)?;
+    }
     if preview.dry_run {
         plan(&stack, &db, &revision, &action)?.print(preview.json);
         return Ok(());
@@ -167,7 +173,11 @@ fn remove_db_step(stack: &Stack, db: &Database) -> Step {
 
 /// What `db ACTION` would run.
 fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) -> Result<Plan> {
-    let plan = Plan::new(format!("db on project {}", stack.project));
+    let plan = Plan::new(format!("db on project {}", stack.project)).note(format!(
+        "first refuses a project whose containers or volumes belong to a stack of another kind \
+         than {}",
+        stack.mode.name()
+    ));
     let plan = match action {
         DbAction::Psql { args } => plan.step(psql_step(stack, db, args)),
         DbAction::Dump { output } => {

@@ -108,7 +108,7 @@ pub fn run(
             started
         }
         ProdAction::Down { volumes } => {
-            stack::down(&stack, volumes)?;
+            stack::down_own(&stack, volumes)?;
             stack::remove_secrets(&stack)
         }
         ProdAction::Deploy { stack: name, source, timeout } => {
@@ -256,8 +256,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             };
             stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
         }
-        ProdAction::Down { volumes } => plan
-            .step(stack::down_step(stack, *volumes))
+        ProdAction::Down { volumes } => stack::down_own_plan(plan, stack, *volumes)
             .note("then removes the stack's secret files"),
         ProdAction::Deploy { stack: name, source, .. } => {
             let source = deploy_source(revision, source.clone());

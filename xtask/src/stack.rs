@@ -419,9 +419,11 @@ pub fn tag(revision: &Revision) -> String {
     revision.build_tags()[1].clone()
 }
 
-/// What a project already has, from one `docker ps`: the kinds of stack (dev, test, prod,
-/// run) of its containers, from their [`KIND_LABEL`] (or, on a container made before that
-/// label, from the compose files it was made from), and whether any of them runs.
+/// What a project already has, from `docker ps` and `docker volume ls` side by side: the kinds
+/// of stack (dev, test, prod, run) of its containers and volumes, from their [`KIND_LABEL`]
+/// (or, on a container made before that label, from the compose files it was made from), and
+/// whether any container runs. Volumes count because they outlive the containers: a prod
+/// stack taken down without `--volumes` is still prod data.
 pub struct Existing {
     pub modes: Vec<Mode>,
     pub running: bool,
@@ -446,7 +448,13 @@ pub fn existing(project: &str) -> Result<Existing> {
         "{{{{.State}}}}\t{{{{.Label \"{KIND_LABEL}\"}}}}\t\
          {{{{.Label \"com.docker.compose.project.config_files\"}}}}"
     );
-    Ok(Existing::parse(&list(project, &["ps", "--all", "--format", &format])?))
+    let volume_format = format!("volume\t{{{{.Label \"{KIND_LABEL}\"}}}}\t");
+    let (containers, volumes) = std::thread::scope(|scope| {
+        let volumes = scope.spawn(|| list(project, &["volume", "ls", "--format", &volume_format]));
+        let containers = list(project, &["ps", "--all", "--format", &format]);
+        (containers, volumes.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    Ok(Existing::parse(&format!("{}\n{}", containers?, volumes?)))
 }
 
 impl Existing {
@@ -496,7 +504,8 @@ pub fn require_own_kind(stack: &Stack) -> Result<Existing> {
     let existing = existing(&stack.project)?;
     if let Some(other) = existing.modes.iter().find(|m| **m != stack.mode) {
         bail!(
-            "project {} holds a {} stack, not a {} one: set COMPOSE_PROJECT_NAME to another name",
+            "project {} holds a {} stack, not a {} one: nothing was done; set \
+             COMPOSE_PROJECT_NAME to another name",
             stack.project,
             other.name(),
             stack.mode.name()
@@ -688,6 +697,23 @@ pub fn dump(stack: &Stack, services: &[&str]) {
 
 /// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
 /// Runs even after Ctrl-C.
+/// `dev down`, `prod down`: [`down`] once the project is known to hold a stack of this kind
+/// (or nothing), so a dev task never removes a prod stack's containers or volumes, nor the
+/// reverse.
+pub fn down_own(stack: &Stack, volumes: bool) -> Result<()> {
+    require_own_kind(stack)?;
+    down(stack, volumes)
+}
+
+/// The plan of [`down_own`].
+pub fn down_own_plan(plan: Plan, stack: &Stack, volumes: bool) -> Plan {
+    plan.note(format!(
+        "refuses a project whose containers or volumes belong to a stack of another kind than {}",
+        stack.mode.name()
+    ))
+    .step(down_step(stack, volumes))
+}
+
 pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
     let step = down_step(stack, volumes);
     step.run_regardless().map_err(|err| {
@@ -1028,6 +1054,10 @@ mod tests {
         // The label wins over the files; a container without it is judged by its files.
         assert_eq!(existing.modes, [Mode::Prod, Mode::Test]);
         assert!(existing.running);
+        // A volume left by a stack taken down without `--volumes` still says its kind.
+        let volume = Existing::parse("\nvolume\tprod\t\n");
+        assert_eq!(volume.modes, [Mode::Prod]);
+        assert!(!volume.running);
         let none = Existing::parse("exited\t\t/elsewhere/docker-compose.yml\n");
         assert!(none.modes.is_empty() && !none.running);
         let step = stack(Mode::Run, &[]).compose();

@@ -86,7 +86,7 @@ pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
     }
     match action {
         DevAction::Up(up) => dev_up(&stack, &revision, &up, preview.json),
-        DevAction::Down { volumes } => stack::down(&stack, volumes),
+        DevAction::Down { volumes } => stack::down_own(&stack, volumes),
         DevAction::Logs { service, follow } => {
             if let Some(service) = &service {
                 stack.all_profiles().model()?.require(service)?;
@@ -181,7 +181,7 @@ fn dev_plan(stack: &Stack, revision: &Revision, action: &DevAction) -> Result<Pl
                 )
             })
         }
-        DevAction::Down { volumes } => plan.step(stack::down_step(stack, *volumes)),
+        DevAction::Down { volumes } => stack::down_own_plan(plan, stack, *volumes),
         DevAction::Logs { service, follow } => {
             plan.step(logs_step(stack, service.as_deref(), *follow))
         }
