@@ -15,7 +15,7 @@ use crate::oci;
 use crate::plan::{Plan, Preview, Step};
 use crate::platform::Platform;
 use crate::reap::{RunDir, RunId};
-use crate::version::Revision;
+use crate::version::{Revision, rfc3339_utc};
 
 /// The images this repository builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -52,6 +52,26 @@ impl ImageName {
         ImageName::Redis,
         ImageName::Proxy,
     ];
+
+    /// The paths of the repository an image is made from (its build context is the whole
+    /// root, but it copies only these): the newest commit that touched one dates the image
+    /// ([`Revision::epoch_of`]). Naming too little never gives a wrong image (its content
+    /// still changes, only its timestamps stay older); naming too much only restarts a
+    /// service whose image did not change.
+    pub fn inputs(self) -> &'static [&'static str] {
+        match self {
+            ImageName::Server | ImageName::Standalone => {
+                &["app", "docker/server", "docker/common", ".dockerignore"]
+            }
+            ImageName::Db => &["docker/db", "docker/common", ".dockerignore"],
+            ImageName::Redis => &["docker/redis", "docker/common", ".dockerignore"],
+            ImageName::Proxy => &["docker/proxy", "docker/common", ".dockerignore"],
+            ImageName::Registry => &["docker/registry", "docker/common", ".dockerignore"],
+            ImageName::Tools => &["docker/tools", "docker/common", ".dockerignore"],
+            ImageName::Sbom => &["docker/sbom", ".dockerignore"],
+            ImageName::Node => &["docker/node", ".dockerignore"],
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -369,21 +389,24 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         let source = source(image);
         let repository = repository(request.registry.as_deref(), image);
         let refs: Vec<String> = tags.iter().map(|tag| format!("{repository}:{tag}")).collect();
+        let epoch = revision.epoch_of(image);
         let mut labels: Map<String, Value> =
             revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         labels.insert("org.opencontainers.image.title".into(), source.title.into());
+        labels.insert("org.opencontainers.image.created".into(), rfc3339_utc(epoch).into());
         let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
         let exporter = request.output.exporter(archive.as_deref().unwrap_or(Utf8Path::new("")));
         // BuildKit's own build argument: the image config's times and, with
         // `rewrite-timestamp`, every file time. No stage declares it, so it never reaches a
-        // `RUN` step's environment or cache key.
+        // `RUN` step's environment or cache key. It is the image's own epoch, not the commit's:
+        // an image whose inputs did not change keeps its layers, so a deploy keeps it running.
         let mut target = json!({
             "context": ".",
             "dockerfile": source.dockerfile,
             "target": source.target,
             "tags": refs,
             "labels": labels,
-            "args": { "SOURCE_DATE_EPOCH": revision.epoch.to_string() },
+            "args": { "SOURCE_DATE_EPOCH": epoch.to_string() },
             "output": [exporter],
         });
         if let Some(generator) = &generator_ref {
@@ -636,6 +659,8 @@ mod tests {
             dirty: false,
             epoch: 1_700_000_000,
             created: rfc3339_utc(1_700_000_000),
+            // The db's inputs last changed before the commit; the other images have its time.
+            epochs: [(ImageName::Db, 1_600_000_000)].into(),
             source: Some("https://example.com/memories.git".into()),
         }
     }
@@ -663,6 +688,12 @@ mod tests {
         assert_eq!(server["target"], "runtime");
         assert_eq!(server["output"], json!(["type=docker"]));
         assert_eq!(server["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+        assert_eq!(server["labels"]["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+        // An image dates from the newest commit that touched its inputs, labels and all.
+        let db = &plan.bake["target"]["db"];
+        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
+        assert_eq!(db["labels"]["org.opencontainers.image.created"], "2020-09-13T12:26:40Z");
+        assert_eq!(db["labels"]["org.opencontainers.image.revision"], revision().commit);
         assert!(server.get("attest").is_none() && plan.loads.is_empty() && plan.archives.is_none());
         assert_eq!(
             server["tags"],
@@ -759,7 +790,7 @@ mod tests {
                  compression-level=1"
             )])
         );
-        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
         let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
         let run = RunId::of_process(std::process::id()).unwrap();
         assert_eq!(*generator, format!("memories/run-{run}/sbom:0.4.2-abcdef0"));

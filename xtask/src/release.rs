@@ -777,6 +777,7 @@ mod tests {
             dirty,
             epoch: 1_700_000_000,
             created: rfc3339_utc(1_700_000_000),
+            epochs: Default::default(),
             source: None,
         }
     }

@@ -1,11 +1,14 @@
 //! The release identity: the app version from `app/pyproject.toml`, the git revision, and the
 //! image tags and labels derived from them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
+use clap::ValueEnum;
 
+use crate::image::ImageName;
 use crate::plan::Step;
 
 pub const PYPROJECT: &str = "app/pyproject.toml";
@@ -108,6 +111,11 @@ pub struct Revision {
     pub epoch: i64,
     /// The same time, RFC 3339 in UTC: the images' `created` label.
     pub created: String,
+    /// Each image's own epoch: the time of the newest commit that touched its inputs
+    /// ([`ImageName::inputs`]), so an image whose inputs did not change keeps its timestamps,
+    /// and so its layers, across commits. Empty when `SOURCE_DATE_EPOCH` is set (it dates
+    /// every image) and in tests; an image missing here has [`Revision::epoch`].
+    pub epochs: BTreeMap<ImageName, i64>,
     /// Where the source lives (the `origin` remote without credentials), if known.
     pub source: Option<String>,
 }
@@ -126,9 +134,16 @@ impl Revision {
         };
         let commit = git(&["rev-parse", "--verify", "HEAD"]).with_context(git_error)?;
         let status = git(&["status", "--porcelain"]).with_context(git_error)?;
-        let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(epoch) if !epoch.is_empty() => epoch,
-            _ => git(&["log", "-1", "--format=%ct"]).with_context(git_error)?,
+        let (epoch, epochs) = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(epoch) if !epoch.is_empty() => (epoch, BTreeMap::new()),
+            _ => {
+                let epoch = git(&["log", "-1", "--format=%ct"]).with_context(git_error)?;
+                // One walk of the history that touched any image's inputs, newest first.
+                let mut args = vec!["log", "--format=%x00%ct", "--name-only", "HEAD", "--"];
+                args.extend(ImageName::value_variants().iter().flat_map(|i| i.inputs()));
+                let log = git(&args).with_context(git_error)?;
+                (epoch, image_epochs(&log))
+            }
         };
         let epoch: i64 =
             epoch.trim().parse().with_context(|| format!("`{epoch}` is not a unix time"))?;
@@ -139,8 +154,14 @@ impl Revision {
             dirty: !status.is_empty(),
             epoch,
             created: rfc3339_utc(epoch),
+            epochs,
             source,
         })
+    }
+
+    /// The epoch `image` is built with: see [`Revision::epochs`].
+    pub fn epoch_of(&self, image: ImageName) -> i64 {
+        self.epochs.get(&image).copied().unwrap_or(self.epoch)
     }
 
     /// The short hash used in tags, with `-dirty` when the tree has uncommitted changes.
@@ -171,6 +192,28 @@ impl Revision {
     }
 }
 
+/// Each image's epoch from `git log --format=%x00%ct --name-only` (newest first): the time of
+/// the first commit that names a file under one of its inputs.
+fn image_epochs(log: &str) -> BTreeMap<ImageName, i64> {
+    let mut epochs = BTreeMap::new();
+    for commit in log.split('\0').filter(|c| !c.trim().is_empty()) {
+        let mut lines = commit.lines();
+        let Some(Ok(time)) = lines.next().map(|t| t.trim().parse::<i64>()) else { continue };
+        for file in lines.filter(|l| !l.is_empty()) {
+            for &image in ImageName::value_variants() {
+                let touched = image.inputs().iter().any(|input| {
+                    file == *input
+                        || file.strip_prefix(input).is_some_and(|rest| rest.starts_with('/'))
+                });
+                if touched {
+                    epochs.entry(image).or_insert(time);
+                }
+            }
+        }
+    }
+    epochs
+}
+
 fn strip_credentials(url: &str) -> String {
     let url = url.trim();
     match (url.find("://"), url.rfind('@')) {
@@ -191,6 +234,7 @@ impl Revision {
             dirty: false,
             epoch: 1_577_836_800,
             created: "2020-01-01T00:00:00Z".into(),
+            epochs: BTreeMap::new(),
             source: None,
         }
     }
@@ -271,9 +315,27 @@ mod tests {
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             dirty,
             epoch: 0,
+            epochs: BTreeMap::new(),
             created: rfc3339_utc(0),
             source: None,
         }
+    }
+
+    #[test]
+    fn each_image_dates_from_the_newest_commit_that_touched_its_inputs() {
+        let log = "\u{0}300\n\napp/src/memories/api.py\nREADME.md\n\
+                   \u{0}200\n\ndocker/common/debs.sh\n\
+                   \u{0}100\n\ndocker/db/init.sql\ndocker/dbx/other\n";
+        let epochs = image_epochs(log);
+        assert_eq!(epochs[&ImageName::Server], 300);
+        assert_eq!(epochs[&ImageName::Standalone], 300);
+        // docker/common is an input of the db, but docker/dbx is not.
+        assert_eq!(epochs[&ImageName::Db], 200);
+        assert_eq!(epochs[&ImageName::Proxy], 200);
+        assert!(!epochs.contains_key(&ImageName::Node), "no commit named docker/node");
+        let revision = Revision { epochs, ..Revision::example() };
+        assert_eq!(revision.epoch_of(ImageName::Db), 200);
+        assert_eq!(revision.epoch_of(ImageName::Node), revision.epoch);
     }
 
     #[test]
