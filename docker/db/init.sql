@@ -1,4 +1,5 @@
--- Run once, when the db container initialises an empty data directory.
+-- Run once, when the db container initialises an empty data directory, by PostgreSQL in
+-- single-user mode: a statement ends with a semicolon followed by a blank line.
 -- The server applies the same schema idempotently at start-up (for EMBEDDING_DIM), so this file
 -- only has to be right for the default dimension.
 CREATE EXTENSION IF NOT EXISTS vector;

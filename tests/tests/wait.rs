@@ -129,7 +129,7 @@ fn postgres_is_ready_only_after_init_and_not_as_a_standby_or_shutting_down() {
     let name = container(
         &mut cleanup,
         "memories-wait-pg",
-        // Another database name than the prepared one: a full first-start initialisation.
+        // Another database name than the default: the first start creates it.
         &[
             "--env",
             "POSTGRES_PASSWORD=pw-test",
