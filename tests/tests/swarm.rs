@@ -5,6 +5,11 @@
 //! no failed request and whose every acknowledged insert stays readable; and a stack of a dead
 //! test run reaped.
 //!
+//! Every version comes from a real commit: version A is the repository's HEAD, built in a
+//! clone of it (so uncommitted changes in the work tree do not count), and the update goes to
+//! a second commit in that clone that changes only the server's code, so the db and proxy
+//! images must come out with the same layers from their own epochs.
+//!
 //! A test binary of its own, so that no other test's containers run while it turns swarm mode
 //! on and off: the engine's `swarm init` and `swarm leave` break the name resolution of
 //! containers that run at that moment on bridge networks (moby/moby#45144 and #51491), which
@@ -20,6 +25,63 @@ use tests::{
     Cleanup, Registry, docker, docker_output, free_port, http, leftovers, pyproject_version,
     repo_root, require_docker, wait_for_200, xtask_ok, xtask_process,
 };
+
+/// A clone of the repository at HEAD, where the test commits: `cargo xtask` runs on it through
+/// `MEMORIES_ROOT`, with this checkout's xtask.
+struct Checkout {
+    dir: std::path::PathBuf,
+}
+
+impl Checkout {
+    fn of_head(name: &str) -> Checkout {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let head = git(&repo_root(), &["rev-parse", "HEAD"]);
+        let root = repo_root();
+        git(&root, &["clone", "--quiet", "--no-checkout", ".", dir.to_str().unwrap()]);
+        git(&dir, &["checkout", "--quiet", "--detach", &head]);
+        Checkout { dir }
+    }
+
+    fn xtask_ok(&self, args: &[&str]) -> String {
+        let output = xtask_process().args(args).env("MEMORIES_ROOT", &self.dir).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "xtask {args:?} in {:?}: {stderr}", self.dir);
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Appends `line` to `file` and commits it.
+    fn commit(&self, file: &str, line: &str) {
+        let path = self.dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{line}\n")).unwrap();
+        git(&self.dir, &["add", file]);
+        let identity = ["-c", "user.name=swarm test", "-c", "user.email=swarm@test.invalid"];
+        git(&self.dir, &[&identity[..], &["commit", "--quiet", "--message", line]].concat());
+    }
+
+    /// The local tags `cargo xtask build` gives `images` here (`memories/NAME:<version>-<sha>`).
+    fn built_tags(&self, images: &[&str]) -> Vec<String> {
+        let mut args = vec!["build"];
+        args.extend(images);
+        args.extend(["--dry-run", "--json"]);
+        let plan: Value = serde_json::from_str(&self.xtask_ok(&args)).unwrap();
+        let tags = images.iter().map(|i| plan["bake"]["target"][i]["tags"][1].as_str().unwrap());
+        tags.map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git").args(args).current_dir(dir).output().unwrap();
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
 
 /// What a steady load through the proxy saw.
 #[derive(Default)]
@@ -69,20 +131,21 @@ fn steady_load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Load
 #[test]
 fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_failed_request() {
     require_docker();
-    xtask_ok(&["build", "server", "db", "proxy"]);
     let registry = Registry::start();
     let namespace = registry.namespace("swarm");
     let version = pyproject_version();
-    // The tags the stack runs (`memories/NAME:<version>-<sha>`), as the build plan names them.
-    let plan: Value =
-        serde_json::from_str(&xtask_ok(&["build", "server", "db", "proxy", "--dry-run", "--json"]))
-            .unwrap();
-    for image in ["server", "db", "proxy"] {
-        let local = plan["bake"]["target"][image]["tags"][1].as_str().unwrap();
-        let remote = format!("{namespace}/{image}:{version}");
-        docker(&["tag", local, &remote]);
-        docker(&["push", "--quiet", &remote]);
-    }
+    let images = ["server", "db", "proxy"];
+    let checkout = Checkout::of_head(&tests::unique_name("swarm-checkout"));
+    let build_and_push = |version: &str| {
+        checkout.xtask_ok(&[&["build"], &images[..]].concat());
+        for (image, local) in images.iter().zip(checkout.built_tags(&images)) {
+            let remote = format!("{namespace}/{image}:{version}");
+            docker(&["tag", &local, &remote]);
+            docker(&["push", "--quiet", &remote]);
+            docker(&["image", "rm", &remote]);
+        }
+    };
+    build_and_push(&version);
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
     let we_started_the_swarm = state != "active";
     // `swarm init` makes it and `swarm leave` keeps it.
@@ -202,25 +265,12 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
             assert!(ids.contains(id), "acknowledged insert {id} is in the table");
         }
 
-        // An update to a version whose server changed and whose database and proxy only got
-        // new labels (as every release labels every image), under a steady load: the servers
-        // are replaced one at a time, the database and the proxy keep running, no request fails.
+        // An update to the next commit, which changed only the server's code (so every image
+        // gets new labels, as every release does), under a steady load: the servers are
+        // replaced one at a time, the database and the proxy keep running, no request fails.
         let next = format!("{version}.post9");
-        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&stack);
-        std::fs::create_dir_all(&dir).unwrap();
-        for image in ["server", "db", "proxy"] {
-            let mut dockerfile = format!(
-                "FROM {namespace}/{image}:{version}\n\
-                 LABEL org.opencontainers.image.version=\"{next}\"\n"
-            );
-            if image == "server" {
-                dockerfile += &format!("ENV MEMORIES_RELEASE=\"{next}\"\n");
-            }
-            std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-            let tag = format!("{namespace}/{image}:{next}");
-            docker(&["build", "--quiet", "--tag", &tag, dir.to_str().unwrap()]);
-            docker(&["push", "--quiet", &tag]);
-        }
+        checkout.commit("app/src/memories/__init__.py", "# The swarm test's second commit.");
+        build_and_push(&next);
         let image_of = |service: &str| -> String {
             let statuses = status();
             let found = statuses.as_array().unwrap().iter().find(|s| s["service"] == service);
@@ -250,7 +300,6 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         for (id, _) in &load.inserted {
             assert!(ids.contains(id), "acknowledged insert {id} is in the table");
         }
-        let _ = std::fs::remove_dir_all(&dir);
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");

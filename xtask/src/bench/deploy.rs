@@ -6,8 +6,11 @@
 //! update settings (swarm's defaults: stop-first, one task at a time) and with every service
 //! moved to B's image.
 //!
-//! B is A with new version labels on every image and, for the server only, a changed setting:
-//! what a release that changed the server looks like.
+//! A and B are two real commits: A is HEAD, checked out in a clone (so the work tree's
+//! uncommitted changes do not count), and B is a commit on top of it in that clone that changes
+//! only the server's code: what a release that changed the server looks like. Every image of B
+//! has new labels; the db and proxy keep their layers (each image has its own epoch), so ours
+//! keeps them running.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -262,31 +265,38 @@ impl Drop for BenchStack<'_> {
     }
 }
 
-/// Pushes version A of the server, db and proxy images, as built here, and version B: A with
-/// new version labels, and for the server a changed setting.
-fn push_versions(
-    root: &Utf8Path,
-    revision: &Revision,
-    namespace: &str,
-    work: &Utf8Path,
-) -> Result<()> {
-    let images = vec![ImageName::Server, ImageName::Db, ImageName::Proxy];
-    let request = BuildRequest { images, ..BuildRequest::default() };
-    let built = image::execute(&image::plan(root, revision, &request))?;
-    for image in &built {
-        let a = format!("{namespace}/{}:{VERSION_A}", image.image);
-        docker::cli(root).args(["tag", &image.refs[0], &a]).run()?;
-        docker::cli(root).args(["push", "--quiet", &a]).run()?;
-        let mut dockerfile =
-            format!("FROM {a}\nLABEL org.opencontainers.image.version=\"{VERSION_B}\"\n");
-        if image.image == ImageName::Server {
-            dockerfile += &format!("ENV MEMORIES_RELEASE=\"{VERSION_B}\"\n");
+/// Pushes version A of the server, db and proxy images, built from HEAD in a clone in `work`,
+/// and version B, built from a second commit there that changes only the server's code.
+fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()> {
+    let checkout = work.join("checkout");
+    let git = |dir: &Utf8Path, args: &[&str]| -> Result<String> {
+        let step = Step::new("git", dir).args(args.iter().copied()).quiet();
+        Ok(step.capture()?.stdout_of(&step)?.trim().to_owned())
+    };
+    let head = git(root, &["rev-parse", "HEAD"])?;
+    git(root, &["clone", "--quiet", "--no-checkout", ".", checkout.as_str()])?;
+    git(&checkout, &["checkout", "--quiet", "--detach", &head])?;
+    for version in [VERSION_A, VERSION_B] {
+        if version == VERSION_B {
+            let file = checkout.join("app/src/memories/__init__.py");
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
+            std::fs::write(&file, format!("{text}# The deploy benchmark's version B.\n"))
+                .with_context(|| format!("cannot write {file}"))?;
+            git(&checkout, &["add", "app/src/memories/__init__.py"])?;
+            let identity = ["-c", "user.name=bench", "-c", "user.email=bench@bench.invalid"];
+            let commit = ["commit", "--quiet", "--message", "The deploy benchmark's version B"];
+            git(&checkout, &[&identity[..], &commit[..]].concat())?;
         }
-        std::fs::write(work.join("Dockerfile"), dockerfile)
-            .with_context(|| format!("cannot write a Dockerfile in {work}"))?;
-        let b = format!("{namespace}/{}:{VERSION_B}", image.image);
-        docker::cli(root).args(["build", "--quiet", "--tag", &b, work.as_str()]).run()?;
-        docker::cli(root).args(["push", "--quiet", &b]).run()?;
+        let revision = Revision::read(&checkout)?;
+        let images = vec![ImageName::Server, ImageName::Db, ImageName::Proxy];
+        let request = BuildRequest { images, ..BuildRequest::default() };
+        let built = image::execute(&image::plan(&checkout, &revision, &request))?;
+        for image in &built {
+            let remote = format!("{namespace}/{}:{version}", image.image);
+            docker::cli(root).args(["tag", &image.refs[1], &remote]).run()?;
+            docker::cli(root).args(["push", "--quiet", &remote]).run()?;
+        }
     }
     Ok(())
 }
@@ -340,7 +350,7 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let password = format!("POSTGRES_PASSWORD=bench-{nanos:x}\n");
         stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
         let measured = (|| -> Result<[Vec<Outcome>; 2]> {
-            push_versions(root, &revision, &namespace, &work)?;
+            push_versions(root, &namespace, &work)?;
             let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
             for run in 1..=runs {
                 for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
