@@ -1,4 +1,5 @@
-"""Start-up: read settings, wait for the database with a deadline, apply the schema, serve.
+"""Start-up: read settings, wait for the database with a deadline, migrate it (dev) or check its
+revision (prod), serve.
 
 This replaces the old container `startup.sh` and its unbounded `sleep` loops: every wait has a
 deadline, and a failure is one line on stderr and a non-zero exit.
@@ -12,7 +13,7 @@ import threading
 
 import uvicorn
 
-from . import __version__, config, db
+from . import __version__, config, db, migrate
 from .api import create_app
 
 
@@ -45,17 +46,23 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("memories")
     try:
         settings = config.load()
-        logging.getLogger("memories").info(
+        log.info(
             "memories %s: waiting up to %gs for the database at %s",
             __version__,
             settings.db_wait_timeout,
             db.describe(settings.database_url),
         )
         db.wait_until_ready(settings.database_url, settings.db_wait_timeout)
-        db.apply_schema(settings.database_url, settings.embedding_dim)
-    except (config.ConfigError, db.DatabaseError) as err:
+        if settings.migrate_on_start:
+            done = migrate.upgrade(settings.database_url, "head", settings.embedding_dim)
+            log.info("%s", done.describe())
+        revision = migrate.check(settings.database_url)
+        log.info("the database is at revision %s", revision)
+        db.check_schema(settings.database_url, settings.embedding_dim)
+    except (config.ConfigError, db.DatabaseError, migrate.MigrationError) as err:
         print(f"memories: error: {err}", file=sys.stderr)
         return 1
     server_config = uvicorn.Config(

@@ -33,6 +33,9 @@ class Settings:
     cache_ttl: int
     # Seconds to go on serving after SIGTERM before shutting down (0: at once).
     shutdown_delay: float
+    # Migrate the database to the newest revision before serving (dev, test and the standalone
+    # image); otherwise (prod) only check that its revision is one this server knows.
+    migrate_on_start: bool
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -126,11 +129,24 @@ def _password(env: dict[str, str]) -> str | None:
     return password
 
 
+def embedding_dim(env: dict[str, str]) -> int:
+    return _int(env, "EMBEDDING_DIM", 384, 1, 16000)
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "")
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is not a yes or no: use 1 or 0")
+
+
 def load(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ) if env is None else env
     return Settings(
         database_url=database_url(env),
-        embedding_dim=_int(env, "EMBEDDING_DIM", 384, 1, 16000),
+        embedding_dim=embedding_dim(env),
         redis_url=env.get("REDIS_URL") or None,
         otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         host=env.get("HOST", "0.0.0.0"),
@@ -139,4 +155,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 3.0),
         cache_ttl=_int(env, "CACHE_TTL", 300, 1, 86400),
         shutdown_delay=_delay(env, "SHUTDOWN_DELAY"),
+        migrate_on_start=_flag(env, "MIGRATE_ON_START"),
     )

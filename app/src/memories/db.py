@@ -1,5 +1,6 @@
-"""Waiting for PostgreSQL with a deadline, the schema, applied idempotently, and the pool that
-every request's queries go through, each with a deadline of its own."""
+"""Waiting for PostgreSQL with a deadline, the check that the table fits this server's embedding
+dimension, and the pool that every request's queries go through, each with a deadline of its
+own. The schema itself is `memories.migrate`'s."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 T = TypeVar("T")
-
-SCHEMA_LOCK = 0x6D656D6F  # "memo": serialises schema changes between replicas starting at once.
-
 
 class DatabaseError(Exception):
     """The database never became ready or its schema does not fit this service."""
@@ -133,32 +131,15 @@ def wait_until_ready(url: str, timeout: float) -> None:
         delay = min(delay * 2, 0.1)
 
 
-def apply_schema(url: str, dim: int) -> None:
-    """Creates the extension, table and index if missing; refuses a table of another dimension."""
-    with psycopg.connect(url, autocommit=False) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        conn.execute(
-            f"""
-            CREATE TABLE IF NOT EXISTS memories (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                text text NOT NULL,
-                embedding vector({dim}) NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now()
-            )
-            """
-        )
+def check_schema(url: str, dim: int) -> None:
+    """Refuses a table whose embeddings have another dimension than `dim`."""
+    with psycopg.connect(url, connect_timeout=5) as conn:
         row = conn.execute(
             "SELECT atttypmod FROM pg_attribute "
             "WHERE attrelid = 'memories'::regclass AND attname = 'embedding'"
         ).fetchone()
-        if row is not None and row[0] != dim:
-            raise DatabaseError(
-                f"table memories stores {row[0]}-dimensional embeddings but EMBEDDING_DIM={dim}: "
-                "set EMBEDDING_DIM to match, or use a fresh database"
-            )
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS memories_embedding_idx "
-            "ON memories USING hnsw (embedding vector_cosine_ops)"
+    if row is not None and row[0] != dim:
+        raise DatabaseError(
+            f"table memories stores {row[0]}-dimensional embeddings but EMBEDDING_DIM={dim}: "
+            "set EMBEDDING_DIM to match, or use a fresh database"
         )
-        conn.commit()

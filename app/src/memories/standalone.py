@@ -114,7 +114,12 @@ def main() -> int:
         admin_url = f"postgresql://memories@/postgres?host={SOCKET_DIR}"
         db.wait_until_ready(admin_url, float(os.environ.get("DB_WAIT_TIMEOUT", "30")))
         ensure_database(admin_url)
-        env = dict(os.environ, DATABASE_URL=f"postgresql://memories@/{DB_NAME}?host={SOCKET_DIR}")
+        # Its own database, with no release phase before it: the server migrates it on start.
+        env = dict(
+            os.environ,
+            DATABASE_URL=f"postgresql://memories@/{DB_NAME}?host={SOCKET_DIR}",
+            MIGRATE_ON_START="1",
+        )
         if not stopping:
             server = subprocess.Popen([sys.executable, "-m", "memories"], env=env, process_group=0)
         while not stopping:
