@@ -6,7 +6,8 @@
 # filesystem may be read-only.
 #
 # A first start (an empty volume) initialises the cluster without any listener: `initdb`, then
-# PostgreSQL in single-user mode creates the database and applies init.sql. Nothing is
+# PostgreSQL in single-user mode creates the database. The schema is not the image's: the
+# server's migrations (`python -m memories.migrate`) create and change it. Nothing is
 # prepared at build time, so the image is reproducible (a prepared cluster carries the time,
 # a pid and a random nonce of its build) and a multi-platform build runs nothing under
 # emulation; the first start takes about 0.6 s more. The work happens in a scratch directory
@@ -65,7 +66,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         quoted=$(printf '%s' "$POSTGRES_DB" | sed 's/"/""/g')
         printf 'CREATE DATABASE "%s";\n\n' "$quoted" | single "$scratch" postgres
     fi
-    single "$scratch" "$POSTGRES_DB" < /usr/local/share/db/init.sql
     initdb --pgdata="$scratch" --sync-only >/dev/null
     rm -rf "$PGDATA"
     mv "$scratch" "$PGDATA"
