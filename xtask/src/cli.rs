@@ -451,6 +451,25 @@ pub enum DbAction {
         #[arg(long, default_value = "120s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
     },
+    /// Migrate the dev database to the newest revision (or `--to REV`, down as well as up), in
+    /// one transaction, e.g. `cargo xtask db migrate`. A database made before migrations is
+    /// stamped with the baseline. With `--dry-run`, prints the SQL (Alembic's offline mode).
+    Migrate {
+        /// The revision to end at (see `db history`).
+        #[arg(long, value_name = "REV")]
+        to: Option<String>,
+    },
+    /// The revision the dev database is at, e.g. `cargo xtask db current --json`.
+    Current,
+    /// Every revision, oldest first, from `app/src/memories/migrations/versions` (no Docker),
+    /// e.g. `cargo xtask db history`.
+    History,
+    /// Write a new revision after the newest one, from the template, e.g. `cargo xtask db
+    /// revision "add a tags column"`.
+    Revision {
+        /// What the revision does, one line: its docstring and file name.
+        message: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -986,6 +1005,10 @@ impl From<DbAction> for db::DbAction {
             DbAction::Dump { output } => db::DbAction::Dump { output },
             DbAction::Restore { file, clean } => db::DbAction::Restore { file, clean },
             DbAction::Reset { yes, timeout } => db::DbAction::Reset { yes, timeout },
+            DbAction::Migrate { to } => db::DbAction::Migrate { to },
+            DbAction::Current => db::DbAction::Current,
+            DbAction::History => db::DbAction::History,
+            DbAction::Revision { message } => db::DbAction::Revision { message },
         }
     }
 }

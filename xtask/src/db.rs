@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::migrations;
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::services::{Model, Readiness};
 use crate::stack::{self, Lifecycle, Mode, Stack, Teardown};
@@ -60,9 +61,23 @@ pub enum DbAction {
     Restore { file: Utf8PathBuf, clean: bool },
     /// Drop the data volume and start the stack again; `yes` skips the question.
     Reset { yes: bool, timeout: Duration },
+    /// Migrate the database to `to` (the newest revision when `None`).
+    Migrate { to: Option<String> },
+    /// The revision the database is at.
+    Current,
+    /// Every revision, oldest first (read from the files: no Docker).
+    History,
+    /// A new revision file after the newest one.
+    Revision { message: String },
 }
 
 pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
+    // The revision files alone: no stack, no Docker.
+    match &action {
+        DbAction::History => return history(root, preview),
+        DbAction::Revision { message } => return new_revision(root, message, preview),
+        _ => {}
+    }
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
     let stack = Stack::new(root, Mode::Dev, project, &[], stack::tag(&revision));
@@ -73,6 +88,9 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
         );
     }
     let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
+    if let (DbAction::Migrate { to }, true) = (&action, preview.dry_run) {
+        return migrate_dry_run(&stack, &db, &revision, to.as_deref(), preview.json);
+    }
     if !preview.dry_run {
         // Before any step: a project named for another kind of stack (a leftover
         // `COMPOSE_PROJECT_NAME`) is refused with nothing done, its containers and volumes
@@ -89,6 +107,42 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
             return psql_step(&stack, &db, &args).stdout_is_data().run();
         }
         DbAction::Reset { yes, timeout } => return reset(&stack, &db, &revision, yes, timeout),
+        DbAction::Migrate { to } => {
+            require_running(&stack, &db)?;
+            let step = migrate_step(&stack, to.as_deref());
+            let text = step.read().context("db migrate failed (its error is above)")?;
+            let done: Value = serde_json::from_str(text.trim())
+                .with_context(|| format!("`{}` did not print JSON", step.short()))?;
+            (migrate_said(&done, &stack), done)
+        }
+        DbAction::Current => {
+            require_running(&stack, &db)?;
+            let step = migrations::compose_step(&stack, &["current", "--json"]);
+            let text = step.read().context("db current failed (its error is above)")?;
+            let at: Value = serde_json::from_str(text.trim())
+                .with_context(|| format!("`{}` did not print JSON", step.short()))?;
+            let said = match (at["revision"].as_str(), at["predates_migrations"].as_bool()) {
+                (Some(rev), _) if Some(rev) == at["head"].as_str() => {
+                    format!("database {} is at {rev}, the newest revision", db.name)
+                }
+                (Some(rev), _) => format!(
+                    "database {} is at {rev}; the newest is {}: `cargo xtask db migrate`",
+                    db.name, at["head"]
+                ),
+                (None, Some(true)) => format!(
+                    "database {} predates migrations: `cargo xtask db migrate` stamps it",
+                    db.name
+                ),
+                (None, _) => {
+                    format!("database {} has no schema: `cargo xtask db migrate`", db.name)
+                }
+            };
+            if !preview.json {
+                out!("{}", at["revision"].as_str().unwrap_or("none"));
+            }
+            (said, at)
+        }
+        DbAction::History | DbAction::Revision { .. } => unreachable!("handled above"),
         DbAction::Dump { output } => {
             require_running(&stack, &db)?;
             let output = output.unwrap_or_else(|| default_dump_name(&stack.project));
@@ -198,6 +252,9 @@ fn plan(stack: &Stack, db: &Database, revision: &Revision, action: &DbAction) ->
             };
             plan.step(restore_step(stack, db)).note(format!("with {file} on its stdin"))
         }
+        DbAction::Migrate { to } => plan.step(migrate_step(stack, to.as_deref())),
+        DbAction::Current => plan.step(migrations::compose_step(stack, &["current", "--json"])),
+        DbAction::History | DbAction::Revision { .. } => unreachable!("handled without a stack"),
         DbAction::Reset { yes, timeout } => {
             let plan = match yes {
                 true => plan,
@@ -334,7 +391,7 @@ fn restore(stack: &Stack, db: &Database, file: &Utf8Path, clean: bool) -> Result
 }
 
 fn reset_lifecycle(timeout: Duration) -> Lifecycle {
-    Lifecycle { timeout, build: true, teardown: Teardown::LeaveRunning }
+    Lifecycle { timeout, build: true, teardown: Teardown::LeaveRunning, migrate: false }
 }
 
 /// Drops the database's volumes and starts the stack again (the services that ran, or all).
@@ -374,4 +431,104 @@ fn reset(
         say!("database {} of stack {} is empty and ready", db.name, stack.project);
         Ok(())
     })
+}
+
+/// `python -m memories.migrate upgrade --json [--to REV]` in a one-off server container.
+fn migrate_step(stack: &Stack, to: Option<&str>) -> Step {
+    let mut args = vec!["upgrade", "--json"];
+    if let Some(to) = to {
+        args.extend(["--to", to]);
+    }
+    migrations::compose_step(stack, &args)
+}
+
+fn migrate_said(done: &Value, stack: &Stack) -> String {
+    let after = done["after"].as_str().unwrap_or("?");
+    let stamped = match done["stamped"].as_bool() {
+        Some(true) => "recognised a database made before migrations and stamped it; ",
+        _ => "",
+    };
+    match done["before"].as_str() {
+        Some(before) if before == after => {
+            format!("{stamped}the database of stack {} is at {after}", stack.project)
+        }
+        before => format!(
+            "{stamped}migrated the database of stack {} from {} to {after}",
+            stack.project,
+            before.unwrap_or("nothing")
+        ),
+    }
+}
+
+/// `db migrate --dry-run`: the plan, and the SQL of the revisions up to `to` from Alembic's
+/// offline mode, made by the dev server image in a container with no network (the SQL needs
+/// the app's Python; the image must be built).
+fn migrate_dry_run(
+    stack: &Stack,
+    db: &Database,
+    revision: &Revision,
+    to: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let image = format!("memories/{}:{}", migrations::SERVER, stack::tag(revision));
+    let mut args = vec!["upgrade", "--sql"];
+    if let Some(to) = to {
+        args.extend(["--to", to]);
+    }
+    let offline = crate::docker::cli(&stack.root)
+        .args(["run", "--rm", "--network", "none", "--entrypoint", "python", &image])
+        .args(["-m", "memories.migrate"])
+        .args(args)
+        .quiet();
+    let sql = offline.read().with_context(|| {
+        format!(
+            "cannot print the SQL: it needs the server image {image} (`cargo xtask build server`)"
+        )
+    })?;
+    let plan = plan(stack, db, revision, &DbAction::Migrate { to: to.map(Into::into) })?
+        .note("the SQL of the revisions from the first to the target, as Alembic's offline mode writes it (a database already at a later revision runs only the rest)")
+        .fact("sql", sql.clone().into());
+    plan.print(json);
+    if !json {
+        out!("{}", sql.trim_end());
+    }
+    Ok(())
+}
+
+/// `db history`: every revision, oldest first, from the files.
+fn history(root: &Utf8Path, preview: Preview) -> Result<()> {
+    let revisions = migrations::revisions(&root.join(migrations::VERSIONS_DIR))?;
+    if preview.json {
+        let all: Vec<Value> = revisions.iter().map(migrations::Revision::to_json).collect();
+        out!("{:#}", Value::from(all));
+        return Ok(());
+    }
+    for r in &revisions {
+        out!("{}  {}  {}", r.revision, r.down_revision.as_deref().unwrap_or("-   "), r.message);
+    }
+    Ok(())
+}
+
+/// `db revision MESSAGE`: a new revision file from the template.
+fn new_revision(root: &Utf8Path, message: &str, preview: Preview) -> Result<()> {
+    if preview.dry_run {
+        let revisions = migrations::revisions(&root.join(migrations::VERSIONS_DIR))?;
+        let head = revisions.last().map_or("nothing", |r| r.revision.as_str());
+        Plan::new("db revision")
+            .note(format!(
+                "writes a new revision after {head} in {}, from the template",
+                migrations::VERSIONS_DIR
+            ))
+            .print(preview.json);
+        return Ok(());
+    }
+    let path = migrations::new_revision(root, message)?;
+    let relative = path.strip_prefix(root).unwrap_or(&path);
+    say!("wrote {relative}: fill in upgrade() and downgrade(), then `cargo xtask db migrate`");
+    if preview.json {
+        out!("{}", json!({"file": relative.as_str()}));
+    } else {
+        out!("{relative}");
+    }
+    Ok(())
 }

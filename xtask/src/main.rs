@@ -16,6 +16,7 @@ mod doctor;
 mod faults;
 mod image;
 mod interrupt;
+mod migrations;
 mod oci;
 mod plan;
 mod platform;

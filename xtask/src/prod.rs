@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
 use crate::docker;
+use crate::migrations;
 use crate::plan::{Plan, Preview, Step};
 use crate::services::Model;
-use crate::stack::{self, Mode, Stack};
+use crate::stack::{self, Lifecycle, Mode, Stack};
 use crate::swarm;
 use crate::tasks::{long_lived, print_endpoints};
 use crate::version::Revision;
@@ -92,7 +93,9 @@ pub fn run(
             // checks again, as it does for every stack).
             stack::require_own_kind(&stack)?;
             stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
-            let how = long_lived(timeout, no_build);
+            // The release phase: the new server image migrates the database before any
+            // server is created or replaced.
+            let how = Lifecycle { migrate: true, ..long_lived(timeout, no_build) };
             let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
                 print_endpoints(&stack, probes, preview.json);
                 say!(
@@ -183,6 +186,7 @@ fn deploy_swarm(
     let mut resolved = swarm::resolve_images(stack, &model, revision, source)?;
     swarm::keep_unchanged(&stack.root, name, &mut resolved)?;
     let deployment = swarm::deployment(stack, merged, name, &resolved.images)?;
+    release_phase(stack, name, &deployment, source, timeout)?;
     apply(stack, name, &deployment, source, timeout)?;
     say!(
         "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \
@@ -207,7 +211,7 @@ pub fn apply(
     let text = serde_json::to_string_pretty(&deployment.definition)?;
     stack::write_mode(&file, text.as_bytes(), 0o600)?;
     let before = swarm::task_templates(&stack.root, name)?;
-    let deployed = stack_deploy(stack, &file, name, source).run();
+    let deployed = stack_deploy(stack, &file, name, source, true).run();
     let _ = std::fs::remove_file(&file);
     deployed.context("docker stack deploy failed")?;
     swarm::wait(&stack.root, name, &[], &before, timeout)?;
@@ -217,6 +221,138 @@ pub fn apply(
     Ok(())
 }
 
+/// The release phase of a swarm deploy, before any server is replaced: the database alone
+/// (deployed as the full deploy will, so an unchanged one is left running; created on a first
+/// deploy), then the new server image's migrations as a one-off job on the stack's network
+/// with the server's settings and secrets. A failed migration ends the deploy there: the
+/// database is as it was (one transaction) and no server changed.
+fn release_phase(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    let mut db_only = deployment.definition.clone();
+    if let Some(services) = db_only["services"].as_object_mut() {
+        services.retain(|service, _| service == DB_SERVICE);
+    }
+    say!(
+        "release phase: deploying {DB_SERVICE} first, then migrating it with the new server image"
+    );
+    swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
+    let file = swarm_file(stack, name);
+    let dir = file.parent().expect("the swarm file has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    stack::write_mode(&file, serde_json::to_string_pretty(&db_only)?.as_bytes(), 0o600)?;
+    let before = swarm::task_templates(&stack.root, name)?;
+    let deployed = stack_deploy(stack, &file, name, source, false).run();
+    let _ = std::fs::remove_file(&file);
+    deployed.context("docker stack deploy of the database failed")?;
+    swarm::wait(&stack.root, name, &[], &before, timeout)?;
+    migration_job(stack, name, deployment, source, timeout)
+}
+
+/// The database service, the one the release phase deploys first.
+const DB_SERVICE: &str = "db";
+
+/// Runs `python -m memories.migrate upgrade` as a swarm job (`replicated-job`, never
+/// restarted) named `<stack>_migrate`, prints its output, and removes it whatever happened.
+fn migration_job(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    let spec = &deployment.definition["services"][migrations::SERVER];
+    let image = spec["image"].as_str().context("the server service has no image")?;
+    let job = format!("{name}_migrate");
+    let root = &stack.root;
+    // A job left by a deploy that was killed.
+    let _ = docker::cli(root).args(["service", "rm", &job]).quiet().capture_regardless();
+    let mut create = docker::cli(root).args(["service", "create", "--detach", "--quiet"]).args([
+        "--name",
+        &job,
+        "--mode",
+        "replicated-job",
+        "--restart-condition",
+        "none",
+        "--network",
+        &format!("{name}_default"),
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--mount",
+        "type=tmpfs,destination=/tmp",
+        "--label",
+        &format!("com.docker.stack.namespace={name}"),
+    ]);
+    for labels in [&spec["labels"], &spec["deploy"]["labels"]] {
+        for (key, value) in labels.as_object().into_iter().flatten() {
+            let label = format!("{key}={}", value.as_str().unwrap_or_default());
+            create = create.args(["--label", &label, "--container-label", &label]);
+        }
+    }
+    for (key, value) in spec["environment"].as_object().into_iter().flatten() {
+        if let Some(value) = value.as_str() {
+            create = create.args(["--env".to_owned(), format!("{key}={value}")]);
+        }
+    }
+    for secret in spec["secrets"].as_array().into_iter().flatten() {
+        let key = secret["source"].as_str().context("a server secret without a source")?;
+        let external = deployment.definition["secrets"][key]["name"].as_str().unwrap_or(key);
+        let target = secret["target"].as_str().unwrap_or(key);
+        create = create.args(["--secret".to_owned(), format!("source={external},target={target}")]);
+    }
+    if !matches!(source, swarm::Source::Local { .. }) {
+        create = create.arg("--with-registry-auth");
+    }
+    let create =
+        create.args(["--entrypoint", "python", image]).args(["-m", "memories.migrate", "upgrade"]);
+    let result = (|| -> Result<()> {
+        create.run().context("cannot start the migration job")?;
+        let state = wait_for_job(root, &job, timeout)?;
+        let logs = docker::cli(root).args(["service", "logs", "--raw", &job]).quiet().capture()?;
+        for line in logs.stdout.lines().chain(logs.stderr.lines()) {
+            say!("{line}");
+        }
+        if state != "complete" {
+            bail!(
+                "the release phase's migration failed ({state}): no server was replaced, and the \
+                 database is as it was (one transaction)"
+            );
+        }
+        Ok(())
+    })();
+    let removed = docker::cli(root).args(["service", "rm", &job]).quiet().run_regardless();
+    result.and(removed)
+}
+
+/// Waits until the job's task has ended; returns its state (`complete`, `failed`, ...).
+fn wait_for_job(root: &Utf8Path, job: &str, timeout: Duration) -> Result<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let states = docker::cli(root)
+            .args(["service", "ps", "--no-trunc", "--format", "{{.CurrentState}}|{{.Error}}", job])
+            .quiet()
+            .read()?;
+        let first = states.lines().next().unwrap_or("").to_ascii_lowercase();
+        let (state, error) = first.split_once('|').unwrap_or((&first, ""));
+        let word = state.split_whitespace().next().unwrap_or("");
+        if ["complete", "failed", "rejected", "shutdown", "orphaned"].contains(&word) {
+            return Ok(if error.is_empty() { word.to_owned() } else { format!("{word}: {error}") });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the migration job {job} did not end within {timeout:?} (its state: {state})");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if crate::interrupt::is_set() {
+            return Err(crate::interrupt::Interrupted.into());
+        }
+    }
+}
+
 /// Where `prod deploy --swarm` writes the definition it hands to `docker stack deploy`.
 fn swarm_file(stack: &Stack, name: &str) -> Utf8PathBuf {
     stack.root.join(format!("target/xtask/{name}-swarm.json"))
@@ -224,9 +360,17 @@ fn swarm_file(stack: &Stack, name: &str) -> Utf8PathBuf {
 
 /// `docker stack deploy` of the definition in `file` as stack `name`; images from a registry
 /// are pulled with this client's credentials on every node.
-fn stack_deploy(stack: &Stack, file: &Utf8Path, name: &str, source: &swarm::Source) -> Step {
-    let deploy = ["stack", "deploy", "--detach=true", "--prune", "--compose-file", file.as_str()];
+fn stack_deploy(
+    stack: &Stack,
+    file: &Utf8Path,
+    name: &str,
+    source: &swarm::Source,
+    prune: bool,
+) -> Step {
+    let deploy = ["stack", "deploy", "--detach=true", "--compose-file", file.as_str()];
     let step = docker::cli(&stack.root).args(deploy);
+    // `--prune` removes the services the file does not name: only for the full definition.
+    let step = if prune { step.arg("--prune") } else { step };
     let step = match source {
         swarm::Source::Local { .. } => step.args(["--resolve-image", "never"]),
         swarm::Source::Registry { .. } | swarm::Source::Release(_) => {
@@ -245,7 +389,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             .note("prints the merged definition with every secret shown as ***"),
         ProdAction::Up { no_build, timeout } => {
             let model = stack.model()?;
-            let how = long_lived(*timeout, *no_build);
+            let how = Lifecycle { migrate: true, ..long_lived(*timeout, *no_build) };
             let plan = match stack.secrets_dir() {
                 Some(dir) => plan.note(format!(
                     "first writes each secret file the definition names ({}) into {dir} (a \
@@ -290,9 +434,20 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                  (`<stack>_<secret>_<hash of its content>`, the value on stdin)",
             )
             .note(format!(
+                "release phase: deploys the {DB_SERVICE} service alone first (the definition's \
+                 other services left out, nothing pruned), waits until it has converged:"
+            ))
+            .step(stack_deploy(stack, &file, name, &source, false))
+            .note(format!(
+                "then runs the new server image's migrations as the swarm job {name}_migrate \
+                 (`python -m memories.migrate upgrade`, never restarted) on the stack's network \
+                 with the server's settings and secrets, prints its output and removes it; a \
+                 failed migration ends the deploy here"
+            ))
+            .note(format!(
                 "writes the swarm definition to {file} (mode 0600), removed after the deploy"
             ))
-            .step(stack_deploy(stack, &file, name, &source))
+            .step(stack_deploy(stack, &file, name, &source, true))
             .note(
                 "then waits until every service has converged (an update that swarm rolled \
                  back fails the deploy), and removes the stack's secrets that no current or \

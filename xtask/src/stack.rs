@@ -19,6 +19,7 @@ use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
+use crate::migrations;
 use crate::plan::{Captured, Plan, Running, Step, Stream, Streams};
 use crate::reap::{self, RunId};
 use crate::services::{Model, Port, Readiness, Service};
@@ -750,6 +751,10 @@ pub struct Lifecycle {
     /// (`--no-build`).
     pub build: bool,
     pub teardown: Teardown,
+    /// Run the release phase before `up`: the database alone, then the new server image's
+    /// migrations as a one-off container ([`migrations::release_phase`]). Prod only: dev and
+    /// test servers migrate on start.
+    pub migrate: bool,
 }
 
 /// The one lifecycle of every stack task: refuse a project of another kind -> read the
@@ -774,7 +779,11 @@ pub fn lifecycle(
     } else {
         require_images(stack, &model)?;
     }
-    let started = up_and_wait(stack, &model, how.timeout);
+    let released = match how.migrate {
+        true => migrations::release_phase(stack, &model, how.timeout),
+        false => Ok(()),
+    };
+    let started = released.and_then(|()| up_and_wait(stack, &model, how.timeout));
     let result = match &started {
         Ok(probes) => {
             let result = act(&model, probes);
@@ -836,6 +845,10 @@ pub fn lifecycle_plan(
     let plan = match how.build {
         true => plan.step(build_plan(stack, model, revision).step),
         false => plan.note("--no-build: first checks that every image is in the local store"),
+    };
+    let plan = match how.migrate {
+        true => migrations::release_plan(plan, stack, model),
+        false => plan,
     };
     let plan = act(plan.step(up_step(stack)).wait_for(planned_waits(stack, model)));
     match how.teardown {
