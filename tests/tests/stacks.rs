@@ -458,8 +458,11 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
         text
     };
     prod(&["config"]);
-    prod(&["up", "--no-build", "--dry-run", "--json"]);
-    prod(&["up", "--no-build", "--json"]);
+    let plan = prod(&["up", "--no-build", "--dry-run", "--json"]);
+    assert!(plan.contains("release phase: starts db alone"), "{plan}");
+    assert!(plan.contains("memories.migrate"), "{plan}");
+    let up = prod(&["up", "--no-build", "--json"]);
+    assert!(up.contains("migrate: migrated the database from nothing to 0001"), "{up}");
     let secrets = repo_root().join("target/xtask/secrets").join(&project);
     assert!(secrets.join("POSTGRES_PASSWORD").is_file(), "the secret file is written");
 
@@ -507,11 +510,24 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
         docker(&["exec", &db, "psql", "-U", "memories", "-At", "-c", count])
     };
     assert_eq!(rows(), "1");
+    let at = docker(&[
+        "exec",
+        &format!("{project}-db-1"),
+        "psql",
+        "-U",
+        "memories",
+        "-At",
+        "-c",
+        "select version_num from alembic_version",
+    ]);
+    assert_eq!(at, "0001", "the release phase migrated the database before the servers started");
     let not_a_dump = std::env::temp_dir().join(unique_name("not-a-dump"));
     std::fs::write(&not_a_dump, "PGDMP").unwrap();
     let not_a_dump = not_a_dump.to_str().unwrap();
-    let dev_tasks: [&[&str]; 5] = [
+    let dev_tasks: [&[&str]; 7] = [
         &["db", "reset", "--yes"],
+        &["db", "migrate"],
+        &["db", "current"],
         &["db", "restore", "--clean", not_a_dump],
         &["db", "dump", "--output", not_a_dump],
         &["db", "psql", "--", "-c", "drop table memories"],

@@ -300,6 +300,119 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         for (id, _) in &load.inserted {
             assert!(ids.contains(id), "acknowledged insert {id} is in the table");
         }
+
+        // Expand and contract, each a release whose server image carries one more revision
+        // (derived from the last one), deployed under a steady load. The release phase
+        // migrates before any server is replaced: no request fails, no insert is lost.
+        let query = |sql: &str| -> String {
+            let db = docker(&[
+                "ps",
+                "--quiet",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={stack}_db"),
+            ]);
+            docker(&["exec", &db, "psql", "-U", "memories", "-d", "memories", "-At", "-c", sql])
+        };
+        let columns = || {
+            query(
+                "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'memories'::regclass AND attnum > 0 AND NOT attisdropped",
+            )
+        };
+        let revision_now = || query("SELECT version_num FROM alembic_version");
+        assert_eq!(revision_now(), "0001", "the release phase migrated the first deploy");
+        let release = |base: &str, suffix: &str, id: &str, down: &str, upgrade: &str| -> String {
+            let version = format!("{version}.{suffix}");
+            let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("{stack}-{suffix}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let revision = format!(
+                "\"\"\"The swarm test's revision {id}.\"\"\"\nfrom alembic import op\n\n\
+                 revision = \"{id}\"\ndown_revision = \"{down}\"\n\n\n\
+                 def upgrade():\n{upgrade}\n\n\ndef downgrade():\n    pass\n"
+            );
+            std::fs::write(dir.join(format!("{id}_swarm_test.py")), revision).unwrap();
+            let versions = "/opt/venv/lib/python3.13/site-packages/memories/migrations/versions/";
+            let dockerfile =
+                format!("FROM {namespace}/server:{base}\nCOPY {id}_swarm_test.py {versions}\n");
+            std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+            let server = format!("{namespace}/server:{version}");
+            docker(&["build", "--quiet", "--tag", &server, dir.to_str().unwrap()]);
+            docker(&["push", "--quiet", &server]);
+            docker(&["image", "rm", &server]);
+            for image in ["db", "proxy"] {
+                let (from, to) = (
+                    format!("{namespace}/{image}:{base}"),
+                    format!("{namespace}/{image}:{version}"),
+                );
+                docker(&["pull", "--quiet", &from]);
+                docker(&["tag", &from, &to]);
+                docker(&["push", "--quiet", &to]);
+                docker(&["image", "rm", &from, &to]);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            version
+        };
+        let under_load = |version: &str| -> (Output, Load) {
+            let stop = Arc::new(AtomicBool::new(false));
+            let load = steady_load(port, stop.clone());
+            std::thread::sleep(Duration::from_secs(2));
+            let deployed = deploy(&["--registry", &namespace, "--version", version], &[]);
+            std::thread::sleep(Duration::from_secs(2));
+            stop.store(true, Ordering::SeqCst);
+            (deployed, load.join().unwrap())
+        };
+        let expand = release(
+            &next,
+            "post10",
+            "0002",
+            "0001",
+            "    op.execute(\"ALTER TABLE memories ADD COLUMN source text NOT NULL DEFAULT 'api'\")\n\
+             \x20   op.execute(\"CREATE INDEX memories_created_at_idx ON memories (created_at)\")",
+        );
+        let (deployed, load) = under_load(&expand);
+        assert!(deployed.status.success(), "{}", stderr(&deployed));
+        assert!(stderr(&deployed).contains("from 0001 to 0002"), "{}", stderr(&deployed));
+        assert_eq!(revision_now(), "0002");
+        assert_eq!(columns(), "id,text,embedding,created_at,source");
+        eprintln!("{} requests during the expand, {} failed", load.requests, load.failed.len());
+        assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
+        let ids = stored();
+        assert!(load.inserted.iter().all(|(id, _)| ids.contains(id)), "every insert is kept");
+
+        // A release whose migration fails (a constraint every row violates): refused in the
+        // release phase, the schema, revision and servers as they were.
+        let servers_before = image_of(&format!("{stack}_server"));
+        let failing = release(
+            &expand,
+            "post11",
+            "0003",
+            "0002",
+            "    op.execute(\"ALTER TABLE memories DROP COLUMN source\")\n\
+             \x20   op.execute(\"ALTER TABLE memories ADD CONSTRAINT long CHECK (length(text) > 1000)\")",
+        );
+        let (refused, load) = under_load(&failing);
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains("violated by some row"), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains("no server was replaced"), "{}", stderr(&refused));
+        assert_eq!(revision_now(), "0002", "the failed migration changed nothing");
+        assert_eq!(columns(), "id,text,embedding,created_at,source", "not even its first step");
+        assert_eq!(image_of(&format!("{stack}_server")), servers_before);
+        assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
+        let jobs =
+            docker(&["service", "ls", "--quiet", "--filter", &format!("name={stack}_migrate")]);
+        assert_eq!(jobs, "", "the migration job is removed after it failed");
+
+        // The contract step: a release that drops the column no running code uses.
+        let drop_source = "    op.execute(\"ALTER TABLE memories DROP COLUMN source\")";
+        let contract = release(&expand, "post12", "0003", "0002", drop_source);
+        let (deployed, load) = under_load(&contract);
+        assert!(deployed.status.success(), "{}", stderr(&deployed));
+        assert_eq!(revision_now(), "0003");
+        assert_eq!(columns(), "id,text,embedding,created_at");
+        eprintln!("{} requests during the contract, {} failed", load.requests, load.failed.len());
+        assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
+        let ids = stored();
+        assert!(load.inserted.iter().all(|(id, _)| ids.contains(id)), "every insert is kept");
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");
