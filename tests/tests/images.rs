@@ -158,7 +158,7 @@ fn standalone_image_serves_stops_fast_and_keeps_its_data() {
 }
 
 #[test]
-fn db_image_needs_a_password_and_turns_healthy_over_tcp_with_the_schema() {
+fn db_image_needs_a_password_turns_healthy_over_tcp_and_the_server_image_migrates_it() {
     let image = image_ref("db");
     let refused = docker_output(&["run", "--rm", &image]);
     assert!(!refused.status.success());
@@ -178,6 +178,18 @@ fn db_image_needs_a_password_and_turns_healthy_over_tcp_with_the_schema() {
         assert!(start.elapsed() < Duration::from_secs(60), "db not healthy after 60 s: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The schema is the server's: its migrations, run from its image on the db's network.
+    let url = "DATABASE_URL=postgresql://memories:test-only@127.0.0.1:5432/memories";
+    let network = format!("container:{name}");
+    let server = image_ref("server");
+    let migrate = ["--entrypoint", "python", &server, "-m", "memories.migrate"];
+    let run = ["run", "--rm", "--network", &network, "--env", url];
+    let migrated = docker(&[&run[..], &migrate[..], &["upgrade", "--json"]].concat());
+    let migrated: serde_json::Value = serde_json::from_str(&migrated).unwrap();
+    assert_eq!(migrated["before"], serde_json::Value::Null, "{migrated}");
+    assert_eq!(migrated["after"], "0001", "{migrated}");
+    let again = docker(&[&run[..], &migrate[..], &["upgrade", "--json"]].concat());
+    assert!(again.contains(r#""before": "0001""#), "a second run finds nothing to do: {again}");
     let columns = docker(&[
         "exec",
         "--env",
