@@ -42,6 +42,9 @@ MIGRATION_LOCK = 0x6D656D6F6D696772
 # How long an upgrade waits for another one to finish (it then finds nothing left to do).
 LOCK_WAIT = "120s"
 
+# How long one statement of a revision may wait for a table lock before the migration fails.
+DDL_LOCK_WAIT = "10s"
+
 
 class MigrationError(Exception):
     """A migration failed, or the database is at a revision this server cannot use."""
@@ -190,7 +193,9 @@ def upgrade(url: str, target: str, dim: int) -> Upgraded:
             raw = conn.connection.driver_connection
             conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
-            conn.execute(sqlalchemy.text("SET LOCAL lock_timeout = 0"))
+            # A revision's DDL that waits for a lock holds up every query queued behind it: give
+            # up (and roll back) after a while rather than stall the service.
+            conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = '{DDL_LOCK_WAIT}'"))
             before = current(raw)
             stamped = before is None and _predates_migrations(raw)
             if stamped:
