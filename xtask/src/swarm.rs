@@ -586,7 +586,9 @@ fn decide(status: &ServiceStatus, expect: Expect, changed: bool) -> Attempt {
                 "the update is paused: {message}; see `cargo xtask prod status`"
             ));
         }
-        (Some("rollback_completed"), Expect::Updated) => {
+        // A rollback of an earlier deploy (a service this deploy left unchanged, such as the
+        // server while the release phase deploys the database) is not this deploy's failure.
+        (Some("rollback_completed"), Expect::Updated) if changed => {
             return Attempt::Failed(format!(
                 "the new version failed and swarm rolled it back to {}: {message}",
                 status.image
@@ -810,6 +812,11 @@ mod tests {
             panic!("a rolled back deploy fails")
         };
         assert!(why.contains("rolled it back") && why.contains("update rolled back"), "{why}");
+        // An earlier deploy's rollback of a service this one did not change: converged.
+        assert_eq!(
+            decide(&status(Some("rollback_completed"), 2), Expect::Updated, false),
+            Attempt::Ready
+        );
         assert_eq!(
             decide(&status(Some("rollback_completed"), 2), Expect::RolledBack, false),
             Attempt::Ready
