@@ -292,9 +292,19 @@ pub fn xtask_binary() -> PathBuf {
     target.join("debug/xtask")
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+/// A free TCP port on 127.0.0.1 (free when asked), never one this process handed out before:
+/// the kernel may give the port it just released to the next `bind(0)`, and a stack given the
+/// same port for two services fails with "port is already allocated".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The host port that `container`'s `port`/tcp is published on.

@@ -278,15 +278,50 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
             add_labelled(&mut runs, kind, &listed);
         }
     }
-    let tags = docker::cli(root).args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
-    let tags = query(tags, when).context("cannot list image tags")?;
-    for tag in tags.lines().filter(|t| !t.ends_with(":<none>")) {
-        let repository = tag.rsplit_once(':').map_or(tag, |(repository, _)| repository);
-        for run in ids_in(repository) {
-            runs.entry(run).or_default().tags.push(tag.to_owned());
+    // The listing shows `repository:tag`, but an image a swarm task pulled by `tag@digest` is
+    // named `repository:tag@sha256:...`, which only that full name removes: the names come
+    // from inspecting the images whose repository names a run.
+    let listing = docker::cli(root).args(["image", "ls", "--no-trunc", "--format"]);
+    let listing = listing.arg("{{.ID}}\t{{.Repository}}");
+    let listed = query(listing, when).context("cannot list image tags")?;
+    let mut ids: Vec<&str> = listed
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(_, repository)| !ids_in(repository).is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if !ids.is_empty() {
+        let format = "{{range .RepoTags}}{{println .}}{{end}}";
+        let inspect = docker::cli(root).args(["image", "inspect", "--format", format]).args(ids);
+        // An image removed between the two calls makes inspect fail for it alone: the others'
+        // names are still on its stdout.
+        let inspect = inspect.quiet();
+        let named = match when {
+            When::Before => inspect.capture()?,
+            When::Cleanup => inspect.capture_regardless()?,
+        };
+        for name in named.stdout.lines().filter(|n| !n.is_empty()) {
+            for run in ids_in(repository_of(name)) {
+                let tags = &mut runs.entry(run).or_default().tags;
+                if !tags.iter().any(|t| t == name) {
+                    tags.push(name.to_owned());
+                }
+            }
         }
     }
     Ok(runs)
+}
+
+/// The repository of an image name: `repository:tag` or `repository:tag@sha256:...`.
+fn repository_of(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(name, _)| name);
+    // A `:` after the last `/` starts the tag; one before it is a registry's port.
+    match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => name,
+    }
 }
 
 /// Files `id<TAB>run` lines under their runs.
@@ -461,6 +496,17 @@ fn summary(leftovers: &Leftovers) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_names_repository_is_found_behind_a_port_a_tag_and_a_digest() {
+        assert_eq!(
+            repository_of("127.0.0.1:5000/ns/server:0.1.0@sha256:ab"),
+            "127.0.0.1:5000/ns/server"
+        );
+        assert_eq!(repository_of("127.0.0.1:5000/ns/server:0.1.0"), "127.0.0.1:5000/ns/server");
+        assert_eq!(repository_of("127.0.0.1:5000/ns/server"), "127.0.0.1:5000/ns/server");
+        assert_eq!(repository_of("memories/db:sha-1234567"), "memories/db");
+    }
 
     #[test]
     fn run_directories_of_processes_that_are_gone_are_removed() {
