@@ -329,6 +329,13 @@ pub fn keep_unchanged(root: &Utf8Path, name: &str, resolved: &mut Resolved) -> R
                  its labels differ): kept, not restarted"
             );
             *wanted = current.clone();
+        } else if service == "db" {
+            // Said before anything changes: the one restart that costs requests.
+            say!(
+                "{service}: {wanted} differs from the running {current} in its layers or \
+                 settings: the database restarts (stop-first, it never runs twice on its \
+                 volume), and requests fail until it is back"
+            );
         }
     }
     Ok(())
