@@ -427,7 +427,8 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             };
             plan.note(
                 "keeps the running image of each service whose new image has the same layers \
-                 and run settings (only labels differ), so that service is not restarted",
+                 and run settings (only labels differ), so that service is not restarted; says \
+                 before anything changes when the database's image differs (it restarts)",
             )
             .note(
                 "creates each Docker secret the definition names that does not exist yet \
