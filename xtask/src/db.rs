@@ -480,16 +480,24 @@ fn migrate_dry_run(
         .args(["-m", "memories.migrate"])
         .args(args)
         .quiet();
-    let sql = offline.read().with_context(|| {
-        format!(
-            "cannot print the SQL: it needs the server image {image} (`cargo xtask build server`)"
-        )
-    })?;
-    let plan = plan(stack, db, revision, &DbAction::Migrate { to: to.map(Into::into) })?
-        .note("the SQL of the revisions from the first to the target, as Alembic's offline mode writes it (a database already at a later revision runs only the rest)")
-        .fact("sql", sql.clone().into());
+    let plan = plan(stack, db, revision, &DbAction::Migrate { to: to.map(Into::into) })?;
+    // The plan needs no engine; the SQL needs the server image, so without it the plan says
+    // why instead.
+    let sql = offline.read();
+    let plan = match &sql {
+        Ok(sql) => plan
+            .note(
+                "the SQL of the revisions from the first to the target, as Alembic's offline \
+                 mode writes it (a database already at a later revision runs only the rest):",
+            )
+            .fact("sql", sql.clone().into()),
+        Err(err) => plan.note(format!(
+            "no SQL shown: it is made by the server image {image} (`cargo xtask build server`), \
+             which could not run: {err:#}"
+        )),
+    };
     plan.print(json);
-    if !json {
+    if let (Ok(sql), false) = (sql, json) {
         out!("{}", sql.trim_end());
     }
     Ok(())
