@@ -461,8 +461,8 @@ fn migrate_said(done: &Value, stack: &Stack) -> String {
 }
 
 /// `db migrate --dry-run`: the plan, and the SQL of the revisions up to `to` from Alembic's
-/// offline mode, made by the dev server image in a container with no network (the SQL needs
-/// the app's Python; the image must be built).
+/// offline mode, made by the dev server image with the work tree's package in a container
+/// with no network (the SQL needs the app's Python; the image must be built).
 fn migrate_dry_run(
     stack: &Stack,
     db: &Database,
@@ -476,7 +476,8 @@ fn migrate_dry_run(
         args.extend(["--to", to]);
     }
     let offline = crate::docker::cli(&stack.root)
-        .args(["run", "--rm", "--network", "none", "--entrypoint", "python", &image])
+        .args(["run", "--rm", "--network", "none", "--entrypoint", "python"])
+        .args(["--volume".to_owned(), migrations::work_tree_mount(&stack.root), image.clone()])
         .args(["-m", "memories.migrate"])
         .args(args)
         .quiet();

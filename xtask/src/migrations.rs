@@ -220,13 +220,15 @@ const INSTALLED_PACKAGE: &str = "/opt/venv/lib/python3.13/site-packages/memories
 pub fn compose_step(stack: &Stack, args: &[&str]) -> Step {
     let step = stack.compose().args(["run", "--rm", "--no-deps", "--no-TTY"]);
     let step = match stack.mode {
-        Mode::Dev => {
-            let source = stack.root.join("app/src/memories");
-            step.args(["--volume".to_owned(), format!("{source}:{INSTALLED_PACKAGE}:ro")])
-        }
+        Mode::Dev => step.args(["--volume".to_owned(), work_tree_mount(&stack.root)]),
         _ => step,
     };
     step.args(["--entrypoint", ENTRYPOINT, SERVER]).args(RUNNER).args(args.iter().copied())
+}
+
+/// A `--volume` value that mounts the work tree's package over the server image's.
+pub fn work_tree_mount(root: &Utf8Path) -> String {
+    format!("{}:{INSTALLED_PACKAGE}:ro", root.join("app/src/memories"))
 }
 
 /// The database service of a stack.
