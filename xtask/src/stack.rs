@@ -696,8 +696,6 @@ pub fn dump(stack: &Stack, services: &[&str]) {
     }
 }
 
-/// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
-/// Runs even after Ctrl-C.
 /// `dev down`, `prod down`: [`down`] once the project is known to hold a stack of this kind
 /// (or nothing), so a dev task never removes a prod stack's containers or volumes, nor the
 /// reverse.
@@ -715,6 +713,8 @@ pub fn down_own_plan(plan: Plan, stack: &Stack, volumes: bool) -> Plan {
     .step(down_step(stack, volumes))
 }
 
+/// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
+/// Runs even after Ctrl-C.
 pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
     let step = down_step(stack, volumes);
     step.run_regardless().map_err(|err| {
