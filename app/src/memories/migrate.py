@@ -151,7 +151,10 @@ def _alembic_config(url: str, dim: int):  # type: ignore[no-untyped-def]
 
     cfg = Config()
     cfg.set_main_option("script_location", str(VERSIONS.parent))
-    cfg.set_main_option("sqlalchemy.url", url.replace("postgresql://", "postgresql+psycopg://", 1))
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgres", "postgresql"):
+        raise MigrationError(f"DATABASE_URL must start with postgresql://, not {scheme}://")
+    cfg.set_main_option("sqlalchemy.url", f"postgresql+psycopg://{rest}".replace("%", "%%"))
     cfg.attributes["embedding_dim"] = dim
     return cfg
 
@@ -173,9 +176,6 @@ class Upgraded:
 def upgrade(url: str, target: str, dim: int) -> Upgraded:
     """Brings the database to `target` in one transaction, holding the migration lock; a
     database made before migrations is stamped with the baseline first."""
-    import sqlalchemy
-    from alembic import command
-
     known = [r.revision for r in revisions()]
     target = known[-1] if target == "head" else target
     if target not in known:
@@ -184,6 +184,9 @@ def upgrade(url: str, target: str, dim: int) -> Upgraded:
     with psycopg.connect(url, connect_timeout=5) as conn:
         if current(conn) == target:
             return Upgraded(target, target, stamped=False)
+    import sqlalchemy
+    from alembic import command
+
     cfg = _alembic_config(url, dim)
     engine = sqlalchemy.create_engine(
         cfg.get_main_option("sqlalchemy.url"), poolclass=sqlalchemy.pool.NullPool
@@ -217,6 +220,12 @@ def upgrade(url: str, target: str, dim: int) -> Upgraded:
     except sqlalchemy.exc.DBAPIError as err:
         message = str(err.orig).strip() if err.orig is not None else str(err)
         raise MigrationError(f"migration to {target} failed, nothing was changed: {message}") from None
+    except MigrationError:
+        raise
+    except Exception as err:  # A revision's own bug: its transaction was never committed.
+        raise MigrationError(
+            f"migration to {target} failed, nothing was changed: {type(err).__name__}: {err}"
+        ) from err
     finally:
         engine.dispose()
     return Upgraded(before, target, stamped)
