@@ -7,6 +7,7 @@ use std::time::Duration;
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand};
 
+use crate::backup::{BackupAction, RestoreTarget};
 use crate::ci::CiStep;
 use crate::image::{BuildRequest, Cache, ImageName, Output};
 use crate::plan::Preview;
@@ -387,6 +388,34 @@ pub enum ProdAction {
         /// Services to roll back, by their name in the definition (`server`).
         services: Vec<String>,
         #[arg(long, default_value = "300s", value_parser = crate::wait::parse_duration)]
+        timeout: Duration,
+    },
+    /// Back up the prod stack's database now (pgBackRest, into the `backups` volume), e.g.
+    /// `cargo xtask prod backup --json`. The WAL is archived continuously besides.
+    Backup {
+        /// `full`, or only what changed since the last backup (`diff`) or the last of any
+        /// kind (`incr`).
+        #[arg(long = "type", default_value = "full", value_parser = ["full", "diff", "incr"])]
+        kind: String,
+    },
+    /// List the backups (sizes, when each finished) and how far the archived WAL reaches;
+    /// exits 1 when archiving is failing or there is no backup, e.g. `cargo xtask prod backups`.
+    Backups,
+    /// Replace the prod database with a restored one: the latest state archived, the state at
+    /// `--time`, or one backup alone with `--backup`. Refuses a database that holds rows
+    /// unless `--force`; stops the servers while it runs, e.g. `cargo xtask prod restore
+    /// --time '2026-12-05 13:40:00+00'`.
+    Restore {
+        /// A time PostgreSQL reads, with its zone: `2026-12-05 13:40:00+00`.
+        #[arg(long, conflicts_with = "backup")]
+        time: Option<String>,
+        /// A backup's label, from `prod backups`.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Replace a database that holds rows.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
     },
 }
@@ -993,6 +1022,16 @@ impl From<ProdAction> for prod::ProdAction {
             ProdAction::Status { stack } => prod::ProdAction::Status { stack },
             ProdAction::Rollback { stack, services, timeout } => {
                 prod::ProdAction::Rollback { stack, services, timeout }
+            }
+            ProdAction::Backup { kind } => prod::ProdAction::Backups(BackupAction::Backup { kind }),
+            ProdAction::Backups => prod::ProdAction::Backups(BackupAction::List),
+            ProdAction::Restore { time, backup, force, timeout } => {
+                let target = match (time, backup) {
+                    (Some(time), _) => RestoreTarget::Time(time),
+                    (None, Some(label)) => RestoreTarget::Backup(label),
+                    (None, None) => RestoreTarget::Latest,
+                };
+                prod::ProdAction::Backups(BackupAction::Restore { target, force, timeout })
             }
         }
     }

@@ -212,6 +212,18 @@ fn restore_step(stack: &Stack, db: &Database) -> Step {
     ])
 }
 
+/// The row count of [`COUNT_ROWS`] in the `memories` database of `service`'s container (the
+/// prod stack's names).
+pub fn count_rows_step(stack: &Stack, service: &str) -> Step {
+    let db = Database {
+        service: service.to_owned(),
+        user: "memories".into(),
+        name: "memories".into(),
+        volumes: Vec::new(),
+    };
+    count_step(stack, &db)
+}
+
 fn count_step(stack: &Stack, db: &Database) -> Step {
     exec(stack, db)
         .args(["psql", "--username", &db.user, "--dbname", &db.name])

@@ -6,6 +6,7 @@
 #[macro_use]
 mod term;
 
+mod backup;
 mod bench;
 mod bundle;
 mod ci;

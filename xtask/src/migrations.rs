@@ -246,6 +246,14 @@ pub fn release_phase(stack: &Stack, model: &Model, timeout: Duration) -> Result<
     let db_model = alone.model()?;
     say!("release phase: starting {db} alone, then migrating it with the new server image");
     stack::up_and_wait(&alone, &db_model, timeout)?;
+    // Where the database archives its WAL with pgBackRest (prod), its stanza must exist for
+    // archiving to succeed: created once, before anything writes.
+    if db_model.services.iter().any(|s| s.name == db && s.env("PGBACKREST_STANZA").is_some()) {
+        crate::backup::stanza_step(stack)
+            .quiet()
+            .run()
+            .context("cannot create pgBackRest's stanza for the WAL archive")?;
+    }
     compose_step(stack, &["upgrade"]).run().map_err(|err| {
         err.context(
             "the release phase's migration failed: no server was created or replaced, and the \

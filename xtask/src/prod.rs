@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
+use crate::backup;
 use crate::docker;
 use crate::migrations;
 use crate::plan::{Plan, Preview, Step};
@@ -47,6 +48,8 @@ pub enum ProdAction {
         services: Vec<String>,
         timeout: Duration,
     },
+    /// Backups of the compose prod stack's database (see [`backup`]).
+    Backups(backup::BackupAction),
 }
 
 /// Where `prod deploy` takes its images from.
@@ -122,6 +125,10 @@ pub fn run(
         ProdAction::Status { stack: name } => {
             print_status(&swarm::status(&stack.root, &name)?, preview.json);
             Ok(())
+        }
+        ProdAction::Backups(action) => {
+            stack::require_secrets(&stack, &SECRETS)?;
+            backup::run(&stack, action, preview.json)
         }
         ProdAction::Rollback { stack: name, services, timeout } => {
             swarm::require_manager(&stack)?;
@@ -455,6 +462,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                  previous spec uses",
             )
         }
+        ProdAction::Backups(action) => backup::plan(stack, action),
         ProdAction::Status { stack: name } => plan.note(format!(
             "reads the services of stack {name} (`docker service inspect`, `docker service ps`)"
         )),
