@@ -559,3 +559,107 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
     assert!(!secrets.exists(), "prod down removes the secret files");
     assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
 }
+
+/// The restore drill on a prod stack: rows, a backup, more rows, a time T, more rows, the db
+/// volume destroyed; `prod restore --time T` brings back exactly the rows written before T,
+/// and `prod restore --backup LABEL` exactly those of the backup.
+#[test]
+fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-backup");
+    cleanup.project(&project);
+    let port = free_port();
+    let password = format!("pw-{}", unique_name("backup"));
+    let prod = |args: &[&str]| {
+        xtask_process()
+            .arg("prod")
+            .args(args)
+            .env("POSTGRES_PASSWORD", &password)
+            .env("PROXY_PORT", port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .stdin(Stdio::null())
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let output = prod(args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "prod {args:?}: {stderr}");
+        (String::from_utf8(output.stdout).unwrap(), stderr)
+    };
+    ok(&["up", "--no-build"]);
+    let db = format!("{project}-db-1");
+    let psql = |sql: &str| docker(&["exec", &db, "psql", "-U", "memories", "-At", "-c", sql]);
+    let mut n = 0;
+    let mut insert = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                n += 1;
+                let mut embedding = vec!["0"; 384];
+                embedding[n % 384] = "1";
+                let body =
+                    format!(r#"{{"text": "row {n}", "embedding": [{}]}}"#, embedding.join(","));
+                let created = http("POST", port, "/v1/memories", Some(&body)).unwrap();
+                assert_eq!(created.status, 201, "{}", created.body);
+                format!("row {n}")
+            })
+            .collect()
+    };
+    let rows = || -> Vec<String> {
+        let listed = psql("select text from memories order by id");
+        listed.lines().map(str::to_owned).collect()
+    };
+
+    // Nothing to list yet: an error that says so.
+    let none = prod(&["backups"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("has no backup yet"));
+
+    let in_backup = insert(3);
+    let start = Instant::now();
+    let (backup, said) = ok(&["backup", "--json"]);
+    eprintln!("{said}backup took {:?}", start.elapsed());
+    let backup: Value = serde_json::from_str(&backup).unwrap();
+    let label = backup["label"].as_str().unwrap().to_owned();
+    let before_t = insert(2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t =
+        psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')");
+    let t = format!("{t}+00");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_t = insert(2);
+    // The WAL up to now archived (`check` switches to a new segment and waits for the archive),
+    // as the minute's `archive_timeout` would have done.
+    docker(&["exec", &db, "pgbackrest", "check"]);
+    let (listed, _) = ok(&["backups", "--json"]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["backups"][0]["label"], label.as_str(), "{listed}");
+    assert_eq!(listed["archive"]["failing"], false, "{listed}");
+
+    // A database that holds rows is not replaced without --force.
+    let refused = prod(&["restore", "--time", &t]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds 7 rows: pass --force"));
+    assert_eq!(rows().len(), 7, "the refused restore changed nothing");
+
+    // The volume is lost.
+    docker(&["rm", "--force", "--volumes", &db]);
+    docker(&["volume", "rm", &format!("{project}_db-data")]);
+    let start = Instant::now();
+    let (_, said) = ok(&["restore", "--time", &t]);
+    eprintln!("{said}restore to a time took {:?}", start.elapsed());
+    let expected: Vec<String> = in_backup.iter().chain(&before_t).cloned().collect();
+    assert_eq!(rows(), expected, "exactly the rows written before {t}: {after_t:?} are not back");
+    tests::wait_for_200(port, "/v1/health", Duration::from_secs(30));
+
+    let start = Instant::now();
+    let (_, said) = ok(&["restore", "--backup", &label, "--force"]);
+    eprintln!("{said}restore of the backup alone took {:?}", start.elapsed());
+    assert_eq!(rows(), in_backup, "exactly the rows of backup {label}");
+    insert(1);
+
+    ok(&["down", "--volumes"]);
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}

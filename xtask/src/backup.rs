@@ -296,6 +296,19 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// Whether the database's volume (`<project>_db-data`) exists.
+fn data_volume_exists(stack: &Stack) -> Result<bool> {
+    let name = format!("^{}_{DATA_VOLUME}$", stack.project);
+    let listed = crate::docker::cli(&stack.root)
+        .args(["volume", "ls", "--quiet", "--filter", &format!("name={name}")])
+        .quiet()
+        .read()?;
+    Ok(!listed.trim().is_empty())
+}
+
+/// The database's volume in the definition.
+const DATA_VOLUME: &str = "db-data";
+
 /// The steps of a restore, in order, as the plan shows them.
 fn restore_steps(stack: &Stack, target: &RestoreTarget) -> Vec<Step> {
     let stop = stack.compose().args(["stop", "--timeout", "10"]).args(WRITERS).arg(DB);
@@ -320,10 +333,11 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
                 target.describe()
             );
         }
-    } else if !force && stack::exists(&stack.project)? {
+    } else if !force && data_volume_exists(stack)? {
         bail!(
-            "the {DB} service of stack {} is not running, so its rows cannot be counted: start it \
-             with `cargo xtask prod up`, or pass --force to replace whatever its volume holds",
+            "the {DB} service of stack {} is not running but its volume is there, so its rows \
+             cannot be counted: start it with `cargo xtask prod up`, or pass --force to replace \
+             whatever the volume holds",
             stack.project
         );
     }
