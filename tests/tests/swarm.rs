@@ -413,6 +413,15 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
         let ids = stored();
         assert!(load.inserted.iter().all(|(id, _)| ids.contains(id)), "every insert is kept");
+        // The deploy created pgBackRest's stanza: the WAL is archived (`check` switches to a new
+        // segment and waits until it is in the archive).
+        let db = docker(&[
+            "ps",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={stack}_db"),
+        ]);
+        docker(&["exec", &db, "pgbackrest", "check"]);
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");

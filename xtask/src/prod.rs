@@ -257,7 +257,31 @@ fn release_phase(
     let _ = std::fs::remove_file(&file);
     deployed.context("docker stack deploy of the database failed")?;
     swarm::wait(&stack.root, name, &[], &before, timeout)?;
+    create_stanza(stack, name, deployment)?;
     migration_job(stack, name, deployment, source, timeout)
+}
+
+/// Where the database archives its WAL with pgBackRest, its stanza must exist for archiving to
+/// succeed (until then every segment waits in `pg_wal`): created in the running db task's
+/// container, which is on this node (the manager, where the db is placed).
+fn create_stanza(stack: &Stack, name: &str, deployment: &swarm::Deployment) -> Result<()> {
+    let db = &deployment.definition["services"][DB_SERVICE];
+    if db["environment"]["PGBACKREST_STANZA"].is_null() {
+        return Ok(());
+    }
+    let filter = format!("label=com.docker.swarm.service.name={name}_{DB_SERVICE}");
+    let containers = docker::cli(&stack.root)
+        .args(["ps", "--quiet", "--filter", &filter, "--filter", "status=running"])
+        .quiet()
+        .read()?;
+    let Some(container) = containers.split_whitespace().next() else {
+        bail!("the {DB_SERVICE} service of stack {name} has no running container on this node");
+    };
+    docker::cli(&stack.root)
+        .args(["exec", container, "pgbackrest", "stanza-create"])
+        .quiet()
+        .run()
+        .context("cannot create pgBackRest's stanza for the WAL archive")
 }
 
 /// The database service, the one the release phase deploys first.
@@ -446,6 +470,9 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                  other services left out, nothing pruned), waits until it has converged:"
             ))
             .step(stack_deploy(stack, &file, name, &source, false))
+            .note(
+                "creates pgBackRest's stanza in the running db container (WAL archiving needs it)",
+            )
             .note(format!(
                 "then runs the new server image's migrations as the swarm job {name}_migrate \
                  (`python -m memories.migrate upgrade`, never restarted) on the stack's network \
