@@ -111,6 +111,15 @@ pub fn for_swarm(mut definition: Value) -> Value {
                 service.remove("security_opt");
                 // Swarm ignores it, with a warning: its tasks get the default /dev/shm.
                 service.remove("shm_size");
+                // Compose's own key for a bind mount (`BACKUP_PATH`); the swarm loader refuses
+                // it, and swarm never creates a missing host path anyway.
+                for volume in
+                    service.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten()
+                {
+                    if let Some(bind) = volume.get_mut("bind").and_then(Value::as_object_mut) {
+                        bind.remove("create_host_path");
+                    }
+                }
                 // Compose writes CPU limits as numbers; the swarm loader wants strings.
                 if let Some(resources) = service
                     .get_mut("deploy")
