@@ -349,12 +349,10 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
     let started = std::time::Instant::now();
     let [stop, restore] = <[Step; 2]>::try_from(restore_steps(stack, target)).expect("two steps");
     stop.run().context("cannot stop the writers and the database; nothing was restored")?;
-    restore.run().with_context(|| {
-        format!(
-            "the restore failed; the database is stopped: run `cargo xtask prod restore` again \
-             (it resumes), or `cargo xtask prod up` to start what the volume holds"
-        )
-    })?;
+    restore.run().context(
+        "the restore failed and the database is stopped: run the same `cargo xtask prod \
+         restore` again with --force, or `cargo xtask prod up` to start what the volume holds",
+    )?;
     let db_only = Stack { services: vec![DB.to_owned()], ..stack.clone() };
     stack::up_and_wait(&db_only, &db_only.model()?, timeout)
         .context("the restored database did not become ready")?;
