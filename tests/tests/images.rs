@@ -184,7 +184,20 @@ fn db_image_needs_a_password_turns_healthy_over_tcp_and_the_server_image_migrate
     let server = image_ref("server");
     let migrate = ["--entrypoint", "python", &server, "-m", "memories.migrate"];
     let run = ["run", "--rm", "--network", &network, "--env", url];
+    // Another migration holds the lock (`MIGRATION_LOCK` in migrate.py) for 3 s: this one
+    // waits for it rather than migrating beside it.
+    let hold = "select pg_advisory_lock(7882827048126343026); select pg_sleep(3);";
+    let mut holder = std::process::Command::new("docker")
+        .args(["exec", &name, "psql", "-U", "memories", "-d", "memories", "-c", hold])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
     let migrated = docker(&[&run[..], &migrate[..], &["upgrade", "--json"]].concat());
+    let waited = start.elapsed();
+    assert!(holder.wait().unwrap().success());
+    assert!(waited >= Duration::from_secs(2), "it waited for the lock: {waited:?}");
     let migrated: serde_json::Value = serde_json::from_str(&migrated).unwrap();
     assert_eq!(migrated["before"], serde_json::Value::Null, "{migrated}");
     assert_eq!(migrated["after"], "0001", "{migrated}");

@@ -644,8 +644,13 @@ fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("holds 7 rows: pass --force"));
     assert_eq!(rows().len(), 7, "the refused restore changed nothing");
 
-    // The volume is lost.
-    docker(&["rm", "--force", "--volumes", &db]);
+    // The stack is taken down (its secret files go with it), and a stopped database whose
+    // volume is there is not replaced without --force either.
+    ok(&["down"]);
+    let stopped = prod(&["restore", "--time", &t]);
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("its rows cannot be counted"));
+    // Then the volume is lost.
     docker(&["volume", "rm", &format!("{project}_db-data")]);
     let start = Instant::now();
     let (_, said) = ok(&["restore", "--time", &t]);

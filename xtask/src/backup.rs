@@ -341,6 +341,8 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
             stack.project
         );
     }
+    // After `prod down` the secret files are gone; the containers of the restore need them.
+    stack::write_secrets(stack, &stack::merged_definition(stack)?)?;
     say!(
         "restoring {} into stack {}; its writers stop meanwhile",
         target.describe(),
