@@ -324,7 +324,9 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
     let running = stack::running_services(stack)?;
     if running.iter().any(|s| s == DB) {
         let rows = crate::db::count_rows_step(stack, DB).quiet().read()?;
-        let rows: u64 = rows.trim().parse().unwrap_or(0);
+        let rows: u64 = rows.trim().parse().with_context(|| {
+            format!("cannot read a row count from `{}`; nothing was changed", rows.trim())
+        })?;
         if rows > 0 && !force {
             bail!(
                 "database memories of stack {} holds {rows} rows: pass --force to replace them with \
