@@ -212,20 +212,35 @@ pub fn apply(
     timeout: Duration,
 ) -> Result<()> {
     swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
-    let file = swarm_file(stack, name);
-    let dir = file.parent().expect("the swarm file has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-    let text = serde_json::to_string_pretty(&deployment.definition)?;
-    stack::write_mode(&file, text.as_bytes(), 0o600)?;
-    let before = swarm::task_templates(&stack.root, name)?;
-    let deployed = stack_deploy(stack, &file, name, source, true).run();
-    let _ = std::fs::remove_file(&file);
-    deployed.context("docker stack deploy failed")?;
-    swarm::wait(&stack.root, name, &[], &before, timeout)?;
+    let failed = "docker stack deploy failed";
+    deploy_and_wait(stack, name, &deployment.definition, source, true, failed, timeout)?;
     for secret in swarm::prune_secrets(&stack.root, name)? {
         say!("removed secret {secret}: no current or previous spec uses it");
     }
     Ok(())
+}
+
+/// Writes `definition` to the swarm file (mode 0600, removed afterwards), hands it to `docker
+/// stack deploy` (`prune`: remove the services it does not name), and waits until every
+/// service of stack `name` has converged. `failed` is the context of a deploy that fails.
+fn deploy_and_wait(
+    stack: &Stack,
+    name: &str,
+    definition: &Value,
+    source: &swarm::Source,
+    prune: bool,
+    failed: &'static str,
+    timeout: Duration,
+) -> Result<()> {
+    let file = swarm_file(stack, name);
+    let dir = file.parent().expect("the swarm file has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    stack::write_mode(&file, serde_json::to_string_pretty(definition)?.as_bytes(), 0o600)?;
+    let before = swarm::task_templates(&stack.root, name)?;
+    let deployed = stack_deploy(stack, &file, name, source, prune).run();
+    let _ = std::fs::remove_file(&file);
+    deployed.context(failed)?;
+    swarm::wait(&stack.root, name, &[], &before, timeout)
 }
 
 /// The release phase of a swarm deploy, before any server is replaced: the database alone
@@ -248,15 +263,8 @@ fn release_phase(
         "release phase: deploying {DB_SERVICE} first, then migrating it with the new server image"
     );
     swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
-    let file = swarm_file(stack, name);
-    let dir = file.parent().expect("the swarm file has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-    stack::write_mode(&file, serde_json::to_string_pretty(&db_only)?.as_bytes(), 0o600)?;
-    let before = swarm::task_templates(&stack.root, name)?;
-    let deployed = stack_deploy(stack, &file, name, source, false).run();
-    let _ = std::fs::remove_file(&file);
-    deployed.context("docker stack deploy of the database failed")?;
-    swarm::wait(&stack.root, name, &[], &before, timeout)?;
+    let failed = "docker stack deploy of the database failed";
+    deploy_and_wait(stack, name, &db_only, source, false, failed, timeout)?;
     create_stanza(stack, name, deployment)?;
     migration_job(stack, name, deployment, source, timeout)
 }
