@@ -1,16 +1,20 @@
-//! `cargo xtask prod backup|backups|restore`: the prod stack's backups, made by pgBackRest in
-//! the db container into the `backups` volume, with the WAL archived continuously
-//! (`compose/prod.yaml`), so a database comes back as of its latest backup, as of any time
-//! since the oldest one, or as of one backup alone.
+//! `cargo xtask prod backup|backups|restore`: the prod database's backups, made by pgBackRest
+//! in the db container into the `backups` volume, with the WAL archived continuously
+//! (`compose/prod.yaml`) and a full backup on a schedule (`BACKUP_EVERY`, run by the db
+//! image), so a database comes back as of its latest backup, as of any time since the oldest
+//! one, or as of one backup alone. The compose prod stack by default; a swarm stack's with
+//! `--stack NAME`.
 //!
-//! Every command runs inside the db service's containers (`docker compose exec` and `run`), so
-//! nothing is needed on the host and pgBackRest always matches the server.
+//! Every command runs inside the db service's containers (`docker compose exec` and `run`, or
+//! `docker exec` into the swarm task and `docker run` with its service's image, settings and
+//! mounts), so nothing is needed on the host and pgBackRest always matches the server.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::docker;
 use crate::plan::{Plan, Step};
 use crate::stack::{self, Stack};
 
@@ -18,6 +22,8 @@ use crate::stack::{self, Stack};
 const DB: &str = "db";
 /// The services that write to the database, stopped while a restore runs.
 const WRITERS: [&str; 1] = ["server"];
+/// Where the db image keeps pgBackRest's repository, and the schedule's state in it.
+const SCHEDULE_FILE: &str = "/var/lib/pgbackrest/schedule";
 
 /// What `prod backup|backups|restore` does.
 #[derive(Debug, Clone)]
@@ -72,44 +78,131 @@ impl RestoreTarget {
     }
 }
 
+/// Where the database runs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The `db` service of the compose prod stack.
+    Compose(Stack),
+    /// The `db` service of the swarm stack `name`, through its task's container on this
+    /// engine. `stack` gives the repository and the settings.
+    Swarm { stack: Stack, name: String },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Compose(stack) => format!("stack {}", stack.project),
+            Target::Swarm { name, .. } => format!("swarm stack {name}"),
+        }
+    }
+
+    /// `args` run in the db container: `container` is the swarm task's (see [`Self::container`]).
+    fn exec_in(&self, container: &str, args: &[&str]) -> Step {
+        match self {
+            Target::Compose(stack) => {
+                stack.compose().args(["exec", "--no-TTY", DB]).args(args.iter().copied())
+            }
+            Target::Swarm { stack, .. } => docker::cli(&stack.root)
+                .args(["exec", "--interactive", container])
+                .args(args.iter().copied()),
+        }
+    }
+
+    /// The running db container, by id: none for compose (it execs by service), the swarm
+    /// task's container on this engine otherwise.
+    fn container(&self) -> Result<String> {
+        match self {
+            Target::Compose(stack) => {
+                if !stack::running_services(stack)?.iter().any(|s| s == DB) {
+                    bail!(
+                        "the {DB} service of stack {} is not running: start it with `cargo xtask prod up`",
+                        stack.project
+                    );
+                }
+                Ok(String::new())
+            }
+            Target::Swarm { stack, name } => {
+                let found = swarm_db_containers(stack, name)?;
+                match found.first() {
+                    Some(id) => Ok(id.clone()),
+                    None => bail!(
+                        "no running {name}_{DB} task on this engine: run this on the node that \
+                         runs it (`docker service ps {name}_{DB}`), or deploy the stack with \
+                         `cargo xtask prod deploy --swarm --stack {name}`"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The container name plans show for the swarm task, which is found when the step runs.
+    fn planned_container(&self) -> String {
+        match self {
+            Target::Compose(_) => String::new(),
+            Target::Swarm { name, .. } => format!("<the running {name}_{DB} task>"),
+        }
+    }
+}
+
+/// The running containers of stack `name`'s db service on this engine.
+fn swarm_db_containers(stack: &Stack, name: &str) -> Result<Vec<String>> {
+    let listed = docker::cli(&stack.root)
+        .args(["ps", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={name}_{DB}"))
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the containers of {name}_{DB}"))?;
+    Ok(listed.split_whitespace().map(str::to_owned).collect())
+}
+
 /// `pgbackrest ARGS` in the running db container.
-fn pgbackrest(stack: &Stack, args: &[&str]) -> Step {
-    stack.compose().args(["exec", "--no-TTY", DB, "pgbackrest"]).args(args.iter().copied())
+fn pgbackrest(target: &Target, container: &str, args: &[&str]) -> Step {
+    target.exec_in(container, &[&["pgbackrest"], args].concat())
 }
 
 /// `psql` in the running db container, one query, its rows unaligned.
-fn query(stack: &Stack, sql: &str) -> Step {
-    stack
-        .compose()
-        .args(["exec", "--no-TTY", DB, "psql", "--username=memories", "--dbname=memories"])
-        .args(["--no-psqlrc", "--no-align", "--tuples-only", "--quiet", "--set=ON_ERROR_STOP=1"])
-        .args(["--command", sql])
+fn query(target: &Target, container: &str, sql: &str) -> Step {
+    let psql = ["psql", "--username=memories", "--dbname=memories", "--no-psqlrc", "--no-align"];
+    let options = ["--tuples-only", "--quiet", "--set=ON_ERROR_STOP=1", "--command", sql];
+    target.exec_in(container, &[&psql[..], &options[..]].concat())
 }
 
 /// Creates the stanza (pgBackRest's record of this cluster) unless it exists: run once the
 /// database is up, before the first backup; WAL archiving succeeds only after it.
 pub fn stanza_step(stack: &Stack) -> Step {
-    pgbackrest(stack, &["stanza-create"])
+    pgbackrest(&Target::Compose(stack.clone()), "", &["stanza-create"])
 }
 
-pub fn run(stack: &Stack, action: BackupAction, json: bool) -> Result<()> {
-    stack::require_own_kind(stack)?;
+/// [`stanza_step`] in the db task of swarm stack `name` on this engine.
+pub fn create_swarm_stanza(stack: &Stack, name: &str) -> Result<()> {
+    let target = Target::Swarm { stack: stack.clone(), name: name.to_owned() };
+    let container = target.container()?;
+    pgbackrest(&target, &container, &["stanza-create"]).quiet().run()
+}
+
+pub fn run(target: &Target, action: BackupAction, json: bool) -> Result<()> {
+    if let Target::Compose(stack) = target {
+        stack::require_own_kind(stack)?;
+    }
     match action {
         BackupAction::Backup { kind } => {
-            require_db(stack)?;
-            stanza_step(stack).quiet().run().context("cannot create pgBackRest's stanza")?;
+            let container = target.container()?;
+            pgbackrest(target, &container, &["stanza-create"])
+                .quiet()
+                .run()
+                .context("cannot create pgBackRest's stanza")?;
             let started = std::time::Instant::now();
-            pgbackrest(stack, &["backup", &format!("--type={kind}")])
+            pgbackrest(target, &container, &["backup", &format!("--type={kind}")])
                 .run()
                 .context("the backup failed; the backups made before it are unchanged")?;
-            let info = info(stack)?;
+            let info = info(target, &container)?;
             let newest =
                 info.backups.last().context("pgBackRest lists no backup after one was made")?;
             say!(
-                "backup {} ({}) of stack {}: {} of data, {} stored, in {:.1} s",
+                "backup {} ({}) of {}: {} of data, {} stored, in {:.1} s",
                 newest.label,
                 newest.kind,
-                stack.project,
+                target.describe(),
                 bytes(newest.size),
                 bytes(newest.stored),
                 started.elapsed().as_secs_f64()
@@ -120,12 +213,11 @@ pub fn run(stack: &Stack, action: BackupAction, json: bool) -> Result<()> {
             Ok(())
         }
         BackupAction::List => {
-            require_db(stack)?;
-            let info = info(stack)?;
-            let archiver = archiver(stack)?;
+            let container = target.container()?;
+            let state = State::read(target, &container)?;
+            let health = state.health(now());
             if json {
-                let backups: Vec<Value> = info.backups.iter().map(Backup::to_json).collect();
-                out!("{:#}", json!({"backups": backups, "archive": archiver.to_json()}));
+                out!("{:#}", state.to_json(&health));
             } else {
                 out!(
                     "{:<26} {:<5} {:<25} {:>10} {:>10}",
@@ -135,7 +227,7 @@ pub fn run(stack: &Stack, action: BackupAction, json: bool) -> Result<()> {
                     "DATA",
                     "STORED"
                 );
-                for b in &info.backups {
+                for b in &state.info.backups {
                     out!(
                         "{:<26} {:<5} {:<25} {:>10} {:>10}",
                         b.label,
@@ -145,34 +237,206 @@ pub fn run(stack: &Stack, action: BackupAction, json: bool) -> Result<()> {
                         bytes(b.stored)
                     );
                 }
-                match &archiver.last_archived {
+                match &state.archiver.last_archived {
                     Some(at) => out!("WAL archived up to {at}: a restore reaches that time"),
                     None => out!("no WAL archived yet"),
                 }
+                out!("{}", state.schedule.describe());
             }
-            if let Some(failure) = archiver.failing() {
-                bail!("{failure}");
+            match health {
+                Health::Ok => Ok(()),
+                Health::NoBackup => bail!(
+                    "{} has no backup yet: `cargo xtask prod backup` makes one",
+                    target.describe()
+                ),
+                Health::Failing(why) | Health::Stale(why) => bail!("{why}"),
             }
-            if info.backups.is_empty() {
-                bail!(
-                    "stack {} has no backup yet: `cargo xtask prod backup` makes one",
-                    stack.project
-                );
-            }
-            Ok(())
         }
-        BackupAction::Restore { target, force, timeout } => restore(stack, &target, force, timeout),
+        BackupAction::Restore { target: to, force, timeout } => match target {
+            Target::Compose(stack) => restore(stack, &to, force, timeout),
+            Target::Swarm { stack, name } => restore_swarm(stack, name, &to, force, timeout),
+        },
     }
 }
 
-fn require_db(stack: &Stack) -> Result<()> {
-    if !stack::running_services(stack)?.iter().any(|s| s == DB) {
-        bail!(
-            "the {DB} service of stack {} is not running: start it with `cargo xtask prod up`",
-            stack.project
-        );
+/// The seconds since the epoch now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Everything known about a database's backups: what `prod backups` lists and `prod status`
+/// sums up.
+pub struct State {
+    info: Info,
+    archiver: Archiver,
+    schedule: Schedule,
+}
+
+impl State {
+    fn read(target: &Target, container: &str) -> Result<State> {
+        let info = info(target, container)?;
+        let archiver = parse_archiver(&query(target, container, ARCHIVER).quiet().read()?);
+        // No file: the image has no schedule, or its first check has not run yet.
+        let file = target.exec_in(container, &["cat", SCHEDULE_FILE]).quiet().capture()?;
+        let schedule = match file.success() {
+            true => parse_schedule(&file.stdout),
+            false => Schedule::default(),
+        };
+        Ok(State { info, archiver, schedule })
     }
-    Ok(())
+
+    /// How the backups stand at `now`.
+    fn health(&self, now: i64) -> Health {
+        if let Some(failure) = self.archiver.failing() {
+            return Health::Failing(failure);
+        }
+        if let Some(failure) = self.schedule.failing() {
+            return Health::Failing(failure);
+        }
+        let Some(newest) = self.info.backups.iter().rev().find(|b| b.kind == "full") else {
+            return match self.info.backups.is_empty() {
+                true => Health::NoBackup,
+                false => Health::Ok,
+            };
+        };
+        // A schedule runs late by at most its check and the backup's own time: half an
+        // interval and five minutes of slack.
+        let every = self.schedule.every as i64;
+        let age = now - newest.started;
+        if every > 0 && age > every + every / 2 + 300 {
+            return Health::Stale(format!(
+                "the newest full backup, {}, is {} old although the schedule takes one every {}: \
+                 the db's log says why (`docker logs`)",
+                newest.label,
+                duration_text(age.max(0) as u64),
+                duration_text(every as u64),
+            ));
+        }
+        Health::Ok
+    }
+
+    fn to_json(&self, health: &Health) -> Value {
+        let backups: Vec<Value> = self.info.backups.iter().map(Backup::to_json).collect();
+        json!({
+            "health": health.to_json(),
+            "backups": backups,
+            "archive": self.archiver.to_json(),
+            "schedule": self.schedule.to_json(),
+        })
+    }
+}
+
+/// How a database's backups stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// No backup at all: nothing could be restored.
+    NoBackup,
+    /// WAL archiving or the scheduled backup fails, with why.
+    Failing(String),
+    /// The newest full backup is older than the schedule allows.
+    Stale(String),
+}
+
+impl Health {
+    fn to_json(&self) -> Value {
+        let (status, problem) = match self {
+            Health::Ok => ("ok", None),
+            Health::NoBackup => ("none", Some("there is no backup yet")),
+            Health::Failing(why) => ("failing", Some(why.as_str())),
+            Health::Stale(why) => ("stale", Some(why.as_str())),
+        };
+        json!({"status": status, "problem": problem})
+    }
+}
+
+/// The backups' health of swarm stack `name` for `prod status`: `{"health": ..., ...}`, or an
+/// `unknown` health saying why it could not be read (the db task runs on another node).
+pub fn swarm_summary(stack: &Stack, name: &str) -> Value {
+    let target = Target::Swarm { stack: stack.clone(), name: name.to_owned() };
+    let read = target.container().and_then(|container| State::read(&target, &container));
+    match read {
+        Ok(state) => {
+            let health = state.health(now());
+            let newest = state.info.backups.last();
+            json!({
+                "health": health.to_json(),
+                "newest": newest.map(|b| b.label.clone()),
+                "newest_finished": newest.map(|b| crate::version::rfc3339_utc(b.stopped)),
+                "wal_archived_up_to": state.archiver.last_archived,
+                "schedule_every_s": (state.schedule.every > 0).then_some(state.schedule.every),
+            })
+        }
+        Err(e) => json!({"health": {"status": "unknown", "problem": format!("{e:#}")}}),
+    }
+}
+
+/// The schedule's state, as the db image writes it (`docker/db/entrypoint.sh`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Schedule {
+    /// Seconds between full backups; 0 when there is no schedule.
+    every: u64,
+    last_attempt: Option<i64>,
+    last_ok: Option<i64>,
+    last_error: Option<String>,
+}
+
+fn parse_schedule(text: &str) -> Schedule {
+    let mut schedule = Schedule::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.trim();
+        match key {
+            "every" => schedule.every = value.parse().unwrap_or(0),
+            "last_attempt" => schedule.last_attempt = value.parse().ok(),
+            "last_ok" => schedule.last_ok = value.parse().ok(),
+            "last_error" if !value.is_empty() => schedule.last_error = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    schedule
+}
+
+impl Schedule {
+    /// Why the schedule fails, when its last attempt failed.
+    fn failing(&self) -> Option<String> {
+        let attempt = self.last_attempt?;
+        if self.last_ok.is_some_and(|ok| ok >= attempt) {
+            return None;
+        }
+        Some(format!(
+            "the scheduled full backup at {} failed: {}",
+            crate::version::rfc3339_utc(attempt),
+            self.last_error.as_deref().unwrap_or("the db's log says why (`docker logs`)")
+        ))
+    }
+
+    fn describe(&self) -> String {
+        if self.every == 0 {
+            return "no backup schedule (BACKUP_EVERY=off, or its first check has not run yet)"
+                .into();
+        }
+        let every = duration_text(self.every);
+        match self.last_ok {
+            Some(ok) => format!(
+                "a full backup every {every}; the last scheduled one at {}",
+                crate::version::rfc3339_utc(ok)
+            ),
+            None => format!("a full backup every {every}; none scheduled yet"),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let time = |t: Option<i64>| t.map(crate::version::rfc3339_utc);
+        json!({
+            "every_s": (self.every > 0).then_some(self.every),
+            "last_attempt": time(self.last_attempt),
+            "last_ok": time(self.last_ok),
+            "last_error": self.last_error,
+        })
+    }
 }
 
 /// One backup, as `pgbackrest info --output=json` lists it.
@@ -230,8 +494,8 @@ fn parse_info(text: &str) -> Result<Info> {
     Ok(Info { backups })
 }
 
-fn info(stack: &Stack) -> Result<Info> {
-    let text = pgbackrest(stack, &["info", "--output=json"]).quiet().read()?;
+fn info(target: &Target, container: &str) -> Result<Info> {
+    let text = pgbackrest(target, container, &["info", "--output=json"]).quiet().read()?;
     parse_info(&text)
 }
 
@@ -282,8 +546,16 @@ fn parse_archiver(line: &str) -> Archiver {
     Archiver { last_archived, last_failed, last_failed_wal, failing }
 }
 
-fn archiver(stack: &Stack) -> Result<Archiver> {
-    Ok(parse_archiver(&query(stack, ARCHIVER).quiet().read()?))
+/// A duration for people, in its largest whole unit: `24h`, `90m`, `30s`.
+fn duration_text(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 3600 => format!("{:.1}h", s as f64 / 3600.0),
+        s => format!("{s}s"),
+    }
 }
 
 /// Bytes for people: `1.2 MB`.
@@ -315,8 +587,7 @@ fn restore_steps(stack: &Stack, target: &RestoreTarget) -> Vec<Step> {
     let restore = stack
         .compose()
         .args(["run", "--rm", "--no-deps", "--no-TTY", "--entrypoint", "pgbackrest", DB])
-        .args(["restore", "--delta"])
-        .args(target.args());
+        .args(restore_args(target));
     vec![stop, restore]
 }
 
@@ -373,28 +644,209 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
     Ok(())
 }
 
-/// What `prod backup|backups|restore` would run.
-pub fn plan(stack: &Stack, action: &BackupAction) -> Plan {
-    let plan = Plan::new(format!("prod backups of stack {}", stack.project)).note(
-        "first refuses a project whose containers or volumes belong to a stack of another kind",
+/// A swarm stack's service, as `docker service inspect` gives it.
+fn inspect_service(stack: &Stack, service: &str) -> Result<Value> {
+    let text = docker::cli(&stack.root)
+        .args(["service", "inspect", service])
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot inspect service {service}: is the stack deployed?"))?;
+    let list: Value = serde_json::from_str(&text).context("docker service inspect printed no JSON")?;
+    list.get(0).cloned().with_context(|| format!("docker service inspect lists no {service}"))
+}
+
+fn replicas(service: &Value) -> u64 {
+    service["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(1)
+}
+
+/// `docker run` of a one-off container with the db service's image, pgBackRest settings and
+/// mounts (data, backups, /tmp), running `pgbackrest ARGS` with no network.
+fn swarm_oneoff(stack: &Stack, name: &str, db: &Value, args: &[String]) -> Result<Step> {
+    let spec = &db["Spec"]["TaskTemplate"]["ContainerSpec"];
+    let image = spec["Image"].as_str().context("the db service names no image")?;
+    let mut step = docker::cli(&stack.root)
+        .args(["run", "--rm", "--name", &format!("{name}_restore"), "--network", "none"])
+        .args(["--label", &format!("com.docker.stack.namespace={name}")]);
+    for env in spec["Env"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if env.starts_with("PGBACKREST_") {
+            step = step.args(["--env", env]);
+        }
+    }
+    for mount in spec["Mounts"].as_array().into_iter().flatten() {
+        step = step.args(["--mount", &mount_option(mount)?]);
+    }
+    Ok(step.args(["--entrypoint", "pgbackrest", image]).args(args))
+}
+
+/// One of a service's mounts as `docker run --mount`'s value, with the labels its volume is
+/// created with (when a lost volume is created anew, it still belongs to the stack).
+fn mount_option(mount: &Value) -> Result<String> {
+    let field = |key: &str| mount[key].as_str().unwrap_or_default();
+    let (kind, source, target) = (field("Type"), field("Source"), field("Target"));
+    if [kind, source, target].iter().any(|f| f.contains(',') || f.contains('"')) {
+        bail!("the db service's mount {mount} has a comma or quote in it, which `--mount` cannot carry");
+    }
+    let mut option = format!("type={kind},target={target}");
+    if !source.is_empty() {
+        option.push_str(&format!(",source={source}"));
+    }
+    if mount["ReadOnly"].as_bool() == Some(true) {
+        option.push_str(",readonly");
+    }
+    let labels = mount["VolumeOptions"]["Labels"].as_object().into_iter().flatten();
+    for (key, value) in labels {
+        option.push_str(&format!(",volume-label={key}={}", value.as_str().unwrap_or_default()));
+    }
+    Ok(option)
+}
+
+/// `docker service scale --detach SERVICE=N ...`.
+fn scale_step(stack: &Stack, scales: &[(String, u64)]) -> Step {
+    docker::cli(&stack.root)
+        .args(["service", "scale", "--detach"])
+        .args(scales.iter().map(|(service, n)| format!("{service}={n}")))
+}
+
+/// A restore on a swarm: the writers and the db scaled to 0, `pgbackrest restore` in a
+/// one-off container made from the db service, then the db and the writers scaled back.
+fn restore_swarm(
+    stack: &Stack,
+    name: &str,
+    to: &RestoreTarget,
+    force: bool,
+    timeout: Duration,
+) -> Result<()> {
+    crate::swarm::require_manager(stack)?;
+    let target = Target::Swarm { stack: stack.clone(), name: name.to_owned() };
+    let db_service = format!("{name}_{DB}");
+    let db = inspect_service(stack, &db_service)?;
+    let mut writers = Vec::new();
+    for writer in WRITERS {
+        let service = format!("{name}_{writer}");
+        writers.push((service.clone(), replicas(&inspect_service(stack, &service)?)));
+    }
+    match swarm_db_containers(stack, name)?.first() {
+        Some(container) => {
+            let rows = query(&target, container, crate::db::COUNT_ROWS).quiet().read()?;
+            let rows: u64 = rows.trim().parse().with_context(|| {
+                format!("cannot read a row count from `{}`; nothing was changed", rows.trim())
+            })?;
+            if rows > 0 && !force {
+                bail!(
+                    "database memories of swarm stack {name} holds {rows} rows: pass --force to \
+                     replace them with {} (nothing was changed)",
+                    to.describe()
+                );
+            }
+        }
+        None if !force => bail!(
+            "no running {db_service} task on this engine, so its rows cannot be counted: run \
+             this on the node that runs it, or pass --force to replace whatever its volume holds"
+        ),
+        None => {}
+    }
+    let restore = swarm_oneoff(stack, name, &db, &restore_args(to))?;
+    say!("restoring {} into swarm stack {name}; its writers stop meanwhile", to.describe());
+    let started = std::time::Instant::now();
+    let stopped: Vec<(String, u64)> =
+        writers.iter().map(|(s, _)| (s.clone(), 0)).chain([(db_service.clone(), 0)]).collect();
+    scale_step(stack, &stopped)
+        .run()
+        .context("cannot scale the writers and the database to 0; nothing was restored")?;
+    // The volume is the restore's only once the database's container has exited.
+    let deadline = std::time::Instant::now() + timeout;
+    while !swarm_db_containers(stack, name)?.is_empty() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{db_service}'s container still runs {timeout:?} after it was scaled to 0: \
+                 nothing was restored; `docker service scale {db_service}={}` starts it again",
+                replicas(&db)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let scale_back = format!(
+        "`docker service scale {db_service}={} {}` starts what the volume holds",
+        replicas(&db),
+        writers.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join(" ")
     );
+    restore.run().with_context(|| {
+        format!(
+            "the restore failed and the database is scaled to 0: run the same `cargo xtask prod \
+             restore` again with --force, or {scale_back}"
+        )
+    })?;
+    let before = crate::swarm::task_templates(&stack.root, name)?;
+    scale_step(stack, &[(db_service.clone(), replicas(&db))]).run()?;
+    crate::swarm::wait(&stack.root, name, &[], &before, timeout)
+        .context("the restored database did not become ready")?;
+    let restored = started.elapsed();
+    scale_step(stack, &writers).run()?;
+    crate::swarm::wait(&stack.root, name, &[], &before, timeout)
+        .context("the writers did not come back")?;
+    let container = target.container()?;
+    let rows = query(&target, &container, crate::db::COUNT_ROWS).quiet().read()?;
+    say!(
+        "restored {} into swarm stack {name}: {} rows, the database ready {:.1} s after the \
+         writers stopped",
+        to.describe(),
+        rows.trim(),
+        restored.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn restore_args(to: &RestoreTarget) -> Vec<String> {
+    [vec!["restore".to_owned(), "--delta".to_owned()], to.args()].concat()
+}
+
+/// What `prod backup|backups|restore` would run.
+pub fn plan(target: &Target, action: &BackupAction) -> Plan {
+    let mut plan = Plan::new(format!("prod backups of {}", target.describe()));
+    plan = match target {
+        Target::Compose(_) => plan.note(
+            "first refuses a project whose containers or volumes belong to a stack of another kind",
+        ),
+        Target::Swarm { name, .. } => {
+            plan.note(format!("runs in the container of the {name}_{DB} task on this engine"))
+        }
+    };
+    let container = target.planned_container();
+    let container = container.as_str();
     match action {
         BackupAction::Backup { kind } => plan
-            .step(stanza_step(stack))
-            .step(pgbackrest(stack, &["backup", &format!("--type={kind}")]))
-            .step(pgbackrest(stack, &["info", "--output=json"])),
+            .step(pgbackrest(target, container, &["stanza-create"]))
+            .step(pgbackrest(target, container, &["backup", &format!("--type={kind}")]))
+            .step(pgbackrest(target, container, &["info", "--output=json"])),
         BackupAction::List => plan
-            .step(pgbackrest(stack, &["info", "--output=json"]))
-            .step(query(stack, ARCHIVER))
-            .note("fails when WAL archiving is failing, or when there is no backup"),
-        BackupAction::Restore { target, force, .. } => {
+            .step(pgbackrest(target, container, &["info", "--output=json"]))
+            .step(query(target, container, ARCHIVER))
+            .step(target.exec_in(container, &["cat", SCHEDULE_FILE]))
+            .note(
+                "fails when there is no backup, when WAL archiving or the scheduled backup \
+                 fails, or when the newest full backup is older than the schedule allows",
+            ),
+        BackupAction::Restore { target: to, force, .. } => {
             let plan = match force {
                 true => plan.note("--force: replaces what the database holds"),
                 false => plan.note("refuses a database that holds rows (--force replaces them)"),
             };
-            plan.note(format!("restores {}:", target.describe()))
-                .steps(restore_steps(stack, target))
-                .note("then starts the database, waits until it has recovered and is ready, then the rest of the stack")
+            let plan = plan.note(format!("restores {}:", to.describe()));
+            match target {
+                Target::Compose(stack) => plan
+                    .steps(restore_steps(stack, to))
+                    .note("then starts the database, waits until it has recovered and is ready, then the rest of the stack"),
+                Target::Swarm { stack, name } => {
+                    let writers: Vec<(String, u64)> =
+                        WRITERS.iter().map(|w| (format!("{name}_{w}"), 0)).collect();
+                    let db = format!("{name}_{DB}");
+                    let stopped = [writers, vec![(db.clone(), 0)]].concat();
+                    plan.step(scale_step(stack, &stopped))
+                        .note(format!("waits until {db}'s container has exited, then runs in a one-off container of {db}'s image, pgBackRest settings and mounts:"))
+                        .step(Step::new("pgbackrest", stack.root.clone()).args(restore_args(to)))
+                        .note(format!("then scales {db} back, waits until it has recovered and is ready, then scales the writers back"))
+                }
+            }
         }
     }
 }
@@ -444,5 +896,78 @@ mod tests {
         assert_eq!(one, ["--set=20261205-134000F", "--type=immediate", "--target-action=promote"]);
         assert_eq!(bytes(1536), "1.5 kB");
         assert_eq!(bytes(3 << 20), "3.0 MB");
+    }
+
+    fn state(backups: &[(&str, &str, i64)], schedule: &str) -> State {
+        let backups = backups
+            .iter()
+            .map(|(label, kind, started)| Backup {
+                label: (*label).into(),
+                kind: (*kind).into(),
+                started: *started,
+                stopped: started + 5,
+                size: 1,
+                stored: 1,
+            })
+            .collect();
+        State {
+            info: Info { backups },
+            archiver: parse_archiver("2026-12-05T13:40:00Z|||false"),
+            schedule: parse_schedule(schedule),
+        }
+    }
+
+    #[test]
+    fn backups_are_healthy_only_when_one_exists_is_fresh_and_nothing_fails() {
+        let day = 86_400;
+        let ok = "every=86400\nlast_attempt=1000\nlast_ok=1000\nlast_error=\n";
+        assert_eq!(state(&[], ok).health(2000), Health::NoBackup);
+        assert_eq!(state(&[("F1", "full", 1000)], ok).health(1000 + day), Health::Ok);
+        // Older than the schedule with its slack (half an interval and five minutes): stale.
+        let stale = state(&[("F1", "full", 1000)], ok).health(1000 + 2 * day);
+        assert!(matches!(&stale, Health::Stale(why) if why.contains("F1") && why.contains("1d")));
+        // An incremental backup does not make a full one fresh.
+        let incr = state(&[("F1", "full", 1000), ("F1_I2", "incr", 1000 + day)], ok);
+        assert!(matches!(incr.health(1000 + 2 * day), Health::Stale(_)));
+        // Without a schedule, age alone is no problem.
+        assert_eq!(state(&[("F1", "full", 1000)], "").health(1000 + 30 * day), Health::Ok);
+        let failed = "every=86400\nlast_attempt=2000\nlast_ok=1000\nlast_error=ERROR: [056]: unable to find primary cluster\n";
+        let health = state(&[("F1", "full", 1000)], failed).health(2100);
+        assert!(matches!(&health, Health::Failing(why) if why.contains("[056]")), "{health:?}");
+        assert_eq!(health.to_json()["status"], "failing");
+        let archiving = State {
+            archiver: parse_archiver("|2026-12-05T13:45:00Z|00000001000000000000000A|true"),
+            ..state(&[("F1", "full", 1000)], ok)
+        };
+        assert!(matches!(archiving.health(1100), Health::Failing(why) if why.contains("000A")));
+    }
+
+    #[test]
+    fn the_schedule_file_is_read_and_a_broken_one_means_no_schedule() {
+        let schedule = parse_schedule("every=3600\nlast_attempt=5\nlast_ok=5\nlast_error=\n");
+        assert_eq!(schedule.every, 3600);
+        assert_eq!(schedule.last_ok, Some(5));
+        assert!(schedule.failing().is_none());
+        assert!(schedule.describe().contains("every 1h"));
+        assert_eq!(parse_schedule("garbage\nevery=x\n"), Schedule::default());
+        assert_eq!(duration_text(90 * 60), "90m");
+        assert_eq!(duration_text(2 * 86_400), "2d");
+        assert_eq!(duration_text(5400 + 1), "1.5h");
+    }
+
+    #[test]
+    fn a_swarm_restore_mounts_what_the_db_service_mounts() {
+        let volume = json!({"Type": "volume", "Source": "s_db-data",
+            "Target": "/var/lib/postgresql/volume",
+            "VolumeOptions": {"Labels": {"com.docker.stack.namespace": "s"}}});
+        assert_eq!(
+            mount_option(&volume).unwrap(),
+            "type=volume,target=/var/lib/postgresql/volume,source=s_db-data,\
+             volume-label=com.docker.stack.namespace=s"
+        );
+        let tmpfs = json!({"Type": "tmpfs", "Target": "/tmp"});
+        assert_eq!(mount_option(&tmpfs).unwrap(), "type=tmpfs,target=/tmp");
+        let bind = json!({"Type": "bind", "Source": "/srv/a,b", "Target": "/x"});
+        assert!(mount_option(&bind).is_err());
     }
 }

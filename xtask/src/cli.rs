@@ -391,16 +391,24 @@ pub enum ProdAction {
         timeout: Duration,
     },
     /// Back up the prod stack's database now (pgBackRest, into the `backups` volume), e.g.
-    /// `cargo xtask prod backup --json`. The WAL is archived continuously besides.
+    /// `cargo xtask prod backup --json`. The WAL is archived continuously, and a full backup
+    /// is made on a schedule (`BACKUP_EVERY`, default 24h).
     Backup {
         /// `full`, or only what changed since the last backup (`diff`) or the last of any
         /// kind (`incr`).
         #[arg(long = "type", default_value = "full", value_parser = ["full", "diff", "incr"])]
         kind: String,
+        #[command(flatten)]
+        on: SwarmStack,
     },
-    /// List the backups (sizes, when each finished) and how far the archived WAL reaches;
-    /// exits 1 when archiving is failing or there is no backup, e.g. `cargo xtask prod backups`.
-    Backups,
+    /// List the backups (sizes, when each finished), how far the archived WAL reaches and the
+    /// schedule; exits 1 when there is no backup, when archiving or the scheduled backup
+    /// fails, or when the newest full backup is older than the schedule allows, e.g. `cargo
+    /// xtask prod backups --json`.
+    Backups {
+        #[command(flatten)]
+        on: SwarmStack,
+    },
     /// Replace the prod database with a restored one: the latest state archived, the state at
     /// `--time`, or one backup alone with `--backup`. Refuses a database that holds rows
     /// unless `--force`; stops the servers while it runs, e.g. `cargo xtask prod restore
@@ -417,7 +425,17 @@ pub enum ProdAction {
         force: bool,
         #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        on: SwarmStack,
     },
+}
+
+/// The swarm stack whose database a backup task works on; the compose prod stack without it.
+#[derive(Debug, Clone, Args)]
+pub struct SwarmStack {
+    /// The swarm stack (its db task must run on this engine) instead of the compose prod stack.
+    #[arg(long, value_name = "NAME", value_parser = parse_project)]
+    pub stack: Option<String>,
 }
 
 /// Where `prod deploy --swarm` takes its images from: exactly one.
@@ -1023,15 +1041,17 @@ impl From<ProdAction> for prod::ProdAction {
             ProdAction::Rollback { stack, services, timeout } => {
                 prod::ProdAction::Rollback { stack, services, timeout }
             }
-            ProdAction::Backup { kind } => prod::ProdAction::Backups(BackupAction::Backup { kind }),
-            ProdAction::Backups => prod::ProdAction::Backups(BackupAction::List),
-            ProdAction::Restore { time, backup, force, timeout } => {
+            ProdAction::Backup { kind, on } => {
+                prod::ProdAction::Backups(on.stack, BackupAction::Backup { kind })
+            }
+            ProdAction::Backups { on } => prod::ProdAction::Backups(on.stack, BackupAction::List),
+            ProdAction::Restore { time, backup, force, timeout, on } => {
                 let target = match (time, backup) {
                     (Some(time), _) => RestoreTarget::Time(time),
                     (None, Some(label)) => RestoreTarget::Backup(label),
                     (None, None) => RestoreTarget::Latest,
                 };
-                prod::ProdAction::Backups(BackupAction::Restore { target, force, timeout })
+                prod::ProdAction::Backups(on.stack, BackupAction::Restore { target, force, timeout })
             }
         }
     }

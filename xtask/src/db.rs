@@ -24,7 +24,7 @@ const DUMP_MAGIC: &[u8] = b"PGDMP";
 
 /// Every row of every table outside the system schemas, counted exactly (in one query), but
 /// for the migrations' bookkeeping (`alembic_version`: every migrated database has its row).
-const COUNT_ROWS: &str = "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format(\
+pub const COUNT_ROWS: &str = "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format(\
     'SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) \
     FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
     AND tablename <> 'alembic_version'";

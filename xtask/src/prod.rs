@@ -48,8 +48,8 @@ pub enum ProdAction {
         services: Vec<String>,
         timeout: Duration,
     },
-    /// Backups of the compose prod stack's database (see [`backup`]).
-    Backups(backup::BackupAction),
+    /// Backups of the compose prod stack's database, or of swarm stack `.0`'s (see [`backup`]).
+    Backups(Option<String>, backup::BackupAction),
 }
 
 /// Where `prod deploy` takes its images from.
@@ -123,12 +123,16 @@ pub fn run(
             deploy_swarm(&stack, &revision, &name, &source, timeout)
         }
         ProdAction::Status { stack: name } => {
-            print_status(&swarm::status(&stack.root, &name)?, preview.json);
+            let statuses = swarm::status(&stack.root, &name)?;
+            print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), preview.json);
             Ok(())
         }
-        ProdAction::Backups(action) => {
-            stack::require_secrets(&stack, &SECRETS)?;
-            backup::run(&stack, action, preview.json)
+        ProdAction::Backups(swarm_stack, action) => {
+            let target = backup_target(&stack, swarm_stack);
+            if matches!(target, backup::Target::Compose(_)) {
+                stack::require_secrets(&stack, &SECRETS)?;
+            }
+            backup::run(&target, action, preview.json)
         }
         ProdAction::Rollback { stack: name, services, timeout } => {
             swarm::require_manager(&stack)?;
@@ -139,9 +143,16 @@ pub fn run(
                 format!("the rollback of {} did not complete", targets.join(", "))
             })?;
             say!("rolled back {}", targets.join(", "));
-            print_status(&swarm::status(&stack.root, &name)?, preview.json);
+            print_status(&swarm::status(&stack.root, &name)?, None, preview.json);
             Ok(())
         }
+    }
+}
+
+fn backup_target(stack: &Stack, swarm_stack: Option<String>) -> backup::Target {
+    match swarm_stack {
+        Some(name) => backup::Target::Swarm { stack: stack.clone(), name },
+        None => backup::Target::Compose(stack.clone()),
     }
 }
 
@@ -156,10 +167,16 @@ fn deploy_source(revision: &Revision, source: DeploySource) -> swarm::Source {
     }
 }
 
-fn print_status(statuses: &[swarm::ServiceStatus], json: bool) {
+/// The services' states, and the backups' health when `backups` is given (see
+/// [`backup::swarm_summary`]); `--json`: `{"services": [...], "backups": {...}}`.
+fn print_status(statuses: &[swarm::ServiceStatus], backups: Option<&Value>, json: bool) {
     if json {
         let all: Vec<Value> = statuses.iter().map(swarm::ServiceStatus::to_json).collect();
-        out!("{:#}", Value::from(all));
+        let mut status = serde_json::json!({"services": all});
+        if let Some(backups) = backups {
+            status["backups"] = backups.clone();
+        }
+        out!("{status:#}");
         return;
     }
     out!("{:<24} {:>8}  {:<20} IMAGE", "SERVICE", "REPLICAS", "UPDATE");
@@ -175,6 +192,19 @@ fn print_status(statuses: &[swarm::ServiceStatus], json: bool) {
     for s in statuses.iter().filter(|s| s.update.is_some()) {
         if let Some(message) = &s.message {
             out!("{}: {message}", s.service);
+        }
+    }
+    if let Some(backups) = backups {
+        let health = &backups["health"];
+        let status = health["status"].as_str().unwrap_or("unknown");
+        match health["problem"].as_str() {
+            Some(problem) => out!("backups: {status}: {problem}"),
+            None => out!(
+                "backups: {status}: newest {} (finished {}), WAL archived up to {}",
+                backups["newest"].as_str().unwrap_or("-"),
+                backups["newest_finished"].as_str().unwrap_or("-"),
+                backups["wal_archived_up_to"].as_str().unwrap_or("-")
+            ),
         }
     }
 }
@@ -277,18 +307,7 @@ fn create_stanza(stack: &Stack, name: &str, deployment: &swarm::Deployment) -> R
     if db["environment"]["PGBACKREST_STANZA"].is_null() {
         return Ok(());
     }
-    let filter = format!("label=com.docker.swarm.service.name={name}_{DB_SERVICE}");
-    let containers = docker::cli(&stack.root)
-        .args(["ps", "--quiet", "--filter", &filter, "--filter", "status=running"])
-        .quiet()
-        .read()?;
-    let Some(container) = containers.split_whitespace().next() else {
-        bail!("the {DB_SERVICE} service of stack {name} has no running container on this node");
-    };
-    docker::cli(&stack.root)
-        .args(["exec", container, "pgbackrest", "stanza-create"])
-        .quiet()
-        .run()
+    backup::create_swarm_stanza(stack, name)
         .context("cannot create pgBackRest's stanza for the WAL archive")
 }
 
@@ -497,9 +516,13 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                  previous spec uses",
             )
         }
-        ProdAction::Backups(action) => backup::plan(stack, action),
+        ProdAction::Backups(swarm_stack, action) => {
+            backup::plan(&backup_target(stack, swarm_stack.clone()), action)
+        }
         ProdAction::Status { stack: name } => plan.note(format!(
-            "reads the services of stack {name} (`docker service inspect`, `docker service ps`)"
+            "reads the services of stack {name} (`docker service inspect`, `docker service ps`) \
+             and the backups' health in its db task on this engine (as `prod backups --stack \
+             {name}` does)"
         )),
         ProdAction::Rollback { stack: name, services, .. } => {
             let services = match services.is_empty() {

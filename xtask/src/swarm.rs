@@ -684,8 +684,15 @@ pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<
         let full = service["Spec"]["Name"].as_str().unwrap_or_default();
         let short = full.strip_prefix(&format!("{name}_")).unwrap_or(full);
         let named = services.is_empty() || services.iter().any(|s| s == short);
-        if named && !service["PreviousSpec"].is_null() {
+        let scaled = only_scaled(service);
+        if named && !service["PreviousSpec"].is_null() && !scaled {
             targets.push(full.to_owned());
+        } else if named && scaled && !services.is_empty() {
+            bail!(
+                "{full}'s previous spec differs only in its replica count (a scale, such as \
+                 `prod restore`'s): rolling back would scale it, not return to an earlier \
+                 release; deploy the release you want with `cargo xtask prod deploy --swarm`"
+            );
         } else if named && !services.is_empty() {
             bail!("{full} has no previous spec to return to");
         }
@@ -699,6 +706,21 @@ pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<
     Ok(targets)
 }
 
+/// Whether a service's previous spec is its spec with another replica count: the previous
+/// "release" is a scale (`prod restore` scales the database and the servers to 0 and back).
+fn only_scaled(service: &Value) -> bool {
+    let (mut spec, mut previous) = (service["Spec"].clone(), service["PreviousSpec"].clone());
+    if previous.is_null() {
+        return false;
+    }
+    for s in [&mut spec, &mut previous] {
+        if let Some(replicated) = s.pointer_mut("/Mode/Replicated") {
+            replicated["Replicas"] = Value::Null;
+        }
+    }
+    spec == previous
+}
+
 pub fn rollback_step(root: &Utf8Path, service: &str) -> Step {
     docker::cli(root).args(["service", "rollback", "--detach", "--quiet", service])
 }
@@ -706,6 +728,19 @@ pub fn rollback_step(root: &Utf8Path, service: &str) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_previous_spec_that_is_only_a_scale_is_no_release_to_return_to() {
+        let spec = |image: &str, replicas: u64| {
+            json!({"Name": "s_db", "TaskTemplate": {"ContainerSpec": {"Image": image}},
+                   "Mode": {"Replicated": {"Replicas": replicas}}})
+        };
+        let service = |now: Value, previous: Value| json!({"Spec": now, "PreviousSpec": previous});
+        assert!(only_scaled(&service(spec("db@1", 1), spec("db@1", 0))));
+        assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 1))));
+        assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 0))));
+        assert!(!only_scaled(&service(spec("db@1", 1), Value::Null)));
+    }
 
     #[test]
     fn swarm_definition_drops_compose_only_keys() {
