@@ -130,7 +130,10 @@ schedule() {
     while sleep "$check"; do
         if [ $(($(date +%s) - $(newest_full))) -lt "$every" ]; then continue; fi
         # Not up yet (a first start, a recovery): the next check tries again.
-        if ! pg_isready --quiet --host=/tmp/postgresql; then continue; fi
+        if ! pg_isready --quiet --host=/tmp/postgresql --username="$POSTGRES_USER" \
+            --dbname=postgres; then
+            continue
+        fi
         last_attempt=$(date +%s)
         if said=$(pgbackrest stanza-create 2>&1 && pgbackrest backup --type=full 2>&1); then
             last_ok=$last_attempt last_error=

@@ -221,6 +221,107 @@ fn db_image_needs_a_password_turns_healthy_over_tcp_and_the_server_image_migrate
     assert_eq!(columns, "vector(384)");
 }
 
+/// pgBackRest's settings, as `compose/prod.yaml` gives them to the db.
+const PGBACKREST: [&str; 7] = [
+    "PGBACKREST_STANZA=memories",
+    "PGBACKREST_PG1_PATH=/var/lib/postgresql/volume/data",
+    "PGBACKREST_PG1_USER=memories",
+    "PGBACKREST_PG1_SOCKET_PATH=/tmp/postgresql",
+    "PGBACKREST_REPO1_PATH=/var/lib/pgbackrest",
+    "PGBACKREST_LOCK_PATH=/tmp/pgbackrest",
+    "PGBACKREST_START_FAST=y",
+];
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn db_image_backs_up_on_its_schedule_and_says_when_a_scheduled_backup_fails() {
+    let image = image_ref("db");
+    // `docker run` with the password, `env` and then `rest`.
+    let run = |env: &[&str], rest: &[&str]| -> Vec<String> {
+        let mut args = vec!["run".to_owned(), "--env".into(), "POSTGRES_PASSWORD=test-only".into()];
+        for e in env {
+            args.extend(["--env".to_owned(), (*e).to_owned()]);
+        }
+        args.extend(rest.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    for (env, says) in [
+        ("BACKUP_EVERY=1h2m", "BACKUP_EVERY=1h2m is not a duration"),
+        ("BACKUP_EVERY=0s", "is not a duration"),
+        ("BACKUP_EVERY=30s", "pgBackRest is not"),
+    ] {
+        let out = docker_output(&strs(&run(&[env], &["--rm", &image])));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{env}: {stderr}");
+        assert!(stderr.contains(says), "{env}: {stderr}");
+    }
+
+    let mut cleanup = Cleanup::default();
+    let name = unique_name("memories-db-schedule");
+    let repo = format!("{name}-backups");
+    cleanup.container(&name);
+    cleanup.volume(&repo);
+    let mount = format!("{repo}:/var/lib/pgbackrest");
+    let env = [&PGBACKREST[..], &["BACKUP_EVERY=2s"]].concat();
+    let archive = ["-c", "archive_mode=on", "-c", "archive_command=pgbackrest archive-push %p"];
+    let rest = [&["--detach", "--name", &name, "--volume", &mount, &image], &archive[..]].concat();
+    docker(&strs(&run(&env, &rest)));
+    // tini is PID 1, so the schedule is not PostgreSQL's child.
+    assert_eq!(docker(&["exec", &name, "cat", "/proc/1/comm"]), "tini");
+
+    // The schedule's state file, as `key -> value`.
+    let schedule = || -> std::collections::BTreeMap<String, String> {
+        let out = docker_output(&["exec", &name, "cat", "/var/lib/pgbackrest/schedule"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pairs = text.lines().filter_map(|l| l.split_once('='));
+        pairs.map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    };
+    let time = |state: &std::collections::BTreeMap<String, String>, key: &str| -> i64 {
+        state.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let fulls = || {
+        let info = docker(&["exec", &name, "pgbackrest", "info", "--output=json"]);
+        let info: Value = serde_json::from_str(&info).unwrap();
+        let backups = info[0]["backup"].as_array().cloned().unwrap_or_default();
+        backups.iter().filter(|b| b["type"] == "full").count()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what} within 60 s");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // With no backup yet, the first comes at the first check; then one whenever the newest is
+    // older than 2 s.
+    until("two scheduled full backups", &|| fulls() >= 2);
+    let ok = schedule();
+    assert_eq!(ok["every"], "2", "{ok:?}");
+    assert!(time(&ok, "last_ok") > 0 && ok["last_error"].is_empty(), "{ok:?}");
+
+    // A repository it cannot write to: the next attempt fails, is logged and is recorded.
+    let backup_dir = "/var/lib/pgbackrest/backup/memories";
+    docker(&["exec", &name, "chmod", "0500", backup_dir]);
+    until("a failed attempt recorded", &|| {
+        let state = schedule();
+        time(&state, "last_attempt") > time(&state, "last_ok")
+    });
+    let failed = schedule();
+    assert!(!failed["last_error"].is_empty(), "{failed:?}");
+    let logs = docker_output(&["logs", &name]);
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("db: the scheduled full backup failed"), "{logs}");
+    // Writable again: the schedule recovers on its own.
+    docker(&["exec", &name, "chmod", "0750", backup_dir]);
+    until("a successful attempt after the failure", &|| {
+        let state = schedule();
+        time(&state, "last_ok") >= time(&state, "last_attempt") && state["last_error"].is_empty()
+    });
+}
+
 #[test]
 fn server_builds_for_arm64_and_runs_there() {
     require_docker();

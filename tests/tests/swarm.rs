@@ -196,7 +196,7 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         let first = deploy(&["--registry", &namespace], &[]);
         assert!(first.status.success(), "{}", stderr(&first));
         wait_for_200(port, "/v1/health", Duration::from_secs(30));
-        for service in status().as_array().unwrap() {
+        for service in status()["services"].as_array().unwrap() {
             let image = service["image"].as_str().unwrap();
             assert!(image.starts_with(&namespace) && image.contains("@sha256:"), "{service}");
             assert_eq!(service["running"], service["desired"], "{service}");
@@ -222,7 +222,7 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         let load = load.join().unwrap();
         assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
         assert!(stderr(&broken).contains("swarm rolled it back"), "{}", stderr(&broken));
-        let server = status()
+        let server = status()["services"]
             .as_array()
             .unwrap()
             .iter()
@@ -273,7 +273,8 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         build_and_push(&next);
         let image_of = |service: &str| -> String {
             let statuses = status();
-            let found = statuses.as_array().unwrap().iter().find(|s| s["service"] == service);
+            let found =
+                statuses["services"].as_array().unwrap().iter().find(|s| s["service"] == service);
             found.unwrap()["image"].as_str().unwrap().to_owned()
         };
         let (db_before, proxy_before) =
@@ -422,6 +423,62 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
             &format!("label=com.docker.swarm.service.name={stack}_db"),
         ]);
         docker(&["exec", &db, "pgbackrest", "check"]);
+
+        // Backups on the swarm: the db image's schedule made a full backup about a minute
+        // after the database's first start, so the backups are healthy.
+        let backups = |extra: &[&str]| -> Output {
+            xtask_process()
+                .args([&["prod", "backups", "--stack", &stack, "--json"], extra].concat())
+                .output()
+                .unwrap()
+        };
+        let started = std::time::Instant::now();
+        while !backups(&[]).status.success() {
+            assert!(started.elapsed() < Duration::from_secs(120), "a scheduled backup in 2 min");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let listed: Value = serde_json::from_slice(&backups(&[]).stdout).unwrap();
+        assert_eq!(listed["health"]["status"], "ok", "{listed}");
+        assert_eq!(listed["schedule"]["every_s"], 86400, "{listed}");
+        assert!(listed["schedule"]["last_ok"].is_string(), "{listed}");
+        let health = status()["backups"].clone();
+        assert_eq!(health["health"]["status"], "ok", "{health}");
+        assert!(health["newest"].is_string(), "{health}");
+
+        // A backup now, rows written after it, then that backup restored: exactly its rows.
+        let made = xtask_ok(&["prod", "backup", "--stack", &stack, "--json"]);
+        let label =
+            serde_json::from_str::<Value>(&made).unwrap()["label"].as_str().unwrap().to_owned();
+        let count = || query("SELECT count(*) FROM memories");
+        let at_backup = count();
+        for n in 0..3 {
+            let body = json!({"text": format!("after the backup {n}"), "embedding": unit(n)});
+            let inserted = http("POST", port, "/v1/memories", Some(&body.to_string())).unwrap();
+            assert_eq!(inserted.status, 201, "{}", inserted.body);
+        }
+        let restore = |extra: &[&str]| -> Output {
+            xtask_process()
+                .args(["prod", "restore", "--stack", &stack, "--backup", &label])
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let refused = restore(&[]);
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains("pass --force"), "{}", stderr(&refused));
+        let restored = restore(&["--force"]);
+        assert!(restored.status.success(), "{}", stderr(&restored));
+        eprintln!("{}", stderr(&restored).lines().last().unwrap_or_default());
+        assert_eq!(count(), at_backup, "exactly the backup's rows");
+        wait_for_200(port, "/v1/health", Duration::from_secs(60));
+        for service in status()["services"].as_array().unwrap() {
+            assert_eq!(service["running"], service["desired"], "{service}");
+        }
+        // The restore's scale to 0 and back is no release to roll back to.
+        let rollback =
+            xtask_process().args(["prod", "rollback", "--stack", &stack, "db"]).output().unwrap();
+        assert_eq!(rollback.status.code(), Some(1), "{}", stderr(&rollback));
+        assert!(stderr(&rollback).contains("only in its replica count"), "{}", stderr(&rollback));
         drop(cleanup);
         let secrets = docker(&["secret", "ls", "--quiet", "--filter", &format!("name={stack}_")]);
         assert_eq!(secrets, "", "docker stack rm removes the stack's secrets");

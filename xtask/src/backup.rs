@@ -651,7 +651,8 @@ fn inspect_service(stack: &Stack, service: &str) -> Result<Value> {
         .quiet()
         .read()
         .with_context(|| format!("cannot inspect service {service}: is the stack deployed?"))?;
-    let list: Value = serde_json::from_str(&text).context("docker service inspect printed no JSON")?;
+    let list: Value =
+        serde_json::from_str(&text).context("docker service inspect printed no JSON")?;
     list.get(0).cloned().with_context(|| format!("docker service inspect lists no {service}"))
 }
 
@@ -684,7 +685,9 @@ fn mount_option(mount: &Value) -> Result<String> {
     let field = |key: &str| mount[key].as_str().unwrap_or_default();
     let (kind, source, target) = (field("Type"), field("Source"), field("Target"));
     if [kind, source, target].iter().any(|f| f.contains(',') || f.contains('"')) {
-        bail!("the db service's mount {mount} has a comma or quote in it, which `--mount` cannot carry");
+        bail!(
+            "the db service's mount {mount} has a comma or quote in it, which `--mount` cannot carry"
+        );
     }
     let mut option = format!("type={kind},target={target}");
     if !source.is_empty() {

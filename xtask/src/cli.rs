@@ -1051,7 +1051,10 @@ impl From<ProdAction> for prod::ProdAction {
                     (None, Some(label)) => RestoreTarget::Backup(label),
                     (None, None) => RestoreTarget::Latest,
                 };
-                prod::ProdAction::Backups(on.stack, BackupAction::Restore { target, force, timeout })
+                prod::ProdAction::Backups(
+                    on.stack,
+                    BackupAction::Restore { target, force, timeout },
+                )
             }
         }
     }
