@@ -83,6 +83,19 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// The newest of the app's migrations (`0002_...py` is `0002`).
+fn app_head_revision() -> String {
+    let versions = repo_root().join("app/src/memories/migrations/versions");
+    let names = std::fs::read_dir(versions).unwrap().map(|e| e.unwrap().file_name());
+    let ids = names.filter_map(|n| n.to_str().and_then(|n| n.get(..4)).map(str::to_owned));
+    ids.filter(|id| id.bytes().all(|b| b.is_ascii_digit())).max().expect("a revision")
+}
+
+/// The revision `n` after `id`: `0003` is one after `0002`.
+fn revision_after(id: &str, n: u32) -> String {
+    format!("{:04}", id.parse::<u32>().unwrap() + n)
+}
+
 /// What a steady load through the proxy saw.
 #[derive(Default)]
 struct Load {
@@ -320,7 +333,10 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
             )
         };
         let revision_now = || query("SELECT version_num FROM alembic_version");
-        assert_eq!(revision_now(), "0001", "the release phase migrated the first deploy");
+        // The app's newest revision, and the test's own ones after it.
+        let head = app_head_revision();
+        let (e, f) = (revision_after(&head, 1), revision_after(&head, 2));
+        assert_eq!(revision_now(), head, "the release phase migrated the first deploy");
         let release = |base: &str, suffix: &str, id: &str, down: &str, upgrade: &str| -> String {
             let version = format!("{version}.{suffix}");
             let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -365,15 +381,16 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         let expand = release(
             &next,
             "post10",
-            "0002",
-            "0001",
+            &e,
+            &head,
             "    op.execute(\"ALTER TABLE memories ADD COLUMN source text NOT NULL DEFAULT 'api'\")\n\
              \x20   op.execute(\"CREATE INDEX memories_created_at_idx ON memories (created_at)\")",
         );
         let (deployed, load) = under_load(&expand);
         assert!(deployed.status.success(), "{}", stderr(&deployed));
-        assert!(stderr(&deployed).contains("from 0001 to 0002"), "{}", stderr(&deployed));
-        assert_eq!(revision_now(), "0002");
+        let migrated = format!("from {head} to {e}");
+        assert!(stderr(&deployed).contains(&migrated), "{}", stderr(&deployed));
+        assert_eq!(revision_now(), e);
         assert_eq!(columns(), "id,text,embedding,created_at,source");
         eprintln!("{} requests during the expand, {} failed", load.requests, load.failed.len());
         assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
@@ -386,8 +403,8 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         let failing = release(
             &expand,
             "post11",
-            "0003",
-            "0002",
+            &f,
+            &e,
             "    op.execute(\"ALTER TABLE memories DROP COLUMN source\")\n\
              \x20   op.execute(\"ALTER TABLE memories ADD CONSTRAINT long CHECK (length(text) > 1000)\")",
         );
@@ -395,7 +412,7 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
         assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
         assert!(stderr(&refused).contains("violated by some row"), "{}", stderr(&refused));
         assert!(stderr(&refused).contains("no server was replaced"), "{}", stderr(&refused));
-        assert_eq!(revision_now(), "0002", "the failed migration changed nothing");
+        assert_eq!(revision_now(), e, "the failed migration changed nothing");
         assert_eq!(columns(), "id,text,embedding,created_at,source", "not even its first step");
         assert_eq!(image_of(&format!("{stack}_server")), servers_before);
         assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);
@@ -405,10 +422,10 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
 
         // The contract step: a release that drops the column no running code uses.
         let drop_source = "    op.execute(\"ALTER TABLE memories DROP COLUMN source\")";
-        let contract = release(&expand, "post12", "0003", "0002", drop_source);
+        let contract = release(&expand, "post12", &f, &e, drop_source);
         let (deployed, load) = under_load(&contract);
         assert!(deployed.status.success(), "{}", stderr(&deployed));
-        assert_eq!(revision_now(), "0003");
+        assert_eq!(revision_now(), f);
         assert_eq!(columns(), "id,text,embedding,created_at");
         eprintln!("{} requests during the contract, {} failed", load.requests, load.failed.len());
         assert!(load.failed.is_empty(), "{} failed: {:?}", load.failed.len(), load.failed);

@@ -708,17 +708,30 @@ pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<
 
 /// Whether a service's previous spec is its spec with another replica count: the previous
 /// "release" is a scale (`prod restore` scales the database and the servers to 0 and back).
+/// The engine fills in defaults when the CLI updates a service (restart and update policies,
+/// the stop grace period), so the specs are compared on what a release changes: the task's
+/// container (image, command, settings, secrets) and the service's labels, key by key where
+/// both have the key.
 fn only_scaled(service: &Value) -> bool {
-    let (mut spec, mut previous) = (service["Spec"].clone(), service["PreviousSpec"].clone());
+    let (spec, previous) = (&service["Spec"], &service["PreviousSpec"]);
     if previous.is_null() {
         return false;
     }
-    for s in [&mut spec, &mut previous] {
-        if let Some(replicated) = s.pointer_mut("/Mode/Replicated") {
-            replicated["Replicas"] = Value::Null;
+    let replicas = |s: &Value| s.pointer("/Mode/Replicated/Replicas").cloned();
+    let container = |s: &Value| s.pointer("/TaskTemplate/ContainerSpec").cloned();
+    replicas(spec) != replicas(previous)
+        && agree(&container(spec).unwrap_or_default(), &container(previous).unwrap_or_default())
+        && agree(&spec["Labels"], &previous["Labels"])
+}
+
+/// Whether two JSON values are equal on every key both objects have (recursively).
+fn agree(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.iter().all(|(key, value)| b.get(key).is_none_or(|other| agree(value, other)))
         }
+        (a, b) => a == b,
     }
-    spec == previous
 }
 
 pub fn rollback_step(root: &Utf8Path, service: &str) -> Step {
@@ -732,13 +745,22 @@ mod tests {
     #[test]
     fn a_previous_spec_that_is_only_a_scale_is_no_release_to_return_to() {
         let spec = |image: &str, replicas: u64| {
-            json!({"Name": "s_db", "TaskTemplate": {"ContainerSpec": {"Image": image}},
+            json!({"Name": "s_db", "Labels": {"com.docker.stack.image": image},
+                   "TaskTemplate": {"ContainerSpec": {"Image": image, "Env": ["A=1"]}},
                    "Mode": {"Replicated": {"Replicas": replicas}}})
         };
         let service = |now: Value, previous: Value| json!({"Spec": now, "PreviousSpec": previous});
         assert!(only_scaled(&service(spec("db@1", 1), spec("db@1", 0))));
+        // What the engine fills in on a CLI update is not a difference.
+        let mut filled = spec("db@1", 1);
+        filled["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] = json!(10_000_000_000u64);
+        filled["UpdateConfig"] = json!({"Parallelism": 1});
+        assert!(only_scaled(&service(filled, spec("db@1", 0))));
         assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 1))));
         assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 0))));
+        let mut settings = spec("db@1", 1);
+        settings["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["A=2"]);
+        assert!(!only_scaled(&service(settings, spec("db@1", 0))));
         assert!(!only_scaled(&service(spec("db@1", 1), Value::Null)));
     }
 
