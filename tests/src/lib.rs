@@ -329,12 +329,24 @@ pub struct Response {
 /// One HTTP/1.1 request to 127.0.0.1 with `Connection: close`; `None` when it cannot connect
 /// or the answer is cut short.
 pub fn http(method: &str, port: u16, path: &str, json_body: Option<&str>) -> Option<Response> {
+    http_with(method, port, path, &[], json_body)
+}
+
+/// [`http`] with more request headers.
+pub fn http_with(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    json_body: Option<&str>,
+) -> Option<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let body = json_body.unwrap_or("");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;

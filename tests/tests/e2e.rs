@@ -6,7 +6,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{docker, http, pyproject_version, wait_for_200};
+use tests::{docker, http, http_with, pyproject_version, wait_for_200};
 
 /// Tests share the stack; those that restart the server or watch the cache take it alone.
 static STACK: RwLock<()> = RwLock::new(());
@@ -229,4 +229,59 @@ fn a_database_that_does_not_answer_gives_503_fast_and_no_error_text() {
     wait_for_200(port, "/v1/health", Duration::from_secs(30));
     let (status, found, _) = get_json(port, &search_path(&embedding(330, 0.1), 1));
     assert_eq!(status, 200, "{found}");
+    // The insert answered 503 was rolled back when its stuck statement returned.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count_texts(&project, "e2e while paused"), 0, "a 503 never takes effect");
+}
+
+/// How many rows hold `text`, read from the table.
+fn count_texts(project: &str, text: &str) -> u64 {
+    let sql = format!("SELECT count(*) FROM memories WHERE text = '{}'", text.replace('\'', "''"));
+    let db = db_container(project);
+    docker(&["exec", &db, "psql", "-U", "memories", "-d", "memories", "-At", "-c", &sql])
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_insert_answered_503_behind_a_lock_is_never_stored_and_a_retry_stores_one_row() {
+    let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (port, project) = stack();
+    wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    let text = format!("e2e behind a lock {}", tests::unique_name("k"));
+    let body = json!({"text": text, "embedding": embedding(340, 0.3)}).to_string();
+    let key = tests::unique_name("idempotency");
+    let post = |key: &str, body: &str| {
+        http_with("POST", port, "/v1/memories", &[("Idempotency-Key", key)], Some(body)).unwrap()
+    };
+    // A lock held past the request's deadline (3 s): PostgreSQL cancels the waiting insert at
+    // the deadline, so the 503 is the whole story.
+    let lock = "begin; lock table memories in access exclusive mode; select pg_sleep(5); commit;";
+    let db = db_container(&project);
+    let mut locker = std::process::Command::new("docker")
+        .args(["exec", &db, "psql", "-U", "memories", "-d", "memories", "-c", lock])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = post(&key, &body);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.headers.contains("retry-after"), "{}", refused.headers);
+    assert!(locker.wait().unwrap().success());
+    assert_eq!(count_texts(&project, &text), 0, "the refused insert is not stored");
+
+    // The retry the 503 invites, twice with the same key: one row, the same answer.
+    let first = post(&key, &body);
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = post(&key, &body);
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(first.body, again.body, "the first answer again");
+    assert!(again.headers.contains("idempotent-replayed: true"), "{}", again.headers);
+    assert_eq!(count_texts(&project, &text), 1);
+    // The same key with another body is a client error, not a second row.
+    let other = json!({"text": "another body", "embedding": embedding(341, 0.3)}).to_string();
+    let misused = post(&key, &other);
+    assert_eq!(misused.status, 422, "{}", misused.body);
+    assert!(misused.body.contains("Idempotency-Key"), "{}", misused.body);
+    assert_eq!(count_texts(&project, &text), 1);
 }

@@ -200,9 +200,9 @@ fn db_image_needs_a_password_turns_healthy_over_tcp_and_the_server_image_migrate
     assert!(waited >= Duration::from_secs(2), "it waited for the lock: {waited:?}");
     let migrated: serde_json::Value = serde_json::from_str(&migrated).unwrap();
     assert_eq!(migrated["before"], serde_json::Value::Null, "{migrated}");
-    assert_eq!(migrated["after"], "0001", "{migrated}");
+    assert_eq!(migrated["after"], "0002", "{migrated}");
     let again = docker(&[&run[..], &migrate[..], &["upgrade", "--json"]].concat());
-    assert!(again.contains(r#""before": "0001""#), "a second run finds nothing to do: {again}");
+    assert!(again.contains(r#""before": "0002""#), "a second run finds nothing to do: {again}");
     let columns = docker(&[
         "exec",
         "--env",

@@ -54,7 +54,7 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
             .filter(|l| l.contains("error") || l.contains("panicked") || l.contains("FAILED"))
             .collect();
         assert!(output.status.success(), "{project}: {errors:#?}");
-        assert!(stderr.contains("test result: ok. 8 passed"), "{project} ran the e2e suite");
+        assert!(stderr.contains("test result: ok. 9 passed"), "{project} ran the e2e suite");
         assert_eq!(
             leftovers(&project_label(project)),
             Vec::<String>::new(),
@@ -462,7 +462,7 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
     assert!(plan.contains("release phase: starts db alone"), "{plan}");
     assert!(plan.contains("memories.migrate"), "{plan}");
     let up = prod(&["up", "--no-build", "--json"]);
-    assert!(up.contains("migrate: migrated the database from nothing to 0001"), "{up}");
+    assert!(up.contains("migrate: migrated the database from nothing to 0002"), "{up}");
     let secrets = repo_root().join("target/xtask/secrets").join(&project);
     assert!(secrets.join("POSTGRES_PASSWORD").is_file(), "the secret file is written");
 
@@ -520,7 +520,7 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
         "-c",
         "select version_num from alembic_version",
     ]);
-    assert_eq!(at, "0001", "the release phase migrated the database before the servers started");
+    assert_eq!(at, "0002", "the release phase migrated the database before the servers started");
     let not_a_dump = std::env::temp_dir().join(unique_name("not-a-dump"));
     std::fs::write(&not_a_dump, "PGDMP").unwrap();
     let not_a_dump = not_a_dump.to_str().unwrap();
@@ -578,6 +578,9 @@ fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
             .env("POSTGRES_PASSWORD", &password)
             .env("PROXY_PORT", port.to_string())
             .env("COMPOSE_PROJECT_NAME", &project)
+            // No scheduled backup: its first, a minute after the start, could run at the
+            // moment the drill takes its own (the schedule has tests of its own).
+            .env("BACKUP_EVERY", "off")
             .stdin(Stdio::null())
             .current_dir(repo_root())
             .output()
@@ -637,6 +640,8 @@ fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["backups"][0]["label"], label.as_str(), "{listed}");
     assert_eq!(listed["archive"]["failing"], false, "{listed}");
+    assert_eq!(listed["health"]["status"], "ok", "{listed}");
+    assert_eq!(listed["schedule"]["every_s"], Value::Null, "{listed}");
 
     // A database that holds rows is not replaced without --force.
     let refused = prod(&["restore", "--time", &t]);
@@ -667,4 +672,128 @@ fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
 
     ok(&["down", "--volumes"]);
     assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+/// Sends `head` (a request's line and headers) and a first piece of a body, then reads what
+/// comes back: the status code, or `None` when the connection is cut without an answer.
+fn refused_status(port: u16, head: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(head.as_bytes()).ok()?;
+    let _ = stream.write_all(&vec![b'a'; 64 * 1024]);
+    let mut answer = [0u8; 256];
+    let n = stream.read(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The prod edge's limits, with 1536-dimensional embeddings: a full-precision search fits in a
+/// GET's line and in a POST; a 50 MB body gets 413 from the proxy and from a server reached
+/// directly, with health answering meanwhile; 300 slow clients leave normal requests fast; a
+/// burst over the rate limit gets 429s with `Retry-After` and nothing else fails.
+#[test]
+fn prod_edge_limits_fit_real_searches_and_refuse_floods() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-edge");
+    cleanup.project(&project);
+    let port = free_port();
+    let up = xtask_process()
+        .args(["prod", "up", "--no-build"])
+        .env("POSTGRES_PASSWORD", unique_name("edge-pw"))
+        .env("PROXY_PORT", port.to_string())
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .env("EMBEDDING_DIM", "1536")
+        .env("BACKUP_EVERY", "off")
+        .env("PROXY_RATE", "20")
+        .env("PROXY_BURST", "20")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+
+    // Full precision, as an embedding model gives it, encoded as HTTP clients encode it.
+    let embedding: Vec<f64> =
+        (0..1536).map(|i| ((i as f64 * 0.7).sin() * 0.123_456_789_012_345_67) + 1e-9).collect();
+    let body = json!({"text": "a real embedding", "embedding": embedding}).to_string();
+    let created = http("POST", port, "/v1/memories", Some(&body)).unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let values: Vec<String> = embedding.iter().map(|v| format!("{v:?}")).collect();
+    let query = format!("/v1/memories/search?k=1&embedding={}", values.join("%2C"));
+    assert!(query.len() > 30_000, "a long line: {}", query.len());
+    let found = http("GET", port, &query, None).unwrap();
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("a real embedding"), "{}", found.body);
+    let posted = json!({"embedding": embedding, "k": 1}).to_string();
+    let found = http("POST", port, "/v1/memories/search", Some(&posted)).unwrap();
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("a real embedding"), "{}", found.body);
+
+    // 50 MB: the proxy refuses it, and so does the server when reached directly (from its
+    // own container), without reading it; health answers at once.
+    let head = format!(
+        "POST /v1/memories HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        50 << 20
+    );
+    assert_eq!(refused_status(port, &head), Some(413));
+    let server = tests::service_containers(&project, "server");
+    let server = server.lines().next().unwrap();
+    let direct = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', 8283))\n\
+         s.sendall({head:?}.encode() + b'a' * 65536)\nprint(s.recv(64).split()[1].decode())\n"
+    );
+    let mut python = Command::new("docker")
+        .args(["exec", "--interactive", server, "python", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    python.stdin.take().unwrap().write_all(direct.as_bytes()).unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "413");
+    let start = Instant::now();
+    assert_eq!(http("GET", port, "/v1/health", None).unwrap().status, 200);
+    assert!(start.elapsed() < Duration::from_secs(1), "health after the floods");
+
+    // 300 slow clients, each sending a header line every 2 s: normal requests still answer
+    // within a second.
+    let mut slow: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for n in 0..20 {
+        if n % 8 == 0 {
+            for (i, s) in slow.iter_mut().enumerate() {
+                let _ = s.write_all(format!("X-Slow-{i}: {n}\r\n").as_bytes());
+            }
+        }
+        let start = Instant::now();
+        let answer = http("GET", port, "/v1/version", None).expect("an answer");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        slowest = slowest.max(start.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(slow);
+    assert!(slowest < Duration::from_secs(1), "the slowest normal request took {slowest:?}");
+
+    // A burst of 60 at once against 20 a second with bursts of 20: some 429, the rest 200.
+    std::thread::sleep(Duration::from_secs(2));
+    let answers: Vec<tests::Response> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..60)
+            .map(|_| scope.spawn(|| http("GET", port, "/v1/version", None).expect("an answer")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let limited: Vec<&tests::Response> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(!limited.is_empty(), "the burst went over the limit");
+    assert!(answers.iter().all(|a| a.status == 200 || a.status == 429), "nothing else fails");
+    assert!(limited.iter().all(|a| a.headers.contains("retry-after: 1")), "{:?}", limited[0]);
+    eprintln!("burst of 60: {} limited", limited.len());
 }

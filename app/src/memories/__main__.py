@@ -71,6 +71,9 @@ def main() -> int:
         port=settings.port,
         timeout_graceful_shutdown=1,
         access_log=False,
+        # A search's request line with a full-precision embedding of 1536 floats is about 40
+        # KB, over h11's default 16 KB (the proxy allows 64 KB too).
+        h11_max_incomplete_event_size=64 * 1024,
     )
     DrainingServer(server_config, settings.shutdown_delay).run()
     return 0

@@ -6,11 +6,12 @@ import hashlib
 import json
 import logging
 import math
+import random
 import struct
 from typing import Annotated
 
 import psycopg
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -130,6 +131,119 @@ def _parse_embedding(raw: str) -> list[float]:
         ) from None
 
 
+# How long an idempotency key is kept at least: a retry within it returns the first answer.
+IDEMPOTENCY_KEEP = "1 day"
+
+
+def _insert_once(
+    conn: psycopg.Connection, key: str, digest: bytes, text: str, vector: str
+) -> tuple[bool, int]:
+    """Stores a memory under an idempotency key, in the caller's transaction: `(True, id)` for a
+    new key, `(False, id)` of the first insert for a key seen before with the same body.
+
+    The key is claimed first: a concurrent insert with the same key waits on it until this
+    transaction ends, then finds it. A key seen with another body is the client's error.
+    """
+    claimed = conn.execute(
+        "INSERT INTO idempotency_keys (key, request_digest) VALUES (%s, %s) "
+        "ON CONFLICT (key) DO NOTHING RETURNING key",
+        (key, digest),
+    ).fetchone()
+    if claimed is None:
+        first = conn.execute(
+            "SELECT request_digest, memory_id FROM idempotency_keys WHERE key = %s", (key,)
+        ).fetchone()
+        if first is None:
+            raise Unavailable("an idempotency key vanished while it was read")
+        if bytes(first[0]) != digest:
+            raise HTTPException(
+                status_code=422,
+                detail="this Idempotency-Key was used with another body: use a new key",
+            )
+        return False, first[1]
+    (memory_id,) = conn.execute(
+        "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
+        (text, vector),
+    ).fetchone()
+    conn.execute("UPDATE idempotency_keys SET memory_id = %s WHERE key = %s", (memory_id, key))
+    # Now and then, the keys past their time go: an indexed range, cheap at any size.
+    if random.random() < 0.01:
+        conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - %s::interval",
+            (IDEMPOTENCY_KEEP,),
+        )
+    return True, memory_id
+
+
+class BodyLimit:
+    """Answers 413 to a request whose body is larger than `limit` bytes, before reading it when
+    its Content-Length says so, and as soon as a streamed body passes the limit otherwise, so
+    a huge upload costs neither memory nor a worker's time."""
+
+    def __init__(self, app, limit: int) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+        refused = False
+
+        # Past the limit: the 413 goes out at once, and the app is told the client has gone
+        # (whatever it answers then is dropped), so it stops reading.
+        async def limited_receive():  # type: ignore[no-untyped-def]
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    if not started:
+                        refused = True
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message) -> None:  # type: ignore[no-untyped-def]
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, tracked_send)
+
+    async def _refuse(self, send) -> None:  # type: ignore[no-untyped-def]
+        body = json.dumps({"detail": f"the request body is larger than {self.limit} bytes"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+class Search(BaseModel):
+    """A search as a JSON body: a full-precision embedding of any size fits."""
+
+    embedding: list[float]
+    k: int = Field(default=5, ge=1, le=100)
+
+
 def create_app(settings: Settings) -> FastAPI:
     database = Database(settings.database_url, timeout=settings.request_timeout)
     cache = Cache(settings.redis_url, settings.cache_ttl)
@@ -185,24 +299,41 @@ def create_app(settings: Settings) -> FastAPI:
         return {"version": __version__}
 
     @app.post("/v1/memories", status_code=201)
-    def add_memory(memory: NewMemory) -> dict:
-        vector = _vector_literal(memory.embedding, dim)
-        row = database.run(
-            lambda conn: conn.execute(
-                "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
-                (memory.text, vector),
-            ).fetchone()
-        )
-        cache.invalidate()
-        return {"id": row[0]}
-
-    @app.get("/v1/memories/search")
-    def search(
+    def add_memory(
+        memory: NewMemory,
         response: Response,
-        embedding: Annotated[str, Query(description="comma-separated floats")],
-        k: Annotated[int, Query(ge=1, le=100)] = 5,
-    ) -> list[dict]:
-        vector = _vector_literal(_parse_embedding(embedding), dim)
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=255,
+                pattern=r"^[\x21-\x7e]+$",
+                description="a retried insert with the same key returns the first answer",
+            ),
+        ] = None,
+    ) -> dict:
+        vector = _vector_literal(memory.embedding, dim)
+        if idempotency_key is None:
+            row = database.run(
+                lambda conn: conn.execute(
+                    "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
+                    (memory.text, vector),
+                ).fetchone()
+            )
+            cache.invalidate()
+            return {"id": row[0]}
+        digest = hashlib.sha256(json.dumps([memory.text, vector]).encode()).digest()
+        stored, memory_id = database.run(
+            lambda conn: _insert_once(conn, idempotency_key, digest, memory.text, vector)
+        )
+        if stored:
+            cache.invalidate()
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        return {"id": memory_id}
+    def search_for(response: Response, values: list[float], k: int) -> list[dict]:
+        vector = _vector_literal(values, dim)
         key, cached = cache.get(vector, k)
         if cached is not None:
             response.headers["X-Cache"] = "hit"
@@ -218,6 +349,20 @@ def create_app(settings: Settings) -> FastAPI:
         cache.put(key, results)
         response.headers["X-Cache"] = "miss" if cache.client is not None else "off"
         return results
+
+    @app.get("/v1/memories/search")
+    def search(
+        response: Response,
+        embedding: Annotated[str, Query(description="comma-separated floats")],
+        k: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> list[dict]:
+        return search_for(response, _parse_embedding(embedding), k)
+
+    @app.post("/v1/memories/search")
+    def search_posted(response: Response, search: Search) -> list[dict]:
+        return search_for(response, search.embedding, search.k)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body)
 
     if settings.otlp_endpoint:
         _instrument(app)

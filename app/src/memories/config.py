@@ -36,6 +36,8 @@ class Settings:
     # Migrate the database to the newest revision before serving (dev, test and the standalone
     # image); otherwise (prod) only check that its revision is one this server knows.
     migrate_on_start: bool
+    # The largest request body the server reads (413 beyond it), also behind the proxy's own.
+    max_body: int
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -156,4 +158,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         cache_ttl=_int(env, "CACHE_TTL", 300, 1, 86400),
         shutdown_delay=_delay(env, "SHUTDOWN_DELAY"),
         migrate_on_start=_flag(env, "MIGRATE_ON_START"),
+        max_body=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
     )

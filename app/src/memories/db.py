@@ -42,15 +42,28 @@ CONNECTION_SETTINGS = {
 }
 
 
+# How long the caller waits past a request's deadline for the work's own outcome. The work
+# enforces the deadline itself (the server cancels a statement at it, and a transaction
+# finished after it is rolled back), so the answer the client gets is what happened; only a
+# database that stops answering altogether is given up on from outside.
+GRACE = 0.5
+
+
 class Database:
     """The connection pool, and a deadline on every piece of work done with it.
 
     Connections are checked when taken from the pool, so the first request after a database
     restart gets a fresh connection instead of a stale one. Work runs on the pool's own threads
-    and the caller waits at most its deadline: a database that accepts connections but never
-    answers (a paused or overloaded server) gives `Unavailable` on time, the request fails fast,
-    and the stuck thread returns when the server does. Work still queued at its deadline never
-    starts, so a request that was answered with an error cannot take effect later.
+    in one transaction, and the deadline binds the work itself, so that a request answered
+    with an error never takes effect later:
+    - work still queued at its deadline never starts;
+    - each statement runs under a `statement_timeout` of the time left, so PostgreSQL cancels
+      one that waits for a lock or runs too long;
+    - a transaction whose work ends after the deadline is rolled back, not committed.
+    The caller waits the deadline and `GRACE`; a database that does not answer at all (paused,
+    unreachable) gives `Unavailable` then, and the stuck thread's work is rolled back when it
+    returns. One window stays: a COMMIT sent before the deadline whose answer is lost; a client
+    that retries with an `Idempotency-Key` still stores one row.
     """
 
     def __init__(self, url: str, max_size: int = 8, timeout: float = 3.0) -> None:
@@ -73,26 +86,38 @@ class Database:
         self.pool.close(timeout=1)
 
     def run(self, work: Callable[[psycopg.Connection], T], timeout: float | None = None) -> T:
-        """Runs `work` on a pooled connection within `timeout` seconds (the default deadline if
-        None), raising `Unavailable` when the database cannot be reached or does not answer."""
+        """Runs `work` in one transaction on a pooled connection within `timeout` seconds (the
+        default deadline if None), committed only if it ended in time; raises `Unavailable`
+        when the database cannot be reached or does not answer in time."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
 
-        def job() -> T:
+        def left() -> float:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Unavailable(f"no database thread free within {timeout:g}s")
-            with self.pool.connection(timeout=remaining) as conn:
-                return work(conn)
+                raise Unavailable(f"the deadline of {timeout:g}s passed")
+            return remaining
+
+        def job() -> T:
+            with self.pool.connection(timeout=left()) as conn:
+                # Local to this transaction: the pooled connection keeps no setting.
+                ms = max(1, int(left() * 1000))
+                conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{ms}ms",))
+                result = work(conn)
+                left()
+                conn.commit()
+                return result
 
         future = self.workers.submit(job)
         try:
-            return future.result(timeout=timeout)
+            return future.result(timeout=timeout + GRACE)
         except FutureTimeout:
             future.cancel()
             raise Unavailable(f"no answer within {timeout:g}s") from None
         except PoolTimeout as err:
             raise Unavailable(f"no connection within {timeout:g}s: {err}") from err
+        except psycopg.errors.QueryCanceled as err:
+            raise Unavailable(f"cancelled at the deadline of {timeout:g}s: {err}") from err
         except psycopg.OperationalError as err:
             raise Unavailable(str(err).strip() or type(err).__name__) from err
 
