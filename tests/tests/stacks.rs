@@ -379,6 +379,7 @@ fn prod_refuses_to_start_without_its_secrets() {
     let output = xtask_process()
         .args(["prod", "up", "--no-build"])
         .env_remove("POSTGRES_PASSWORD")
+        .env("API_KEYS", "off")
         .env("COMPOSE_PROJECT_NAME", &project)
         .current_dir(repo_root())
         .output()
@@ -386,6 +387,20 @@ fn prod_refuses_to_start_without_its_secrets() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.trim().starts_with("error: the prod stack needs POSTGRES_PASSWORD"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // No API keys and no `API_KEYS=off`: refused, with how to make keys.
+    let output = xtask_process()
+        .args(["prod", "up", "--no-build"])
+        .env("POSTGRES_PASSWORD", "not-used")
+        .env_remove("API_KEYS")
+        .env_remove("API_KEYS_FILE")
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs API keys") && stderr.contains("prod keys create"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     require_docker();
     assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
@@ -443,6 +458,7 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
             .arg("prod")
             .args(args)
             .env("POSTGRES_PASSWORD", &password)
+            .env("API_KEYS", "off")
             .env("PROXY_PORT", port.to_string())
             .env("COMPOSE_PROJECT_NAME", &project)
             .current_dir(repo_root())
@@ -576,6 +592,7 @@ fn prod_restores_to_a_point_in_time_and_to_a_backup_after_its_volume_is_lost() {
             .arg("prod")
             .args(args)
             .env("POSTGRES_PASSWORD", &password)
+            .env("API_KEYS", "off")
             .env("PROXY_PORT", port.to_string())
             .env("COMPOSE_PROJECT_NAME", &project)
             // No scheduled backup: its first, a minute after the start, could run at the
@@ -702,6 +719,7 @@ fn prod_edge_limits_fit_real_searches_and_refuse_floods() {
     let up = xtask_process()
         .args(["prod", "up", "--no-build"])
         .env("POSTGRES_PASSWORD", unique_name("edge-pw"))
+        .env("API_KEYS", "off")
         .env("PROXY_PORT", port.to_string())
         .env("COMPOSE_PROJECT_NAME", &project)
         .env("EMBEDDING_DIM", "1536")
@@ -796,4 +814,127 @@ fn prod_edge_limits_fit_real_searches_and_refuse_floods() {
     assert!(answers.iter().all(|a| a.status == 200 || a.status == 429), "nothing else fails");
     assert!(limited.iter().all(|a| a.headers.contains("retry-after: 1")), "{:?}", limited[0]);
     eprintln!("burst of 60: {} limited", limited.len());
+}
+
+/// API keys on a prod stack: 401 without a key or with a wrong or revoked one, health open
+/// and saying nothing else, a rotation (add, apply, move the clients, revoke, apply) under a
+/// steady load that fails no request, and no key in any output, log or `docker inspect`.
+#[test]
+fn prod_api_keys_refuse_strangers_and_rotate_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-keys");
+    cleanup.project(&project);
+    let port = free_port();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&project);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api-keys");
+    let password = unique_name("keys-pw");
+    let mut said = String::new();
+    let mut prod = |args: &[&str]| -> String {
+        let output = xtask_process()
+            .arg("prod")
+            .args(args)
+            .env("POSTGRES_PASSWORD", &password)
+            .env("API_KEYS_FILE", &file)
+            .env_remove("API_KEYS")
+            .env("PROXY_PORT", port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .env("BACKUP_EVERY", "off")
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "prod {args:?}: {stderr}");
+        said.push_str(&stderr);
+        if args[0] != "keys" || args[1] != "create" {
+            said.push_str(&stdout);
+        }
+        stdout
+    };
+    let key_a = prod(&["keys", "create", "first"]).trim().to_owned();
+    prod(&["up", "--no-build"]);
+    let get = |key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        tests::http_with("GET", port, "/v1/version", &headers, None).unwrap()
+    };
+    let stranger = get(None);
+    assert_eq!(stranger.status, 401, "{}", stranger.body);
+    assert!(stranger.headers.contains("www-authenticate: bearer realm=\"memories\""));
+    let wrong = get(Some("mk_not-a-key"));
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.headers.contains("error=\"invalid_token\""), "{}", wrong.headers);
+    assert_eq!(get(Some(&key_a)).status, 200);
+    let health = http("GET", port, "/v1/health", None).unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&health.body).unwrap(), json!({"status": "ok"}));
+
+    // The rotation, under a steady load that always sends the key it was last given.
+    let current = Arc::new(Mutex::new(key_a.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (current, stop) = (current.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let key = current.lock().unwrap().clone();
+                let auth = format!("Bearer {key}");
+                let body = r#"{"text": "rotation", "embedding": [1.0]}"#;
+                let answer = tests::http_with(
+                    "POST",
+                    port,
+                    "/v1/memories/search",
+                    &[("Authorization", &auth)],
+                    Some(&body.replace("[1.0]", &format!("[{}1.0]", "0.0,".repeat(383)))),
+                );
+                sent += 1;
+                match answer {
+                    Some(a) if a.status == 200 => {}
+                    Some(a) => failed.push(format!("{} {}", a.status, a.body)),
+                    None => failed.push("no answer".into()),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let key_b = prod(&["keys", "create", "second"]).trim().to_owned();
+    prod(&["up", "--no-build"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    *current.lock().unwrap() = key_b.clone();
+    std::thread::sleep(Duration::from_millis(500));
+    prod(&["keys", "revoke", "first"]);
+    prod(&["up", "--no-build"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    let (sent, failed) = load.join().unwrap();
+    eprintln!("{sent} requests during the rotation, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(sent > 40, "the load ran: {sent}");
+    assert_eq!(get(Some(&key_a)).status, 401, "the revoked key");
+    assert_eq!(get(Some(&key_b)).status, 200);
+    let listed = prod(&["keys", "list"]);
+    assert!(listed.contains("second") && !listed.contains("first"), "{listed}");
+
+    // No key anywhere: the tasks' output, the key file, the containers' logs and inspect.
+    let file_text = std::fs::read_to_string(&file).unwrap();
+    let containers = docker(&["ps", "--all", "--quiet", "--filter", &project_label(&project)]);
+    let mut seen = said + &file_text;
+    for container in containers.lines() {
+        seen.push_str(&docker(&["inspect", container]));
+        let logs = tests::docker_output(&["logs", container]);
+        seen.push_str(&String::from_utf8_lossy(&logs.stdout));
+        seen.push_str(&String::from_utf8_lossy(&logs.stderr));
+    }
+    for key in [&key_a, &key_b] {
+        assert!(key.starts_with("mk_"), "{key}");
+        assert!(!seen.contains(key.as_str()), "a key was shown after its creation");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -428,6 +428,31 @@ pub enum ProdAction {
         #[command(flatten)]
         on: SwarmStack,
     },
+    /// The API's keys: create (printed once), revoke, list. The file (`--file`, else
+    /// `API_KEYS_FILE`) keeps only their SHA-256; `prod up` and `prod deploy` give it to the
+    /// servers, which then answer 401 to a request without a valid `Authorization: Bearer KEY`.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// The key file (default: the `API_KEYS_FILE` setting).
+        #[arg(long, value_name = "FILE", global = true)]
+        file: Option<camino::Utf8PathBuf>,
+    },
+}
+
+/// What `prod keys` does with the key file.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a key, keep its hash in the file and print the key once, e.g. `cargo xtask prod
+    /// keys create ci --file /secure/api-keys`.
+    Create {
+        /// Its name: letters, digits, `.`, `_` or `-`.
+        name: String,
+    },
+    /// Remove a key from the file, e.g. `cargo xtask prod keys revoke ci`.
+    Revoke { name: String },
+    /// The keys in the file: names, hash prefixes, when each was made.
+    List,
 }
 
 /// The swarm stack whose database a backup task works on; the compose prod stack without it.
@@ -1045,6 +1070,14 @@ impl From<ProdAction> for prod::ProdAction {
                 prod::ProdAction::Backups(on.stack, BackupAction::Backup { kind })
             }
             ProdAction::Backups { on } => prod::ProdAction::Backups(on.stack, BackupAction::List),
+            ProdAction::Keys { action, file } => prod::ProdAction::Keys(
+                file,
+                match action {
+                    KeysAction::Create { name } => crate::api_keys::KeysAction::Create { name },
+                    KeysAction::Revoke { name } => crate::api_keys::KeysAction::Revoke { name },
+                    KeysAction::List => crate::api_keys::KeysAction::List,
+                },
+            ),
             ProdAction::Restore { time, backup, force, timeout, on } => {
                 let target = match (time, backup) {
                     (Some(time), _) => RestoreTarget::Time(time),

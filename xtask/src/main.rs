@@ -6,6 +6,7 @@
 #[macro_use]
 mod term;
 
+mod api_keys;
 mod backup;
 mod bench;
 mod bundle;

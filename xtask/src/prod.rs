@@ -18,8 +18,9 @@ use crate::swarm;
 use crate::tasks::{long_lived, print_endpoints};
 use crate::version::Revision;
 
-/// The settings prod refuses to start without: never defaulted, never printed.
-const SECRETS: [&str; 1] = ["POSTGRES_PASSWORD"];
+/// The settings prod refuses to start without: never defaulted, never printed. Each may also
+/// come from the file its `_FILE` setting names (`API_KEYS_FILE`).
+const SECRETS: [&str; 2] = ["POSTGRES_PASSWORD", "API_KEYS"];
 
 /// What `cargo xtask prod` does with the production definition.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub enum ProdAction {
         services: Vec<String>,
         timeout: Duration,
     },
+    /// The API keys in file `.0` (else `API_KEYS_FILE`).
+    Keys(Option<Utf8PathBuf>, crate::api_keys::KeysAction),
     /// Backups of the compose prod stack's database, or of swarm stack `.0`'s (see [`backup`]).
     Backups(Option<String>, backup::BackupAction),
 }
@@ -77,21 +80,21 @@ pub fn run(
     if preview.dry_run {
         if matches!(action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. })
         {
-            stack::require_secrets(&stack, &SECRETS)?;
+            require_secrets(&stack)?;
         }
         prod_plan(&stack, &revision, &action)?.print(preview.json);
         return Ok(());
     }
     match action {
         ProdAction::Config => {
-            stack::require_secrets(&stack, &SECRETS)?;
+            require_secrets(&stack)?;
             let mut definition = stack::merged_definition(&stack)?;
             redact(&mut definition);
             out!("{definition:#}");
             Ok(())
         }
         ProdAction::Up { no_build, timeout } => {
-            stack::require_secrets(&stack, &SECRETS)?;
+            require_secrets(&stack)?;
             // Refuse a project of another kind before writing anything for it (the lifecycle
             // checks again, as it does for every stack).
             stack::require_own_kind(&stack)?;
@@ -118,7 +121,7 @@ pub fn run(
             stack::remove_secrets(&stack)
         }
         ProdAction::Deploy { stack: name, source, timeout } => {
-            stack::require_secrets(&stack, &SECRETS)?;
+            require_secrets(&stack)?;
             let source = deploy_source(&revision, source);
             deploy_swarm(&stack, &revision, &name, &source, timeout)
         }
@@ -127,10 +130,20 @@ pub fn run(
             print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), preview.json);
             Ok(())
         }
+        ProdAction::Keys(file, action) => {
+            let file = match file.or_else(|| stack.setting("API_KEYS_FILE").map(Into::into)) {
+                Some(file) => file,
+                None => bail!(
+                    "which key file? pass --file FILE, or set API_KEYS_FILE (the environment or \
+                     --env-file)"
+                ),
+            };
+            crate::api_keys::run(&file, action, preview.json)
+        }
         ProdAction::Backups(swarm_stack, action) => {
             let target = backup_target(&stack, swarm_stack);
             if matches!(target, backup::Target::Compose(_)) {
-                stack::require_secrets(&stack, &SECRETS)?;
+                require_secrets(&stack)?;
             }
             backup::run(&target, action, preview.json)
         }
@@ -147,6 +160,24 @@ pub fn run(
             Ok(())
         }
     }
+}
+
+/// Fails unless every secret prod needs is set and the API keys are a valid key list or `off`.
+fn require_secrets(stack: &Stack) -> Result<()> {
+    if stack.secret_value("API_KEYS")?.is_none() {
+        bail!(
+            "the prod stack needs API keys: make a key file with `cargo xtask prod keys create \
+             NAME --file FILE` and set API_KEYS_FILE=FILE, or set API_KEYS=off to serve without \
+             keys (on purpose)"
+        );
+    }
+    stack::require_secrets(stack, &SECRETS)?;
+    let keys = stack.secret_value("API_KEYS")?.unwrap_or_default();
+    let what = match stack.setting("API_KEYS").filter(|v| !v.is_empty()) {
+        Some(_) => "API_KEYS".to_owned(),
+        None => format!("API_KEYS_FILE {}", stack.setting("API_KEYS_FILE").unwrap_or_default()),
+    };
+    crate::api_keys::check_setting(&keys, &what)
 }
 
 fn backup_target(stack: &Stack, swarm_stack: Option<String>) -> backup::Target {
@@ -445,6 +476,18 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         ProdAction::Config => plan
             .step(stack.config_step())
             .note("prints the merged definition with every secret shown as ***"),
+        ProdAction::Keys(file, action) => {
+            let file = file.as_ref().map_or("the API_KEYS_FILE setting's file", |f| f.as_str());
+            plan.note(match action {
+                crate::api_keys::KeysAction::Create { name } => {
+                    format!("adds key {name} to {file} (its SHA-256 only) and prints the key once")
+                }
+                crate::api_keys::KeysAction::Revoke { name } => {
+                    format!("removes key {name} from {file}")
+                }
+                crate::api_keys::KeysAction::List => format!("lists the keys in {file}"),
+            })
+        }
         ProdAction::Up { no_build, timeout } => {
             let model = stack.model()?;
             let how = Lifecycle { migrate: true, ..long_lived(*timeout, *no_build) };

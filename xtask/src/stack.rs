@@ -318,6 +318,21 @@ impl Stack {
         found
     }
 
+    /// A secret setting's value: `key` when set and not empty, else the contents of the file
+    /// that `key_FILE` names (a key list is a file, not a line of an env file).
+    pub fn secret_value(&self, key: &str) -> Result<Option<String>> {
+        if let Some(value) = self.setting(key).filter(|v| !v.is_empty()) {
+            return Ok(Some(value));
+        }
+        let file_key = format!("{key}_FILE");
+        let Some(file) = self.setting(&file_key).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("{file_key}={file} cannot be read"))?;
+        Ok(Some(text))
+    }
+
     /// The host port `service`'s `port` is published on, if it is.
     pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
         let step = self.compose().args(["port", service, &port.to_string()]).quiet();
@@ -892,11 +907,15 @@ pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
     for file in &stack.env_files {
         std::fs::read_to_string(file).with_context(|| format!("cannot read env file {file}"))?;
     }
-    let missing: Vec<&str> =
-        secrets.iter().copied().filter(|s| stack.setting(s).is_none_or(|v| v.is_empty())).collect();
+    let mut missing = Vec::new();
+    for secret in secrets {
+        if stack.secret_value(secret)?.is_none() {
+            missing.push(*secret);
+        }
+    }
     if !missing.is_empty() {
         bail!(
-            "the {} stack needs {}: export {}, or pass --env-file FILE with {} (it has no default on purpose)",
+            "the {} stack needs {}: export {}, or pass --env-file FILE with {} (it has no default on purpose; a setting X may also come from the file X_FILE names)",
             stack.mode.name(),
             missing.join(", "),
             if missing.len() == 1 { "it" } else { "them" },
@@ -949,18 +968,19 @@ pub fn file_secrets(stack: &Stack, definition: &Value) -> Vec<(String, String)> 
 
 /// The value of the setting behind a secret, which must be set and not empty.
 pub fn secret_setting(stack: &Stack, setting: &str) -> Result<String> {
-    match stack.setting(setting).filter(|v| !v.is_empty()) {
+    match stack.secret_value(setting)? {
         Some(value) => Ok(value),
-        None => {
-            bail!("{setting} is not set: export it, or pass `--env-file FILE` with {setting}=...")
-        }
+        None => bail!(
+            "{setting} is not set: export it (or {setting}_FILE), or pass `--env-file FILE` with \
+             {setting}=..."
+        ),
     }
 }
 
 /// Writes the file of each of the definition's file secrets (see [`file_secrets`]) from its
 /// setting, into [`Stack::secrets_dir`]: mode 0700 on the directory, so the files themselves
-/// may be 0444, which a container's non-root user needs to read a bind-mounted secret. Each
-/// file is written whole under a temporary name and renamed into place.
+/// may be 0644, which a container's non-root user needs to read a bind-mounted secret. A new
+/// file is written whole under a temporary name and renamed into place; a changed one in place.
 pub fn write_secrets(stack: &Stack, definition: &Value) -> Result<()> {
     let Some(dir) = stack.secrets_dir() else { return Ok(()) };
     let secrets = file_secrets(stack, definition);
@@ -971,9 +991,19 @@ pub fn write_secrets(stack: &Stack, definition: &Value) -> Result<()> {
     for (_, setting) in secrets {
         let value = secret_setting(stack, &setting)?;
         let file = dir.join(&setting);
-        let partial = dir.join(format!(".{setting}.partial-{}", std::process::id()));
-        write_mode(&partial, value.as_bytes(), 0o444)?;
-        std::fs::rename(&partial, &file).with_context(|| format!("cannot write {file}"))?;
+        match std::fs::read(&file) {
+            Ok(old) if old == value.as_bytes() => {}
+            // A running container has the file bind-mounted, by its inode: a changed secret (a
+            // new key list, which the servers reload) is written into the same file. A reader
+            // that catches it half-written finds it empty or cut and keeps what it had.
+            Ok(_) => std::fs::write(&file, value.as_bytes())
+                .with_context(|| format!("cannot write {file}"))?,
+            Err(_) => {
+                let partial = dir.join(format!(".{setting}.partial-{}", std::process::id()));
+                write_mode(&partial, value.as_bytes(), 0o644)?;
+                std::fs::rename(&partial, &file).with_context(|| format!("cannot write {file}"))?;
+            }
+        }
     }
     Ok(())
 }

@@ -567,7 +567,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
     let env_file = dir.join("prod-secrets.env");
     std::fs::write(
         &env_file,
-        format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\n"),
+        format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\nAPI_KEYS=off\n"),
     )
     .unwrap();
     let (bundle, sha256) = bundle(&dir, b"not really images");

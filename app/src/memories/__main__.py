@@ -13,7 +13,7 @@ import threading
 
 import uvicorn
 
-from . import __version__, config, db, migrate
+from . import __version__, auth, config, db, migrate
 from .api import create_app
 
 
@@ -65,8 +65,13 @@ def main() -> int:
     except (config.ConfigError, db.DatabaseError, migrate.MigrationError) as err:
         print(f"memories: error: {err}", file=sys.stderr)
         return 1
+    try:
+        app = create_app(settings)
+    except auth.KeyFileError as err:
+        print(f"memories: error: {err}", file=sys.stderr)
+        return 1
     server_config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=1,

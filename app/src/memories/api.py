@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from . import __version__
+from . import __version__, auth
 from .config import Settings
 from .db import Database, Unavailable
 
@@ -245,6 +245,8 @@ class Search(BaseModel):
 
 
 def create_app(settings: Settings) -> FastAPI:
+    # Raises auth.KeyFileError for a key file that cannot be read or has no key.
+    keys = auth.Keys(settings.api_keys_file) if settings.api_keys_file else None
     database = Database(settings.database_url, timeout=settings.request_timeout)
     cache = Cache(settings.redis_url, settings.cache_ttl)
     dim = settings.embedding_dim
@@ -284,14 +286,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> JSONResponse:
+        # Open to all: with keys required it says whether it serves, and nothing else.
+        private = keys is not None and keys.required
         try:
             database.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=1.0)
         except (Unavailable, psycopg.Error) as err:
             log.warning("health: database unavailable: %s", err)
-            return JSONResponse(
-                status_code=503,
-                content={"status": "unavailable", "version": __version__, "database": "unavailable"},
-            )
+            content = {"status": "unavailable"}
+            if not private:
+                content.update(version=__version__, database="unavailable")
+            return JSONResponse(status_code=503, content=content)
+        if private:
+            return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "ok", "version": __version__, "database": "ok"})
 
     @app.get("/v1/version")
@@ -363,6 +369,10 @@ def create_app(settings: Settings) -> FastAPI:
         return search_for(response, search.embedding, search.k)
 
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    if keys is not None:
+        # Added last, so it runs first: a request without a key is refused before its body
+        # is read.
+        app.add_middleware(auth.RequireKey, keys=keys)
 
     if settings.otlp_endpoint:
         _instrument(app)

@@ -38,6 +38,8 @@ class Settings:
     migrate_on_start: bool
     # The largest request body the server reads (413 beyond it), also behind the proxy's own.
     max_body: int
+    # The API key file (memories.auth); None: no keys needed (dev).
+    api_keys_file: str | None
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -159,4 +161,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         shutdown_delay=_delay(env, "SHUTDOWN_DELAY"),
         migrate_on_start=_flag(env, "MIGRATE_ON_START"),
         max_body=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
+        api_keys_file=env.get("API_KEYS_FILE") or None,
     )
