@@ -308,6 +308,7 @@ fn dev_keeps_rows_across_down_and_up_and_binds_loopback_only() {
             .args(args)
             .env("COMPOSE_PROJECT_NAME", &project)
             .env("POSTGRES_PASSWORD", "not-used")
+            .env("API_KEYS", "off")
             .current_dir(repo_root())
             .output()
             .unwrap();
