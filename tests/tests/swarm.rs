@@ -540,7 +540,7 @@ fn a_dead_runs_swarm_stack_is_reaped(password: &str) {
     let label = format!("label=memories.run={dead}");
     let listed = |what: &str| docker(&[what, "ls", "--quiet", "--filter", &label]);
     assert_eq!(listed("service").lines().count(), 3, "every service carries the run label");
-    assert_eq!(listed("secret").lines().count(), 1, "the password secret carries it");
+    assert_eq!(listed("secret").lines().count(), 2, "the password and key secrets carry it");
     assert!(!leftovers(&label).is_empty(), "its containers and network carry it");
 
     let reaped = xtask_process()
