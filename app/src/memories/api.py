@@ -222,19 +222,8 @@ class BodyLimit:
         await self.app(scope, limited_receive, tracked_send)
 
     async def _refuse(self, send) -> None:  # type: ignore[no-untyped-def]
-        body = json.dumps({"detail": f"the request body is larger than {self.limit} bytes"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        detail = f"the request body is larger than {self.limit} bytes"
+        await auth.send_detail(send, 413, detail, [(b"connection", b"close")])
 
 
 class Search(BaseModel):

@@ -132,18 +132,26 @@ class RequireKey:
         challenge = 'Bearer realm="memories"'
         if header:
             challenge += ', error="invalid_token"'
-        body = json.dumps(
-            {"detail": "a valid API key is required: send `Authorization: Bearer KEY`"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge.encode()),
-                ],
-            }
+        await send_detail(
+            send,
+            401,
+            "a valid API key is required: send `Authorization: Bearer KEY`",
+            [(b"www-authenticate", challenge.encode())],
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_detail(send, status: int, detail: str, headers: list) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+    """Answers from ASGI middleware in the API's error shape: `{"detail": ...}` as JSON."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
