@@ -177,6 +177,7 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
             .args(extra)
             .env("POSTGRES_PASSWORD", &password)
             .env("API_KEYS", "off")
+            .env("TLS", "off")
             .env("PROXY_PORT", port.to_string())
             .current_dir(repo_root());
         for (key, value) in env {
@@ -531,6 +532,7 @@ fn a_dead_runs_swarm_stack_is_reaped(password: &str) {
         .args(["--timeout", "180s"])
         .env("POSTGRES_PASSWORD", password)
         .env("API_KEYS", "off")
+        .env("TLS", "off")
         .env("PROXY_PORT", free_port().to_string())
         .env("MEMORIES_RUN", &dead)
         .current_dir(repo_root())

@@ -170,6 +170,7 @@ fn replicas_spread_over_two_nodes_and_come_back_on_one_when_the_other_stops() {
             .args(["--registry", &namespace])
             .env("POSTGRES_PASSWORD", &password)
             .env("API_KEYS", "off")
+            .env("TLS", "off")
             .env("PROXY_PORT", proxy_port.to_string())
             .current_dir(repo_root())
             .output()

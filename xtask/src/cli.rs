@@ -172,6 +172,10 @@ pub struct WaitForArgs {
     /// Done when any probe is ready, instead of all.
     #[arg(long)]
     pub any: bool,
+    /// Trust the CA certificates of this PEM file for https:// probes, instead of Mozilla's
+    /// roots (a private CA, or a test CA such as pebble's).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<String>,
     /// Print the result as JSON on stdout: per probe, when it was ready, attempts, last error.
     #[arg(long)]
     pub json: bool,
@@ -1194,6 +1198,7 @@ impl From<WaitForArgs> for wait::Request {
             timeout: args.timeout,
             max_interval: args.max_interval,
             any: args.any,
+            ca: args.ca,
             json: args.json,
             quiet: args.quiet,
         }

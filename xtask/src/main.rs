@@ -32,6 +32,7 @@ mod sign;
 mod stack;
 mod swarm;
 mod tasks;
+mod tls;
 mod tools;
 mod verify;
 mod version;

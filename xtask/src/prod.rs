@@ -16,6 +16,7 @@ use crate::services::Model;
 use crate::stack::{self, Lifecycle, Mode, Stack};
 use crate::swarm;
 use crate::tasks::{long_lived, print_endpoints};
+use crate::tls::Edge;
 use crate::version::Revision;
 
 /// The settings prod refuses to start without: never defaulted, never printed. Each may also
@@ -77,24 +78,29 @@ pub fn run(
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = env_files;
+    // The tasks that start or print the stack check how it serves HTTPS (files read and
+    // checked) before anything else; the rest name the same compose files from the settings.
+    let starts =
+        matches!(action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. });
+    let edge = if starts {
+        require_secrets(&stack)?;
+        Some(Edge::checked(&stack)?)
+    } else {
+        Edge::chosen(&stack)
+    };
+    stack.extra_files = edge.as_ref().map(Edge::files).unwrap_or_default();
     if preview.dry_run {
-        if matches!(action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. })
-        {
-            require_secrets(&stack)?;
-        }
         prod_plan(&stack, &revision, &action)?.print(preview.json);
         return Ok(());
     }
     match action {
         ProdAction::Config => {
-            require_secrets(&stack)?;
             let mut definition = stack::merged_definition(&stack)?;
             redact(&mut definition);
             out!("{definition:#}");
             Ok(())
         }
         ProdAction::Up { no_build, timeout } => {
-            require_secrets(&stack)?;
             // Refuse a project of another kind before writing anything for it (the lifecycle
             // checks again, as it does for every stack).
             stack::require_own_kind(&stack)?;
@@ -104,6 +110,14 @@ pub fn run(
             let how = Lifecycle { migrate: true, ..long_lived(timeout, no_build) };
             let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
                 print_endpoints(&stack, probes, preview.json);
+                if edge.as_ref().is_some_and(|e| *e != Edge::Plain) {
+                    let port = |key, default: &str| stack.setting(key).unwrap_or(default.into());
+                    say!(
+                        "HTTPS on port {}; plain HTTP on port {} redirects there",
+                        port("HTTPS_PORT", "443"),
+                        port("PROXY_PORT", "8080")
+                    );
+                }
                 say!(
                     "the prod stack {} is ready; stop it with `cargo xtask prod down`",
                     stack.project
@@ -121,7 +135,6 @@ pub fn run(
             stack::remove_secrets(&stack)
         }
         ProdAction::Deploy { stack: name, source, timeout } => {
-            require_secrets(&stack)?;
             let source = deploy_source(&revision, source);
             deploy_swarm(&stack, &revision, &name, &source, timeout)
         }
@@ -492,11 +505,18 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             let model = stack.model()?;
             let how = Lifecycle { migrate: true, ..long_lived(*timeout, *no_build) };
             let plan = match stack.secrets_dir() {
-                Some(dir) => plan.note(format!(
-                    "first writes each secret file the definition names ({}) into {dir} (a \
-                     directory only this user can enter)",
-                    SECRETS.join(", ")
-                )),
+                Some(dir) => {
+                    let definition = stack::merged_definition(stack)?;
+                    let settings: Vec<String> = stack::file_secrets(stack, &definition)
+                        .into_iter()
+                        .map(|(_, setting)| setting)
+                        .collect();
+                    plan.note(format!(
+                        "first writes each secret file the definition names ({}) into {dir} (a \
+                         directory only this user can enter)",
+                        settings.join(", ")
+                    ))
+                }
                 None => plan,
             };
             stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)

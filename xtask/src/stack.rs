@@ -107,6 +107,8 @@ pub struct Stack {
     pub vars: Vec<(String, String)>,
     /// The services `up` starts and the model holds (`dev up db`); empty for all of them.
     pub services: Vec<String>,
+    /// Compose files after the mode's own: prod's way of serving HTTPS ([`crate::tls::Edge`]).
+    pub extra_files: Vec<String>,
 }
 
 /// The developer's own settings for the dev stack, at the repository root: optional and
@@ -151,6 +153,7 @@ impl Stack {
             run,
             vars: Vec::new(),
             services: Vec::new(),
+            extra_files: Vec::new(),
         }
     }
 
@@ -158,7 +161,7 @@ impl Stack {
     /// profiles and the variables that pick the images, run from the repository root.
     pub fn compose(&self) -> Step {
         let mut step = docker::cli(&self.root).args(["compose", "--project-name", &self.project]);
-        for file in self.mode.files() {
+        for file in self.mode.files().into_iter().chain(self.extra_files.iter().cloned()) {
             step = step.args(["--file".to_owned(), file]);
         }
         for file in self.mode.env_file().into_iter() {
@@ -1049,7 +1052,7 @@ pub fn write_mode(path: &Utf8Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// The merged, interpolated definition as JSON, for a swarm deploy.
 pub fn merged_definition(stack: &Stack) -> Result<Value> {
-    read_definition(stack, stack.config_step())
+    read_definition(stack, stack.config_step().quiet())
 }
 
 fn read_definition(stack: &Stack, config: Step) -> Result<Value> {

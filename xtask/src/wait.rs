@@ -63,6 +63,8 @@ pub struct Request {
     pub max_interval: Duration,
     /// Done when any probe is ready, instead of all.
     pub any: bool,
+    /// The CA certificates (a PEM file) that https probes trust instead of Mozilla's roots.
+    pub ca: Option<String>,
     /// The result as JSON on stdout.
     pub json: bool,
     /// Nothing on stderr but errors.
@@ -71,6 +73,21 @@ pub struct Request {
 
 /// `cargo xtask wait-for`.
 pub fn run(args: &Request) -> Result<()> {
+    let mut probes = args.probes.clone();
+    if let Some(file) = &args.ca {
+        // A CA file that cannot be used is bad input, refused now rather than retried.
+        net::https_agent(Some(file)).map_err(|e| anyhow::anyhow!(e))?;
+        let mut any_https = false;
+        for probe in &mut probes {
+            if let Probe::Https { ca, .. } = probe {
+                *ca = Some(file.clone());
+                any_https = true;
+            }
+        }
+        if !any_https {
+            anyhow::bail!("--ca {file} is for https:// probes, and none is given");
+        }
+    }
     let options = WaitOptions {
         timeout: args.timeout,
         max_interval: args.max_interval,
@@ -81,7 +98,7 @@ pub fn run(args: &Request) -> Result<()> {
     let mut status = Status::new(args.quiet, args.probes.len());
     let clock = SystemClock::new();
     let outcome =
-        wait(checks(&args.probes), options, &clock, |event, reports| status.update(event, reports));
+        wait(checks(&probes), options, &clock, |event, reports| status.update(event, reports));
     status.finish(&outcome.reports);
     if args.json {
         let verdict = match outcome.verdict {

@@ -565,9 +565,18 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sentinel");
     std::fs::create_dir_all(&dir).unwrap();
     let env_file = dir.join("prod-secrets.env");
+    // HTTPS from certificate files: the key's text is a secret too.
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls");
+    let key_text = std::fs::read_to_string(tls.join("long.key")).unwrap();
+    let key_line = key_text.lines().nth(1).unwrap().to_owned();
     std::fs::write(
         &env_file,
-        format!("POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\nAPI_KEYS=off\n"),
+        format!(
+            "POSTGRES_PASSWORD={SENTINEL}-file\nAPI_TOKEN={SENTINEL}-token\nAPI_KEYS=off\n\
+             TLS_CERT_FILE={}\nTLS_KEY_FILE={}\n",
+            tls.join("long.pem").display(),
+            tls.join("long.key").display()
+        ),
     )
     .unwrap();
     let (bundle, sha256) = bundle(&dir, b"not really images");
@@ -583,6 +592,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
             .unwrap();
         let said = text(&output.stdout) + &text(&output.stderr);
         assert!(!said.contains(SENTINEL), "`xtask {}` printed a secret:\n{said}", args.join(" "));
+        assert!(!said.contains(&key_line), "`xtask {}` printed the TLS key", args.join(" "));
         output
     };
     for task in TASKS {

@@ -347,7 +347,7 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let password = format!("POSTGRES_PASSWORD=bench-{nanos:x}\nAPI_KEYS=off\n");
+        let password = format!("POSTGRES_PASSWORD=bench-{nanos:x}\nAPI_KEYS=off\nTLS=off\n");
         stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
         let measured = (|| -> Result<[Vec<Outcome>; 2]> {
             push_versions(root, &namespace, &work)?;

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use super::docker::{Container, Events, compose_container, docker, health, log};
-use super::net::{connect, http, redis};
+use super::net::{connect, http, https, https_agent, redis};
 use super::postgres;
 use super::{Attempt, Check, Clock, Probe};
 
 pub fn for_probe(probe: &Probe) -> Box<dyn Check> {
-    Box::new(ProbeCheck { probe: probe.clone(), events: None, container: None })
+    Box::new(ProbeCheck { probe: probe.clone(), events: None, container: None, agent: None })
 }
 
 struct ProbeCheck {
@@ -18,6 +18,8 @@ struct ProbeCheck {
     events: Option<Events>,
     /// The container of a compose service, once found (it keeps its id until recreated).
     container: Option<String>,
+    /// The HTTPS client of an https probe, made on its first attempt.
+    agent: Option<ureq::Agent>,
 }
 
 impl Check for ProbeCheck {
@@ -29,6 +31,19 @@ impl Check for ProbeCheck {
             },
             Probe::Http { host, port, path, status, contains } => {
                 http(host, *port, path, *status, contains.as_deref(), timeout)
+            }
+            Probe::Https { host, port, path, status, contains, ca } => {
+                let agent = match self.agent.take() {
+                    Some(agent) => agent,
+                    None => match https_agent(ca.as_deref()) {
+                        Ok(agent) => agent,
+                        Err(e) => return Attempt::NotYet(e),
+                    },
+                };
+                let probe = (host.as_str(), *port, path.as_str());
+                let attempt = https(&agent, probe, *status, contains.as_deref(), timeout);
+                self.agent = Some(agent);
+                attempt
             }
             Probe::Postgres { host, port, user, password, database, allow_cleartext } => {
                 postgres::attempt(

@@ -1,8 +1,11 @@
-//! The network probe family, spoken directly: a TCP connect, an HTTP GET, a Redis PING.
+//! The network probe family, spoken directly: a TCP connect, an HTTP GET, a Redis PING; and
+//! an HTTPS GET through ureq (rustls), the registry client's HTTP stack.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+
+use ureq::tls::{PemItem, RootCerts, TlsConfig, parse_pem};
 
 use super::Attempt;
 
@@ -69,6 +72,66 @@ pub fn http(
     let Some(code) = code else {
         return Attempt::NotYet("the answer is not HTTP".into());
     };
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    judge(code, status, contains, body)
+}
+
+/// An HTTPS client for readiness: no proxy (a probe asks the service itself), no redirect
+/// followed (a redirect is the answer), any status returned as it is; trusting the CA
+/// certificates of PEM file `ca`, else Mozilla's roots.
+pub fn https_agent(ca: Option<&str>) -> Result<ureq::Agent, String> {
+    let mut tls = TlsConfig::builder();
+    if let Some(file) = ca {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read --ca {file}: {e}"))?;
+        let mut roots = Vec::new();
+        for item in parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => roots.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(format!("--ca {file} is not a PEM file: {e}")),
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!("--ca {file} holds no PEM certificate"));
+        }
+        tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+    }
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent("cargo-xtask-wait-for")
+        .tls_config(tls.build())
+        .build()
+        .into())
+}
+
+/// `GET https://HOST:PORT/PATH` through `agent`, judged as [`http`] judges its answer.
+pub fn https(
+    agent: &ureq::Agent,
+    probe: (&str, u16, &str),
+    status: Option<u16>,
+    contains: Option<&str>,
+    timeout: Duration,
+) -> Attempt {
+    let (host, port, path) = probe;
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let request = agent.get(format!("https://{host}:{port}{path}"));
+    let answer = request.config().timeout_global(Some(timeout)).build().call();
+    let mut response = match answer {
+        Ok(response) => response,
+        Err(e) => return Attempt::NotYet(e.to_string()),
+    };
+    let code = response.status().as_u16();
+    let body = match contains {
+        Some(_) => response.body_mut().with_config().limit(1 << 20).read_to_string().ok(),
+        None => None,
+    };
+    judge(code, status, contains, body.as_deref().unwrap_or(""))
+}
+
+/// Whether an HTTP answer with status `code` and `body` is what the probe wants.
+fn judge(code: u16, status: Option<u16>, contains: Option<&str>, body: &str) -> Attempt {
     let status_ok = match status {
         Some(expected) => code == expected,
         None => (200..300).contains(&code),
@@ -78,7 +141,6 @@ pub fn http(
         return Attempt::NotYet(format!("status {code}, want {want}"));
     }
     if let Some(needle) = contains {
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         if !body.contains(needle) {
             return Attempt::NotYet(format!("status {code}, but the body lacks `{needle}`"));
         }

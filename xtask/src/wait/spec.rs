@@ -13,6 +13,9 @@ accepted probe forms:
   tcp://HOST:PORT                          the port accepts a connection
   http://HOST:PORT/PATH[#status=N&contains=TEXT]
                                            GET answers 2xx (or status N), body contains TEXT
+  https://HOST[:PORT]/PATH[#status=N&contains=TEXT]
+                                           the same over TLS, the certificate valid for
+                                           HOST (Mozilla's roots, or --ca FILE's)
   postgres://USER[:PASS]@HOST[:PORT]/DB[?require_auth=password]
                                            a session starts and answers SELECT 1
                                            (password also from PGPASSWORD or
@@ -39,6 +42,16 @@ pub enum Probe {
         path: String,
         status: Option<u16>,
         contains: Option<String>,
+    },
+    /// The same over TLS, the server's certificate checked against Mozilla's roots, or the
+    /// CA certificates of file `ca` (`wait-for --ca FILE`).
+    Https {
+        host: String,
+        port: u16,
+        path: String,
+        status: Option<u16>,
+        contains: Option<String>,
+        ca: Option<String>,
     },
     Postgres {
         host: String,
@@ -108,30 +121,21 @@ impl Probe {
         let url = split(spec).map_err(|e| e.replace(spec, raw))?;
         let probe = match url.scheme {
             "tcp" => Probe::Tcp { port: url.required_port(raw)?, host: url.host(raw)? },
-            "http" => {
-                let status = match url.fragment_value("status") {
-                    Some(s) => Some(
-                        s.parse::<u16>()
-                            .ok()
-                            .filter(|s| (100..600).contains(s))
-                            .ok_or_else(|| format!("`{raw}`: status={s} is not an HTTP status"))?,
-                    ),
-                    None => None,
-                };
-                Probe::Http {
-                    host: url.host(raw)?,
-                    port: url.port.unwrap_or(80),
-                    path: if url.path.is_empty() { "/".into() } else { url.path.clone() },
-                    status,
-                    contains: url.fragment_value("contains"),
-                }
-            }
-            "https" => {
-                return Err(format!(
-                    "`{raw}`: https probes are not supported (no TLS client in xtask): \
-                     probe the service's plain-http port, or tcp://HOST:PORT"
-                ));
-            }
+            "http" => Probe::Http {
+                host: url.host(raw)?,
+                port: url.port.unwrap_or(80),
+                path: if url.path.is_empty() { "/".into() } else { url.path.clone() },
+                status: url.status(raw)?,
+                contains: url.fragment_value("contains"),
+            },
+            "https" => Probe::Https {
+                host: url.host(raw)?,
+                port: url.port.unwrap_or(443),
+                path: if url.path.is_empty() { "/".into() } else { url.path.clone() },
+                status: url.status(raw)?,
+                contains: url.fragment_value("contains"),
+                ca: None,
+            },
             "postgres" | "postgresql" => {
                 let database = url.path.trim_start_matches('/').to_owned();
                 let user = url.user.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
@@ -218,8 +222,10 @@ impl fmt::Display for Probe {
         let secret = |p: &Option<String>| if p.is_some() { ":***" } else { "" };
         match self {
             Probe::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-            Probe::Http { host, port, path, status, contains } => {
-                write!(f, "http://{host}:{port}{path}")?;
+            Probe::Http { host, port, path, status, contains }
+            | Probe::Https { host, port, path, status, contains, .. } => {
+                let scheme = if matches!(self, Probe::Https { .. }) { "https" } else { "http" };
+                write!(f, "{scheme}://{host}:{port}{path}")?;
                 let mut options = Vec::new();
                 if let Some(s) = status {
                     options.push(format!("status={s}"));
@@ -389,6 +395,13 @@ impl Url<'_> {
         self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
+    /// The `#status=CODE` an HTTP probe wants, if any.
+    fn status(&self, raw: &str) -> Result<Option<u16>, String> {
+        let Some(s) = self.fragment_value("status") else { return Ok(None) };
+        let code = s.parse::<u16>().ok().filter(|s| (100..600).contains(s));
+        code.map(Some).ok_or_else(|| format!("`{raw}`: status={s} is not an HTTP status"))
+    }
+
     fn fragment_value(&self, key: &str) -> Option<String> {
         self.fragment.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
@@ -447,6 +460,17 @@ mod tests {
             }
         );
         assert_eq!(
+            Probe::parse("https://memories.test/v1/health#status=200").unwrap(),
+            Probe::Https {
+                host: "memories.test".into(),
+                port: 443,
+                path: "/v1/health".into(),
+                status: Some(200),
+                contains: None,
+                ca: None,
+            }
+        );
+        assert_eq!(
             Probe::parse("postgres://me:p%40ss@db/app").unwrap(),
             Probe::Postgres {
                 host: "db".into(),
@@ -492,7 +516,7 @@ mod tests {
             ("tcp://localhost:99999", "`99999` is not a port"),
             ("tcp://:80", "host (or container) is missing"),
             ("http://x/#status=999", "not an HTTP status"),
-            ("https://x/", "https probes are not supported"),
+            ("https://x/#status=7", "status=7 is not an HTTP status"),
             ("postgres://db/app", "name the user"),
             ("compose://proj", "compose://PROJECT/SERVICE"),
             ("log://db", "?contains=TEXT"),
