@@ -945,3 +945,277 @@ fn prod_api_keys_refuse_strangers_and_rotate_without_a_failed_request() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `tools` image (pebble, openssl), built once for the whole binary.
+fn tools_image() -> &'static str {
+    static TOOLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let built: Value = serde_json::from_str(&xtask_ok(&["build", "tools", "--json"])).unwrap();
+        built["images"][0]["refs"][1].as_str().unwrap().to_owned()
+    })
+}
+
+/// The first running container of a compose project's service, once it exists.
+fn first_container(project: &str, service: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let listed = tests::service_containers(project, service);
+        if let Some(id) = listed.lines().next() {
+            return id.to_owned();
+        }
+        assert!(start.elapsed() < timeout, "no {service} container in {project}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `curl ARGS` from the proxy's image on the host's network, as a client of the published
+/// ports would run it; `mount` is a directory seen as /certs.
+fn curl(image: &str, mount: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let volume = format!("{}:/certs:ro", mount.display());
+    let base = ["run", "--rm", "--network", "host", "--volume", &volume, "--entrypoint", "curl"];
+    let all: Vec<&str> = base.iter().copied().chain([image]).chain(args.iter().copied()).collect();
+    tests::docker_output(&all)
+}
+
+/// A scratch directory of this test binary's.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A self-signed certificate and its key for `name`, made by openssl in the tools image, as
+/// `dir/NAME.pem` and `dir/NAME.key` (`file` names them).
+fn self_signed(dir: &std::path::Path, name: &str, file: &str) {
+    let volume = format!("{}:/out", dir.display());
+    let subject = format!("/CN={name}");
+    let san = format!("subjectAltName=DNS:{name}");
+    let (key, cert) = (format!("{file}.key"), format!("{file}.pem"));
+    docker(&[
+        "run", "--rm", "--user", "0:0", "--volume", &volume, "--workdir", "/out",
+        tools_image(), "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", &subject, "-addext", &san,
+        "-keyout", &key, "-out", &cert,
+    ]);
+    docker(&[
+        "run", "--rm", "--user", "0:0", "--volume", &volume, tools_image(), "chmod", "0644",
+        &format!("/out/{key}"), &format!("/out/{cert}"),
+    ]);
+}
+
+/// HTTPS from certificate files: bad files refused before anything starts; the certificate
+/// served for its name (`wait-for https://... --ca` passes, and fails without the CA), TLS 1.2
+/// and 1.3, HSTS, HTTP redirected; new files given to `prod up` served within seconds.
+#[test]
+fn prod_serves_https_from_certificate_files_and_takes_new_ones() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-tls");
+    cleanup.project(&project);
+    let dir = scratch(&project);
+    self_signed(&dir, "localhost", "first");
+    self_signed(&dir, "localhost", "second");
+    let (http_port, https_port) = (free_port(), free_port());
+    let password = unique_name("tls-pw");
+    let prod = |args: &[&str], cert: &str, key: &str| {
+        xtask_process()
+            .arg("prod")
+            .args(args)
+            .env("POSTGRES_PASSWORD", &password)
+            .env("API_KEYS", "off")
+            .env("TLS_CERT_FILE", dir.join(cert))
+            .env("TLS_KEY_FILE", dir.join(key))
+            .env("PROXY_PORT", http_port.to_string())
+            .env("HTTPS_PORT", https_port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .env("BACKUP_EVERY", "off")
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    // A key of another certificate: one line, nothing created.
+    let refused = prod(&["up", "--no-build"], "first.pem", "second.key");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not the key of TLS_CERT_FILE's certificate"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+
+    let up = prod(&["up", "--no-build"], "first.pem", "first.key");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let url = format!("https://localhost:{https_port}/v1/health");
+    let wait = |ca: Option<&std::path::Path>| {
+        let mut args = vec!["wait-for".to_owned(), "--timeout".into(), "3s".into(), url.clone()];
+        if let Some(ca) = ca {
+            args.extend(["--ca".into(), ca.display().to_string()]);
+        }
+        xtask_process().args(&args).output().unwrap()
+    };
+    let trusted = wait(Some(&dir.join("first.pem")));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    let untrusted = wait(None);
+    assert!(!untrusted.status.success());
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(said.contains("UnknownIssuer") || said.contains("certificate"), "{said}");
+
+    let proxy = first_container(&project, "proxy", Duration::from_secs(5));
+    let image = docker(&["inspect", "--format", "{{.Config.Image}}", &proxy]);
+    let image = image.trim();
+    let cacert = "/certs/first.pem";
+    for version in [["--tlsv1.2", "--tls-max", "1.2"], ["--tlsv1.3", "--tls-max", "1.3"]] {
+        let args = [&["-si", "--cacert", cacert][..], &version[..], &[url.as_str()]].concat();
+        let answer = curl(image, &dir, &args);
+        let text = String::from_utf8_lossy(&answer.stdout).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{version:?}: {text}");
+        assert!(text.contains("strict-transport-security: max-age=31536000"), "{text}");
+    }
+    let old = curl(image, &dir, &["-s", "--tlsv1.1", "--tls-max", "1.1", "--cacert", cacert, &url]);
+    assert!(!old.status.success(), "TLS 1.1 is refused");
+
+    // Plain HTTP redirects, keeping the path and the method (308).
+    let redirect = http("POST", http_port, "/v1/memories?x=1", Some("{}")).unwrap();
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    let location = format!("location: https://127.0.0.1:{https_port}/v1/memories?x=1");
+    assert!(redirect.headers.contains(&location), "{}", redirect.headers);
+
+    // New files: `prod up` rewrites the secrets, and the proxy serves the new certificate
+    // within seconds, without a restart.
+    let started = docker(&["inspect", "--format", "{{.State.StartedAt}}", &proxy]);
+    let again = prod(&["up", "--no-build"], "second.pem", "second.key");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let start = Instant::now();
+    loop {
+        let answer = curl(image, &dir, &["-s", "-o", "/dev/null", "--cacert", "/certs/second.pem", &url]);
+        if answer.status.success() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the new certificate is not served");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("new certificate served {:?} after prod up", start.elapsed());
+    let proxy_now = first_container(&project, "proxy", Duration::from_secs(5));
+    assert_eq!(proxy_now, proxy, "the proxy was not recreated");
+    assert_eq!(docker(&["inspect", "--format", "{{.State.StartedAt}}", &proxy]), started);
+
+    let down = prod(&["down", "--volumes"], "second.pem", "second.key");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}
+
+/// HTTPS over ACME, against pebble in a container of ours on the stack's network: the proxy
+/// gets a certificate that `curl --cacert <pebble's root>` verifies for the service's name,
+/// HTTP redirects except ACME's challenges, and a forced renewal under 20 requests a second
+/// serves a new certificate with no failed request.
+#[test]
+fn prod_gets_a_certificate_over_acme_and_renews_it_under_load() {
+    built();
+    let tools = tools_image();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-acme");
+    cleanup.project(&project);
+    let dir = scratch(&project);
+    // pebble's own CA (what lego must trust to talk to it), made before the stack starts.
+    let ca = docker(&["run", "--rm", tools, "pebble-test", "ca"]);
+    let end = "-----END CERTIFICATE-----";
+    let cert_end = ca.find(end).unwrap() + end.len();
+    std::fs::write(dir.join("pebble-ca.pem"), format!("{}\n", &ca[..cert_end])).unwrap();
+    std::fs::write(dir.join("pebble-ca-all.pem"), &ca).unwrap();
+    let (http_port, https_port) = (free_port(), free_port());
+    let password = unique_name("acme-pw");
+    let prod = |args: &[&str]| {
+        let mut command = xtask_process();
+        command
+            .arg("prod")
+            .args(args)
+            .env("POSTGRES_PASSWORD", &password)
+            .env("API_KEYS", "off")
+            .env("ACME_DOMAIN", "memories.test")
+            .env("ACME_EMAIL", "ops@memories.test")
+            .env("ACME_SERVER", "https://pebble:14000/dir")
+            .env("ACME_CA_FILE", dir.join("pebble-ca.pem"))
+            .env("ACME_RETRY", "1")
+            .env("PROXY_PORT", http_port.to_string())
+            .env("HTTPS_PORT", https_port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .env("BACKUP_EVERY", "off")
+            .current_dir(repo_root());
+        command
+    };
+    let mut up = prod(&["up", "--no-build"]).stderr(Stdio::piped()).spawn().unwrap();
+    // pebble reaches the proxy by the service's name, which resolves to the proxy here.
+    let proxy = first_container(&project, "proxy", Duration::from_secs(180));
+    let network = format!("{project}_default");
+    let address_format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    let address = docker(&["inspect", "--format", &address_format, &proxy]);
+    let pebble = format!("{project}-pebble");
+    let ca_volume = format!("{}:/ca.pem:ro", dir.join("pebble-ca-all.pem").display());
+    docker(&[
+        "run", "--detach", "--name", &pebble, "--network", &network, "--network-alias", "pebble",
+        "--add-host", &format!("memories.test:{}", address.trim()),
+        "--label", &format!("com.docker.compose.project={project}"),
+        "--label", &format!("memories.run={}", tests::run_id()),
+        "--volume", &ca_volume, tools, "pebble-test", "pebble", "/ca.pem",
+    ]);
+    let started = up.wait().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read;
+    up.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(started.success(), "{stderr}");
+    assert!(stderr.contains(&format!("HTTPS on port {https_port}")), "{stderr}");
+
+    // pebble's root, which signs what it issues; a client trusting it verifies the name.
+    let root = docker(&["exec", &proxy, "curl", "--silent", "--insecure", "https://pebble:15000/roots/0"]);
+    std::fs::write(dir.join("root.pem"), root).unwrap();
+    let image = docker(&["inspect", "--format", "{{.Config.Image}}", &proxy]);
+    let image = image.trim();
+    let resolve = format!("memories.test:{https_port}:127.0.0.1");
+    let url = format!("https://memories.test:{https_port}/v1/health");
+    let served = |args: &[&str]| -> (String, String) {
+        let base = ["--silent", "--output", "/dev/null", "--cacert", "/certs/root.pem"];
+        let write = ["--resolve", &resolve, "--write-out", "%{http_code} %{certs}", &url];
+        let answer = curl(image, &dir, &[&base[..], args, &write[..]].concat());
+        let text = String::from_utf8_lossy(&answer.stdout).into_owned();
+        let serial = text.lines().find(|l| l.starts_with("Serial Number:")).unwrap_or("").to_owned();
+        (text.split_whitespace().next().unwrap_or("").to_owned(), serial)
+    };
+    let (code, first_serial) = served(&[]);
+    assert_eq!(code, "200", "curl --cacert <pebble's root> verifies the certificate");
+    assert!(!first_serial.is_empty());
+
+    // HTTP: redirected, except ACME's challenges (a missing token is a plain 404).
+    let redirect = tests::http_with("GET", http_port, "/v1/health", &[], None).unwrap();
+    assert_eq!(redirect.status, 308);
+    let challenge = http("GET", http_port, "/.well-known/acme-challenge/none", None).unwrap();
+    assert_eq!(challenge.status, 404, "{challenge:?}");
+    let listed = prod(&["certs"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("memories.test"), "{listed:?}");
+
+    // 20 requests a second for 15 s, each on a new connection, while the certificate renews.
+    let volume = format!("{}:/certs:ro", dir.display());
+    let glob = format!("https://memories.test:{https_port}/v1/health?n=[1-300]");
+    let load = Command::new("docker")
+        .args(["run", "--rm", "--network", "host", "--volume", &volume, "--entrypoint", "curl"])
+        .args([image, "--silent", "--rate", "20/s", "--header", "Connection: close"])
+        .args(["--cacert", "/certs/root.pem", "--resolve", &resolve, "--output", "/dev/null"])
+        .args(["--write-out", "%{http_code}\n", &glob])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let renewed = prod(&["certs", "--renew"]).output().unwrap();
+    assert!(renewed.status.success(), "{}", String::from_utf8_lossy(&renewed.stderr));
+    let codes = load.wait_with_output().unwrap();
+    let codes = String::from_utf8_lossy(&codes.stdout).into_owned();
+    let failed: Vec<&str> = codes.lines().filter(|c| *c != "200").collect();
+    assert_eq!(codes.lines().count(), 300, "{codes}");
+    assert_eq!(failed, Vec::<&str>::new(), "requests failed during the renewal");
+    let (code, second_serial) = served(&[]);
+    assert_eq!(code, "200");
+    assert_ne!(second_serial, first_serial, "the renewed certificate is served");
+
+    let _ = tests::docker_output(&["rm", "--force", &pebble]);
+    let down = prod(&["down", "--volumes"]).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new());
+}

@@ -432,6 +432,18 @@ pub enum ProdAction {
         #[command(flatten)]
         on: SwarmStack,
     },
+    /// The certificates the proxy got over ACME (names, expiry), or with `--renew` a renewal
+    /// now whatever their age, served at once with no failed request, e.g. `cargo xtask prod
+    /// certs --renew`. A certificate given as files is renewed by giving new files.
+    Certs {
+        /// Renew now (and reload the proxy) instead of listing.
+        #[arg(long)]
+        renew: bool,
+        /// The swarm stack (its proxy task must run on this engine) instead of the compose
+        /// prod stack.
+        #[arg(long, value_name = "NAME", value_parser = parse_project)]
+        stack: Option<String>,
+    },
     /// The API's keys: create (printed once), revoke, list. The file (`--file`, else
     /// `API_KEYS_FILE`) keeps only their SHA-256; `prod up` and `prod deploy` give it to the
     /// servers, which then answer 401 to a request without a valid `Authorization: Bearer KEY`.
@@ -1074,6 +1086,7 @@ impl From<ProdAction> for prod::ProdAction {
                 prod::ProdAction::Backups(on.stack, BackupAction::Backup { kind })
             }
             ProdAction::Backups { on } => prod::ProdAction::Backups(on.stack, BackupAction::List),
+            ProdAction::Certs { renew, stack } => prod::ProdAction::Certs { renew, stack },
             ProdAction::Keys { action, file } => prod::ProdAction::Keys(
                 file,
                 match action {

@@ -52,6 +52,12 @@ pub enum ProdAction {
     },
     /// The API keys in file `.0` (else `API_KEYS_FILE`).
     Keys(Option<Utf8PathBuf>, crate::api_keys::KeysAction),
+    /// The proxy's ACME certificates: listed, or renewed now when `renew`; in swarm stack
+    /// `stack`'s proxy when given.
+    Certs {
+        renew: bool,
+        stack: Option<String>,
+    },
     /// Backups of the compose prod stack's database, or of swarm stack `.0`'s (see [`backup`]).
     Backups(Option<String>, backup::BackupAction),
 }
@@ -153,6 +159,29 @@ pub fn run(
             };
             crate::api_keys::run(&file, action, preview.json)
         }
+        ProdAction::Certs { renew, stack: swarm_stack } => {
+            let container = match &swarm_stack {
+                Some(name) => Some(swarm_proxy_container(&stack, name)?),
+                None => {
+                    if !stack::running_services(&stack)?.iter().any(|s| s == "proxy") {
+                        bail!(
+                            "the proxy of stack {} is not running: start it with `cargo xtask \
+                             prod up`",
+                            stack.project
+                        );
+                    }
+                    None
+                }
+            };
+            let step = certs_step(&stack, container.as_deref(), renew);
+            if renew {
+                step.run().context("the renewal failed (the proxy's log says more)")?;
+                say!("renewed; the proxy serves the new certificate");
+            } else {
+                out!("{}", step.read().context("cannot list the proxy's certificates")?.trim_end());
+            }
+            Ok(())
+        }
         ProdAction::Backups(swarm_stack, action) => {
             let target = backup_target(&stack, swarm_stack);
             if matches!(target, backup::Target::Compose(_)) {
@@ -172,6 +201,30 @@ pub fn run(
             print_status(&swarm::status(&stack.root, &name)?, None, preview.json);
             Ok(())
         }
+    }
+}
+
+/// The running container of swarm stack `name`'s proxy on this engine.
+fn swarm_proxy_container(stack: &Stack, name: &str) -> Result<String> {
+    let listed = docker::cli(&stack.root)
+        .args(["ps", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={name}_proxy"))
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the containers of {name}_proxy"))?;
+    match listed.split_whitespace().next() {
+        Some(id) => Ok(id.to_owned()),
+        None => bail!("no task of {name}_proxy runs on this engine: run this on its node"),
+    }
+}
+
+/// `proxy-entrypoint renew` (or `certs`) in the proxy's container: the compose prod stack's,
+/// or `container`.
+fn certs_step(stack: &Stack, container: Option<&str>, renew: bool) -> Step {
+    let command = ["proxy-entrypoint", if renew { "renew" } else { "certs" }];
+    match container {
+        Some(id) => docker::cli(&stack.root).args(["exec", id]).args(command),
+        None => stack.compose().args(["exec", "--no-TTY", "proxy"]).args(command),
     }
 }
 
@@ -581,6 +634,10 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         }
         ProdAction::Backups(swarm_stack, action) => {
             backup::plan(&backup_target(stack, swarm_stack.clone()), action)
+        }
+        ProdAction::Certs { renew, stack: swarm_stack } => {
+            let container = swarm_stack.as_ref().map(|name| format!("<the running {name}_proxy task>"));
+            plan.step(certs_step(stack, container.as_deref(), *renew))
         }
         ProdAction::Status { stack: name } => plan.note(format!(
             "reads the services of stack {name} (`docker service inspect`, `docker service ps`) \
