@@ -985,22 +985,61 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A self-signed certificate and its key for `name`, made by openssl in the tools image, as
-/// `dir/NAME.pem` and `dir/NAME.key` (`file` names them).
-fn self_signed(dir: &std::path::Path, name: &str, file: &str) {
+/// A certificate for `name` and its key, issued by a new CA, made by openssl in the tools
+/// image: `dir/FILE.pem`, `dir/FILE.key` and the CA's `dir/FILE-ca.pem`.
+fn issued(dir: &std::path::Path, name: &str, file: &str) {
     let volume = format!("{}:/out", dir.display());
+    let openssl = |args: &[&str]| {
+        let base = ["run", "--rm", "--user", "0:0", "--volume", &volume, "--workdir", "/out"];
+        docker(&[&base[..], &[tools_image(), "openssl"], args].concat());
+    };
+    let (ca, ca_key) = (format!("{file}-ca.pem"), format!("{file}-ca.key"));
+    let (cert, key, csr) = (format!("{file}.pem"), format!("{file}.key"), format!("{file}.csr"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     let subject = format!("/CN={name}");
     let san = format!("subjectAltName=DNS:{name}");
-    let (key, cert) = (format!("{file}.key"), format!("{file}.pem"));
-    docker(&[
-        "run", "--rm", "--user", "0:0", "--volume", &volume, "--workdir", "/out",
-        tools_image(), "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", &subject, "-addext", &san,
-        "-keyout", &key, "-out", &cert,
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", &format!("/CN={file} CA")],
+            &["-keyout", &ca_key, "-out", &ca],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[&["req"][..], &ec, &["-subj", &subject, "-addext", &san, "-keyout", &key, "-out", &csr]]
+            .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-days",
+        "2",
+        "-copy_extensions",
+        "copy",
+        "-out",
+        &cert,
     ]);
     docker(&[
-        "run", "--rm", "--user", "0:0", "--volume", &volume, tools_image(), "chmod", "0644",
-        &format!("/out/{key}"), &format!("/out/{cert}"),
+        "run",
+        "--rm",
+        "--user",
+        "0:0",
+        "--volume",
+        &volume,
+        tools_image(),
+        "chmod",
+        "0644",
+        &format!("/out/{key}"),
+        &format!("/out/{cert}"),
+        &format!("/out/{ca}"),
     ]);
 }
 
@@ -1014,8 +1053,8 @@ fn prod_serves_https_from_certificate_files_and_takes_new_ones() {
     let project = unique_name("memories-prod-tls");
     cleanup.project(&project);
     let dir = scratch(&project);
-    self_signed(&dir, "localhost", "first");
-    self_signed(&dir, "localhost", "second");
+    issued(&dir, "localhost", "first");
+    issued(&dir, "localhost", "second");
     let (http_port, https_port) = (free_port(), free_port());
     let password = unique_name("tls-pw");
     let prod = |args: &[&str], cert: &str, key: &str| {
@@ -1052,7 +1091,7 @@ fn prod_serves_https_from_certificate_files_and_takes_new_ones() {
         }
         xtask_process().args(&args).output().unwrap()
     };
-    let trusted = wait(Some(&dir.join("first.pem")));
+    let trusted = wait(Some(&dir.join("first-ca.pem")));
     assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
     let untrusted = wait(None);
     assert!(!untrusted.status.success());
@@ -1062,7 +1101,7 @@ fn prod_serves_https_from_certificate_files_and_takes_new_ones() {
     let proxy = first_container(&project, "proxy", Duration::from_secs(5));
     let image = docker(&["inspect", "--format", "{{.Config.Image}}", &proxy]);
     let image = image.trim();
-    let cacert = "/certs/first.pem";
+    let cacert = "/certs/first-ca.pem";
     for version in [["--tlsv1.2", "--tls-max", "1.2"], ["--tlsv1.3", "--tls-max", "1.3"]] {
         let args = [&["-si", "--cacert", cacert][..], &version[..], &[url.as_str()]].concat();
         let answer = curl(image, &dir, &args);
@@ -1086,7 +1125,8 @@ fn prod_serves_https_from_certificate_files_and_takes_new_ones() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let start = Instant::now();
     loop {
-        let answer = curl(image, &dir, &["-s", "-o", "/dev/null", "--cacert", "/certs/second.pem", &url]);
+        let answer =
+            curl(image, &dir, &["-s", "-o", "/dev/null", "--cacert", "/certs/second-ca.pem", &url]);
         if answer.status.success() {
             break;
         }
@@ -1146,16 +1186,32 @@ fn prod_gets_a_certificate_over_acme_and_renews_it_under_load() {
     // pebble reaches the proxy by the service's name, which resolves to the proxy here.
     let proxy = first_container(&project, "proxy", Duration::from_secs(180));
     let network = format!("{project}_default");
-    let address_format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    let address_format =
+        format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
     let address = docker(&["inspect", "--format", &address_format, &proxy]);
     let pebble = format!("{project}-pebble");
     let ca_volume = format!("{}:/ca.pem:ro", dir.join("pebble-ca-all.pem").display());
     docker(&[
-        "run", "--detach", "--name", &pebble, "--network", &network, "--network-alias", "pebble",
-        "--add-host", &format!("memories.test:{}", address.trim()),
-        "--label", &format!("com.docker.compose.project={project}"),
-        "--label", &format!("memories.run={}", tests::run_id()),
-        "--volume", &ca_volume, tools, "pebble-test", "pebble", "/ca.pem",
+        "run",
+        "--detach",
+        "--name",
+        &pebble,
+        "--network",
+        &network,
+        "--network-alias",
+        "pebble",
+        "--add-host",
+        &format!("memories.test:{}", address.trim()),
+        "--label",
+        &format!("com.docker.compose.project={project}"),
+        "--label",
+        &format!("memories.run={}", tests::run_id()),
+        "--volume",
+        &ca_volume,
+        tools,
+        "pebble-test",
+        "pebble",
+        "/ca.pem",
     ]);
     let started = up.wait().unwrap();
     let mut stderr = String::new();
@@ -1165,7 +1221,8 @@ fn prod_gets_a_certificate_over_acme_and_renews_it_under_load() {
     assert!(stderr.contains(&format!("HTTPS on port {https_port}")), "{stderr}");
 
     // pebble's root, which signs what it issues; a client trusting it verifies the name.
-    let root = docker(&["exec", &proxy, "curl", "--silent", "--insecure", "https://pebble:15000/roots/0"]);
+    let root =
+        docker(&["exec", &proxy, "curl", "--silent", "--insecure", "https://pebble:15000/roots/0"]);
     std::fs::write(dir.join("root.pem"), root).unwrap();
     let image = docker(&["inspect", "--format", "{{.Config.Image}}", &proxy]);
     let image = image.trim();
@@ -1176,7 +1233,8 @@ fn prod_gets_a_certificate_over_acme_and_renews_it_under_load() {
         let write = ["--resolve", &resolve, "--write-out", "%{http_code} %{certs}", &url];
         let answer = curl(image, &dir, &[&base[..], args, &write[..]].concat());
         let text = String::from_utf8_lossy(&answer.stdout).into_owned();
-        let serial = text.lines().find(|l| l.starts_with("Serial Number:")).unwrap_or("").to_owned();
+        let serial =
+            text.lines().find(|l| l.starts_with("Serial Number:")).unwrap_or("").to_owned();
         (text.split_whitespace().next().unwrap_or("").to_owned(), serial)
     };
     let (code, first_serial) = served(&[]);

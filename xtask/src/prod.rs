@@ -636,7 +636,8 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
             backup::plan(&backup_target(stack, swarm_stack.clone()), action)
         }
         ProdAction::Certs { renew, stack: swarm_stack } => {
-            let container = swarm_stack.as_ref().map(|name| format!("<the running {name}_proxy task>"));
+            let container =
+                swarm_stack.as_ref().map(|name| format!("<the running {name}_proxy task>"));
             plan.step(certs_step(stack, container.as_deref(), *renew))
         }
         ProdAction::Status { stack: name } => plan.note(format!(
