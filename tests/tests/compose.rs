@@ -10,6 +10,11 @@ use tests::repo_root;
 /// The merged definition of one mode, as JSON: the one definition with the mode's overlay
 /// and env file, or `run`'s own file.
 fn merged(mode: &str, profiles: &[&str]) -> Value {
+    merged_with(mode, profiles, &[])
+}
+
+/// [`merged`] with more compose files after the mode's (prod's HTTPS overlays).
+fn merged_with(mode: &str, profiles: &[&str], extra: &[&str]) -> Value {
     let mut args: Vec<String> =
         vec!["compose".into(), "--project-name".into(), "memories-check".into()];
     match mode {
@@ -22,6 +27,9 @@ fn merged(mode: &str, profiles: &[&str]) -> Value {
             "--env-file".into(),
             format!("compose/{mode}.env"),
         ]),
+    }
+    for file in extra {
+        args.extend(["--file".to_owned(), (*file).to_owned()]);
     }
     for p in profiles {
         args.extend(["--profile".to_owned(), (*p).to_owned()]);
@@ -104,6 +112,47 @@ fn compose_files_validate_with_healthchecks_and_no_database_port_beyond_loopback
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("POSTGRES_PASSWORD is required"));
+}
+
+/// Each way prod serves HTTPS (the overlays `cargo xtask prod` adds) validates: the proxy
+/// publishes HTTPS beside HTTP, says which way, gets its certificate as secrets or a volume (never
+/// in its environment), and is ready by its own healthcheck, which asks over HTTPS.
+#[test]
+fn prod_https_overlays_validate() {
+    let ways: [(&str, &[&str]); 3] = [
+        ("files", &["compose/https.yaml", "compose/tls-files.yaml"]),
+        ("acme", &["compose/https.yaml", "compose/acme.yaml"]),
+        ("acme", &["compose/https.yaml", "compose/acme.yaml", "compose/acme-ca.yaml"]),
+    ];
+    for (way, files) in ways {
+        let definition = merged_with("prod", &[], files);
+        let proxy = &definition["services"]["proxy"];
+        let targets: Vec<u64> = proxy["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["target"].as_u64().unwrap())
+            .collect();
+        assert_eq!(targets, [8080, 8443], "{files:?}");
+        assert_eq!(proxy["environment"]["PROXY_TLS"], way, "{files:?}");
+        assert!(proxy["labels"].get("memories.probe").is_none(), "{files:?}: {}", proxy["labels"]);
+        assert_eq!(proxy["healthcheck"]["test"], serde_json::json!(["CMD", "proxy-health"]));
+        let secrets: Vec<&str> = proxy["secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["source"].as_str().unwrap())
+            .collect();
+        match (way, files.len()) {
+            ("files", _) => assert_eq!(secrets, ["tls_cert", "tls_key"]),
+            (_, 2) => assert!(secrets.is_empty(), "{secrets:?}"),
+            _ => assert_eq!(secrets, ["acme_ca"]),
+        }
+        if way == "acme" {
+            let volumes = proxy["volumes"].as_array().unwrap();
+            assert!(volumes.iter().any(|v| v["source"] == "acme"), "{volumes:?}");
+        }
+    }
 }
 
 #[test]

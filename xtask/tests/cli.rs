@@ -922,3 +922,32 @@ fn interrupt(
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     (status, took, stderr)
 }
+
+/// `wait-for --ca`: a CA file that cannot be used is refused at once in one line, as is a
+/// `--ca` with no https probe to apply to; neither waits.
+#[test]
+fn wait_for_refuses_a_ca_it_cannot_use() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wait-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let cert = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls/long.pem");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (vec!["--ca", "/nonexistent/ca.pem", "https://127.0.0.1:9/"], "cannot read --ca"),
+        (
+            vec!["--ca", not_pem.to_str().unwrap(), "https://127.0.0.1:9/"],
+            "holds no PEM certificate",
+        ),
+        (vec!["--ca", cert.to_str().unwrap(), "tcp://127.0.0.1:9"], "is for https:// probes"),
+    ];
+    for (args, expected) in cases {
+        let started = std::time::Instant::now();
+        let output =
+            xtask(&[&["wait-for", "--timeout", "30s"][..], &args].concat()).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} waited");
+    }
+}
