@@ -11,8 +11,11 @@
 //! only the server's code: what a release that changed the server looks like. Every image of B
 //! has new labels; the db and proxy keep their layers (each image has its own epoch), so ours
 //! keeps them running.
+//!
+//! The load goes over HTTPS, as clients reach a prod stack: the proxy serves the benchmark's
+//! certificate for `localhost` (`xtask/src/tls/bench.pem`, issued by `bench-ca.pem`, valid until
+//! 2100; made for this and nothing else), and each request makes a new TLS connection.
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -28,6 +31,7 @@ use crate::plan::{self, Step};
 use crate::registry::Throwaway;
 use crate::services::Model;
 use crate::stack::{self, Mode, Stack};
+use crate::tls::Edge;
 use crate::version::Revision;
 use crate::{docker, prod, swarm};
 
@@ -52,9 +56,9 @@ struct Load {
 }
 
 impl Load {
-    /// Sends [`RATE`] requests a second to the proxy on `port`, each on a thread of its own,
-    /// so that a stalled request never holds back the next.
-    fn start(port: u16) -> Load {
+    /// Sends [`RATE`] requests a second to the proxy's HTTPS `port`, each on a thread of its
+    /// own, so that a stalled request never holds back the next.
+    fn start(port: u16, agent: ureq::Agent) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let ticker = std::thread::spawn(move || {
@@ -64,8 +68,9 @@ impl Load {
             let mut n = 0u32;
             while !stopped.load(Ordering::SeqCst) {
                 let sender = sender.clone();
+                let agent = agent.clone();
                 workers.push(std::thread::spawn(move || {
-                    let _ = sender.send(one_request(port, n as usize));
+                    let _ = sender.send(one_request(&agent, port, n as usize));
                 }));
                 n += 1;
                 let next = started + Duration::from_secs_f64(f64::from(n) / f64::from(RATE));
@@ -87,52 +92,29 @@ impl Load {
 }
 
 /// The `n`th request: an insert for even `n`, a search for odd.
-fn one_request(port: u16, n: usize) -> Outcome {
+fn one_request(agent: &ureq::Agent, port: u16, n: usize) -> Outcome {
     let started = Instant::now();
     let mut embedding = vec!["0".to_owned(); DIMENSIONS];
     embedding[n % DIMENSIONS] = "1".into();
+    let base = format!("https://localhost:{port}");
     let result = if n % 2 == 0 {
         let body =
             format!("{{\"text\": \"bench deploy {n}\", \"embedding\": [{}]}}", embedding.join(","));
-        http(port, "POST", "/v1/memories", Some(&body))
+        let request = agent.post(format!("{base}/v1/memories"));
+        let request =
+            request.header("Content-Type", "application/json").header("Connection", "close");
+        request.config().timeout_global(Some(REQUEST_TIMEOUT)).build().send(body.as_str())
     } else {
-        let path = format!("/v1/memories/search?k=3&embedding={}", embedding.join(","));
-        http(port, "GET", &path, None)
+        let url = format!("{base}/v1/memories/search?k=3&embedding={}", embedding.join(","));
+        let request = agent.get(url).header("Connection", "close");
+        request.config().timeout_global(Some(REQUEST_TIMEOUT)).build().call()
     };
     let failure = match result {
-        Ok(status) if (200..300).contains(&status) => None,
-        Ok(status) => Some(format!("status {status}")),
-        Err(err) => Some(err),
+        Ok(answer) if answer.status().is_success() => None,
+        Ok(answer) => Some(format!("status {}", answer.status().as_u16())),
+        Err(err) => Some(err.to_string()),
     };
     Outcome { latency: started.elapsed(), failure }
-}
-
-/// One HTTP/1.1 request on its own connection; the answer's status.
-fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<u16, String> {
-    let mut stream = crate::wait::net::connect("127.0.0.1", port, REQUEST_TIMEOUT)?;
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| format!("request not sent: {e}"))?;
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !answer.windows(2).any(|w| w == b"\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("no answer: {e}")),
-        }
-    }
-    let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| "the answer is not HTTP".to_owned())
 }
 
 /// Swarm mode for the benchmark: the engine's own when it is a manager, else one started here
@@ -181,7 +163,9 @@ struct BenchStack<'a> {
     namespace: &'a str,
     env_file: &'a Utf8Path,
     name: String,
+    /// The proxy's plain-HTTP port (it only redirects) and its HTTPS port, where the load goes.
     port: u16,
+    https_port: u16,
 }
 
 impl BenchStack<'_> {
@@ -190,7 +174,11 @@ impl BenchStack<'_> {
         let tag = stack::tag(self.revision);
         let mut stack = Stack::new(self.root, Mode::Prod, self.name.clone(), &[], tag);
         stack.env_files = vec![self.env_file.to_owned()];
-        stack.vars = vec![("PROXY_PORT".to_owned(), self.port.to_string())];
+        stack.extra_files = Edge::Files.files();
+        stack.vars = vec![
+            ("PROXY_PORT".to_owned(), self.port.to_string()),
+            ("HTTPS_PORT".to_owned(), self.https_port.to_string()),
+        ];
         stack
     }
 
@@ -208,6 +196,7 @@ impl BenchStack<'_> {
             ])
             .args(["--version", version, "--env-file", self.env_file.as_str(), "--timeout", "300s"])
             .env("PROXY_PORT", &self.port.to_string())
+            .env("HTTPS_PORT", &self.https_port.to_string())
             .run()
             .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
     }
@@ -302,8 +291,12 @@ fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()
 }
 
 /// Runs `update` under the load and returns what the load saw.
-fn under_load(port: u16, update: impl FnOnce() -> Result<()>) -> Result<Vec<Outcome>> {
-    let load = Load::start(port);
+fn under_load(
+    port: u16,
+    agent: &ureq::Agent,
+    update: impl FnOnce() -> Result<()>,
+) -> Result<Vec<Outcome>> {
+    let load = Load::start(port, agent.clone());
     std::thread::sleep(Duration::from_secs(2));
     let updated = update();
     std::thread::sleep(Duration::from_secs(2));
@@ -347,7 +340,13 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let password = format!("POSTGRES_PASSWORD=bench-{nanos:x}\nAPI_KEYS=off\nTLS=off\n");
+        let tls = root.join("xtask/src/tls");
+        let password = format!(
+            "POSTGRES_PASSWORD=bench-{nanos:x}\nAPI_KEYS=off\nTLS_CERT_FILE={tls}/bench.pem\n\
+             TLS_KEY_FILE={tls}/bench.key\n"
+        );
+        let ca = tls.join("bench-ca.pem");
+        let agent = crate::wait::net::https_agent(Some(ca.as_str())).map_err(anyhow::Error::msg)?;
         stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
         let measured = (|| -> Result<[Vec<Outcome>; 2]> {
             push_versions(root, &namespace, &work)?;
@@ -361,12 +360,13 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
                         env_file: &env_file,
                         name: format!("membench{side}r{run}p{}", std::process::id()),
                         port: free_port()?,
+                        https_port: free_port()?,
                     };
                     let who = ["ours", "naive"][side];
                     say!("run {run}/{runs}: {who} deploys {VERSION_A}");
                     stack.ours(VERSION_A)?;
                     say!("run {run}/{runs}: {who} update to {VERSION_B} under load");
-                    let outcomes = under_load(stack.port, || match side {
+                    let outcomes = under_load(stack.https_port, &agent, || match side {
                         0 => stack.ours(VERSION_B),
                         _ => stack.naive(),
                     })?;
@@ -382,7 +382,8 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
         let note = format!(
             "failed requests: ours {} of {}{}, naive {} of {}{}; p99 latency: ours {:.0} ms, \
-             naive {:.0} ms ({RATE} requests/s through the proxy, a request fails on a non-2xx \
+             naive {:.0} ms ({RATE} requests/s over HTTPS through the proxy, each on a new \
+             connection; a request fails on a non-2xx \
              answer, an error or {}s without one)",
             failed(&ours_seen),
             ours_seen.len(),
