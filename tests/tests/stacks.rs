@@ -877,6 +877,26 @@ fn prod_api_keys_refuse_strangers_and_rotate_without_a_failed_request() {
     assert_eq!(wrong.status, 401);
     assert!(wrong.headers.contains("error=\"invalid_token\""), "{}", wrong.headers);
     assert_eq!(get(Some(&key_a)).status, 200);
+    // A real 384-dimension embedding at full precision, searched through the proxy by GET (its
+    // query string as HTTP clients encode it) and by POST.
+    let auth = format!("Bearer {key_a}");
+    let with_key = [("Authorization", auth.as_str())];
+    let embedding: Vec<f64> =
+        (0..384).map(|i| ((i as f64 * 1.3).cos() * 0.987_654_321_098_765_4) - 1e-9).collect();
+    let body = json!({"text": "a 384-dimension embedding", "embedding": embedding}).to_string();
+    let created = tests::http_with("POST", port, "/v1/memories", &with_key, Some(&body)).unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let values: Vec<String> = embedding.iter().map(|v| format!("{v:?}")).collect();
+    let query = format!("/v1/memories/search?k=1&embedding={}", values.join("%2C"));
+    assert!(query.len() > 8_192, "longer than nginx's default line: {}", query.len());
+    let found = tests::http_with("GET", port, &query, &with_key, None).unwrap();
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("a 384-dimension embedding"), "{}", found.body);
+    let posted = json!({"embedding": embedding, "k": 1}).to_string();
+    let found =
+        tests::http_with("POST", port, "/v1/memories/search", &with_key, Some(&posted)).unwrap();
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("a 384-dimension embedding"), "{}", found.body);
     let health = http("GET", port, "/v1/health", None).unwrap();
     assert_eq!(health.status, 200);
     assert_eq!(serde_json::from_str::<Value>(&health.body).unwrap(), json!({"status": "ok"}));
