@@ -159,7 +159,7 @@ Revision ID: {id}
 Revises: {revises}
 
 Runs in one transaction with every other revision of the deploy: a failure changes nothing.
-Keep the running release working (expand first, contract in a later release): see the README's
+Keep the running release working (expand first, contract in a later release): see docs/db.md,
 "Changing the schema".
 """
 
