@@ -1,5 +1,6 @@
-//! The one place that makes docker commands, and the checks that the engine and its plugins are
-//! there, each failure naming its fix.
+//! The docker CLI as a [`Step`] rooted at the repository (every task's docker commands start
+//! here; the readiness probes' quiet ones are made in [`crate::wait`]'s own `docker` module), and
+//! the checks that the engine and its plugins are there, each failure naming its fix.
 
 use anyhow::{Result, bail};
 use camino::Utf8Path;

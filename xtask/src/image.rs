@@ -172,8 +172,8 @@ pub enum Output {
     /// Reproducible: whole multi-platform indexes in the engine's image store, to be pushed or
     /// saved later.
     Store,
-    /// Reproducible, pushed from each archive to the registry under every ref (one request at
-    /// a time, each retried on its own); not loaded.
+    /// Reproducible, pushed from each archive to the registry under every ref (blobs on a few
+    /// upload threads, each request retried on its own); not loaded.
     Push,
 }
 
@@ -543,8 +543,8 @@ pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
 }
 
 /// Runs a planned build and reads the digests back from buildx's metadata file; a
-/// reproducible build's archives are loaded (and removed, whatever happens), and then pushed
-/// for [`Output::Push`].
+/// reproducible build's archives are then loaded into the image store, or for
+/// [`Output::Push`] pushed to the registry instead, and removed whatever happens.
 pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
     let dir = plan.metadata_file.parent().expect("metadata file has a parent");

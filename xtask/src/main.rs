@@ -1,4 +1,4 @@
-//! `cargo xtask`: parse the command line, root one shell at the repository, dispatch.
+//! `cargo xtask`: parse the command line, find the repository root, dispatch to the task.
 //!
 //! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap),
 //! 124 when a wait timed out, 130 on Ctrl-C (SIGINT), 143 on SIGTERM, 129 on SIGHUP.

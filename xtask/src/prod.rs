@@ -590,9 +590,9 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                     plan.step(stack::build_plan(stack, &stack.model()?, revision).step)
                 }
                 swarm::Source::Registry { registry, version } => plan.note(format!(
-                    "reads the digest of {registry}/NAME:{version} for every image (`docker \
-                     buildx imagetools inspect`); a missing one stops the deploy before \
-                     anything changes"
+                    "reads the digest of {registry}/NAME:{version} for every image (the \
+                     registry's API, through xtask's OCI client); a missing one stops the deploy \
+                     before anything changes"
                 )),
                 swarm::Source::Release(file) => plan.note(format!(
                     "reads the images and digests in {file} and checks that the registry has \

@@ -111,7 +111,8 @@ pub struct ReleasePlan {
     pub images: Vec<ReleaseImage>,
     pub request: ReleaseRequest,
     pub root: Utf8PathBuf,
-    /// Every image, for every platform, into the local image store; nothing pushed.
+    /// Every image, for every platform, built and pushed from its archive under its immutable
+    /// tags (the moving tags come after every image is read back).
     pub build: BuildPlan,
     /// The signing key, read before anything runs, and the `tools` build cosign runs from.
     pub signer: Option<Signer>,

@@ -2,7 +2,8 @@
 //! for it: which services run (with the stack's profiles), the image each runs, the ports each
 //! publishes, its environment, how it is known to be ready, and how `dev --watch` updates it
 //! (compose's `develop.watch` rules and our `memories.reload` label). Nothing here repeats the
-//! compose files: a service added there is built, started, probed and listed by every task.
+//! compose files' list of services: one added there is started, probed and listed by every task,
+//! and built first when its image is one of ours (the catalogue in [`crate::image::ImageName`]).
 
 use std::collections::BTreeMap;
 
