@@ -10,8 +10,21 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use tests::{Cleanup, docker, require_docker, unique_name, xtask_ok};
 
-/// Every image this repository builds, released or not.
-const IMAGES: [&str; 7] = ["server", "standalone", "db", "redis", "proxy", "registry", "tools"];
+/// Every image of the catalogue (`cargo xtask images list`), released or not, but those built
+/// for the build machine only (`platforms = "build"`: sbom, the generator every reproducible
+/// build runs, and node, the swarm test's engine).
+fn images() -> Vec<String> {
+    let listed: Value = serde_json::from_str(&xtask_ok(&["images", "list", "--json"])).unwrap();
+    let images: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|image| image["platforms"] == "requested")
+        .map(|image| image["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(images.len() >= 7, "{images:?}");
+    images
+}
 
 /// Image → platform → (manifest digest, layer digests).
 type Built = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
@@ -20,8 +33,9 @@ fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
     // Cache mounts (package lists, uv's wheel cache) survive `--no-cache`; emptying them makes
     // the build fetch everything again, as on a fresh machine.
     docker(&["buildx", "prune", "--force", "--filter", "type=exec.cachemount"]);
+    let images = images();
     let mut args = vec!["build"];
-    args.extend(IMAGES);
+    args.extend(images.iter().map(String::as_str));
     args.extend([
         "--platform",
         "linux/amd64,linux/arm64",
@@ -57,9 +71,9 @@ fn two_builds_from_empty_caches_give_the_same_digests() {
     let mut cleanup = Cleanup::default();
     let first = build_from_empty_caches(&unique_name("localhost/repro-a"), &mut cleanup);
     let second = build_from_empty_caches(&unique_name("localhost/repro-b"), &mut cleanup);
-    let mut every = IMAGES.to_vec();
+    let mut every = images();
     every.sort_unstable();
-    assert_eq!(first.keys().map(String::as_str).collect::<Vec<_>>(), every);
+    assert_eq!(first.keys().cloned().collect::<Vec<_>>(), every);
     let mut differing = Vec::new();
     for (image, platforms) in &first {
         assert_eq!(

@@ -34,7 +34,7 @@ pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
     let revision = Revision::read(root)?;
     let request = BuildRequest {
-        images: vec![ImageName::Server],
+        images: vec![ImageName::SERVER],
         output: image::Output::Store,
         ..BuildRequest::default()
     };
@@ -603,7 +603,7 @@ mod tests {
     fn the_peer_builds_the_same_image_by_hand() {
         let revision = Revision::example();
         let request = BuildRequest {
-            images: vec![ImageName::Server],
+            images: vec![ImageName::SERVER],
             output: image::Output::Store,
             ..BuildRequest::default()
         };

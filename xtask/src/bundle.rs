@@ -43,6 +43,8 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// What `cargo xtask images` does.
 #[derive(Debug, Clone)]
 pub enum Action {
+    /// List the images of the catalogue (nothing to do with bundles but their names).
+    List,
     /// Save a bundle to `output`; `memories-<version>-<sha>.tar` when `None`.
     Save { request: SaveRequest, output: Option<Utf8PathBuf> },
     /// Check a bundle (and with `key`, its signature), then load it.
@@ -74,6 +76,10 @@ impl Checksum {
 
 pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
     match action {
+        Action::List => {
+            image::list(preview.json);
+            Ok(())
+        }
         Action::Save { request, output } => {
             let revision = Revision::read(root)?;
             let output = match output {

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backup::{BackupAction, RestoreTarget};
 use crate::ci::CiStep;
-use crate::image::{BuildRequest, Cache, ImageName, Output};
+use crate::image::{BuildRequest, Cache, ImageName, ImageParser, Output};
 use crate::plan::Preview;
 use crate::platform::PlatformList;
 use crate::release::{Allowances, ReleaseRequest};
@@ -613,8 +613,9 @@ pub struct VersionArgs {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Images to build; all of them when none is named.
-    #[arg(value_enum)]
+    /// Images to build (docker/images.toml declares them); every released one when none is
+    /// named.
+    #[arg(value_parser = ImageParser)]
     pub images: Vec<ImageName>,
     /// Target platforms, comma-separated, e.g. `linux/amd64,linux/arm64`; `x86_64` and `aarch64`
     /// are accepted for amd64 and arm64. Default: the builder's own platform.
@@ -646,8 +647,9 @@ const CACHE_HELP: &str = "Read the build cache from, and write it to, `registry=
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// Images to release; every image but `registry` when none is named.
-    #[arg(value_enum)]
+    /// Images to release; every released one (`release = true` in docker/images.toml) when
+    /// none is named.
+    #[arg(value_parser = ImageParser)]
     pub images: Vec<ImageName>,
     /// Registry and namespace to push to, e.g. `ghcr.io/acme`.
     #[arg(
@@ -768,13 +770,22 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImagesAction {
+    /// The images of ours, as `docker/images.toml` declares them: name, whether it is
+    /// released, Dockerfile and target, what it is for, e.g. `cargo xtask images list --json`.
+    /// Read-only: nothing to plan.
+    List {
+        /// Print a JSON array on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build (from cache when nothing changed) and save images for every platform into one
     /// bundle: an OCI image layout in a tar file (skopeo, crane, `ctr import` and `docker load`
     /// read it), whose `memories-bundle.json` lists each image's refs and digest. Prints the
     /// file's SHA-256 (as `sha256sum` does), which `images load --sha256` checks.
     Save {
-        /// Images to save; every image but `registry` when none is named.
-        #[arg(value_enum)]
+        /// Images to save; every released one (`release = true` in docker/images.toml) when none
+        /// is named.
+        #[arg(value_parser = ImageParser)]
         images: Vec<ImageName>,
         /// The bundle to write (default: `memories-<version>-<sha>.tar` in the current
         /// directory). It appears only when complete.
@@ -1146,6 +1157,7 @@ impl ImagesAction {
                 };
                 (bundle::Action::Save { request, output }, preview.into())
             }
+            ImagesAction::List { json } => (bundle::Action::List, Preview { dry_run: false, json }),
             ImagesAction::Load { file, sha256, skip_checksum: _, key, transparency, preview } => {
                 let checksum = sha256.unwrap_or(bundle::Checksum::Skip);
                 let signing = (&transparency).into();

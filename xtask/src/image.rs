@@ -1,12 +1,12 @@
-//! `cargo xtask build`: every image rendered into one bake definition from typed Rust, so all
-//! images build in one BuildKit session; then the refs and digests that came out.
+//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see [`catalogue`])
+//! rendered into one bake definition, so all images build in one BuildKit session; then the refs
+//! and digests that came out.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
 use crate::bundle;
@@ -17,135 +17,61 @@ use crate::platform::Platform;
 use crate::reap::{RunDir, RunId};
 use crate::version::{Revision, rfc3339_utc};
 
-/// The images this repository builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum ImageName {
-    /// The API server alone (Dockerfile target `runtime`).
-    Server,
-    /// The API server with its own PostgreSQL (Dockerfile target `standalone`).
-    Standalone,
-    /// PostgreSQL 17 + pgvector with the schema.
-    Db,
-    /// Redis, for the server's optional search cache.
-    Redis,
-    /// nginx in front of the server (prod).
-    Proxy,
-    /// A throwaway OCI registry for tests and `cargo xtask ci`; never released.
-    Registry,
-    /// Supply-chain tools from Debian (cosign, skopeo) for signing, tests and checks; never
-    /// released.
-    Tools,
-    /// The SBOM generator BuildKit runs for every reproducible build (build platform only);
-    /// never released.
-    Sbom,
-    /// A second Docker engine (Debian's docker.io) for the two-node swarm test; never
-    /// released.
-    Node,
-}
+mod catalogue;
 
-impl ImageName {
-    /// Every image of the product: what `build` and `release` take when none is named.
-    pub const ALL: [ImageName; 5] = [
-        ImageName::Server,
-        ImageName::Standalone,
-        ImageName::Db,
-        ImageName::Redis,
-        ImageName::Proxy,
-    ];
-
-    /// The paths of the repository an image is made from (its build context is the whole
-    /// root, but it copies only these): the newest commit that touched one dates the image
-    /// ([`Revision::epoch_of`]). Naming too little never gives a wrong image (its content
-    /// still changes, only its timestamps stay older); naming too much only restarts a
-    /// service whose image did not change.
-    pub fn inputs(self) -> &'static [&'static str] {
-        match self {
-            ImageName::Server | ImageName::Standalone => {
-                &["app", "docker/server", "docker/common", ".dockerignore"]
-            }
-            ImageName::Db => &["docker/db", "docker/common", ".dockerignore"],
-            ImageName::Redis => &["docker/redis", "docker/common", ".dockerignore"],
-            ImageName::Proxy => &["docker/proxy", "docker/common", ".dockerignore"],
-            ImageName::Registry => &["docker/registry", "docker/common", ".dockerignore"],
-            ImageName::Tools => &["docker/tools", "docker/common", ".dockerignore"],
-            ImageName::Sbom => &["docker/sbom", ".dockerignore"],
-            ImageName::Node => &["docker/node", ".dockerignore"],
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageName::Server => "server",
-            ImageName::Standalone => "standalone",
-            ImageName::Db => "db",
-            ImageName::Redis => "redis",
-            ImageName::Proxy => "proxy",
-            ImageName::Registry => "registry",
-            ImageName::Tools => "tools",
-            ImageName::Sbom => "sbom",
-            ImageName::Node => "node",
-        }
-    }
-}
-
-impl fmt::Display for ImageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use catalogue::{ImageName, ImageParser, load as load_catalogue};
 
 /// Where an image comes from: its Dockerfile and target, and its title label.
 pub struct ImageSource {
     pub dockerfile: &'static str,
     pub target: &'static str,
-    pub title: &'static str,
+    pub title: String,
 }
 
+/// What the catalogue (`docker/images.toml`) says an image is built from.
 pub fn source(image: ImageName) -> ImageSource {
-    match image {
-        ImageName::Server => ImageSource {
-            dockerfile: "docker/server/Dockerfile",
-            target: "runtime",
-            title: "memories-server",
-        },
-        ImageName::Standalone => ImageSource {
-            dockerfile: "docker/server/Dockerfile",
-            target: "standalone",
-            title: "memories-standalone",
-        },
-        ImageName::Proxy => ImageSource {
-            dockerfile: "docker/proxy/Dockerfile",
-            target: "proxy",
-            title: "memories-proxy",
-        },
-        ImageName::Redis => ImageSource {
-            dockerfile: "docker/redis/Dockerfile",
-            target: "redis",
-            title: "memories-redis",
-        },
-        ImageName::Registry => ImageSource {
-            dockerfile: "docker/registry/Dockerfile",
-            target: "registry",
-            title: "memories-registry",
-        },
-        ImageName::Tools => ImageSource {
-            dockerfile: "docker/tools/Dockerfile",
-            target: "tools",
-            title: "memories-tools",
-        },
-        ImageName::Sbom => ImageSource {
-            dockerfile: "docker/sbom/Dockerfile",
-            target: "sbom",
-            title: "memories-sbom",
-        },
-        ImageName::Node => ImageSource {
-            dockerfile: "docker/node/Dockerfile",
-            target: "node",
-            title: "memories-node",
-        },
-        ImageName::Db => {
-            ImageSource { dockerfile: "docker/db/Dockerfile", target: "db", title: "memories-db" }
-        }
+    let entry = image.entry();
+    ImageSource {
+        dockerfile: &entry.dockerfile,
+        target: &entry.target,
+        title: format!("memories-{image}"),
+    }
+}
+
+/// `cargo xtask images list`: the catalogue, as a table or (with `json`) a JSON array.
+pub fn list(json: bool) {
+    let images = ImageName::all();
+    if json {
+        let listed: Vec<Value> = images
+            .iter()
+            .map(|image| {
+                let entry = image.entry();
+                json!({
+                    "name": entry.name,
+                    "release": entry.release,
+                    "dockerfile": entry.dockerfile,
+                    "target": entry.target,
+                    "inputs": entry.inputs,
+                    "platforms": if entry.build_platform_only { "build" } else { "requested" },
+                    "about": entry.about,
+                })
+            })
+            .collect();
+        out!("{}", Value::from(listed));
+        return;
+    }
+    out!("{:<12} {:<8} {:<28} {:<12} about", "image", "release", "dockerfile", "target");
+    for image in images {
+        let entry = image.entry();
+        let release = if entry.release { "yes" } else { "no" };
+        out!(
+            "{:<12} {:<8} {:<28} {:<12} {}",
+            entry.name,
+            release,
+            entry.dockerfile,
+            entry.target,
+            entry.about
+        );
     }
 }
 
@@ -361,7 +287,7 @@ impl BuildPlan {
 /// Plans a build: no side effects, so tests can assert on it without Docker.
 pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> BuildPlan {
     let images: Vec<ImageName> = if request.images.is_empty() {
-        ImageName::ALL.to_vec()
+        ImageName::released()
     } else {
         request.images.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
     };
@@ -373,7 +299,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         let run = RunId::of_process(std::process::id())
             .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
         let request = BuildRequest {
-            images: vec![ImageName::Sbom],
+            images: vec![ImageName::SBOM],
             tags: Some(vec![revision.build_tags()[1].clone()]),
             registry: Some(format!("memories/run-{run}")),
             builder: request.builder.clone(),
@@ -392,7 +318,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         let epoch = revision.epoch_of(image);
         let mut labels: Map<String, Value> =
             revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
-        labels.insert("org.opencontainers.image.title".into(), source.title.into());
+        labels.insert("org.opencontainers.image.title".into(), source.title.clone().into());
         labels.insert("org.opencontainers.image.created".into(), rfc3339_utc(epoch).into());
         let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
         let exporter = request.output.exporter(archive.as_deref().unwrap_or(Utf8Path::new("")));
@@ -413,7 +339,10 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             target["attest"] =
                 json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")]);
         }
-        if let Some(platforms) = &request.platforms {
+        // An image for this machine (the catalogue's `platforms = "build"`) is built for the
+        // builder's own platform, whatever was asked.
+        let requested = request.platforms.as_ref().filter(|_| !image.entry().build_platform_only);
+        if let Some(platforms) = requested {
             let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
             target["platforms"] = platforms.into();
         }
@@ -660,7 +589,7 @@ mod tests {
             epoch: 1_700_000_000,
             created: rfc3339_utc(1_700_000_000),
             // The db's inputs last changed before the commit; the other images have its time.
-            epochs: [(ImageName::Db, 1_600_000_000)].into(),
+            epochs: [(ImageName::DB, 1_600_000_000)].into(),
             source: Some("https://example.com/memories.git".into()),
         }
     }
@@ -739,7 +668,7 @@ mod tests {
         for bad in ["", "s3=bucket", "registry=", "local=", "gha=x", "local=a,b"] {
             assert!(parse(bad).unwrap_err().contains("registry=REPO"), "{bad}");
         }
-        let (from, to) = Cache::Gha.entries(ImageName::Server);
+        let (from, to) = Cache::Gha.entries(ImageName::SERVER);
         assert_eq!(
             (from, to),
             (
@@ -750,13 +679,13 @@ mod tests {
         // A local cache that is not there yet is only written.
         let dir = std::env::temp_dir().join(format!("cache-test-{}", std::process::id()));
         let local = Cache::Local(Utf8PathBuf::try_from(dir.clone()).unwrap());
-        let (from, to) = local.entries(ImageName::Db);
+        let (from, to) = local.entries(ImageName::DB);
         assert!(from.is_empty());
         assert_eq!(to, [format!("type=local,dest={}/db,mode=max", dir.display())]);
         std::fs::create_dir_all(dir.join("db")).unwrap();
         std::fs::write(dir.join("db/index.json"), "{}").unwrap();
         assert_eq!(
-            local.entries(ImageName::Db).0,
+            local.entries(ImageName::DB).0,
             [format!("type=local,src={}/db", dir.display())]
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -765,7 +694,7 @@ mod tests {
     #[test]
     fn flags_reach_the_plan() {
         let request = BuildRequest {
-            images: vec![ImageName::Db, ImageName::Server, ImageName::Db],
+            images: vec![ImageName::DB, ImageName::SERVER, ImageName::DB],
             platforms: Some(crate::platform::parse_list("linux/amd64,linux/aarch64").unwrap().0),
             output: Output::Push,
             tags: None,

@@ -48,6 +48,11 @@ use clap::Parser;
 use crate::cli::{Bench, Cli, Command};
 
 fn main() -> ExitCode {
+    // The image catalogue first: the command line names its images.
+    if let Err(err) = image::load_catalogue(&project_root()) {
+        say!("error: {err:#}");
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     interrupt::install();
     match run(cli) {

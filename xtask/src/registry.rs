@@ -24,7 +24,7 @@ impl Throwaway {
     /// Builds the image (a no-op when cached), starts it and waits until `/v2/` answers.
     pub fn start(root: &Utf8Path) -> Result<Throwaway> {
         let revision = Revision::read(root)?;
-        let request = BuildRequest { images: vec![ImageName::Registry], ..BuildRequest::default() };
+        let request = BuildRequest { images: vec![ImageName::REGISTRY], ..BuildRequest::default() };
         let plan = image::plan(root, &revision, &request);
         image::execute(&plan).context("cannot build the throwaway registry")?;
         let container = format!("memories-registry-{}", std::process::id());

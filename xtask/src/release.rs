@@ -142,7 +142,7 @@ const BUILT: &str = "sha256:<built>";
 pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> Result<ReleasePlan> {
     check_revision(revision, request.allow)?;
     let names = if request.images.is_empty() {
-        ImageName::ALL.to_vec()
+        ImageName::released()
     } else {
         let mut names = request.images.clone();
         names.sort();
@@ -785,7 +785,7 @@ mod tests {
 
     fn request(allow: Allowances) -> ReleaseRequest {
         ReleaseRequest {
-            images: vec![ImageName::Db, ImageName::Server],
+            images: vec![ImageName::DB, ImageName::SERVER],
             registry: "127.0.0.1:5000/acme".into(),
             platforms: parse_list("linux/amd64,linux/aarch64,linux/x86_64").unwrap().0,
             builder: None,

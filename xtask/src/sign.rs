@@ -212,7 +212,7 @@ impl Cosign {
     /// machine's platform, cached after the first time.
     pub fn tools_build(root: &Utf8Path, revision: &Revision) -> image::BuildPlan {
         let request = BuildRequest {
-            images: vec![ImageName::Tools],
+            images: vec![ImageName::TOOLS],
             output: Output::Load,
             ..BuildRequest::default()
         };

@@ -259,7 +259,7 @@ impl Stack {
     /// The images of ours that the model's services run at this stack's tag: those a task
     /// builds first.
     pub fn images(&self, model: &Model) -> Vec<ImageName> {
-        ImageName::ALL
+        ImageName::all()
             .into_iter()
             .filter(|image| {
                 let reference = format!("{}:{}", image::repository(None, *image), self.tag);
@@ -1155,7 +1155,10 @@ mod tests {
             }}"#,
         )
         .unwrap();
-        assert_eq!(test.images(&model), [ImageName::Server, ImageName::Db, ImageName::Redis]);
+        assert_eq!(
+            test.images(&model),
+            [ImageName::SERVER, ImageName::DB, ImageName::named("redis")]
+        );
         let probes = test.probes(&model, &|service, port| {
             (service.name != "redis").then_some(port.published.unwrap_or(40000))
         });

@@ -138,10 +138,10 @@ pub fn check_labels(
     }
     let title = &values.iter().find(|(k, _)| k.ends_with(".title")).expect("a title").1;
     let name = repository.rsplit('/').next().unwrap_or(repository);
-    let ours = ImageName::ALL.iter().find(|image| image.as_str() == name);
+    let ours = ImageName::released().into_iter().find(|image| image.as_str() == name);
     if let Some(image) = ours {
-        let want = crate::image::source(*image).title;
-        if title != want {
+        let want = crate::image::source(image).title;
+        if *title != want {
             return Err(format!("title is `{title}`, but {repository} holds `{want}`"));
         }
     }

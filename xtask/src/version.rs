@@ -6,7 +6,6 @@ use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
-use clap::ValueEnum;
 
 use crate::image::ImageName;
 use crate::plan::Step;
@@ -140,7 +139,11 @@ impl Revision {
                 let epoch = git(&["log", "-1", "--format=%ct"]).with_context(git_error)?;
                 // One walk of the history that touched any image's inputs, newest first.
                 let mut args = vec!["log", "--format=%x00%ct", "--name-only", "HEAD", "--"];
-                args.extend(ImageName::value_variants().iter().flat_map(|i| i.inputs()));
+                args.extend(
+                    ImageName::all()
+                        .into_iter()
+                        .flat_map(|i| i.inputs().iter().map(String::as_str)),
+                );
                 let log = git(&args).with_context(git_error)?;
                 (epoch, image_epochs(&log))
             }
@@ -200,7 +203,7 @@ fn image_epochs(log: &str) -> BTreeMap<ImageName, i64> {
         let mut lines = commit.lines();
         let Some(Ok(time)) = lines.next().map(|t| t.trim().parse::<i64>()) else { continue };
         for file in lines.filter(|l| !l.is_empty()) {
-            for &image in ImageName::value_variants() {
+            for image in ImageName::all() {
                 let touched = image.inputs().iter().any(|input| {
                     file == *input
                         || file.strip_prefix(input).is_some_and(|rest| rest.starts_with('/'))
@@ -327,15 +330,15 @@ mod tests {
                    \u{0}200\n\ndocker/common/debs.sh\n\
                    \u{0}100\n\ndocker/db/init.sql\ndocker/dbx/other\n";
         let epochs = image_epochs(log);
-        assert_eq!(epochs[&ImageName::Server], 300);
-        assert_eq!(epochs[&ImageName::Standalone], 300);
+        assert_eq!(epochs[&ImageName::SERVER], 300);
+        assert_eq!(epochs[&ImageName::named("standalone")], 300);
         // docker/common is an input of the db, but docker/dbx is not.
-        assert_eq!(epochs[&ImageName::Db], 200);
-        assert_eq!(epochs[&ImageName::Proxy], 200);
-        assert!(!epochs.contains_key(&ImageName::Node), "no commit named docker/node");
+        assert_eq!(epochs[&ImageName::DB], 200);
+        assert_eq!(epochs[&ImageName::named("proxy")], 200);
+        assert!(!epochs.contains_key(&ImageName::NODE), "no commit named docker/node");
         let revision = Revision { epochs, ..Revision::example() };
-        assert_eq!(revision.epoch_of(ImageName::Db), 200);
-        assert_eq!(revision.epoch_of(ImageName::Node), revision.epoch);
+        assert_eq!(revision.epoch_of(ImageName::DB), 200);
+        assert_eq!(revision.epoch_of(ImageName::NODE), revision.epoch);
     }
 
     #[test]

@@ -334,7 +334,7 @@ fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
 #[test]
 fn usage_errors_exit_2_and_say_what_is_accepted() {
     let cases: [(&[&str], &str); 9] = [
-        (&["build", "nosuch"], "possible values: server, standalone, db, redis, proxy, registry"),
+        (&["build", "nosuch"], "docker/images.toml declares server, standalone, db, redis, proxy"),
         (&["images", "load", "b.tar"], "--sha256 <HASH>"),
         (&["images", "load", "b.tar", "--sha256", "abc"], "give the 64 hex digits"),
         (&["release", "--platform", "linux/amd64,windows/amd64"], "only linux images"),

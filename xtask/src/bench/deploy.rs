@@ -278,7 +278,7 @@ fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()
             git(&checkout, &[&identity[..], &commit[..]].concat())?;
         }
         let revision = Revision::read(&checkout)?;
-        let images = vec![ImageName::Server, ImageName::Db, ImageName::Proxy];
+        let images = vec![ImageName::SERVER, ImageName::DB, ImageName::named("proxy")];
         let request = BuildRequest { images, ..BuildRequest::default() };
         let built = image::execute(&image::plan(&checkout, &revision, &request))?;
         for image in &built {

@@ -151,7 +151,7 @@ impl Drop for Copy {
             .quiet()
             .run_regardless();
         let short = self.tag.rsplit('-').next().unwrap_or_default().to_owned();
-        for image in ImageName::ALL {
+        for image in ImageName::released() {
             // An edited copy is dirty: `cargo xtask dev` there tags `...-dirty` too.
             let tags = [self.tag.clone(), format!("sha-{short}")];
             let dirty = tags.iter().map(|tag| format!("{tag}-dirty"));
