@@ -649,3 +649,118 @@ fn a_signed_release_verifies_with_its_key_only_and_a_retagged_ref_fails_verify()
     assert!(last.contains("failed verification: labels, signature"), "{last}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Images as data: in a copy of the repository, an image added to `docker/images.toml` with its
+/// Dockerfile, and nothing else (no change to xtask), is listed, built and run, released signed
+/// to a registry for both platforms and verified, and saved to a bundle that loads back.
+#[test]
+fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
+    let copy = tests::RepoCopy::new("0.0.0.dev7");
+    std::fs::create_dir_all(copy.path("docker/hello")).unwrap();
+    std::fs::write(copy.path("docker/hello/greeting"), "hello from an image of data\n").unwrap();
+    std::fs::write(
+        copy.path("docker/hello/Dockerfile"),
+        "# A test image: a file and a command that prints it.\n\
+         FROM debian:trixie-slim AS hello\n\
+         COPY docker/hello/greeting /greeting\n\
+         USER 65534:65534\n\
+         HEALTHCHECK CMD [\"cat\", \"/greeting\"]\n\
+         CMD [\"cat\", \"/greeting\"]\n",
+    )
+    .unwrap();
+    let catalogue = copy.path("docker/images.toml");
+    let mut text = std::fs::read_to_string(&catalogue).unwrap();
+    text.push_str(
+        "\n[[image]]\nname = \"hello\"\nabout = \"a test image\"\n\
+         dockerfile = \"docker/hello/Dockerfile\"\ntarget = \"hello\"\n\
+         inputs = [\"docker/hello\"]\nrelease = true\n",
+    );
+    std::fs::write(&catalogue, text).unwrap();
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args(["-c", "user.name=tests", "-c", "user.email=tests@localhost"])
+            .args(args)
+            .current_dir(&copy.root)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    git(&["add", "--all"]);
+    git(&["commit", "--quiet", "--message", "an image of data"]);
+    let sha = git(&["rev-parse", "--short=7", "HEAD"]);
+    let mut cleanup = Cleanup::default();
+    for tag in ["0.0.0.dev7".to_owned(), format!("0.0.0.dev7-{sha}"), format!("sha-{sha}")] {
+        cleanup.image(&format!("memories/hello:{tag}"));
+    }
+    let in_copy = |args: &[&str]| {
+        let output = xtask_process()
+            .args(args)
+            .env("MEMORIES_ROOT", &copy.root)
+            .env("COSIGN_PASSWORD", "")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "xtask {args:?}: {stderr}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let listed: Value = serde_json::from_str(&in_copy(&["images", "list", "--json"])).unwrap();
+    let hello = listed.as_array().unwrap().iter().find(|i| i["name"] == "hello").unwrap();
+    assert_eq!(hello["release"], true);
+
+    // Built (reproducibly, like every image) and run.
+    let built: Value = serde_json::from_str(&in_copy(&["build", "hello", "--json"])).unwrap();
+    assert_eq!(built["images"][0]["image"], "hello", "{built}");
+    let reference = built["images"][0]["refs"][1].as_str().unwrap().to_owned();
+    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data\n");
+
+    // Released for both platforms, signed, and verified.
+    let registry = Registry::start();
+    let namespace = registry.namespace("data");
+    let dir = std::env::temp_dir().join(unique_name("data-image"));
+    key_pair(&dir, "");
+    let key = dir.join("cosign.key");
+    let released = in_copy(&[
+        "release",
+        "hello",
+        "--registry",
+        &namespace,
+        "--sign",
+        key.to_str().unwrap(),
+        "--json",
+    ]);
+    let released: Value = serde_json::from_str(&released).unwrap();
+    assert_eq!(released["images"][0]["image"], "hello", "{released}");
+    let public = dir.join("cosign.pub");
+    let report = in_copy(&[
+        "verify",
+        &format!("{namespace}/hello:0.0.0.dev7"),
+        "--key",
+        public.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+
+    // Saved to a bundle, and loaded from it.
+    let bundle = dir.join("hello.tar");
+    let saved = in_copy(&[
+        "images",
+        "save",
+        "hello",
+        "--platform",
+        "linux/amd64",
+        "--output",
+        bundle.to_str().unwrap(),
+        "--json",
+    ]);
+    let saved: Value = serde_json::from_str(&saved).unwrap();
+    let sha256 = saved["sha256"].as_str().unwrap();
+    docker(&["image", "rm", &reference]);
+    let loaded = in_copy(&["images", "load", bundle.to_str().unwrap(), "--sha256", sha256]);
+    assert!(loaded.contains("memories/hello:"), "{loaded}");
+    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
