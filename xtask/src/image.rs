@@ -1,4 +1,4 @@
-//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see [`catalogue`])
+//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see [`crate::catalogue`])
 //! rendered into one bake definition, so all images build in one BuildKit session; then the refs
 //! and digests that came out.
 
@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Map, Value, json};
 
-use crate::bundle;
 use crate::docker;
 use crate::oci;
 use crate::plan::{Plan, Preview, Step};
@@ -17,9 +16,8 @@ use crate::platform::Platform;
 use crate::reap::{RunDir, RunId};
 use crate::version::{Revision, rfc3339_utc};
 
-mod catalogue;
-
-pub use catalogue::{ImageName, ImageParser, load as load_catalogue};
+pub use crate::catalogue::{ImageName, ImageParser, load as load_catalogue};
+pub use crate::oci::PlatformImage;
 
 /// Where an image comes from: its Dockerfile and target, and its title label.
 pub struct ImageSource {
@@ -412,65 +410,6 @@ pub struct Built {
     pub platforms: Vec<PlatformImage>,
 }
 
-/// One platform of a built image: the digest of its manifest (what a rebuild of the commit
-/// reproduces) and its layers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlatformImage {
-    pub platform: String,
-    pub digest: String,
-    pub layers: Vec<String>,
-}
-
-impl PlatformImage {
-    pub fn to_json(&self) -> Value {
-        json!({"platform": self.platform, "digest": self.digest, "layers": self.layers})
-    }
-}
-
-/// The platforms of the one index in an OCI archive BuildKit wrote (attestation manifests,
-/// platform `unknown/unknown`, are not images and are left out).
-pub fn read_archive(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
-    let blob = |digest: &str| -> String {
-        format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap_or(digest))
-    };
-    let json_of = |bytes: Option<Vec<u8>>, what: &str| -> Result<Value> {
-        let bytes = bytes.with_context(|| format!("{archive} has no {what}"))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{what} in {archive} is not JSON"))
-    };
-    let [top] = bundle::read_tar_entries(archive, &["index.json"])?.try_into().expect("one");
-    let top = json_of(top, "index.json")?;
-    let index = top["manifests"][0]["digest"].as_str().context("index.json names no index")?;
-    let [index] = bundle::read_tar_entries(archive, &[&blob(index)])?.try_into().expect("one");
-    let index = json_of(index, "image index")?;
-    let mut platforms: Vec<(String, String)> = Vec::new();
-    for entry in index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let p = &entry["platform"];
-        let (Some(name), Some(digest)) = (crate::oci::platform_name(p), entry["digest"].as_str())
-        else {
-            continue;
-        };
-        platforms.push((name, digest.to_owned()));
-    }
-    let names: Vec<String> = platforms.iter().map(|(_, digest)| blob(digest)).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let manifests = bundle::read_tar_entries(archive, &names)?;
-    platforms
-        .into_iter()
-        .zip(manifests)
-        .map(|((platform, digest), manifest)| {
-            let manifest = json_of(manifest, &format!("manifest {digest}"))?;
-            let layers = manifest["layers"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|layer| layer["digest"].as_str().map(str::to_owned))
-                .collect();
-            Ok(PlatformImage { platform, digest, layers })
-        })
-        .collect()
-}
-
 /// Runs a planned build and reads the digests back from buildx's metadata file; a
 /// reproducible build's archives are then loaded into the image store, or for
 /// [`Output::Push`] pushed to the registry instead, and removed whatever happens.
@@ -504,7 +443,7 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     };
     let mut platforms = Vec::new();
     for archive in plan.images.iter().filter_map(|p| p.archive.as_ref()) {
-        platforms.push(read_archive(archive)?);
+        platforms.push(oci::platform_images(archive)?);
     }
     for load in &plan.loads {
         load.run().context("cannot load a built image into the image store")?;

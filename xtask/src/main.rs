@@ -10,6 +10,7 @@ mod api_keys;
 mod backup;
 mod bench;
 mod bundle;
+mod catalogue;
 mod ci;
 mod cli;
 mod db;

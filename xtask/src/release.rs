@@ -12,6 +12,7 @@ use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::oci;
+use crate::oci::{FoundIndex, read_index};
 use crate::plan::{Plan, Preview, Request};
 use crate::platform::Platform;
 use crate::sign::{self, KeySource, Signer};
@@ -652,52 +653,6 @@ fn verify(
     Ok((found, inspected))
 }
 
-/// An index as read back: its digest, each platform's manifest digest, and the version and
-/// revision its images are labelled with.
-#[derive(Debug, PartialEq, Eq)]
-pub struct FoundIndex {
-    pub digest: String,
-    pub platforms: BTreeMap<String, String>,
-    /// The `org.opencontainers.image.version` label, when every platform has the same one.
-    pub version: Option<String>,
-    pub revision: Option<String>,
-}
-
-/// Reads `docker buildx imagetools inspect --format '{{json .}}'` output.
-pub fn read_index(inspected: &Value) -> Result<FoundIndex> {
-    let manifest = &inspected["manifest"];
-    let digest = manifest["digest"].as_str().context("no digest in the answer")?.to_owned();
-    let mut platforms = BTreeMap::new();
-    if manifest.get("manifests").is_none() && manifest.get("config").is_some() {
-        // One image stored as a manifest, not an index: its platform is its config's.
-        let image = &inspected["image"];
-        let platform = serde_json::json!({
-            "os": image["os"], "architecture": image["architecture"], "variant": image["variant"],
-        });
-        if let Some(name) = crate::oci::platform_name(&platform) {
-            platforms.insert(name, digest.clone());
-        }
-    }
-    for entry in manifest["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let p = &entry["platform"];
-        // An attestation manifest (`unknown/unknown`) is not an image.
-        let Some(name) = crate::oci::platform_name(p) else { continue };
-        platforms.insert(name, entry["digest"].as_str().unwrap_or_default().to_owned());
-    }
-    let label = |key: &str| -> Option<String> {
-        let mut values = platforms.keys().map(|platform| {
-            platform_image(inspected, platform, platforms.len())["config"]["Labels"][key]
-                .as_str()
-                .map(str::to_owned)
-        });
-        let first = values.next()??;
-        values.all(|v| v.as_deref() == Some(first.as_str())).then_some(first)
-    };
-    let version = label("org.opencontainers.image.version");
-    let revision = label("org.opencontainers.image.revision");
-    Ok(FoundIndex { digest, platforms, version, revision })
-}
-
 /// Checks that the index read back as `inspected` carries a provenance attestation and an SBOM
 /// for every platform.
 fn check_attested(
@@ -712,17 +667,6 @@ fn check_attested(
     match provenance.and(sbom) {
         Ok(_) => Ok(()),
         Err(reason) => bail!("{reference} in the registry is not what was released: {reason}"),
-    }
-}
-
-/// One platform's image in `imagetools inspect --format '{{json .}}'` output, of an index of
-/// `count` platforms: with one image in the index, `.Image` is that image's config rather than
-/// a map by platform.
-pub fn platform_image<'a>(inspected: &'a Value, platform: &str, count: usize) -> &'a Value {
-    match inspected["image"].get(platform) {
-        Some(image) => image,
-        None if count == 1 => &inspected["image"],
-        None => &Value::Null,
     }
 }
 

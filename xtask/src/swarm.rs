@@ -17,7 +17,6 @@ use crate::image::{self, ImageName};
 use crate::oci::Registry;
 use crate::plan::Step;
 use crate::reap;
-use crate::release;
 use crate::services::Model;
 use crate::stack::{self, Stack};
 use crate::version::Revision;
@@ -265,7 +264,7 @@ pub fn resolve_images(
     for (service, _, reference) in wanted {
         match remote.inspect(&reference)? {
             Some(inspected) => {
-                let index = release::read_index(&inspected)
+                let index = crate::oci::read_index(&inspected)
                     .with_context(|| format!("cannot read {reference} from the registry"))?;
                 let pinned = match reference.split_once('@') {
                     Some((_, digest)) if digest == index.digest => reference.clone(),
@@ -292,7 +291,7 @@ pub fn resolve_images(
 /// what a rebuild of the same content changes (its labels, creation time and history). `None`
 /// for an answer that is not an image index.
 fn content(inspected: &Value) -> Option<Value> {
-    let index = release::read_index(inspected).ok()?;
+    let index = crate::oci::read_index(inspected).ok()?;
     let single = index.platforms.len() == 1;
     let mut platforms = serde_json::Map::new();
     for platform in index.platforms.keys() {

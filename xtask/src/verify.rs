@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::image::ImageName;
 use crate::oci;
+use crate::oci::{platform_image, read_index};
 use crate::platform::Platform;
-use crate::release::{platform_image, read_index};
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
 use crate::version::Revision;
 

@@ -7,7 +7,7 @@ use std::fmt;
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
-use crate::image::ImageName;
+use crate::catalogue::ImageName;
 use crate::plan::Step;
 
 pub const PYPROJECT: &str = "app/pyproject.toml";

@@ -12,6 +12,44 @@ use serde_json::Value;
 use crate::interrupt::Interruptible;
 use crate::oci::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, blob_name, is_index, sha256_digest};
 
+/// One platform of a built image: the digest of its manifest (what a rebuild of the commit
+/// reproduces) and its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformImage {
+    pub platform: String,
+    pub digest: String,
+    pub layers: Vec<String>,
+}
+
+impl PlatformImage {
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"platform": self.platform, "digest": self.digest, "layers": self.layers})
+    }
+}
+
+/// The platforms of the one index in an OCI archive BuildKit wrote (attestation manifests,
+/// platform `unknown/unknown`, are not images and are left out).
+pub fn platform_images(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
+    let layout = Layout::open(archive)?;
+    let index = layout.top()?;
+    let mut images = Vec::new();
+    let entries = index.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for entry in entries {
+        let (Some(platform), Some(digest)) =
+            (crate::oci::platform_name(&entry["platform"]), entry["digest"].as_str())
+        else {
+            continue;
+        };
+        let media_type = entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST);
+        let manifest = layout.manifest(digest, media_type)?;
+        let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let layers =
+            layers.iter().filter_map(|l| l["digest"].as_str().map(str::to_owned)).collect();
+        images.push(PlatformImage { platform, digest: digest.to_owned(), layers });
+    }
+    Ok(images)
+}
+
 /// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter writes it)
 /// with the place of every entry, so that a blob is read straight from the file.
 pub(crate) struct Layout {

@@ -6,13 +6,15 @@
 mod archive;
 mod auth;
 mod client;
+mod inspect;
 mod manifest;
 mod reference;
 mod registry;
 mod retry;
 mod transport;
 
-pub use archive::entries as archive_entries;
+pub use archive::{PlatformImage, entries as archive_entries, platform_images};
+pub use inspect::{FoundIndex, platform_image, read_index};
 pub use manifest::{OCI_INDEX, platform_name};
 pub use reference::full_name;
 pub use registry::{Registry, copy_request, push_request, read_request};
