@@ -22,6 +22,14 @@ use crate::stack::{self, Stack};
 const DB: &str = "db";
 /// The services that write to the database, stopped while a restore runs.
 const WRITERS: [&str; 1] = ["server"];
+
+/// Every row of every table outside the system schemas, counted exactly (in one query), but
+/// for the migrations' bookkeeping (`alembic_version`: every migrated database has its row).
+pub const COUNT_ROWS: &str = "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format(\
+    'SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) \
+    FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+    AND tablename <> 'alembic_version'";
+
 /// Where the db image keeps pgBackRest's repository, and the schedule's state in it.
 const SCHEDULE_FILE: &str = "/var/lib/pgbackrest/schedule";
 
@@ -594,7 +602,7 @@ fn restore_steps(stack: &Stack, target: &RestoreTarget) -> Vec<Step> {
 fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration) -> Result<()> {
     let running = stack::running_services(stack)?;
     if running.iter().any(|s| s == DB) {
-        let rows = crate::db::count_rows_step(stack, DB).quiet().read()?;
+        let rows = query(&Target::Compose(stack.clone()), "", COUNT_ROWS).quiet().read()?;
         let rows: u64 = rows.trim().parse().with_context(|| {
             format!("cannot read a row count from `{}`; nothing was changed", rows.trim())
         })?;
@@ -633,7 +641,7 @@ fn restore(stack: &Stack, target: &RestoreTarget, force: bool, timeout: Duration
         .context("the restored database did not become ready")?;
     let restored = Duration::from_secs_f64(started.elapsed().as_secs_f64());
     stack::up_and_wait(stack, &stack.model()?, timeout).context("the stack did not come back")?;
-    let rows = crate::db::count_rows_step(stack, DB).quiet().read()?;
+    let rows = query(&Target::Compose(stack.clone()), "", COUNT_ROWS).quiet().read()?;
     say!(
         "restored {} into stack {}: {} rows, the database ready {:.1} s after the writers stopped",
         target.describe(),
@@ -730,7 +738,7 @@ fn restore_swarm(
     }
     match swarm_db_containers(stack, name)?.first() {
         Some(container) => {
-            let rows = query(&target, container, crate::db::COUNT_ROWS).quiet().read()?;
+            let rows = query(&target, container, COUNT_ROWS).quiet().read()?;
             let rows: u64 = rows.trim().parse().with_context(|| {
                 format!("cannot read a row count from `{}`; nothing was changed", rows.trim())
             })?;
@@ -788,7 +796,7 @@ fn restore_swarm(
     crate::swarm::wait(&stack.root, name, &[], &before, timeout)
         .context("the writers did not come back")?;
     let container = target.container()?;
-    let rows = query(&target, &container, crate::db::COUNT_ROWS).quiet().read()?;
+    let rows = query(&target, &container, COUNT_ROWS).quiet().read()?;
     say!(
         "restored {} into swarm stack {name}: {} rows, the database ready {:.1} s after the \
          writers stopped",

@@ -22,13 +22,6 @@ use crate::version::Revision;
 /// The first bytes of every dump in PostgreSQL's custom format.
 const DUMP_MAGIC: &[u8] = b"PGDMP";
 
-/// Every row of every table outside the system schemas, counted exactly (in one query), but
-/// for the migrations' bookkeeping (`alembic_version`: every migrated database has its row).
-pub const COUNT_ROWS: &str = "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format(\
-    'SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) \
-    FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
-    AND tablename <> 'alembic_version'";
-
 /// The database service of a stack and how to log in to it.
 #[derive(Debug, Clone)]
 struct Database {
@@ -212,23 +205,11 @@ fn restore_step(stack: &Stack, db: &Database) -> Step {
     ])
 }
 
-/// The row count of [`COUNT_ROWS`] in the `memories` database of `service`'s container (the
-/// prod stack's names).
-pub fn count_rows_step(stack: &Stack, service: &str) -> Step {
-    let db = Database {
-        service: service.to_owned(),
-        user: "memories".into(),
-        name: "memories".into(),
-        volumes: Vec::new(),
-    };
-    count_step(stack, &db)
-}
-
 fn count_step(stack: &Stack, db: &Database) -> Step {
     exec(stack, db)
         .args(["psql", "--username", &db.user, "--dbname", &db.name])
         .args(["--no-psqlrc", "--no-align", "--tuples-only", "--quiet"])
-        .args(["--set", "ON_ERROR_STOP=1", "--command", COUNT_ROWS])
+        .args(["--set", "ON_ERROR_STOP=1", "--command", crate::backup::COUNT_ROWS])
 }
 
 fn volume_rm_step(stack: &Stack, db: &Database) -> Step {
@@ -405,7 +386,7 @@ fn restore(stack: &Stack, db: &Database, file: &Utf8Path, clean: bool) -> Result
 }
 
 fn reset_lifecycle(timeout: Duration) -> Lifecycle {
-    Lifecycle { timeout, build: true, teardown: Teardown::LeaveRunning, migrate: false }
+    Lifecycle { timeout, build: true, teardown: Teardown::LeaveRunning, release_phase: None }
 }
 
 /// Drops the database's volumes and starts the stack again (the services that ran, or all).

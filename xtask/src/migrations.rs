@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::plan::{Plan, Step};
 use crate::services::{Model, Readiness};
-use crate::stack::{self, Mode, Stack};
+use crate::stack::{self, Mode, ReleasePhase, Stack};
 
 /// Where the revisions live, from the repository root.
 pub const VERSIONS_DIR: &str = "app/src/memories/migrations/versions";
@@ -240,6 +240,9 @@ fn database(model: &Model) -> Result<String> {
 /// The release phase of a compose stack: start its database alone (or keep it running), wait
 /// until it is ready, then migrate it with the new server image as a one-off container. Runs
 /// before any server is created or replaced; a failed migration ends the task there.
+/// Prod's release phase, for [`crate::stack::Lifecycle`].
+pub const RELEASE_PHASE: ReleasePhase = ReleasePhase { run: release_phase, plan: release_plan };
+
 pub fn release_phase(stack: &Stack, model: &Model, timeout: Duration) -> Result<()> {
     let db = database(model)?;
     let alone = Stack { services: vec![db.clone()], ..stack.clone() };

@@ -113,7 +113,10 @@ pub fn run(
             stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
             // The release phase: the new server image migrates the database before any
             // server is created or replaced.
-            let how = Lifecycle { migrate: true, ..long_lived(timeout, no_build) };
+            let how = Lifecycle {
+                release_phase: Some(migrations::RELEASE_PHASE),
+                ..long_lived(timeout, no_build)
+            };
             let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
                 print_endpoints(&stack, probes, preview.json);
                 if edge.as_ref().is_some_and(|e| *e != Edge::Plain) {
@@ -556,7 +559,10 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
         }
         ProdAction::Up { no_build, timeout } => {
             let model = stack.model()?;
-            let how = Lifecycle { migrate: true, ..long_lived(*timeout, *no_build) };
+            let how = Lifecycle {
+                release_phase: Some(migrations::RELEASE_PHASE),
+                ..long_lived(*timeout, *no_build)
+            };
             let plan = match stack.secrets_dir() {
                 Some(dir) => {
                     let definition = stack::merged_definition(stack)?;

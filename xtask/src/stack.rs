@@ -19,7 +19,6 @@ use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildRequest};
 use crate::interrupt;
-use crate::migrations;
 use crate::plan::{Captured, Plan, Running, Step, Stream, Streams};
 use crate::reap::{self, RunId};
 use crate::services::{Model, Port, Readiness, Service};
@@ -769,10 +768,17 @@ pub struct Lifecycle {
     /// (`--no-build`).
     pub build: bool,
     pub teardown: Teardown,
-    /// Run the release phase before `up`: the database alone, then the new server image's
-    /// migrations as a one-off container ([`migrations::release_phase`]). Prod only: dev and
-    /// test servers migrate on start.
-    pub migrate: bool,
+    /// A release phase to run before `up` (prod's: the database alone, then the new server
+    /// image's migrations as a one-off container, [`crate::migrations::RELEASE_PHASE`]); dev
+    /// and test servers migrate on start.
+    pub release_phase: Option<ReleasePhase>,
+}
+
+/// What a task runs between the build and `up`, and how its plan shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleasePhase {
+    pub run: fn(&Stack, &Model, Duration) -> Result<()>,
+    pub plan: fn(Plan, &Stack, &Model) -> Plan,
 }
 
 /// The one lifecycle of every stack task: refuse a project of another kind -> read the
@@ -797,9 +803,9 @@ pub fn lifecycle(
     } else {
         require_images(stack, &model)?;
     }
-    let released = match how.migrate {
-        true => migrations::release_phase(stack, &model, how.timeout),
-        false => Ok(()),
+    let released = match how.release_phase {
+        Some(phase) => (phase.run)(stack, &model, how.timeout),
+        None => Ok(()),
     };
     let started = released.and_then(|()| up_and_wait(stack, &model, how.timeout));
     let result = match &started {
@@ -864,9 +870,9 @@ pub fn lifecycle_plan(
         true => plan.step(build_plan(stack, model, revision).step),
         false => plan.note("--no-build: first checks that every image is in the local store"),
     };
-    let plan = match how.migrate {
-        true => migrations::release_plan(plan, stack, model),
-        false => plan,
+    let plan = match how.release_phase {
+        Some(phase) => (phase.plan)(plan, stack, model),
+        None => plan,
     };
     let plan = act(plan.step(up_step(stack)).wait_for(planned_waits(stack, model)));
     match how.teardown {

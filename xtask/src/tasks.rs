@@ -151,7 +151,7 @@ fn exec_step(stack: &Stack, service: &str, command: &[String]) -> Step {
 
 /// The lifecycle of `dev up` and `prod up`: a stack left running.
 pub fn long_lived(timeout: Duration, no_build: bool) -> Lifecycle {
-    Lifecycle { timeout, build: !no_build, teardown: Teardown::LeaveRunning, migrate: false }
+    Lifecycle { timeout, build: !no_build, teardown: Teardown::LeaveRunning, release_phase: None }
 }
 
 /// What `dev ACTION` would run.
@@ -295,7 +295,7 @@ fn e2e_tests(root: &Utf8Path, cargo: &str, args: &TestRequest) -> Step {
 /// The lifecycle of the end-to-end suite's stack.
 fn test_lifecycle(args: &TestRequest) -> Lifecycle {
     let teardown = if args.keep { Teardown::Keep } else { Teardown::Always };
-    Lifecycle { timeout: args.timeout, build: true, teardown, migrate: false }
+    Lifecycle { timeout: args.timeout, build: true, teardown, release_phase: None }
 }
 
 /// What `cargo xtask test` would run.
@@ -403,7 +403,7 @@ pub fn run(root: &Utf8Path, args: &RunRequest) -> Result<()> {
         timeout: Duration::from_secs(60),
         build: !args.no_build,
         teardown: Teardown::Stop,
-        migrate: false,
+        release_phase: None,
     };
     if args.preview.dry_run {
         let model = stack.model()?;

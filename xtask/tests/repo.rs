@@ -264,3 +264,88 @@ fn only_main_reads_the_command_line_types() {
         .collect();
     assert!(offenders.is_empty(), "take request values, not cli types: {offenders:?}");
 }
+
+/// The modules of `xtask/src` (a file or folder under it) and which others each one's code
+/// names (`crate::NAME`), outside tests and comments.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for (name, text) in xtask_sources() {
+        let module = name.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+        if module == "main" {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let mut uses = graph.remove(&module).unwrap_or_default();
+        for line in code.lines() {
+            let line = line.split("//").next().unwrap();
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                if rest.starts_with('{') {
+                    let inner = &rest[1..rest.find('}').unwrap_or(rest.len())];
+                    uses.extend(
+                        inner.split(',').map(|u| u.trim().split("::").next().unwrap().to_owned()),
+                    );
+                } else {
+                    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+                    uses.insert(rest[..end.unwrap_or(rest.len())].to_owned());
+                }
+            }
+        }
+        uses.retain(|u| !u.is_empty() && *u != module);
+        graph.insert(module, uses);
+    }
+    // Multi-line `use crate::{...}` lists: the inner names on the following lines.
+    for (name, text) in xtask_sources() {
+        let module = name.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+        if module == "main" {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (at, _) in code.match_indices("use crate::{") {
+            let rest = &code[at + "use crate::{".len()..];
+            let inner = &rest[..rest.find('}').unwrap_or(0)];
+            let names = inner.split(',').map(|u| u.trim().split("::").next().unwrap().to_owned());
+            graph.get_mut(&module).unwrap().extend(names.filter(|n| !n.is_empty() && *n != module));
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_module_imports_in_a_cycle() {
+    // A cycle between modules means neither can be understood (or moved) without the other:
+    // layers only look down. Depth-first, naming the first cycle found.
+    let graph = module_graph();
+    assert!(graph.len() > 20 && graph["prod"].contains("stack"), "the graph is read: {graph:?}");
+    fn visit(
+        module: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|m| m == module) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(module.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(module) {
+            return None;
+        }
+        path.push(module.to_owned());
+        for next in graph.get(module).into_iter().flatten().filter(|n| graph.contains_key(*n)) {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(module.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for module in graph.keys() {
+        if let Some(cycle) = visit(module, &graph, &mut Vec::new(), &mut done) {
+            panic!("modules import each other: {}", cycle.join(" -> "));
+        }
+    }
+}
