@@ -76,6 +76,10 @@ impl Checksum {
 
 pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
     match action {
+        Action::List if preview.dry_run => {
+            crate::plan::nothing_to_plan("images list", preview.json);
+            Ok(())
+        }
         Action::List => {
             image::list(preview.json);
             Ok(())

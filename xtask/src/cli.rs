@@ -104,6 +104,8 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+        #[command(flatten)]
+        read_only: ReadOnlyArgs,
     },
     /// A proxy in front of a registry that fails a share of requests (500, 429 with
     /// `Retry-After`, connection reset, delay), picked from a seed so that a failure can be
@@ -140,6 +142,8 @@ pub struct DoctorArgs {
     /// A registry to check, e.g. `127.0.0.1:5000` (it must answer the registry API).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
+    #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +160,9 @@ pub struct FaultProxyArgs {
     /// How long a delayed request is held before it is forwarded.
     #[arg(long, default_value = "2s", value_parser = crate::wait::parse_duration)]
     pub delay: Duration,
+    /// Print what the proxy would do and exit, listening on nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +189,8 @@ pub struct WaitForArgs {
     /// Print nothing on stderr but errors.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
 }
 
 /// Parses a probe spec. Its error is clap's own error with our message: clap's usual
@@ -609,6 +618,17 @@ pub struct VersionArgs {
     /// Print JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
+}
+
+/// `--dry-run` of a task that only reads: every task takes it, and this one says so.
+#[derive(Debug, Args)]
+pub struct ReadOnlyArgs {
+    /// Say that this task changes nothing (it only reads, so there is nothing to plan) and
+    /// exit without running it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -728,6 +748,8 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
 }
 
 impl From<&TransparencyArgs> for crate::sign::Options {
@@ -777,6 +799,8 @@ pub enum ImagesAction {
         /// Print a JSON array on stdout instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        read_only: ReadOnlyArgs,
     },
     /// Build (from cache when nothing changed) and save images for every platform into one
     /// bundle: an OCI image layout in a tar file (skopeo, crane, `ctr import` and `docker load`
@@ -853,6 +877,34 @@ pub struct BenchArgs {
     /// Print JSON on stdout instead of the table (when running every benchmark).
     #[arg(long)]
     pub json: bool,
+    /// Print which benchmarks would run and what each measures, and exit.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+}
+
+impl Bench {
+    /// The benchmark's name, as on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Bench::Stack { .. } => "stack",
+            Bench::Wait { .. } => "wait",
+            Bench::Release { .. } => "release",
+            Bench::Cache { .. } => "cache",
+            Bench::Devloop { .. } => "devloop",
+            Bench::Deploy { .. } => "deploy",
+            Bench::Flaky { .. } => "flaky",
+            Bench::Startup { .. } => "startup",
+            Bench::Build { .. } => "build",
+        }
+    }
+}
+
+/// What `bench NAME --help` says the benchmark measures.
+pub fn bench_about(name: &str) -> String {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let bench = cli.find_subcommand("bench").and_then(|b| b.find_subcommand(name));
+    bench.and_then(|b| b.get_about()).map(ToString::to_string).unwrap_or_default()
 }
 
 #[derive(Debug, Subcommand)]
@@ -913,9 +965,10 @@ pub enum Bench {
         json: bool,
     },
     /// Requests that fail, and their p99 latency, during an update of the prod stack on a
-    /// swarm from version A to B under 50 requests a second through the proxy: `prod deploy
-    /// --swarm` against a `docker stack deploy` of the same images without our update settings,
-    /// interleaved. Starts a one-node swarm if the engine is in none (and leaves it after).
+    /// swarm from version A to B under 50 requests a second over HTTPS through the proxy:
+    /// `prod deploy --swarm` against a `docker stack deploy` of the same images without our
+    /// update settings, interleaved. Starts a one-node swarm if the engine is in none (and
+    /// leaves it after).
     Deploy {
         /// Updates of each side (each is a fresh stack: minutes).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
@@ -1157,7 +1210,9 @@ impl ImagesAction {
                 };
                 (bundle::Action::Save { request, output }, preview.into())
             }
-            ImagesAction::List { json } => (bundle::Action::List, Preview { dry_run: false, json }),
+            ImagesAction::List { json, read_only } => {
+                (bundle::Action::List, Preview { dry_run: read_only.dry_run, json })
+            }
             ImagesAction::Load { file, sha256, skip_checksum: _, key, transparency, preview } => {
                 let checksum = sha256.unwrap_or(bundle::Checksum::Skip);
                 let signing = (&transparency).into();
@@ -1276,6 +1331,32 @@ mod tests {
 
     fn repo_root() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    }
+
+    /// Every command takes `--dry-run`: one that changes something prints its plan, one that
+    /// only reads says so (the command-line tests run them all without Docker).
+    #[test]
+    fn every_command_takes_dry_run() {
+        use clap::CommandFactory;
+        fn leaves(command: &clap::Command, path: String, out: &mut Vec<(String, bool)>) {
+            let subcommands: Vec<&clap::Command> =
+                command.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            let has = command.get_arguments().any(|a| a.get_long() == Some("dry-run"));
+            if subcommands.is_empty() || has {
+                out.push((path.clone(), has));
+            }
+            for sub in subcommands {
+                leaves(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut found = Vec::new();
+        leaves(&command, "cargo xtask".into(), &mut found);
+        let missing: Vec<&str> =
+            found.iter().filter(|(_, has)| !has).map(|(path, _)| path.as_str()).collect();
+        assert!(found.len() > 40, "{found:?}");
+        assert!(missing.is_empty(), "no --dry-run: {missing:?}");
     }
 
     /// rust-analyzer's "sourcegen" way: a test that regenerates the file and fails when it

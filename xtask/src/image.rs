@@ -1,6 +1,6 @@
-//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see [`crate::catalogue`])
-//! rendered into one bake definition, so all images build in one BuildKit session; then the refs
-//! and digests that came out.
+//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see
+//! [`crate::catalogue`]) rendered into one bake definition, so all images build in one BuildKit
+//! session; then the refs and digests that came out.
 
 use std::collections::BTreeSet;
 use std::fmt;

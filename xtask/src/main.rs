@@ -76,6 +76,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
+    if let Some((task, json)) = read_only_dry_run(&cli.command) {
+        plan::nothing_to_plan(task, json);
+        return Ok(());
+    }
     match cli.command {
         Command::Version(args) => version::run(&root, args.json),
         Command::Build(args) => {
@@ -106,11 +110,35 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
         Command::Doctor(args) => doctor::run(&args.into()),
         Command::Ci(args) => ci::run(&root, &args.into()),
+        Command::FaultProxy(args) if args.dry_run => {
+            let note = format!(
+                "would listen on 127.0.0.1 (a free port, printed on stdout) and forward to {}, \
+                 failing {:.0}% of requests picked by seed {} (a delay holds a request {:?}); it \
+                 changes nothing else, and stops on Ctrl-C",
+                args.upstream,
+                args.rate * 100.0,
+                args.seed,
+                args.delay
+            );
+            plan::Plan::new("fault-proxy".to_owned()).note(note).print(false);
+            Ok(())
+        }
         Command::FaultProxy(args) => faults::run(
             &args.upstream,
             faults::FaultPlan { rate: args.rate, seed: args.seed, delay: args.delay },
         ),
-        Command::Completions { shell } => cli::print_completions(shell),
+        Command::Completions { shell, .. } => cli::print_completions(shell),
+        Command::Bench(args) if args.dry_run => {
+            let names = match &args.bench {
+                Some(bench) => vec![bench.name()],
+                None => vec!["wait", "stack", "build", "startup"],
+            };
+            let plan = names.iter().fold(plan::Plan::new("bench".to_owned()), |plan, name| {
+                plan.note(format!("runs `bench {name}`: {}", cli::bench_about(name)))
+            });
+            plan.print(args.json);
+            Ok(())
+        }
         Command::Bench(args) => {
             let (report, json) = match args.bench {
                 None => return bench::all(&root, args.json),
@@ -127,6 +155,18 @@ fn run(cli: Cli) -> Result<()> {
             report.print(json);
             Ok(())
         }
+    }
+}
+
+/// The task and `--json` of a read-only task asked for `--dry-run`.
+fn read_only_dry_run(command: &Command) -> Option<(&'static str, bool)> {
+    match command {
+        Command::Version(a) if a.read_only.dry_run => Some(("version", a.json)),
+        Command::Verify(a) if a.read_only.dry_run => Some(("verify", a.json)),
+        Command::Doctor(a) if a.read_only.dry_run => Some(("doctor", false)),
+        Command::WaitFor(a) if a.read_only.dry_run => Some(("wait-for", a.json)),
+        Command::Completions { read_only, .. } if read_only.dry_run => Some(("completions", false)),
+        _ => None,
     }
 }
 

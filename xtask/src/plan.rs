@@ -553,6 +553,13 @@ pub struct Preview {
     pub json: bool,
 }
 
+/// `--dry-run` of a task that only reads: a plan that says so, printed like any other.
+pub fn nothing_to_plan(task: &str, json: bool) {
+    let note = "this task only reads (it changes nothing), so there is nothing to plan: run it \
+                without --dry-run";
+    Plan::new(task.to_owned()).note(note).print(json);
+}
+
 /// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
 /// them and notes on what it decides only when it runs, and the facts it settled while
 /// planning (images, versions, definitions). Built without touching Docker. Every task that

@@ -951,3 +951,29 @@ fn wait_for_refuses_a_ca_it_cannot_use() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} waited");
     }
 }
+
+/// The tasks that only read, and the two that run a long experiment (`bench`, `fault-proxy`),
+/// take `--dry-run` too: it says what they are and runs nothing, no docker command included.
+#[test]
+fn read_only_and_experiment_tasks_say_what_a_dry_run_would_do() {
+    let cases: [(&[&str], &str); 9] = [
+        (&["version"], "nothing to plan"),
+        (&["images", "list"], "nothing to plan"),
+        (&["doctor"], "nothing to plan"),
+        (&["completions", "bash"], "nothing to plan"),
+        (&["wait-for", "tcp://127.0.0.1:9"], "nothing to plan"),
+        (&["verify", "127.0.0.1:5000/x/server:1", "--key", "cosign.pub"], "nothing to plan"),
+        (&["bench"], "runs `bench startup`"),
+        (&["bench", "deploy"], "runs `bench deploy`"),
+        (&["fault-proxy", "--upstream", "127.0.0.1:5000"], "forward to 127.0.0.1:5000"),
+    ];
+    for (args, says) in cases {
+        let dry = [args, &["--dry-run"]].concat();
+        let (output, log) = run_without_docker("read-only", &dry);
+        assert!(output.status.success(), "{dry:?}: {}", text(&output.stderr));
+        let stdout = text(&output.stdout);
+        assert!(stdout.contains("dry run: nothing was run") && stdout.contains(says), "{stdout}");
+        assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty(), "{dry:?} ran docker");
+        let _ = std::fs::remove_file(&log);
+    }
+}
