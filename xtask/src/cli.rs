@@ -193,6 +193,16 @@ pub struct WaitForArgs {
     pub read_only: ReadOnlyArgs,
 }
 
+/// Parses the command line, `--version` printing `version` for every command.
+pub fn parse(version: &str) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    // clap takes a version it keeps for the whole run: leaked once, at start.
+    let version: &'static str = Box::leak(version.to_owned().into_boxed_str());
+    let command = Cli::command().version(version);
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Parses a probe spec. Its error is clap's own error with our message: clap's usual
 /// "invalid value '...'" would print the spec, password and all.
 #[derive(Clone)]

@@ -44,7 +44,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
-use clap::Parser;
 
 use crate::cli::{Bench, Cli, Command};
 
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
         say!("error: {err:#}");
         return ExitCode::from(1);
     }
-    let cli = Cli::parse();
+    let cli = cli::parse(&app_version());
     interrupt::install();
     match run(cli) {
         // A signal during the clean-up of a run that succeeded still ends it as interrupted.
@@ -155,6 +154,17 @@ fn run(cli: Cli) -> Result<()> {
             report.print(json);
             Ok(())
         }
+    }
+}
+
+/// What `--version` prints: the app's version (`app/pyproject.toml`), which every task builds,
+/// tags and releases, and the xtask crate's.
+fn app_version() -> String {
+    let xtask = env!("CARGO_PKG_VERSION");
+    let pyproject = std::fs::read_to_string(project_root().join(version::PYPROJECT));
+    match pyproject.map_err(anyhow::Error::from).and_then(|t| version::version_from_pyproject(&t)) {
+        Ok(app) => format!("{app} (the app; xtask {xtask})"),
+        Err(err) => format!("unknown ({}: {err:#}; xtask {xtask})", version::PYPROJECT),
     }
 }
 

@@ -977,3 +977,17 @@ fn read_only_and_experiment_tasks_say_what_a_dry_run_would_do() {
         let _ = std::fs::remove_file(&log);
     }
 }
+
+/// `--version` names the app's version (what every task builds and releases), not only the
+/// task runner's.
+#[test]
+fn version_flag_names_the_app_version() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let pyproject = std::fs::read_to_string(root.join("app/pyproject.toml")).unwrap();
+    let line = pyproject.lines().find(|l| l.starts_with("version = ")).unwrap();
+    let app = line.trim_start_matches("version = ").trim_matches('"');
+    let output = xtask(&["--version"]).output().unwrap();
+    assert!(output.status.success());
+    let said = text(&output.stdout);
+    assert!(said.starts_with(&format!("cargo xtask {app} (the app; xtask ")), "{said}");
+}
