@@ -991,3 +991,48 @@ fn version_flag_names_the_app_version() {
     let said = text(&output.stdout);
     assert!(said.starts_with(&format!("cargo xtask {app} (the app; xtask ")), "{said}");
 }
+
+/// Bad TLS input is refused before anything runs, in one line naming the cause: no way to
+/// serve chosen, an expired certificate, a key of another certificate, a file that cannot be
+/// read, a wildcard ACME name, an ACME account with no address.
+#[test]
+fn prod_refuses_bad_tls_input_in_one_line_before_anything_runs() {
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
+    let cases: [(&[(&str, String)], &str); 6] = [
+        (&[], "the prod stack serves HTTPS: give a certificate"),
+        (
+            &[("TLS_CERT_FILE", file("expired.pem")), ("TLS_KEY_FILE", file("expired.key"))],
+            "the certificate expired on 2021-01-01 00:00:00 UTC",
+        ),
+        (
+            &[("TLS_CERT_FILE", file("long.pem")), ("TLS_KEY_FILE", file("other.key"))],
+            "TLS_KEY_FILE is not the key of TLS_CERT_FILE's certificate",
+        ),
+        (
+            &[("TLS_CERT_FILE", file("long.pem")), ("TLS_KEY_FILE", "/nonexistent/key.pem".into())],
+            "TLS_KEY_FILE=/nonexistent/key.pem cannot be read",
+        ),
+        (&[("ACME_DOMAIN", "*.example.com".into())], "is a wildcard"),
+        (&[("ACME_DOMAIN", "memories.example.com".into())], "ACME_EMAIL=\"\" is not an address"),
+    ];
+    for (settings, says) in cases {
+        let (path, log) = fake_docker("tls-input");
+        let mut command = xtask(&["prod", "up", "--dry-run"]);
+        command.env("PATH", path).env("POSTGRES_PASSWORD", "x").env("API_KEYS", "off");
+        for key in ["TLS", "TLS_CERT_FILE", "TLS_KEY_FILE", "ACME_DOMAIN", "ACME_EMAIL"] {
+            command.env_remove(key);
+        }
+        for (key, value) in settings {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{settings:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(says), "{settings:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(text(&output.stdout).is_empty(), "no plan printed");
+        assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty(), "docker ran");
+        let _ = std::fs::remove_file(&log);
+    }
+}
