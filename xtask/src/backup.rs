@@ -176,16 +176,35 @@ fn query(target: &Target, container: &str, sql: &str) -> Step {
 }
 
 /// Creates the stanza (pgBackRest's record of this cluster) unless it exists: run once the
-/// database is up, before the first backup; WAL archiving succeeds only after it.
-pub fn stanza_step(stack: &Stack) -> Step {
-    pgbackrest(&Target::Compose(stack.clone()), "", &["stanza-create"])
+/// database is up, before the first backup; WAL archiving succeeds only after it. An existing
+/// stanza is seen with `info`, which takes no lock: `stanza-create` would wait on the lock of
+/// a backup running meanwhile (the schedule's) and fail.
+fn ensure_stanza(target: &Target, container: &str) -> Result<()> {
+    let text = pgbackrest(target, container, &["info", "--output=json"]).quiet().read()?;
+    if stanza_exists(&text) {
+        return Ok(());
+    }
+    pgbackrest(target, container, &["stanza-create"]).quiet().run()
 }
 
-/// [`stanza_step`] in the db task of swarm stack `name` on this engine.
+/// Whether `pgbackrest info --output=json` lists the stanza: any status but 1 ("missing
+/// stanza path").
+fn stanza_exists(info: &str) -> bool {
+    let stanzas: Value = serde_json::from_str(info).unwrap_or(Value::Null);
+    let first = stanzas.as_array().and_then(|s| s.first());
+    first.is_some_and(|s| s["status"]["code"].as_i64().is_some_and(|code| code != 1))
+}
+
+/// [`ensure_stanza`] in the db service of the compose stack.
+pub fn ensure_compose_stanza(stack: &Stack) -> Result<()> {
+    ensure_stanza(&Target::Compose(stack.clone()), "")
+}
+
+/// [`ensure_stanza`] in the db task of swarm stack `name` on this engine.
 pub fn create_swarm_stanza(stack: &Stack, name: &str) -> Result<()> {
     let target = Target::Swarm { stack: stack.clone(), name: name.to_owned() };
     let container = target.container()?;
-    pgbackrest(&target, &container, &["stanza-create"]).quiet().run()
+    ensure_stanza(&target, &container)
 }
 
 pub fn run(target: &Target, action: BackupAction, json: bool) -> Result<()> {
@@ -195,10 +214,7 @@ pub fn run(target: &Target, action: BackupAction, json: bool) -> Result<()> {
     match action {
         BackupAction::Backup { kind } => {
             let container = target.container()?;
-            pgbackrest(target, &container, &["stanza-create"])
-                .quiet()
-                .run()
-                .context("cannot create pgBackRest's stanza")?;
+            ensure_stanza(target, &container).context("cannot create pgBackRest's stanza")?;
             let started = std::time::Instant::now();
             pgbackrest(target, &container, &["backup", &format!("--type={kind}")])
                 .run()
@@ -865,6 +881,14 @@ pub fn plan(target: &Target, action: &BackupAction) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stanza_exists_unless_info_says_its_path_is_missing() {
+        let status = |code: i64| format!(r#"[{{"name":"memories","status":{{"code":{code}}}}}]"#);
+        assert!(!stanza_exists(&status(1)), "missing stanza path");
+        assert!(stanza_exists(&status(0)) && stanza_exists(&status(2)), "ok, or no valid backup");
+        assert!(!stanza_exists("[]") && !stanza_exists("not json"));
+    }
 
     #[test]
     fn pgbackrest_info_is_read_oldest_first() {

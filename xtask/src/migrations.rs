@@ -252,9 +252,7 @@ pub fn release_phase(stack: &Stack, model: &Model, timeout: Duration) -> Result<
     // Where the database archives its WAL with pgBackRest (prod), its stanza must exist for
     // archiving to succeed: created once, before anything writes.
     if db_model.services.iter().any(|s| s.name == db && s.env("PGBACKREST_STANZA").is_some()) {
-        crate::backup::stanza_step(stack)
-            .quiet()
-            .run()
+        crate::backup::ensure_compose_stanza(stack)
             .context("cannot create pgBackRest's stanza for the WAL archive")?;
     }
     compose_step(stack, &["upgrade"]).run().map_err(|err| {
