@@ -187,12 +187,13 @@ fn ensure_stanza(target: &Target, container: &str) -> Result<()> {
     pgbackrest(target, container, &["stanza-create"]).quiet().run()
 }
 
-/// Whether `pgbackrest info --output=json` lists the stanza: any status but 1 ("missing
-/// stanza path").
+/// Whether `pgbackrest info --output=json` lists a usable stanza: status 0 ("ok") or 2 ("no
+/// valid backups"); any other (1 "missing stanza path", 3 "missing stanza data", ...) is left
+/// to `stanza-create`, which makes it or says what is wrong.
 fn stanza_exists(info: &str) -> bool {
     let stanzas: Value = serde_json::from_str(info).unwrap_or(Value::Null);
     let first = stanzas.as_array().and_then(|s| s.first());
-    first.is_some_and(|s| s["status"]["code"].as_i64().is_some_and(|code| code != 1))
+    first.is_some_and(|s| matches!(s["status"]["code"].as_i64(), Some(0 | 2)))
 }
 
 /// [`ensure_stanza`] in the db service of the compose stack.
@@ -883,9 +884,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stanza_exists_unless_info_says_its_path_is_missing() {
+    fn a_stanza_exists_when_info_says_ok_or_no_valid_backup() {
         let status = |code: i64| format!(r#"[{{"name":"memories","status":{{"code":{code}}}}}]"#);
         assert!(!stanza_exists(&status(1)), "missing stanza path");
+        assert!(!stanza_exists(&status(3)), "missing stanza data");
         assert!(stanza_exists(&status(0)) && stanza_exists(&status(2)), "ok, or no valid backup");
         assert!(!stanza_exists("[]") && !stanza_exists("not json"));
     }
