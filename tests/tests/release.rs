@@ -714,7 +714,7 @@ fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
     let built: Value = serde_json::from_str(&in_copy(&["build", "hello", "--json"])).unwrap();
     assert_eq!(built["images"][0]["image"], "hello", "{built}");
     let reference = built["images"][0]["refs"][1].as_str().unwrap().to_owned();
-    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data\n");
+    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data");
 
     // Released for both platforms, signed, and verified.
     let registry = Registry::start();
@@ -761,6 +761,6 @@ fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
     docker(&["image", "rm", &reference]);
     let loaded = in_copy(&["images", "load", bundle.to_str().unwrap(), "--sha256", sha256]);
     assert!(loaded.contains("memories/hello:"), "{loaded}");
-    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data\n");
+    assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data");
     let _ = std::fs::remove_dir_all(&dir);
 }
