@@ -655,7 +655,7 @@ fn a_signed_release_verifies_with_its_key_only_and_a_retagged_ref_fails_verify()
 /// to a registry for both platforms and verified, and saved to a bundle that loads back.
 #[test]
 fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
-    let copy = tests::RepoCopy::new("0.0.0.dev7");
+    let copy = tests::RepoCopy::new("0.0.7");
     std::fs::create_dir_all(copy.path("docker/hello")).unwrap();
     std::fs::write(copy.path("docker/hello/greeting"), "hello from an image of data\n").unwrap();
     std::fs::write(
@@ -690,7 +690,7 @@ fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
     git(&["commit", "--quiet", "--message", "an image of data"]);
     let sha = git(&["rev-parse", "--short=7", "HEAD"]);
     let mut cleanup = Cleanup::default();
-    for tag in ["0.0.0.dev7".to_owned(), format!("0.0.0.dev7-{sha}"), format!("sha-{sha}")] {
+    for tag in ["0.0.7".to_owned(), format!("0.0.7-{sha}"), format!("sha-{sha}")] {
         cleanup.image(&format!("memories/hello:{tag}"));
     }
     let in_copy = |args: &[&str]| {
@@ -736,7 +736,7 @@ fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
     let public = dir.join("cosign.pub");
     let report = in_copy(&[
         "verify",
-        &format!("{namespace}/hello:0.0.0.dev7"),
+        &format!("{namespace}/hello:0.0.7"),
         "--key",
         public.to_str().unwrap(),
         "--json",
