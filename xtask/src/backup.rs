@@ -154,13 +154,7 @@ impl Target {
 
 /// The running containers of stack `name`'s db service on this engine.
 fn swarm_db_containers(stack: &Stack, name: &str) -> Result<Vec<String>> {
-    let listed = docker::cli(&stack.root)
-        .args(["ps", "--quiet", "--filter"])
-        .arg(format!("label=com.docker.swarm.service.name={name}_{DB}"))
-        .quiet()
-        .read()
-        .with_context(|| format!("cannot list the containers of {name}_{DB}"))?;
-    Ok(listed.split_whitespace().map(str::to_owned).collect())
+    crate::swarm::task_containers(&stack.root, &format!("{name}_{DB}"))
 }
 
 /// `pgbackrest ARGS` in the running db container.

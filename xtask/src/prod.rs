@@ -209,14 +209,9 @@ pub fn run(
 
 /// The running container of swarm stack `name`'s proxy on this engine.
 fn swarm_proxy_container(stack: &Stack, name: &str) -> Result<String> {
-    let listed = docker::cli(&stack.root)
-        .args(["ps", "--quiet", "--filter"])
-        .arg(format!("label=com.docker.swarm.service.name={name}_proxy"))
-        .quiet()
-        .read()
-        .with_context(|| format!("cannot list the containers of {name}_proxy"))?;
-    match listed.split_whitespace().next() {
-        Some(id) => Ok(id.to_owned()),
+    let listed = swarm::task_containers(&stack.root, &format!("{name}_proxy"))?;
+    match listed.into_iter().next() {
+        Some(id) => Ok(id),
         None => bail!("no task of {name}_proxy runs on this engine: run this on its node"),
     }
 }

@@ -737,6 +737,17 @@ pub fn rollback_step(root: &Utf8Path, service: &str) -> Step {
     docker::cli(root).args(["service", "rollback", "--detach", "--quiet", service])
 }
 
+/// The running containers of swarm service `service` (`STACK_SERVICE`) on this engine.
+pub fn task_containers(root: &Utf8Path, service: &str) -> Result<Vec<String>> {
+    let listed = docker::cli(root)
+        .args(["ps", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={service}"))
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the containers of {service}"))?;
+    Ok(listed.split_whitespace().map(str::to_owned).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

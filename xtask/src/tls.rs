@@ -215,19 +215,7 @@ pub fn check_pair(cert_pem: &str, key_pem: &str, now: i64) -> Result<()> {
 
 /// The `YYYY-MM-DD HH:MM:SS UTC` of Unix time `t`.
 fn date(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+    crate::version::rfc3339_utc(t).replace('T', " ").replace('Z', " UTC")
 }
 
 /// Unix time of a civil date (UTC), Howard Hinnant's days_from_civil.

@@ -121,21 +121,20 @@ impl Probe {
         let url = split(spec).map_err(|e| e.replace(spec, raw))?;
         let probe = match url.scheme {
             "tcp" => Probe::Tcp { port: url.required_port(raw)?, host: url.host(raw)? },
-            "http" => Probe::Http {
-                host: url.host(raw)?,
-                port: url.port.unwrap_or(80),
-                path: if url.path.is_empty() { "/".into() } else { url.path.clone() },
-                status: url.status(raw)?,
-                contains: url.fragment_value("contains"),
-            },
-            "https" => Probe::Https {
-                host: url.host(raw)?,
-                port: url.port.unwrap_or(443),
-                path: if url.path.is_empty() { "/".into() } else { url.path.clone() },
-                status: url.status(raw)?,
-                contains: url.fragment_value("contains"),
-                ca: None,
-            },
+            "http" | "https" => {
+                let host = url.host(raw)?;
+                let path = if url.path.is_empty() { "/".into() } else { url.path.clone() };
+                let (status, contains) = (url.status(raw)?, url.fragment_value("contains"));
+                match url.scheme {
+                    "http" => {
+                        Probe::Http { host, port: url.port.unwrap_or(80), path, status, contains }
+                    }
+                    _ => {
+                        let port = url.port.unwrap_or(443);
+                        Probe::Https { host, port, path, status, contains, ca: None }
+                    }
+                }
+            }
             "postgres" | "postgresql" => {
                 let database = url.path.trim_start_matches('/').to_owned();
                 let user = url.user.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
