@@ -210,7 +210,7 @@ pub fn flaky(root: &Utf8Path, runs: u32, rate: f64) -> Result<Report> {
                 let found = direct
                     .inspect(&reference)?
                     .with_context(|| format!("{reference} is missing"))?;
-                if found["manifest"]["digest"] != digest {
+                if found.digest != digest {
                     bail!("{reference} does not hold the released {digest}");
                 }
             }

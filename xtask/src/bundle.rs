@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::docker;
 use crate::image::{self, BuildRequest, ImageName, Output};
 use crate::interrupt::{self, Interruptible};
+use crate::oci::{Archive, Descriptor, Document, OCI_INDEX};
 use crate::plan::{Plan, Preview, Step, Stream, Streams};
 use crate::platform::Platform;
 use crate::progress::{Counted, Progress};
@@ -213,7 +214,7 @@ fn load_plan(
     key: Option<&Key>,
 ) -> Result<Plan> {
     let sha256 = check_file(file, checksum)?;
-    let layout = Layout::read(file, file)?;
+    let layout = Layout::read(&Archive::open(file)?, file)?;
     let mut plan = Plan::new(format!("load the bundle {file}"))
         .note(match checksum {
             Checksum::Sha256(_) => format!("checked {file}: its SHA-256 is {sha256}, as given"),
@@ -327,19 +328,21 @@ fn familiar(name: &str) -> &str {
 }
 
 /// The ref an entry of `index.json` names: its containerd name, else its OCI ref name.
-fn entry_ref(entry: &Value) -> Option<&str> {
-    let annotations = &entry["annotations"];
-    annotations[CONTAINERD_NAME].as_str().or(annotations[REF_NAME].as_str()).map(familiar)
+fn entry_ref(entry: &Descriptor) -> Option<&str> {
+    let annotations = &entry.annotations;
+    annotations.get(CONTAINERD_NAME).or(annotations.get(REF_NAME)).map(|name| familiar(name))
 }
 
 /// `docker save`'s `index.json` with each entry's OCI ref name set to its full ref (docker
 /// writes only the tag, which is ambiguous once two images share one), after checking that
 /// it holds every ref of `metadata` with the digest the build reported.
-fn bundle_index(mut index: Value, metadata: &Value) -> Result<Value> {
-    let entries = index["manifests"].as_array_mut().context("docker save wrote no manifests")?;
-    for entry in entries.iter_mut() {
+fn bundle_index(mut index: Document, metadata: &Value) -> Result<Document> {
+    if index.manifests.is_empty() {
+        bail!("docker save wrote no manifests");
+    }
+    for entry in &mut index.manifests {
         if let Some(reference) = entry_ref(entry).map(str::to_owned) {
-            entry["annotations"][REF_NAME] = json!(reference);
+            entry.annotations.insert(REF_NAME.to_owned(), reference);
         }
     }
     wanted_entries(&index, metadata).context("docker save did not write what was built")?;
@@ -355,14 +358,14 @@ fn write_bundle(
     metadata: &Value,
     signature: Option<&Value>,
 ) -> Result<()> {
-    let [index] = read_entries(archive, [INDEX])?;
+    let saved = Archive::open(archive)?;
+    let index = saved.get(INDEX)?;
     let index = index.with_context(|| format!("docker save wrote no {INDEX} into {archive}"))?;
-    let index: Value =
-        serde_json::from_slice(&index).with_context(|| format!("{INDEX} of {archive}"))?;
+    let index = Document::parse(&index, &format!("{INDEX} of {archive}"))?;
     let index = bundle_index(index, metadata)?;
     let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
-    let mut front = vec![(INDEX, &index), (METADATA, metadata)];
-    front.extend(signature.map(|s| (SIGNATURE, s)));
+    let mut front = vec![(INDEX, pretty(&index)), (METADATA, pretty(metadata))];
+    front.extend(signature.map(|s| (SIGNATURE, pretty(s))));
     let skip = [INDEX, METADATA, SIGNATURE];
     let what = format!("writing {path}");
     let written = copy_layout(archive, io::BufWriter::new(file), &front, &skip, &what)
@@ -372,21 +375,25 @@ fn write_bundle(
     file.sync_all().with_context(|| format!("cannot write {path}"))
 }
 
+/// A JSON document as a bundle holds it.
+fn pretty(document: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(document).expect("JSON serialises")
+}
+
 /// Writes to `sink` a tar of the `front` entries (JSON documents), then every entry of the tar
 /// file `source` but those named in `skip`, as it is; its progress is shown as `what`. Stops
 /// on Ctrl-C.
 fn copy_layout<W: Write>(
     source: &Utf8Path,
     sink: W,
-    front: &[(&str, &Value)],
+    front: &[(&str, Vec<u8>)],
     skip: &[&str],
     what: &str,
 ) -> io::Result<W> {
     let total = std::fs::metadata(source)?.len();
     let progress = Arc::new(Progress::bytes(what, total));
     let mut tar = tar::Builder::new(sink);
-    for (name, value) in front {
-        let text = serde_json::to_vec_pretty(value).expect("JSON serialises");
+    for (name, text) in front {
         tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
     }
     let reader = Counted::new(BufReader::new(File::open(source)?), progress);
@@ -409,36 +416,6 @@ fn header(size: u64) -> tar::Header {
     header.set_mode(0o644);
     header.set_mtime(0);
     header
-}
-
-/// The bytes of each entry of the tar file at `path` named in `names`, where it has one; the
-/// reading stops once every one is found.
-fn read_entries<const N: usize>(path: &Utf8Path, names: [&str; N]) -> Result<[Option<Vec<u8>>; N]> {
-    let found = read_tar_entries(path, &names)?;
-    Ok(found.try_into().expect("one answer per name"))
-}
-
-/// [`read_entries`] for names known only at run time.
-pub fn read_tar_entries(path: &Utf8Path, names: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-    let mut found: Vec<Option<Vec<u8>>> = vec![None; names.len()];
-    let reader = File::open(path).with_context(|| format!("cannot open {path}"))?;
-    let mut archive = tar::Archive::new(BufReader::new(reader));
-    for entry in archive.entries().with_context(|| format!("cannot read {path}"))? {
-        let mut entry = entry.with_context(|| format!("cannot read {path}"))?;
-        let Some(at) = names.iter().position(|n| entry.path_bytes().as_ref() == n.as_bytes())
-        else {
-            continue;
-        };
-        let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read {} of {path}", names[at]))?;
-        found[at] = Some(bytes);
-        if found.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    Ok(found)
 }
 
 fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
@@ -496,7 +473,7 @@ fn interrupted(err: anyhow::Error) -> anyhow::Error {
 /// What a bundle says of itself, checked: its metadata, and its `index.json` cut down to the
 /// entries the metadata names.
 struct Layout {
-    index: Value,
+    index: Document,
     metadata: Value,
 }
 
@@ -505,58 +482,61 @@ impl Layout {
     /// the file) and checks them: the format, at least one image, and every ref of the
     /// metadata in the index with the digest the metadata gives. `shown` is the file's name in
     /// errors (`file` may be a private copy of it).
-    fn read(file: &Utf8Path, shown: &Utf8Path) -> Result<Layout> {
+    fn read(archive: &Archive, shown: &Utf8Path) -> Result<Layout> {
         let damaged = |what: String| {
             anyhow!(
                 "{shown} is not a complete memories bundle ({what}): nothing was loaded; save it \
                  again with `cargo xtask images save`"
             )
         };
-        let [index, metadata] = read_entries(file, [INDEX, METADATA])
-            .map_err(|e| damaged(format!("{:#}", e.root_cause())))?;
-        let parse = |name: &str, bytes: Option<Vec<u8>>| -> Result<Value> {
-            let bytes = bytes.ok_or_else(|| damaged(format!("it has no {name}")))?;
-            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{name}: {e}")))
+        let read = |name: &str| -> Result<Vec<u8>> {
+            let bytes = archive.get(name).map_err(|e| damaged(format!("{:#}", e.root_cause())))?;
+            bytes.ok_or_else(|| damaged(format!("it has no {name}")))
         };
-        let (mut index, metadata) = (parse(INDEX, index)?, parse(METADATA, metadata)?);
+        let mut index =
+            Document::parse(&read(INDEX)?, INDEX).map_err(|e| damaged(format!("{e:#}")))?;
+        let metadata: Value = serde_json::from_slice(&read(METADATA)?)
+            .map_err(|e| damaged(format!("{METADATA}: {e}")))?;
         if metadata["format"] != FORMAT {
             return Err(damaged(format!("{METADATA} is not {FORMAT}")));
         }
         let wanted = wanted_entries(&index, &metadata).map_err(|e| damaged(format!("{e:#}")))?;
-        index["manifests"] = Value::Array(wanted);
+        index.manifests = wanted;
         Ok(Layout { index, metadata })
     }
 }
 
 /// The entries of `index` that the metadata names, one per ref; an error when the metadata
 /// names no image, or a ref the index lacks or gives another digest.
-fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
+fn wanted_entries(index: &Document, metadata: &Value) -> Result<Vec<Descriptor>> {
     let refs = refs_of(metadata);
     if refs.is_empty() {
         bail!("{METADATA} lists no image");
     }
-    let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let entries = &index.manifests;
     let mut wanted = Vec::new();
     for (reference, digest) in refs {
         let entry = entries
             .iter()
             .find(|e| entry_ref(e) == Some(reference))
             .with_context(|| format!("{INDEX} has no {reference}"))?;
-        let found = entry["digest"].as_str().unwrap_or_default();
+        let found = &entry.digest;
         if found != digest {
             bail!("{INDEX} names {reference} as {found}, {METADATA} as {digest}");
         }
         // Made from the (signed) metadata, not copied: no annotation of the file's own (a second
         // name, say) reaches `docker load`.
-        wanted.push(json!({
-            "mediaType": entry["mediaType"].as_str().unwrap_or(crate::oci::OCI_INDEX),
-            "digest": digest,
-            "size": entry["size"].as_u64().context("an index entry without a size")?,
-            "annotations": {
-                CONTAINERD_NAME: crate::oci::full_name(reference)?,
-                REF_NAME: reference,
-            },
-        }));
+        let annotations = [
+            (CONTAINERD_NAME.to_owned(), crate::oci::full_name(reference)?),
+            (REF_NAME.to_owned(), reference.to_owned()),
+        ];
+        wanted.push(Descriptor {
+            media_type: Some(entry.media_type.as_deref().unwrap_or(OCI_INDEX).to_owned()),
+            digest: digest.to_owned(),
+            size: Some(entry.size.context("an index entry without a size")?),
+            annotations: annotations.into(),
+            ..Descriptor::default()
+        });
     }
     Ok(wanted)
 }
@@ -566,9 +546,14 @@ fn wanted_entries(index: &Value, metadata: &Value) -> Result<Vec<Value>> {
 /// tag list (whose tags are not checked), every blob as it is.
 fn write_for_load(file: &Utf8Path, layout: &Layout, sink: impl Write) -> Result<()> {
     let skip = [INDEX, METADATA, SIGNATURE, DOCKER_MANIFEST];
-    let written =
-        copy_layout(file, sink, &[(INDEX, &layout.index)], &skip, &format!("loading {file}"))
-            .and_then(|mut out| out.flush());
+    let written = copy_layout(
+        file,
+        sink,
+        &[(INDEX, pretty(&layout.index))],
+        &skip,
+        &format!("loading {file}"),
+    )
+    .and_then(|mut out| out.flush());
     written.map_err(|e| interrupted(anyhow!(e))).with_context(|| format!("cannot stream {file}"))
 }
 
@@ -597,10 +582,10 @@ impl SignatureCheck {
 
     /// Whether the bundle at `copy` carries a signature of its metadata's bytes that the key
     /// verifies; `shown` is the file's name in errors.
-    fn check(&self, copy: &Utf8Path, shown: &Utf8Path) -> Result<()> {
-        let [metadata, signature] = read_entries(copy, [METADATA, SIGNATURE])?;
+    fn check(&self, archive: &Archive, shown: &Utf8Path) -> Result<()> {
+        let metadata = archive.get(METADATA)?;
         let metadata = metadata.with_context(|| format!("{shown} has no {METADATA}"))?;
-        let Some(signature) = signature else {
+        let Some(signature) = archive.get(SIGNATURE)? else {
             bail!(
                 "{shown} is not signed: nothing was loaded; save it with `cargo xtask images save \
                  --sign KEY`, or load it without --key"
@@ -641,10 +626,10 @@ pub fn load(
     let (_, sha256) = copied.map_err(interrupted)?;
     check_hash(file, checksum, sha256)?;
     // Every entry is checked before anything of the bundle is read or loaded.
-    crate::oci::archive_entries(&copy, file)?;
-    let layout = Layout::read(&copy, file)?;
+    let archive = Archive::open_as(&copy, file)?;
+    let layout = Layout::read(&archive, file)?;
     if let Some(check) = signature {
-        check.check(&copy, file)?;
+        check.check(&archive, file)?;
     }
     let load = load_step(root);
     say!("$ {load} <{file} (its refs only)");
@@ -719,10 +704,10 @@ mod tests {
         json!({"format": FORMAT, "images": images})
     }
 
-    fn names_and_index(bytes: &[u8]) -> (Vec<String>, Value) {
+    fn names_and_index(bytes: &[u8]) -> (Vec<String>, Document) {
         let mut archive = tar::Archive::new(bytes);
         let mut names = Vec::new();
-        let mut index = Value::Null;
+        let mut index = Document::default();
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
             let name = entry.path().unwrap().to_string_lossy().into_owned();
@@ -756,7 +741,7 @@ mod tests {
         let tools = Cosign::tools_build(Utf8Path::new("/repo"), &Revision::example());
         let cosign = Cosign::new(Utf8Path::new("/repo"), &tools, Options::default());
         let check = SignatureCheck { key, tools, cosign };
-        let err = check.check(&bundle, &bundle).unwrap_err().to_string();
+        let err = check.check(&Archive::open(&bundle).unwrap(), &bundle).unwrap_err().to_string();
         assert!(err.contains("is not signed: nothing was loaded"), "{err}");
         assert!(err.contains("images save --sign KEY"), "{err}");
     }
@@ -775,16 +760,13 @@ mod tests {
             "a reader finds the index, the metadata and its signature before the blobs"
         );
         // What is signed is the metadata entry's bytes, as written.
-        let [written] = read_entries(&bundle, [METADATA]).unwrap();
+        let archive = Archive::open(&bundle).unwrap();
+        let written = archive.get(METADATA).unwrap();
         assert_eq!(written.unwrap(), serde_json::to_vec_pretty(&asked).unwrap());
-        let refs: Vec<&str> = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["annotations"][REF_NAME].as_str().unwrap())
-            .collect();
+        let refs: Vec<&str> =
+            index.manifests.iter().map(|e| e.annotations[REF_NAME].as_str()).collect();
         assert_eq!(refs, ["memories/server:t", "memories/evil:t"], "skopeo can tell them apart");
-        let layout = Layout::read(&bundle, &bundle).unwrap();
+        let layout = Layout::read(&archive, &bundle).unwrap();
         assert_eq!(layout.metadata, asked);
 
         let mut loaded = Vec::new();
@@ -795,8 +777,7 @@ mod tests {
             [INDEX, "blobs/sha256/aaaa", "oci-layout"],
             "no metadata, no signature, no tag list"
         );
-        let loaded_refs: Vec<&str> =
-            index["manifests"].as_array().unwrap().iter().filter_map(entry_ref).collect();
+        let loaded_refs: Vec<&str> = index.manifests.iter().filter_map(entry_ref).collect();
         assert_eq!(loaded_refs, ["memories/server:t"], "only what the bundle names is loaded");
     }
 
@@ -807,8 +788,7 @@ mod tests {
         let refused = |asked: Value| {
             let bundle = dir.join("bundle.tar");
             // Written by hand: write_bundle refuses these itself.
-            let [index] = read_entries(&saved, [INDEX]).unwrap();
-            let index = index.unwrap();
+            let index = Archive::open(&saved).unwrap().get(INDEX).unwrap().unwrap();
             let mut tar = tar::Builder::new(File::create(&bundle).unwrap());
             for (name, bytes) in
                 [(INDEX, index.clone()), (METADATA, asked.to_string().into_bytes())]
@@ -816,7 +796,8 @@ mod tests {
                 tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
             }
             tar.finish().unwrap();
-            Layout::read(&bundle, Utf8Path::new("shown.tar")).err().unwrap().to_string()
+            let archive = Archive::open(&bundle).unwrap();
+            Layout::read(&archive, Utf8Path::new("shown.tar")).err().unwrap().to_string()
         };
         let empty = refused(metadata(&[]));
         assert!(empty.contains("lists no image") && empty.contains("shown.tar"), "{empty}");
@@ -830,7 +811,21 @@ mod tests {
 
         let truncated = dir.join("truncated.tar");
         std::fs::write(&truncated, &std::fs::read(&saved).unwrap()[..700]).unwrap();
-        let err = Layout::read(&truncated, &truncated).err().unwrap().to_string();
+        let err = format!("{:#}", Archive::open(&truncated).err().unwrap());
+        assert!(
+            err.contains("truncated.tar is cut short: it ends without the end-of-archive"),
+            "{err}"
+        );
+        let mid_entry = dir.join("mid-entry.tar");
+        std::fs::write(&mid_entry, &std::fs::read(&saved).unwrap()[..520]).unwrap();
+        let err = format!("{:#}", Archive::open(&mid_entry).err().unwrap());
+        assert!(err.contains("its entry `blobs/sha256/aaaa` ends after the end"), "{err}");
+        let no_metadata = dir.join("no-metadata.tar");
+        let mut tar = tar::Builder::new(File::create(&no_metadata).unwrap());
+        tar.append_data(&mut header(2), INDEX, b"{}".as_slice()).unwrap();
+        tar.finish().unwrap();
+        let archive = Archive::open(&no_metadata).unwrap();
+        let err = Layout::read(&archive, &no_metadata).err().unwrap().to_string();
         assert!(
             err.contains("not a complete memories bundle") && err.contains("nothing was loaded"),
             "{err}"

@@ -303,7 +303,7 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
             When::Cleanup => inspect.capture_regardless()?,
         };
         for name in named.stdout.lines().filter(|n| !n.is_empty()) {
-            for run in ids_in(repository_of(name)) {
+            for run in ids_in(crate::oci::repository_of(name)) {
                 let tags = &mut runs.entry(run).or_default().tags;
                 if !tags.iter().any(|t| t == name) {
                     tags.push(name.to_owned());
@@ -312,16 +312,6 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
         }
     }
     Ok(runs)
-}
-
-/// The repository of an image name: `repository:tag` or `repository:tag@sha256:...`.
-fn repository_of(name: &str) -> &str {
-    let name = name.split_once('@').map_or(name, |(name, _)| name);
-    // A `:` after the last `/` starts the tag; one before it is a registry's port.
-    match name.rsplit_once(':') {
-        Some((repository, tag)) if !tag.contains('/') => repository,
-        _ => name,
-    }
 }
 
 /// Files `id<TAB>run` lines under their runs.
@@ -496,17 +486,6 @@ fn summary(leftovers: &Leftovers) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_image_names_repository_is_found_behind_a_port_a_tag_and_a_digest() {
-        assert_eq!(
-            repository_of("127.0.0.1:5000/ns/server:0.1.0@sha256:ab"),
-            "127.0.0.1:5000/ns/server"
-        );
-        assert_eq!(repository_of("127.0.0.1:5000/ns/server:0.1.0"), "127.0.0.1:5000/ns/server");
-        assert_eq!(repository_of("127.0.0.1:5000/ns/server"), "127.0.0.1:5000/ns/server");
-        assert_eq!(repository_of("memories/db:sha-1234567"), "memories/db");
-    }
 
     #[test]
     fn run_directories_of_processes_that_are_gone_are_removed() {

@@ -12,7 +12,7 @@ use crate::docker;
 use crate::image::ImageName;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::oci;
-use crate::oci::{FoundIndex, read_index};
+use crate::oci::{FoundIndex, Inspected};
 use crate::plan::{Plan, Preview, Request};
 use crate::platform::Platform;
 use crate::sign::{self, KeySource, Signer};
@@ -555,8 +555,7 @@ fn standing(
             missing.push(tag.clone());
             continue;
         };
-        let found = read_index(&inspected)
-            .with_context(|| format!("{reference} in the registry is not an image index"))?;
+        let found = inspected.found();
         let ours = check_index(&inspected, &plan.revision, &plan.platforms).is_ok();
         match &held {
             _ if !ours => foreign.push(reference),
@@ -583,12 +582,7 @@ fn moves<'a>(
         let digest = digests.get(&image.image).map(String::as_str);
         for tag in &image.tags.moving {
             let reference = format!("{}:{tag}", image.repository);
-            let current = match remote.inspect(&reference)? {
-                None => None,
-                Some(inspected) => Some(read_index(&inspected).with_context(|| {
-                    format!("{reference} in the registry is not an image index")
-                })?),
-            };
+            let current = remote.inspect(&reference)?.map(|inspected| inspected.found());
             match decide_move(&plan.revision, digest, current.as_ref()) {
                 Move::Forward => moves.to_move.push((image, reference)),
                 Move::InPlace => moves.in_place.push((image, reference)),
@@ -641,7 +635,7 @@ fn verify(
     plan: &ReleasePlan,
     reference: &str,
     digest: &str,
-) -> Result<(FoundIndex, Value)> {
+) -> Result<(FoundIndex, Inspected)> {
     let inspected = remote
         .inspect(reference)?
         .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
@@ -659,7 +653,7 @@ fn check_attested(
     remote: &oci::Registry,
     repository: &str,
     reference: &str,
-    inspected: &Value,
+    inspected: &Inspected,
     found: &FoundIndex,
 ) -> Result<()> {
     let types = verify::predicate_types(remote, repository, inspected, &found.platforms)?;
@@ -673,11 +667,11 @@ fn check_attested(
 /// Checks an index as read back: every wanted platform, each image labelled with the release's
 /// version and revision.
 pub fn check_index(
-    inspected: &Value,
+    inspected: &Inspected,
     revision: &Revision,
     wanted: &[Platform],
 ) -> Result<FoundIndex> {
-    let found = read_index(inspected)?;
+    let found = inspected.found();
     let missing: Vec<String> = wanted
         .iter()
         .map(ToString::to_string)
@@ -940,64 +934,43 @@ mod tests {
 
     #[test]
     fn a_newer_release_stored_as_one_manifest_keeps_its_moving_tags() {
-        // A single manifest (no index): `image` is its config, not a map by platform.
-        let single = json!({
-            "manifest": {"digest": "sha256:one", "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                         "config": {"digest": "sha256:cfg"}, "layers": []},
-            "image": {"os": "linux", "architecture": "amd64",
-                      "config": {"Labels": {"org.opencontainers.image.version": "0.9.0"}}},
-        });
-        let found = read_index(&single).unwrap();
-        assert_eq!(found.version.as_deref(), Some("0.9.0"));
-        assert_eq!(found.platforms.keys().collect::<Vec<_>>(), ["linux/amd64"]);
+        let labels = [("org.opencontainers.image.version", "0.9.0")];
+        let single = crate::oci::inspected_for_test("sha256:one", &["linux/amd64"], &labels);
         let ours = revision("0.1.1", false);
-        assert_eq!(decide_move(&ours, Some("sha256:a"), Some(&found)), Move::Keep("0.9.0".into()));
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&single.found())),
+            Move::Keep("0.9.0".into())
+        );
     }
 
-    fn inspected(platforms: &[(&str, &str)], version: &str, revision: &str) -> Value {
-        let mut manifests: Vec<Value> = platforms
-            .iter()
-            .map(|(os, arch)| json!({"digest": format!("sha256:{arch}"), "platform": {"os": os, "architecture": arch}}))
-            .collect();
-        manifests.push(json!({"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}}));
-        let mut image = serde_json::Map::new();
-        for (os, arch) in platforms {
-            image.insert(
-                format!("{os}/{arch}"),
-                json!({"config": {"Labels": {
-                    "org.opencontainers.image.version": version,
-                    "org.opencontainers.image.revision": revision,
-                }}}),
-            );
-        }
-        json!({"name": "x", "manifest": {"digest": "sha256:index", "manifests": manifests}, "image": image})
+    fn inspected(platforms: &[&str], version: &str, revision: &str) -> Inspected {
+        let labels = [
+            ("org.opencontainers.image.version", version),
+            ("org.opencontainers.image.revision", revision),
+        ];
+        crate::oci::inspected_for_test("sha256:index", platforms, &labels)
     }
 
     #[test]
     fn a_pushed_index_must_hold_every_platform_with_the_release_labels() {
         let rev = revision("1.4.2", false);
         let wanted = parse_list("linux/amd64,linux/arm64").unwrap().0;
-        let good = inspected(&[("linux", "amd64"), ("linux", "arm64")], "1.4.2", &rev.commit);
+        let good = inspected(&["linux/amd64", "linux/arm64"], "1.4.2", &rev.commit);
         let found = check_index(&good, &rev, &wanted).unwrap();
         assert_eq!(found.digest, "sha256:index");
         assert_eq!(found.platforms.keys().collect::<Vec<_>>(), ["linux/amd64", "linux/arm64"]);
 
-        let one = inspected(&[("linux", "amd64")], "1.4.2", &rev.commit);
+        let one = inspected(&["linux/amd64"], "1.4.2", &rev.commit);
         let err = check_index(&one, &rev, &wanted).unwrap_err().to_string();
         assert_eq!(err, "platforms missing: linux/arm64 (found: linux/amd64)");
 
-        let mut single = inspected(&[("linux", "amd64")], "1.4.2", &rev.commit);
-        single["image"] = single["image"]["linux/amd64"].clone();
-        let amd64 = parse_list("linux/amd64").unwrap().0;
-        assert_eq!(check_index(&single, &rev, &amd64).unwrap().platforms.len(), 1);
-
-        let stale = inspected(&[("linux", "amd64"), ("linux", "arm64")], "1.4.1", &rev.commit);
+        let stale = inspected(&["linux/amd64", "linux/arm64"], "1.4.1", &rev.commit);
         let err = check_index(&stale, &rev, &wanted).unwrap_err().to_string();
         assert!(
             err.contains("org.opencontainers.image.version is `1.4.1`, expected `1.4.2`"),
             "{err}"
         );
-        let read = read_index(&stale).unwrap();
+        let read = stale.found();
         assert_eq!(
             (read.version.as_deref(), read.revision.as_deref()),
             (Some("1.4.1"), Some(rev.commit.as_str()))

@@ -429,14 +429,10 @@ fn last_line(text: &str) -> &str {
 }
 
 impl DockerConfig {
-    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, when it exists.
+    /// The docker client's config file ([`crate::oci::docker_config_file`]), when it exists.
     fn find() -> Option<DockerConfig> {
         use std::os::unix::fs::MetadataExt;
-        let dir = match std::env::var("DOCKER_CONFIG") {
-            Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
-            _ => Utf8PathBuf::from(std::env::var("HOME").ok()?).join(".docker"),
-        };
-        let file = dir.join("config.json");
+        let file = crate::oci::docker_config_file()?;
         let metadata = std::fs::metadata(&file).ok()?;
         Some(DockerConfig { file, owner: (metadata.uid(), metadata.gid()) })
     }

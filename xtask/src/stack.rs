@@ -425,7 +425,7 @@ pub fn require_images(stack: &Stack, model: &Model) -> Result<()> {
         let stderr = &output.stderr;
         let missing =
             references.iter().find(|r| stderr.contains(r.as_str())).unwrap_or(&references[0]);
-        let image = missing.rsplit_once(':').map_or(missing.as_str(), |(repo, _)| repo);
+        let image = crate::oci::repository_of(missing);
         let name = image.rsplit('/').next().unwrap_or(image);
         bail!("image {missing} is not built: drop --no-build, or run `cargo xtask build {name}`");
     }

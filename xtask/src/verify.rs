@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::image::ImageName;
 use crate::oci;
-use crate::oci::{platform_image, read_index};
+use crate::oci::Inspected;
 use crate::platform::Platform;
 use crate::sign::{Cosign, Key, KeyKind, KeySource, Options};
 use crate::version::Revision;
@@ -63,25 +63,19 @@ const SBOM: &str = "https://spdx.dev/Document";
 pub fn predicate_types(
     registry: &oci::Registry,
     repository: &str,
-    inspected: &Value,
+    inspected: &Inspected,
     platforms: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    let attested = attestations(inspected);
+    let attested = inspected.attestations();
     let mut types = BTreeMap::new();
     for (platform, digest) in platforms {
         let mut found = Vec::new();
         for (_, attestation) in attested.iter().filter(|(of, _)| of == digest) {
             let reference = format!("{repository}@{attestation}");
-            let raw = registry
-                .inspect_raw(&reference)?
+            let manifest = registry
+                .document(&reference)?
                 .with_context(|| format!("{reference} is listed but not in the registry"))?;
-            let layers = raw["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
-            found.extend(
-                layers
-                    .iter()
-                    .filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str())
-                    .map(str::to_owned),
-            );
+            found.extend(manifest.predicate_types());
         }
         types.insert(platform.clone(), found);
     }
@@ -108,27 +102,16 @@ pub fn check_attestations(
     (check("SLSA provenance", &|t| PROVENANCE.contains(&t)), check("SPDX SBOM", &|t| t == SBOM))
 }
 
-/// The repository of `reference` (what precedes `:tag` or `@digest`).
-pub fn repository_of(reference: &str) -> &str {
-    let name = reference.split('@').next().unwrap_or(reference);
-    match name.rfind(':') {
-        Some(colon) if !name[colon..].contains('/') => &name[..colon],
-        _ => name,
-    }
-}
-
 /// Checks the labels of every platform: each of [`LABELS`] present and the same on every
 /// platform, and the title the one of the image the repository is named after.
 pub fn check_labels(
-    inspected: &Value,
+    inspected: &Inspected,
     platforms: &[String],
     repository: &str,
 ) -> Result<String, String> {
-    let image_of = |platform: &str| platform_image(inspected, platform, platforms.len());
     let mut values = Vec::new();
     for key in LABELS {
-        let found: Vec<Option<&str>> =
-            platforms.iter().map(|p| image_of(p)["config"]["Labels"][key].as_str()).collect();
+        let found: Vec<Option<&str>> = platforms.iter().map(|p| inspected.label(p, key)).collect();
         match found.first() {
             Some(Some(first)) if found.iter().all(|v| v == &Some(*first)) => {
                 values.push((key, (*first).to_owned()));
@@ -150,32 +133,16 @@ pub fn check_labels(
     Ok(format!("{title} {version} from {revision}"))
 }
 
-/// The digests of the attestation manifests in an index, by the platform manifest each
-/// describes.
-fn attestations(inspected: &Value) -> Vec<(String, String)> {
-    let entries =
-        inspected["manifest"]["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
-    entries
-        .iter()
-        .filter(|e| e["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
-        .filter_map(|e| {
-            let of = e["annotations"]["vnd.docker.reference.digest"].as_str()?;
-            Some((of.to_owned(), e["digest"].as_str()?.to_owned()))
-        })
-        .collect()
-}
-
 pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
     crate::docker::require_cli()?;
     let key = Key::read(&request.key, KeyKind::Public)?;
     let registry = oci::Registry::new(root);
     let reference = &request.reference;
-    let repository = repository_of(reference);
+    let repository = crate::oci::repository_of(reference);
     let inspected = registry.inspect(reference)?.with_context(|| {
         format!("{reference} is not in the registry: check the name and the tag")
     })?;
-    let found = read_index(&inspected)
-        .with_context(|| format!("{reference} in the registry is not an image index"))?;
+    let found = inspected.found();
     let pinned = format!("{repository}@{}", found.digest);
     let mut checks = Vec::new();
 
@@ -241,28 +208,23 @@ pub fn run(root: &Utf8Path, request: &Request, json: bool) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_repository_is_what_precedes_the_tag_or_digest() {
-        assert_eq!(repository_of("127.0.0.1:5000/acme/server:1.2.3"), "127.0.0.1:5000/acme/server");
-        assert_eq!(
-            repository_of("127.0.0.1:5000/acme/server@sha256:ab"),
-            "127.0.0.1:5000/acme/server"
-        );
-        assert_eq!(repository_of("127.0.0.1:5000/acme/server"), "127.0.0.1:5000/acme/server");
-        assert_eq!(repository_of("ghcr.io/acme/db:1@sha256:ab"), "ghcr.io/acme/db");
-    }
-
-    fn inspected(title: &str, arm_version: &str) -> Value {
-        let labels = |version: &str| {
-            json!({"config": {"Labels": {
-                "org.opencontainers.image.version": version,
-                "org.opencontainers.image.revision": "abc",
-                "org.opencontainers.image.created": "2023-11-14T22:13:20Z",
-                "org.opencontainers.image.source": "https://example.com/m.git",
-                "org.opencontainers.image.title": title,
-            }}})
+    fn inspected(title: &str, arm_version: &str) -> Inspected {
+        let labels = |version| {
+            [
+                ("org.opencontainers.image.version", version),
+                ("org.opencontainers.image.revision", "abc"),
+                ("org.opencontainers.image.created", "2023-11-14T22:13:20Z"),
+                ("org.opencontainers.image.source", "https://example.com/m.git"),
+                ("org.opencontainers.image.title", title),
+            ]
         };
-        json!({"image": {"linux/amd64": labels("1.0.0"), "linux/arm64": labels(arm_version)}})
+        let mut both =
+            crate::oci::inspected_for_test("sha256:i", &["linux/amd64"], &labels("1.0.0"));
+        let arm =
+            crate::oci::inspected_for_test("sha256:i", &["linux/arm64"], &labels(arm_version));
+        both.images.extend(arm.images);
+        both.platforms.extend(arm.platforms);
+        both
     }
 
     #[test]
@@ -276,17 +238,6 @@ mod tests {
         assert!(split.unwrap_err().contains("version is missing or differs"));
         // A repository of another name is not held to one of our titles.
         assert!(check_labels(&inspected("x", "1.0.0"), &both, "r/acme/other").is_ok());
-    }
-
-    #[test]
-    fn attestation_manifests_are_found_by_the_manifest_they_describe() {
-        let index = json!({"manifest": {"manifests": [
-            {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}},
-            {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"},
-             "annotations": {"vnd.docker.reference.type": "attestation-manifest",
-                             "vnd.docker.reference.digest": "sha256:a"}},
-        ]}});
-        assert_eq!(attestations(&index), [("sha256:a".to_owned(), "sha256:att".to_owned())]);
     }
 
     #[test]

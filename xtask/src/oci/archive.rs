@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::interrupt::Interruptible;
 use crate::oci::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, blob_name, is_index, sha256_digest};
+use crate::oci::model::Document;
 
 /// One platform of a built image: the digest of its manifest (what a rebuild of the commit
 /// reproduces) and its layers.
@@ -30,47 +31,51 @@ impl PlatformImage {
 /// The platforms of the one index in an OCI archive BuildKit wrote (attestation manifests,
 /// platform `unknown/unknown`, are not images and are left out).
 pub fn platform_images(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
-    let layout = Layout::open(archive)?;
+    let layout = Archive::open(archive)?;
     let index = layout.top()?;
     let mut images = Vec::new();
-    let entries = index.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
-    for entry in entries {
-        let (Some(platform), Some(digest)) =
-            (crate::oci::platform_name(&entry["platform"]), entry["digest"].as_str())
-        else {
-            continue;
-        };
-        let media_type = entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST);
-        let manifest = layout.manifest(digest, media_type)?;
-        let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let layers =
-            layers.iter().filter_map(|l| l["digest"].as_str().map(str::to_owned)).collect();
-        images.push(PlatformImage { platform, digest: digest.to_owned(), layers });
+    for entry in &index.document.manifests {
+        let Some(platform) = entry.platform_name() else { continue };
+        let media_type = entry.media_type.as_deref().unwrap_or(OCI_MANIFEST);
+        let manifest = layout.manifest(&entry.digest, media_type)?;
+        let layers = manifest.document.layers.iter().map(|l| l.digest.clone()).collect();
+        images.push(PlatformImage { platform, digest: entry.digest.clone(), layers });
     }
     Ok(images)
 }
 
-/// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter writes it)
-/// with the place of every entry, so that a blob is read straight from the file.
-pub(crate) struct Layout {
+/// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter and
+/// `docker save` write it) with the place of every entry, so that a blob is read straight from
+/// the file. Opening it checks every entry's name and kind ([`entries`]).
+pub struct Archive {
     pub(crate) path: Utf8PathBuf,
     /// Entry name → (offset of its data, size).
     entries: HashMap<String, (u64, u64)>,
 }
 
-impl Layout {
-    pub(crate) fn open(path: &Utf8Path) -> Result<Layout> {
-        Ok(Layout { path: path.to_owned(), entries: entries(path, path)? })
+impl Archive {
+    pub fn open(path: &Utf8Path) -> Result<Archive> {
+        Archive::open_as(path, path)
+    }
+
+    /// Opens the archive at `path`, named `shown` in errors (the user's name for it, where
+    /// `path` is a private copy).
+    pub fn open_as(path: &Utf8Path, shown: &Utf8Path) -> Result<Archive> {
+        Ok(Archive { path: path.to_owned(), entries: entries(path, shown)? })
     }
 
     pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let &(offset, size) =
-            self.entries.get(name).with_context(|| format!("{} has no {name}", self.path))?;
+        self.get(name)?.with_context(|| format!("{} has no {name}", self.path))
+    }
+
+    /// The bytes of entry `name`, or `None` when the archive has none.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(&(offset, size)) = self.entries.get(name) else { return Ok(None) };
         let mut bytes = Vec::new();
         open_range(&self.path, offset, size)
             .and_then(|mut r| r.read_to_end(&mut bytes))
             .with_context(|| format!("cannot read {name} of {}", self.path))?;
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 
     pub(crate) fn blob_position(&self, digest: &str) -> Result<(u64, u64)> {
@@ -86,18 +91,22 @@ impl Layout {
         if actual != digest {
             bail!("{}: blob {digest} hashes to {actual}", self.path);
         }
-        let value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: manifest {digest} is not JSON", self.path))?;
-        Ok(Manifest { bytes, media_type: media_type.to_owned(), digest: digest.to_owned(), value })
+        let document = Document::parse(&bytes, &format!("{}: manifest {digest}", self.path))?;
+        Ok(Manifest {
+            bytes,
+            media_type: media_type.to_owned(),
+            digest: digest.to_owned(),
+            document,
+        })
     }
 
     /// The one index or manifest `index.json` names.
     pub(crate) fn top(&self) -> Result<Manifest> {
-        let index: Value = serde_json::from_slice(&self.read("index.json")?)
-            .with_context(|| format!("index.json of {} is not JSON", self.path))?;
+        let index =
+            Document::parse(&self.read("index.json")?, &format!("index.json of {}", self.path))?;
         // One entry per tag the image was exported with, each naming the same index.
-        let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let digests: BTreeSet<&str> = entries.iter().filter_map(|e| e["digest"].as_str()).collect();
+        let entries = &index.manifests;
+        let digests: BTreeSet<&str> = entries.iter().map(|e| e.digest.as_str()).collect();
         let (Some(entry), 1) = (entries.first(), digests.len()) else {
             bail!(
                 "{} names {} images in its index.json; a push takes an archive of one",
@@ -105,8 +114,7 @@ impl Layout {
                 digests.len()
             );
         };
-        let digest = entry["digest"].as_str().expect("counted above");
-        self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_INDEX))
+        self.manifest(&entry.digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))
     }
 
     /// Collects the manifests below `manifest` (children before their index) and every blob
@@ -118,22 +126,16 @@ impl Layout {
         blobs: &mut BTreeSet<String>,
     ) -> Result<()> {
         if is_index(&manifest.media_type) {
-            for entry in
-                manifest.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default()
-            {
-                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
-                let child =
-                    self.manifest(digest, entry["mediaType"].as_str().unwrap_or(OCI_MANIFEST))?;
+            for entry in &manifest.document.manifests {
+                let media_type = entry.media_type.as_deref().unwrap_or(OCI_MANIFEST);
+                let child = self.manifest(&entry.digest, media_type)?;
                 self.walk(&child, manifests, blobs)?;
                 manifests.push(child);
             }
         } else {
-            let config = manifest.value["config"]["digest"].as_str();
-            let layers = manifest.value["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
-            for digest in
-                config.into_iter().chain(layers.iter().filter_map(|l| l["digest"].as_str()))
-            {
-                blobs.insert(digest.to_owned());
+            let config = manifest.document.config.iter();
+            for blob in config.chain(&manifest.document.layers) {
+                blobs.insert(blob.digest.clone());
             }
         }
         Ok(())
@@ -148,8 +150,12 @@ impl Layout {
 /// `index.json` or a link would reach `docker load` unchecked. Only the headers are read.
 pub fn entries(path: &Utf8Path, shown: &Utf8Path) -> Result<HashMap<String, (u64, u64)>> {
     let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    let length = file.metadata().with_context(|| format!("cannot read {shown}"))?.len();
     let mut archive = tar::Archive::new(BufReader::new(file));
     let mut entries = HashMap::new();
+    // Where the last entry's data ends, padded to the 512-byte block: the two zero blocks that
+    // end a tar file follow it.
+    let mut end = 0u64;
     let refuse = |name: &str, why: &str| {
         anyhow::anyhow!(
             "{shown} is refused: its entry `{name}` {why}; an OCI archive holds only files and \
@@ -160,6 +166,7 @@ pub fn entries(path: &Utf8Path, shown: &Utf8Path) -> Result<HashMap<String, (u64
         let entry = entry.with_context(|| format!("cannot read {shown}"))?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
+        end = end.max(entry.raw_file_position().saturating_add(entry.size().next_multiple_of(512)));
         let name = normalise(&raw).map_err(|why| refuse(&raw, why))?;
         if kind.is_dir() {
             continue;
@@ -167,9 +174,22 @@ pub fn entries(path: &Utf8Path, shown: &Utf8Path) -> Result<HashMap<String, (u64
         if !kind.is_file() {
             return Err(refuse(&raw, "is not a file (a link, a device or another special entry)"));
         }
-        if entries.insert(name, (entry.raw_file_position(), entry.size())).is_some() {
+        let (offset, size) = (entry.raw_file_position(), entry.size());
+        if offset.saturating_add(size) > length {
+            bail!(
+                "{shown} is cut short: its entry `{raw}` ends after the end of the file (damaged \
+                 or still being written); nothing was loaded or pushed"
+            );
+        }
+        if entries.insert(name, (offset, size)).is_some() {
             return Err(refuse(&raw, "repeats a name an earlier entry has"));
         }
+    }
+    if length < end.saturating_add(1024) {
+        bail!(
+            "{shown} is cut short: it ends without the end-of-archive blocks a tar file ends with \
+             (damaged or still being written); nothing was loaded or pushed"
+        );
     }
     Ok(entries)
 }

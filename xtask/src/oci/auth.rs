@@ -72,14 +72,7 @@ pub(crate) fn parse_challenge(challenge: &str) -> (String, BTreeMap<String, Stri
 /// The credentials `docker login` stored for `key` (a registry host, or Docker Hub's URL):
 /// from the registry's credential helper, the credential store, or `auths` in the config file.
 pub(crate) fn docker_credentials(root: &Utf8Path, key: &str) -> Result<Option<Credentials>> {
-    let dir = match std::env::var("DOCKER_CONFIG") {
-        Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
-        _ => match std::env::var("HOME") {
-            Ok(home) => Utf8PathBuf::from(home).join(".docker"),
-            Err(_) => return Ok(None),
-        },
-    };
-    let file = dir.join("config.json");
+    let Some(file) = docker_config_file() else { return Ok(None) };
     let text = match std::fs::read_to_string(&file) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -89,6 +82,17 @@ pub(crate) fn docker_credentials(root: &Utf8Path, key: &str) -> Result<Option<Cr
         serde_json::from_str(&text).with_context(|| format!("{file} is not JSON"))?;
     credentials_in(&config, key, |helper| helper_credentials(root, helper, key))
         .with_context(|| format!("cannot read the credentials for {key} (from {file})"))
+}
+
+/// Where the docker client keeps its config (registry logins): `$DOCKER_CONFIG/config.json`,
+/// else `~/.docker/config.json`; `None` without either variable. The one place that says so,
+/// for our registry client and for cosign's container alike.
+pub fn docker_config_file() -> Option<Utf8PathBuf> {
+    let dir = match std::env::var("DOCKER_CONFIG") {
+        Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
+        _ => Utf8PathBuf::from(std::env::var("HOME").ok()?).join(".docker"),
+    };
+    Some(dir.join("config.json"))
 }
 
 /// [`docker_credentials`] once the config is read; `helper` asks a credential helper.

@@ -14,7 +14,7 @@
 //! [`crate::oci::transport`]'s to say. A blob another repository of the registry holds is
 //! mounted, not uploaded again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,16 +23,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use camino::{Utf8Path, Utf8PathBuf};
-use serde_json::{Value, json};
+use serde_json::Value;
 use ureq::http;
 
 use crate::interrupt::{self, Interrupted};
-use crate::oci::archive::{Layout, open_range};
+use crate::oci::archive::{Archive, open_range};
 use crate::oci::auth::{Access, Credentials, docker_credentials, parse_challenge};
+use crate::oci::inspect::Inspected;
 use crate::oci::manifest::{
-    DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, is_index, platform_name,
-    sha256_digest,
+    DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, is_index, sha256_digest,
 };
+use crate::oci::model::{Document, ImageConfig};
 use crate::oci::reference::{Reference, Repository, display, display_repo, host_of, origin_of};
 use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries};
 use crate::oci::transport::Transport;
@@ -161,18 +162,18 @@ impl Client {
                 display(reference)
             );
         }
-        let value: Value = serde_json::from_slice(&answer.body)
-            .with_context(|| format!("the manifest of {} is not JSON", display(reference)))?;
-        let media_type = value["mediaType"]
-            .as_str()
-            .map(str::to_owned)
+        let document =
+            Document::parse(&answer.body, &format!("the manifest of {}", display(reference)))?;
+        let media_type = document
+            .media_type
+            .clone()
             .or_else(|| {
                 answer
                     .header("content-type")
                     .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
             })
             .unwrap_or_else(|| OCI_MANIFEST.to_owned());
-        Ok(Some(Manifest { bytes: answer.body, media_type, digest, value }))
+        Ok(Some(Manifest { bytes: answer.body, media_type, digest, document }))
     }
 
     /// A blob read into memory (an image config, an attestation), checked against its digest.
@@ -248,7 +249,7 @@ impl Client {
     fn upload(
         &self,
         repo: &Repository,
-        layout: &Layout,
+        layout: &Archive,
         digest: &str,
         progress: &Arc<Progress>,
     ) -> Result<()> {
@@ -337,7 +338,7 @@ impl Client {
                 display(other)
             );
         }
-        let layout = Layout::open(archive)?;
+        let layout = Archive::open(archive)?;
         let top = layout.top()?;
         let mut manifests = Vec::new();
         let mut blobs = BTreeSet::new();
@@ -399,40 +400,38 @@ impl Client {
         Ok(top.digest)
     }
 
-    /// What `docker buildx imagetools inspect --format '{{json .}}'` shows: `manifest` (with
-    /// its `digest` and `size`) and `image`, the config of each platform (keyed `os/arch`) of
-    /// an index, or of the one image of a manifest. `None` when the registry has nothing there.
-    pub fn inspect(&self, reference: &Reference) -> Result<Option<Value>> {
+    /// What the registry holds under `reference`: the digest and entries of the index (or
+    /// manifest) there, and the config of each platform's image. `None` when the registry
+    /// has nothing there.
+    pub fn inspect(&self, reference: &Reference) -> Result<Option<Inspected>> {
         let Some(top) = self.manifest(reference)? else { return Ok(None) };
         let repo = &reference.repository;
-        let mut shown = top.value.clone();
-        shown["digest"] = top.digest.clone().into();
-        shown["size"] = top.bytes.len().into();
-        let config_of = |manifest: &Value| -> Result<Value> {
-            let digest =
-                manifest["config"]["digest"].as_str().context("a manifest without a config")?;
-            let bytes = self.blob(repo, digest)?;
-            serde_json::from_slice(&bytes).with_context(|| format!("config {digest} is not JSON"))
+        let config_of = |manifest: &Manifest| -> Result<ImageConfig> {
+            let config = manifest.document.config.as_ref().with_context(|| {
+                format!("{} holds a manifest without a config", display(reference))
+            })?;
+            let bytes = self.blob(repo, &config.digest)?;
+            serde_json::from_slice(&bytes).with_context(|| {
+                format!("config {} of {} is not an image config", config.digest, display(reference))
+            })
         };
-        let image = if is_index(&top.media_type) {
-            let mut images = serde_json::Map::new();
-            for entry in top.value["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
-                let Some(platform) = platform_name(&entry["platform"]) else { continue };
-                let digest = entry["digest"].as_str().context("an index entry without a digest")?;
-                let child = Reference { repository: repo.clone(), reference: digest.to_owned() };
-                let manifest = self.manifest(&child)?.with_context(|| {
-                    format!(
-                        "{} lists {digest}, which the registry does not have",
-                        display(reference)
-                    )
-                })?;
-                images.insert(platform, config_of(&manifest.value)?);
-            }
-            Value::Object(images)
-        } else {
-            config_of(&top.value)?
-        };
-        Ok(Some(json!({"name": display(reference), "manifest": shown, "image": image})))
+        if !is_index(&top.media_type) {
+            return Ok(Some(Inspected::manifest(top.digest.clone(), config_of(&top)?)));
+        }
+        let mut images = BTreeMap::new();
+        for entry in &top.document.manifests {
+            let Some(platform) = entry.platform_name() else { continue };
+            let child = Reference { repository: repo.clone(), reference: entry.digest.clone() };
+            let manifest = self.manifest(&child)?.with_context(|| {
+                format!(
+                    "{} lists {}, which the registry does not have",
+                    display(reference),
+                    entry.digest
+                )
+            })?;
+            images.insert(platform, config_of(&manifest)?);
+        }
+        Ok(Some(Inspected::index(top.digest, top.document.manifests, images)))
     }
 
     /// Retries one request with the client's policy, stopping on Ctrl-C.

@@ -1,7 +1,6 @@
-//! Manifests and indexes as registries and OCI archives hold them: media types, digests, and
-//! the platform of an index entry.
+//! Manifests and indexes as registries and OCI archives hold them: their exact bytes, media
+//! types and digests.
 
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -15,23 +14,11 @@ pub struct Manifest {
     pub bytes: Vec<u8>,
     pub media_type: String,
     pub digest: String,
-    pub value: Value,
+    pub document: crate::oci::model::Document,
 }
 
 pub(crate) fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
-}
-
-/// `os/arch[/variant]` of an index entry, or `None` for an attestation (`unknown/unknown`).
-pub fn platform_name(platform: &Value) -> Option<String> {
-    let (os, arch) = (platform["os"].as_str()?, platform["architecture"].as_str()?);
-    if os == "unknown" {
-        return None;
-    }
-    Some(match platform["variant"].as_str() {
-        Some(variant) => format!("{os}/{arch}/{variant}"),
-        None => format!("{os}/{arch}"),
-    })
 }
 
 pub(crate) fn blob_name(digest: &str) -> String {

@@ -8,14 +8,19 @@ mod auth;
 mod client;
 mod inspect;
 mod manifest;
+mod model;
 mod reference;
 mod registry;
 mod retry;
 mod transport;
 
-pub use archive::{PlatformImage, entries as archive_entries, platform_images};
-pub use inspect::{FoundIndex, platform_image, read_index};
-pub use manifest::{OCI_INDEX, platform_name};
-pub use reference::full_name;
+pub use archive::{Archive, PlatformImage, platform_images};
+pub use auth::docker_config_file;
+#[cfg(test)]
+pub use inspect::inspected_for_test;
+pub use inspect::{FoundIndex, Inspected};
+pub use manifest::OCI_INDEX;
+pub use model::{Descriptor, Document};
+pub use reference::{full_name, repository_of};
 pub use registry::{Registry, copy_request, push_request, read_request};
 pub use retry::{Failure, retries};

@@ -100,6 +100,18 @@ pub fn full_name(raw: &str) -> Result<String> {
     Ok(display(&reference))
 }
 
+/// The repository of an image name as written (what precedes `:tag` or `@digest`):
+/// `127.0.0.1:5000/ns/server:1@sha256:ab` is `127.0.0.1:5000/ns/server`. Nothing is added (no
+/// registry, no `library/`): [`Reference::parse`] reads a name in full.
+pub fn repository_of(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(name, _)| name);
+    // A `:` after the last `/` starts the tag; one before it is a registry's port.
+    match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => name,
+    }
+}
+
 /// The `host[:port]` of a URL.
 pub(crate) fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -125,6 +137,18 @@ pub(crate) fn display_repo(repo: &Repository) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_names_repository_is_found_behind_a_port_a_tag_and_a_digest() {
+        assert_eq!(
+            repository_of("127.0.0.1:5000/ns/server:0.1.0@sha256:ab"),
+            "127.0.0.1:5000/ns/server"
+        );
+        assert_eq!(repository_of("127.0.0.1:5000/ns/server:0.1.0"), "127.0.0.1:5000/ns/server");
+        assert_eq!(repository_of("127.0.0.1:5000/ns/server"), "127.0.0.1:5000/ns/server");
+        assert_eq!(repository_of("memories/db:sha-1234567"), "memories/db");
+        assert_eq!(repository_of("ghcr.io/acme/db:1@sha256:ab"), "ghcr.io/acme/db");
+    }
 
     fn parse(raw: &str) -> (String, String, String) {
         let r = Reference::parse(raw).unwrap();

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use camino::Utf8Path;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::oci::client::Client;
+use crate::oci::inspect::Inspected;
+use crate::oci::model::Document;
 use crate::oci::reference::Reference;
 use crate::oci::retry::{Failure, RetryPolicy, classify, interruptible_sleep, with_retries};
 use crate::plan::{Captured, Request, Step};
@@ -26,17 +28,16 @@ impl Registry {
         Registry { policy, client: Arc::new(Client::new(root, policy)) }
     }
 
-    /// The index (or manifest) under `reference` and the image config of each platform, in
-    /// the shape of `docker buildx imagetools inspect --format '{{json .}}'`, or `None` when the
-    /// registry holds nothing there.
-    pub fn inspect(&self, reference: &str) -> Result<Option<Value>> {
+    /// The index (or manifest) under `reference` and the image config of each platform, or
+    /// `None` when the registry holds nothing there.
+    pub fn inspect(&self, reference: &str) -> Result<Option<Inspected>> {
         self.client.inspect(&Reference::parse(reference)?)
     }
 
-    /// The manifest or index under `reference` exactly as the registry holds it, or `None`
-    /// when it holds nothing there.
-    pub fn inspect_raw(&self, reference: &str) -> Result<Option<Value>> {
-        Ok(self.client.manifest(&Reference::parse(reference)?)?.map(|m| m.value))
+    /// The manifest or index under `reference`, or `None` when the registry holds nothing
+    /// there.
+    pub fn document(&self, reference: &str) -> Result<Option<Document>> {
+        Ok(self.client.manifest(&Reference::parse(reference)?)?.map(|m| m.document))
     }
 
     /// Pushes the image in the OCI archive under every ref of `refs` (one repository), each
