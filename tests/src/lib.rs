@@ -23,7 +23,7 @@ pub fn repo_root() -> PathBuf {
 pub const RUN_LABEL: &str = "memories.run";
 
 /// The test run these tests belong to: the one `cargo xtask test` names in `MEMORIES_RUN`,
-/// else this test binary itself. The format is xtask's (`xtask/src/reap.rs`):
+/// else this test binary itself. The format is xtask's (`xtask/src/run/label.rs`):
 /// `t<hash of host name and boot id>-<pid>-<start time in ticks>`, so that `cargo xtask reap`
 /// can tell whether the run's process is gone.
 pub fn run_id() -> &'static str {

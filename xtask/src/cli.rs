@@ -7,17 +7,19 @@ use std::time::Duration;
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand};
 
-use crate::backup::{BackupAction, RestoreTarget};
-use crate::ci::CiStep;
+use crate::image::bundle;
+use crate::image::platform::PlatformList;
+use crate::image::sign::KeySource;
 use crate::image::{BuildRequest, Cache, ImageName, ImageParser, Output};
-use crate::plan::Preview;
-use crate::platform::PlatformList;
-use crate::release::{Allowances, ReleaseRequest};
-use crate::sign::KeySource;
+use crate::run::plan::Preview;
 use crate::stack::Profile;
-use crate::tasks::{DevUp, RunRequest, TestRequest, WhenReady};
+use crate::stack::backup::{BackupAction, RestoreTarget};
+use crate::tasks::ci::CiStep;
+use crate::tasks::dev::{DevUp, RunRequest, TestRequest, WhenReady};
+use crate::tasks::release::{Allowances, ReleaseRequest};
+use crate::tasks::{ci, db, dev, doctor, prod};
+use crate::wait;
 use crate::wait::Probe;
-use crate::{bundle, ci, db, doctor, prod, tasks, wait};
 
 /// Typed build-and-ship tasks for the memories service.
 ///
@@ -133,7 +135,7 @@ pub struct ReapArgs {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Platforms the builder must be able to build for.
-    #[arg(long, value_name = "LIST", value_parser = crate::platform::parse_list,
+    #[arg(long, value_name = "LIST", value_parser = crate::image::platform::parse_list,
           default_value = "linux/amd64,linux/arm64")]
     pub platform: PlatformList,
     /// The buildx builder to check (default: `BUILDX_BUILDER`, else the current builder).
@@ -152,7 +154,7 @@ pub struct FaultProxyArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: String,
     /// The share of requests that fail: `0.2` or `20%`.
-    #[arg(long, default_value = "0.2", value_parser = crate::faults::parse_rate)]
+    #[arg(long, default_value = "0.2", value_parser = crate::tasks::faults::parse_rate)]
     pub rate: f64,
     /// Picks which requests fail: the same seed fails the same requests (by arrival order).
     #[arg(long, default_value_t = 1)]
@@ -649,7 +651,7 @@ pub struct BuildArgs {
     pub images: Vec<ImageName>,
     /// Target platforms, comma-separated, e.g. `linux/amd64,linux/arm64`; `x86_64` and `aarch64`
     /// are accepted for amd64 and arm64. Default: the builder's own platform.
-    #[arg(long, value_name = "LIST", value_parser = crate::platform::parse_list)]
+    #[arg(long, value_name = "LIST", value_parser = crate::image::platform::parse_list)]
     pub platform: Option<PlatformList>,
     /// Push to the registry as well as loading into the local image store.
     #[arg(long, requires = "registry")]
@@ -686,7 +688,7 @@ pub struct ReleaseArgs {
         long,
         value_name = "REG",
         value_parser = parse_registry,
-        default_value = crate::release::DEFAULT_REGISTRY
+        default_value = crate::tasks::release::DEFAULT_REGISTRY
     )]
     pub registry: String,
     #[command(flatten)]
@@ -729,8 +731,8 @@ pub struct ReleasePlatforms {
     #[arg(
         long,
         value_name = "LIST",
-        value_parser = crate::platform::parse_list,
-        default_value = crate::release::DEFAULT_PLATFORMS
+        value_parser = crate::image::platform::parse_list,
+        default_value = crate::tasks::release::DEFAULT_PLATFORMS
     )]
     pub platform: PlatformList,
 }
@@ -762,15 +764,15 @@ pub struct VerifyArgs {
     pub read_only: ReadOnlyArgs,
 }
 
-impl From<&TransparencyArgs> for crate::sign::Options {
-    fn from(args: &TransparencyArgs) -> crate::sign::Options {
-        crate::sign::Options { transparency_log: args.transparency_log }
+impl From<&TransparencyArgs> for crate::image::sign::Options {
+    fn from(args: &TransparencyArgs) -> crate::image::sign::Options {
+        crate::image::sign::Options { transparency_log: args.transparency_log }
     }
 }
 
-impl From<&VerifyArgs> for crate::verify::Request {
-    fn from(args: &VerifyArgs) -> crate::verify::Request {
-        crate::verify::Request {
+impl From<&VerifyArgs> for crate::image::verify::Request {
+    fn from(args: &VerifyArgs) -> crate::image::verify::Request {
+        crate::image::verify::Request {
             reference: args.reference.clone(),
             key: args.key.clone(),
             platforms: args.platforms.platform.0.clone(),
@@ -829,8 +831,8 @@ pub enum ImagesAction {
         #[arg(
             long,
             value_name = "LIST",
-            value_parser = crate::platform::parse_list,
-            default_value = crate::release::DEFAULT_PLATFORMS
+            value_parser = crate::image::platform::parse_list,
+            default_value = crate::tasks::release::DEFAULT_PLATFORMS
         )]
         platform: PlatformList,
         /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
@@ -996,7 +998,7 @@ pub enum Bench {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
         runs: u32,
         /// The share of requests the proxy fails: 0.2 or 20%.
-        #[arg(long, default_value = "20%", value_parser = crate::faults::parse_rate)]
+        #[arg(long, default_value = "20%", value_parser = crate::tasks::faults::parse_rate)]
         rate: f64,
         /// Print JSON on stdout instead of a table.
         #[arg(long)]
@@ -1095,20 +1097,18 @@ impl DevUpArgs {
     }
 }
 
-impl From<DevArgs> for tasks::DevAction {
-    fn from(args: DevArgs) -> tasks::DevAction {
+impl From<DevArgs> for dev::DevAction {
+    fn from(args: DevArgs) -> dev::DevAction {
         match args.action {
-            None => tasks::DevAction::Up(args.up.into_up(Vec::new())),
+            None => dev::DevAction::Up(args.up.into_up(Vec::new())),
             Some(DevAction::Up(command)) => {
-                tasks::DevAction::Up(command.up.into_up(command.services))
+                dev::DevAction::Up(command.up.into_up(command.services))
             }
-            Some(DevAction::Down { volumes }) => tasks::DevAction::Down { volumes },
-            Some(DevAction::Logs { service, follow }) => tasks::DevAction::Logs { service, follow },
-            Some(DevAction::Ps) => tasks::DevAction::Ps,
-            Some(DevAction::Exec { service, command }) => {
-                tasks::DevAction::Exec { service, command }
-            }
-            Some(DevAction::Restart { service }) => tasks::DevAction::Restart { service },
+            Some(DevAction::Down { volumes }) => dev::DevAction::Down { volumes },
+            Some(DevAction::Logs { service, follow }) => dev::DevAction::Logs { service, follow },
+            Some(DevAction::Ps) => dev::DevAction::Ps,
+            Some(DevAction::Exec { service, command }) => dev::DevAction::Exec { service, command },
+            Some(DevAction::Restart { service }) => dev::DevAction::Restart { service },
         }
     }
 }
@@ -1164,9 +1164,13 @@ impl From<ProdAction> for prod::ProdAction {
             ProdAction::Keys { action, file } => prod::ProdAction::Keys(
                 file,
                 match action {
-                    KeysAction::Create { name } => crate::api_keys::KeysAction::Create { name },
-                    KeysAction::Revoke { name } => crate::api_keys::KeysAction::Revoke { name },
-                    KeysAction::List => crate::api_keys::KeysAction::List,
+                    KeysAction::Create { name } => {
+                        crate::stack::api_keys::KeysAction::Create { name }
+                    }
+                    KeysAction::Revoke { name } => {
+                        crate::stack::api_keys::KeysAction::Revoke { name }
+                    }
+                    KeysAction::List => crate::stack::api_keys::KeysAction::List,
                 },
             ),
             ProdAction::Restore { time, backup, force, timeout, on } => {

@@ -3,42 +3,19 @@
 //! Exit status: 0 on success, 1 when a task fails, 2 for a wrong command line (from clap),
 //! 124 when a wait timed out, 130 on Ctrl-C (SIGINT), 143 on SIGTERM, 129 on SIGHUP.
 
+// The layers, each looking only down: `cli` (the command line) over `tasks` (what each command
+// does), over `stack` (compose and Swarm stacks, their services, data and edge), over `image`
+// (our images: catalogue, builds, versions, bundles, signatures), over `oci` (registries and
+// archives) and `wait` (readiness), over `run` (the process door, signals, output, run labels).
 #[macro_use]
-mod term;
+mod run;
 
-mod api_keys;
-mod backup;
-mod bench;
-mod bundle;
-mod catalogue;
-mod ci;
 mod cli;
-mod db;
-mod docker;
-mod doctor;
-mod faults;
 mod image;
-mod interrupt;
-mod migrations;
 mod oci;
-mod plan;
-mod platform;
-mod prod;
-mod progress;
-mod reap;
-mod registry;
-mod release;
-mod services;
-mod sign;
 mod stack;
-mod swarm;
 mod tasks;
-mod tls;
-mod tools;
-mod verify;
-mod version;
 mod wait;
-mod watch;
 
 use std::process::ExitCode;
 
@@ -46,6 +23,9 @@ use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::cli::{Bench, Cli, Command};
+use crate::image::{bundle, verify, version};
+use crate::run::{interrupt, plan, progress};
+use crate::tasks::{bench, ci, db, dev, doctor, faults, prod, reap, release};
 
 fn main() -> ExitCode {
     // The image catalogue first: the command line names its images.
@@ -98,14 +78,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::WaitFor(args) => wait::run(&args.into()),
         Command::Dev(args) => {
             let preview = args.preview.into();
-            tasks::dev(&root, args.into(), preview)
+            dev::dev(&root, args.into(), preview)
         }
-        Command::Test(args) => tasks::test(&root, &args.into()),
+        Command::Test(args) => dev::test(&root, &args.into()),
         Command::Prod(args) => {
             prod::run(&root, args.action.into(), args.env_file, args.preview.into())
         }
         Command::Db(args) => db::run(&root, args.action.into(), args.preview.into()),
-        Command::Run(args) => tasks::run(&root, &args.into()),
+        Command::Run(args) => dev::run(&root, &args.into()),
         Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
         Command::Doctor(args) => doctor::run(&args.into()),
         Command::Ci(args) => ci::run(&root, &args.into()),

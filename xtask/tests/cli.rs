@@ -566,7 +566,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
     std::fs::create_dir_all(&dir).unwrap();
     let env_file = dir.join("prod-secrets.env");
     // HTTPS from certificate files: the key's text is a secret too.
-    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls");
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/stack/tls");
     let key_text = std::fs::read_to_string(tls.join("long.key")).unwrap();
     let key_line = key_text.lines().nth(1).unwrap().to_owned();
     std::fs::write(
@@ -931,7 +931,7 @@ fn wait_for_refuses_a_ca_it_cannot_use() {
     std::fs::create_dir_all(&dir).unwrap();
     let not_pem = dir.join("not.pem");
     std::fs::write(&not_pem, "just text\n").unwrap();
-    let cert = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls/long.pem");
+    let cert = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/stack/tls/long.pem");
     let cases: [(Vec<&str>, &str); 3] = [
         (vec!["--ca", "/nonexistent/ca.pem", "https://127.0.0.1:9/"], "cannot read --ca"),
         (
@@ -997,7 +997,7 @@ fn version_flag_names_the_app_version() {
 /// read, a wildcard ACME name, an ACME account with no address.
 #[test]
 fn prod_refuses_bad_tls_input_in_one_line_before_anything_runs() {
-    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls");
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/stack/tls");
     let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
     let cases: [(&[(&str, String)], &str); 6] = [
         (&[], "the prod stack serves HTTPS: give a certificate"),

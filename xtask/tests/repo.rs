@@ -239,7 +239,7 @@ fn processes_start_only_through_the_runner() {
     let markers = ["Command::new(", "process::Command", "cmd!(", "duct::", "xshell"];
     let mut offenders = Vec::new();
     for (name, text) in xtask_sources() {
-        if name == "plan.rs" {
+        if name == "run/plan.rs" {
             continue;
         }
         for (number, line) in text.lines().enumerate() {
@@ -265,62 +265,86 @@ fn only_main_reads_the_command_line_types() {
     assert!(offenders.is_empty(), "take request values, not cli types: {offenders:?}");
 }
 
-/// The modules of `xtask/src` (a file or folder under it) and which others each one's code
-/// names (`crate::NAME`), outside tests and comments.
-fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        std::collections::BTreeMap::new();
-    for (name, text) in xtask_sources() {
-        let module = name.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+type Graph = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// The module a source file is (`stack/swarm.rs` is `stack::swarm`, `stack/mod.rs` is `stack`).
+fn module_of(file: &str) -> String {
+    let path = file.trim_end_matches(".rs").trim_end_matches("/mod");
+    path.replace('/', "::")
+}
+
+/// The modules of `xtask/src` and which others each one's code names (`crate::a::b`,
+/// `super::b`, and `use crate::{...}` lists), outside tests and comments: a name is the longest
+/// module it starts with. `main` is left out (it declares them all).
+fn module_graph() -> Graph {
+    let sources = xtask_sources();
+    let modules: std::collections::BTreeSet<String> =
+        sources.iter().map(|(name, _)| module_of(name)).collect();
+    let resolve = |path: &str| -> Option<String> {
+        let parts: Vec<&str> = path.split("::").collect();
+        (1..=parts.len()).rev().map(|n| parts[..n].join("::")).find(|m| modules.contains(m))
+    };
+    let mut graph = Graph::new();
+    for (name, text) in &sources {
+        let module = module_of(name);
         if module == "main" {
             continue;
         }
+        // `super` of a file is its folder's module; of a folder's `mod.rs`, the folder's parent.
+        let parent = match name.ends_with("/mod.rs") {
+            true => module.rsplit_once("::").map_or("", |(p, _)| p).to_owned(),
+            false => module.rsplit_once("::").map_or(String::new(), |(p, _)| p.to_owned()),
+        };
         let code = text.split("#[cfg(test)]").next().unwrap();
-        let mut uses = graph.remove(&module).unwrap_or_default();
-        for line in code.lines() {
-            let line = line.split("//").next().unwrap();
-            for (at, _) in line.match_indices("crate::") {
-                let rest = &line[at + "crate::".len()..];
-                if rest.starts_with('{') {
-                    let inner = &rest[1..rest.find('}').unwrap_or(rest.len())];
-                    uses.extend(
-                        inner.split(',').map(|u| u.trim().split("::").next().unwrap().to_owned()),
-                    );
+        let code: String =
+            code.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
+        let mut uses = std::collections::BTreeSet::new();
+        for (prefix, base) in [("crate::", String::new()), ("super::", parent.clone())] {
+            for (at, _) in code.match_indices(prefix) {
+                if at > 0 && code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let rest = &code[at + prefix.len()..];
+                let join = |tail: &str| match base.is_empty() {
+                    true => tail.to_owned(),
+                    false => format!("{base}::{tail}"),
+                };
+                let path_end = |r: &str| {
+                    r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                        .unwrap_or(r.len())
+                };
+                let head = &rest[..path_end(rest)];
+                let head = head.trim_end_matches(':');
+                if rest[head.len()..].starts_with("::{") || rest.starts_with('{') {
+                    let open = rest.find('{').unwrap();
+                    let inner =
+                        &rest[open + 1..rest[open..].find('}').map_or(rest.len(), |c| open + c)];
+                    for item in inner.split(',') {
+                        let item = item.trim();
+                        let item = &item[..path_end(item)];
+                        let path = match head.is_empty() {
+                            true => item.to_owned(),
+                            false => format!("{head}::{item}"),
+                        };
+                        uses.extend(resolve(&join(path.trim_end_matches(':'))));
+                    }
                 } else {
-                    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
-                    uses.insert(rest[..end.unwrap_or(rest.len())].to_owned());
+                    uses.extend(resolve(&join(head)));
                 }
             }
         }
-        uses.retain(|u| !u.is_empty() && *u != module);
-        graph.insert(module, uses);
-    }
-    // Multi-line `use crate::{...}` lists: the inner names on the following lines.
-    for (name, text) in xtask_sources() {
-        let module = name.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
-        if module == "main" {
-            continue;
-        }
-        let code = text.split("#[cfg(test)]").next().unwrap();
-        for (at, _) in code.match_indices("use crate::{") {
-            let rest = &code[at + "use crate::{".len()..];
-            let inner = &rest[..rest.find('}').unwrap_or(0)];
-            let names = inner.split(',').map(|u| u.trim().split("::").next().unwrap().to_owned());
-            graph.get_mut(&module).unwrap().extend(names.filter(|n| !n.is_empty() && *n != module));
-        }
+        uses.remove(&module);
+        uses.remove("self");
+        graph.entry(module).or_default().extend(uses);
     }
     graph
 }
 
-#[test]
-fn no_module_imports_in_a_cycle() {
-    // A cycle between modules means neither can be understood (or moved) without the other:
-    // layers only look down. Depth-first, naming the first cycle found.
-    let graph = module_graph();
-    assert!(graph.len() > 20 && graph["prod"].contains("stack"), "the graph is read: {graph:?}");
+/// The first cycle in `graph`, depth-first, if any.
+fn first_cycle(graph: &Graph) -> Option<Vec<String>> {
     fn visit(
         module: &str,
-        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        graph: &Graph,
         path: &mut Vec<String>,
         done: &mut std::collections::BTreeSet<String>,
     ) -> Option<Vec<String>> {
@@ -343,9 +367,44 @@ fn no_module_imports_in_a_cycle() {
         None
     }
     let mut done = std::collections::BTreeSet::new();
-    for module in graph.keys() {
-        if let Some(cycle) = visit(module, &graph, &mut Vec::new(), &mut done) {
-            panic!("modules import each other: {}", cycle.join(" -> "));
-        }
+    graph.keys().find_map(|module| visit(module, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_module_imports_in_a_cycle() {
+    // A cycle between modules means neither can be understood (or moved) without the other:
+    // layers only look down. Depth-first, naming the first cycle found.
+    let graph = module_graph();
+    assert!(
+        graph.len() > 40 && graph["tasks::prod"].contains("stack"),
+        "the graph is read: {graph:?}"
+    );
+    if let Some(cycle) = first_cycle(&graph) {
+        panic!("modules import each other: {}", cycle.join(" -> "));
     }
+}
+
+#[test]
+fn no_folder_imports_in_a_cycle() {
+    // The folders are the layers (main.rs says which is over which): one that names another
+    // which names it back has lost its place.
+    let top = |m: &str| m.split("::").next().unwrap().to_owned();
+    let mut folders = Graph::new();
+    for (module, uses) in module_graph() {
+        let entry = folders.entry(top(&module)).or_default();
+        entry.extend(uses.iter().map(|u| top(u)).filter(|u| *u != top(&module)));
+    }
+    assert!(folders["tasks"].contains("stack") && folders.len() >= 7, "{folders:?}");
+    if let Some(cycle) = first_cycle(&folders) {
+        panic!("folders import each other: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_module_graph_reads_paths_lists_and_super() {
+    let graph = module_graph();
+    // `use crate::{image::bundle, ...}` style lists, `super::` in a folder, and a nested path.
+    assert!(graph["tasks::bench::deploy"].contains("tasks::bench"), "{graph:?}");
+    assert!(graph["wait::checks"].contains("wait::postgres"), "{graph:?}");
+    assert!(graph["stack::swarm"].contains("run::label"), "{graph:?}");
 }

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::interrupt::Interruptible;
 use crate::oci::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, blob_name, is_index, sha256_digest};
 use crate::oci::model::Document;
+use crate::run::interrupt::Interruptible;
 
 /// One platform of a built image: the digest of its manifest (what a rebuild of the commit
 /// reproduces) and its layers.

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::plan::Step;
+use crate::run::plan::Step;
 
 /// What the client may do in a repository, for a bearer token's scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

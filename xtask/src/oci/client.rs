@@ -26,7 +26,6 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 use ureq::http;
 
-use crate::interrupt::{self, Interrupted};
 use crate::oci::archive::{Archive, open_range};
 use crate::oci::auth::{Access, Credentials, docker_credentials, parse_challenge};
 use crate::oci::inspect::Inspected;
@@ -37,7 +36,8 @@ use crate::oci::model::{Document, ImageConfig};
 use crate::oci::reference::{Reference, Repository, display, display_repo, host_of, origin_of};
 use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries};
 use crate::oci::transport::Transport;
-use crate::progress::{Counted, Progress};
+use crate::run::interrupt::{self, Interrupted};
+use crate::run::progress::{Counted, Progress};
 
 /// The largest manifest read (the distribution spec asks registries to take 4 MiB).
 pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
@@ -289,7 +289,7 @@ impl Client {
             let body = Body::File { path: &layout.path, offset, size, progress: Some(progress) };
             let what = format!(
                 "uploading blob {digest} ({}) to {}",
-                crate::progress::size(size),
+                crate::run::progress::size(size),
                 display_repo(repo)
             );
             match self.retried(&what, || {

@@ -12,7 +12,7 @@ use crate::oci::inspect::Inspected;
 use crate::oci::model::Document;
 use crate::oci::reference::Reference;
 use crate::oci::retry::{Failure, RetryPolicy, classify, interruptible_sleep, with_retries};
-use crate::plan::{Captured, Request, Step};
+use crate::run::plan::{Captured, Request, Step};
 
 /// One registry and the operations a release needs, each request of them retried on its own
 /// ([`Client`]).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 
-use crate::interrupt::{self, Interrupted};
+use crate::run::interrupt::{self, Interrupted};
 
 /// Why a registry operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Attempt;
-use crate::plan::{Running, Step, Stream, Streams};
+use crate::run::plan::{Running, Step, Stream, Streams};
 
 /// A running `docker events` whose lines arrive on a channel; stopped on drop.
 pub struct Events {

@@ -338,7 +338,7 @@ impl std::error::Error for TimedOut {}
 
 /// A wait inside another task: it stops on Ctrl-C and says on stderr as each probe is ready.
 pub fn within_task(checks: Vec<(String, Box<dyn Check + '_>)>, options: WaitOptions) -> Outcome {
-    let options = WaitOptions { cancel: Some(crate::interrupt::flag()), ..options };
+    let options = WaitOptions { cancel: Some(crate::run::interrupt::flag()), ..options };
     wait(checks, options, &SystemClock::new(), |event, reports| {
         if let Event::Ready { index, at, .. } = event {
             say!("ready: {} after {} ms", reports[*index].probe, at.as_millis());
@@ -371,7 +371,7 @@ pub fn outcome_result(outcome: &Outcome, timeout: Duration) -> Result<()> {
             .join("; ")
     };
     match outcome.verdict {
-        Verdict::Interrupted => Err(crate::interrupt::Interrupted.into()),
+        Verdict::Interrupted => Err(crate::run::interrupt::Interrupted.into()),
         Verdict::Ready => Ok(()),
         Verdict::Failed => {
             bail!("not ready, and waiting will not help: {}", describe(State::Failed))

@@ -305,7 +305,7 @@ fn pbkdf2(
     let mut out = u;
     for i in 1..iterations {
         if i % 1024 == 0 {
-            if crate::interrupt::is_set() {
+            if crate::run::interrupt::is_set() {
                 return Err("interrupted while computing the SCRAM proof".into());
             }
             if Instant::now() >= deadline {

@@ -1,0 +1,716 @@
+//! `cargo xtask build`: every image of the catalogue (`docker/images.toml`, see
+//! [`crate::image::catalogue`]) rendered into one bake definition, so all images build in one BuildKit
+//! session; then the refs and digests that came out.
+
+pub mod bundle;
+pub mod catalogue;
+pub mod platform;
+pub mod sign;
+pub mod verify;
+pub mod version;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Map, Value, json};
+
+use crate::image::platform::Platform;
+use crate::image::version::{Revision, rfc3339_utc};
+use crate::oci;
+use crate::run::docker;
+use crate::run::label::{RunDir, RunId};
+use crate::run::plan::{Plan, Preview, Step};
+
+pub use crate::image::catalogue::{ImageName, ImageParser, load as load_catalogue};
+pub use crate::oci::PlatformImage;
+
+/// Where an image comes from: its Dockerfile and target, and its title label.
+pub struct ImageSource {
+    pub dockerfile: &'static str,
+    pub target: &'static str,
+    pub title: String,
+}
+
+/// What the catalogue (`docker/images.toml`) says an image is built from.
+pub fn source(image: ImageName) -> ImageSource {
+    let entry = image.entry();
+    ImageSource {
+        dockerfile: &entry.dockerfile,
+        target: &entry.target,
+        title: format!("memories-{image}"),
+    }
+}
+
+/// `cargo xtask images list`: the catalogue, as a table or (with `json`) a JSON array.
+pub fn list(json: bool) {
+    let images = ImageName::all();
+    if json {
+        let listed: Vec<Value> = images
+            .iter()
+            .map(|image| {
+                let entry = image.entry();
+                json!({
+                    "name": entry.name,
+                    "release": entry.release,
+                    "dockerfile": entry.dockerfile,
+                    "target": entry.target,
+                    "inputs": entry.inputs,
+                    "platforms": if entry.build_platform_only { "build" } else { "requested" },
+                    "about": entry.about,
+                })
+            })
+            .collect();
+        out!("{}", Value::from(listed));
+        return;
+    }
+    out!("{:<12} {:<8} {:<28} {:<12} about", "image", "release", "dockerfile", "target");
+    for image in images {
+        let entry = image.entry();
+        let release = if entry.release { "yes" } else { "no" };
+        out!(
+            "{:<12} {:<8} {:<28} {:<12} {}",
+            entry.name,
+            release,
+            entry.dockerfile,
+            entry.target,
+            entry.about
+        );
+    }
+}
+
+/// The repository an image is named under: `<registry>/<image>`, or `memories/<image>` locally.
+pub fn repository(registry: Option<&str>, image: ImageName) -> String {
+    match registry {
+        Some(registry) => format!("{registry}/{image}"),
+        None => format!("memories/{image}"),
+    }
+}
+
+/// Where built images go.
+///
+/// Only the engine's own exporter can load into its image store, and it cannot rewrite
+/// timestamps, so reproducible builds go through an OCI archive: BuildKit writes each image
+/// there with every timestamp clamped to the commit time, and `docker load` takes it into the
+/// store unchanged (same index, same digests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Loaded into the local image store (`type=docker`), ready for `docker run`: the fast path
+    /// of the dev loop, with the build's own file times.
+    #[default]
+    Load,
+    /// Reproducible: whole multi-platform indexes in the engine's image store, to be pushed or
+    /// saved later.
+    Store,
+    /// Reproducible, pushed from each archive to the registry under every ref (blobs on a few
+    /// upload threads, each request retried on its own); not loaded.
+    Push,
+}
+
+impl Output {
+    /// The exporter of one image; `archive` is where a reproducible build writes it.
+    fn exporter(self, archive: &Utf8Path) -> String {
+        match self {
+            Output::Load => "type=docker".to_owned(),
+            // gzip's fastest level: rewriting every layer's timestamps recompresses it on each
+            // build, cache hit or not, and at the default level that took about 60 s of a
+            // two-core machine for the standalone image's two platforms, at 1 about 34 s, for
+            // layers about 11% larger.
+            Output::Store | Output::Push => format!(
+                "type=oci,dest={archive},rewrite-timestamp=true,compression=gzip,compression-level=1"
+            ),
+        }
+    }
+}
+
+/// Where BuildKit's cache lives between machines (`--cache`): read before a build
+/// (`cache-from`) and written after it (`cache-to`, `mode=max`: every stage's layers), one
+/// scope per image, so that a fresh CI runner builds from what the last run left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cache {
+    /// `registry=REPO`: the tag `REPO:<image>` holds each image's cache.
+    Registry(String),
+    /// `local=DIR`: the directory `DIR/<image>` holds each image's cache.
+    Local(Utf8PathBuf),
+    /// `gha`: the GitHub Actions cache, scope `<image>` (buildx takes the cache service's URL
+    /// and token from `ACTIONS_CACHE_URL` and `ACTIONS_RUNTIME_TOKEN`).
+    Gha,
+}
+
+impl std::str::FromStr for Cache {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Cache, String> {
+        let usage = "use `registry=REPO` (e.g. registry=ghcr.io/acme/cache), `local=DIR` or `gha`";
+        match raw.split_once('=') {
+            None if raw == "gha" => Ok(Cache::Gha),
+            Some(("registry", repo)) if !repo.is_empty() => {
+                if repo.contains(',') || repo.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+                    return Err(format!(
+                        "`{repo}` is not a repository: give it without a tag (each image gets its \
+                         own tag), e.g. registry=ghcr.io/acme/cache"
+                    ));
+                }
+                Ok(Cache::Registry(repo.to_owned()))
+            }
+            Some(("local", dir)) if !dir.is_empty() && !dir.contains(',') => {
+                // Relative to where the command was typed, not to the repository root that
+                // buildx runs in.
+                let dir = Utf8PathBuf::from(dir);
+                if dir.is_absolute() {
+                    return Ok(Cache::Local(dir));
+                }
+                let cwd = std::env::current_dir()
+                    .ok()
+                    .and_then(|cwd| Utf8PathBuf::try_from(cwd).ok())
+                    .ok_or(
+                        "the current directory cannot be read: give local=DIR as an absolute path",
+                    )?;
+                Ok(Cache::Local(cwd.join(dir)))
+            }
+            _ => Err(format!("`{raw}` is not a cache: {usage}")),
+        }
+    }
+}
+
+impl fmt::Display for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cache::Registry(repo) => write!(f, "registry={repo}"),
+            Cache::Local(dir) => write!(f, "local={dir}"),
+            Cache::Gha => f.write_str("gha"),
+        }
+    }
+}
+
+impl Cache {
+    /// The `cache-from` and `cache-to` entries of one image. A local cache is read only when it
+    /// exists: buildx would warn about a missing one, and a first run has none.
+    pub fn entries(&self, image: ImageName) -> (Vec<String>, Vec<String>) {
+        match self {
+            Cache::Registry(repo) => {
+                let reference = format!("{repo}:{image}");
+                (
+                    vec![format!("type=registry,ref={reference}")],
+                    vec![format!(
+                        "type=registry,ref={reference},mode=max,image-manifest=true,\
+                         oci-mediatypes=true"
+                    )],
+                )
+            }
+            Cache::Local(dir) => {
+                let dir = dir.join(image.as_str());
+                let from = if dir.join("index.json").is_file() {
+                    vec![format!("type=local,src={dir}")]
+                } else {
+                    Vec::new()
+                };
+                (from, vec![format!("type=local,dest={dir},mode=max")])
+            }
+            Cache::Gha => (
+                vec![format!("type=gha,scope={image}")],
+                vec![format!("type=gha,scope={image},mode=max")],
+            ),
+        }
+    }
+}
+
+/// What to build, independent of how the command line spelled it.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub images: Vec<ImageName>,
+    pub platforms: Option<Vec<Platform>>,
+    pub output: Output,
+    /// The tags each image gets; `None` for the build tags of the revision.
+    pub tags: Option<Vec<String>>,
+    pub registry: Option<String>,
+    pub builder: Option<String>,
+    pub no_cache: bool,
+    /// Where to read the build cache from and write it to, beyond the builder's own.
+    pub cache: Option<Cache>,
+    /// Pushes may replace a tag that names another image (`release --force`); otherwise each
+    /// tag is read just before it is written and such a tag is refused.
+    pub overwrite: bool,
+}
+
+#[derive(Debug)]
+pub struct PlannedImage {
+    pub image: ImageName,
+    pub refs: Vec<String>,
+    /// The OCI archive a reproducible build writes it to, before it is loaded.
+    pub archive: Option<Utf8PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub images: Vec<PlannedImage>,
+    pub bake: Value,
+    pub metadata_file: Utf8PathBuf,
+    pub step: Step,
+    /// The run's directory for the archives of a reproducible build (removed afterwards).
+    pub archives: Option<Utf8PathBuf>,
+    /// `docker load` of each archive, after the bake ([`Output::Store`]).
+    pub loads: Vec<Step>,
+    /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
+    pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
+    /// See [`BuildRequest::overwrite`].
+    pub overwrite: bool,
+    pub root: Utf8PathBuf,
+    /// The SBOM generator's own build, first, for a reproducible build; its ref is this run's
+    /// alone (so builds side by side never name one image at once) and is removed afterwards.
+    pub generator: Option<Box<BuildPlan>>,
+}
+
+/// The prefix of a build's archive directory in `target/xtask`.
+const ARCHIVES_PREFIX: &str = "archives-";
+
+impl BuildPlan {
+    /// The images and their refs, for `--json`.
+    pub fn images_json(&self) -> Value {
+        self.images.iter().map(|i| json!({"image": i.image.as_str(), "refs": i.refs})).collect()
+    }
+
+    /// What builds the images, in order: the SBOM generator's build, the one bake, the loads.
+    pub fn build_steps(&self) -> Vec<Step> {
+        let generator = self.generator.iter().map(|g| g.step.clone());
+        generator.chain([self.step.clone()]).chain(self.loads.iter().cloned()).collect()
+    }
+
+    /// The build as a dry-run plan: the one bake (with its definition as a fact), then the
+    /// loads and pushes of a reproducible build.
+    pub fn to_plan(&self) -> Plan {
+        let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
+        Plan::new(format!("build {}", names.join(" ")))
+            .steps(self.build_steps())
+            .requests(self.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)))
+            .fact("images", self.images_json())
+            .fact("bake", self.bake.clone())
+    }
+}
+
+/// Plans a build: no side effects, so tests can assert on it without Docker.
+pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> BuildPlan {
+    let images: Vec<ImageName> = if request.images.is_empty() {
+        ImageName::released()
+    } else {
+        request.images.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+    };
+    let tags = request.tags.clone().unwrap_or_else(|| revision.build_tags());
+    let reproducible = request.output != Output::Load;
+    let archives =
+        reproducible.then(|| RunDir::planned(&root.join("target/xtask"), ARCHIVES_PREFIX));
+    let generator = reproducible.then(|| {
+        let run = RunId::of_process(std::process::id())
+            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
+        let request = BuildRequest {
+            images: vec![ImageName::SBOM],
+            tags: Some(vec![revision.build_tags()[1].clone()]),
+            registry: Some(format!("memories/run-{run}")),
+            builder: request.builder.clone(),
+            cache: request.cache.clone(),
+            ..BuildRequest::default()
+        };
+        Box::new(plan(root, revision, &request))
+    });
+    let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
+    let mut targets = Map::new();
+    let mut planned = Vec::new();
+    for &image in &images {
+        let source = source(image);
+        let repository = repository(request.registry.as_deref(), image);
+        let refs: Vec<String> = tags.iter().map(|tag| format!("{repository}:{tag}")).collect();
+        let epoch = revision.epoch_of(image);
+        let mut labels: Map<String, Value> =
+            revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
+        labels.insert("org.opencontainers.image.title".into(), source.title.clone().into());
+        labels.insert("org.opencontainers.image.created".into(), rfc3339_utc(epoch).into());
+        let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
+        let exporter = request.output.exporter(archive.as_deref().unwrap_or(Utf8Path::new("")));
+        // BuildKit's own build argument: the image config's times and, with
+        // `rewrite-timestamp`, every file time. No stage declares it, so it never reaches a
+        // `RUN` step's environment or cache key. It is the image's own epoch, not the commit's:
+        // an image whose inputs did not change keeps its layers, so a deploy keeps it running.
+        let mut target = json!({
+            "context": ".",
+            "dockerfile": source.dockerfile,
+            "target": source.target,
+            "tags": refs,
+            "labels": labels,
+            "args": { "SOURCE_DATE_EPOCH": epoch.to_string() },
+            "output": [exporter],
+        });
+        if let Some(generator) = &generator_ref {
+            target["attest"] =
+                json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")]);
+        }
+        // An image for this machine (the catalogue's `platforms = "build"`) is built for the
+        // builder's own platform, whatever was asked.
+        let requested = request.platforms.as_ref().filter(|_| !image.entry().build_platform_only);
+        if let Some(platforms) = requested {
+            let platforms: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+            target["platforms"] = platforms.into();
+        }
+        if let Some(cache) = &request.cache {
+            let (from, to) = cache.entries(image);
+            target["cache-from"] = from.into();
+            target["cache-to"] = to.into();
+        }
+        targets.insert(image.as_str().into(), target);
+        planned.push(PlannedImage { image, refs, archive });
+    }
+    let names: Vec<&str> = images.iter().map(|i| i.as_str()).collect();
+    let bake = json!({ "group": { "default": { "targets": names } }, "target": targets });
+    // One file per process: builds running side by side must not read each other's digests.
+    let metadata_file =
+        root.join(format!("target/xtask/bake-metadata-{}.json", std::process::id()));
+    let mut step = docker::buildx(root, request.builder.as_deref())
+        .args(["bake", "--file", "-", "--metadata-file"])
+        .arg(metadata_file.as_str());
+    if request.no_cache {
+        step = step.arg("--no-cache");
+    }
+    let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
+    let archived = planned.iter().filter_map(|p| Some((p.archive.clone()?, p.refs.clone())));
+    let (loads, pushes) = match request.output {
+        Output::Load => (Vec::new(), Vec::new()),
+        Output::Store => {
+            let load = |(archive, _): (Utf8PathBuf, _)| {
+                docker::cli(root).args(["load", "--quiet", "--input", archive.as_str()])
+            };
+            (archived.map(load).collect(), Vec::new())
+        }
+        Output::Push => (Vec::new(), archived.collect()),
+    };
+    BuildPlan {
+        images: planned,
+        bake,
+        metadata_file,
+        step,
+        archives,
+        loads,
+        pushes,
+        overwrite: request.overwrite,
+        root: root.to_owned(),
+        generator,
+    }
+}
+
+/// The context of a build's error once every image was built and a push failed: some images
+/// or refs may be in the registry already.
+#[derive(Debug)]
+pub struct PushCutShort;
+
+impl fmt::Display for PushCutShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("every image was built, but the push was cut short")
+    }
+}
+
+/// A built image: its refs, the digest buildx reported and, for a reproducible build, what
+/// each platform's manifest is.
+#[derive(Debug)]
+pub struct Built {
+    pub image: ImageName,
+    pub refs: Vec<String>,
+    pub digest: Option<String>,
+    pub platforms: Vec<PlatformImage>,
+}
+
+/// Runs a planned build and reads the digests back from buildx's metadata file; a
+/// reproducible build's archives are then loaded into the image store, or for
+/// [`Output::Push`] pushed to the registry instead, and removed whatever happens.
+pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
+    docker::require_cli()?;
+    let dir = plan.metadata_file.parent().expect("metadata file has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let _generator = match &plan.generator {
+        Some(generator) => {
+            execute(generator).context("cannot build the SBOM generator")?;
+            Some(Untag { root: &plan.root, refs: &generator.images[0].refs })
+        }
+        None => None,
+    };
+    let archives = match &plan.archives {
+        Some(planned) => {
+            let made = RunDir::new(dir, ARCHIVES_PREFIX)?;
+            assert_eq!(made.path(), planned, "the archive directory is the planned one");
+            Some(made)
+        }
+        None => None,
+    };
+    let _ = std::fs::remove_file(&plan.metadata_file);
+    plan.step.run().map_err(docker::explain_buildx_failure).context("image build failed")?;
+    let metadata = std::fs::read_to_string(&plan.metadata_file)
+        .with_context(|| format!("buildx wrote no metadata to {}", plan.metadata_file))?;
+    let _ = std::fs::remove_file(&plan.metadata_file);
+    let metadata: Value = serde_json::from_str(&metadata).context("buildx metadata is not JSON")?;
+    let digest_of = |image: ImageName| {
+        metadata[image.as_str()]["containerimage.digest"].as_str().map(str::to_owned)
+    };
+    let mut platforms = Vec::new();
+    for archive in plan.images.iter().filter_map(|p| p.archive.as_ref()) {
+        platforms.push(oci::platform_images(archive)?);
+    }
+    for load in &plan.loads {
+        load.run().context("cannot load a built image into the image store")?;
+    }
+    if !plan.pushes.is_empty() {
+        let remote = oci::Registry::new(&plan.root);
+        for (planned, (archive, refs)) in plan.images.iter().zip(&plan.pushes) {
+            let pushed = remote
+                .push_archive(archive, refs, plan.overwrite)
+                .with_context(|| format!("cannot push {} as {}", planned.image, refs.join(", ")))
+                .context(PushCutShort)?;
+            if let Some(built) = digest_of(planned.image).filter(|built| *built != pushed) {
+                bail!("{} was built as {built} but its archive holds {pushed}", planned.image);
+            }
+            say!("pushed {} as {} ({pushed})", planned.image, refs.join(", "));
+        }
+    }
+    drop(archives);
+    let mut platforms = platforms.into_iter();
+    Ok(plan
+        .images
+        .iter()
+        .map(|planned| Built {
+            image: planned.image,
+            refs: planned.refs.clone(),
+            digest: digest_of(planned.image),
+            platforms: platforms.next().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Removes local tags when dropped.
+struct Untag<'a> {
+    root: &'a Utf8Path,
+    refs: &'a [String],
+}
+
+impl Drop for Untag<'_> {
+    fn drop(&mut self) {
+        let step = docker::cli(self.root).args(["image", "rm"]).args(self.refs).quiet();
+        let _ = step.capture();
+    }
+}
+
+pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<()> {
+    let revision = Revision::read(root)?;
+    let plan = plan(root, &revision, request);
+    if preview.dry_run {
+        plan.to_plan().print(preview.json);
+        return Ok(());
+    }
+    let built = execute(&plan)?;
+    if preview.json {
+        let images: Vec<Value> = built
+            .iter()
+            .map(|b| {
+                let platforms: Vec<Value> = b.platforms.iter().map(PlatformImage::to_json).collect();
+                json!({"image": b.image.as_str(), "refs": b.refs, "digest": b.digest, "platforms": platforms})
+            })
+            .collect();
+        out!("{:#}", json!({ "images": images }));
+    } else {
+        for b in &built {
+            for r in &b.refs {
+                out!("{r} {}", b.digest.as_deref().unwrap_or("-"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::version::{AppVersion, rfc3339_utc};
+
+    fn revision() -> Revision {
+        Revision {
+            version: AppVersion::parse("0.4.2").unwrap(),
+            commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
+            dirty: false,
+            epoch: 1_700_000_000,
+            created: rfc3339_utc(1_700_000_000),
+            // The db's inputs last changed before the commit; the other images have its time.
+            epochs: [(ImageName::DB, 1_600_000_000)].into(),
+            source: Some("https://example.com/memories.git".into()),
+        }
+    }
+
+    #[test]
+    fn default_plan_builds_every_image_in_one_bake_and_loads() {
+        let plan = plan(Utf8Path::new("/repo"), &revision(), &BuildRequest::default());
+        assert_eq!(
+            plan.step.args,
+            [
+                "buildx",
+                "bake",
+                "--file",
+                "-",
+                "--metadata-file",
+                format!("/repo/target/xtask/bake-metadata-{}.json", std::process::id()).as_str()
+            ]
+        );
+        assert_eq!(
+            plan.bake["group"]["default"]["targets"],
+            json!(["server", "standalone", "db", "redis", "proxy"])
+        );
+        let server = &plan.bake["target"]["server"];
+        assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
+        assert_eq!(server["target"], "runtime");
+        assert_eq!(server["output"], json!(["type=docker"]));
+        assert_eq!(server["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+        assert_eq!(server["labels"]["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+        // An image dates from the newest commit that touched its inputs, labels and all.
+        let db = &plan.bake["target"]["db"];
+        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
+        assert_eq!(db["labels"]["org.opencontainers.image.created"], "2020-09-13T12:26:40Z");
+        assert_eq!(db["labels"]["org.opencontainers.image.revision"], revision().commit);
+        assert!(server.get("attest").is_none() && plan.loads.is_empty() && plan.archives.is_none());
+        assert_eq!(
+            server["tags"],
+            json!([
+                "memories/server:0.4.2",
+                "memories/server:0.4.2-abcdef0",
+                "memories/server:sha-abcdef0"
+            ])
+        );
+        assert!(server.get("platforms").is_none(), "the builder's own platform by default");
+        let labels = &server["labels"];
+        assert_eq!(labels["org.opencontainers.image.version"], "0.4.2");
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            "abcdef0123456789abcdef0123456789abcdef01"
+        );
+        assert_eq!(labels["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+        assert_eq!(labels["org.opencontainers.image.source"], "https://example.com/memories.git");
+        assert_eq!(labels["org.opencontainers.image.title"], "memories-server");
+        assert_eq!(plan.bake["target"]["standalone"]["target"], "standalone");
+        assert_eq!(plan.bake["target"]["db"]["dockerfile"], "docker/db/Dockerfile");
+        let stdin: Value = serde_json::from_str(plan.step.stdin.as_deref().unwrap()).unwrap();
+        assert_eq!(stdin, plan.bake, "the bake file is exactly what goes to stdin");
+    }
+
+    #[test]
+    fn caches_are_one_flag_with_a_scope_per_image() {
+        let parse = |raw: &str| raw.parse::<Cache>();
+        assert_eq!(parse("gha"), Ok(Cache::Gha));
+        assert_eq!(parse("local=/tmp/c"), Ok(Cache::Local("/tmp/c".into())));
+        let cwd = Utf8PathBuf::try_from(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(parse("local=c"), Ok(Cache::Local(cwd.join("c"))), "relative to the caller");
+        assert_eq!(
+            parse("registry=ghcr.io/acme/cache"),
+            Ok(Cache::Registry("ghcr.io/acme/cache".into()))
+        );
+        assert_eq!(
+            parse("registry=127.0.0.1:5000/cache"),
+            Ok(Cache::Registry("127.0.0.1:5000/cache".into())),
+            "a port is not a tag"
+        );
+        assert!(parse("registry=ghcr.io/acme/cache:v1").unwrap_err().contains("without a tag"));
+        for bad in ["", "s3=bucket", "registry=", "local=", "gha=x", "local=a,b"] {
+            assert!(parse(bad).unwrap_err().contains("registry=REPO"), "{bad}");
+        }
+        let (from, to) = Cache::Gha.entries(ImageName::SERVER);
+        assert_eq!(
+            (from, to),
+            (
+                vec!["type=gha,scope=server".to_owned()],
+                vec!["type=gha,scope=server,mode=max".to_owned()]
+            )
+        );
+        // A local cache that is not there yet is only written.
+        let dir = std::env::temp_dir().join(format!("cache-test-{}", std::process::id()));
+        let local = Cache::Local(Utf8PathBuf::try_from(dir.clone()).unwrap());
+        let (from, to) = local.entries(ImageName::DB);
+        assert!(from.is_empty());
+        assert_eq!(to, [format!("type=local,dest={}/db,mode=max", dir.display())]);
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db/index.json"), "{}").unwrap();
+        assert_eq!(
+            local.entries(ImageName::DB).0,
+            [format!("type=local,src={}/db", dir.display())]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flags_reach_the_plan() {
+        let request = BuildRequest {
+            images: vec![ImageName::DB, ImageName::SERVER, ImageName::DB],
+            platforms: Some(
+                crate::image::platform::parse_list("linux/amd64,linux/aarch64").unwrap().0,
+            ),
+            output: Output::Push,
+            tags: None,
+            registry: Some("127.0.0.1:5000/acme".into()),
+            builder: Some("multi".into()),
+            no_cache: true,
+            cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
+            overwrite: false,
+        };
+        let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
+        assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
+        assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
+        assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
+        let db = &plan.bake["target"]["db"];
+        assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
+        let archives = plan.archives.as_ref().expect("a pushed build is reproducible");
+        assert!(archives.starts_with("/repo/target/xtask"), "{archives}");
+        assert_eq!(
+            db["output"],
+            json!([format!(
+                "type=oci,dest={archives}/db.tar,rewrite-timestamp=true,compression=gzip,\
+                 compression-level=1"
+            )])
+        );
+        assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
+        let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
+        let run = RunId::of_process(std::process::id()).unwrap();
+        assert_eq!(*generator, format!("memories/run-{run}/sbom:0.4.2-abcdef0"));
+        assert_eq!(
+            db["attest"],
+            json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")])
+        );
+        assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
+        assert!(plan.bake["target"].get("standalone").is_none());
+        assert_eq!(db["cache-from"], json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db"]));
+        assert_eq!(
+            db["cache-to"],
+            json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db,mode=max,image-manifest=true,\
+                 oci-mediatypes=true"])
+        );
+        let generator = plan.generator.as_ref().unwrap();
+        assert_eq!(
+            generator.bake["target"]["sbom"]["cache-from"],
+            json!(["type=registry,ref=127.0.0.1:5000/acme/cache:sbom"]),
+            "the SBOM generator's build is cached too"
+        );
+        // Nothing is loaded: each archive is pushed under both of its refs.
+        assert!(plan.loads.is_empty());
+        let pushed: Vec<(String, usize)> =
+            plan.pushes.iter().map(|(archive, refs)| (archive.to_string(), refs.len())).collect();
+        assert_eq!(
+            pushed,
+            [(format!("{archives}/server.tar"), 3), (format!("{archives}/db.tar"), 3)]
+        );
+        assert!(plan.pushes[1].1.contains(&"127.0.0.1:5000/acme/db:sha-abcdef0".to_owned()));
+        let shown = plan.to_plan();
+        let items: Vec<String> = shown
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                crate::run::plan::PlanItem::Run(step) => Some(step.args[0].clone()),
+                crate::run::plan::PlanItem::Request(request) => {
+                    Some(request.detail["action"].to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        // The generator, the bake, then each archive pushed.
+        assert_eq!(items, ["buildx", "buildx", "\"push\"", "\"push\""]);
+    }
+}

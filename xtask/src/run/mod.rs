@@ -1,0 +1,13 @@
+//! The bottom layer: how a task touches the machine. Every process starts through one door
+//! ([`plan::Step`]), the docker CLI is made in one place ([`docker`]), Ctrl-C and other signals
+//! set one flag ([`interrupt`]), output goes through `say!` and `out!` ([`term`]) with progress
+//! bars ([`progress`]), and what a run creates carries its label ([`label`]).
+
+#[macro_use]
+pub mod term;
+
+pub mod docker;
+pub mod interrupt;
+pub mod label;
+pub mod plan;
+pub mod progress;

@@ -1,0 +1,755 @@
+//! Plans: commands as values, built without side effects, then echoed and run, or only shown.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use camino::Utf8PathBuf;
+use serde_json::{Value, json};
+
+use crate::run::interrupt::{self, Interrupted};
+
+/// One command to run: program, argv, extra environment, working directory and stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Utf8PathBuf,
+    /// Text fed to the command's stdin (for instance a bake definition).
+    pub stdin: Option<String>,
+    /// Binary data fed to the command's stdin instead (for instance a tar stream).
+    pub stdin_bytes: Option<Vec<u8>>,
+    /// The command's stdout is the task's result (logs, exec, config): it goes to our stdout
+    /// instead of stderr.
+    pub stdout_is_data: bool,
+    /// How long one run may take before the command is stopped (SIGTERM, then SIGKILL).
+    pub timeout: Option<Duration>,
+    /// Not echoed before it runs: a probe or a query whose answer is all that matters.
+    pub quiet: bool,
+    /// Values shown as `***` wherever they appear: in the echo, a plan, `--json` and errors.
+    pub secrets: Vec<String>,
+}
+
+/// What a captured step printed, and how it ended.
+#[derive(Debug)]
+pub struct Captured {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The step ran past its timeout and was stopped.
+    pub timed_out: bool,
+}
+
+impl Captured {
+    pub fn success(&self) -> bool {
+        self.status.success() && !self.timed_out
+    }
+
+    /// The stdout of `step`, or an error naming it with what it said on stderr.
+    pub fn stdout_of(self, step: &Step) -> Result<String> {
+        if !self.success() {
+            bail!("`{}` failed: {}", step.short(), step.redact(self.stderr.trim()));
+        }
+        Ok(self.stdout)
+    }
+}
+
+impl Step {
+    pub fn new(program: &str, cwd: impl Into<Utf8PathBuf>) -> Step {
+        Step {
+            program: program.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: cwd.into(),
+            stdin: None,
+            stdin_bytes: None,
+            stdout_is_data: false,
+            timeout: None,
+            quiet: false,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Does not echo the step before it runs.
+    pub fn quiet(mut self) -> Step {
+        self.quiet = true;
+        self
+    }
+
+    /// Marks `value` secret: it is shown as `***` wherever the step is shown.
+    pub fn secret(mut self, value: &str) -> Step {
+        if !value.is_empty() && !self.secrets.iter().any(|s| s == value) {
+            self.secrets.push(value.to_owned());
+        }
+        self
+    }
+
+    /// `text` with every secret of the step replaced by `***`, longest first (so that a
+    /// secret containing another is hidden whole).
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&String> = self.secrets.iter().collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+    }
+
+    /// Stops the command when one run takes longer than `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Step {
+        self.timeout = Some(limit);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Step {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Step
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Step {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends the command's stdout to ours: it is the task's result.
+    pub fn stdout_is_data(mut self) -> Step {
+        self.stdout_is_data = true;
+        self
+    }
+
+    pub fn stdin(mut self, input: String) -> Step {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// Feeds binary data to the command's stdin (a plan shows only its size).
+    pub fn stdin_bytes(mut self, input: Vec<u8>) -> Step {
+        self.stdin_bytes = Some(input);
+        self
+    }
+
+    /// The step as data, with its secrets redacted.
+    pub fn to_json(&self) -> Value {
+        let env: serde_json::Map<String, Value> =
+            self.env.iter().map(|(k, v)| (k.clone(), Value::from(self.redact(v)))).collect();
+        let args: Vec<String> = self.args.iter().map(|a| self.redact(a)).collect();
+        json!({
+            "program": self.program,
+            "args": args,
+            "env": env,
+            "cwd": self.cwd.as_str(),
+            "stdin": match (&self.stdin, &self.stdin_bytes) {
+                (Some(text), _) => Some(self.redact(text)),
+                (None, Some(bytes)) => Some(format!("({} bytes)", bytes.len())),
+                (None, None) => None,
+            },
+            "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
+        })
+    }
+
+    /// Starts the step and returns at once, for a process that runs beside us: one that
+    /// streams (events, a `docker load` fed from a file), one we time, one we poll. It is
+    /// echoed unless quiet, and stopped when the handle is dropped while it still runs.
+    /// Interrupts are the caller's to watch: see [`Running::try_wait`].
+    pub fn spawn(&self, streams: Streams) -> Result<Running> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.echo();
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).current_dir(&self.cwd);
+        command.stdin(streams.stdin.stdio()).stdout(streams.stdout.stdio());
+        command.stderr(streams.stderr.stdio());
+        let child = command.spawn().with_context(|| format!("cannot start `{}`", self.short()))?;
+        Ok(Running { child, name: self.short(), finished: false })
+    }
+
+    /// Runs the step with its stdout sent to our stderr: stdout is kept for results. On Ctrl-C
+    /// or SIGTERM the child gets SIGTERM (then SIGKILL after 10 s) and the step fails with
+    /// [`Interrupted`].
+    pub fn run(&self) -> Result<()> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let output = self.supervise(Stop::OnInterrupt, Capture::Nothing)?.output;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)
+    }
+
+    /// Like [`Step::run`], but for clean-up steps, which must finish whatever happened: it
+    /// runs even after an interrupt, in a process group of its own (a Ctrl-C at the terminal
+    /// does not reach it), with no stdin, and with its output relayed afterwards (a closed
+    /// stderr cannot kill it). Only a second signal during the clean-up stops it, with
+    /// [`interrupt::Abandoned`]; see [`interrupt::cleanup_abandoned`].
+    pub fn run_regardless(&self) -> Result<()> {
+        let output = self.capture_regardless()?;
+        if self.quiet && output.success() {
+            // A quiet clean-up shows its output only when it fails.
+            return Ok(());
+        }
+        for line in output.stdout.lines() {
+            if self.stdout_is_data {
+                out!("{line}");
+            } else {
+                say!("{line}");
+            }
+        }
+        for line in output.stderr.lines() {
+            say!("{line}");
+        }
+        self.check(&output.status)
+    }
+
+    /// Like [`Step::capture`], for the queries of a clean-up (what is left to remove):
+    /// shielded as [`Step::run_regardless`] is.
+    pub fn capture_regardless(&self) -> Result<Captured> {
+        interrupt::begin_cleanup();
+        Ok(self.supervise(Stop::Shielded, Capture::Both)?.into())
+    }
+
+    /// Runs the step and returns its stdout (its stderr passes through).
+    pub fn read(&self) -> Result<String> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let output = self.supervise(Stop::OnInterrupt, Capture::Stdout)?.output;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)?;
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed non-UTF-8", self.short()))
+    }
+
+    /// Runs the step and captures both its stdout and its stderr, for callers that decide by
+    /// what the command said (a registry's answer). Fails only when it cannot run at all or is
+    /// interrupted; a failed or timed-out command is in the result.
+    pub fn capture(&self) -> Result<Captured> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let supervised = self.supervise(Stop::OnInterrupt, Capture::Both)?;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        Ok(supervised.into())
+    }
+
+    fn echo(&self) {
+        if !self.quiet {
+            say!("$ {self}");
+        }
+    }
+
+    fn supervise(&self, stop: Stop, capture: Capture) -> Result<Supervised> {
+        self.echo();
+        let mut expression = duct::cmd(&self.program, &self.args).dir(&self.cwd).unchecked();
+        if self.stdin.is_none()
+            && self.stdin_bytes.is_none()
+            && !matches!(capture, Capture::Nothing)
+        {
+            // A query never reads the terminal.
+            expression = expression.stdin_null();
+        }
+        if let Stop::Shielded = stop {
+            expression = expression.stdin_null().before_spawn(|command| {
+                use std::os::unix::process::CommandExt;
+                command.process_group(0);
+                Ok(())
+            });
+        }
+        expression = match capture {
+            Capture::Both => expression.stdout_capture().stderr_capture(),
+            Capture::Stdout => expression.stdout_capture(),
+            Capture::Nothing if self.stdout_is_data => expression,
+            Capture::Nothing => expression.stdout_to_stderr(),
+        };
+        for (key, value) in &self.env {
+            expression = expression.env(key, value);
+        }
+        if let Some(input) = &self.stdin {
+            expression = expression.stdin_bytes(input.as_bytes());
+        }
+        if let Some(input) = &self.stdin_bytes {
+            expression = expression.stdin_bytes(input.clone());
+        }
+        let handle =
+            expression.start().with_context(|| format!("cannot start `{}`", self.short()))?;
+        let started = Instant::now();
+        let mut stopping = Stopping::default();
+        let mut timed_out = false;
+        loop {
+            if let Some(output) =
+                handle.try_wait().with_context(|| format!("cannot wait for `{}`", self.program))?
+            {
+                return Ok(Supervised { output: output.clone(), timed_out });
+            }
+            if self.timeout.is_some_and(|limit| started.elapsed() > limit) {
+                timed_out = true;
+            }
+            if matches!(stop, Stop::Shielded) && interrupt::cleanup_abandoned() {
+                let _ = handle.kill();
+                return Err(interrupt::Abandoned.into());
+            }
+            let stop_now = matches!(stop, Stop::OnInterrupt) && interrupt::is_set();
+            if stop_now || timed_out {
+                match stopping.next() {
+                    Some(Escalate::Terminate) => handle.pids().into_iter().for_each(terminate),
+                    Some(Escalate::Kill) => drop(handle.kill()),
+                    None => {}
+                }
+            }
+            // Short commands (probes, inspects) are seen within a millisecond or two; long
+            // ones are polled every 10 ms.
+            let pause = Duration::from_millis(1) + started.elapsed() / 20;
+            std::thread::sleep(pause.min(Duration::from_millis(10)));
+        }
+    }
+
+    fn check(&self, status: &std::process::ExitStatus) -> Result<()> {
+        if !status.success() {
+            let status = status.code().map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+            bail!("`{}` failed with exit status {status}", self.short());
+        }
+        Ok(())
+    }
+
+    /// The program and the words that name what it does, for error messages.
+    pub fn short(&self) -> String {
+        let words: Vec<&str> = self
+            .args
+            .iter()
+            .map(String::as_str)
+            .take_while(|a| !a.starts_with('-'))
+            .take(2)
+            .collect();
+        self.redact(
+            &std::iter::once(self.program.as_str()).chain(words).collect::<Vec<_>>().join(" "),
+        )
+    }
+}
+
+/// Where the streams of a spawned step go.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    pub stdin: Stream,
+    pub stdout: Stream,
+    pub stderr: Stream,
+}
+
+impl Streams {
+    /// Nothing in, nothing shown: a process that is only timed or waited for.
+    pub const SILENT: Streams =
+        Streams { stdin: Stream::Null, stdout: Stream::Null, stderr: Stream::Null };
+}
+
+/// One stream of a spawned step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Null,
+    /// A pipe the caller reads or writes: [`Running::stdin`], [`Running::stdout`].
+    Piped,
+    /// Ours.
+    Inherit,
+    /// Our stderr (for a child's stdout that is progress, not data).
+    Stderr,
+}
+
+impl Stream {
+    fn stdio(self) -> std::process::Stdio {
+        match self {
+            Stream::Null => std::process::Stdio::null(),
+            Stream::Piped => std::process::Stdio::piped(),
+            Stream::Inherit => std::process::Stdio::inherit(),
+            Stream::Stderr => std::io::stderr().into(),
+        }
+    }
+}
+
+/// A spawned step; stopped (SIGTERM, SIGKILL after 10 s) and reaped when dropped before it
+/// finished.
+pub struct Running {
+    child: std::process::Child,
+    name: String,
+    finished: bool,
+}
+
+impl Running {
+    /// The write end of the child's stdin, once, when it was [`Stream::Piped`].
+    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The read end of the child's stdout, once, when it was [`Stream::Piped`].
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The child's pid.
+    #[cfg(test)]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        let status =
+            self.child.try_wait().with_context(|| format!("cannot wait for `{}`", self.name))?;
+        self.finished |= status.is_some();
+        Ok(status)
+    }
+
+    /// Waits for the child to exit; a signal to us stops it (SIGTERM, then SIGKILL after
+    /// 10 s) and fails with [`Interrupted`].
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        let mut stopping = Stopping::default();
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return match stopping.asked {
+                    Some(_) => Err(Interrupted.into()),
+                    None => Ok(status),
+                };
+            }
+            if interrupt::is_set() {
+                self.escalate(&mut stopping);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn escalate(&mut self, stopping: &mut Stopping) {
+        match stopping.next() {
+            Some(Escalate::Terminate) => terminate(self.child.id()),
+            Some(Escalate::Kill) => drop(self.child.kill()),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut stopping = Stopping::default();
+        while !self.finished && matches!(self.child.try_wait(), Ok(None)) {
+            self.escalate(&mut stopping);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// How a process we stop is asked: SIGTERM first, SIGKILL once it has had 10 s.
+#[derive(Default)]
+struct Stopping {
+    asked: Option<Instant>,
+}
+
+enum Escalate {
+    Terminate,
+    Kill,
+}
+
+impl Stopping {
+    /// What to send now, if anything.
+    fn next(&mut self) -> Option<Escalate> {
+        match self.asked {
+            None => {
+                self.asked = Some(Instant::now());
+                Some(Escalate::Terminate)
+            }
+            Some(at) if at.elapsed() > Duration::from_secs(10) => Some(Escalate::Kill),
+            Some(_) => None,
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// When [`Step::supervise`] stops the command early (besides its timeout).
+enum Stop {
+    /// On the first interrupt.
+    OnInterrupt,
+    /// A clean-up step: only when the clean-up is abandoned.
+    Shielded,
+}
+
+/// What [`Step::supervise`] keeps of the command's output.
+#[derive(Debug, Clone, Copy)]
+enum Capture {
+    /// Stdout goes to our stderr (or stdout for data), stderr passes through.
+    Nothing,
+    Stdout,
+    Both,
+}
+
+struct Supervised {
+    output: std::process::Output,
+    timed_out: bool,
+}
+
+impl From<Supervised> for Captured {
+    fn from(supervised: Supervised) -> Captured {
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        Captured {
+            status: supervised.output.status,
+            stdout: text(supervised.output.stdout),
+            stderr: text(supervised.output.stderr),
+            timed_out: supervised.timed_out,
+        }
+    }
+}
+
+/// This xtask binary itself, for tasks that run another task as a step (benchmarks, `ci`):
+/// no cargo in between, so nothing is rebuilt or timed that should not be.
+pub fn this_xtask() -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    exe.into_os_string()
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("the xtask binary's path is not UTF-8"))
+}
+
+/// Shows the step as a command line a person could paste: env, program and quoted argv.
+/// This is for display only; steps never go through a shell.
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Each word is redacted before it is quoted, so quoting cannot hide a secret from
+        // the redaction.
+        let shown = |word: &str| quote(&self.redact(word));
+        for (key, value) in &self.env {
+            write!(f, "{key}={} ", shown(value))?;
+        }
+        f.write_str(&shown(&self.program))?;
+        for arg in &self.args {
+            write!(f, " {}", shown(arg))?;
+        }
+        if self.stdin.is_some() || self.stdin_bytes.is_some() {
+            f.write_str(" <stdin")?;
+        }
+        Ok(())
+    }
+}
+
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+/// How a task reports: with `dry_run`, its plan and nothing run; with `json`, the plan or
+/// the result as JSON on stdout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Preview {
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+/// `--dry-run` of a task that only reads: a plan that says so, printed like any other.
+pub fn nothing_to_plan(task: &str, json: bool) {
+    let note = "this task only reads (it changes nothing), so there is nothing to plan: run it \
+                without --dry-run";
+    Plan::new(task.to_owned()).note(note).print(json);
+}
+
+/// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
+/// them and notes on what it decides only when it runs, and the facts it settled while
+/// planning (images, versions, definitions). Built without touching Docker. Every task that
+/// starts or changes something shows its `--dry-run` through [`Plan::print`] (`reap
+/// --dry-run` is not a plan: it lists what reaping would remove).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub task: String,
+    pub items: Vec<PlanItem>,
+    /// Shown beside the plan in `--json` only, each under its own key.
+    facts: serde_json::Map<String, Value>,
+}
+
+/// A registry API call a task makes itself (no command runs it), as a plan shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// One line, e.g. `read 127.0.0.1:5000/acme/server:1.4.2`.
+    pub summary: String,
+    /// The same for `--json`, e.g. `{"action": "read", "ref": ...}`.
+    pub detail: Value,
+}
+
+impl Request {
+    pub fn new(summary: String, detail: Value) -> Request {
+        Request { summary, detail }
+    }
+}
+
+#[derive(Debug)]
+pub enum PlanItem {
+    Run(Step),
+    /// A request to a registry's API.
+    Request(Request),
+    /// What must be ready before the task goes on, e.g. `server http://127.0.0.1:8283/...`.
+    WaitFor(String),
+    Note(String),
+}
+
+impl Plan {
+    pub fn new(task: impl Into<String>) -> Plan {
+        Plan { task: task.into(), ..Plan::default() }
+    }
+
+    pub fn step(mut self, step: Step) -> Plan {
+        self.items.push(PlanItem::Run(step));
+        self
+    }
+
+    pub fn steps(mut self, steps: impl IntoIterator<Item = Step>) -> Plan {
+        self.items.extend(steps.into_iter().map(PlanItem::Run));
+        self
+    }
+
+    /// A fact for `--json`, e.g. `images`; the keys `task`, `dry_run` and `plan` are the
+    /// plan's own.
+    pub fn requests(mut self, requests: impl IntoIterator<Item = Request>) -> Plan {
+        self.items.extend(requests.into_iter().map(PlanItem::Request));
+        self
+    }
+
+    pub fn fact(mut self, key: &str, value: Value) -> Plan {
+        debug_assert!(!["task", "dry_run", "plan"].contains(&key), "{key} is the plan's own");
+        self.facts.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn wait_for(mut self, waits: impl IntoIterator<Item = String>) -> Plan {
+        self.items.extend(waits.into_iter().map(PlanItem::WaitFor));
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Plan {
+        self.items.push(PlanItem::Note(note.into()));
+        self
+    }
+
+    /// Prints the plan on stdout: as command lines (waits and notes as `#` lines), or as one
+    /// JSON document. Secrets are redacted either way.
+    pub fn print(&self, json: bool) {
+        if json {
+            let items: Vec<Value> = self
+                .items
+                .iter()
+                .map(|item| match item {
+                    PlanItem::Run(step) => json!({ "run": step.to_json() }),
+                    PlanItem::Request(request) => json!({ "registry": request.detail }),
+                    PlanItem::WaitFor(what) => json!({ "wait_for": what }),
+                    PlanItem::Note(note) => json!({ "note": note }),
+                })
+                .collect();
+            let mut document = self.facts.clone();
+            document.insert("task".into(), self.task.clone().into());
+            document.insert("dry_run".into(), true.into());
+            document.insert("plan".into(), items.into());
+            out!("{:#}", Value::Object(document));
+            return;
+        }
+        out!("# {} (dry run: nothing was run)", self.task);
+        for item in &self.items {
+            match item {
+                PlanItem::Run(step) => print_plan(std::slice::from_ref(step)),
+                PlanItem::Request(request) => out!("# registry: {}", request.summary),
+                PlanItem::WaitFor(what) => out!("# wait until ready: {what}"),
+                PlanItem::Note(note) => out!("# {note}"),
+            }
+        }
+    }
+}
+
+/// Prints steps on stdout: each as a command line, with its stdin below it.
+fn print_plan(steps: &[Step]) {
+    for step in steps {
+        out!("{step}");
+        if let Some(input) = &step.stdin {
+            out!("# stdin of the step above:");
+            out!("{}", step.redact(input));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_display_as_pasteable_command_lines() {
+        let step = Step::new("docker", "/repo")
+            .args(["buildx", "bake", "--set", "*.labels.x=a b", "it's"])
+            .stdin("{}".into());
+        assert_eq!(step.to_string(), "docker buildx bake --set '*.labels.x=a b' 'it'\\''s' <stdin");
+        assert_eq!(step.short(), "docker buildx bake");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_echo_the_json_and_errors() {
+        let step = Step::new("docker", "/repo")
+            .args(["login", "--password", "it's hunter2"])
+            .env("PGPASSWORD", "it's hunter2")
+            .secret("hunter2")
+            .stdin("pw=it's hunter2".into());
+        let shown = step.to_string();
+        let expected = "PGPASSWORD='it'\\''s ***' docker login --password 'it'\\''s ***' <stdin";
+        assert_eq!(shown, expected);
+        let json = step.to_json().to_string();
+        assert!(!json.contains("hunter2"), "{json}");
+        let failing = Step::new("sh", ".").args(["hunter2", "-c"]).secret("hunter2");
+        assert_eq!(failing.short(), "sh ***");
+    }
+
+    #[test]
+    fn spawned_steps_stream_and_are_stopped_when_dropped() {
+        use std::io::{Read, Write};
+        let piped = Streams { stdin: Stream::Piped, stdout: Stream::Piped, stderr: Stream::Null };
+        let mut cat = Step::new("cat", ".").quiet().spawn(piped).unwrap();
+        let (mut input, mut output) = (cat.stdin().unwrap(), cat.stdout().unwrap());
+        input.write_all(b"streamed").unwrap();
+        drop(input);
+        let mut text = String::new();
+        output.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "streamed");
+        assert!(cat.wait().unwrap().success());
+
+        let sleeper = Step::new("sleep", ".").arg("30").quiet().spawn(Streams::SILENT).unwrap();
+        let pid = nix::unistd::Pid::from_raw(sleeper.child.id() as i32);
+        drop(sleeper);
+        // Reaped: the pid no longer names a process of ours.
+        assert!(nix::sys::signal::kill(pid, None).is_err());
+    }
+
+    #[test]
+    fn failing_step_names_the_command_and_status() {
+        let step = Step::new("false", ".").arg("--flag");
+        let err = step.run().unwrap_err().to_string();
+        assert_eq!(err, "`false` failed with exit status 1");
+        let missing = Step::new("definitely-not-a-program-xtask", ".").run().unwrap_err();
+        assert!(missing.to_string().contains("cannot start"), "{missing}");
+    }
+
+    #[test]
+    fn captured_steps_keep_both_streams_and_stop_at_their_timeout() {
+        let said = Step::new("sh", ".").args(["-c", "echo out; echo err >&2; exit 3"]);
+        let captured = said.capture().unwrap();
+        assert_eq!((captured.stdout.as_str(), captured.stderr.as_str()), ("out\n", "err\n"));
+        assert_eq!(captured.status.code(), Some(3));
+        assert!(!captured.success() && !captured.timed_out);
+
+        let slow = Step::new("sleep", ".").arg("5").timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let captured = slow.capture().unwrap();
+        assert!(captured.timed_out && !captured.success());
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+}

@@ -1,0 +1,1207 @@
+//! Stacks: the compose definition under `compose/`, the one constructor of every
+//! `docker compose` invocation, and the one lifecycle every stack task (dev, test, prod, run)
+//! follows: refuse a project of another kind -> read the service model ([`crate::stack::services`])
+//! -> build -> up -> wait (our probes) -> act -> on failure, `ps` and the logs -> the teardown
+//! its [`Teardown`] policy says -> the original result. SIGINT, SIGTERM and SIGHUP take
+//! the same path and exit 128 + the signal's number; the teardown is shielded (see
+//! [`crate::run::interrupt::cleanup_abandoned`]).
+
+pub mod api_keys;
+pub mod backup;
+pub mod migrations;
+pub mod services;
+pub mod swarm;
+pub mod tls;
+pub mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::ValueEnum;
+use serde_json::Value;
+
+use crate::image::ImageName;
+use crate::image::version::Revision;
+use crate::image::{self, BuildRequest};
+use crate::run::docker;
+use crate::run::interrupt;
+use crate::run::label::{self, RunId};
+use crate::run::plan::{Captured, Plan, Running, Step, Stream, Streams};
+use crate::stack::services::{Model, Port, Readiness, Service};
+use crate::wait::{self, Probe, WaitOptions};
+
+/// Which kind of stack, and so which compose files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Dev,
+    Test,
+    Prod,
+    /// `cargo xtask run`: the standalone image alone (`compose/run.yaml`).
+    Run,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Dev, Mode::Test, Mode::Prod, Mode::Run];
+
+    fn from_name(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dev => "dev",
+            Mode::Test => "test",
+            Mode::Prod => "prod",
+            Mode::Run => "run",
+        }
+    }
+
+    /// The compose files, in order: the one definition and the mode's overlay, or `run`'s
+    /// own file.
+    fn files(self) -> Vec<String> {
+        match self {
+            Mode::Run => vec!["compose/run.yaml".into()],
+            _ => vec!["compose/compose.yaml".into(), format!("compose/{}.yaml", self.name())],
+        }
+    }
+
+    /// The mode's committed env file, if it has one.
+    fn env_file(self) -> Option<String> {
+        match self {
+            Mode::Run => None,
+            _ => Some(format!("compose/{}.env", self.name())),
+        }
+    }
+}
+
+/// Optional parts of a stack (compose profiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Profile {
+    /// Redis as the server's search cache.
+    Cache,
+    /// An OpenTelemetry collector receiving the server's traces (its upstream image must be
+    /// pullable).
+    Otel,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Cache => "cache",
+            Profile::Otel => "otel",
+        }
+    }
+}
+
+/// One stack: a compose project made from the base file and one overlay.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub root: Utf8PathBuf,
+    pub mode: Mode,
+    pub project: String,
+    pub profiles: Vec<Profile>,
+    /// The image tag every service runs (`<version>-<sha>` of the build).
+    pub tag: String,
+    /// Env files after the mode's own (`compose/<mode>.env`), e.g. prod secrets.
+    pub env_files: Vec<Utf8PathBuf>,
+    /// The test run the stack belongs to, if any: its containers, network and volumes carry
+    /// it as a label (see [`crate::tasks::reap`]). By default the one named by `MEMORIES_RUN`.
+    pub run: Option<RunId>,
+    /// Variables the compose files read, set by the task (`run`'s port and volume).
+    pub vars: Vec<(String, String)>,
+    /// The services `up` starts and the model holds (`dev up db`); empty for all of them.
+    pub services: Vec<String>,
+    /// Compose files after the mode's own: prod's way of serving HTTPS ([`crate::stack::tls::Edge`]).
+    pub extra_files: Vec<String>,
+}
+
+/// The developer's own settings for the dev stack, at the repository root: optional and
+/// git-ignored. Its variables fill in the compose files (like `compose/dev.env`, after it) and
+/// reach the server's environment.
+pub const LOCAL_ENV_FILE: &str = ".env.local";
+
+/// The variable that the compose files put into the label [`KIND_LABEL`] of every container,
+/// network and volume.
+const KIND_VAR: &str = "MEMORIES_KIND";
+/// The label that says which kind of stack ([`Mode`]) made a container.
+const KIND_LABEL: &str = "memories.kind";
+
+/// The variable that tells the compose files where [`Stack::secrets_dir`] is.
+const SECRETS_VAR: &str = "MEMORIES_SECRETS";
+const SECRETS_DIR: &str = "target/xtask/secrets";
+
+impl Stack {
+    pub fn new(
+        root: &Utf8Path,
+        mode: Mode,
+        project: String,
+        profiles: &[Profile],
+        tag: String,
+    ) -> Stack {
+        let mut profiles = profiles.to_vec();
+        profiles.sort();
+        profiles.dedup();
+        let run = label::inherited();
+        let local = root.join(LOCAL_ENV_FILE);
+        let env_files = match mode {
+            Mode::Dev if local.is_file() => vec![local],
+            _ => Vec::new(),
+        };
+        Stack {
+            root: root.to_owned(),
+            mode,
+            project,
+            profiles,
+            tag,
+            env_files,
+            run,
+            vars: Vec::new(),
+            services: Vec::new(),
+            extra_files: Vec::new(),
+        }
+    }
+
+    /// Makes every `docker compose` invocation: project name, each file, the env files, the
+    /// profiles and the variables that pick the images, run from the repository root.
+    pub fn compose(&self) -> Step {
+        let mut step = docker::cli(&self.root).args(["compose", "--project-name", &self.project]);
+        for file in self.mode.files().into_iter().chain(self.extra_files.iter().cloned()) {
+            step = step.args(["--file".to_owned(), file]);
+        }
+        for file in self.mode.env_file().into_iter() {
+            step = step.args(["--env-file".to_owned(), file]);
+        }
+        for file in &self.env_files {
+            step = step.args(["--env-file", file.as_str()]);
+        }
+        for profile in &self.profiles {
+            step = step.args(["--profile", profile.name()]);
+        }
+        step = step.env("MEMORIES_TAG", &self.tag).env(KIND_VAR, self.mode.name());
+        if self.profiles.contains(&Profile::Cache) {
+            step = step.env("REDIS_URL", "redis://redis:6379/0");
+        }
+        if self.profiles.contains(&Profile::Otel) {
+            step = step.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318");
+        }
+        if let Some(run) = self.run {
+            step = step.env(label::ENV, &run.to_string());
+        }
+        for (key, value) in &self.vars {
+            step = step.env(key, value);
+        }
+        if let Some(dir) = self.secrets_dir() {
+            step = step.env(SECRETS_VAR, dir.as_str());
+        }
+        for secret in self.secret_values() {
+            step = step.secret(&secret);
+        }
+        step
+    }
+
+    /// Where the files of the stack's compose secrets are written (`prod` only): a directory
+    /// per project that only this user can enter. See [`write_secrets`].
+    pub fn secrets_dir(&self) -> Option<Utf8PathBuf> {
+        (self.mode == Mode::Prod).then(|| self.root.join(SECRETS_DIR).join(&self.project))
+    }
+
+    /// The values of every secret-looking setting (see [`is_secret_key`]) in the environment
+    /// and the stack's env files: never shown in a step's echo, plan or error. The dev and
+    /// test env files are committed, throwaway settings (the dev password is the project's
+    /// name), so they are not among them; prod's is.
+    pub fn secret_values(&self) -> Vec<String> {
+        let committed = match self.mode {
+            Mode::Prod => self.mode.env_file().map(|file| self.root.join(file)),
+            Mode::Dev | Mode::Test | Mode::Run => None,
+        };
+        let mut values = Vec::new();
+        for file in committed.iter().chain(&self.env_files) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            values.extend(
+                env_file_entries(&text).filter(|(key, _)| is_secret_key(key)).map(|(_, v)| v),
+            );
+        }
+        values
+            .extend(std::env::vars().filter(|(key, _)| is_secret_key(key)).map(|(_, value)| value));
+        values.retain(|v| !v.is_empty());
+        values
+    }
+
+    /// The same, with every profile enabled: for commands that must see every container the
+    /// project may have (down, ps, logs), whatever profiles `up` used.
+    pub fn compose_all_profiles(&self) -> Step {
+        self.all_profiles().compose()
+    }
+
+    /// The same stack with every profile its files have enabled.
+    pub fn all_profiles(&self) -> Stack {
+        let profiles = match self.mode {
+            Mode::Run => Vec::new(),
+            Mode::Dev | Mode::Test | Mode::Prod => vec![Profile::Cache, Profile::Otel],
+        };
+        Stack { profiles, ..self.clone() }
+    }
+
+    /// The stack's service model, from `docker compose config` with the stack's files, env
+    /// files and profiles (it needs the docker CLI, not the engine).
+    pub fn model(&self) -> Result<Model> {
+        let model = Model::from_definition(&read_definition(self, self.config_step().quiet())?)?;
+        if self.services.is_empty() {
+            return Ok(model);
+        }
+        for name in &self.services {
+            model.require(name)?;
+        }
+        Ok(model.only(&self.services.iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+
+    /// `docker compose config --format json`: the merged, interpolated definition.
+    pub fn config_step(&self) -> Step {
+        self.compose().args(["config", "--format", "json"])
+    }
+
+    /// The images of ours that the model's services run at this stack's tag: those a task
+    /// builds first.
+    pub fn images(&self, model: &Model) -> Vec<ImageName> {
+        ImageName::all()
+            .into_iter()
+            .filter(|image| {
+                let reference = format!("{}:{}", image::repository(None, *image), self.tag);
+                model.services.iter().any(|s| s.image == reference)
+            })
+            .collect()
+    }
+
+    /// How each service is known to be ready: its `memories.probe` on the host port that
+    /// `host_port` gives for its first published port, else its container's healthcheck.
+    pub fn probes(
+        &self,
+        model: &Model,
+        host_port: &dyn Fn(&Service, Port) -> Option<u16>,
+    ) -> Vec<(String, Probe)> {
+        model
+            .services
+            .iter()
+            .map(|service| {
+                let port = service.probe_port().and_then(|port| host_port(service, port));
+                let host = "127.0.0.1".to_owned();
+                let probe = match (&service.readiness, port) {
+                    (Readiness::Healthcheck, _) | (_, None) => Probe::ComposeHealthy {
+                        project: self.project.clone(),
+                        service: service.name.clone(),
+                    },
+                    (Readiness::Http { path }, Some(port)) => Probe::loopback_200(port, path),
+                    (Readiness::Postgres, Some(port)) => {
+                        let user = service.env("POSTGRES_USER").unwrap_or("postgres");
+                        Probe::Postgres {
+                            host,
+                            port,
+                            user: user.to_owned(),
+                            password: service.env("POSTGRES_PASSWORD").map(str::to_owned),
+                            database: service.env("POSTGRES_DB").unwrap_or(user).to_owned(),
+                            allow_cleartext: false,
+                        }
+                    }
+                    (Readiness::Redis, Some(port)) => Probe::Redis { host, port, password: None },
+                };
+                (service.name.clone(), probe)
+            })
+            .collect()
+    }
+
+    /// A setting as compose sees it: the environment first, then the env files, last wins.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        if let Ok(value) = std::env::var(key) {
+            return Some(value);
+        }
+        let mode_env = self.mode.env_file().map(|file| self.root.join(file));
+        let mut found = None;
+        for file in mode_env.iter().chain(&self.env_files) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if let Some(value) = env_file_value(&text, key) {
+                found = Some(value);
+            }
+        }
+        found
+    }
+
+    /// A secret setting's value: `key` when set and not empty, else the contents of the file
+    /// that `key_FILE` names (a key list is a file, not a line of an env file).
+    pub fn secret_value(&self, key: &str) -> Result<Option<String>> {
+        if let Some(value) = self.setting(key).filter(|v| !v.is_empty()) {
+            return Ok(Some(value));
+        }
+        let file_key = format!("{key}_FILE");
+        let Some(file) = self.setting(&file_key).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("{file_key}={file} cannot be read"))?;
+        Ok(Some(text))
+    }
+
+    /// The host port `service`'s `port` is published on, if it is.
+    pub fn published_port(&self, service: &str, port: u16) -> Option<u16> {
+        let step = self.compose().args(["port", service, &port.to_string()]).quiet();
+        let output = step.capture().ok().filter(Captured::success)?;
+        output.stdout.trim().rsplit(':').next()?.parse().ok().filter(|&p: &u16| p != 0)
+    }
+}
+
+/// The services of the stack that run now, from `compose ps` (every profile).
+pub fn running_services(stack: &Stack) -> Result<Vec<String>> {
+    let listing = stack
+        .compose_all_profiles()
+        .args(["ps", "--services", "--status", "running"])
+        .quiet()
+        .timeout(Duration::from_secs(30))
+        .read()?;
+    Ok(listing.lines().map(str::to_owned).collect())
+}
+
+/// Builds the images the stack runs (a no-op when nothing changed).
+pub fn build(stack: &Stack, model: &Model, revision: &Revision) -> Result<()> {
+    image::execute(&build_plan(stack, model, revision))
+        .context("cannot build the stack's images")?;
+    Ok(())
+}
+
+/// The build of the images the stack runs.
+pub fn build_plan(stack: &Stack, model: &Model, revision: &Revision) -> image::BuildPlan {
+    let request = BuildRequest { images: stack.images(model), ..BuildRequest::default() };
+    image::plan(&stack.root, revision, &request)
+}
+
+/// `docker compose up` as every task starts a stack: detached, with the images built before.
+pub fn up_step(stack: &Stack) -> Step {
+    stack
+        .compose()
+        .args(["up", "--detach", "--remove-orphans", "--no-build", "--pull", "never"])
+        .args(&stack.services)
+}
+
+/// `docker compose down` of every profile, with the volumes when `volumes`.
+pub fn down_step(stack: &Stack, volumes: bool) -> Step {
+    let step = stack.compose_all_profiles().args(["down", "--remove-orphans", "--timeout", "5"]);
+    if volumes { step.arg("--volumes") } else { step }
+}
+
+/// What `up_and_wait` waits for, as a plan shows it (no engine asked): the host ports the
+/// definition fixes (dev, prod, run), else the container port, whose host port is known only
+/// after `up` (test).
+pub fn planned_waits(stack: &Stack, model: &Model) -> Vec<String> {
+    let probes = stack.probes(model, &|_, port| Some(port.published.unwrap_or(port.target)));
+    // One probe per service, in the model's order.
+    model
+        .services
+        .iter()
+        .zip(probes)
+        .map(|(service, (name, probe))| {
+            let later = service.probe_port().is_some_and(|p| p.published.is_none());
+            match probe {
+                Probe::ComposeHealthy { .. } => format!("{name} {probe}"),
+                _ if later => {
+                    format!("{name} {probe} (container port; the host port is read after up)")
+                }
+                _ => format!("{name} {probe}"),
+            }
+        })
+        .collect()
+}
+
+/// Fails naming the first image of the stack that is not in the local image store, for
+/// `--no-build` runs.
+pub fn require_images(stack: &Stack, model: &Model) -> Result<()> {
+    let references: Vec<String> = stack
+        .images(model)
+        .into_iter()
+        .map(|image| format!("{}:{}", image::repository(None, image), stack.tag))
+        .collect();
+    if references.is_empty() {
+        return Ok(());
+    }
+    // One call for all: it prints the ids of those found and fails if any is missing.
+    let output = docker::cli(&stack.root)
+        .args(["image", "inspect", "--format", "{{.Id}}"])
+        .args(&references)
+        .quiet()
+        .capture()?;
+    if !output.success() {
+        let stderr = &output.stderr;
+        let missing =
+            references.iter().find(|r| stderr.contains(r.as_str())).unwrap_or(&references[0]);
+        let image = crate::oci::repository_of(missing);
+        let name = image.rsplit('/').next().unwrap_or(image);
+        bail!("image {missing} is not built: drop --no-build, or run `cargo xtask build {name}`");
+    }
+    Ok(())
+}
+
+/// The tag a stack runs: the build's `<version>-<sha>` tag, unique to the commit.
+pub fn tag(revision: &Revision) -> String {
+    revision.build_tags()[1].clone()
+}
+
+/// What a project already has, from `docker ps` and `docker volume ls` side by side: the kinds
+/// of stack (dev, test, prod, run) of its containers and volumes, from their [`KIND_LABEL`]
+/// (or, on a container made before that label, from the compose files it was made from), and
+/// whether any container runs. Volumes count because they outlive the containers: a prod
+/// stack taken down without `--volumes` is still prod data.
+pub struct Existing {
+    pub modes: Vec<Mode>,
+    pub running: bool,
+}
+
+fn project_filter(project: &str) -> String {
+    format!("label=com.docker.compose.project={project}")
+}
+
+/// Reads a docker listing of the project's things (a short query, never a long one).
+fn list(project: &str, args: &[&str]) -> Result<String> {
+    docker::cli(Utf8Path::new("."))
+        .args(args.iter().copied())
+        .args(["--filter".to_owned(), project_filter(project)])
+        .timeout(Duration::from_secs(30))
+        .read()
+        .with_context(|| format!("cannot look for an existing project {project}"))
+}
+
+pub fn existing(project: &str) -> Result<Existing> {
+    let format = format!(
+        "{{{{.State}}}}\t{{{{.Label \"{KIND_LABEL}\"}}}}\t\
+         {{{{.Label \"com.docker.compose.project.config_files\"}}}}"
+    );
+    let volume_format = format!("volume\t{{{{.Label \"{KIND_LABEL}\"}}}}\t");
+    let (containers, volumes) = std::thread::scope(|scope| {
+        let volumes = scope.spawn(|| list(project, &["volume", "ls", "--format", &volume_format]));
+        let containers = list(project, &["ps", "--all", "--format", &format]);
+        (containers, volumes.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    Ok(Existing::parse(&format!("{}\n{}", containers?, volumes?)))
+}
+
+impl Existing {
+    /// Reads `docker ps` lines of state, kind label and compose files.
+    fn parse(containers: &str) -> Existing {
+        let mut modes = Vec::new();
+        let mut running = false;
+        for line in containers.lines() {
+            let mut fields = line.splitn(3, '\t');
+            let (state, kind, files) =
+                (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next());
+            running |= state == "running";
+            let mode = Mode::from_name(kind).or_else(|| {
+                let files = files.unwrap_or("");
+                Mode::ALL.into_iter().find(|m| files.contains(&format!("{}.yaml", m.name())))
+            });
+            if let Some(mode) = mode.filter(|m| !modes.contains(m)) {
+                modes.push(mode);
+            }
+        }
+        Existing { modes, running }
+    }
+}
+
+/// Whether `project` has any container, running or not.
+pub fn has_containers(project: &str) -> Result<bool> {
+    Ok(!list(project, &["ps", "--all", "--quiet"])?.trim().is_empty())
+}
+
+/// Whether the project has any container, volume or network at all.
+pub fn exists(project: &str) -> Result<bool> {
+    for args in [
+        ["ps", "--all", "--quiet"].as_slice(),
+        &["volume", "ls", "--quiet"],
+        &["network", "ls", "--quiet"],
+    ] {
+        if !list(project, args)?.trim().is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Refuses a project that holds a stack of another kind: a dev task never touches a prod
+/// stack, nor the reverse. Returns what the project has.
+pub fn require_own_kind(stack: &Stack) -> Result<Existing> {
+    let existing = existing(&stack.project)?;
+    if let Some(other) = existing.modes.iter().find(|m| **m != stack.mode) {
+        bail!(
+            "project {} holds a {} stack, not a {} one: nothing was done; set \
+             COMPOSE_PROJECT_NAME to another name",
+            stack.project,
+            other.name(),
+            stack.mode.name()
+        );
+    }
+    Ok(existing)
+}
+
+/// Starts the stack and waits until every service is ready. On failure it prints `ps` and
+/// the logs of the services that did not make it; tearing down is the caller's.
+pub fn up_and_wait(
+    stack: &Stack,
+    model: &Model,
+    timeout: Duration,
+) -> Result<Vec<(String, Probe)>> {
+    let up = up_step(stack);
+    // Where the definition fixes every probed host port (dev, prod, run), the probes start
+    // with `up` itself, and `up` is one more check of the same wait: its failure ends the wait
+    // at once. Otherwise (test) the host ports are read once `up` is done.
+    let fixed = model.services.iter().all(|s| s.probe_port().is_none_or(|p| p.published.is_some()));
+    let (probes, up_check) = if fixed {
+        (stack.probes(model, &|_, port| port.published), Some(UpCheck::start(&up)?))
+    } else {
+        up.run().context("cannot start the stack")?;
+        let published = |service: &Service, port: Port| {
+            port.published.or_else(|| stack.published_port(&service.name, port.target))
+        };
+        (stack.probes(model, &published), None)
+    };
+    say!(
+        "waiting up to {timeout:?} for {}",
+        probes.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    // Probes count only once `up` has exited: before that they may reach a container that
+    // `up` is about to replace.
+    let started = Arc::new(AtomicBool::new(up_check.is_none()));
+    let mut checks: Vec<(String, Box<dyn wait::Check>)> = probes
+        .iter()
+        .map(|(service, probe)| {
+            let check = ServiceCheck {
+                project: stack.project.clone(),
+                service: service.clone(),
+                probe: wait::checks::for_probe(probe),
+                started: started.clone(),
+                looked: None,
+            };
+            (probe.to_string(), Box::new(check) as Box<dyn wait::Check>)
+        })
+        .collect();
+    if let Some(mut up_check) = up_check {
+        up_check.started = Some(started);
+        checks.push(("docker compose up".to_owned(), Box::new(up_check)));
+    }
+    let outcome = wait::within_task(checks, WaitOptions { timeout, ..WaitOptions::default() });
+    if let Err(err) = wait::outcome_result(&outcome, timeout) {
+        if !interrupt::is_set() {
+            let failing: Vec<&str> = probes
+                .iter()
+                .zip(&outcome.reports)
+                .filter(|(_, r)| r.state != wait::State::Ready)
+                .map(|((service, _), _)| service.as_str())
+                .collect();
+            dump(stack, &failing);
+        }
+        return Err(err.context(format!("stack {} did not become ready", stack.project)));
+    }
+    Ok(probes)
+}
+
+/// `docker compose up` running beside the probes: ready when it exits 0, failed when it exits
+/// otherwise; stopped if the wait ends first.
+struct UpCheck {
+    up: Running,
+    /// Set when `up` has exited 0: the service checks wait for it.
+    started: Option<Arc<AtomicBool>>,
+}
+
+impl UpCheck {
+    fn start(step: &Step) -> Result<UpCheck> {
+        let streams =
+            Streams { stdin: Stream::Null, stdout: Stream::Stderr, stderr: Stream::Inherit };
+        Ok(UpCheck { up: step.spawn(streams)?, started: None })
+    }
+}
+
+impl wait::Check for UpCheck {
+    fn attempt(&mut self, _timeout: Duration) -> wait::Attempt {
+        match self.up.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                if let Some(started) = &self.started {
+                    started.store(true, Ordering::SeqCst);
+                }
+                wait::Attempt::Ready
+            }
+            Ok(Some(status)) => wait::Attempt::Failed(format!(
+                "cannot start the stack: docker compose up exited with {status}"
+            )),
+            Ok(None) => wait::Attempt::NotYet("starting the containers".into()),
+            Err(e) => wait::Attempt::Failed(format!("cannot wait for docker compose up: {e}")),
+        }
+    }
+}
+
+/// `probe` of `service`, failed at once when the service's container has exited: for a
+/// service that was just started or recreated.
+pub fn service_check(stack: &Stack, service: &str, probe: &Probe) -> Box<dyn wait::Check> {
+    Box::new(ServiceCheck {
+        project: stack.project.clone(),
+        service: service.to_owned(),
+        probe: wait::checks::for_probe(probe),
+        started: Arc::new(AtomicBool::new(true)),
+        looked: None,
+    })
+}
+
+/// A service's probe, counted only after `up` has started the containers, and failed at
+/// once when the service's container has exited (or exited and is being restarted): a dead
+/// server is not "not yet ready".
+struct ServiceCheck {
+    project: String,
+    service: String,
+    probe: Box<dyn wait::Check>,
+    started: Arc<AtomicBool>,
+    /// When the container's state was last looked at (at most every 500 ms).
+    looked: Option<Instant>,
+}
+
+impl wait::Check for ServiceCheck {
+    fn attempt(&mut self, timeout: Duration) -> wait::Attempt {
+        if !self.started.load(Ordering::SeqCst) {
+            return wait::Attempt::NotYet("waiting for docker compose up to start it".into());
+        }
+        let not_yet = match self.probe.attempt(timeout) {
+            wait::Attempt::NotYet(error) => error,
+            decided => return decided,
+        };
+        if self.looked.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
+            return wait::Attempt::NotYet(not_yet);
+        }
+        self.looked = Some(Instant::now());
+        let states = wait::docker::compose_service_ps(
+            &self.project,
+            &self.service,
+            "{{.State}}\t{{.Status}}",
+            timeout,
+        );
+        let exited = states.as_deref().unwrap_or("").lines().find_map(|line| {
+            let (state, status) = line.split_once('\t')?;
+            // Restarting: it exited, and its restart policy starts it again (prod's do).
+            matches!(state, "exited" | "dead" | "restarting").then(|| status.to_owned())
+        });
+        match exited {
+            Some(status) => wait::Attempt::Failed(format!(
+                "the {} container stopped before it was ready: {status}",
+                self.service
+            )),
+            None => wait::Attempt::NotYet(not_yet),
+        }
+    }
+
+    fn wait_for_change(&mut self, clock: &dyn wait::Clock, timeout: Duration) {
+        self.probe.wait_for_change(clock, timeout);
+    }
+
+    fn max_interval(&self, configured: Duration) -> Duration {
+        self.probe.max_interval(configured)
+    }
+}
+
+/// Prints `ps` and the last 200 log lines of `services` (all of them when empty), on stderr.
+pub fn dump(stack: &Stack, services: &[&str]) {
+    say!("--- state of stack {} ---", stack.project);
+    let _ = stack.compose_all_profiles().args(["ps", "--all"]).run_regardless();
+    if services.is_empty() {
+        say!("--- last 200 log lines of each service ---");
+        let _ = stack
+            .compose_all_profiles()
+            .args(["logs", "--no-color", "--tail", "200"])
+            .run_regardless();
+    }
+    for service in services {
+        say!("--- last 200 log lines of {service} ---");
+        let _ = stack
+            .compose_all_profiles()
+            .args(["logs", "--no-color", "--tail", "200", service])
+            .run_regardless();
+    }
+}
+
+/// `dev down`, `prod down`: [`down`] once the project is known to hold a stack of this kind
+/// (or nothing), so a dev task never removes a prod stack's containers or volumes, nor the
+/// reverse.
+pub fn down_own(stack: &Stack, volumes: bool) -> Result<()> {
+    require_own_kind(stack)?;
+    down(stack, volumes)
+}
+
+/// The plan of [`down_own`].
+pub fn down_own_plan(plan: Plan, stack: &Stack, volumes: bool) -> Plan {
+    plan.note(format!(
+        "refuses a project whose containers or volumes belong to a stack of another kind than {}",
+        stack.mode.name()
+    ))
+    .step(down_step(stack, volumes))
+}
+
+/// Removes what the stack created: containers, networks and, with `volumes`, its volumes.
+/// Runs even after Ctrl-C.
+pub fn down(stack: &Stack, volumes: bool) -> Result<()> {
+    let step = down_step(stack, volumes);
+    step.run_regardless().map_err(|err| {
+        err.context(format!(
+            "cannot tear down stack {}; finish it from the repository root with `{step}`",
+            stack.project
+        ))
+    })
+}
+
+/// What becomes of a stack when the task that started it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// Removed with its volumes, whatever happened: an isolated test stack.
+    Always,
+    /// Stopped and removed, whatever happened, keeping its volumes: `run`, whose data
+    /// outlives the container.
+    Stop,
+    /// Left running, whatever happened, with the command that removes it: `test --keep`.
+    Keep,
+    /// Left running when the task succeeds (dev, prod). A failed start takes down a stack
+    /// that was not running before and leaves one that was, so that a failed update never
+    /// takes down containers that served before it; a failed or interrupted task (Ctrl-C on
+    /// `dev --attach`) stops it, keeping its data.
+    LeaveRunning,
+}
+
+/// How [`lifecycle`] treats a stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    /// How long the stack may take to be ready.
+    pub timeout: Duration,
+    /// Build the stack's images first; else only check that they are in the local store
+    /// (`--no-build`).
+    pub build: bool,
+    pub teardown: Teardown,
+    /// A release phase to run before `up` (prod's: the database alone, then the new server
+    /// image's migrations as a one-off container, [`crate::stack::migrations::RELEASE_PHASE`]); dev
+    /// and test servers migrate on start.
+    pub release_phase: Option<ReleasePhase>,
+}
+
+/// What a task runs between the build and `up`, and how its plan shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleasePhase {
+    pub run: fn(&Stack, &Model, Duration) -> Result<()>,
+    pub plan: fn(Plan, &Stack, &Model) -> Plan,
+}
+
+/// The one lifecycle of every stack task: refuse a project of another kind -> read the
+/// service model -> build (or check the images) -> up -> wait (our probes) -> `act` -> on
+/// failure, `ps` and the logs -> the teardown the policy says -> the first error.
+pub fn lifecycle(
+    stack: &Stack,
+    revision: &Revision,
+    how: Lifecycle,
+    act: impl FnOnce(&Model, &[(String, Probe)]) -> Result<()>,
+) -> Result<()> {
+    // Two independent queries (the engine's containers, the CLI's reading of the files):
+    // side by side, since every task waits for both.
+    let (before, model) = std::thread::scope(|scope| {
+        let model = scope.spawn(|| stack.model());
+        let before = require_own_kind(stack);
+        (before, model.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (before, model) = (before?, model?);
+    if how.build {
+        build(stack, &model, revision)?;
+    } else {
+        require_images(stack, &model)?;
+    }
+    let released = match how.release_phase {
+        Some(phase) => (phase.run)(stack, &model, how.timeout),
+        None => Ok(()),
+    };
+    let started = released.and_then(|()| up_and_wait(stack, &model, how.timeout));
+    let result = match &started {
+        Ok(probes) => {
+            let result = act(&model, probes);
+            if result.is_err() && !interrupt::is_set() {
+                dump(stack, &[]);
+            }
+            result
+        }
+        Err(_) => Ok(()),
+    };
+    let start_failed = started.is_err();
+    let result = started.and(result);
+    let teardown = match how.teardown {
+        Teardown::Always => down(stack, true),
+        Teardown::Stop => down(stack, false),
+        Teardown::Keep => {
+            say!(
+                "kept stack {}: remove it with `docker compose --project-name {} down --volumes`",
+                stack.project,
+                stack.project
+            );
+            Ok(())
+        }
+        Teardown::LeaveRunning if result.is_ok() => Ok(()),
+        Teardown::LeaveRunning if start_failed && before.running => {
+            say!(
+                "left stack {} as it is: it was running before this run; see `docker compose \
+                 --project-name {} ps --all`",
+                stack.project,
+                stack.project
+            );
+            Ok(())
+        }
+        Teardown::LeaveRunning => down(stack, false),
+    };
+    match (result, teardown) {
+        (Err(err), Err(teardown)) => {
+            say!("error: {teardown:#}");
+            Err(err)
+        }
+        (result, teardown) => result.and(teardown),
+    }
+}
+
+/// The plan of [`lifecycle`], as `--dry-run` shows it: `act` adds what the task does once
+/// the stack is ready.
+pub fn lifecycle_plan(
+    plan: Plan,
+    stack: &Stack,
+    model: &Model,
+    revision: &Revision,
+    how: Lifecycle,
+    act: impl FnOnce(Plan) -> Plan,
+) -> Plan {
+    let plan = plan.note(format!(
+        "refuses a project that holds a stack of another kind than {}",
+        stack.mode.name()
+    ));
+    let plan = match how.build {
+        true => plan.step(build_plan(stack, model, revision).step),
+        false => plan.note("--no-build: first checks that every image is in the local store"),
+    };
+    let plan = match how.release_phase {
+        Some(phase) => (phase.plan)(plan, stack, model),
+        None => plan,
+    };
+    let plan = act(plan.step(up_step(stack)).wait_for(planned_waits(stack, model)));
+    match how.teardown {
+        Teardown::Always => plan
+            .note("then tears the stack down with its volumes, whatever happened:")
+            .step(down_step(stack, true)),
+        Teardown::Stop => plan
+            .note("then stops the stack, whatever happened (its volumes are kept):")
+            .step(down_step(stack, false)),
+        Teardown::Keep => plan.note("--keep: the stack is left running"),
+        Teardown::LeaveRunning => plan.note(
+            "the stack is left running; a failed start takes it down only if it was not \
+             running before",
+        ),
+    }
+}
+
+/// The value of `key` in an env file's text, unquoted.
+fn env_file_value(text: &str, key: &str) -> Option<String> {
+    env_file_entries(text).filter(|(k, _)| *k == key).map(|(_, v)| v).next_back()
+}
+
+/// Every `KEY=value` of an env file's text, in order, values unquoted.
+fn env_file_entries(text: &str) -> impl DoubleEndedIterator<Item = (&str, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned()))
+}
+
+/// A setting whose value is a secret, by its name: a password, secret, token or key. One that
+/// names the file holding a secret (`POSTGRES_PASSWORD_FILE`) is a path, not a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    !key.ends_with("_FILE")
+        && ["PASSWORD", "SECRET", "TOKEN", "KEY", "REDISCLI_AUTH"].iter().any(|s| key.contains(s))
+}
+
+/// Fails naming every required secret that neither the environment nor an env file sets.
+pub fn require_secrets(stack: &Stack, secrets: &[&str]) -> Result<()> {
+    for file in &stack.env_files {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read env file {file}"))?;
+    }
+    let mut missing = Vec::new();
+    for secret in secrets {
+        if stack.secret_value(secret)?.is_none() {
+            missing.push(*secret);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the {} stack needs {}: export {}, or pass --env-file FILE with {} (it has no default on purpose; a setting X may also come from the file X_FILE names)",
+            stack.mode.name(),
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            missing.iter().map(|m| format!("{m}=...")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The project name of a long-lived stack: `COMPOSE_PROJECT_NAME`, else `default`.
+pub fn project_name(default: &str) -> String {
+    std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| default.into())
+}
+
+/// A compose project name that no other run on this machine uses.
+pub fn unique_project(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{:04x}", std::process::id(), nanos & 0xffff)
+}
+
+/// The swarm state of the engine (`active` when it is a manager or worker).
+pub fn swarm_state(root: &Utf8Path) -> Result<String> {
+    let format = "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}";
+    let out = docker::cli(root)
+        .args(["info", "--format", format])
+        .quiet()
+        .read()
+        .context("cannot ask the engine about swarm")?;
+    Ok(out.trim().to_owned())
+}
+
+/// The settings behind the definition's file secrets: each top-level secret whose `file` is in
+/// [`Stack::secrets_dir`], as (secret, setting), the setting being the file's name.
+pub fn file_secrets(stack: &Stack, definition: &Value) -> Vec<(String, String)> {
+    let Some(dir) = stack.secrets_dir() else { return Vec::new() };
+    let secrets = definition["secrets"].as_object().into_iter().flatten();
+    secrets
+        .filter_map(|(name, spec)| {
+            let file = Utf8Path::new(spec["file"].as_str()?);
+            let setting = file.file_name()?;
+            (file.parent()? == dir).then(|| (name.clone(), setting.to_owned()))
+        })
+        .collect()
+}
+
+/// The value of the setting behind a secret, which must be set and not empty.
+pub fn secret_setting(stack: &Stack, setting: &str) -> Result<String> {
+    match stack.secret_value(setting)? {
+        Some(value) => Ok(value),
+        None => bail!(
+            "{setting} is not set: export it (or {setting}_FILE), or pass `--env-file FILE` with \
+             {setting}=..."
+        ),
+    }
+}
+
+/// Writes the file of each of the definition's file secrets (see [`file_secrets`]) from its
+/// setting, into [`Stack::secrets_dir`]: mode 0700 on the directory, so the files themselves
+/// may be 0644, which a container's non-root user needs to read a bind-mounted secret. A new
+/// file is written whole under a temporary name and renamed into place; a changed one in place.
+pub fn write_secrets(stack: &Stack, definition: &Value) -> Result<()> {
+    let Some(dir) = stack.secrets_dir() else { return Ok(()) };
+    let secrets = file_secrets(stack, definition);
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    private_dir(&dir)?;
+    for (_, setting) in secrets {
+        let value = secret_setting(stack, &setting)?;
+        let file = dir.join(&setting);
+        match std::fs::read(&file) {
+            Ok(old) if old == value.as_bytes() => {}
+            // A running container has the file bind-mounted, by its inode: a changed secret (a
+            // new key list, which the servers reload) is written into the same file. A reader
+            // that catches it half-written finds it empty or cut and keeps what it had.
+            Ok(_) => std::fs::write(&file, value.as_bytes())
+                .with_context(|| format!("cannot write {file}"))?,
+            Err(_) => {
+                let partial = dir.join(format!(".{setting}.partial-{}", std::process::id()));
+                write_mode(&partial, value.as_bytes(), 0o644)?;
+                std::fs::rename(&partial, &file).with_context(|| format!("cannot write {file}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the stack's secret files, once the stack is gone.
+pub fn remove_secrets(stack: &Stack) -> Result<()> {
+    let Some(dir) = stack.secrets_dir() else { return Ok(()) };
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove the secrets in {dir}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+fn private_dir(dir: &Utf8Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {dir}"))?;
+    // An existing directory keeps its mode: set it.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {dir} private"))
+}
+
+/// Writes `bytes` to a new file created with `mode`.
+#[cfg(unix)]
+pub fn write_mode(path: &Utf8Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot write {path}"))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {path}"))
+}
+
+/// The merged, interpolated definition as JSON, for a swarm deploy.
+pub fn merged_definition(stack: &Stack) -> Result<Value> {
+    read_definition(stack, stack.config_step().quiet())
+}
+
+fn read_definition(stack: &Stack, config: Step) -> Result<Value> {
+    let json = config
+        .read()
+        .with_context(|| format!("the {} stack's definition is not valid", stack.mode.name()))?;
+    serde_json::from_str(&json).context("docker compose config printed no JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(mode: Mode, profiles: &[Profile]) -> Stack {
+        Stack::new(Utf8Path::new("/repo"), mode, "p1".into(), profiles, "0.1.0-abc1234".into())
+    }
+
+    #[test]
+    fn a_local_env_file_is_read_after_the_dev_one_and_by_dev_stacks_only() {
+        let temp = Utf8PathBuf::try_from(std::env::temp_dir()).unwrap();
+        let root = temp.join(format!("xtask-local-env-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let local = root.join(LOCAL_ENV_FILE);
+        std::fs::write(&local, "EMBEDDING_DIM=7\nAPI_TOKEN=hidden-value\n").unwrap();
+        let dev = Stack::new(&root, Mode::Dev, "p".into(), &[], "t".into());
+        let args = dev.compose().args;
+        let at = |file: &str| args.iter().position(|a| a == file).unwrap();
+        assert!(at("compose/dev.env") < at(local.as_str()), "{args:?}");
+        assert_eq!(dev.setting("EMBEDDING_DIM").as_deref(), Some("7"));
+        assert!(dev.secret_values().contains(&"hidden-value".to_owned()));
+        let test = Stack::new(&root, Mode::Test, "p".into(), &[], "t".into());
+        assert!(!test.compose().args.contains(&local.to_string()), "only dev reads it");
+        std::fs::remove_file(&local).unwrap();
+        let without = Stack::new(&root, Mode::Dev, "p".into(), &[], "t".into());
+        assert!(without.env_files.is_empty(), "it is optional");
+        std::fs::remove_dir(&root).unwrap();
+    }
+
+    #[test]
+    fn a_project_is_of_the_kind_its_containers_are_labelled_with() {
+        let listing = "exited\tprod\t/repo/compose/compose.yaml,/repo/compose/dev.yaml\n\
+                       running\t\t/repo/compose/compose.yaml,/repo/compose/test.yaml\n\
+                       created\tprod\t\n";
+        let existing = Existing::parse(listing);
+        // The label wins over the files; a container without it is judged by its files.
+        assert_eq!(existing.modes, [Mode::Prod, Mode::Test]);
+        assert!(existing.running);
+        // A volume left by a stack taken down without `--volumes` still says its kind.
+        let volume = Existing::parse("\nvolume\tprod\t\n");
+        assert_eq!(volume.modes, [Mode::Prod]);
+        assert!(!volume.running);
+        let none = Existing::parse("exited\t\t/elsewhere/docker-compose.yml\n");
+        assert!(none.modes.is_empty() && !none.running);
+        let step = stack(Mode::Run, &[]).compose();
+        assert!(step.env.contains(&(KIND_VAR.to_owned(), "run".to_owned())), "{:?}", step.env);
+    }
+
+    #[test]
+    fn one_constructor_sets_project_files_env_file_and_profiles() {
+        let step = stack(Mode::Test, &[Profile::Cache, Profile::Cache]).compose();
+        assert_eq!(
+            step.args,
+            [
+                "compose",
+                "--project-name",
+                "p1",
+                "--file",
+                "compose/compose.yaml",
+                "--file",
+                "compose/test.yaml",
+                "--env-file",
+                "compose/test.env",
+                "--profile",
+                "cache",
+            ]
+        );
+        assert_eq!(step.cwd, "/repo");
+        assert!(step.env.contains(&("MEMORIES_TAG".into(), "0.1.0-abc1234".into())));
+        assert!(step.env.contains(&("REDIS_URL".into(), "redis://redis:6379/0".into())));
+        let plain = stack(Mode::Dev, &[]).compose();
+        assert!(!plain.env.iter().any(|(k, _)| k == "REDIS_URL"));
+    }
+
+    #[test]
+    fn images_and_probes_follow_the_service_model() {
+        let test = stack(Mode::Test, &[Profile::Cache]);
+        let model = crate::stack::services::tests::model(
+            r#"{"services": {
+                "db": {"image": "memories/db:0.1.0-abc1234",
+                       "labels": {"memories.probe": "postgres"},
+                       "environment": {"POSTGRES_USER": "u", "POSTGRES_PASSWORD": "pw"},
+                       "ports": [{"target": 5432}]},
+                "otel": {"image": "otel/collector:1"},
+                "redis": {"image": "memories/redis:0.1.0-abc1234",
+                          "labels": {"memories.probe": "redis"}, "ports": [{"target": 6379}]},
+                "server": {"image": "memories/server:0.1.0-abc1234",
+                           "labels": {"memories.probe": "http /v1/health"},
+                           "ports": [{"target": 8283, "published": "8283"}]},
+                "stale": {"image": "memories/proxy:0.0.1-old", "ports": [{"target": 8080}]}
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            test.images(&model),
+            [ImageName::SERVER, ImageName::DB, ImageName::named("redis")]
+        );
+        let probes = test.probes(&model, &|service, port| {
+            (service.name != "redis").then_some(port.published.unwrap_or(40000))
+        });
+        let shown: Vec<String> = probes.iter().map(|(s, p)| format!("{s} {p}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "db postgres://u:***@127.0.0.1:40000/u",
+                "otel compose://p1/otel",
+                "redis compose://p1/redis",
+                "server http://127.0.0.1:8283/v1/health#status=200",
+                "stale compose://p1/stale",
+            ]
+        );
+        let planned = planned_waits(&test, &model);
+        assert_eq!(
+            planned[0],
+            "db postgres://u:***@127.0.0.1:5432/u (container port; the host port is read after up)"
+        );
+        assert_eq!(planned[3], "server http://127.0.0.1:8283/v1/health#status=200");
+    }
+
+    #[test]
+    fn env_files_and_project_names() {
+        let text = "# c\nA=1\nexport B=two\nEMPTY=\n\n  C = 3 \nQ=\"x y\"\nA=2\n";
+        assert_eq!(env_file_value(text, "A").as_deref(), Some("2"));
+        assert_eq!(env_file_value(text, "Q").as_deref(), Some("x y"));
+        assert_eq!(env_file_value(text, "Z"), None);
+        let a = unique_project("memories-test");
+        assert!(a.starts_with(&format!("memories-test-{}-", std::process::id())), "{a}");
+    }
+}

@@ -1,0 +1,862 @@
+//! The prod definition on Docker Swarm: `prod deploy --swarm` (by digest from a registry or a
+//! release's `--json` output, or this engine's own images on a one-node swarm), `prod status`
+//! and `prod rollback`. Secrets become Docker secrets named by a hash of their content, so a
+//! changed secret rolls out like any other update; the update and rollback settings per
+//! service are the definition's own (`compose/prod.yaml`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::image::version::Revision;
+use crate::image::{self, ImageName};
+use crate::oci::Registry;
+use crate::run::docker;
+use crate::run::label;
+use crate::run::plan::Step;
+use crate::stack::services::Model;
+use crate::stack::{self, Stack};
+use crate::wait::{self, Attempt, Check, WaitOptions};
+
+/// Where the images of a swarm deploy come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// This engine's `memories/*` images, built first unless `build` is false: other nodes
+    /// cannot pull them, so for a one-node swarm only.
+    Local { build: bool },
+    /// `REGISTRY/NAME:VERSION` of every image, each deployed by the digest the registry has.
+    Registry { registry: String, version: String },
+    /// The images a `cargo xtask release --json` printed, by their digests.
+    Release(Utf8PathBuf),
+}
+
+/// What a deploy hands to `docker stack deploy`, and the secrets it needs first.
+pub struct Deployment {
+    pub definition: Value,
+    pub secrets: Vec<SwarmSecret>,
+}
+
+/// One Docker secret of the stack: `<stack>_<key>_<hash>`, made from a setting's value.
+pub struct SwarmSecret {
+    pub name: String,
+    pub setting: String,
+    value: String,
+}
+
+/// The label `docker stack rm` removes a stack's objects by.
+const NAMESPACE: &str = "com.docker.stack.namespace";
+
+/// The definition to deploy: the merged prod definition without compose-only keys, each
+/// service's image replaced by what `images` resolved, each file secret replaced by an
+/// external Docker secret named by its content.
+pub fn deployment(
+    stack: &Stack,
+    merged: Value,
+    name: &str,
+    images: &BTreeMap<String, String>,
+) -> Result<Deployment> {
+    let mut definition = for_swarm(merged);
+    let mut secrets = Vec::new();
+    for (key, setting) in stack::file_secrets(stack, &definition) {
+        let value = stack::secret_setting(stack, &setting)?;
+        let secret = SwarmSecret { name: secret_name(name, &key, &value), setting, value };
+        definition["secrets"][&key] = json!({"name": secret.name, "external": true});
+        secrets.push(secret);
+    }
+    if let Some(services) = definition["services"].as_object_mut() {
+        for (service, spec) in services.iter_mut() {
+            if let Some(image) = images.get(service) {
+                spec["image"] = Value::from(image.as_str());
+            }
+        }
+    }
+    Ok(Deployment { definition, secrets })
+}
+
+/// `<stack>_<key>_<12 hex digits>`: the same content gives the same name (a re-deploy changes
+/// nothing), another gives a new secret, which swarm rolls out as an update. The hash is salted
+/// with the stack and key, so equal passwords of two stacks do not show as equal.
+fn secret_name(stack: &str, key: &str, value: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in ["memories-secret", stack, key, value] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let hex: String = hash.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{stack}_{key}_{hex}")
+}
+
+/// What a swarm deploy needs changed in the merged compose definition: the keys the swarm
+/// loader does not take, which are compose-only details of start order, naming and
+/// container security options.
+pub fn for_swarm(mut definition: Value) -> Value {
+    drop_nulls(&mut definition);
+    if let Some(object) = definition.as_object_mut() {
+        object.remove("name");
+    }
+    if let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) {
+        for service in services.values_mut() {
+            if let Some(service) = service.as_object_mut() {
+                // Swarm starts services in any order; the server waits for its database.
+                service.remove("depends_on");
+                service.remove("profiles");
+                // Swarm has neither: tasks restart by `deploy.restart_policy`, and
+                // no-new-privileges is a daemon setting there.
+                service.remove("restart");
+                service.remove("security_opt");
+                // Swarm ignores it, with a warning: its tasks get the default /dev/shm.
+                service.remove("shm_size");
+                // Compose's own key for a bind mount (`BACKUP_PATH`); the swarm loader refuses
+                // it, and swarm never creates a missing host path anyway.
+                for volume in
+                    service.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten()
+                {
+                    if let Some(bind) = volume.get_mut("bind").and_then(Value::as_object_mut) {
+                        bind.remove("create_host_path");
+                    }
+                }
+                // Compose writes CPU limits as numbers; the swarm loader wants strings.
+                if let Some(resources) = service
+                    .get_mut("deploy")
+                    .and_then(|d| d.get_mut("resources"))
+                    .and_then(Value::as_object_mut)
+                {
+                    for bound in resources.values_mut() {
+                        if let Some(cpus) = bound.get("cpus").and_then(Value::as_f64) {
+                            bound["cpus"] = Value::from(cpus.to_string());
+                        }
+                    }
+                }
+                // The run label of a test run's containers also labels their service, so that
+                // the reaper removes the service rather than containers swarm would replace.
+                let run = service.get("labels").and_then(|l| l.get(label::LABEL)).cloned();
+                if let Some(run) = run.filter(|r| r.as_str().is_some_and(|r| !r.is_empty())) {
+                    let deploy = service.entry("deploy").or_insert_with(|| json!({}));
+                    if let Some(deploy) = deploy.as_object_mut() {
+                        let labels = deploy.entry("labels").or_insert_with(|| json!({}));
+                        if let Some(labels) = labels.as_object_mut() {
+                            labels.insert(label::LABEL.to_owned(), run);
+                        }
+                    }
+                }
+                // Published ports: swarm publishes on every interface.
+                if let Some(ports) = service.get_mut("ports").and_then(Value::as_array_mut) {
+                    for port in ports {
+                        if let Some(port) = port.as_object_mut() {
+                            port.remove("host_ip");
+                            // Compose writes the published port as a string; swarm wants a number.
+                            let published = port
+                                .get("published")
+                                .and_then(Value::as_str)
+                                .and_then(|p| p.parse::<u64>().ok());
+                            if let Some(published) = published {
+                                port.insert("published".into(), published.into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for section in ["networks", "volumes"] {
+        if let Some(items) = definition.get_mut(section).and_then(Value::as_object_mut) {
+            for item in items.values_mut() {
+                if let Some(item) = item.as_object_mut() {
+                    // Let the stack namespace them (`<stack>_db-data`).
+                    item.remove("name");
+                }
+            }
+        }
+    }
+    definition
+}
+
+/// Compose prints unset fields as `null`; the swarm loader wants them absent.
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Each service of `model` that runs one of our images, with that image.
+fn our_images(stack: &Stack, model: &Model) -> Vec<(String, ImageName)> {
+    let images = stack.images(model);
+    model
+        .services
+        .iter()
+        .filter_map(|service| {
+            let image = images.iter().find(|image| {
+                service.image == format!("{}:{}", image::repository(None, **image), stack.tag)
+            })?;
+            Some((service.name.clone(), *image))
+        })
+        .collect()
+}
+
+/// The images a deploy resolved.
+pub struct Resolved {
+    /// Service -> the image it deploys.
+    pub images: BTreeMap<String, String>,
+    /// Service -> what the registry answered for its image (registry sources only).
+    answers: BTreeMap<String, crate::oci::Inspected>,
+}
+
+/// The image each service deploys, by digest where the source is a registry: nothing changes
+/// before every one of them is known to exist.
+pub fn resolve_images(
+    stack: &Stack,
+    model: &Model,
+    revision: &Revision,
+    source: &Source,
+) -> Result<Resolved> {
+    let ours = our_images(stack, model);
+    let wanted: Vec<(String, ImageName, String)> = match source {
+        Source::Local { build } => {
+            if *build {
+                stack::build(stack, model, revision)?;
+            } else {
+                stack::require_images(stack, model)?;
+            }
+            let images = ours
+                .into_iter()
+                .map(|(service, image)| {
+                    (service, format!("{}:{}", image::repository(None, image), stack.tag))
+                })
+                .collect();
+            return Ok(Resolved { images, answers: BTreeMap::new() });
+        }
+        Source::Registry { registry, version } => ours
+            .into_iter()
+            .map(|(service, image)| {
+                let reference = format!("{}:{version}", image::repository(Some(registry), image));
+                (service, image, reference)
+            })
+            .collect(),
+        Source::Release(file) => {
+            let released = read_release(file)?;
+            let mut wanted = Vec::new();
+            for (service, image) in ours {
+                let Some(reference) = released.get(image.as_str()) else {
+                    bail!(
+                        "{file} names no {} image, which service {service} needs: give the \
+                         `--json` output of a release of every image",
+                        image.as_str()
+                    );
+                };
+                wanted.push((service, image, reference.clone()));
+            }
+            wanted
+        }
+    };
+    let remote = Registry::new(&stack.root);
+    let mut resolved = BTreeMap::new();
+    let mut answers = BTreeMap::new();
+    let mut missing = Vec::new();
+    for (service, _, reference) in wanted {
+        match remote.inspect(&reference)? {
+            Some(inspected) => {
+                let index = inspected.found();
+                let pinned = match reference.split_once('@') {
+                    Some((_, digest)) if digest == index.digest => reference.clone(),
+                    Some(_) => bail!("the registry answered {reference} with {}", index.digest),
+                    None => format!("{reference}@{}", index.digest),
+                };
+                resolved.insert(service.clone(), pinned);
+                answers.insert(service, inspected);
+            }
+            None => missing.push(reference),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the registry does not have {}: release it first (`cargo xtask release --registry \
+             REG`), or deploy a version it has; nothing was changed",
+            missing.join(", ")
+        );
+    }
+    Ok(Resolved { images: resolved, answers })
+}
+
+/// Where the deploy would give a running service of stack `name` an image of the same content
+/// (the same layers and run settings: every release labels every image with its version, so
+/// an unchanged database gets a new digest all the same), keeps the running image, so that the
+/// service is not restarted: a database stopped for a label would fail requests.
+pub fn keep_unchanged(root: &Utf8Path, name: &str, resolved: &mut Resolved) -> Result<()> {
+    let running: BTreeMap<String, String> = inspect_services(root, name)?
+        .iter()
+        .filter_map(|service| {
+            let spec = &service["Spec"];
+            let service = spec["Name"].as_str()?.strip_prefix(&format!("{name}_"))?.to_owned();
+            Some((service, spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str()?.to_owned()))
+        })
+        .collect();
+    let remote = Registry::new(root);
+    for (service, wanted) in resolved.images.iter_mut() {
+        let (Some(current), Some(new)) = (running.get(service), resolved.answers.get(service))
+        else {
+            continue;
+        };
+        if current == wanted || !current.contains("@sha256:") {
+            continue;
+        }
+        let Some(old) = remote.inspect(current)? else { continue };
+        if old.content().is_some() && old.content() == new.content() {
+            say!(
+                "{service}: {wanted} has the layers and settings of the running {current} (only \
+                 its labels differ): kept, not restarted"
+            );
+            *wanted = current.clone();
+        } else if service == "db" {
+            // Said before anything changes: the one restart that costs requests.
+            say!(
+                "{service}: {wanted} differs from the running {current} in its layers or \
+                 settings: the database restarts (stop-first, it never runs twice on its \
+                 volume), and requests fail until it is back"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Image name -> `repository:tag@digest`, from a `cargo xtask release --json` output.
+fn read_release(file: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    let released: Value = serde_json::from_str(&text).with_context(|| {
+        format!("{file} is not JSON: give the output of `cargo xtask release --json`")
+    })?;
+    let mut images = BTreeMap::new();
+    for entry in released["images"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(name), Some(digest), Some(first)) =
+            (entry["image"].as_str(), entry["digest"].as_str(), entry["refs"][0].as_str())
+        else {
+            bail!("{file}: an image without a name, digest or ref: {entry}");
+        };
+        if !digest.starts_with("sha256:") {
+            bail!("{file}: {name} has no sha256 digest ({digest})");
+        }
+        images.insert(name.to_owned(), format!("{first}@{digest}"));
+    }
+    if images.is_empty() {
+        bail!("{file} lists no images: give the output of `cargo xtask release --json`");
+    }
+    Ok(images)
+}
+
+/// Creates each secret the deployment needs that does not exist yet.
+pub fn create_secrets(root: &Utf8Path, name: &str, secrets: &[SwarmSecret]) -> Result<()> {
+    let existing = docker::cli(root)
+        .args(["secret", "ls", "--format", "{{.Name}}"])
+        .quiet()
+        .read()
+        .context("cannot list the swarm's secrets")?;
+    let existing: BTreeSet<&str> = existing.lines().collect();
+    for secret in secrets.iter().filter(|s| !existing.contains(s.name.as_str())) {
+        create_secret_step(root, name, secret)
+            .stdin_bytes(secret.value.clone().into_bytes())
+            .secret(&secret.value)
+            .quiet()
+            .read()
+            .with_context(|| {
+                format!("cannot create secret {} from {}", secret.name, secret.setting)
+            })?;
+    }
+    Ok(())
+}
+
+/// `docker secret create`, the value on stdin, labelled so that `docker stack rm` removes it.
+pub fn create_secret_step(root: &Utf8Path, name: &str, secret: &SwarmSecret) -> Step {
+    docker::cli(root)
+        .args(["secret", "create", "--label"])
+        .arg(format!("{NAMESPACE}={name}"))
+        .args(label::label_args())
+        .arg(&secret.name)
+        .arg("-")
+}
+
+/// Removes the stack's secrets that neither the current nor the previous spec of any service
+/// uses (the previous one stays for `prod rollback`).
+pub fn prune_secrets(root: &Utf8Path, name: &str) -> Result<Vec<String>> {
+    let services = inspect_services(root, name)?;
+    let mut used = BTreeSet::new();
+    for service in &services {
+        for spec in [&service["Spec"], &service["PreviousSpec"]] {
+            for secret in spec["TaskTemplate"]["ContainerSpec"]["Secrets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if let Some(secret) = secret["SecretName"].as_str() {
+                    used.insert(secret.to_owned());
+                }
+            }
+        }
+    }
+    let label = format!("label={NAMESPACE}={name}");
+    let ours = docker::cli(root)
+        .args(["secret", "ls", "--filter", &label, "--format", "{{.Name}}"])
+        .quiet()
+        .read()
+        .context("cannot list the stack's secrets")?;
+    let mut removed = Vec::new();
+    for secret in ours.lines().filter(|s| !used.contains(*s)) {
+        docker::cli(root)
+            .args(["secret", "rm", secret])
+            .quiet()
+            .read()
+            .with_context(|| format!("cannot remove the unused secret {secret}"))?;
+        removed.push(secret.to_owned());
+    }
+    Ok(removed)
+}
+
+/// The services of stack `name`, failing when it has none.
+fn deployed_services(root: &Utf8Path, name: &str) -> Result<Vec<Value>> {
+    let services = inspect_services(root, name)?;
+    if services.is_empty() {
+        bail!(
+            "stack {name} has no services on this swarm: deploy it with `cargo xtask prod deploy --swarm`"
+        );
+    }
+    Ok(services)
+}
+
+/// Fails unless this engine is a swarm manager, with the fix.
+pub fn require_manager(stack: &Stack) -> Result<()> {
+    let state = stack::swarm_state(&stack.root)?;
+    if state != "active true" {
+        bail!(
+            "this engine is not a swarm manager (state: {state}): run `docker swarm init`, or deploy from a manager"
+        );
+    }
+    Ok(())
+}
+
+/// `docker service inspect` of every service of stack `name`.
+fn inspect_services(root: &Utf8Path, name: &str) -> Result<Vec<Value>> {
+    let label = format!("label={NAMESPACE}={name}");
+    let ids = docker::cli(root)
+        .args(["service", "ls", "--quiet", "--filter", &label])
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the services of stack {name}"))?;
+    if ids.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = docker::cli(root)
+        .args(["service", "inspect"])
+        .args(ids.split_whitespace())
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot inspect the services of stack {name}"))?;
+    let services: Value =
+        serde_json::from_str(&json).context("docker service inspect printed no JSON")?;
+    Ok(services.as_array().cloned().unwrap_or_default())
+}
+
+/// Where one service of a stack stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub desired: u64,
+    pub running: u64,
+    /// The image of the current spec (`repository:tag@digest` when deployed by digest).
+    pub image: String,
+    pub previous_image: Option<String>,
+    /// Swarm's update state (`updating`, `completed`, `rollback_completed`, ...), if any
+    /// update happened.
+    pub update: Option<String>,
+    pub message: Option<String>,
+}
+
+impl ServiceStatus {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "service": self.service,
+            "desired": self.desired,
+            "running": self.running,
+            "image": self.image,
+            "previous_image": self.previous_image,
+            "update": self.update,
+            "message": self.message,
+        })
+    }
+}
+
+/// The status of every service of stack `name`, sorted by service; failing when it has none.
+pub fn status(root: &Utf8Path, name: &str) -> Result<Vec<ServiceStatus>> {
+    let mut statuses = Vec::new();
+    for service in deployed_services(root, name)? {
+        let full = service["Spec"]["Name"].as_str().unwrap_or_default().to_owned();
+        let running = running_tasks(root, &full)?;
+        statuses.push(read_status(&service, running));
+    }
+    statuses.sort_by(|a, b| a.service.cmp(&b.service));
+    Ok(statuses)
+}
+
+fn read_status(service: &Value, running: u64) -> ServiceStatus {
+    let spec_image =
+        |spec: &Value| spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().map(str::to_owned);
+    ServiceStatus {
+        service: service["Spec"]["Name"].as_str().unwrap_or_default().to_owned(),
+        desired: service["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(1),
+        running,
+        image: spec_image(&service["Spec"]).unwrap_or_default(),
+        previous_image: spec_image(&service["PreviousSpec"]),
+        update: service["UpdateStatus"]["State"].as_str().map(str::to_owned),
+        message: service["UpdateStatus"]["Message"].as_str().map(str::to_owned),
+    }
+}
+
+/// How many of a service's tasks run (a task with a healthcheck counts once healthy).
+fn running_tasks(root: &Utf8Path, service: &str) -> Result<u64> {
+    let states = docker::cli(root)
+        .args(["service", "ps", "--filter", "desired-state=running"])
+        .args(["--format", "{{.CurrentState}}", service])
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the tasks of {service}"))?;
+    Ok(states.lines().filter(|s| s.starts_with("Running")).count() as u64)
+}
+
+/// What a wait for a stack expects its updates to end as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A deploy: an update that was rolled back is a failure.
+    Updated,
+    /// `prod rollback`: rolled back is the goal.
+    RolledBack,
+}
+
+/// Ready when a swarm service runs as many tasks as it wants and its update (if any) ended
+/// the way `expect` says; failed at once when it ended another way.
+pub struct Converged {
+    pub root: Utf8PathBuf,
+    pub service: String,
+    pub expect: Expect,
+    /// The deploy changed the service's task template, so an update must run: until swarm
+    /// says it started, the old tasks still run and do not count.
+    pub changed: bool,
+}
+
+impl Check for Converged {
+    fn attempt(&mut self, _timeout: Duration) -> Attempt {
+        let inspected = docker::cli(&self.root)
+            .args(["service", "inspect", &self.service])
+            .quiet()
+            .read()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|json| serde_json::from_str::<Value>(&json).map_err(|e| e.to_string()));
+        let service = match inspected {
+            Ok(list) => list[0].clone(),
+            Err(e) => return Attempt::NotYet(e),
+        };
+        let running = match running_tasks(&self.root, &self.service) {
+            Ok(running) => running,
+            Err(e) => return Attempt::NotYet(format!("{e:#}")),
+        };
+        decide(&read_status(&service, running), self.expect, self.changed)
+    }
+}
+
+fn decide(status: &ServiceStatus, expect: Expect, changed: bool) -> Attempt {
+    let message = status.message.as_deref().unwrap_or("no message");
+    match (status.update.as_deref(), expect) {
+        (Some(state @ ("updating" | "rollback_started")), _) => {
+            return Attempt::NotYet(format!("{state}: {message}"));
+        }
+        (Some("paused" | "rollback_paused"), _) => {
+            return Attempt::Failed(format!(
+                "the update is paused: {message}; see `cargo xtask prod status`"
+            ));
+        }
+        // A rollback of an earlier deploy (a service this deploy left unchanged, such as the
+        // server while the release phase deploys the database) is not this deploy's failure.
+        (Some("rollback_completed"), Expect::Updated) if changed => {
+            return Attempt::Failed(format!(
+                "the new version failed and swarm rolled it back to {}: {message}",
+                status.image
+            ));
+        }
+        (Some("completed") | None, Expect::RolledBack) => {
+            return Attempt::NotYet("waiting for the rollback to start".into());
+        }
+        (None, Expect::Updated) if changed => {
+            return Attempt::NotYet("waiting for the update to start".into());
+        }
+        _ => {}
+    }
+    if status.running >= status.desired {
+        Attempt::Ready
+    } else {
+        Attempt::NotYet(format!("{} of {} replicas running", status.running, status.desired))
+    }
+}
+
+/// Each service of stack `name` with its task template: what a deploy may change.
+pub fn task_templates(root: &Utf8Path, name: &str) -> Result<BTreeMap<String, Value>> {
+    Ok(templates(inspect_services(root, name)?))
+}
+
+fn templates(services: Vec<Value>) -> BTreeMap<String, Value> {
+    services
+        .into_iter()
+        .filter_map(|s| {
+            Some((s["Spec"]["Name"].as_str()?.to_owned(), s["Spec"]["TaskTemplate"].clone()))
+        })
+        .collect()
+}
+
+/// Waits until every service of stack `name` has converged: the services in `rolled_back`
+/// (full names) once their rollback completed, the others once updated. `before` holds the
+/// task templates before a deploy: a service whose template changed must be seen updating.
+pub fn wait(
+    root: &Utf8Path,
+    name: &str,
+    rolled_back: &[String],
+    before: &BTreeMap<String, Value>,
+    timeout: Duration,
+) -> Result<()> {
+    let now = templates(deployed_services(root, name)?);
+    let checks: Vec<(String, Box<dyn Check>)> = now
+        .iter()
+        .map(|(service, template)| {
+            let changed = before.get(service).is_some_and(|old| old != template);
+            let expect = match rolled_back.contains(service) {
+                true => Expect::RolledBack,
+                false => Expect::Updated,
+            };
+            let check =
+                Converged { root: root.to_owned(), service: service.to_owned(), expect, changed };
+            (service.to_owned(), Box::new(check) as Box<dyn Check>)
+        })
+        .collect();
+    say!("waiting up to {timeout:?} for every service of stack {name} to converge");
+    let options =
+        WaitOptions { timeout, max_interval: Duration::from_millis(500), ..WaitOptions::default() };
+    wait::until_ready(checks, options)?;
+    Ok(())
+}
+
+/// `docker service rollback` of each named service of stack `name` (all that have a previous
+/// spec when none is named).
+pub fn rollback(root: &Utf8Path, name: &str, services: &[String]) -> Result<Vec<String>> {
+    let all = deployed_services(root, name)?;
+    for service in services {
+        if !all.iter().any(|s| s["Spec"]["Name"].as_str() == Some(&format!("{name}_{service}"))) {
+            bail!("stack {name} has no service {service}");
+        }
+    }
+    let mut targets = Vec::new();
+    for service in &all {
+        let full = service["Spec"]["Name"].as_str().unwrap_or_default();
+        let short = full.strip_prefix(&format!("{name}_")).unwrap_or(full);
+        let named = services.is_empty() || services.iter().any(|s| s == short);
+        let scaled = only_scaled(service);
+        if named && !service["PreviousSpec"].is_null() && !scaled {
+            targets.push(full.to_owned());
+        } else if named && scaled && !services.is_empty() {
+            bail!(
+                "{full}'s previous spec differs only in its replica count (a scale, such as \
+                 `prod restore`'s): rolling back would scale it, not return to an earlier \
+                 release; deploy the release you want with `cargo xtask prod deploy --swarm`"
+            );
+        } else if named && !services.is_empty() {
+            bail!("{full} has no previous spec to return to");
+        }
+    }
+    if targets.is_empty() {
+        bail!("no service of stack {name} has a previous spec to return to");
+    }
+    for target in &targets {
+        rollback_step(root, target).run().with_context(|| format!("cannot roll {target} back"))?;
+    }
+    Ok(targets)
+}
+
+/// Whether a service's previous spec is its spec with another replica count: the previous
+/// "release" is a scale (`prod restore` scales the database and the servers to 0 and back).
+/// The engine fills in defaults when the CLI updates a service (restart and update policies,
+/// the stop grace period), so the specs are compared on what a release changes: the task's
+/// container (image, command, settings, secrets) and the service's labels, key by key where
+/// both have the key.
+fn only_scaled(service: &Value) -> bool {
+    let (spec, previous) = (&service["Spec"], &service["PreviousSpec"]);
+    if previous.is_null() {
+        return false;
+    }
+    let replicas = |s: &Value| s.pointer("/Mode/Replicated/Replicas").cloned();
+    let container = |s: &Value| s.pointer("/TaskTemplate/ContainerSpec").cloned();
+    replicas(spec) != replicas(previous)
+        && agree(&container(spec).unwrap_or_default(), &container(previous).unwrap_or_default())
+        && agree(&spec["Labels"], &previous["Labels"])
+}
+
+/// Whether two JSON values are equal on every key both objects have (recursively).
+fn agree(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.iter().all(|(key, value)| b.get(key).is_none_or(|other| agree(value, other)))
+        }
+        (a, b) => a == b,
+    }
+}
+
+pub fn rollback_step(root: &Utf8Path, service: &str) -> Step {
+    docker::cli(root).args(["service", "rollback", "--detach", "--quiet", service])
+}
+
+/// The running containers of swarm service `service` (`STACK_SERVICE`) on this engine.
+pub fn task_containers(root: &Utf8Path, service: &str) -> Result<Vec<String>> {
+    let listed = docker::cli(root)
+        .args(["ps", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={service}"))
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot list the containers of {service}"))?;
+    Ok(listed.split_whitespace().map(str::to_owned).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_spec_that_is_only_a_scale_is_no_release_to_return_to() {
+        let spec = |image: &str, replicas: u64| {
+            json!({"Name": "s_db", "Labels": {"com.docker.stack.image": image},
+                   "TaskTemplate": {"ContainerSpec": {"Image": image, "Env": ["A=1"]}},
+                   "Mode": {"Replicated": {"Replicas": replicas}}})
+        };
+        let service = |now: Value, previous: Value| json!({"Spec": now, "PreviousSpec": previous});
+        assert!(only_scaled(&service(spec("db@1", 1), spec("db@1", 0))));
+        // What the engine fills in on a CLI update is not a difference.
+        let mut filled = spec("db@1", 1);
+        filled["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] = json!(10_000_000_000u64);
+        filled["UpdateConfig"] = json!({"Parallelism": 1});
+        assert!(only_scaled(&service(filled, spec("db@1", 0))));
+        assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 1))));
+        assert!(!only_scaled(&service(spec("db@2", 1), spec("db@1", 0))));
+        let mut settings = spec("db@1", 1);
+        settings["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["A=2"]);
+        assert!(!only_scaled(&service(settings, spec("db@1", 0))));
+        assert!(!only_scaled(&service(spec("db@1", 1), Value::Null)));
+    }
+
+    #[test]
+    fn swarm_definition_drops_compose_only_keys() {
+        let merged = json!({
+            "name": "memories-prod",
+            "services": {
+                "server": {"depends_on": {"db": {"condition": "service_started"}}, "image": "x",
+                           "command": null, "restart": "always",
+                           "security_opt": ["no-new-privileges:true"]},
+                "proxy": {"ports": [{"host_ip": "0.0.0.0", "target": 8080, "published": "8080"}],
+                          "deploy": {"resources": {"limits": {"cpus": 0.5, "memory": "134217728"}}}},
+            },
+            "networks": {"default": {"name": "memories-prod_default"}},
+            "volumes": {"db-data": {"name": "memories-prod_db-data"}},
+        });
+        let swarm = for_swarm(merged);
+        assert!(swarm.get("name").is_none());
+        assert_eq!(swarm["services"]["server"], json!({"image": "x"}));
+        assert_eq!(
+            swarm["services"]["proxy"]["ports"][0],
+            json!({"target": 8080, "published": 8080})
+        );
+        assert_eq!(swarm["services"]["proxy"]["deploy"]["resources"]["limits"]["cpus"], "0.5");
+        assert_eq!(swarm["networks"]["default"], json!({}));
+        assert_eq!(swarm["volumes"]["db-data"], json!({}));
+    }
+
+    #[test]
+    fn a_test_run_label_also_labels_the_service() {
+        let run = "t0000abcd-42-7";
+        let merged = json!({"services": {
+            "server": {"image": "x", "labels": {"memories.run": run, "memories.probe": "http /"},
+                       "deploy": {"replicas": 2}},
+            "db": {"image": "y", "labels": {"memories.run": ""}},
+        }});
+        let swarm = for_swarm(merged);
+        let server = &swarm["services"]["server"];
+        assert_eq!(server["deploy"], json!({"replicas": 2, "labels": {"memories.run": run}}));
+        assert_eq!(server["labels"]["memories.run"], run, "the containers keep it");
+        assert!(swarm["services"]["db"].get("deploy").is_none(), "outside a run: no label");
+    }
+
+    #[test]
+    fn secret_names_follow_their_content_and_stack() {
+        let a = secret_name("memories", "postgres_password", "hunter2");
+        assert_eq!(a, secret_name("memories", "postgres_password", "hunter2"));
+        assert!(a.starts_with("memories_postgres_password_") && a.len() == 27 + 12, "{a}");
+        assert!(!a.contains("hunter2"));
+        assert_ne!(a, secret_name("memories", "postgres_password", "hunter3"));
+        let other = secret_name("other", "postgres_password", "hunter2");
+        assert_ne!(a[a.len() - 12..], other[other.len() - 12..]);
+    }
+
+    #[test]
+    fn a_release_file_gives_refs_by_digest() {
+        let dir = Utf8PathBuf::try_from(std::env::temp_dir()).unwrap();
+        let file = dir.join(format!("xtask-release-{}.json", std::process::id()));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let released = json!({"images": [
+            {"image": "server", "digest": digest, "refs": ["reg:5000/ns/server:0.1.0", "reg:5000/ns/server:latest"]},
+        ]});
+        std::fs::write(&file, released.to_string()).unwrap();
+        let images = read_release(&file).unwrap();
+        assert_eq!(images["server"], format!("reg:5000/ns/server:0.1.0@{digest}"));
+        std::fs::write(&file, r#"{"images": []}"#).unwrap();
+        assert!(read_release(&file).unwrap_err().to_string().contains("lists no images"));
+        std::fs::write(&file, "not json").unwrap();
+        assert!(read_release(&file).unwrap_err().to_string().contains("release --json"));
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn convergence_reads_the_update_state() {
+        let status = |update: Option<&str>, running| ServiceStatus {
+            service: "m_server".into(),
+            desired: 2,
+            running,
+            image: "r/server:0.1.0@sha256:a".into(),
+            previous_image: None,
+            update: update.map(str::to_owned),
+            message: Some("update rolled back".into()),
+        };
+        let not_yet = |attempt| matches!(attempt, Attempt::NotYet(_));
+        assert_eq!(decide(&status(None, 2), Expect::Updated, false), Attempt::Ready);
+        assert!(not_yet(decide(&status(None, 1), Expect::Updated, false)));
+        // Changed, but swarm has not started the update: the old tasks do not count.
+        assert!(not_yet(decide(&status(None, 2), Expect::Updated, true)));
+        assert!(not_yet(decide(&status(Some("updating"), 2), Expect::Updated, true)));
+        assert_eq!(decide(&status(Some("completed"), 2), Expect::Updated, true), Attempt::Ready);
+        let Attempt::Failed(why) =
+            decide(&status(Some("rollback_completed"), 2), Expect::Updated, true)
+        else {
+            panic!("a rolled back deploy fails")
+        };
+        assert!(why.contains("rolled it back") && why.contains("update rolled back"), "{why}");
+        // An earlier deploy's rollback of a service this one did not change: converged.
+        assert_eq!(
+            decide(&status(Some("rollback_completed"), 2), Expect::Updated, false),
+            Attempt::Ready
+        );
+        assert_eq!(
+            decide(&status(Some("rollback_completed"), 2), Expect::RolledBack, false),
+            Attempt::Ready
+        );
+        assert!(not_yet(decide(&status(Some("completed"), 2), Expect::RolledBack, false)));
+        let paused = decide(&status(Some("paused"), 2), Expect::Updated, true);
+        assert!(matches!(paused, Attempt::Failed(_)));
+    }
+}

@@ -1,0 +1,412 @@
+//! `cargo xtask ci`: every check CI makes, in order, as xtask steps, so "green locally" means
+//! "green in CI"; then one summary table (or JSON) with each step's status and time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::ValueEnum;
+use serde_json::{Value, json};
+
+use crate::image::Cache;
+use crate::run::interrupt;
+use crate::run::label;
+use crate::run::plan::{self, Plan, Preview, Step};
+use crate::tasks::reap;
+use crate::tasks::registry::Throwaway;
+use crate::tasks::tools;
+
+/// The steps of `cargo xtask ci`, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CiStep {
+    /// `cargo fmt --check`.
+    Fmt,
+    /// clippy with `-D warnings`, every target.
+    Clippy,
+    /// The tests that need no Docker: plans, parsing, the command line.
+    Unit,
+    /// Repository rules: Dockerfiles, .dockerignore, the lock file, compose files.
+    Repo,
+    /// hadolint on every Dockerfile.
+    Hadolint,
+    /// actionlint on .github/workflows.
+    Actionlint,
+    /// `cargo xtask build`: every image.
+    Build,
+    /// The Docker-backed tests: images, waits, stacks, releases, bundles.
+    Docker,
+    /// `cargo xtask test --e2e-only`: the end-to-end suite on an isolated stack.
+    E2e,
+    /// `cargo xtask release` of every image for amd64 and arm64 to a throwaway registry.
+    Release,
+}
+
+/// What `cargo xtask ci` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The steps to run, in any order; every one when empty.
+    pub steps: Vec<CiStep>,
+    /// Run the remaining steps after a failure.
+    pub keep_going: bool,
+    /// The build cache the build and release steps read and write.
+    pub cache: Option<Cache>,
+    pub preview: Preview,
+}
+
+impl CiStep {
+    pub const ALL: [CiStep; 10] = [
+        CiStep::Fmt,
+        CiStep::Clippy,
+        CiStep::Unit,
+        CiStep::Repo,
+        CiStep::Hadolint,
+        CiStep::Actionlint,
+        CiStep::Build,
+        CiStep::Docker,
+        CiStep::E2e,
+        CiStep::Release,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CiStep::Fmt => "fmt",
+            CiStep::Clippy => "clippy",
+            CiStep::Unit => "unit",
+            CiStep::Repo => "repo",
+            CiStep::Hadolint => "hadolint",
+            CiStep::Actionlint => "actionlint",
+            CiStep::Build => "build",
+            CiStep::Docker => "docker",
+            CiStep::E2e => "e2e",
+            CiStep::Release => "release",
+        }
+    }
+}
+
+/// Makes each step's commands: cargo, this xtask binary and the linters, at the repository
+/// root. The linters and the throwaway registry are set up by [`execute`] just before their step.
+struct Commands {
+    root: Utf8PathBuf,
+    cargo: String,
+    xtask: String,
+    cache: Option<Cache>,
+}
+
+/// Stands in for the throwaway registry's address in a printed plan.
+const THROWAWAY: &str = "127.0.0.1:PORT";
+
+impl Commands {
+    fn cargo(&self) -> Step {
+        Step::new(&self.cargo, &self.root)
+    }
+
+    fn xtask(&self) -> Step {
+        Step::new(&self.xtask, &self.root)
+    }
+
+    /// `--cache CACHE`, when one is given.
+    fn cache_args(&self) -> Vec<String> {
+        self.cache.iter().flat_map(|c| ["--cache".to_owned(), c.to_string()]).collect()
+    }
+
+    /// The commands of `step`; `linters` and `registry` are where those live once set up.
+    fn of(&self, step: CiStep, linters: Option<&tools::Tools>, registry: &str) -> Vec<Step> {
+        let clippy = ["--", "-D", "warnings"];
+        match step {
+            CiStep::Fmt => vec![self.cargo().args(["fmt", "--all", "--check"])],
+            CiStep::Clippy => vec![
+                self.cargo().args(["clippy", "--workspace", "--all-targets"]).args(clippy),
+                // The end-to-end suite is not a default test target, so --all-targets skips it.
+                self.cargo().args(["clippy", "--package", "tests", "--test", "e2e"]).args(clippy),
+            ],
+            CiStep::Unit => {
+                vec![self.cargo().args([
+                    "test",
+                    "--package",
+                    "xtask",
+                    "--bin",
+                    "xtask",
+                    "--test",
+                    "cli",
+                ])]
+            }
+            CiStep::Repo => vec![
+                self.cargo().args(["test", "--package", "xtask", "--test", "repo"]),
+                self.cargo().args(["test", "--package", "tests", "--test", "compose"]),
+            ],
+            CiStep::Hadolint => {
+                let program =
+                    linters.map_or_else(|| Utf8PathBuf::from("hadolint"), tools::Tools::hadolint);
+                vec![
+                    Step::new(program.as_str(), &self.root)
+                        .args(["--config", ".hadolint.yaml"])
+                        .args(dockerfiles(&self.root)),
+                ]
+            }
+            CiStep::Actionlint => {
+                let program = linters
+                    .map_or_else(|| Utf8PathBuf::from("actionlint"), tools::Tools::actionlint);
+                vec![Step::new(program.as_str(), &self.root).arg("-no-color")]
+            }
+            CiStep::Build => vec![self.xtask().arg("build").args(self.cache_args())],
+            CiStep::Docker => vec![self.cargo().args(["test", "--package", "tests"])],
+            CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
+            CiStep::Release => vec![
+                self.xtask()
+                    .args(["release", "--registry"])
+                    .arg(format!("{registry}/ci"))
+                    // Local runs happen on work in progress; the release path is what is tested.
+                    .arg("--allow-dirty")
+                    .args(self.cache_args()),
+            ],
+        }
+    }
+}
+
+/// Every Dockerfile under docker/, sorted, relative to the root.
+fn dockerfiles(root: &Utf8Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(root.join("docker"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let path = format!("docker/{name}/Dockerfile");
+            root.join(&path).is_file().then_some(path)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Passed,
+    Failed,
+    /// Not run because an earlier step failed (without `--keep-going`) or on Ctrl-C.
+    Skipped,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Passed => "ok",
+            Status::Failed => "FAILED",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub step: CiStep,
+    pub status: Status,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// The steps to run, in CI's order whatever order they were named in, each once.
+pub fn selected(named: &[CiStep]) -> Vec<CiStep> {
+    CiStep::ALL.into_iter().filter(|s| named.is_empty() || named.contains(s)).collect()
+}
+
+pub fn run(root: &Utf8Path, args: &Request) -> Result<()> {
+    let commands = Commands {
+        root: root.to_owned(),
+        cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        xtask: plan::this_xtask()?,
+        cache: args.cache.clone(),
+    };
+    let steps = selected(&args.steps);
+    if args.preview.dry_run {
+        let mut plan = Plan::new("ci");
+        for &step in &steps {
+            plan = plan.note(step.name()).steps(commands.of(step, None, THROWAWAY));
+        }
+        let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
+        plan.fact("steps", json!(names)).print(args.preview.json);
+        return Ok(());
+    }
+    let outcomes = run_steps(&steps, args.keep_going, |step| execute(&commands, step));
+    print_summary(&outcomes, args.preview.json);
+    if interrupt::is_set() {
+        return Err(interrupt::Interrupted.into());
+    }
+    let failures: Vec<&str> =
+        outcomes.iter().filter(|o| o.status == Status::Failed).map(|o| o.step.name()).collect();
+    if !failures.is_empty() {
+        bail!(
+            "ci failed at: {} (logs above; rerun one with `cargo xtask ci STEP`)",
+            failures.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs each step with `execute`, timing it; after a failure the rest are skipped unless
+/// `keep_going`, and after Ctrl-C they are skipped whatever it says.
+fn run_steps(
+    steps: &[CiStep],
+    keep_going: bool,
+    mut execute: impl FnMut(CiStep) -> Result<()>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut failed = false;
+    for &step in steps {
+        if (failed && !keep_going) || interrupt::is_set() {
+            outcomes.push(Outcome {
+                step,
+                status: Status::Skipped,
+                duration: Duration::ZERO,
+                error: None,
+            });
+            continue;
+        }
+        say!("==> ci: {}", step.name());
+        let start = Instant::now();
+        let result = execute(step);
+        let duration = start.elapsed();
+        let (status, error) = match result {
+            Ok(()) => (Status::Passed, None),
+            Err(err) => {
+                failed = true;
+                say!("==> ci: {} failed: {err:#}", step.name());
+                (Status::Failed, Some(format!("{err:#}")))
+            }
+        };
+        outcomes.push(Outcome { step, status, duration, error });
+    }
+    outcomes
+}
+
+fn execute(commands: &Commands, step: CiStep) -> Result<()> {
+    let linters = match step {
+        CiStep::Hadolint | CiStep::Actionlint => Some(tools::ensure(&commands.root)?),
+        _ => None,
+    };
+    let registry = match step {
+        CiStep::Release => Some(Throwaway::start(&commands.root)?),
+        _ => None,
+    };
+    let address = registry.as_ref().map_or(THROWAWAY, |r| r.address.as_str());
+    let steps = commands.of(step, linters.as_ref(), address);
+    let result = match step {
+        // The Docker-backed tests are a test run: what they leave is removed at the end.
+        CiStep::Docker => reap::as_run(&commands.root, |run| {
+            steps.into_iter().try_for_each(|s| s.env(label::ENV, &run.to_string()).run())
+        }),
+        _ => steps.iter().try_for_each(Step::run),
+    };
+    if let Some(registry) = &registry {
+        registry.untag_local(&format!("{}/ci", registry.address));
+    }
+    result
+}
+
+fn print_summary(outcomes: &[Outcome], json: bool) {
+    let total: Duration = outcomes.iter().map(|o| o.duration).sum();
+    if json {
+        let steps: Vec<Value> = outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "step": o.step.name(),
+                    "status": o.status.as_str().to_lowercase(),
+                    "seconds": (o.duration.as_secs_f64() * 10.0).round() / 10.0,
+                    "error": o.error,
+                })
+            })
+            .collect();
+        let passed = outcomes.iter().all(|o| o.status == Status::Passed);
+        out!(
+            "{:#}",
+            json!({"passed": passed, "seconds": (total.as_secs_f64() * 10.0).round() / 10.0, "steps": steps})
+        );
+        return;
+    }
+    out!("{:<12} {:<8} {:>9}", "step", "status", "time");
+    for o in outcomes {
+        let time = if o.status == Status::Skipped {
+            "-".to_owned()
+        } else {
+            format!("{:.1}s", o.duration.as_secs_f64())
+        };
+        out!("{:<12} {:<8} {:>9}", o.step.name(), o.status.as_str(), time);
+    }
+    out!("{:<12} {:<8} {:>9}", "total", "", format!("{:.1}s", total.as_secs_f64()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> Commands {
+        Commands {
+            root: "/repo".into(),
+            cargo: "cargo".into(),
+            xtask: "/bin/xtask".into(),
+            cache: None,
+        }
+    }
+
+    #[test]
+    fn the_cache_reaches_the_build_and_the_release_only() {
+        let commands = Commands { cache: Some(Cache::Gha), ..commands() };
+        let shown = |step| {
+            commands
+                .of(step, None, "127.0.0.1:9")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shown(CiStep::Build), ["/bin/xtask build --cache gha"]);
+        assert!(
+            shown(CiStep::Release)[0].ends_with("--allow-dirty --cache gha"),
+            "{:?}",
+            shown(CiStep::Release)
+        );
+        assert!(!shown(CiStep::Docker)[0].contains("--cache"));
+    }
+
+    #[test]
+    fn steps_run_in_ci_order_whatever_order_they_are_named_in() {
+        assert_eq!(selected(&[]), CiStep::ALL);
+        assert_eq!(
+            selected(&[CiStep::Release, CiStep::Fmt, CiStep::Release]),
+            [CiStep::Fmt, CiStep::Release]
+        );
+    }
+
+    #[test]
+    fn a_failure_skips_the_rest_unless_keep_going() {
+        let steps = [CiStep::Fmt, CiStep::Clippy, CiStep::Unit];
+        let failing = |step| if step == CiStep::Clippy { bail!("lint") } else { Ok(()) };
+        let statuses =
+            |outcomes: Vec<Outcome>| outcomes.iter().map(|o| o.status).collect::<Vec<_>>();
+        assert_eq!(
+            statuses(run_steps(&steps, false, failing)),
+            [Status::Passed, Status::Failed, Status::Skipped]
+        );
+        let mut ran = Vec::new();
+        let outcomes = run_steps(&steps, true, |step| {
+            ran.push(step);
+            failing(step)
+        });
+        assert_eq!(ran, steps, "--keep-going runs every step");
+        assert_eq!(outcomes[1].error.as_deref(), Some("lint"));
+        assert_eq!(statuses(outcomes), [Status::Passed, Status::Failed, Status::Passed]);
+    }
+
+    #[test]
+    fn each_step_is_an_xtask_or_cargo_command() {
+        let c = commands();
+        let fmt = c.of(CiStep::Fmt, None, THROWAWAY);
+        assert_eq!(fmt[0].to_string(), "cargo fmt --all --check");
+        let clippy: Vec<String> =
+            c.of(CiStep::Clippy, None, THROWAWAY).iter().map(ToString::to_string).collect();
+        assert_eq!(clippy[0], "cargo clippy --workspace --all-targets -- -D warnings");
+        assert!(clippy[1].contains("--test e2e"), "{clippy:?}");
+        let release = c.of(CiStep::Release, None, "127.0.0.1:4999")[0].to_string();
+        assert_eq!(release, "/bin/xtask release --registry 127.0.0.1:4999/ci --allow-dirty");
+        assert_eq!(c.of(CiStep::E2e, None, THROWAWAY)[0].to_string(), "/bin/xtask test --e2e-only");
+    }
+}

@@ -1,0 +1,755 @@
+//! `cargo xtask prod`: the production definition (`compose/prod.yaml`) as a compose stack on
+//! this engine (`up`, `down`), printed with its secrets redacted (`config`), or on Docker Swarm
+//! (`deploy --swarm`, `status`, `rollback`; see [`crate::stack::swarm`]).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::Value;
+
+use crate::image::version::Revision;
+use crate::run::docker;
+use crate::run::plan::{Plan, Preview, Step};
+use crate::stack::backup;
+use crate::stack::migrations;
+use crate::stack::services::Model;
+use crate::stack::swarm;
+use crate::stack::tls::Edge;
+use crate::stack::{self, Lifecycle, Mode, Stack};
+use crate::tasks::dev::{long_lived, print_endpoints};
+
+/// The settings prod refuses to start without: never defaulted, never printed. Each may also
+/// come from the file its `_FILE` setting names (`API_KEYS_FILE`).
+const SECRETS: [&str; 2] = ["POSTGRES_PASSWORD", "API_KEYS"];
+
+/// What `cargo xtask prod` does with the production definition.
+#[derive(Debug, Clone)]
+pub enum ProdAction {
+    /// Print the merged definition, secrets redacted.
+    Config,
+    Up {
+        no_build: bool,
+        timeout: Duration,
+    },
+    Down {
+        volumes: bool,
+    },
+    /// Deploy to the swarm stack `stack` and wait until every service has converged.
+    Deploy {
+        stack: String,
+        source: DeploySource,
+        timeout: Duration,
+    },
+    Status {
+        stack: String,
+    },
+    /// Return `services` (every one with a previous spec when empty) to their previous spec.
+    Rollback {
+        stack: String,
+        services: Vec<String>,
+        timeout: Duration,
+    },
+    /// The API keys in file `.0` (else `API_KEYS_FILE`).
+    Keys(Option<Utf8PathBuf>, crate::stack::api_keys::KeysAction),
+    /// The proxy's ACME certificates: listed, or renewed now when `renew`; in swarm stack
+    /// `stack`'s proxy when given.
+    Certs {
+        renew: bool,
+        stack: Option<String>,
+    },
+    /// Backups of the compose prod stack's database, or of swarm stack `.0`'s (see [`backup`]).
+    Backups(Option<String>, backup::BackupAction),
+}
+
+/// Where `prod deploy` takes its images from.
+#[derive(Debug, Clone)]
+pub enum DeploySource {
+    /// `REGISTRY/NAME:VERSION` by digest; the app's version when `None`.
+    Registry { registry: String, version: Option<String> },
+    /// The images a `release --json` printed.
+    Release(Utf8PathBuf),
+    /// This engine's own images, built first when `build`.
+    Local { build: bool },
+}
+
+/// `cargo xtask prod ...`; `env_files` hold the secrets, read after compose/prod.env.
+pub fn run(
+    root: &Utf8Path,
+    action: ProdAction,
+    env_files: Vec<Utf8PathBuf>,
+    preview: Preview,
+) -> Result<()> {
+    let revision = Revision::read(root)?;
+    let project = stack::project_name("memories-prod");
+    let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
+    stack.env_files = env_files;
+    // The tasks that start or print the stack check how it serves HTTPS (files read and
+    // checked) before anything else; the rest name the same compose files from the settings.
+    let starts =
+        matches!(action, ProdAction::Config | ProdAction::Up { .. } | ProdAction::Deploy { .. });
+    let edge = if starts {
+        require_secrets(&stack)?;
+        Some(Edge::checked(&stack)?)
+    } else {
+        Edge::chosen(&stack)
+    };
+    stack.extra_files = edge.as_ref().map(Edge::files).unwrap_or_default();
+    if preview.dry_run {
+        prod_plan(&stack, &revision, &action)?.print(preview.json);
+        return Ok(());
+    }
+    match action {
+        ProdAction::Config => {
+            let mut definition = stack::merged_definition(&stack)?;
+            redact(&mut definition);
+            out!("{definition:#}");
+            Ok(())
+        }
+        ProdAction::Up { no_build, timeout } => {
+            // Refuse a project of another kind before writing anything for it (the lifecycle
+            // checks again, as it does for every stack).
+            stack::require_own_kind(&stack)?;
+            stack::write_secrets(&stack, &stack::merged_definition(&stack)?)?;
+            // The release phase: the new server image migrates the database before any
+            // server is created or replaced.
+            let how = Lifecycle {
+                release_phase: Some(migrations::RELEASE_PHASE),
+                ..long_lived(timeout, no_build)
+            };
+            let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
+                print_endpoints(&stack, probes, preview.json);
+                if edge.as_ref().is_some_and(|e| *e != Edge::Plain) {
+                    let port = |key, default: &str| stack.setting(key).unwrap_or(default.into());
+                    say!(
+                        "HTTPS on port {}; plain HTTP on port {} redirects there",
+                        port("HTTPS_PORT", "443"),
+                        port("PROXY_PORT", "8080")
+                    );
+                }
+                say!(
+                    "the prod stack {} is ready; stop it with `cargo xtask prod down`",
+                    stack.project
+                );
+                Ok(())
+            });
+            // A failed first start took the stack's containers down: its secrets go with them.
+            if started.is_err() && !stack::has_containers(&stack.project).unwrap_or(true) {
+                stack::remove_secrets(&stack)?;
+            }
+            started
+        }
+        ProdAction::Down { volumes } => {
+            stack::down_own(&stack, volumes)?;
+            stack::remove_secrets(&stack)
+        }
+        ProdAction::Deploy { stack: name, source, timeout } => {
+            let source = deploy_source(&revision, source);
+            deploy_swarm(&stack, &revision, &name, &source, timeout)
+        }
+        ProdAction::Status { stack: name } => {
+            let statuses = swarm::status(&stack.root, &name)?;
+            print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), preview.json);
+            Ok(())
+        }
+        ProdAction::Keys(file, action) => {
+            let file = match file.or_else(|| stack.setting("API_KEYS_FILE").map(Into::into)) {
+                Some(file) => file,
+                None => bail!(
+                    "which key file? pass --file FILE, or set API_KEYS_FILE (the environment or \
+                     --env-file)"
+                ),
+            };
+            crate::stack::api_keys::run(&file, action, preview.json)
+        }
+        ProdAction::Certs { renew, stack: swarm_stack } => {
+            let container = match &swarm_stack {
+                Some(name) => Some(swarm_proxy_container(&stack, name)?),
+                None => {
+                    if !stack::running_services(&stack)?.iter().any(|s| s == "proxy") {
+                        bail!(
+                            "the proxy of stack {} is not running: start it with `cargo xtask \
+                             prod up`",
+                            stack.project
+                        );
+                    }
+                    None
+                }
+            };
+            let step = certs_step(&stack, container.as_deref(), renew);
+            if renew {
+                step.run().context("the renewal failed (the proxy's log says more)")?;
+                say!("renewed; the proxy serves the new certificate");
+            } else {
+                out!("{}", step.read().context("cannot list the proxy's certificates")?.trim_end());
+            }
+            Ok(())
+        }
+        ProdAction::Backups(swarm_stack, action) => {
+            let target = backup_target(&stack, swarm_stack);
+            if matches!(target, backup::Target::Compose(_)) {
+                require_secrets(&stack)?;
+            }
+            backup::run(&target, action, preview.json)
+        }
+        ProdAction::Rollback { stack: name, services, timeout } => {
+            swarm::require_manager(&stack)?;
+            let before = swarm::task_templates(&stack.root, &name)?;
+            let targets = swarm::rollback(&stack.root, &name, &services)?;
+            let wait = swarm::wait(&stack.root, &name, &targets, &before, timeout);
+            wait.with_context(|| {
+                format!("the rollback of {} did not complete", targets.join(", "))
+            })?;
+            say!("rolled back {}", targets.join(", "));
+            print_status(&swarm::status(&stack.root, &name)?, None, preview.json);
+            Ok(())
+        }
+    }
+}
+
+/// The running container of swarm stack `name`'s proxy on this engine.
+fn swarm_proxy_container(stack: &Stack, name: &str) -> Result<String> {
+    let listed = swarm::task_containers(&stack.root, &format!("{name}_proxy"))?;
+    match listed.into_iter().next() {
+        Some(id) => Ok(id),
+        None => bail!("no task of {name}_proxy runs on this engine: run this on its node"),
+    }
+}
+
+/// `proxy-entrypoint renew` (or `certs`) in the proxy's container: the compose prod stack's,
+/// or `container`.
+fn certs_step(stack: &Stack, container: Option<&str>, renew: bool) -> Step {
+    let command = ["proxy-entrypoint", if renew { "renew" } else { "certs" }];
+    match container {
+        Some(id) => docker::cli(&stack.root).args(["exec", id]).args(command),
+        None => stack.compose().args(["exec", "--no-TTY", "proxy"]).args(command),
+    }
+}
+
+/// Fails unless every secret prod needs is set and the API keys are a valid key list or `off`.
+fn require_secrets(stack: &Stack) -> Result<()> {
+    if stack.secret_value("API_KEYS")?.is_none() {
+        bail!(
+            "the prod stack needs API keys: make a key file with `cargo xtask prod keys create \
+             NAME --file FILE` and set API_KEYS_FILE=FILE, or set API_KEYS=off to serve without \
+             keys (on purpose)"
+        );
+    }
+    stack::require_secrets(stack, &SECRETS)?;
+    let keys = stack.secret_value("API_KEYS")?.unwrap_or_default();
+    let what = match stack.setting("API_KEYS").filter(|v| !v.is_empty()) {
+        Some(_) => "API_KEYS".to_owned(),
+        None => format!("API_KEYS_FILE {}", stack.setting("API_KEYS_FILE").unwrap_or_default()),
+    };
+    crate::stack::api_keys::check_setting(&keys, &what)
+}
+
+fn backup_target(stack: &Stack, swarm_stack: Option<String>) -> backup::Target {
+    match swarm_stack {
+        Some(name) => backup::Target::Swarm { stack: stack.clone(), name },
+        None => backup::Target::Compose(stack.clone()),
+    }
+}
+
+fn deploy_source(revision: &Revision, source: DeploySource) -> swarm::Source {
+    match source {
+        DeploySource::Registry { registry, version } => swarm::Source::Registry {
+            registry,
+            version: version.unwrap_or_else(|| revision.version.to_string()),
+        },
+        DeploySource::Release(file) => swarm::Source::Release(file),
+        DeploySource::Local { build } => swarm::Source::Local { build },
+    }
+}
+
+/// The services' states, and the backups' health when `backups` is given (see
+/// [`backup::swarm_summary`]); `--json`: `{"services": [...], "backups": {...}}`.
+fn print_status(statuses: &[swarm::ServiceStatus], backups: Option<&Value>, json: bool) {
+    if json {
+        let all: Vec<Value> = statuses.iter().map(swarm::ServiceStatus::to_json).collect();
+        let mut status = serde_json::json!({"services": all});
+        if let Some(backups) = backups {
+            status["backups"] = backups.clone();
+        }
+        out!("{status:#}");
+        return;
+    }
+    out!("{:<24} {:>8}  {:<20} IMAGE", "SERVICE", "REPLICAS", "UPDATE");
+    for s in statuses {
+        out!(
+            "{:<24} {:>8}  {:<20} {}",
+            s.service,
+            format!("{}/{}", s.running, s.desired),
+            s.update.as_deref().unwrap_or("-"),
+            s.image
+        );
+    }
+    for s in statuses.iter().filter(|s| s.update.is_some()) {
+        if let Some(message) = &s.message {
+            out!("{}: {message}", s.service);
+        }
+    }
+    if let Some(backups) = backups {
+        let health = &backups["health"];
+        let status = health["status"].as_str().unwrap_or("unknown");
+        match health["problem"].as_str() {
+            Some(problem) => out!("backups: {status}: {problem}"),
+            None => out!(
+                "backups: {status}: newest {} (finished {}), WAL archived up to {}",
+                backups["newest"].as_str().unwrap_or("-"),
+                backups["newest_finished"].as_str().unwrap_or("-"),
+                backups["wal_archived_up_to"].as_str().unwrap_or("-")
+            ),
+        }
+    }
+}
+
+fn deploy_swarm(
+    stack: &Stack,
+    revision: &Revision,
+    name: &str,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    swarm::require_manager(stack)?;
+    // One read of the definition: the images to deploy come from it, and it is what deploys.
+    let merged = stack::merged_definition(stack)?;
+    let model = Model::from_definition(&merged)?;
+    let mut resolved = swarm::resolve_images(stack, &model, revision, source)?;
+    swarm::keep_unchanged(&stack.root, name, &mut resolved)?;
+    let deployment = swarm::deployment(stack, merged, name, &resolved.images)?;
+    release_phase(stack, name, &deployment, source, timeout)?;
+    apply(stack, name, &deployment, source, timeout)?;
+    say!(
+        "stack {name} is deployed; see it with `cargo xtask prod status --stack {name}`, \
+         remove it with `docker stack rm {name}`"
+    );
+    Ok(())
+}
+
+/// Deploys `deployment` as stack `name`: its secrets first, then `docker stack deploy`, then
+/// waits until every service has converged, then prunes the secrets no spec uses.
+pub fn apply(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
+    let failed = "docker stack deploy failed";
+    deploy_and_wait(stack, name, &deployment.definition, source, true, failed, timeout)?;
+    for secret in swarm::prune_secrets(&stack.root, name)? {
+        say!("removed secret {secret}: no current or previous spec uses it");
+    }
+    Ok(())
+}
+
+/// Writes `definition` to the swarm file (mode 0600, removed afterwards), hands it to `docker
+/// stack deploy` (`prune`: remove the services it does not name), and waits until every
+/// service of stack `name` has converged. `failed` is the context of a deploy that fails.
+fn deploy_and_wait(
+    stack: &Stack,
+    name: &str,
+    definition: &Value,
+    source: &swarm::Source,
+    prune: bool,
+    failed: &'static str,
+    timeout: Duration,
+) -> Result<()> {
+    let file = swarm_file(stack, name);
+    let dir = file.parent().expect("the swarm file has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    stack::write_mode(&file, serde_json::to_string_pretty(definition)?.as_bytes(), 0o600)?;
+    let before = swarm::task_templates(&stack.root, name)?;
+    let deployed = stack_deploy(stack, &file, name, source, prune).run();
+    let _ = std::fs::remove_file(&file);
+    deployed.context(failed)?;
+    swarm::wait(&stack.root, name, &[], &before, timeout)
+}
+
+/// The release phase of a swarm deploy, before any server is replaced: the database alone
+/// (deployed as the full deploy will, so an unchanged one is left running; created on a first
+/// deploy), then the new server image's migrations as a one-off job on the stack's network
+/// with the server's settings and secrets. A failed migration ends the deploy there: the
+/// database is as it was (one transaction) and no server changed.
+fn release_phase(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    let mut db_only = deployment.definition.clone();
+    if let Some(services) = db_only["services"].as_object_mut() {
+        services.retain(|service, _| service == DB_SERVICE);
+    }
+    say!(
+        "release phase: deploying {DB_SERVICE} first, then migrating it with the new server image"
+    );
+    swarm::create_secrets(&stack.root, name, &deployment.secrets)?;
+    let failed = "docker stack deploy of the database failed";
+    deploy_and_wait(stack, name, &db_only, source, false, failed, timeout)?;
+    create_stanza(stack, name, deployment)?;
+    migration_job(stack, name, deployment, source, timeout)
+}
+
+/// Where the database archives its WAL with pgBackRest, its stanza must exist for archiving to
+/// succeed (until then every segment waits in `pg_wal`): created in the running db task's
+/// container, which is on this node (the manager, where the db is placed).
+fn create_stanza(stack: &Stack, name: &str, deployment: &swarm::Deployment) -> Result<()> {
+    let db = &deployment.definition["services"][DB_SERVICE];
+    if db["environment"]["PGBACKREST_STANZA"].is_null() {
+        return Ok(());
+    }
+    backup::create_swarm_stanza(stack, name)
+        .context("cannot create pgBackRest's stanza for the WAL archive")
+}
+
+/// The database service, the one the release phase deploys first.
+const DB_SERVICE: &str = "db";
+
+/// Runs `python -m memories.migrate upgrade` as a swarm job (`replicated-job`, never
+/// restarted) named `<stack>_migrate`, prints its output, and removes it whatever happened.
+fn migration_job(
+    stack: &Stack,
+    name: &str,
+    deployment: &swarm::Deployment,
+    source: &swarm::Source,
+    timeout: Duration,
+) -> Result<()> {
+    let spec = &deployment.definition["services"][migrations::SERVER];
+    let image = spec["image"].as_str().context("the server service has no image")?;
+    let job = format!("{name}_migrate");
+    let root = &stack.root;
+    // A job left by a deploy that was killed.
+    let _ = docker::cli(root).args(["service", "rm", &job]).quiet().capture_regardless();
+    let mut create = docker::cli(root).args(["service", "create", "--detach", "--quiet"]).args([
+        "--name",
+        &job,
+        "--mode",
+        "replicated-job",
+        "--restart-condition",
+        "none",
+        "--network",
+        &format!("{name}_default"),
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--mount",
+        "type=tmpfs,destination=/tmp",
+        "--label",
+        &format!("com.docker.stack.namespace={name}"),
+    ]);
+    for labels in [&spec["labels"], &spec["deploy"]["labels"]] {
+        for (key, value) in labels.as_object().into_iter().flatten() {
+            let label = format!("{key}={}", value.as_str().unwrap_or_default());
+            create = create.args(["--label", &label, "--container-label", &label]);
+        }
+    }
+    for (key, value) in spec["environment"].as_object().into_iter().flatten() {
+        if let Some(value) = value.as_str() {
+            create = create.args(["--env".to_owned(), format!("{key}={value}")]);
+        }
+    }
+    for secret in spec["secrets"].as_array().into_iter().flatten() {
+        let key = secret["source"].as_str().context("a server secret without a source")?;
+        let external = deployment.definition["secrets"][key]["name"].as_str().unwrap_or(key);
+        let target = secret["target"].as_str().unwrap_or(key);
+        create = create.args(["--secret".to_owned(), format!("source={external},target={target}")]);
+    }
+    if !matches!(source, swarm::Source::Local { .. }) {
+        create = create.arg("--with-registry-auth");
+    }
+    let create =
+        create.args(["--entrypoint", "python", image]).args(["-m", "memories.migrate", "upgrade"]);
+    let result = (|| -> Result<()> {
+        create.run().context("cannot start the migration job")?;
+        let state = wait_for_job(root, &job, timeout)?;
+        let logs = docker::cli(root).args(["service", "logs", "--raw", &job]).quiet().capture()?;
+        for line in logs.stdout.lines().chain(logs.stderr.lines()) {
+            say!("{line}");
+        }
+        if state != "complete" {
+            bail!(
+                "the release phase's migration failed ({state}): no server was replaced, and the \
+                 database is as it was (one transaction)"
+            );
+        }
+        Ok(())
+    })();
+    let removed = docker::cli(root).args(["service", "rm", &job]).quiet().run_regardless();
+    result.and(removed)
+}
+
+/// Waits until the job's task has ended; returns its state (`complete`, `failed`, ...).
+fn wait_for_job(root: &Utf8Path, job: &str, timeout: Duration) -> Result<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let states = docker::cli(root)
+            .args(["service", "ps", "--no-trunc", "--format", "{{.CurrentState}}|{{.Error}}", job])
+            .quiet()
+            .read()?;
+        let first = states.lines().next().unwrap_or("").to_ascii_lowercase();
+        let (state, error) = first.split_once('|').unwrap_or((&first, ""));
+        let word = state.split_whitespace().next().unwrap_or("");
+        if ["complete", "failed", "rejected", "shutdown", "orphaned"].contains(&word) {
+            return Ok(if error.is_empty() { word.to_owned() } else { format!("{word}: {error}") });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the migration job {job} did not end within {timeout:?} (its state: {state})");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if crate::run::interrupt::is_set() {
+            return Err(crate::run::interrupt::Interrupted.into());
+        }
+    }
+}
+
+/// Where `prod deploy --swarm` writes the definition it hands to `docker stack deploy`.
+fn swarm_file(stack: &Stack, name: &str) -> Utf8PathBuf {
+    stack.root.join(format!("target/xtask/{name}-swarm.json"))
+}
+
+/// `docker stack deploy` of the definition in `file` as stack `name`; images from a registry
+/// are pulled with this client's credentials on every node.
+fn stack_deploy(
+    stack: &Stack,
+    file: &Utf8Path,
+    name: &str,
+    source: &swarm::Source,
+    prune: bool,
+) -> Step {
+    let deploy = ["stack", "deploy", "--detach=true", "--compose-file", file.as_str()];
+    let step = docker::cli(&stack.root).args(deploy);
+    // `--prune` removes the services the file does not name: only for the full definition.
+    let step = if prune { step.arg("--prune") } else { step };
+    let step = match source {
+        swarm::Source::Local { .. } => step.args(["--resolve-image", "never"]),
+        swarm::Source::Registry { .. } | swarm::Source::Release(_) => {
+            step.arg("--with-registry-auth")
+        }
+    };
+    step.arg(name)
+}
+
+/// What `prod ACTION` would run.
+fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<Plan> {
+    let plan = Plan::new(format!("prod on project {}", stack.project));
+    let plan = match action {
+        ProdAction::Config => plan
+            .step(stack.config_step())
+            .note("prints the merged definition with every secret shown as ***"),
+        ProdAction::Keys(file, action) => {
+            let file = file.as_ref().map_or("the API_KEYS_FILE setting's file", |f| f.as_str());
+            plan.note(match action {
+                crate::stack::api_keys::KeysAction::Create { name } => {
+                    format!("adds key {name} to {file} (its SHA-256 only) and prints the key once")
+                }
+                crate::stack::api_keys::KeysAction::Revoke { name } => {
+                    format!("removes key {name} from {file}")
+                }
+                crate::stack::api_keys::KeysAction::List => format!("lists the keys in {file}"),
+            })
+        }
+        ProdAction::Up { no_build, timeout } => {
+            let model = stack.model()?;
+            let how = Lifecycle {
+                release_phase: Some(migrations::RELEASE_PHASE),
+                ..long_lived(*timeout, *no_build)
+            };
+            let plan = match stack.secrets_dir() {
+                Some(dir) => {
+                    let definition = stack::merged_definition(stack)?;
+                    let settings: Vec<String> = stack::file_secrets(stack, &definition)
+                        .into_iter()
+                        .map(|(_, setting)| setting)
+                        .collect();
+                    plan.note(format!(
+                        "first writes each secret file the definition names ({}) into {dir} (a \
+                         directory only this user can enter)",
+                        settings.join(", ")
+                    ))
+                }
+                None => plan,
+            };
+            stack::lifecycle_plan(plan, stack, &model, revision, how, |plan| plan)
+        }
+        ProdAction::Down { volumes } => stack::down_own_plan(plan, stack, *volumes)
+            .note("then removes the stack's secret files"),
+        ProdAction::Deploy { stack: name, source, .. } => {
+            let source = deploy_source(revision, source.clone());
+            let file = swarm_file(stack, name);
+            let plan = plan
+                .note("first checks that this engine is a swarm manager")
+                .step(stack.config_step());
+            let plan = match &source {
+                swarm::Source::Local { build: false } => {
+                    plan.note("--no-build: checks that every image is in the local store")
+                }
+                swarm::Source::Local { build: true } => {
+                    plan.step(stack::build_plan(stack, &stack.model()?, revision).step)
+                }
+                swarm::Source::Registry { registry, version } => plan.note(format!(
+                    "reads the digest of {registry}/NAME:{version} for every image (the \
+                     registry's API, through xtask's OCI client); a missing one stops the deploy \
+                     before anything changes"
+                )),
+                swarm::Source::Release(file) => plan.note(format!(
+                    "reads the images and digests in {file} and checks that the registry has \
+                     each; a missing one stops the deploy before anything changes"
+                )),
+            };
+            plan.note(
+                "keeps the running image of each service whose new image has the same layers \
+                 and run settings (only labels differ), so that service is not restarted; says \
+                 before anything changes when the database's image differs (it restarts)",
+            )
+            .note(
+                "creates each Docker secret the definition names that does not exist yet \
+                 (`<stack>_<secret>_<hash of its content>`, the value on stdin)",
+            )
+            .note(format!(
+                "release phase: deploys the {DB_SERVICE} service alone first (the definition's \
+                 other services left out, nothing pruned), waits until it has converged:"
+            ))
+            .step(stack_deploy(stack, &file, name, &source, false))
+            .note(
+                "creates pgBackRest's stanza in the running db container (WAL archiving needs it)",
+            )
+            .note(format!(
+                "then runs the new server image's migrations as the swarm job {name}_migrate \
+                 (`python -m memories.migrate upgrade`, never restarted) on the stack's network \
+                 with the server's settings and secrets, prints its output and removes it; a \
+                 failed migration ends the deploy here"
+            ))
+            .note(format!(
+                "writes the swarm definition to {file} (mode 0600), removed after the deploy"
+            ))
+            .step(stack_deploy(stack, &file, name, &source, true))
+            .note(
+                "then waits until every service has converged (an update that swarm rolled \
+                 back fails the deploy), and removes the stack's secrets that no current or \
+                 previous spec uses",
+            )
+        }
+        ProdAction::Backups(swarm_stack, action) => {
+            backup::plan(&backup_target(stack, swarm_stack.clone()), action)
+        }
+        ProdAction::Certs { renew, stack: swarm_stack } => {
+            let container =
+                swarm_stack.as_ref().map(|name| format!("<the running {name}_proxy task>"));
+            plan.step(certs_step(stack, container.as_deref(), *renew))
+        }
+        ProdAction::Status { stack: name } => plan.note(format!(
+            "reads the services of stack {name} (`docker service inspect`, `docker service ps`) \
+             and the backups' health in its db task on this engine (as `prod backups --stack \
+             {name}` does)"
+        )),
+        ProdAction::Rollback { stack: name, services, .. } => {
+            let services = match services.is_empty() {
+                true => vec!["<each service with a previous spec>".to_owned()],
+                false => services.clone(),
+            };
+            let plan = services.iter().fold(plan, |plan, service| {
+                plan.step(swarm::rollback_step(&stack.root, &format!("{name}_{service}")))
+            });
+            plan.note("then waits until every service has rolled back")
+        }
+    };
+    Ok(plan)
+}
+
+/// Replaces secrets with `***` wherever they appear in a definition: the values of
+/// secret-looking environment variables, those same values inside any other string (a URL,
+/// a command), and the password of any `scheme://user:password@host` URL.
+fn redact(definition: &mut Value) {
+    let mut secrets = Vec::new();
+    if let Some(services) = definition.get_mut("services").and_then(Value::as_object_mut) {
+        for service in services.values_mut() {
+            let Some(env) = service.get_mut("environment").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (key, value) in env.iter_mut() {
+                if stack::is_secret_key(key) {
+                    if let Some(secret) = value.as_str().filter(|v| !v.is_empty()) {
+                        secrets.push(secret.to_owned());
+                    }
+                    *value = Value::from("***");
+                }
+            }
+        }
+    }
+    redact_strings(definition, &secrets);
+}
+
+fn redact_strings(value: &mut Value, secrets: &[String]) {
+    match value {
+        Value::String(text) => {
+            let mut redacted = redact_url_passwords(text);
+            for secret in secrets {
+                redacted = redacted.replace(secret.as_str(), "***");
+            }
+            *text = redacted;
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, secrets)),
+        _ => {}
+    }
+}
+
+/// `redis://:pw@cache:6379/0` becomes `redis://:***@cache:6379/0`, in any text.
+fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        out.push_str(before);
+        let authority_end = after.find(['/', ' ', '"', '\'']).unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|c| (c, at))) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_redacted_from_printed_definitions() {
+        let mut definition = json!({"services": {"db": {"environment": {
+            "POSTGRES_PASSWORD": "hunter2", "POSTGRES_USER": "memories", "API_TOKEN": "t"
+        }}}});
+        redact(&mut definition);
+        let env = &definition["services"]["db"]["environment"];
+        assert_eq!(env["POSTGRES_PASSWORD"], "***");
+        assert_eq!(env["API_TOKEN"], "***");
+        assert_eq!(env["POSTGRES_USER"], "memories");
+        let mut urls = json!({"services": {
+            "server": {"environment": {"REDIS_URL": "redis://:hunter2@cache:6379/0"},
+                       "command": ["serve", "--db=postgres://me:hunter2@db/app"]},
+            "db": {"environment": {"POSTGRES_PASSWORD": "s3cret"},
+                   "healthcheck": {"test": ["CMD", "check", "--password=s3cret"]}},
+        }});
+        redact(&mut urls);
+        let shown = urls.to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://:***@cache:6379/0"), "{shown}");
+        assert!(shown.contains("postgres://me:***@db/app"), "{shown}");
+        assert_eq!(
+            redact_url_passwords("http://host:80/x and ftp://a@b"),
+            "http://host:80/x and ftp://a@b"
+        );
+    }
+}

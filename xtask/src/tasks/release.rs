@@ -1,0 +1,979 @@
+//! `cargo xtask release`: build every image for every platform, push only when all of them
+//! built (immutable tags first, moving tags last), then read every index back from the registry
+//! and check its platforms, labels and digest.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Value, json};
+
+use crate::image::ImageName;
+use crate::image::platform::Platform;
+use crate::image::sign::{self, KeySource, Signer};
+use crate::image::verify;
+use crate::image::version::Revision;
+use crate::image::{self, BuildPlan, BuildRequest, Output};
+use crate::oci;
+use crate::oci::{FoundIndex, Inspected};
+use crate::run::docker;
+use crate::run::plan::{Plan, Preview, Request};
+
+/// Where releases go unless `--registry` says otherwise: the local registry of a development
+/// machine.
+pub const DEFAULT_REGISTRY: &str = "127.0.0.1:5000/memories";
+pub const DEFAULT_PLATFORMS: &str = "linux/amd64,linux/arm64";
+
+/// What may bend the release rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowances {
+    /// Release a tree with uncommitted changes (its tags and labels say `-dirty`).
+    pub dirty: bool,
+    /// Overwrite a version that the registry already holds.
+    pub overwrite: bool,
+    /// Move `latest` (stable versions only).
+    pub latest: bool,
+}
+
+/// The tags of a release, in push order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseTags {
+    /// `X.Y.Z` and `sha-<7 hex>`: they name one build for good.
+    pub immutable: Vec<String>,
+    /// `X.Y`, `X` and `latest`: they follow the newest stable release.
+    pub moving: Vec<String>,
+}
+
+/// Tags by the usual conventions: a pre-release gets only its own version and the commit.
+pub fn release_tags(revision: &Revision, latest: bool) -> ReleaseTags {
+    let version = &revision.version;
+    let immutable = vec![version.to_string(), format!("sha-{}", revision.short())];
+    let mut moving = Vec::new();
+    if !version.is_prerelease() {
+        moving.push(format!("{}.{}", version.major, version.minor));
+        moving.push(version.major.to_string());
+        if latest {
+            moving.push("latest".to_owned());
+        }
+    }
+    ReleaseTags { immutable, moving }
+}
+
+/// Refuses what must never be released: checked before anything runs, dry runs included.
+pub fn check_revision(revision: &Revision, allow: Allowances) -> Result<()> {
+    if revision.dirty && !allow.dirty {
+        bail!(
+            "the work tree has uncommitted changes: commit or stash them (a release must name one \
+             commit), or pass --allow-dirty"
+        );
+    }
+    if revision.version.is_prerelease() && allow.latest {
+        bail!(
+            "{} is a pre-release and cannot be tagged `latest`: pass --no-latest, or set a stable \
+             version in app/pyproject.toml",
+            revision.version
+        );
+    }
+    Ok(())
+}
+
+/// One image of a release: where it goes and under which refs.
+#[derive(Debug, Clone)]
+pub struct ReleaseImage {
+    pub image: ImageName,
+    pub repository: String,
+    pub tags: ReleaseTags,
+}
+
+impl ReleaseImage {
+    /// The ref that names this release for good: `<repository>:<version>`.
+    pub fn version_ref(&self) -> String {
+        format!("{}:{}", self.repository, self.tags.immutable[0])
+    }
+
+    pub fn refs(&self) -> Vec<String> {
+        self.tags
+            .immutable
+            .iter()
+            .chain(&self.tags.moving)
+            .map(|tag| format!("{}:{tag}", self.repository))
+            .collect()
+    }
+}
+
+/// A release, planned without side effects. Which images are built and which refs are pushed,
+/// copied or left alone is decided at run time from what the registry holds; the plan shows
+/// the most a release does (every image built and pushed, every moving tag moved).
+#[derive(Debug)]
+pub struct ReleasePlan {
+    pub revision: Revision,
+    pub registry: String,
+    pub platforms: Vec<Platform>,
+    pub images: Vec<ReleaseImage>,
+    pub request: ReleaseRequest,
+    pub root: Utf8PathBuf,
+    /// Every image, for every platform, built and pushed from its archive under its immutable
+    /// tags (the moving tags come after every image is read back).
+    pub build: BuildPlan,
+    /// The signing key, read before anything runs, and the `tools` build cosign runs from.
+    pub signer: Option<Signer>,
+}
+
+/// What a release needs to know, independent of the command line.
+#[derive(Debug, Clone)]
+pub struct ReleaseRequest {
+    pub images: Vec<ImageName>,
+    pub registry: String,
+    pub platforms: Vec<Platform>,
+    pub builder: Option<String>,
+    pub allow: Allowances,
+    /// The version app/pyproject.toml must say (a release workflow's git tag; a leading `v`
+    /// is ignored).
+    pub expect_version: Option<String>,
+    /// The cosign private key that signs every released index.
+    pub sign: Option<KeySource>,
+    /// The build cache to read and write beyond the builder's own.
+    pub cache: Option<image::Cache>,
+    pub signing: sign::Options,
+}
+
+/// Stands for a digest known only once the build has run, in plans.
+const BUILT: &str = "sha256:<built>";
+
+pub fn plan(root: &Utf8Path, revision: &Revision, request: &ReleaseRequest) -> Result<ReleasePlan> {
+    check_revision(revision, request.allow)?;
+    let names = if request.images.is_empty() {
+        ImageName::released()
+    } else {
+        let mut names = request.images.clone();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let tags = release_tags(revision, request.allow.latest);
+    let images: Vec<ReleaseImage> = names
+        .iter()
+        .map(|&image| ReleaseImage {
+            image,
+            repository: image::repository(Some(&request.registry), image),
+            tags: tags.clone(),
+        })
+        .collect();
+    let build = build_plan(root, revision, request, &names, &tags);
+    let signer = match &request.sign {
+        Some(source) => Some(Signer::new(root, revision, source, request.signing)?),
+        None => None,
+    };
+    Ok(ReleasePlan {
+        revision: revision.clone(),
+        registry: request.registry.clone(),
+        platforms: request.platforms.clone(),
+        images,
+        request: request.clone(),
+        root: root.to_owned(),
+        build,
+        signer,
+    })
+}
+
+/// Builds `names` reproducibly and pushes each from its archive under its immutable refs only:
+/// moving tags are made in the registry, by manifest copy.
+fn build_plan(
+    root: &Utf8Path,
+    revision: &Revision,
+    request: &ReleaseRequest,
+    names: &[ImageName],
+    tags: &ReleaseTags,
+) -> BuildPlan {
+    image::plan(
+        root,
+        revision,
+        &BuildRequest {
+            images: names.to_vec(),
+            platforms: Some(request.platforms.clone()),
+            output: Output::Push,
+            tags: Some(tags.immutable.clone()),
+            registry: Some(request.registry.clone()),
+            builder: request.builder.clone(),
+            no_cache: false,
+            cache: request.cache.clone(),
+            overwrite: request.allow.overwrite,
+        },
+    )
+}
+
+impl ReleasePlan {
+    fn remote(&self) -> oci::Registry {
+        oci::Registry::new(&self.root)
+    }
+
+    /// The release as a dry-run plan: every step it can take, in order (with [`BUILT`] for
+    /// digests known only later), what it decides only when it runs as notes, and the images,
+    /// tags and bake definition as facts.
+    pub fn to_plan(&self) -> Plan {
+        let copy = |image: &ReleaseImage, tags: &[String]| -> Vec<Request> {
+            let source = format!("{}@{BUILT}", image.repository);
+            let target = |tag: &String| format!("{}:{tag}", image.repository);
+            tags.iter().map(|tag| oci::copy_request(&source, &target(tag))).collect()
+        };
+        let mut plan = Plan::new(format!(
+            "release {} of {} to {}",
+            self.revision.version,
+            self.images.iter().map(|i| i.image.as_str()).collect::<Vec<_>>().join(" "),
+            self.registry
+        ))
+        .note(
+            "read every ref: a tag that holds this release is kept, one that holds another \
+             build is refused",
+        )
+        .requests(self.images.iter().flat_map(|i| i.refs()).map(|r| oci::read_request(&r)))
+        .note(
+            "build the images the registry lacks, reproducibly (into OCI archives); nothing is \
+             pushed unless every one built",
+        )
+        .steps(self.build.build_steps())
+        .note(
+            "push each from its archive under its immutable refs (an image an earlier run pushed \
+             gets its missing refs by manifest copy instead)",
+        )
+        .requests(self.build.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)));
+        plan = plan.note(
+            "read back every immutable ref and check its platforms, labels and digest, and that \
+             each index carries provenance and an SBOM for every platform",
+        );
+        if let Some(signer) = &self.signer {
+            plan = plan
+                .note(
+                    "sign each index the registry does not hold a valid signature of, by \
+                     digest, and verify every signature with the key's public half",
+                )
+                .step(signer.tools.step.clone())
+                .step(signer.cosign.public_key_step(&signer.key, &signer.password));
+            for image in &self.images {
+                let target = format!("{}@{BUILT}", image.repository);
+                plan = plan.step(signer.cosign.sign_step(&signer.key, &signer.password, &target));
+            }
+        }
+        plan = plan.note("move each moving tag whose image is older than this version, or absent");
+        for image in &self.images {
+            plan = plan.requests(copy(image, &image.tags.moving));
+        }
+        let images: Vec<Value> = self
+            .images
+            .iter()
+            .map(|i| {
+                json!({
+                    "image": i.image.as_str(),
+                    "repository": i.repository,
+                    "immutable_tags": i.tags.immutable,
+                    "moving_tags": i.tags.moving,
+                })
+            })
+            .collect();
+        plan.fact("version", self.revision.version.to_string().into())
+            .fact("revision", self.revision.commit.clone().into())
+            .fact("registry", self.registry.clone().into())
+            .fact(
+                "platforms",
+                self.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().into(),
+            )
+            .fact("images", images.into())
+            .fact("bake", self.build.bake.clone())
+            .fact("signed_with", self.signer.as_ref().map(|s| s.key.source().to_string()).into())
+    }
+}
+
+/// What the registry holds for one released image, as read back.
+#[derive(Debug)]
+pub struct Released {
+    pub image: ImageName,
+    pub digest: String,
+    /// Every ref that now names this release.
+    pub refs: Vec<String>,
+    /// Platform → the digest of its manifest.
+    pub platforms: BTreeMap<String, String>,
+    /// Its signature was verified with the signing key's public half.
+    pub signed: bool,
+}
+
+/// A moving tag that names a newer release and was left where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftAlone {
+    pub reference: String,
+    pub names: String,
+}
+
+/// What a release did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub released: Vec<Released>,
+    pub left_alone: Vec<LeftAlone>,
+    /// Registry operations retried after a transient failure.
+    pub retries: u64,
+}
+
+pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Result<()> {
+    let revision = Revision::read(root)?;
+    if let Some(expected) = &request.expect_version {
+        let expected = expected.strip_prefix('v').unwrap_or(expected);
+        if expected != revision.version.to_string() {
+            bail!(
+                "app/pyproject.toml says version {}, but {expected} was expected: tag the commit \
+                 that sets it, or set it and commit",
+                revision.version
+            );
+        }
+    }
+    let plan = plan(root, &revision, request)?;
+    if preview.dry_run {
+        plan.to_plan().print(preview.json);
+        return Ok(());
+    }
+    let outcome = execute(&plan)?;
+    for left in &outcome.left_alone {
+        say!(
+            "left alone: {} names {}, newer than {}",
+            left.reference,
+            left.names,
+            plan.revision.version
+        );
+    }
+    if preview.json {
+        let images: Vec<Value> = outcome
+            .released
+            .iter()
+            .map(|r| {
+                json!({
+                    "image": r.image.as_str(),
+                    "digest": r.digest,
+                    "refs": r.refs,
+                    "platforms": r.platforms,
+                    "signed": r.signed,
+                })
+            })
+            .collect();
+        let left: Vec<Value> = outcome
+            .left_alone
+            .iter()
+            .map(|l| json!({"ref": l.reference, "names": l.names}))
+            .collect();
+        out!(
+            "{:#}",
+            json!({
+                "version": plan.revision.version.to_string(),
+                "revision": plan.revision.commit,
+                "registry": plan.registry,
+                "images": images,
+                "left_alone": left,
+                "retries": outcome.retries,
+            })
+        );
+    } else {
+        for r in &outcome.released {
+            for reference in &r.refs {
+                out!("{reference} {}", r.digest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where one image of the release stands in the registry before anything is pushed.
+#[derive(Debug)]
+enum Standing {
+    /// No immutable ref exists: build and push it.
+    New,
+    /// Some immutable refs hold this release (same version and commit) under `digest`, from an
+    /// earlier run: copy the missing ones from it, build nothing.
+    Resumed { digest: String, missing: Vec<String> },
+}
+
+/// Reads the registry, builds what it lacks, pushes the immutable refs (building and pushing
+/// nothing if an image failed to build), verifies every one of every image, and only then moves
+/// each moving tag that names an older release. Safe to run again after any interruption.
+pub fn execute(plan: &ReleasePlan) -> Result<Outcome> {
+    docker::require_cli()?;
+    let remote = plan.remote();
+    let retries_before = oci::retries();
+    let overwrite = plan.request.allow.overwrite;
+    // Before anything is pushed: the tools image, and the key opened with its password.
+    let public = match &plan.signer {
+        Some(signer) => Some(signer.prepare()?),
+        None => None,
+    };
+
+    let mut standings = Vec::new();
+    let mut foreign = Vec::new();
+    for image in &plan.images {
+        let standing =
+            if overwrite { Standing::New } else { standing(&remote, plan, image, &mut foreign)? };
+        standings.push(standing);
+    }
+    if !foreign.is_empty() {
+        bail!(
+            "{} already in the registry from another build, and released tags are immutable: \
+             bump `version` in app/pyproject.toml, or pass --force to overwrite",
+            foreign.join(", ")
+        );
+    }
+    // Each image's release digest: known now for what an earlier run pushed, after the build
+    // for the rest.
+    let mut digests: BTreeMap<ImageName, String> = plan
+        .images
+        .iter()
+        .zip(&standings)
+        .filter_map(|(image, standing)| match standing {
+            Standing::Resumed { digest, .. } => Some((image.image, digest.clone())),
+            Standing::New => None,
+        })
+        .collect();
+    let complete = standings
+        .iter()
+        .all(|s| matches!(s, Standing::Resumed { missing, .. } if missing.is_empty()));
+    if complete && moves(&remote, plan, &digests)?.to_move.is_empty() {
+        bail!(
+            "{} {} already in the registry with every tag in place, and released tags are \
+             immutable: bump `version` in app/pyproject.toml, or pass --force to overwrite",
+            plan.images.iter().map(ReleaseImage::version_ref).collect::<Vec<_>>().join(", "),
+            if plan.images.len() == 1 { "is" } else { "are" },
+        );
+    }
+
+    let to_build: Vec<ImageName> = plan
+        .images
+        .iter()
+        .zip(&standings)
+        .filter(|(_, s)| matches!(s, Standing::New))
+        .map(|(i, _)| i.image)
+        .collect();
+    if !to_build.is_empty() {
+        let tags = release_tags(&plan.revision, plan.request.allow.latest);
+        let build = build_plan(&plan.root, &plan.revision, &plan.request, &to_build, &tags);
+        let built = match image::execute(&build) {
+            Ok(built) => built,
+            Err(err) if err.is::<image::PushCutShort>() => {
+                return Err(err.context(
+                    "the release stopped before moving any tag: run it again to finish it",
+                ));
+            }
+            Err(err) => return Err(err.context("release aborted before pushing anything")),
+        };
+        for b in built {
+            let digest =
+                b.digest.with_context(|| format!("buildx reported no digest for {}", b.image))?;
+            digests.insert(b.image, digest);
+        }
+    }
+    for (image, standing) in plan.images.iter().zip(&standings) {
+        let digest = &digests[&image.image];
+        let source = format!("{}@{digest}", image.repository);
+        // The build pushed every immutable ref of a new image. A resumed one may miss its
+        // version tag itself (only its sha tag was written before the interruption): it is
+        // copied like any other.
+        let Standing::Resumed { missing, .. } = standing else { continue };
+        for tag in missing {
+            let target = format!("{}:{tag}", image.repository);
+            remote
+                .copy(&source, &target)
+                .context("the release stopped before moving any tag: run it again to finish it")?;
+        }
+    }
+
+    let mut released = Vec::new();
+    for image in &plan.images {
+        let digest = &digests[&image.image];
+        let mut refs = Vec::new();
+        let mut platforms = BTreeMap::new();
+        for (n, tag) in image.tags.immutable.iter().enumerate() {
+            let reference = format!("{}:{tag}", image.repository);
+            let (found, inspected) = verify(&remote, plan, &reference, digest)?;
+            // Every immutable ref names this one index: its attestations are read once.
+            if n == 0 {
+                check_attested(&remote, &image.repository, &reference, &inspected, &found)?;
+            }
+            platforms = found.platforms;
+            refs.push(reference);
+        }
+        released.push(Released {
+            image: image.image,
+            digest: digest.clone(),
+            refs,
+            platforms,
+            signed: false,
+        });
+    }
+    if let (Some(signer), Some(public)) = (&plan.signer, &public) {
+        for entry in &mut released {
+            let target = format!(
+                "{}@{}",
+                image::repository(Some(&plan.registry), entry.image),
+                entry.digest
+            );
+            // A re-run after an interruption finds the signature already there: one per index.
+            if signer.cosign.verify(public, &target)?.is_err() {
+                signer.cosign.sign(&signer.key, &signer.password, &target).context(
+                    "every immutable ref is released, but not every signature: run the release \
+                     again to sign the rest",
+                )?;
+            }
+            if let Err(reason) = signer.cosign.verify(public, &target)? {
+                bail!("the signature of {target} does not verify after signing: {reason}");
+            }
+            entry.signed = true;
+        }
+    }
+
+    let Moves { to_move, in_place, left_alone } = moves(&remote, plan, &digests)?;
+    for (image, reference) in &to_move {
+        let source = format!("{}@{}", image.repository, digests[&image.image]);
+        remote.copy(&source, reference).context(
+            "every immutable ref is released and verified, but moving tags were cut short: run \
+             the release again to move the rest",
+        )?;
+    }
+    for (image, reference) in to_move.iter().chain(&in_place) {
+        verify(&remote, plan, reference, &digests[&image.image])?;
+        let entry = released.iter_mut().find(|r| r.image == image.image).expect("a released image");
+        entry.refs.push(reference.clone());
+    }
+    Ok(Outcome { released, left_alone, retries: oci::retries() - retries_before })
+}
+
+/// Reads an image's immutable refs: absent (new), held by this release (resumed), or held by
+/// another build (added to `foreign`, refused by the caller).
+fn standing(
+    remote: &oci::Registry,
+    plan: &ReleasePlan,
+    image: &ReleaseImage,
+    foreign: &mut Vec<String>,
+) -> Result<Standing> {
+    let mut held: Option<String> = None;
+    let mut missing = Vec::new();
+    for tag in &image.tags.immutable {
+        let reference = format!("{}:{tag}", image.repository);
+        let Some(inspected) = remote.inspect(&reference)? else {
+            missing.push(tag.clone());
+            continue;
+        };
+        let found = inspected.found();
+        let ours = check_index(&inspected, &plan.revision, &plan.platforms).is_ok();
+        match &held {
+            _ if !ours => foreign.push(reference),
+            Some(digest) if *digest != found.digest => foreign.push(reference),
+            _ => held = Some(found.digest),
+        }
+    }
+    Ok(match held {
+        None => Standing::New,
+        Some(digest) => Standing::Resumed { digest, missing },
+    })
+}
+
+/// Reads every moving tag and sorts them: to move (absent, or naming an older release), left
+/// alone (naming a newer one), or already in place. `digests` holds each image's release
+/// digest where known (a new image's moving tags cannot already be in place).
+fn moves<'a>(
+    remote: &oci::Registry,
+    plan: &'a ReleasePlan,
+    digests: &BTreeMap<ImageName, String>,
+) -> Result<Moves<'a>> {
+    let mut moves = Moves::default();
+    for image in &plan.images {
+        let digest = digests.get(&image.image).map(String::as_str);
+        for tag in &image.tags.moving {
+            let reference = format!("{}:{tag}", image.repository);
+            let current = remote.inspect(&reference)?.map(|inspected| inspected.found());
+            match decide_move(&plan.revision, digest, current.as_ref()) {
+                Move::Forward => moves.to_move.push((image, reference)),
+                Move::InPlace => moves.in_place.push((image, reference)),
+                Move::Keep(names) => moves.left_alone.push(LeftAlone { reference, names }),
+            }
+        }
+    }
+    Ok(moves)
+}
+
+/// Moving tags sorted by what a release does with them.
+#[derive(Debug, Default)]
+struct Moves<'a> {
+    to_move: Vec<(&'a ReleaseImage, String)>,
+    in_place: Vec<(&'a ReleaseImage, String)>,
+    left_alone: Vec<LeftAlone>,
+}
+
+/// What to do with one moving tag.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Move {
+    /// It is absent, or names an older (or unlabelled) release: copy ours there.
+    Forward,
+    /// It already names this release.
+    InPlace,
+    /// It names a newer release (the version it names).
+    Keep(String),
+}
+
+/// Moving tags only move forward: PEP 440 order of the `version` labels.
+pub fn decide_move(revision: &Revision, ours: Option<&str>, current: Option<&FoundIndex>) -> Move {
+    let Some(current) = current else { return Move::Forward };
+    if ours == Some(current.digest.as_str()) {
+        return Move::InPlace;
+    }
+    let theirs = current.version.as_deref().and_then(|v| v.parse::<pep440_rs::Version>().ok());
+    match theirs {
+        Some(theirs) if theirs > revision.version.pep440 => {
+            Move::Keep(current.version.clone().unwrap_or_default())
+        }
+        _ => Move::Forward,
+    }
+}
+
+/// Reads `reference` back and checks that it is this release's index under `digest`.
+/// Reads `reference` back and checks that it is this release's index under `digest`: what was
+/// found, and the registry's answer.
+fn verify(
+    remote: &oci::Registry,
+    plan: &ReleasePlan,
+    reference: &str,
+    digest: &str,
+) -> Result<(FoundIndex, Inspected)> {
+    let inspected = remote
+        .inspect(reference)?
+        .with_context(|| format!("{reference} is not in the registry after it was pushed"))?;
+    let found = check_index(&inspected, &plan.revision, &plan.platforms)
+        .with_context(|| format!("{reference} in the registry is not what was released"))?;
+    if found.digest != digest {
+        bail!("{reference} is {} in the registry, but the release is {digest}", found.digest);
+    }
+    Ok((found, inspected))
+}
+
+/// Checks that the index read back as `inspected` carries a provenance attestation and an SBOM
+/// for every platform.
+fn check_attested(
+    remote: &oci::Registry,
+    repository: &str,
+    reference: &str,
+    inspected: &Inspected,
+    found: &FoundIndex,
+) -> Result<()> {
+    let types = verify::predicate_types(remote, repository, inspected, &found.platforms)?;
+    let (provenance, sbom) = verify::check_attestations(&types);
+    match provenance.and(sbom) {
+        Ok(_) => Ok(()),
+        Err(reason) => bail!("{reference} in the registry is not what was released: {reason}"),
+    }
+}
+
+/// Checks an index as read back: every wanted platform, each image labelled with the release's
+/// version and revision.
+pub fn check_index(
+    inspected: &Inspected,
+    revision: &Revision,
+    wanted: &[Platform],
+) -> Result<FoundIndex> {
+    let found = inspected.found();
+    let missing: Vec<String> = wanted
+        .iter()
+        .map(ToString::to_string)
+        .filter(|p| !found.platforms.contains_key(p))
+        .collect();
+    if !missing.is_empty() {
+        bail!("platforms missing: {} (found: {})", missing.join(", "), join_keys(&found.platforms));
+    }
+    let labels = revision.labels();
+    for (key, have) in [
+        ("org.opencontainers.image.version", &found.version),
+        ("org.opencontainers.image.revision", &found.revision),
+    ] {
+        let want = &labels.iter().find(|(k, _)| *k == key).expect("a release label").1;
+        let have = have.as_deref().unwrap_or("(none or differing between platforms)");
+        if have != want {
+            bail!("label {key} is `{have}`, expected `{want}`");
+        }
+    }
+    Ok(found)
+}
+
+fn join_keys(map: &BTreeMap<String, String>) -> String {
+    if map.is_empty() {
+        "none".to_owned()
+    } else {
+        map.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::platform::parse_list;
+    use crate::image::version::{AppVersion, rfc3339_utc};
+    use crate::run::plan::PlanItem;
+
+    fn revision(version: &str, dirty: bool) -> Revision {
+        Revision {
+            version: AppVersion::parse(version).unwrap(),
+            commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
+            dirty,
+            epoch: 1_700_000_000,
+            created: rfc3339_utc(1_700_000_000),
+            epochs: Default::default(),
+            source: None,
+        }
+    }
+
+    fn request(allow: Allowances) -> ReleaseRequest {
+        ReleaseRequest {
+            images: vec![ImageName::DB, ImageName::SERVER],
+            registry: "127.0.0.1:5000/acme".into(),
+            platforms: parse_list("linux/amd64,linux/aarch64,linux/x86_64").unwrap().0,
+            builder: None,
+            allow,
+            expect_version: None,
+            sign: None,
+            signing: sign::Options::default(),
+            cache: None,
+        }
+    }
+
+    #[test]
+    fn a_signed_release_signs_each_index_before_any_moving_tag_and_never_shows_the_key() {
+        let dir = std::env::temp_dir().join(format!("release-sign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("cosign.key");
+        std::fs::write(&key, "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nSECRETBODY\n")
+            .unwrap();
+        let key = Utf8PathBuf::try_from(key).unwrap();
+        let signed = ReleaseRequest { sign: Some(KeySource::File(key.clone())), ..request(STABLE) };
+        let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &signed).unwrap();
+        let steps = commands(&plan.to_plan());
+        let signs: Vec<usize> =
+            (0..steps.len()).filter(|&i| steps[i].contains("cosign sign")).collect();
+        assert_eq!(signs.len(), 2, "one signature per index: {steps:#?}");
+        assert!(
+            steps[signs[0]].ends_with(
+                "--tlog-upload=false '127.0.0.1:5000/acme/server@sha256:<built>' <stdin"
+            ),
+            "{}",
+            steps[signs[0]]
+        );
+        let last_push = steps.iter().rposition(|s| s.starts_with("registry: push ")).unwrap();
+        let first_move = steps
+            .iter()
+            .position(|s| s.ends_with("to 127.0.0.1:5000/acme/server:1.4 (the manifest only)"))
+            .unwrap();
+        assert!(last_push < signs[0] && signs[1] < first_move, "{steps:#?}");
+        assert!(steps.iter().all(|s| !s.contains("SECRETBODY")), "{steps:#?}");
+        let wrong = ReleaseRequest {
+            sign: Some(KeySource::File(dir.join("absent.key").try_into().unwrap())),
+            ..request(STABLE)
+        };
+        let err = plan_err(&wrong);
+        assert!(err.contains("cannot read the key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The commands and registry requests of a plan, as shown.
+    fn commands(plan: &Plan) -> Vec<String> {
+        plan.items
+            .iter()
+            .filter_map(|item| match item {
+                PlanItem::Run(step) => Some(step.to_string()),
+                PlanItem::Request(request) => Some(format!("registry: {}", request.summary)),
+                PlanItem::WaitFor(_) | PlanItem::Note(_) => None,
+            })
+            .collect()
+    }
+
+    fn plan_err(request: &ReleaseRequest) -> String {
+        format!(
+            "{:#}",
+            plan(Utf8Path::new("/repo"), &revision("1.4.2", false), request).unwrap_err()
+        )
+    }
+
+    const STABLE: Allowances = Allowances { dirty: false, overwrite: false, latest: true };
+
+    #[test]
+    fn stable_versions_get_semver_tags_and_latest_last() {
+        let tags = release_tags(&revision("1.4.2", false), true);
+        assert_eq!(tags.immutable, ["1.4.2", "sha-abcdef0"]);
+        assert_eq!(tags.moving, ["1.4", "1", "latest"]);
+        assert_eq!(release_tags(&revision("1.4.2", false), false).moving, ["1.4", "1"]);
+        let post = release_tags(&revision("1.4.2.post1", false), true);
+        assert_eq!(post.immutable, ["1.4.2.post1", "sha-abcdef0"]);
+        assert_eq!(post.moving, ["1.4", "1", "latest"], "a post-release is stable");
+    }
+
+    #[test]
+    fn prereleases_move_nothing_and_refuse_latest() {
+        let tags = release_tags(&revision("2.0.0rc1", false), false);
+        assert_eq!(tags.immutable, ["2.0.0rc1", "sha-abcdef0"]);
+        assert!(tags.moving.is_empty());
+        let err = check_revision(&revision("2.0.0rc1", false), STABLE).unwrap_err().to_string();
+        assert!(err.contains("2.0.0rc1 is a pre-release") && err.contains("--no-latest"), "{err}");
+        check_revision(&revision("2.0.0rc1", false), Allowances { latest: false, ..STABLE })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_dirty_tree_is_refused_unless_allowed() {
+        let err = check_revision(&revision("1.0.0", true), STABLE).unwrap_err().to_string();
+        assert!(err.contains("uncommitted changes") && err.contains("--allow-dirty"), "{err}");
+        check_revision(&revision("1.0.0", true), Allowances { dirty: true, ..STABLE }).unwrap();
+        let tags = release_tags(&revision("1.0.0", true), true);
+        assert_eq!(
+            tags.immutable[1], "sha-abcdef0-dirty",
+            "a dirty build never takes the clean sha tag"
+        );
+    }
+
+    #[test]
+    fn plan_reads_every_ref_builds_everything_pushes_each_archive_then_moves_tags() {
+        let plan =
+            plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &request(STABLE)).unwrap();
+        assert_eq!(
+            plan.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["linux/amd64", "linux/arm64"]
+        );
+        let server = &plan.build.bake["target"]["server"];
+        assert_eq!(server["platforms"], json!(["linux/amd64", "linux/arm64"]));
+        let archive = plan.build.images[0].archive.clone().unwrap();
+        assert_eq!(
+            server["output"],
+            json!([format!(
+                "type=oci,dest={archive},rewrite-timestamp=true,compression=gzip,\
+                 compression-level=1"
+            )]),
+            "nothing is pushed by the build, which is reproducible"
+        );
+        assert_eq!(
+            server["tags"],
+            json!(["127.0.0.1:5000/acme/server:1.4.2", "127.0.0.1:5000/acme/server:sha-abcdef0"]),
+            "moving tags are made in the registry, not locally"
+        );
+        let planned = plan.to_plan();
+        let steps = commands(&planned);
+        let reads = steps.iter().take_while(|s| s.starts_with("registry: read ")).count();
+        assert_eq!(reads, 10, "every ref of both images is read first: {steps:#?}");
+        assert_eq!(steps[0], "registry: read 127.0.0.1:5000/acme/server:1.4.2");
+        assert!(steps[10].contains("buildx bake"), "the SBOM generator: {}", steps[10]);
+        assert!(steps[11].contains("buildx bake"), "{}", steps[11]);
+        assert_eq!(
+            steps[12],
+            format!(
+                "registry: push {archive} as 127.0.0.1:5000/acme/server:1.4.2, \
+                 127.0.0.1:5000/acme/server:sha-abcdef0 (each blob the registry lacks, then the \
+                 manifests)"
+            )
+        );
+        assert!(steps[13].starts_with("registry: push ") && steps[13].contains("/db.tar as "));
+        assert_eq!(
+            steps[14],
+            "registry: copy 127.0.0.1:5000/acme/server@sha256:<built> to \
+             127.0.0.1:5000/acme/server:1.4 (the manifest only)"
+        );
+        // Moving tags come last, after every immutable ref of every image.
+        assert!(steps[14..].iter().all(|s| s.starts_with("registry: copy ")), "{steps:#?}");
+        assert!(steps[16].ends_with("to 127.0.0.1:5000/acme/server:latest (the manifest only)"));
+        assert_eq!(steps.len(), 20);
+    }
+
+    #[test]
+    fn every_image_is_the_default() {
+        let mut request = request(Allowances { overwrite: true, ..STABLE });
+        request.images.clear();
+        let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &request).unwrap();
+        let names: Vec<&str> = plan.images.iter().map(|i| i.image.as_str()).collect();
+        assert_eq!(names, ["server", "standalone", "db", "redis", "proxy"]);
+    }
+
+    fn found(digest: &str, version: Option<&str>) -> FoundIndex {
+        FoundIndex {
+            digest: digest.into(),
+            platforms: BTreeMap::new(),
+            version: version.map(str::to_owned),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn moving_tags_only_move_forward() {
+        let ours = revision("0.1.1", false);
+        assert_eq!(decide_move(&ours, Some("sha256:a"), None), Move::Forward, "absent");
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&found("sha256:a", Some("0.1.1")))),
+            Move::InPlace
+        );
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&found("sha256:b", Some("0.2.0")))),
+            Move::Keep("0.2.0".into())
+        );
+        for older in ["0.1.0", "0.1.1rc1", "0.1.0.post3", "0.0.9"] {
+            assert_eq!(
+                decide_move(&ours, Some("sha256:a"), Some(&found("sha256:b", Some(older)))),
+                Move::Forward,
+                "{older}"
+            );
+        }
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", Some("0.1.1")))),
+            Move::Forward,
+            "the same version under another digest (an overwrite) follows the release"
+        );
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", None))),
+            Move::Forward,
+            "an unlabelled image is not known to be newer"
+        );
+        assert_eq!(
+            decide_move(&ours, None, Some(&found("sha256:b", Some("0.10.0")))),
+            Move::Keep("0.10.0".into()),
+            "versions compare as numbers, not text"
+        );
+    }
+
+    #[test]
+    fn a_newer_release_stored_as_one_manifest_keeps_its_moving_tags() {
+        let labels = [("org.opencontainers.image.version", "0.9.0")];
+        let single = crate::oci::inspected_for_test("sha256:one", &["linux/amd64"], &labels);
+        let ours = revision("0.1.1", false);
+        assert_eq!(
+            decide_move(&ours, Some("sha256:a"), Some(&single.found())),
+            Move::Keep("0.9.0".into())
+        );
+    }
+
+    fn inspected(platforms: &[&str], version: &str, revision: &str) -> Inspected {
+        let labels = [
+            ("org.opencontainers.image.version", version),
+            ("org.opencontainers.image.revision", revision),
+        ];
+        crate::oci::inspected_for_test("sha256:index", platforms, &labels)
+    }
+
+    #[test]
+    fn a_pushed_index_must_hold_every_platform_with_the_release_labels() {
+        let rev = revision("1.4.2", false);
+        let wanted = parse_list("linux/amd64,linux/arm64").unwrap().0;
+        let good = inspected(&["linux/amd64", "linux/arm64"], "1.4.2", &rev.commit);
+        let found = check_index(&good, &rev, &wanted).unwrap();
+        assert_eq!(found.digest, "sha256:index");
+        assert_eq!(found.platforms.keys().collect::<Vec<_>>(), ["linux/amd64", "linux/arm64"]);
+
+        let one = inspected(&["linux/amd64"], "1.4.2", &rev.commit);
+        let err = check_index(&one, &rev, &wanted).unwrap_err().to_string();
+        assert_eq!(err, "platforms missing: linux/arm64 (found: linux/amd64)");
+
+        let stale = inspected(&["linux/amd64", "linux/arm64"], "1.4.1", &rev.commit);
+        let err = check_index(&stale, &rev, &wanted).unwrap_err().to_string();
+        assert!(
+            err.contains("org.opencontainers.image.version is `1.4.1`, expected `1.4.2`"),
+            "{err}"
+        );
+        let read = stale.found();
+        assert_eq!(
+            (read.version.as_deref(), read.revision.as_deref()),
+            (Some("1.4.1"), Some(rev.commit.as_str()))
+        );
+    }
+}
