@@ -1,0 +1,183 @@
+//! Unit tests of `crate::image`, kept beside it so that the module reads as code.
+
+use super::*;
+use crate::image::version::{AppVersion, rfc3339_utc};
+
+fn revision() -> Revision {
+    Revision {
+        version: AppVersion::parse("0.4.2").unwrap(),
+        commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
+        dirty: false,
+        epoch: 1_700_000_000,
+        created: rfc3339_utc(1_700_000_000),
+        // The db's inputs last changed before the commit; the other images have its time.
+        epochs: [(ImageName::DB, 1_600_000_000)].into(),
+        source: Some("https://example.com/memories.git".into()),
+    }
+}
+
+#[test]
+fn default_plan_builds_every_image_in_one_bake_and_loads() {
+    let plan = plan(Utf8Path::new("/repo"), &revision(), &BuildRequest::default());
+    assert_eq!(
+        plan.step.args,
+        [
+            "buildx",
+            "bake",
+            "--file",
+            "-",
+            "--metadata-file",
+            format!("/repo/target/xtask/bake-metadata-{}.json", std::process::id()).as_str()
+        ]
+    );
+    assert_eq!(
+        plan.bake["group"]["default"]["targets"],
+        json!(["server", "standalone", "db", "redis", "proxy"])
+    );
+    let server = &plan.bake["target"]["server"];
+    assert_eq!(server["dockerfile"], "docker/server/Dockerfile");
+    assert_eq!(server["target"], "runtime");
+    assert_eq!(server["output"], json!(["type=docker"]));
+    assert_eq!(server["args"], json!({"SOURCE_DATE_EPOCH": "1700000000"}));
+    assert_eq!(server["labels"]["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+    // An image dates from the newest commit that touched its inputs, labels and all.
+    let db = &plan.bake["target"]["db"];
+    assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
+    assert_eq!(db["labels"]["org.opencontainers.image.created"], "2020-09-13T12:26:40Z");
+    assert_eq!(db["labels"]["org.opencontainers.image.revision"], revision().commit);
+    assert!(server.get("attest").is_none() && plan.loads.is_empty() && plan.archives.is_none());
+    assert_eq!(
+        server["tags"],
+        json!([
+            "memories/server:0.4.2",
+            "memories/server:0.4.2-abcdef0",
+            "memories/server:sha-abcdef0"
+        ])
+    );
+    assert!(server.get("platforms").is_none(), "the builder's own platform by default");
+    let labels = &server["labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], "0.4.2");
+    assert_eq!(
+        labels["org.opencontainers.image.revision"],
+        "abcdef0123456789abcdef0123456789abcdef01"
+    );
+    assert_eq!(labels["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+    assert_eq!(labels["org.opencontainers.image.source"], "https://example.com/memories.git");
+    assert_eq!(labels["org.opencontainers.image.title"], "memories-server");
+    assert_eq!(plan.bake["target"]["standalone"]["target"], "standalone");
+    assert_eq!(plan.bake["target"]["db"]["dockerfile"], "docker/db/Dockerfile");
+    let stdin: Value = serde_json::from_str(plan.step.stdin.as_deref().unwrap()).unwrap();
+    assert_eq!(stdin, plan.bake, "the bake file is exactly what goes to stdin");
+}
+
+#[test]
+fn caches_are_one_flag_with_a_scope_per_image() {
+    let parse = |raw: &str| raw.parse::<Cache>();
+    assert_eq!(parse("gha"), Ok(Cache::Gha));
+    assert_eq!(parse("local=/tmp/c"), Ok(Cache::Local("/tmp/c".into())));
+    let cwd = Utf8PathBuf::try_from(std::env::current_dir().unwrap()).unwrap();
+    assert_eq!(parse("local=c"), Ok(Cache::Local(cwd.join("c"))), "relative to the caller");
+    assert_eq!(
+        parse("registry=ghcr.io/acme/cache"),
+        Ok(Cache::Registry("ghcr.io/acme/cache".into()))
+    );
+    assert_eq!(
+        parse("registry=127.0.0.1:5000/cache"),
+        Ok(Cache::Registry("127.0.0.1:5000/cache".into())),
+        "a port is not a tag"
+    );
+    assert!(parse("registry=ghcr.io/acme/cache:v1").unwrap_err().contains("without a tag"));
+    for bad in ["", "s3=bucket", "registry=", "local=", "gha=x", "local=a,b"] {
+        assert!(parse(bad).unwrap_err().contains("registry=REPO"), "{bad}");
+    }
+    let (from, to) = Cache::Gha.entries(ImageName::SERVER);
+    assert_eq!(
+        (from, to),
+        (
+            vec!["type=gha,scope=server".to_owned()],
+            vec!["type=gha,scope=server,mode=max".to_owned()]
+        )
+    );
+    // A local cache that is not there yet is only written.
+    let dir = std::env::temp_dir().join(format!("cache-test-{}", std::process::id()));
+    let local = Cache::Local(Utf8PathBuf::try_from(dir.clone()).unwrap());
+    let (from, to) = local.entries(ImageName::DB);
+    assert!(from.is_empty());
+    assert_eq!(to, [format!("type=local,dest={}/db,mode=max", dir.display())]);
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::write(dir.join("db/index.json"), "{}").unwrap();
+    assert_eq!(local.entries(ImageName::DB).0, [format!("type=local,src={}/db", dir.display())]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flags_reach_the_plan() {
+    let request = BuildRequest {
+        images: vec![ImageName::DB, ImageName::SERVER, ImageName::DB],
+        platforms: Some(crate::image::platform::parse_list("linux/amd64,linux/aarch64").unwrap().0),
+        output: Output::Push,
+        tags: None,
+        registry: Some("127.0.0.1:5000/acme".into()),
+        builder: Some("multi".into()),
+        no_cache: true,
+        cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
+        overwrite: false,
+    };
+    let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
+    assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
+    assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
+    assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
+    let db = &plan.bake["target"]["db"];
+    assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
+    let archives = plan.archives.as_ref().expect("a pushed build is reproducible");
+    assert!(archives.starts_with("/repo/target/xtask"), "{archives}");
+    assert_eq!(
+        db["output"],
+        json!([format!(
+            "type=oci,dest={archives}/db.tar,rewrite-timestamp=true,compression=gzip,\
+             compression-level=1"
+        )])
+    );
+    assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
+    let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
+    let run = RunId::of_process(std::process::id()).unwrap();
+    assert_eq!(*generator, format!("memories/run-{run}/sbom:0.4.2-abcdef0"));
+    assert_eq!(
+        db["attest"],
+        json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")])
+    );
+    assert_eq!(db["tags"][0], "127.0.0.1:5000/acme/db:0.4.2");
+    assert!(plan.bake["target"].get("standalone").is_none());
+    assert_eq!(db["cache-from"], json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db"]));
+    assert_eq!(
+        db["cache-to"],
+        json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db,mode=max,image-manifest=true,\
+             oci-mediatypes=true"])
+    );
+    let generator = plan.generator.as_ref().unwrap();
+    assert_eq!(
+        generator.bake["target"]["sbom"]["cache-from"],
+        json!(["type=registry,ref=127.0.0.1:5000/acme/cache:sbom"]),
+        "the SBOM generator's build is cached too"
+    );
+    // Nothing is loaded: each archive is pushed under both of its refs.
+    assert!(plan.loads.is_empty());
+    let pushed: Vec<(String, usize)> =
+        plan.pushes.iter().map(|(archive, refs)| (archive.to_string(), refs.len())).collect();
+    assert_eq!(pushed, [(format!("{archives}/server.tar"), 3), (format!("{archives}/db.tar"), 3)]);
+    assert!(plan.pushes[1].1.contains(&"127.0.0.1:5000/acme/db:sha-abcdef0".to_owned()));
+    let shown = plan.to_plan();
+    let items: Vec<String> = shown
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            crate::run::plan::PlanItem::Run(step) => Some(step.args[0].clone()),
+            crate::run::plan::PlanItem::Request(request) => {
+                Some(request.detail["action"].to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    // The generator, the bake, then each archive pushed.
+    assert_eq!(items, ["buildx", "buildx", "\"push\"", "\"push\""]);
+}
