@@ -1,5 +1,9 @@
 //! Unit tests of `crate::stack::backup`, kept beside it so that the module reads as code.
 
+use serde_json::json;
+
+use super::restore::*;
+use super::status::*;
 use super::*;
 
 #[test]
