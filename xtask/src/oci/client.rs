@@ -14,20 +14,18 @@
 //! [`crate::oci::transport`]'s to say. A blob another repository of the registry holds is
 //! mounted, not uploaded again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 use ureq::http;
 
-use crate::oci::archive::{Archive, open_range};
-use crate::oci::auth::{Access, Credentials, docker_credentials, parse_challenge};
+use crate::oci::archive::open_range;
+use crate::oci::auth::{Access, Credentials};
 use crate::oci::inspect::Inspected;
 use crate::oci::manifest::{
     DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, is_index, sha256_digest,
@@ -38,6 +36,9 @@ use crate::oci::retry::{Failure, RetryPolicy, interruptible_sleep, with_retries}
 use crate::oci::transport::Transport;
 use crate::run::interrupt::{self, Interrupted};
 use crate::run::progress::{Counted, Progress};
+
+mod login;
+mod push;
 
 /// The largest manifest read (the distribution spec asks registries to take 4 MiB).
 pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
@@ -230,176 +231,6 @@ impl Client {
         self.put_manifest(target, &manifest)
     }
 
-    /// Whether the repository holds the blob.
-    fn has_blob(&self, repo: &Repository, digest: &str) -> Result<bool> {
-        let url = format!("{}/blobs/{digest}", self.base(repo)?);
-        let what = format!("looking for blob {digest} in {}", display_repo(repo));
-        match self.retried(&what, || self.send(repo, Access::Push, &Call::new("HEAD", &url, 0)))? {
-            Ok(_) => Ok(true),
-            Err(Failure::Absent { .. }) => Ok(false),
-            Err(failure) => Err(explain(
-                &format!("cannot look for blob {digest} in {}", display_repo(repo)),
-                failure,
-            )),
-        }
-    }
-
-    /// Uploads one blob of an archive unless the repository has it: a session (`POST`), then
-    /// the whole blob in one `PUT`. A session the registry forgot is started again.
-    fn upload(
-        &self,
-        repo: &Repository,
-        layout: &Archive,
-        digest: &str,
-        progress: &Arc<Progress>,
-    ) -> Result<()> {
-        let (offset, size) = layout.blob_position(digest)?;
-        let doing = format!("upload blob {digest} to {}", display_repo(repo));
-        for _ in 0..3 {
-            if self.has_blob(repo, digest)? {
-                self.holds(repo, digest);
-                progress.add(size);
-                return Ok(());
-            }
-            // A blob this run saw in another repository of the registry is mounted from there
-            // (no bytes move); a registry that declines opens an ordinary session instead.
-            let from =
-                self.blobs.lock().expect("not poisoned").get(&blob_key(repo, digest)).cloned();
-            let mut start = format!("{}/blobs/uploads/", self.base(repo)?);
-            if let Some(from) = &from {
-                start.push_str(&format!("?mount={}&from={}", encode(digest), encode(from)));
-            }
-            let what = format!("starting the upload of blob {digest} to {}", display_repo(repo));
-            let started = self.retried(&what, || {
-                self.send(repo, Access::Push, &Call::new("POST", &start, MANIFEST_LIMIT))
-            })?;
-            let started = started.map_err(|f| explain(&format!("cannot {doing}"), f))?;
-            if from.is_some() && started.status == 201 {
-                self.holds(repo, digest);
-                progress.add(size);
-                return Ok(());
-            }
-            let location = started.header("location").with_context(|| {
-                format!("cannot {doing}: the registry named no upload location")
-            })?;
-            let base = self.base(repo)?;
-            let location = absolute(&base, location);
-            let separator = if location.contains('?') { '&' } else { '?' };
-            let url = format!("{location}{separator}digest={}", encode(digest));
-            let body = Body::File { path: &layout.path, offset, size, progress: Some(progress) };
-            let what = format!(
-                "uploading blob {digest} ({}) to {}",
-                crate::run::progress::size(size),
-                display_repo(repo)
-            );
-            match self.retried(&what, || {
-                self.send(
-                    repo,
-                    Access::Push,
-                    &Call::new("PUT", &url, MANIFEST_LIMIT).with_body(body),
-                )
-            })? {
-                Ok(_) => {
-                    self.holds(repo, digest);
-                    return Ok(());
-                }
-                // The session is gone (expired, or consumed by an attempt whose answer was
-                // lost): the blob may be there now, else a new session.
-                Err(Failure::Absent { .. }) => continue,
-                Err(failure) => return Err(explain(&format!("cannot {doing}"), failure)),
-            }
-        }
-        bail!("cannot {doing}: the registry forgot three upload sessions in a row")
-    }
-
-    /// Notes that `repo` holds the blob, so that other repositories of the registry mount it.
-    fn holds(&self, repo: &Repository, digest: &str) {
-        self.blobs.lock().expect("not poisoned").insert(blob_key(repo, digest), repo.name.clone());
-    }
-
-    /// Pushes the one index of an OCI archive under every tag of `targets` (refs of one
-    /// repository): each blob it reaches is uploaded once (skipped when the registry has it,
-    /// mounted when another repository of it does), then each manifest by digest, then the
-    /// index under each tag. Unless `overwrite`, each tag is read again just before it is
-    /// written, and a tag that names another digest is refused: another build pushed it
-    /// meanwhile, and released tags are immutable. Returns the index's digest.
-    pub fn push_archive(
-        &self,
-        archive: &Utf8Path,
-        targets: &[Reference],
-        overwrite: bool,
-    ) -> Result<String> {
-        let Some(first) = targets.first() else { bail!("no ref to push {archive} to") };
-        let repo = &first.repository;
-        if let Some(other) = targets.iter().find(|t| &t.repository != repo) {
-            bail!(
-                "cannot push {archive} to {} and {}: one push goes to one repository",
-                display(first),
-                display(other)
-            );
-        }
-        let layout = Archive::open(archive)?;
-        let top = layout.top()?;
-        let mut manifests = Vec::new();
-        let mut blobs = BTreeSet::new();
-        layout.walk(&top, &mut manifests, &mut blobs)?;
-        let blobs: Vec<String> = blobs.into_iter().collect();
-        let mut total = 0;
-        for digest in &blobs {
-            total += layout.blob_position(digest)?.1;
-        }
-        let progress = Arc::new(Progress::bytes(&format!("pushing {}", display(first)), total));
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let errors = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for _ in 0..UPLOADERS.min(blobs.len()) {
-                scope.spawn(|| {
-                    loop {
-                        let n = next.fetch_add(1, Ordering::SeqCst);
-                        if n >= blobs.len() || failed.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        if let Err(err) = self.upload(repo, &layout, &blobs[n], &progress) {
-                            failed.store(true, Ordering::SeqCst);
-                            errors.lock().expect("no uploader panics holding it").push(err);
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        let mut errors = errors.into_inner().expect("no uploader panicked");
-        if let Some(pos) = errors.iter().position(|e| !e.is::<Interrupted>()) {
-            return Err(errors.swap_remove(pos));
-        }
-        if let Some(err) = errors.pop() {
-            return Err(err);
-        }
-        for manifest in &manifests {
-            let by_digest =
-                Reference { repository: repo.clone(), reference: manifest.digest.clone() };
-            self.put_manifest(&by_digest, manifest)?;
-        }
-        for target in targets {
-            if !overwrite {
-                match self.manifest(target)? {
-                    Some(current) if current.digest == top.digest => continue,
-                    Some(current) => bail!(
-                        "{} appeared in the registry as {} while this image was built (another \
-                         build pushed it), and released tags are immutable: nothing was \
-                         overwritten; bump the version, or pass --force to overwrite",
-                        display(target),
-                        current.digest
-                    ),
-                    None => {}
-                }
-            }
-            self.put_manifest(target, &top)?;
-        }
-        Ok(top.digest)
-    }
-
     /// What the registry holds under `reference`: the digest and entries of the index (or
     /// manifest) there, and the config of each platform's image. `None` when the registry
     /// has nothing there.
@@ -499,30 +330,6 @@ impl Client {
         }
     }
 
-    /// A new login for `key` in place of `stale`. One login at a time: parallel requests that
-    /// meet the same 401 or the same expiry ask for one token, and the others take it.
-    fn renew(
-        &self,
-        repo: &Repository,
-        access: Access,
-        key: &str,
-        stale: Option<&Authorization>,
-        challenge: &str,
-    ) -> Result<Result<Authorization, Failure>> {
-        let _authorizing = self.authorizing.lock().expect("not poisoned");
-        let current = self.authorizations.lock().expect("not poisoned").get(key).cloned();
-        if let Some(current) = current {
-            if stale.is_none_or(|s| s.value != current.value) && !current.expired() {
-                return Ok(Ok(current));
-            }
-        }
-        let renewed = self.authorize(repo, access, challenge)?;
-        if let Ok(login) = &renewed {
-            self.authorizations.lock().expect("not poisoned").insert(key.to_owned(), login.clone());
-        }
-        Ok(renewed)
-    }
-
     /// One HTTP exchange; a transport failure is classified.
     fn exchange(&self, call: &Call<'_>, authorization: Option<&str>) -> Result<Answer, Failure> {
         let Call { method, url, accept, body, limit } = *call;
@@ -602,127 +409,6 @@ impl Client {
                 .map_err(|e| transport_failure(method, url, &e, &route.trust))?
         };
         Ok(Answer { status, headers, body })
-    }
-
-    /// The `Authorization` value a 401's challenge asks for: basic credentials, or a bearer
-    /// token from the registry's token service (with the credentials, if there are any).
-    fn authorize(
-        &self,
-        repo: &Repository,
-        access: Access,
-        challenge: &str,
-    ) -> Result<Result<Authorization, Failure>> {
-        let credentials = self.credentials_for(repo)?;
-        let login = |value: String, lasts: Option<Duration>| Authorization {
-            value,
-            // Renewed early, with a fifth of its life left: a request sent just before the end
-            // can wait in a queue and arrive after it.
-            expires: lasts.map(|d| Instant::now() + d.mul_f64(0.8)),
-            challenge: challenge.to_owned(),
-        };
-        let unauthorized =
-            |reason: String| Ok(Err(Failure::Definite { reason, unauthorized: true }));
-        let (scheme, params) = parse_challenge(challenge);
-        match scheme.as_str() {
-            "basic" => match credentials {
-                Some(Credentials::Basic { username, password }) => {
-                    let pair = base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{password}"));
-                    Ok(Ok(login(format!("Basic {pair}"), None)))
-                }
-                _ => unauthorized(format!(
-                    "{} asks for a login, and there is none for it",
-                    repo.registry
-                )),
-            },
-            "bearer" => {
-                let Some(realm) = params.get("realm") else {
-                    return unauthorized(format!(
-                        "{} asks for a token but names no token service",
-                        repo.registry
-                    ));
-                };
-                let service = params.get("service").cloned().unwrap_or_default();
-                let scope = access.scope(&repo.name);
-                Ok(self
-                    .token(repo, realm, &service, &scope, credentials.as_ref())
-                    .map(|(token, lasts)| login(format!("Bearer {token}"), Some(lasts))))
-            }
-            _ => unauthorized(format!(
-                "{} answered 401 without a challenge this client knows (`{challenge}`)",
-                repo.registry
-            )),
-        }
-    }
-
-    /// A bearer token for `scope`, asked of the token service at `realm`, and how long it
-    /// lasts (its `expires_in`; 60 s when the service does not say, as the spec has it).
-    fn token(
-        &self,
-        repo: &Repository,
-        realm: &str,
-        service: &str,
-        scope: &str,
-        credentials: Option<&Credentials>,
-    ) -> Result<(String, Duration), Failure> {
-        let query = format!("service={}&scope={}", encode(service), encode(scope));
-        // One attempt: the request it serves is the one retried.
-        let attempt = match credentials {
-            Some(Credentials::Identity(refresh)) => {
-                let form = format!(
-                    "grant_type=refresh_token&refresh_token={}&client_id=memories-xtask&{query}",
-                    encode(refresh)
-                );
-                let body = Body::Bytes(form.as_bytes(), "application/x-www-form-urlencoded");
-                self.exchange(&Call::new("POST", realm, MANIFEST_LIMIT).with_body(body), None)
-            }
-            Some(Credentials::Basic { username, password }) => {
-                let pair = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{password}"));
-                let url = format!("{realm}?{query}");
-                let basic = format!("Basic {pair}");
-                self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), Some(&basic))
-            }
-            None => {
-                let url = format!("{realm}?{query}");
-                self.exchange(&Call::new("GET", &url, MANIFEST_LIMIT), None)
-            }
-        };
-        let answer = match attempt.and_then(|a| status_failure(&a).map_or(Ok(a), Err)) {
-            Ok(answer) => answer,
-            Err(Failure::Absent { reason } | Failure::Definite { reason, .. }) => {
-                return Err(Failure::Definite {
-                    reason: format!(
-                        "the token service {realm} refused {}: {reason}",
-                        display_repo(repo)
-                    ),
-                    unauthorized: true,
-                });
-            }
-            Err(Failure::Transient { reason, rate_limited, retry_after }) => {
-                let reason = format!("the token service {realm}: {reason}");
-                return Err(Failure::Transient { reason, rate_limited, retry_after });
-            }
-        };
-        let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-        let lasts = Duration::from_secs(value["expires_in"].as_u64().unwrap_or(60));
-        match value["token"].as_str().or_else(|| value["access_token"].as_str()) {
-            Some(token) if !token.is_empty() => Ok((token.to_owned(), lasts)),
-            _ => Err(Failure::Definite {
-                reason: format!("{realm} answered without a token"),
-                unauthorized: true,
-            }),
-        }
-    }
-
-    fn credentials_for(&self, repo: &Repository) -> Result<Option<Credentials>> {
-        let mut known = self.credentials.lock().expect("not poisoned");
-        if let Some(found) = known.get(&repo.registry) {
-            return Ok(found.clone());
-        }
-        let found = docker_credentials(&self.root, repo.credentials_key())?;
-        known.insert(repo.registry.clone(), found.clone());
-        Ok(found)
     }
 }
 
