@@ -1,6 +1,8 @@
 //! Unit tests of `crate::stack::swarm`, kept beside it so that the module reads as code.
 
+use super::converge::*;
 use super::*;
+use crate::wait::Attempt;
 
 #[test]
 fn a_previous_spec_that_is_only_a_scale_is_no_release_to_return_to() {

@@ -1,8 +1,10 @@
 //! Unit tests of `crate::tasks::release`, kept beside it so that the module reads as code.
 
+use super::readback::*;
 use super::*;
 use crate::image::platform::parse_list;
 use crate::image::version::{AppVersion, rfc3339_utc};
+use crate::oci::{FoundIndex, Inspected};
 use crate::run::plan::PlanItem;
 
 fn revision(version: &str, dirty: bool) -> Revision {
