@@ -49,7 +49,15 @@ fn a_dead_runs_leftovers_are_reaped_and_live_or_foreign_runs_are_kept() {
     let reap = |args: &[&str]| {
         let output = xtask_process().arg("reap").args(args).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let said: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        // A dry run prints its plan, with the report under `runs`; a run, the report.
+        let report = match args.contains(&"--dry-run") {
+            true => {
+                assert_eq!(said["dry_run"], true, "{said}");
+                said["runs"].clone()
+            }
+            false => said,
+        };
         let find = |run: &str| {
             report.as_array().unwrap().iter().find(|r| r["run"] == run).cloned().unwrap()
         };

@@ -24,6 +24,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::cli::{Bench, Cli, Command};
 use crate::image::{bundle, verify, version};
+use crate::run::plan::{Described, Preview, ReadOnly, Task};
 use crate::run::{interrupt, plan, progress};
 use crate::tasks::{bench, ci, db, dev, doctor, faults, prod, reap, release};
 
@@ -55,41 +56,72 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
-    if let Some((task, json)) = read_only_dry_run(&cli.command) {
-        plan::nothing_to_plan(task, json);
-        return Ok(());
-    }
-    match cli.command {
-        Command::Version(args) => version::run(&root, args.json),
+    let root = root.as_path();
+    let (task, preview) = task(root, cli.command)?;
+    quiet_progress(preview.json);
+    plan::run(task, preview)
+}
+
+/// The task a command asks for, and how it reports: every command goes through the one runner
+/// ([`plan::run`]), which prints its plan for `--dry-run` or executes it.
+fn task(root: &Utf8Path, command: Command) -> Result<(Box<dyn Task + '_>, Preview)> {
+    let preview_of = |dry_run: bool, json: bool| Preview { dry_run, json };
+    Ok(match command {
+        Command::Version(args) => (
+            Box::new(ReadOnly { task: "version", run: move |json| version::run(root, json) }),
+            preview_of(args.read_only.dry_run, args.json),
+        ),
         Command::Build(args) => {
-            quiet_progress(args.preview.json);
-            image::run(&root, &(&args).into(), args.preview.into())
+            (Box::new(image::task(root, &(&args).into())?), args.preview.into())
         }
         Command::Release(args) => {
-            quiet_progress(args.preview.json);
-            release::run(&root, &(&args).into(), args.preview.into())
+            (Box::new(release::task(root, &(&args).into())?), args.preview.into())
         }
-        Command::Verify(args) => verify::run(&root, &(&args).into(), args.json),
+        Command::Verify(args) => {
+            let request = (&args).into();
+            let run = move |json| verify::run(root, &request, json);
+            (
+                Box::new(ReadOnly { task: "verify", run }),
+                preview_of(args.read_only.dry_run, args.json),
+            )
+        }
         Command::Images(args) => {
             let (action, preview) = args.action.into_request();
-            quiet_progress(preview.json);
-            bundle::run(&root, action, preview)
+            (bundle::task(root, action)?, preview)
         }
-        Command::WaitFor(args) => wait::run(&args.into()),
+        Command::WaitFor(args) => {
+            let preview = preview_of(args.read_only.dry_run, args.json);
+            let request = args.into();
+            (Box::new(ReadOnly { task: "wait-for", run: move |_| wait::run(&request) }), preview)
+        }
         Command::Dev(args) => {
             let preview = args.preview.into();
-            dev::dev(&root, args.into(), preview)
+            (Box::new(dev::dev(root, args.into())?), preview)
         }
-        Command::Test(args) => dev::test(&root, &args.into()),
+        Command::Test(args) => {
+            let preview = args.preview.into();
+            (Box::new(dev::test(root, args.into())), preview)
+        }
         Command::Prod(args) => {
-            prod::run(&root, args.action.into(), args.env_file, args.preview.into())
+            let preview = args.preview.into();
+            (Box::new(prod::task(root, args.action.into(), args.env_file)?), preview)
         }
-        Command::Db(args) => db::run(&root, args.action.into(), args.preview.into()),
-        Command::Run(args) => dev::run(&root, &args.into()),
-        Command::Reap(args) => reap::reap(&root, args.dry_run, args.json),
-        Command::Doctor(args) => doctor::run(&args.into()),
-        Command::Ci(args) => ci::run(&root, &args.into()),
-        Command::FaultProxy(args) if args.dry_run => {
+        Command::Db(args) => (db::task(root, args.action.into())?, args.preview.into()),
+        Command::Run(args) => {
+            let preview = args.preview.into();
+            (Box::new(dev::run(root, args.into())?), preview)
+        }
+        Command::Reap(args) => (Box::new(reap::task(root)), preview_of(args.dry_run, args.json)),
+        Command::Doctor(args) => {
+            let preview = preview_of(args.read_only.dry_run, false);
+            let request = args.into();
+            (Box::new(ReadOnly { task: "doctor", run: move |_| doctor::run(&request) }), preview)
+        }
+        Command::Ci(args) => {
+            let preview = args.preview.into();
+            (Box::new(ci::task(root, &args.into())?), preview)
+        }
+        Command::FaultProxy(args) => {
             let note = format!(
                 "would listen on 127.0.0.1 (a free port, printed on stdout) and forward to {}, \
                  failing {:.0}% of requests picked by seed {} (a delay holds a request {:?}); it \
@@ -99,42 +131,45 @@ fn run(cli: Cli) -> Result<()> {
                 args.seed,
                 args.delay
             );
-            plan::Plan::new("fault-proxy".to_owned()).note(note).print(false);
-            Ok(())
+            let plan = faults::FaultPlan { rate: args.rate, seed: args.seed, delay: args.delay };
+            let run = move |_| faults::run(&args.upstream, plan);
+            let task = Described { task: "fault-proxy", notes: vec![note], run };
+            (Box::new(task), preview_of(args.dry_run, false))
         }
-        Command::FaultProxy(args) => faults::run(
-            &args.upstream,
-            faults::FaultPlan { rate: args.rate, seed: args.seed, delay: args.delay },
-        ),
-        Command::Completions { shell, .. } => cli::print_completions(shell),
-        Command::Bench(args) if args.dry_run => {
+        Command::Completions { shell, read_only: flags } => {
+            let run = move |_| cli::print_completions(shell);
+            (Box::new(ReadOnly { task: "completions", run }), preview_of(flags.dry_run, false))
+        }
+        Command::Bench(args) => {
+            let preview = preview_of(args.dry_run, args.json);
             let names = match &args.bench {
                 Some(bench) => vec![bench.name()],
                 None => vec!["wait", "stack", "build", "startup"],
             };
-            let plan = names.iter().fold(plan::Plan::new("bench".to_owned()), |plan, name| {
-                plan.note(format!("runs `bench {name}`: {}", cli::bench_about(name)))
-            });
-            plan.print(args.json);
-            Ok(())
+            let notes =
+                names.iter().map(|name| format!("runs `bench {name}`: {}", cli::bench_about(name)));
+            let run = move |json| run_bench(root, args.bench, json);
+            (Box::new(Described { task: "bench", notes: notes.collect(), run }), preview)
         }
-        Command::Bench(args) => {
-            let (report, json) = match args.bench {
-                None => return bench::all(&root, args.json),
-                Some(Bench::Build { runs, json }) => (bench::build(&root, runs)?, json),
-                Some(Bench::Wait { runs, json }) => (bench::wait(&root, runs)?, json),
-                Some(Bench::Stack { runs, json }) => (bench::stack(&root, runs)?, json),
-                Some(Bench::Release { runs, json }) => (bench::release(&root, runs)?, json),
-                Some(Bench::Cache { runs, json }) => (bench::cache(&root, runs)?, json),
-                Some(Bench::Flaky { runs, rate, json }) => (bench::flaky(&root, runs, rate)?, json),
-                Some(Bench::Startup { runs, json }) => (bench::startup(&root, runs)?, json),
-                Some(Bench::Devloop { runs, json }) => (bench::devloop(&root, runs)?, json),
-                Some(Bench::Deploy { runs, json }) => (bench::deploy(&root, runs)?, json),
-            };
-            report.print(json);
-            Ok(())
-        }
-    }
+    })
+}
+
+/// `cargo xtask bench [NAME]`: one benchmark's report, or the quick set's.
+fn run_bench(root: &Utf8Path, bench: Option<Bench>, all_json: bool) -> Result<()> {
+    let (report, json) = match bench {
+        None => return bench::all(root, all_json),
+        Some(Bench::Build { runs, json }) => (bench::build(root, runs)?, json),
+        Some(Bench::Wait { runs, json }) => (bench::wait(root, runs)?, json),
+        Some(Bench::Stack { runs, json }) => (bench::stack(root, runs)?, json),
+        Some(Bench::Release { runs, json }) => (bench::release(root, runs)?, json),
+        Some(Bench::Cache { runs, json }) => (bench::cache(root, runs)?, json),
+        Some(Bench::Flaky { runs, rate, json }) => (bench::flaky(root, runs, rate)?, json),
+        Some(Bench::Startup { runs, json }) => (bench::startup(root, runs)?, json),
+        Some(Bench::Devloop { runs, json }) => (bench::devloop(root, runs)?, json),
+        Some(Bench::Deploy { runs, json }) => (bench::deploy(root, runs)?, json),
+    };
+    report.print(json);
+    Ok(())
 }
 
 /// What `--version` prints: the app's version (`app/pyproject.toml`), which every task builds,
@@ -145,18 +180,6 @@ fn app_version() -> String {
     match pyproject.map_err(anyhow::Error::from).and_then(|t| version::version_from_pyproject(&t)) {
         Ok(app) => format!("{app} (the app; xtask {xtask})"),
         Err(err) => format!("unknown ({}: {err:#}; xtask {xtask})", version::PYPROJECT),
-    }
-}
-
-/// The task and `--json` of a read-only task asked for `--dry-run`.
-fn read_only_dry_run(command: &Command) -> Option<(&'static str, bool)> {
-    match command {
-        Command::Version(a) if a.read_only.dry_run => Some(("version", a.json)),
-        Command::Verify(a) if a.read_only.dry_run => Some(("verify", a.json)),
-        Command::Doctor(a) if a.read_only.dry_run => Some(("doctor", false)),
-        Command::WaitFor(a) if a.read_only.dry_run => Some(("wait-for", a.json)),
-        Command::Completions { read_only, .. } if read_only.dry_run => Some(("completions", false)),
-        _ => None,
     }
 }
 

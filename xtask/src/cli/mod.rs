@@ -469,12 +469,7 @@ impl From<PreviewArgs> for Preview {
 
 impl From<CiArgs> for ci::Request {
     fn from(args: CiArgs) -> ci::Request {
-        ci::Request {
-            steps: args.steps,
-            keep_going: args.keep_going,
-            cache: args.cache,
-            preview: args.preview.into(),
-        }
+        ci::Request { steps: args.steps, keep_going: args.keep_going, cache: args.cache }
     }
 }
 

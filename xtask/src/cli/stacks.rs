@@ -437,19 +437,13 @@ impl From<TestArgs> for TestRequest {
             timeout: args.timeout,
             tests: args.tests,
             filter: args.filter,
-            preview: args.preview.into(),
         }
     }
 }
 
 impl From<RunArgs> for RunRequest {
     fn from(args: RunArgs) -> RunRequest {
-        RunRequest {
-            no_build: args.no_build,
-            port: args.port,
-            volume: args.volume,
-            preview: args.preview.into(),
-        }
+        RunRequest { no_build: args.no_build, port: args.port, volume: args.volume }
     }
 }
 

@@ -28,7 +28,7 @@ use crate::oci::{Archive, Descriptor, Document, OCI_INDEX};
 use crate::run::docker;
 use crate::run::interrupt::{self, Interruptible};
 use crate::run::label::RunDir;
-use crate::run::plan::{Plan, Preview, Step, Stream, Streams};
+use crate::run::plan::{Plan, ReadOnly, Step, Stream, Streams, Task};
 use crate::run::progress::{Counted, Progress};
 
 pub const FORMAT: &str = "memories-bundle/2";
@@ -75,16 +75,17 @@ impl Checksum {
     }
 }
 
-pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
-    match action {
-        Action::List if preview.dry_run => {
-            crate::run::plan::nothing_to_plan("images list", preview.json);
-            Ok(())
-        }
-        Action::List => {
-            image::list(preview.json);
-            Ok(())
-        }
+/// `cargo xtask images ...`: the task `action` asks for, its paths made absolute and its key
+/// read.
+pub fn task(root: &Utf8Path, action: Action) -> Result<Box<dyn Task + '_>> {
+    Ok(match action {
+        Action::List => Box::new(ReadOnly {
+            task: "images list",
+            run: |json| {
+                image::list(json);
+                Ok(())
+            },
+        }),
         Action::Save { request, output } => {
             let revision = Revision::read(root)?;
             let output = match output {
@@ -95,47 +96,78 @@ pub fn run(root: &Utf8Path, action: Action, preview: Preview) -> Result<()> {
                     revision.short()
                 )))?,
             };
-            if preview.dry_run {
-                save_plan(root, &revision, &request, &output).print(preview.json);
-                return Ok(());
-            }
-            let saved = save(root, &revision, &request, &output)?;
-            for (reference, digest) in refs_of(&saved.metadata) {
-                say!("saved {reference} {digest}");
-            }
-            if preview.json {
-                let mut report = saved.metadata.clone();
-                report["file"] = json!(output.as_str());
-                report["sha256"] = json!(saved.sha256);
-                out!("{report:#}");
-            } else {
-                // `sha256sum` format: `sha256sum --check` reads it back.
-                out!("{}  {output}", saved.sha256);
-            }
-            say!("load it with `cargo xtask images load {output} --sha256 {}`", saved.sha256);
-            Ok(())
+            Box::new(SaveTask { root, revision, request, output })
         }
         Action::Load { file, checksum, key, signing } => {
             let file = absolute(&file)?;
             let key = key.map(|k| Key::read(&k, KeyKind::Public)).transpose()?;
-            if preview.dry_run {
-                load_plan(root, &file, &checksum, key.as_ref())?.print(preview.json);
-                return Ok(());
-            }
-            let checker = match &key {
-                Some(key) => Some(SignatureCheck::new(root, key.clone(), signing)?),
-                None => None,
-            };
-            let metadata = load(root, &file, &checksum, checker.as_ref())?;
-            if preview.json {
-                out!("{metadata:#}");
-            } else {
-                for (reference, digest) in refs_of(&metadata) {
-                    out!("{reference} {digest}");
-                }
-            }
-            Ok(())
+            Box::new(LoadTask { root, file, checksum, key, signing })
         }
+    })
+}
+
+/// `images save`, its output path settled.
+struct SaveTask<'a> {
+    root: &'a Utf8Path,
+    revision: Revision,
+    request: SaveRequest,
+    output: Utf8PathBuf,
+}
+
+impl Task for SaveTask<'_> {
+    fn plan(&self) -> Result<Plan> {
+        Ok(save_plan(self.root, &self.revision, &self.request, &self.output))
+    }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let SaveTask { root, revision, request, output } = *self;
+        let saved = save(root, &revision, &request, &output)?;
+        for (reference, digest) in refs_of(&saved.metadata) {
+            say!("saved {reference} {digest}");
+        }
+        if json {
+            let mut report = saved.metadata.clone();
+            report["file"] = json!(output.as_str());
+            report["sha256"] = json!(saved.sha256);
+            out!("{report:#}");
+        } else {
+            // `sha256sum` format: `sha256sum --check` reads it back.
+            out!("{}  {output}", saved.sha256);
+        }
+        say!("load it with `cargo xtask images load {output} --sha256 {}`", saved.sha256);
+        Ok(())
+    }
+}
+
+/// `images load`, its file's path settled and its key read.
+struct LoadTask<'a> {
+    root: &'a Utf8Path,
+    file: Utf8PathBuf,
+    checksum: Checksum,
+    key: Option<Key>,
+    signing: Options,
+}
+
+impl Task for LoadTask<'_> {
+    fn plan(&self) -> Result<Plan> {
+        load_plan(self.root, &self.file, &self.checksum, self.key.as_ref())
+    }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let LoadTask { root, file, checksum, key, signing } = *self;
+        let checker = match key {
+            Some(key) => Some(SignatureCheck::new(root, key, signing)?),
+            None => None,
+        };
+        let metadata = load(root, &file, &checksum, checker.as_ref())?;
+        if json {
+            out!("{metadata:#}");
+        } else {
+            for (reference, digest) in refs_of(&metadata) {
+                out!("{reference} {digest}");
+            }
+        }
+        Ok(())
     }
 }
 

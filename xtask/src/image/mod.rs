@@ -21,7 +21,7 @@ use crate::image::version::{Revision, rfc3339_utc};
 use crate::oci;
 use crate::run::docker;
 use crate::run::label::{RunDir, RunId};
-use crate::run::plan::{Plan, Preview, Step};
+use crate::run::plan::{Plan, Step, Task};
 
 pub use crate::image::catalogue::{ImageName, ImageParser, load as load_catalogue};
 pub use crate::oci::PlatformImage;
@@ -495,15 +495,26 @@ impl Drop for Untag<'_> {
     }
 }
 
-pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<()> {
+/// `cargo xtask build`: the build of this revision that `request` asks for.
+pub fn task(root: &Utf8Path, request: &BuildRequest) -> Result<BuildPlan> {
     let revision = Revision::read(root)?;
-    let plan = plan(root, &revision, request);
-    if preview.dry_run {
-        plan.to_plan().print(preview.json);
-        return Ok(());
+    Ok(plan(root, &revision, request))
+}
+
+impl Task for BuildPlan {
+    fn plan(&self) -> Result<Plan> {
+        Ok(self.to_plan())
     }
-    let built = execute(&plan)?;
-    if preview.json {
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        print_built(&execute(&self)?, json);
+        Ok(())
+    }
+}
+
+/// What a build made: refs and digests, as lines or as JSON.
+fn print_built(built: &[Built], json: bool) {
+    if json {
         let images: Vec<Value> = built
             .iter()
             .map(|b| {
@@ -513,13 +524,12 @@ pub fn run(root: &Utf8Path, request: &BuildRequest, preview: Preview) -> Result<
             .collect();
         out!("{:#}", json!({ "images": images }));
     } else {
-        for b in &built {
+        for b in built {
             for r in &b.refs {
                 out!("{r} {}", b.digest.as_deref().unwrap_or("-"));
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -553,24 +553,77 @@ pub struct Preview {
     pub json: bool,
 }
 
-/// `--dry-run` of a task that only reads: a plan that says so, printed like any other.
-pub fn nothing_to_plan(task: &str, json: bool) {
-    let note = "this task only reads (it changes nothing), so there is nothing to plan: run it \
-                without --dry-run";
-    Plan::new(task.to_owned()).note(note).print(json);
+/// A task as the one runner ([`run`]) sees it: what it would do, as a [`Plan`] built
+/// without running anything, and the doing of it. A task's constructor reads and checks what
+/// it was given (a bad request fails there, with or without `--dry-run`); the runner then
+/// prints the plan or executes the task.
+pub trait Task {
+    /// What `--dry-run` prints.
+    fn plan(&self) -> Result<Plan>;
+    /// Runs the task; with `json`, its result goes to stdout as JSON.
+    fn execute(self: Box<Self>, json: bool) -> Result<()>;
+}
+
+/// The one runner of every command: with `--dry-run`, the task's plan printed (as text, or
+/// as JSON with `--json`) and nothing run; otherwise the task executed.
+pub fn run(task: Box<dyn Task + '_>, preview: Preview) -> Result<()> {
+    if preview.dry_run {
+        task.plan()?.print(preview.json);
+        return Ok(());
+    }
+    task.execute(preview.json)
+}
+
+/// A task that only reads (it changes nothing): its plan says so.
+pub struct ReadOnly<F> {
+    pub task: &'static str,
+    pub run: F,
+}
+
+impl<F: FnOnce(bool) -> Result<()>> Task for ReadOnly<F> {
+    fn plan(&self) -> Result<Plan> {
+        let note = "this task only reads (it changes nothing), so there is nothing to plan: run \
+                    it without --dry-run";
+        Ok(Plan::new(self.task).note(note))
+    }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        (self.run)(json)
+    }
+}
+
+/// A task whose plan is only notes on what it does (an experiment, a server run until
+/// Ctrl-C): `notes` for `--dry-run`, `run` to do it.
+pub struct Described<F> {
+    pub task: &'static str,
+    pub notes: Vec<String>,
+    pub run: F,
+}
+
+impl<F: FnOnce(bool) -> Result<()>> Task for Described<F> {
+    fn plan(&self) -> Result<Plan> {
+        Ok(self.notes.iter().fold(Plan::new(self.task), |plan, note| plan.note(note.clone())))
+    }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        (self.run)(json)
+    }
 }
 
 /// What a task would do, for `--dry-run`: its steps in order, with what it waits for between
 /// them and notes on what it decides only when it runs, and the facts it settled while
-/// planning (images, versions, definitions). Built without touching Docker. Every task that
-/// starts or changes something shows its `--dry-run` through [`Plan::print`] (`reap
-/// --dry-run` is not a plan: it lists what reaping would remove).
+/// planning (images, versions, definitions). Built without changing anything: a plan reads
+/// the engine only where what the task would do depends on it (`reap`, `db migrate`'s SQL),
+/// and says so when it cannot. Every command's `--dry-run` prints one, through [`run`].
 #[derive(Debug, Default)]
 pub struct Plan {
     pub task: String,
     pub items: Vec<PlanItem>,
     /// Shown beside the plan in `--json` only, each under its own key.
     facts: serde_json::Map<String, Value>,
+    /// Text shown as it is after the plan (and in `--json` as a fact), e.g. the SQL a
+    /// migration would run.
+    attachment: Option<String>,
 }
 
 /// A registry API call a task makes itself (no command runs it), as a plan shows it.
@@ -626,6 +679,13 @@ impl Plan {
         self
     }
 
+    /// Text shown as it is after the plan, and under `key` in `--json`.
+    pub fn attach(mut self, key: &str, text: String) -> Plan {
+        self.facts.insert(key.to_owned(), text.clone().into());
+        self.attachment = Some(text);
+        self
+    }
+
     pub fn wait_for(mut self, waits: impl IntoIterator<Item = String>) -> Plan {
         self.items.extend(waits.into_iter().map(PlanItem::WaitFor));
         self
@@ -665,6 +725,9 @@ impl Plan {
                 PlanItem::WaitFor(what) => out!("# wait until ready: {what}"),
                 PlanItem::Note(note) => out!("# {note}"),
             }
+        }
+        if let Some(text) = &self.attachment {
+            out!("{text}");
         }
     }
 }

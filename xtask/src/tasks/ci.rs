@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::image::Cache;
 use crate::run::interrupt;
 use crate::run::label;
-use crate::run::plan::{self, Plan, Preview, Step};
+use crate::run::plan::{self, Plan, Step, Task};
 use crate::tasks::reap;
 use crate::tasks::registry::Throwaway;
 use crate::tasks::tools;
@@ -50,7 +50,6 @@ pub struct Request {
     pub keep_going: bool,
     /// The build cache the build and release steps read and write.
     pub cache: Option<Cache>,
-    pub preview: Preview,
 }
 
 impl CiStep {
@@ -209,25 +208,42 @@ pub fn selected(named: &[CiStep]) -> Vec<CiStep> {
     CiStep::ALL.into_iter().filter(|s| named.is_empty() || named.contains(s)).collect()
 }
 
-pub fn run(root: &Utf8Path, args: &Request) -> Result<()> {
+/// `cargo xtask ci`: the steps `args` selects, with the commands each runs.
+pub fn task(root: &Utf8Path, args: &Request) -> Result<CiTask> {
     let commands = Commands {
         root: root.to_owned(),
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         xtask: plan::this_xtask()?,
         cache: args.cache.clone(),
     };
-    let steps = selected(&args.steps);
-    if args.preview.dry_run {
+    Ok(CiTask { commands, steps: selected(&args.steps), keep_going: args.keep_going })
+}
+
+/// A `ci` run: its steps in order.
+pub struct CiTask {
+    commands: Commands,
+    steps: Vec<CiStep>,
+    keep_going: bool,
+}
+
+impl Task for CiTask {
+    fn plan(&self) -> Result<Plan> {
         let mut plan = Plan::new("ci");
-        for &step in &steps {
-            plan = plan.note(step.name()).steps(commands.of(step, None, THROWAWAY));
+        for &step in &self.steps {
+            plan = plan.note(step.name()).steps(self.commands.of(step, None, THROWAWAY));
         }
-        let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
-        plan.fact("steps", json!(names)).print(args.preview.json);
-        return Ok(());
+        let names: Vec<&str> = self.steps.iter().map(|s| s.name()).collect();
+        Ok(plan.fact("steps", json!(names)))
     }
-    let outcomes = run_steps(&steps, args.keep_going, |step| execute(&commands, step));
-    print_summary(&outcomes, args.preview.json);
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        run(&self.commands, &self.steps, self.keep_going, json)
+    }
+}
+
+fn run(commands: &Commands, steps: &[CiStep], keep_going: bool, json: bool) -> Result<()> {
+    let outcomes = run_steps(steps, keep_going, |step| execute(commands, step));
+    print_summary(&outcomes, json);
     if interrupt::is_set() {
         return Err(interrupt::Interrupted.into());
     }

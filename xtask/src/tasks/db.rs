@@ -14,7 +14,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 
 use crate::image::version::Revision;
-use crate::run::plan::{Plan, Preview, Step, Stream, Streams};
+use crate::run::plan::{Plan, ReadOnly, Step, Stream, Streams, Task};
 use crate::stack::migrations;
 use crate::stack::services::{Model, Readiness};
 use crate::stack::{self, Lifecycle, Mode, Stack, Teardown};
@@ -66,53 +66,81 @@ pub enum DbAction {
     Revision { message: String },
 }
 
-pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
-    // The revision files alone: no stack, no Docker.
-    match &action {
-        DbAction::History => return history(root, preview),
-        DbAction::Revision { message } => return new_revision(root, message, preview),
+/// `cargo xtask db ...`: the task `action` asks for, on the dev stack's database (`history`
+/// and `revision` only read and write the revision files: no stack, no Docker).
+pub fn task(root: &Utf8Path, action: DbAction) -> Result<Box<dyn Task + '_>> {
+    match action {
+        DbAction::History => {
+            return Ok(Box::new(ReadOnly { task: "db history", run: |json| history(root, json) }));
+        }
+        DbAction::Revision { message } => return Ok(Box::new(NewRevision { root, message })),
         _ => {}
     }
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
     let stack = Stack::new(root, Mode::Dev, project, &[], stack::tag(&revision));
-    if preview.json && !preview.dry_run && matches!(action, DbAction::Psql { .. }) {
-        bail!(
-            "`db psql` prints psql's own output, which is not JSON: drop --json (with --dry-run, \
-             --json prints the plan)"
-        );
-    }
     let db = Database::of(&stack.all_profiles().model()?, &stack.project)?;
-    if let (DbAction::Migrate { to }, true) = (&action, preview.dry_run) {
-        return migrate_dry_run(&stack, &db, &revision, to.as_deref(), preview.json);
+    Ok(Box::new(DbTask { stack, db, revision, action }))
+}
+
+/// A `db` subcommand on the dev stack's database.
+struct DbTask {
+    stack: Stack,
+    db: Database,
+    revision: Revision,
+    action: DbAction,
+}
+
+impl Task for DbTask {
+    fn plan(&self) -> Result<Plan> {
+        match &self.action {
+            DbAction::Migrate { to } => {
+                migrate_plan(&self.stack, &self.db, &self.revision, to.as_deref())
+            }
+            action => plan(&self.stack, &self.db, &self.revision, action),
+        }
     }
-    if !preview.dry_run {
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let DbTask { stack, db, revision, action } = *self;
+        if json && matches!(action, DbAction::Psql { .. }) {
+            bail!(
+                "`db psql` prints psql's own output, which is not JSON: drop --json (with \
+                 --dry-run, --json prints the plan)"
+            );
+        }
         // Before any step: a project named for another kind of stack (a leftover
         // `COMPOSE_PROJECT_NAME`) is refused with nothing done, its containers and volumes
         // untouched.
         stack::require_own_kind(&stack)?;
+        execute(&stack, &db, &revision, action, json)
     }
-    if preview.dry_run {
-        plan(&stack, &db, &revision, &action)?.print(preview.json);
-        return Ok(());
-    }
+}
+
+fn execute(
+    stack: &Stack,
+    db: &Database,
+    revision: &Revision,
+    action: DbAction,
+    json: bool,
+) -> Result<()> {
     let (said, result) = match action {
         DbAction::Psql { args } => {
-            require_running(&stack, &db)?;
-            return psql_step(&stack, &db, &args).stdout_is_data().run();
+            require_running(stack, db)?;
+            return psql_step(stack, db, &args).stdout_is_data().run();
         }
-        DbAction::Reset { yes, timeout } => return reset(&stack, &db, &revision, yes, timeout),
+        DbAction::Reset { yes, timeout } => return reset(stack, db, revision, yes, timeout),
         DbAction::Migrate { to } => {
-            require_running(&stack, &db)?;
-            let step = migrate_step(&stack, to.as_deref());
+            require_running(stack, db)?;
+            let step = migrate_step(stack, to.as_deref());
             let text = step.read().context("db migrate failed (its error is above)")?;
             let done: Value = serde_json::from_str(text.trim())
                 .with_context(|| format!("`{}` did not print JSON", step.short()))?;
-            (migrate_said(&done, &stack), done)
+            (migrate_said(&done, stack), done)
         }
         DbAction::Current => {
-            require_running(&stack, &db)?;
-            let step = migrations::compose_step(&stack, &["current", "--json"]);
+            require_running(stack, db)?;
+            let step = migrations::compose_step(stack, &["current", "--json"]);
             let text = step.read().context("db current failed (its error is above)")?;
             let at: Value = serde_json::from_str(text.trim())
                 .with_context(|| format!("`{}` did not print JSON", step.short()))?;
@@ -132,16 +160,16 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
                     format!("database {} has no schema: `cargo xtask db migrate`", db.name)
                 }
             };
-            if !preview.json {
+            if !json {
                 out!("{}", at["revision"].as_str().unwrap_or("none"));
             }
             (said, at)
         }
         DbAction::History | DbAction::Revision { .. } => unreachable!("handled above"),
         DbAction::Dump { output } => {
-            require_running(&stack, &db)?;
+            require_running(stack, db)?;
             let output = output.unwrap_or_else(|| default_dump_name(&stack.project));
-            let bytes = dump(&stack, &db, &output)?;
+            let bytes = dump(stack, db, &output)?;
             let said = format!(
                 "dumped database {} of stack {} to {output} ({bytes} bytes)",
                 db.name, stack.project
@@ -149,8 +177,8 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
             (said, json!({"file": output.as_str(), "bytes": bytes}))
         }
         DbAction::Restore { file, clean } => {
-            require_running(&stack, &db)?;
-            let rows = restore(&stack, &db, &file, clean)?;
+            require_running(stack, db)?;
+            let rows = restore(stack, db, &file, clean)?;
             let said = format!(
                 "restored {file} into database {} of stack {}: {rows} rows",
                 db.name, stack.project
@@ -159,7 +187,7 @@ pub fn run(root: &Utf8Path, action: DbAction, preview: Preview) -> Result<()> {
         }
     };
     say!("{said}");
-    if preview.json {
+    if json {
         out!("{result}");
     }
     Ok(())
@@ -458,13 +486,12 @@ fn migrate_said(done: &Value, stack: &Stack) -> String {
 /// `db migrate --dry-run`: the plan, and the SQL of the revisions up to `to` from Alembic's
 /// offline mode, made by the dev server image with the work tree's package in a container
 /// with no network (the SQL needs the app's Python; the image must be built).
-fn migrate_dry_run(
+fn migrate_plan(
     stack: &Stack,
     db: &Database,
     revision: &Revision,
     to: Option<&str>,
-    json: bool,
-) -> Result<()> {
+) -> Result<Plan> {
     let image = format!("memories/{}:{}", migrations::SERVER, stack::tag(revision));
     let mut args = vec!["upgrade", "--sql"];
     if let Some(to) = to {
@@ -480,29 +507,24 @@ fn migrate_dry_run(
     // The plan needs no engine; the SQL needs the server image, so without it the plan says
     // why instead.
     let sql = offline.read();
-    let plan = match &sql {
+    Ok(match sql {
         Ok(sql) => plan
             .note(
                 "the SQL of the revisions from the first to the target, as Alembic's offline \
                  mode writes it (a database already at a later revision runs only the rest):",
             )
-            .fact("sql", sql.clone().into()),
+            .attach("sql", sql.trim_end().to_owned()),
         Err(err) => plan.note(format!(
             "no SQL shown: it is made by the server image {image} (`cargo xtask build server`), \
              which could not run: {err:#}"
         )),
-    };
-    plan.print(json);
-    if let (Ok(sql), false) = (sql, json) {
-        out!("{}", sql.trim_end());
-    }
-    Ok(())
+    })
 }
 
 /// `db history`: every revision, oldest first, from the files.
-fn history(root: &Utf8Path, preview: Preview) -> Result<()> {
+fn history(root: &Utf8Path, json: bool) -> Result<()> {
     let revisions = migrations::revisions(&root.join(migrations::VERSIONS_DIR))?;
-    if preview.json {
+    if json {
         let all: Vec<Value> = revisions.iter().map(migrations::Revision::to_json).collect();
         out!("{:#}", Value::from(all));
         return Ok(());
@@ -514,25 +536,31 @@ fn history(root: &Utf8Path, preview: Preview) -> Result<()> {
 }
 
 /// `db revision MESSAGE`: a new revision file from the template.
-fn new_revision(root: &Utf8Path, message: &str, preview: Preview) -> Result<()> {
-    if preview.dry_run {
-        let revisions = migrations::revisions(&root.join(migrations::VERSIONS_DIR))?;
+struct NewRevision<'a> {
+    root: &'a Utf8Path,
+    message: String,
+}
+
+impl Task for NewRevision<'_> {
+    fn plan(&self) -> Result<Plan> {
+        let revisions = migrations::revisions(&self.root.join(migrations::VERSIONS_DIR))?;
         let head = revisions.last().map_or("nothing", |r| r.revision.as_str());
-        Plan::new("db revision")
-            .note(format!(
-                "writes a new revision after {head} in {}, from the template",
-                migrations::VERSIONS_DIR
-            ))
-            .print(preview.json);
-        return Ok(());
+        Ok(Plan::new("db revision").note(format!(
+            "writes a new revision after {head} in {}, from the template",
+            migrations::VERSIONS_DIR
+        )))
     }
-    let path = migrations::new_revision(root, message)?;
-    let relative = path.strip_prefix(root).unwrap_or(&path);
-    say!("wrote {relative}: fill in upgrade() and downgrade(), then `cargo xtask db migrate`");
-    if preview.json {
-        out!("{}", json!({"file": relative.as_str()}));
-    } else {
-        out!("{relative}");
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let root = self.root;
+        let path = migrations::new_revision(root, &self.message)?;
+        let relative = path.strip_prefix(root).unwrap_or(&path);
+        say!("wrote {relative}: fill in upgrade() and downgrade(), then `cargo xtask db migrate`");
+        if json {
+            out!("{}", json!({"file": relative.as_str()}));
+        } else {
+            out!("{relative}");
+        }
+        Ok(())
     }
-    Ok(())
 }

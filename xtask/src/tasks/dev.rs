@@ -12,7 +12,7 @@ use crate::image::version::Revision;
 use crate::run::docker;
 use crate::run::interrupt::{self, Interrupted};
 use crate::run::label::{self, RunId};
-use crate::run::plan::{Plan, Preview, Step};
+use crate::run::plan::{Plan, Step, Task};
 use crate::stack::services::Model;
 use crate::stack::watch::{self, WatchOptions};
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
@@ -66,8 +66,8 @@ pub enum WhenReady {
     Watch,
 }
 
-/// `cargo xtask dev ...`.
-pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
+/// `cargo xtask dev ...`: the dev stack `action` works on.
+pub fn dev(root: &Utf8Path, action: DevAction) -> Result<DevTask> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-dev");
     let profiles = match &action {
@@ -78,15 +78,33 @@ pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
     if let DevAction::Up(up) = &action {
         stack.services = up.services.clone();
     }
-    if preview.json && !preview.dry_run {
-        refuse_json(&action)?;
+    Ok(DevTask { stack, revision, action })
+}
+
+/// A `dev` subcommand on its stack.
+pub struct DevTask {
+    stack: Stack,
+    revision: Revision,
+    action: DevAction,
+}
+
+impl Task for DevTask {
+    fn plan(&self) -> Result<Plan> {
+        dev_plan(&self.stack, &self.revision, &self.action)
     }
-    if preview.dry_run {
-        dev_plan(&stack, &revision, &action)?.print(preview.json);
-        return Ok(());
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let DevTask { stack, revision, action } = *self;
+        if json {
+            refuse_json(&action)?;
+        }
+        dev_execute(stack, &revision, action, json)
     }
+}
+
+fn dev_execute(stack: Stack, revision: &Revision, action: DevAction, json: bool) -> Result<()> {
     match action {
-        DevAction::Up(up) => dev_up(&stack, &revision, &up, preview.json),
+        DevAction::Up(up) => dev_up(&stack, revision, &up, json),
         DevAction::Down { volumes } => stack::down_own(&stack, volumes),
         DevAction::Logs { service, follow } => {
             if let Some(service) = &service {
@@ -94,7 +112,7 @@ pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
             }
             logs_step(&stack, service.as_deref(), follow).stdout_is_data().run()
         }
-        DevAction::Ps => ps_step(&stack, preview.json).stdout_is_data().run(),
+        DevAction::Ps => ps_step(&stack, json).stdout_is_data().run(),
         DevAction::Exec { service, command } => {
             stack.all_profiles().model()?.require(&service)?;
             exec_step(&stack, &service, &command).stdout_is_data().run()
@@ -110,7 +128,7 @@ pub fn dev(root: &Utf8Path, action: DevAction, preview: Preview) -> Result<()> {
                 checks,
                 WaitOptions { timeout: Duration::from_secs(120), ..WaitOptions::default() },
             )?;
-            if preview.json {
+            if json {
                 print_endpoints(&stack, &probes, true);
             }
             Ok(())
@@ -271,7 +289,6 @@ pub struct TestRequest {
     pub tests: Option<String>,
     /// Only the end-to-end tests whose names contain these.
     pub filter: Vec<String>,
-    pub preview: Preview,
 }
 
 fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack {
@@ -316,12 +333,29 @@ fn test_plan(root: &Utf8Path, args: &TestRequest, cargo: &str) -> Result<Plan> {
 }
 
 /// `cargo xtask test`.
-pub fn test(root: &Utf8Path, args: &TestRequest) -> Result<()> {
+pub fn test(root: &Utf8Path, args: TestRequest) -> TestTask<'_> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if args.preview.dry_run {
-        test_plan(root, args, &cargo)?.print(args.preview.json);
-        return Ok(());
+    TestTask { root, args, cargo }
+}
+
+/// A `test` run: its request and the cargo that runs the tests.
+pub struct TestTask<'a> {
+    root: &'a Utf8Path,
+    args: TestRequest,
+    cargo: String,
+}
+
+impl Task for TestTask<'_> {
+    fn plan(&self) -> Result<Plan> {
+        test_plan(self.root, &self.args, &self.cargo)
     }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        test_execute(self.root, &self.args, &self.cargo, json)
+    }
+}
+
+fn test_execute(root: &Utf8Path, args: &TestRequest, cargo: &str, json: bool) -> Result<()> {
     if let Some(project) = &args.project {
         // The test stack is torn down with its volumes: it must be one this run creates.
         if stack::exists(project)? {
@@ -335,8 +369,8 @@ pub fn test(root: &Utf8Path, args: &TestRequest) -> Result<()> {
     // This run's id labels what it and its tests create; whatever a signal or a failure
     // leaves of it is removed at the end, and what dead runs left is removed first.
     reap::as_run(root, |run| {
-        test_run(root, args, &cargo, run)?;
-        if args.preview.json {
+        test_run(root, args, cargo, run)?;
+        if json {
             out!("{}", serde_json::json!({"run": run.to_string(), "passed": true}));
         }
         Ok(())
@@ -384,10 +418,10 @@ pub struct RunRequest {
     pub port: u16,
     /// The named volume that keeps the data between runs.
     pub volume: String,
-    pub preview: Preview,
 }
 
-pub fn run(root: &Utf8Path, args: &RunRequest) -> Result<()> {
+/// `cargo xtask run`: the standalone image's stack, its volume and the logs it follows.
+pub fn run(root: &Utf8Path, args: RunRequest) -> Result<RunTask> {
     let revision = Revision::read(root)?;
     let project = format!("memories-run-{}", args.port);
     let mut stack = Stack::new(root, Mode::Run, project, &[], stack::tag(&revision));
@@ -406,32 +440,49 @@ pub fn run(root: &Utf8Path, args: &RunRequest) -> Result<()> {
         teardown: Teardown::Stop,
         release_phase: None,
     };
-    if args.preview.dry_run {
-        let model = stack.model()?;
-        let plan = Plan::new("run the standalone image").step(volume);
-        stack::lifecycle_plan(plan, &stack, &model, &revision, how, |plan| {
+    Ok(RunTask { revision, stack, volume, logs, how, args })
+}
+
+/// A `run` of the standalone image.
+pub struct RunTask {
+    revision: Revision,
+    stack: Stack,
+    volume: Step,
+    logs: Step,
+    how: Lifecycle,
+    args: RunRequest,
+}
+
+impl Task for RunTask {
+    fn plan(&self) -> Result<Plan> {
+        let model = self.stack.model()?;
+        let plan = Plan::new("run the standalone image").step(self.volume.clone());
+        let logs = self.logs.clone();
+        Ok(stack::lifecycle_plan(plan, &self.stack, &model, &self.revision, self.how, |plan| {
             plan.step(logs).note("until Ctrl-C")
-        })
-        .print(args.preview.json);
-        return Ok(());
+        }))
     }
-    docker::require_cli()?;
-    volume.quiet().read().with_context(|| format!("cannot create volume {}", args.volume))?;
-    let url = format!("http://127.0.0.1:{}", args.port);
-    stack::lifecycle(&stack, &revision, how, |_, _| {
-        if args.preview.json {
-            out!(
-                "{}",
-                serde_json::json!({"url": url, "project": stack.project, "volume": args.volume})
-            );
-        } else {
-            out!("{url}");
-        }
-        say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
-        let followed = logs.stdout_is_data().run();
-        if interrupt::is_set() {
-            return Err(Interrupted.into());
-        }
-        followed
-    })
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let RunTask { revision, stack, volume, logs, how, args } = *self;
+        docker::require_cli()?;
+        volume.quiet().read().with_context(|| format!("cannot create volume {}", args.volume))?;
+        let url = format!("http://127.0.0.1:{}", args.port);
+        stack::lifecycle(&stack, &revision, how, |_, _| {
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({"url": url, "project": stack.project, "volume": args.volume})
+                );
+            } else {
+                out!("{url}");
+            }
+            say!("memories is ready (data in volume {}); Ctrl-C stops it", args.volume);
+            let followed = logs.stdout_is_data().run();
+            if interrupt::is_set() {
+                return Err(Interrupted.into());
+            }
+            followed
+        })
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::image::version::Revision;
 use crate::run::docker;
-use crate::run::plan::{Plan, Preview, Step};
+use crate::run::plan::{Plan, Step, Task};
 use crate::stack::backup;
 use crate::stack::migrations;
 use crate::stack::services::Model;
@@ -78,12 +78,9 @@ pub enum DeploySource {
 }
 
 /// `cargo xtask prod ...`; `env_files` hold the secrets, read after compose/prod.env.
-pub fn run(
-    root: &Utf8Path,
-    action: ProdAction,
-    env_files: Vec<Utf8PathBuf>,
-    preview: Preview,
-) -> Result<()> {
+/// `cargo xtask prod ...`: the prod stack `action` works on, its settings read and, for the
+/// tasks that start or print it, its secrets and HTTPS checked.
+pub fn task(root: &Utf8Path, action: ProdAction, env_files: Vec<Utf8PathBuf>) -> Result<ProdTask> {
     let revision = Revision::read(root)?;
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
@@ -99,10 +96,35 @@ pub fn run(
         Edge::chosen(&stack)
     };
     stack.extra_files = edge.as_ref().map(Edge::files).unwrap_or_default();
-    if preview.dry_run {
-        prod_plan(&stack, &revision, &action)?.print(preview.json);
-        return Ok(());
+    Ok(ProdTask { stack, revision, action, edge })
+}
+
+/// A `prod` subcommand on its stack.
+pub struct ProdTask {
+    stack: Stack,
+    revision: Revision,
+    action: ProdAction,
+    edge: Option<Edge>,
+}
+
+impl Task for ProdTask {
+    fn plan(&self) -> Result<Plan> {
+        prod_plan(&self.stack, &self.revision, &self.action)
     }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let ProdTask { stack, revision, action, edge } = *self;
+        execute(stack, &revision, action, edge, json)
+    }
+}
+
+fn execute(
+    stack: Stack,
+    revision: &Revision,
+    action: ProdAction,
+    edge: Option<Edge>,
+    json: bool,
+) -> Result<()> {
     match action {
         ProdAction::Config => {
             let mut definition = stack::merged_definition(&stack)?;
@@ -121,8 +143,8 @@ pub fn run(
                 release_phase: Some(migrations::RELEASE_PHASE),
                 ..long_lived(timeout, no_build)
             };
-            let started = stack::lifecycle(&stack, &revision, how, |_, probes| {
-                print_endpoints(&stack, probes, preview.json);
+            let started = stack::lifecycle(&stack, revision, how, |_, probes| {
+                print_endpoints(&stack, probes, json);
                 if edge.as_ref().is_some_and(|e| *e != Edge::Plain) {
                     let port = |key, default: &str| stack.setting(key).unwrap_or(default.into());
                     say!(
@@ -148,12 +170,12 @@ pub fn run(
             stack::remove_secrets(&stack)
         }
         ProdAction::Deploy { stack: name, source, timeout } => {
-            let source = deploy_source(&revision, source);
-            deploy_swarm(&stack, &revision, &name, &source, timeout)
+            let source = deploy_source(revision, source);
+            deploy_swarm(&stack, revision, &name, &source, timeout)
         }
         ProdAction::Status { stack: name } => {
             let statuses = swarm::status(&stack.root, &name)?;
-            print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), preview.json);
+            print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), json);
             Ok(())
         }
         ProdAction::Keys(file, action) => {
@@ -164,7 +186,7 @@ pub fn run(
                      --env-file)"
                 ),
             };
-            crate::stack::api_keys::run(&file, action, preview.json)
+            crate::stack::api_keys::run(&file, action, json)
         }
         ProdAction::Certs { renew, stack: swarm_stack } => {
             let container = match &swarm_stack {
@@ -194,7 +216,7 @@ pub fn run(
             if matches!(target, backup::Target::Compose(_)) {
                 require_secrets(&stack)?;
             }
-            backup::run(&target, action, preview.json)
+            backup::run(&target, action, json)
         }
         ProdAction::Rollback { stack: name, services, timeout } => {
             swarm::require_manager(&stack)?;
@@ -205,7 +227,7 @@ pub fn run(
                 format!("the rollback of {} did not complete", targets.join(", "))
             })?;
             say!("rolled back {}", targets.join(", "));
-            print_status(&swarm::status(&stack.root, &name)?, None, preview.json);
+            print_status(&swarm::status(&stack.root, &name)?, None, json);
             Ok(())
         }
     }

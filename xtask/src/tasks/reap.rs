@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::run::docker;
 use crate::run::interrupt;
 use crate::run::label::{LABEL, Owner, RunId, ids_in};
-use crate::run::plan::Step;
+use crate::run::plan::{Plan, Step, Task};
 
 /// What one run left in Docker.
 #[derive(Debug, Default)]
@@ -250,12 +250,12 @@ pub fn remove_run(root: &Utf8Path, run: RunId) -> Result<()> {
 }
 
 /// Runs `work` as a test run: first removes what dead runs left, then runs `work` with this
-/// process's run id (for it to hand on in [`ENV`]), then removes everything labelled with the
+/// process's run id (for it to hand on in [`crate::run::label::ENV`]), then removes everything labelled with the
 /// id, whatever `work` returned. The first error wins.
 pub fn as_run(root: &Utf8Path, work: impl FnOnce(RunId) -> Result<()>) -> Result<()> {
     let run = RunId::of_process(std::process::id())
         .context("cannot name this test run: /proc is needed to tell live runs from dead ones")?;
-    if let Err(err) = reap(root, false, false) {
+    if let Err(err) = reap(root, false) {
         say!("warning: cannot remove what earlier test runs left: {err:#}");
     }
     say!("test run {run} (Docker objects it creates carry the label {LABEL}={run})");
@@ -264,24 +264,69 @@ pub fn as_run(root: &Utf8Path, work: impl FnOnce(RunId) -> Result<()>) -> Result
     result.and(removed)
 }
 
-/// `cargo xtask reap`, also the start of every `cargo xtask test`: removes what runs whose
-/// process is gone left behind, and says what it removed (or, with `dry_run`, would remove).
-pub fn reap(root: &Utf8Path, dry_run: bool, json: bool) -> Result<()> {
+/// `cargo xtask reap`: removes what runs whose process is gone left behind (as [`as_run`]
+/// does before every test run), and says what it removed, or with `--dry-run` what it would.
+pub fn task(root: &Utf8Path) -> ReapTask<'_> {
+    ReapTask { root }
+}
+
+/// The reaper, as a task.
+pub struct ReapTask<'a> {
+    root: &'a Utf8Path,
+}
+
+impl Task for ReapTask<'_> {
+    /// What reaping would remove, run by run (read from Docker), with the same report under
+    /// `runs` in `--json`.
+    fn plan(&self) -> Result<Plan> {
+        let mut plan = Plan::new("reap");
+        let runs = match inventory(self.root, When::Before) {
+            Ok(runs) => runs,
+            Err(err) => {
+                let note = format!("cannot list what runs left, and reaping would fail: {err:#}");
+                return Ok(plan.note(note).fact("runs", json!([])));
+            }
+        };
+        for (run, leftovers) in &runs {
+            plan = plan.note(match run.owner() {
+                Owner::Gone => format!("would remove what run {run} left: {}", summary(leftovers)),
+                Owner::Alive => format!("would keep run {run}: its process still runs"),
+                Owner::Unknown => format!("would keep run {run}: it belongs to another machine"),
+            });
+        }
+        if runs.is_empty() {
+            plan = plan.note("no run left anything behind");
+        }
+        Ok(plan.fact("runs", report(&runs, false)))
+    }
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        reap(self.root, json)
+    }
+}
+
+/// Each run's owner and leftovers, and whether they were (or, in a plan, would be) removed.
+fn report(runs: &BTreeMap<RunId, Leftovers>, removing: bool) -> Value {
+    let report: Vec<Value> = runs
+        .iter()
+        .map(|(run, leftovers)| {
+            let owner = run.owner();
+            json!({
+                "run": run.to_string(),
+                "owner": format!("{owner:?}").to_lowercase(),
+                "removed": owner == Owner::Gone && removing,
+                "leftovers": leftovers.to_json(),
+            })
+        })
+        .collect();
+    Value::from(report)
+}
+
+fn reap(root: &Utf8Path, json: bool) -> Result<()> {
     let runs = inventory(root, When::Before)?;
-    let mut report = Vec::new();
     let mut result = Ok(());
     for (run, leftovers) in &runs {
-        let owner = run.owner();
-        report.push(json!({
-            "run": run.to_string(),
-            "owner": format!("{owner:?}").to_lowercase(),
-            "removed": owner == Owner::Gone && !dry_run,
-            "leftovers": leftovers.to_json(),
-        }));
-        match owner {
-            Owner::Gone if dry_run => {
-                say!("would remove what run {run} left: {}", summary(leftovers))
-            }
+        match run.owner() {
             Owner::Gone => {
                 say!("removing what run {run} left (its process is gone): {}", summary(leftovers));
                 if let Err(err) = remove(root, leftovers, When::Before) {
@@ -293,7 +338,7 @@ pub fn reap(root: &Utf8Path, dry_run: bool, json: bool) -> Result<()> {
         }
     }
     if json {
-        out!("{}", Value::from(report));
+        out!("{}", report(&runs, true));
     } else if runs.is_empty() {
         say!("no run left anything behind");
     }

@@ -15,7 +15,7 @@ use crate::image::version::Revision;
 use crate::image::{self, BuildPlan, BuildRequest, Output};
 use crate::oci;
 use crate::run::docker;
-use crate::run::plan::{Plan, Preview, Request};
+use crate::run::plan::{Plan, Request, Task};
 
 mod readback;
 
@@ -314,7 +314,9 @@ pub struct Outcome {
     pub retries: u64,
 }
 
-pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Result<()> {
+/// `cargo xtask release`: the release of this revision that `request` asks for, refused when
+/// the version is not the one expected.
+pub fn task(root: &Utf8Path, request: &ReleaseRequest) -> Result<ReleasePlan> {
     let revision = Revision::read(root)?;
     if let Some(expected) = &request.expect_version {
         let expected = expected.strip_prefix('v').unwrap_or(expected);
@@ -326,12 +328,23 @@ pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Resul
             );
         }
     }
-    let plan = plan(root, &revision, request)?;
-    if preview.dry_run {
-        plan.to_plan().print(preview.json);
-        return Ok(());
+    plan(root, &revision, request)
+}
+
+impl Task for ReleasePlan {
+    fn plan(&self) -> Result<Plan> {
+        Ok(self.to_plan())
     }
-    let outcome = execute(&plan)?;
+
+    fn execute(self: Box<Self>, json: bool) -> Result<()> {
+        let outcome = execute(&self)?;
+        print_outcome(&self, &outcome, json);
+        Ok(())
+    }
+}
+
+/// What a release did: refs and digests as lines, or the whole outcome as JSON.
+fn print_outcome(plan: &ReleasePlan, outcome: &Outcome, json: bool) {
     for left in &outcome.left_alone {
         say!(
             "left alone: {} names {}, newer than {}",
@@ -340,7 +353,7 @@ pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Resul
             plan.revision.version
         );
     }
-    if preview.json {
+    if json {
         let images: Vec<Value> = outcome
             .released
             .iter()
@@ -377,7 +390,6 @@ pub fn run(root: &Utf8Path, request: &ReleaseRequest, preview: Preview) -> Resul
             }
         }
     }
-    Ok(())
 }
 
 /// Reads the registry, builds what it lacks, pushes the immutable refs (building and pushing
