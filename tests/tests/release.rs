@@ -764,3 +764,45 @@ fn a_new_image_declared_as_data_is_built_released_verified_and_bundled() {
     assert_eq!(docker(&["run", "--rm", &reference]), "hello from an image of data");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cargo xtask <TAB>` completes in zsh and fish too, asked in the `tools` image that has
+/// both shells: fish lists the completions of a command line (`complete -C`), zsh registers
+/// the hook for `cargo` and defines clap's function (it has no non-interactive way to list
+/// them). bash is asked on the host (`xtask/tests/cli.rs`).
+#[test]
+fn zsh_and_fish_complete_cargo_xtask() {
+    let dir = std::env::temp_dir().join(format!("completions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for shell in ["zsh", "fish"] {
+        std::fs::write(dir.join(shell), xtask_ok(&["completions", shell])).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = format!("{}:/c:ro", dir.display());
+    let shell = |program: &[&str]| -> String {
+        let args =
+            [&["run", "--rm", "--env", "HOME=/tmp", "--volume", &mount, tools_image()], program]
+                .concat();
+        docker(&args)
+    };
+    let fish = |line: &str| {
+        shell(&["fish", "--no-config", "-c", &format!("source /c/fish; complete -C '{line}'")])
+    };
+    let said = fish("cargo xtask de");
+    assert!(said.lines().any(|l| l.starts_with("dev")), "{said}");
+    let said = fish("cargo xtask prod d");
+    assert!(said.lines().any(|l| l.starts_with("deploy")), "{said}");
+    assert!(said.lines().any(|l| l.starts_with("down")), "{said}");
+    let said = fish("cargo xtask build --pla");
+    assert!(said.lines().any(|l| l.starts_with("--platform")), "{said}");
+    let said = fish("cargo bu");
+    assert!(!said.lines().any(|l| l.starts_with("dev")), "xtask's words only after xtask: {said}");
+    let said = shell(&[
+        "zsh",
+        "-fc",
+        "autoload -U compinit && compinit -D && source /c/zsh && print -r -- $_comps[cargo] \
+         && whence -w _cargo-xtask",
+    ]);
+    assert_eq!(said, "_cargo_xtask_complete\n_cargo-xtask: function", "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

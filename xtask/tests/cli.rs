@@ -1106,3 +1106,39 @@ fn prod_refuses_bad_tls_input_in_one_line_before_anything_runs() {
         let _ = std::fs::remove_file(&log);
     }
 }
+
+/// `cargo xtask <TAB>` completes in bash: the script hooks into `cargo`'s completion, the
+/// words after `xtask` are ours, and a completion `cargo` already had keeps the rest. (zsh and
+/// fish are asked in the Docker-backed tests, in the `tools` image that has them.)
+#[test]
+fn bash_completes_cargo_xtask() {
+    let script = xtask(&["completions", "bash"]).output().unwrap();
+    assert!(script.status.success());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("completions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cargo-xtask.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    let ask = |line: &str| -> String {
+        let program = format!(
+            "_cargo_before() {{ COMPREPLY=(cargo-own); }}; complete -F _cargo_before cargo\n\
+             source '{}'\n\
+             read -ra COMP_WORDS <<< '{line}'; [[ '{line}' == *' ' ]] && COMP_WORDS+=('')\n\
+             COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}\n\
+             _cargo_xtask_complete cargo \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"; complete -p cargo",
+            file.display()
+        );
+        let output = Command::new("bash").arg("-c").arg(program).output().unwrap();
+        assert!(output.status.success(), "{line}: {}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let words = |said: &str| said.lines().map(str::to_owned).collect::<Vec<_>>();
+    assert!(words(&ask("cargo xtask de")).contains(&"dev".to_owned()), "{}", ask("cargo xtask de"));
+    let prod = words(&ask("cargo xtask prod d"));
+    assert!(prod.contains(&"deploy".into()) && prod.contains(&"down".into()), "{prod:?}");
+    assert!(words(&ask("cargo xtask build --pla")).contains(&"--platform".into()));
+    assert!(words(&ask("cargo xtask ci ")).contains(&"hadolint".into()));
+    let other = ask("cargo bu");
+    assert!(other.starts_with("cargo-own\n"), "cargo's own completion is kept: {other}");
+    assert!(other.contains("-F _cargo_xtask_complete") && other.trim_end().ends_with(" cargo"));
+}

@@ -101,8 +101,10 @@ pub enum Command {
     /// Check this machine: Rust, the docker CLI and engine, buildx and its platforms, compose
     /// v2, free disk, and a registry. One line each; exits 1 if anything fails.
     Doctor(DoctorArgs),
-    /// Print a completion script for a shell, e.g.
-    /// `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`.
+    /// Print a completion script for `cargo xtask` in a shell (it hooks into `cargo`'s own
+    /// completion). Bash: `cargo xtask completions bash > ~/.cargo-xtask.bash`, then
+    /// `source ~/.cargo-xtask.bash` in `~/.bashrc`; zsh: the same with `zsh`, sourced after
+    /// `compinit`; fish: `cargo xtask completions fish > ~/.config/fish/conf.d/cargo-xtask.fish`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -414,10 +416,84 @@ pub enum Bench {
 
 /// `cargo xtask completions SHELL`: the script for `shell`, on stdout.
 pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "cargo-xtask", &mut std::io::stdout());
+    out!("{}", completion_script(shell).trim_end());
     Ok(())
 }
+
+/// The completion script for `shell`. clap writes one for a program named `cargo-xtask`; for
+/// bash, zsh and fish it is hooked into `cargo`'s completion, so that `cargo xtask <TAB>`
+/// completes (the words after `xtask` are ours, everything else stays cargo's).
+pub fn completion_script(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut script = Vec::new();
+    let mut command = Cli::command().name("cargo-xtask");
+    clap_complete::generate(shell, &mut command, "cargo-xtask", &mut script);
+    // The subcommands keep the derived bin name, `cargo xtask ...`, whose space clap's bash
+    // script spells `__subcmd__` where its walk over the words spells `__`: one spelling, so
+    // that the two meet.
+    let script = String::from_utf8(script)
+        .expect("clap writes UTF-8")
+        .replace("cargo__subcmd__xtask", "cargo__xtask");
+    match shell {
+        Shell::Bash => script + BASH_HOOK,
+        Shell::Zsh => script + ZSH_HOOK,
+        // Each line completes `cargo` once its second word is `xtask`; the helpers drop both
+        // words where clap's drop the program's name.
+        Shell::Fish => {
+            let script = script.replace("set -e cmd[1]\n", "set -e cmd[1..2]\n").replace(
+                "complete -c cargo-xtask -n \"",
+                "complete -c cargo -n \"__fish_cargo_xtask_active; and ",
+            );
+            FISH_HOOK.to_owned() + &script
+        }
+        _ => script,
+    }
+}
+
+/// Completes `cargo xtask ...` with clap's `_cargo__xtask`, and anything else of `cargo` with
+/// the completion `cargo` had when this was sourced (rustup's, if loaded).
+const BASH_HOOK: &str = r#"
+_cargo_xtask_complete() {
+    if [[ ${COMP_CWORD} -ge 2 && ${COMP_WORDS[1]} == xtask ]]; then
+        _cargo__xtask "$@"
+        return
+    fi
+    if [[ -z ${_cargo_xtask_fallback} ]] && declare -F _completion_loader >/dev/null; then
+        # bash-completion loads cargo's own completion on first use: load it now, keep ours.
+        complete -r cargo
+        _completion_loader cargo
+        _cargo_xtask_fallback=$(complete -p cargo 2>/dev/null | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+        complete -F _cargo_xtask_complete -o bashdefault -o default cargo
+    fi
+    if [[ -n ${_cargo_xtask_fallback} && ${_cargo_xtask_fallback} != _cargo_xtask_complete ]]; then
+        "${_cargo_xtask_fallback}" "$@"
+    fi
+}
+_cargo_xtask_fallback=$(complete -p cargo 2>/dev/null | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+complete -F _cargo_xtask_complete -o bashdefault -o default cargo
+"#;
+
+/// The same for zsh: `words` shifted so that clap's `_cargo-xtask` sees `cargo-xtask ...`.
+const ZSH_HOOK: &str = r#"
+_cargo_xtask_complete() {
+    if (( CURRENT > 2 )) && [[ ${words[2]} == xtask ]]; then
+        words=(cargo-xtask "${(@)words[3,-1]}")
+        (( CURRENT -= 1 ))
+        _cargo-xtask "$@"
+    elif (( $+functions[_cargo] )); then
+        _cargo "$@"
+    fi
+}
+compdef _cargo_xtask_complete cargo
+"#;
+
+/// fish adds completions to `cargo`'s own: these apply once the second word is `xtask`.
+const FISH_HOOK: &str = "function __fish_cargo_xtask_active
+    set -l cmd (commandline -opc)
+    test (count $cmd) -ge 2; and test \"$cmd[2]\" = xtask
+end
+";
 
 /// Accepts `HOST[:PORT][/NAMESPACE...]`, lowercase, as a docker image name prefix.
 pub fn parse_registry(raw: &str) -> Result<String, String> {
