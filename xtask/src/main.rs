@@ -172,14 +172,21 @@ fn run_bench(root: &Utf8Path, bench: Option<Bench>, all_json: bool) -> Result<()
     Ok(())
 }
 
-/// What `--version` prints: the app's version (`app/pyproject.toml`), which every task builds,
-/// tags and releases, and the xtask crate's.
+/// What `--version` prints: the app's version (`app/pyproject.toml`) and git revision, which
+/// every task builds, tags and releases, and the xtask crate's version. Read only when
+/// `--version` (or `-V`) is asked for: it costs a git call, and every other command would pay it.
 fn app_version() -> String {
+    let asked =
+        std::env::args().skip(1).take_while(|a| a != "--").any(|a| a == "--version" || a == "-V");
+    if !asked {
+        return "(run with --version)".to_owned();
+    }
     let xtask = env!("CARGO_PKG_VERSION");
-    let pyproject = std::fs::read_to_string(project_root().join(version::PYPROJECT));
-    match pyproject.map_err(anyhow::Error::from).and_then(|t| version::version_from_pyproject(&t)) {
-        Ok(app) => format!("{app} (the app; xtask {xtask})"),
-        Err(err) => format!("unknown ({}: {err:#}; xtask {xtask})", version::PYPROJECT),
+    match version::Revision::read(&project_root()) {
+        Ok(revision) => {
+            format!("{} (the app, revision {}; xtask {xtask})", revision.version, revision.short())
+        }
+        Err(err) => format!("unknown ({err:#}; xtask {xtask})"),
     }
 }
 

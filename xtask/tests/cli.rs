@@ -1059,7 +1059,16 @@ fn version_flag_names_the_app_version() {
     let output = xtask(&["--version"]).output().unwrap();
     assert!(output.status.success());
     let said = text(&output.stdout);
-    assert!(said.starts_with(&format!("cargo xtask {app} (the app; xtask ")), "{said}");
+    assert!(said.starts_with(&format!("cargo xtask {app} (the app, revision ")), "{said}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=7", "HEAD"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let head = text(&head.stdout).trim().to_owned();
+    assert!(said.contains(&format!("revision {head}")), "{said}");
+    let short = xtask(&["-V"]).output().unwrap();
+    assert_eq!(text(&short.stdout), said, "-V is --version");
 }
 
 /// Bad TLS input is refused before anything runs, in one line naming the cause: no way to
@@ -1141,4 +1150,36 @@ fn bash_completes_cargo_xtask() {
     let other = ask("cargo bu");
     assert!(other.starts_with("cargo-own\n"), "cargo's own completion is kept: {other}");
     assert!(other.contains("-F _cargo_xtask_complete") && other.trim_end().ends_with(" cargo"));
+}
+
+/// The flags a team sets once default from the environment: `MEMORIES_REGISTRY` for
+/// `release --registry`, `MEMORIES_PLATFORMS` for `--platform` of `build`, `release` and
+/// `verify`; `--help` names the variables, a flag given still wins, and a bad value is refused.
+#[test]
+fn registry_and_platforms_default_from_the_environment() {
+    let help = text(&xtask(&["release", "--help"]).output().unwrap().stdout);
+    assert!(
+        help.contains("[env: MEMORIES_REGISTRY]") && help.contains("[env: MEMORIES_PLATFORMS]")
+    );
+    let plan = |args: &[&str], registry: &str, platforms: &str| -> Value {
+        let output = xtask(args)
+            .env("MEMORIES_REGISTRY", registry)
+            .env("MEMORIES_PLATFORMS", platforms)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let release = ["release", "--allow-dirty", "--dry-run", "--json"];
+    let planned = plan(&release, "127.0.0.1:5000/team", "linux/arm64").to_string();
+    assert!(planned.contains("127.0.0.1:5000/team/server:"), "{planned}");
+    assert!(planned.contains("linux/arm64") && !planned.contains("linux/amd64"), "{planned}");
+    let flagged = [&release[..], &["--registry", "127.0.0.1:5000/other"]].concat();
+    let planned = plan(&flagged, "127.0.0.1:5000/team", "linux/arm64").to_string();
+    assert!(planned.contains("127.0.0.1:5000/other/server:") && !planned.contains("/team/"));
+    let build = plan(&["build", "server", "--dry-run", "--json"], "x.io/y", "linux/arm64");
+    assert!(build.to_string().contains("linux/arm64"), "{build}");
+    let bad = xtask(&release).env("MEMORIES_REGISTRY", "http://127.0.0.1:5000").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("scheme"), "{}", text(&bad.stderr));
 }

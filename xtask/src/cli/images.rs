@@ -28,7 +28,13 @@ pub struct BuildArgs {
     pub images: Vec<ImageName>,
     /// Target platforms, comma-separated, e.g. `linux/amd64,linux/arm64`; `x86_64` and `aarch64`
     /// are accepted for amd64 and arm64. Default: the builder's own platform.
-    #[arg(long, value_name = "LIST", value_parser = crate::image::platform::parse_list)]
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = crate::image::platform::parse_list,
+        env = "MEMORIES_PLATFORMS",
+        hide_env_values = true
+    )]
     pub platform: Option<PlatformList>,
     /// Push to the registry as well as loading into the local image store.
     #[arg(long, requires = "registry")]
@@ -65,7 +71,9 @@ pub struct ReleaseArgs {
         long,
         value_name = "REG",
         value_parser = parse_registry,
-        default_value = crate::tasks::release::DEFAULT_REGISTRY
+        default_value = crate::tasks::release::DEFAULT_REGISTRY,
+        env = "MEMORIES_REGISTRY",
+        hide_env_values = true
     )]
     pub registry: String,
     #[command(flatten)]
@@ -109,7 +117,9 @@ pub struct ReleasePlatforms {
         long,
         value_name = "LIST",
         value_parser = crate::image::platform::parse_list,
-        default_value = crate::tasks::release::DEFAULT_PLATFORMS
+        default_value = crate::tasks::release::DEFAULT_PLATFORMS,
+        env = "MEMORIES_PLATFORMS",
+        hide_env_values = true
     )]
     pub platform: PlatformList,
 }
