@@ -356,10 +356,30 @@ fn dump(stack: &Stack, db: &Database, output: &Utf8Path) -> Result<u64> {
     }
     let bytes = copied.with_context(|| format!("cannot write {}", partial.path))?;
     require_dump(&partial.path).with_context(|| format!("{output} was not written"))?;
-    std::fs::rename(&partial.path, output)
-        .with_context(|| format!("cannot rename {} to {output}", partial.path))?;
-    partial.keep = true;
+    if let Err(err) = publish_new(&partial.path, output) {
+        // The dump is kept where it is, under the name the error gives.
+        partial.keep = true;
+        return Err(err);
+    }
     Ok(bytes)
+}
+
+/// Gives the finished file `from` its name `to`, never replacing a file that appeared there
+/// meanwhile (a rename would): a hard link fails when `to` exists, then `from` goes.
+fn publish_new(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {
+            std::fs::remove_file(from).with_context(|| format!("cannot remove {from}"))?;
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{to} appeared while the dump ran and was left as it is; the dump is in {from}: \
+             rename it, or dump again with another --output"
+        ),
+        Err(err) => Err(err).with_context(|| {
+            format!("cannot name the dump {to} (it is in {from}: rename it yourself)")
+        }),
+    }
 }
 
 /// Fails unless `file` starts as a dump in the custom format does.
@@ -562,5 +582,35 @@ impl Task for NewRevision<'_> {
             out!("{relative}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_never_replaces_a_file_that_appeared_meanwhile() {
+        let dir = Utf8PathBuf::try_from(std::env::temp_dir())
+            .unwrap()
+            .join(format!("db-publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (partial, output) = (dir.join(".out.partial"), dir.join("out.dump"));
+        std::fs::write(&partial, "the dump").unwrap();
+        std::fs::write(&output, "someone else's").unwrap();
+        let err = publish_new(&partial, &output).unwrap_err().to_string();
+        assert!(
+            err.contains("appeared while the dump ran") && err.contains(".out.partial"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "someone else's");
+        assert_eq!(std::fs::read_to_string(&partial).unwrap(), "the dump", "the dump is kept");
+
+        std::fs::remove_file(&output).unwrap();
+        publish_new(&partial, &output).unwrap();
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "the dump");
+        assert!(!partial.exists(), "the partial name goes");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
