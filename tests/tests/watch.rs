@@ -1,7 +1,9 @@
 //! `cargo xtask dev --watch` for real, on a copy of the repository (`MEMORIES_ROOT`), so that
 //! its edits never reach the tree other tests build from: a source edit is served, a broken
-//! edit is reported while the watch goes on, the fix recovers, a lock change rebuilds and
-//! recreates the server, and Ctrl-C ends the watch with 130 and leaves the stack running.
+//! edit is reported while the watch goes on, the fix recovers, a socket in the tree fails
+//! nothing, a link to a file outside the project arrives as a link, the package removed and
+//! made again is served again, a lock change rebuilds and recreates the server, and Ctrl-C
+//! ends the watch with 130 and leaves the stack running.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    Cleanup, RepoCopy, free_port, http, leftovers, require_docker, run_id, service_containers,
-    unique_name, xtask_binary,
+    Cleanup, RepoCopy, docker, free_port, http, leftovers, require_docker, run_id,
+    service_containers, unique_name, xtask_binary,
 };
 
 /// The watch process and its `--json` events, read on a thread of their own.
@@ -134,6 +136,66 @@ fn dev_watch_serves_edits_reports_a_broken_one_recovers_and_rebuilds_on_a_lock_c
     let body = version().expect("the server answers after the fix");
     assert!(body.contains(r#""watched":2"#), "the fix is served: {body}");
 
+    // A good edit saved with a path that cannot be copied (a socket a test run left in the
+    // tree) and a link to a private file outside the project: the edit is served, the socket
+    // is skipped, and the link arrives as a link, never as the file it points to.
+    let pkg = copy.path("app/src/memories");
+    let socket = std::os::unix::net::UnixListener::bind(pkg.join("left.sock")).unwrap();
+    let outside = std::env::temp_dir().join(format!("watch-secret-{}", std::process::id()));
+    std::fs::write(&outside, "TOP SECRET").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&outside, pkg.join("leak.txt")).unwrap();
+    let third = edited.replace(r#""watched": 1"#, r#""watched": 3"#);
+    std::fs::write(&api, &third).unwrap();
+    let ready = watching.expect("ready with a socket in the batch", Duration::from_secs(60), |e| {
+        event_is(e, "ready", "server") || event_is(e, "failed", "server")
+    });
+    assert_eq!(ready["event"], "ready", "a socket fails nothing: {ready}");
+    let body = version().expect("the server answers");
+    assert!(body.contains(r#""watched":3"#), "the good edit is served: {body}");
+    let site = "/opt/venv/lib/python3.13/site-packages/memories";
+    let leak = docker(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        &format!("readlink {site}/leak.txt; cat {site}/leak.txt 2>&1; ls {site}"),
+    ]);
+    assert!(leak.starts_with(&outside.display().to_string()), "copied as a link: {leak}");
+    assert!(!leak.contains("TOP SECRET") && !leak.contains("left.sock"), "{leak}");
+    drop(socket);
+    std::fs::remove_file(pkg.join("left.sock")).unwrap();
+    std::fs::remove_file(pkg.join("leak.txt")).unwrap();
+    std::fs::remove_file(&outside).unwrap();
+    watching.expect("ready after the removals", Duration::from_secs(60), |e| {
+        event_is(e, "ready", "server")
+    });
+
+    // The package removed and made again, as a branch switch or `git stash` does: the watch
+    // sees the directory come back, syncs all of it, and serves the edit made meanwhile.
+    let saved = std::env::temp_dir().join(format!("watch-saved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&saved);
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+        assert!(status.success(), "cp -a {} {}", from.display(), to.display());
+    };
+    cp(&pkg, &saved);
+    std::fs::remove_dir_all(&pkg).unwrap();
+    let gone = watching.expect("the removal acted on", Duration::from_secs(60), |e| {
+        event_is(e, "ready", "server") || event_is(e, "failed", "server")
+    });
+    assert_eq!(gone["event"], "failed", "the app cannot start without its package: {gone}");
+    let fourth = third.replace(r#""watched": 3"#, r#""watched": 4"#);
+    std::fs::write(saved.join("api.py"), &fourth).unwrap();
+    cp(&saved, &pkg);
+    watching.expect("ready once the package is back", Duration::from_secs(60), |e| {
+        event_is(e, "ready", "server")
+    });
+    let body = version().expect("the server answers after the package came back");
+    assert!(body.contains(r#""watched":4"#), "the package came back and is served: {body}");
+    let _ = std::fs::remove_dir_all(&saved);
+
     // A lock change: the server's image is rebuilt and the server alone recreated.
     let db = service_containers(&project, "db");
     let lock = copy.path("app/uv.lock");
@@ -151,7 +213,7 @@ fn dev_watch_serves_edits_reports_a_broken_one_recovers_and_rebuilds_on_a_lock_c
     let still = service_containers(&project, "db");
     assert_eq!(still, db, "the database was left alone");
     let body = version().expect("the rebuilt server answers");
-    assert!(body.contains(r#""watched":2"#), "the rebuilt image has the working tree: {body}");
+    assert!(body.contains(r#""watched":4"#), "the rebuilt image has the working tree: {body}");
 
     // Ctrl-C: the watch ends with 130; the stack keeps running.
     let pid = watching.child.id().to_string();

@@ -154,23 +154,75 @@ impl Batch {
 }
 
 /// Where to watch for `model`'s rules: directories recursively, a file through its directory
-/// (an editor that saves by renaming replaces the file's inode).
+/// (an editor that saves by renaming replaces the file's inode), and the parent of each
+/// directory, so that a directory removed and made again (a branch switch, `git stash`) is
+/// seen coming back.
 fn watch_points(model: &Model) -> Vec<(Utf8PathBuf, notify::RecursiveMode)> {
     let mut points: BTreeMap<Utf8PathBuf, notify::RecursiveMode> = BTreeMap::new();
-    for rule in model.services.iter().flat_map(|s| &s.watch) {
-        let path = Utf8PathBuf::from(&rule.path);
-        let (point, mode) = if path.is_dir() {
-            (path, notify::RecursiveMode::Recursive)
-        } else {
-            let parent = path.parent().map_or_else(|| path.clone(), Utf8Path::to_owned);
-            (parent, notify::RecursiveMode::NonRecursive)
-        };
+    let mut add = |point: Utf8PathBuf, mode| {
         let entry = points.entry(point).or_insert(mode);
         if mode == notify::RecursiveMode::Recursive {
             *entry = mode;
         }
+    };
+    for rule in model.services.iter().flat_map(|s| &s.watch) {
+        let path = Utf8PathBuf::from(&rule.path);
+        let parent = path.parent().map_or_else(|| path.clone(), Utf8Path::to_owned);
+        if path.is_dir() {
+            add(path, notify::RecursiveMode::Recursive);
+        }
+        add(parent, notify::RecursiveMode::NonRecursive);
     }
-    points.into_iter().collect()
+    // A directory under one watched recursively needs no watch of its own.
+    let recursive: Vec<Utf8PathBuf> = points
+        .iter()
+        .filter(|(_, mode)| **mode == notify::RecursiveMode::Recursive)
+        .map(|(p, _)| p.clone())
+        .collect();
+    points
+        .into_iter()
+        .filter(|(point, _)| !recursive.iter().any(|r| r != point && point.starts_with(r)))
+        .collect()
+}
+
+/// The directories watched recursively that were removed, and their coming back: notify
+/// forgets a directory once it is removed, so one made again is watched anew and synced whole.
+struct Returning {
+    points: Vec<Utf8PathBuf>,
+    lost: BTreeSet<Utf8PathBuf>,
+}
+
+impl Returning {
+    fn new(points: &[(Utf8PathBuf, notify::RecursiveMode)]) -> Returning {
+        let points = points
+            .iter()
+            .filter(|(_, mode)| *mode == notify::RecursiveMode::Recursive)
+            .map(|(p, _)| p.clone())
+            .collect();
+        Returning { points, lost: BTreeSet::new() }
+    }
+
+    /// Notes the directories gone since the last look; watches again each one that is back
+    /// and adds it to `paths`, so that everything in it is synced.
+    fn look(
+        &mut self,
+        watcher: &mut impl notify::Watcher,
+        paths: &mut BTreeSet<Utf8PathBuf>,
+    ) -> Result<()> {
+        for point in &self.points {
+            if !point.is_dir() {
+                self.lost.insert(point.clone());
+            } else if self.lost.remove(point) {
+                let _ = watcher.unwatch(point.as_std_path());
+                watcher
+                    .watch(point.as_std_path(), notify::RecursiveMode::Recursive)
+                    .with_context(|| format!("cannot watch {point} again"))?;
+                say!("{point} is back: watching it again, and syncing all of it");
+                paths.insert(point.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One line of `--json` output, or nothing.
@@ -227,28 +279,42 @@ pub fn watch(
     for service in watched.services.iter().filter(|s| s.watch.iter().any(|r| r.target.is_some())) {
         updater.container(&service.name)?;
     }
+    let mut returning = Returning::new(&points);
+    // The changes of services that failed: part of every batch until they are served, so that
+    // "ready" always means every saved change is running.
+    let mut pending: BTreeSet<Utf8PathBuf> = BTreeSet::new();
     loop {
-        let Some((first, paths)) = next_batch(&events)? else {
+        let Some((first, mut paths)) = next_batch(&events)? else {
             say!("stopped watching; the stack keeps running (`cargo xtask dev down` stops it)");
             return Ok(());
         };
-        let batch = Batch::of(&watched, &paths);
-        if batch.is_empty() {
+        returning.look(&mut watcher, &mut paths)?;
+        let fresh = Batch::of(&watched, &paths);
+        if fresh.is_empty() {
             continue;
         }
         out.emit(json!({
             "event": "change",
             "paths": paths.iter().map(|p| relative(p)).collect::<Vec<_>>(),
         }));
-        if let Err(err) = updater.apply(&batch, first) {
-            if interrupt::is_set() {
+        paths.append(&mut pending);
+        let batch = Batch::of(&watched, &paths);
+        match updater.apply(&batch, first) {
+            Ok(failed) => {
+                let failed = watched.only(&failed.iter().map(String::as_str).collect::<Vec<_>>());
+                pending = paths
+                    .into_iter()
+                    .filter(|path| !Batch::of(&failed, &BTreeSet::from([path.clone()])).is_empty())
+                    .collect();
+            }
+            Err(_) if interrupt::is_set() => {
                 say!(
                     "stopped watching during an update; `cargo xtask dev` brings every service \
                      back to the working tree"
                 );
                 return Ok(());
             }
-            return Err(err);
+            Err(err) => return Err(err),
         }
     }
 }
@@ -327,9 +393,10 @@ impl<'a> Updater<'a> {
     }
 
     /// Applies one batch: rebuilds, then syncs and restarts, then waits for every service it
-    /// touched and reports each. Only an interrupt or a broken engine is an error; a service
-    /// that fails is reported and the watch goes on.
-    fn apply(&mut self, batch: &Batch, first: Instant) -> Result<()> {
+    /// touched and reports each; returns the services that failed. Only an interrupt or a
+    /// broken engine is an error; a service that fails is reported and the watch goes on.
+    fn apply(&mut self, batch: &Batch, first: Instant) -> Result<BTreeSet<String>> {
+        let mut failures = BTreeSet::new();
         let mut waits: Vec<(String, Box<dyn Check>)> = Vec::new();
         let mut failed: Vec<(String, String)> = Vec::new();
         if !batch.rebuild.is_empty() {
@@ -366,6 +433,7 @@ impl<'a> Updater<'a> {
         }
         for (name, reason) in failed {
             self.report_failure(&name, first, &reason);
+            failures.insert(name);
         }
         for (name, check) in waits {
             let outcome = wait::wait(
@@ -393,10 +461,11 @@ impl<'a> Updater<'a> {
                         .unwrap_or_else(|| "not ready".to_owned());
                     self.containers.remove(&name);
                     self.report_failure(&name, first, &reason);
+                    failures.insert(name);
                 }
             }
         }
-        Ok(())
+        Ok(failures)
     }
 
     fn report_failure(&self, name: &str, first: Instant, reason: &str) {
@@ -548,29 +617,99 @@ fn without_escapes(text: &str) -> String {
 }
 
 /// Copies files into a container: one tar stream through the engine (`docker cp -`), each
-/// entry at its absolute path in the container, owned by root and readable by all.
+/// entry at its absolute path in the container, owned by root and readable by all. What
+/// cannot be copied is said and left out, never a reason to fail the others: a socket, a fifo
+/// or a device is skipped; a link is followed only to a file or directory inside the project
+/// (`root`), and one that leads outside is copied as the link it is, so that nothing outside
+/// the project reaches the container.
 fn copy_in(root: &Utf8Path, container: &str, files: &[&(Utf8PathBuf, String)]) -> Result<()> {
     let mut archive = tar::Builder::new(Vec::new());
     archive.mode(tar::HeaderMode::Deterministic);
-    archive.follow_symlinks(true);
+    let root = root.canonicalize_utf8().with_context(|| format!("cannot read {root}"))?;
+    let mut skipped = Vec::new();
     for (host, inside) in files {
         let inside = inside.trim_start_matches('/');
-        if host.is_dir() {
-            archive.append_dir_all(inside, host).with_context(|| format!("cannot read {host}"))?;
-        } else {
-            archive
-                .append_path_with_name(host, inside)
-                .with_context(|| format!("cannot read {host}"))?;
-        }
+        add_entry(&mut archive, &root, host, inside, 0, &mut skipped)?;
+    }
+    for note in &skipped {
+        say!("not synced: {note}");
     }
     let bytes = archive.into_inner().context("cannot write the sync archive")?;
-    docker::cli(root)
+    docker::cli(root.as_path())
         .args(["cp", "-", &format!("{container}:/")])
         .stdin_bytes(bytes)
         .quiet()
         .read()
         .with_context(|| format!("cannot copy the changed files into {container}"))?;
     Ok(())
+}
+
+/// How deep links inside the project may lead before a loop is assumed.
+const LINK_DEPTH: usize = 16;
+
+/// Adds `host` to `archive` as `inside`: a file, a directory with what it holds, or a link
+/// (see [`copy_in`]); what is left out is said in `skipped`.
+fn add_entry(
+    archive: &mut tar::Builder<Vec<u8>>,
+    root: &Utf8Path,
+    host: &Utf8Path,
+    inside: &str,
+    depth: usize,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
+    let metadata = match host.symlink_metadata() {
+        Ok(metadata) => metadata,
+        // Removed since the event: the next batch removes it in the container.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {host}")),
+    };
+    let kind = metadata.file_type();
+    if kind.is_symlink() {
+        let target = host.canonicalize_utf8().ok().filter(|t| t.starts_with(root));
+        match target {
+            Some(target) if depth < LINK_DEPTH => {
+                return add_entry(archive, root, &target, inside, depth + 1, skipped);
+            }
+            _ => {
+                let link = host.read_link_utf8().with_context(|| format!("cannot read {host}"))?;
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                archive
+                    .append_link(&mut header, inside, &link)
+                    .with_context(|| format!("cannot add {host}"))?;
+                skipped.push(format!(
+                    "{host} links outside the project (or too deep): copied as a link to {link}, \
+                     not what it points to"
+                ));
+                return Ok(());
+            }
+        }
+    }
+    if kind.is_dir() {
+        archive.append_dir(inside, host).with_context(|| format!("cannot read {host}"))?;
+        let mut children: Vec<_> = host
+            .read_dir_utf8()
+            .with_context(|| format!("cannot read {host}"))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot read {host}"))?;
+        children.sort_by(|a, b| a.file_name().cmp(b.file_name()));
+        for child in children {
+            if always_ignored(child.file_name()) {
+                continue;
+            }
+            let name = format!("{inside}/{}", child.file_name());
+            add_entry(archive, root, child.path(), &name, depth, skipped)?;
+        }
+        return Ok(());
+    }
+    if !kind.is_file() {
+        skipped.push(format!("{host} is not a file, a directory or a link (a socket, say)"));
+        return Ok(());
+    }
+    let mut file = std::fs::File::open(host).with_context(|| format!("cannot read {host}"))?;
+    archive.append_file(inside, &mut file).with_context(|| format!("cannot read {host}"))
 }
 
 /// The processes whose parent is the container's main process: the app a reload replaces.

@@ -76,3 +76,102 @@ fn globs_match_whole_components() {
     assert!(glob("*", ""));
     assert!(!glob("gen", "generated"));
 }
+
+/// A scratch project for the sync's own tests.
+fn project(name: &str) -> Utf8PathBuf {
+    let dir = Utf8PathBuf::try_from(std::env::temp_dir())
+        .unwrap()
+        .join(format!("watch-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pkg")).unwrap();
+    dir.canonicalize_utf8().unwrap()
+}
+
+/// The entries of a sync archive: name, kind, and a file's text or a link's target.
+fn entries(bytes: Vec<u8>) -> Vec<(String, tar::EntryType, String)> {
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    let mut found = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        let mut text = String::new();
+        if kind.is_symlink() {
+            text = entry.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+        } else if kind.is_file() {
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+        }
+        found.push((name.trim_end_matches('/').to_owned(), kind, text));
+    }
+    found
+}
+
+#[test]
+fn the_sync_skips_what_cannot_be_copied_and_follows_links_only_inside_the_project() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let root = project("links");
+    let pkg = root.join("pkg");
+    std::fs::write(pkg.join("api.py"), "good edit").unwrap();
+    std::fs::write(root.join("shared.py"), "shared inside").unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(pkg.join("test.sock")).unwrap();
+    symlink(root.join("shared.py"), pkg.join("inside.py")).unwrap();
+    let outside = root.with_file_name(format!("outside-secret-{}", std::process::id()));
+    std::fs::write(&outside, "TOP SECRET").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(&outside, pkg.join("leak.txt")).unwrap();
+    symlink(&pkg, pkg.join("loop")).unwrap();
+    std::fs::create_dir_all(pkg.join("__pycache__")).unwrap();
+    std::fs::write(pkg.join("__pycache__/api.pyc"), "bytecode").unwrap();
+
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut skipped = Vec::new();
+    add_entry(&mut archive, &root, &pkg, "app/pkg", 0, &mut skipped).unwrap();
+    let found = entries(archive.into_inner().unwrap());
+    let file = |name: &str| found.iter().find(|(n, _, _)| n == name).cloned();
+    assert_eq!(file("app/pkg/api.py").unwrap().2, "good edit", "{found:?}");
+    assert_eq!(file("app/pkg/inside.py").unwrap().2, "shared inside", "a link inside is followed");
+    let leak = file("app/pkg/leak.txt").unwrap();
+    assert!(leak.1.is_symlink() && leak.2 == outside.as_str(), "copied as a link: {leak:?}");
+    assert!(!found.iter().any(|(_, _, text)| text == "TOP SECRET"), "{found:?}");
+    assert!(file("app/pkg/test.sock").is_none(), "a socket is skipped: {found:?}");
+    assert!(file("app/pkg/__pycache__/api.pyc").is_none(), "{found:?}");
+    // The loop (pkg/loop -> pkg) is followed a bounded number of times, then copied as a link.
+    assert!(found.len() < 200, "a link loop ends: {} entries", found.len());
+    let said = skipped.join("\n");
+    assert!(said.contains("test.sock is not a file") && said.contains("leak.txt links outside"));
+    std::fs::remove_file(&outside).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_directory_removed_and_made_again_is_watched_anew_and_synced_whole() {
+    let root = project("returning");
+    let pkg = root.join("pkg");
+    let (sender, events) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(sender).unwrap();
+    let points = vec![(pkg.clone(), notify::RecursiveMode::Recursive)];
+    watcher.watch(pkg.as_std_path(), notify::RecursiveMode::Recursive).unwrap();
+    let mut returning = Returning::new(&points);
+    let mut paths = BTreeSet::new();
+    returning.look(&mut watcher, &mut paths).unwrap();
+    assert!(paths.is_empty(), "nothing is back that was not gone");
+
+    std::fs::remove_dir_all(&pkg).unwrap();
+    returning.look(&mut watcher, &mut paths).unwrap();
+    assert!(paths.is_empty() && returning.lost.contains(&pkg));
+
+    std::fs::create_dir_all(&pkg).unwrap();
+    returning.look(&mut watcher, &mut paths).unwrap();
+    assert_eq!(paths, BTreeSet::from([pkg.clone()]), "the whole directory is synced");
+    // And it is watched again: an edit inside it is an event.
+    while events.try_recv().is_ok() {}
+    std::fs::write(pkg.join("api.py"), "edit").unwrap();
+    let seen = (0..50).any(|_| {
+        matches!(
+            events.recv_timeout(Duration::from_millis(100)),
+            Ok(Ok(event)) if event.paths.iter().any(|p| p.ends_with("api.py"))
+        )
+    });
+    assert!(seen, "an edit in the directory made again is seen");
+    let _ = std::fs::remove_dir_all(&root);
+}
