@@ -323,6 +323,7 @@ fn ci_dry_run_lists_each_step_in_order_and_runs_nothing() {
             "# repo",
             "# hadolint",
             "# actionlint",
+            "# python",
             "# build",
             "# docker",
             "# e2e",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import random
 import struct
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
@@ -20,6 +21,11 @@ from pydantic import BaseModel, Field, field_validator
 from . import __version__, auth
 from .config import Settings
 from .db import Database, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import redis
 
 log = logging.getLogger("memories")
 
@@ -50,25 +56,27 @@ class Cache:
 
     def __init__(self, url: str | None, ttl: int) -> None:
         self.ttl = ttl
-        self.client = None
+        self.client: redis.Redis | None = None
         if url:
             import redis
 
             self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
-    def _key(self, vector: str, k: int) -> str | None:
-        generation = self.client.get("memories:generation") or b"0"
+    def _key(self, client: redis.Redis, vector: str, k: int) -> str:
+        generation = client.get("memories:generation") or b"0"
+        if isinstance(generation, bytes):
+            generation = generation.decode()
         digest = hashlib.sha256(f"{vector}|{k}".encode()).hexdigest()
-        return f"memories:search:{generation.decode()}:{digest}"
+        return f"memories:search:{generation}:{digest}"
 
     def get(self, vector: str, k: int) -> tuple[str | None, list | None]:
         if self.client is None:
             return None, None
         try:
-            key = self._key(vector, k)
+            key = self._key(self.client, vector, k)
             cached = self.client.get(key)
             return key, (json.loads(cached) if cached is not None else None)
-        except Exception as err:  # noqa: BLE001 - a cache failure must never fail a search.
+        except Exception as err:
             log.warning("redis unavailable, searching the database: %s", err)
             return None, None
 
@@ -77,7 +85,7 @@ class Cache:
             return
         try:
             self.client.set(key, json.dumps(results), ex=self.ttl)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.warning("redis unavailable, result not cached: %s", err)
 
     def invalidate(self) -> None:
@@ -85,7 +93,7 @@ class Cache:
             return
         try:
             self.client.incr("memories:generation")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.warning("redis unavailable, cache not invalidated: %s", err)
 
 
@@ -99,7 +107,9 @@ def _vector_literal(values: list[float], dim: int) -> str:
     if len(values) != dim:
         raise HTTPException(
             status_code=422,
-            detail=f"embedding has {len(values)} values, this service expects {dim} (EMBEDDING_DIM)",
+            detail=(
+                f"embedding has {len(values)} values, this service expects {dim} (EMBEDDING_DIM)"
+            ),
         )
     if not all(math.isfinite(v) for v in values):
         raise HTTPException(status_code=422, detail="embedding values must be finite numbers")
@@ -161,10 +171,12 @@ def _insert_once(
                 detail="this Idempotency-Key was used with another body: use a new key",
             )
         return False, first[1]
-    (memory_id,) = conn.execute(
-        "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
-        (text, vector),
-    ).fetchone()
+    (memory_id,) = _one(
+        conn.execute(
+            "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
+            (text, vector),
+        ).fetchone()
+    )
     conn.execute("UPDATE idempotency_keys SET memory_id = %s WHERE key = %s", (memory_id, key))
     # Now and then, the keys past their time go: an indexed range, cheap at any size.
     if random.random() < 0.01:
@@ -173,6 +185,13 @@ def _insert_once(
             (IDEMPOTENCY_KEEP,),
         )
     return True, memory_id
+
+
+def _one(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """The row a `RETURNING` statement gives; none would mean the database lost the write."""
+    if row is None:
+        raise Unavailable("the database returned no row for a write")
+    return row
 
 
 class BodyLimit:
@@ -240,7 +259,8 @@ def create_app(settings: Settings) -> FastAPI:
     cache = Cache(settings.redis_url, settings.cache_ttl)
     dim = settings.embedding_dim
 
-    async def lifespan(_app: FastAPI):
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Open the first connection before serving, so the first health check is a quick one.
         database.open(timeout=settings.db_wait_timeout)
         yield
@@ -311,10 +331,13 @@ def create_app(settings: Settings) -> FastAPI:
         vector = _vector_literal(memory.embedding, dim)
         if idempotency_key is None:
             row = database.run(
-                lambda conn: conn.execute(
-                    "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) RETURNING id",
-                    (memory.text, vector),
-                ).fetchone()
+                lambda conn: _one(
+                    conn.execute(
+                        "INSERT INTO memories (text, embedding) VALUES (%s, %s::vector) "
+                        "RETURNING id",
+                        (memory.text, vector),
+                    ).fetchone()
+                )
             )
             cache.invalidate()
             return {"id": row[0]}
@@ -327,6 +350,7 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             response.headers["Idempotent-Replayed"] = "true"
         return {"id": memory_id}
+
     def search_for(response: Response, values: list[float], k: int) -> list[dict]:
         vector = _vector_literal(values, dim)
         key, cached = cache.get(vector, k)

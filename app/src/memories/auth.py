@@ -140,7 +140,7 @@ class RequireKey:
         )
 
 
-async def send_detail(send, status: int, detail: str, headers: list) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+async def send_detail(send, status: int, detail: str, headers: list) -> None:  # type: ignore[no-untyped-def]
     """Answers from ASGI middleware in the API's error shape: `{"detail": ...}` as JSON."""
     body = json.dumps({"detail": detail}).encode()
     await send(

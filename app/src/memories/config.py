@@ -102,7 +102,9 @@ def database_url(env: dict[str, str]) -> str:
         raise ConfigError(
             "no database configured: set DATABASE_URL=postgresql://USER:PASSWORD@HOST:PORT/DB"
         )
-    missing = [name for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB") if not env.get(name)]
+    missing = [
+        name for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB") if not env.get(name)
+    ]
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set when DATABASE_URL is not")
     user = quote(env["POSTGRES_USER"], safe="")
@@ -125,8 +127,14 @@ def _password(env: dict[str, str]) -> str | None:
     try:
         with open(path, encoding="utf-8") as file:
             password = file.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"POSTGRES_PASSWORD_FILE={path}: cannot read it: {err.strerror or err}") from None
+    except OSError as err:
+        raise ConfigError(
+            f"POSTGRES_PASSWORD_FILE={path}: cannot read it: {err.strerror or err}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"POSTGRES_PASSWORD_FILE={path}: cannot read it: it is not UTF-8"
+        ) from None
     password = password.removesuffix("\n")
     if not password or "\n" in password:
         raise ConfigError(f"POSTGRES_PASSWORD_FILE={path} must hold the password on one line")

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 T = TypeVar("T")
 
+
 class DatabaseError(Exception):
     """The database never became ready or its schema does not fit this service."""
 
@@ -143,9 +144,7 @@ def wait_until_ready(url: str, timeout: float) -> None:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise DatabaseError(
-                f"database at {describe(url)} not ready after {timeout:g}s: {last}"
-            )
+            raise DatabaseError(f"database at {describe(url)} not ready after {timeout:g}s: {last}")
         try:
             with psycopg.connect(url, connect_timeout=max(1, int(min(remaining, 5)))) as conn:
                 conn.execute("SELECT 1").fetchone()

@@ -37,7 +37,7 @@ def preload() -> None:
     try:
         importlib.import_module(f"{APP_PACKAGE}.api")
         importlib.import_module(f"{APP_PACKAGE}.db")
-    except Exception as err:  # noqa: BLE001 - the child reports the same error properly.
+    except Exception as err:
         say(f"cannot preload the app ({type(err).__name__}); starting it anyway")
     for name in [n for n in sys.modules if n == APP_PACKAGE or n.startswith(f"{APP_PACKAGE}.")]:
         del sys.modules[name]
@@ -56,7 +56,7 @@ def start() -> int:
             code = importlib.import_module(f"{APP_PACKAGE}.__main__").main()
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:  # noqa: BLE001 - a broken edit: print it, end this child only.
+        except BaseException:
             import traceback
 
             traceback.print_exc()

@@ -127,7 +127,8 @@ def check(url: str) -> str:
                 raise MigrationError(
                     "the database predates migrations (no alembic_version): `cargo xtask prod "
                     "up` and `prod deploy` stamp it with the baseline "
-                    f"{BASELINE} before any server starts (`cargo xtask db migrate` on the dev stack)"
+                    f"{BASELINE} before any server starts (`cargo xtask db migrate` on the dev "
+                    "stack)"
                 )
             raise MigrationError(
                 "the database has no schema yet: `cargo xtask prod up` and `prod deploy` migrate "
@@ -167,7 +168,11 @@ class Upgraded:
     stamped: bool
 
     def describe(self) -> str:
-        stamped = f"recognised a database made before migrations, stamped {BASELINE}; " if self.stamped else ""
+        stamped = (
+            f"recognised a database made before migrations, stamped {BASELINE}; "
+            if self.stamped
+            else ""
+        )
         if self.before == self.after:
             return f"{stamped}the database is at {self.after}"
         return f"{stamped}migrated the database from {self.before or 'nothing'} to {self.after}"
@@ -194,6 +199,8 @@ def upgrade(url: str, target: str, dim: int) -> Upgraded:
     try:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
+            if raw is None:
+                raise RuntimeError("SQLAlchemy gave no psycopg connection to migrate with")
             conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             # A revision's DDL that waits for a lock holds up every query queued behind it: give
@@ -219,7 +226,9 @@ def upgrade(url: str, target: str, dim: int) -> Upgraded:
             conn.commit()
     except sqlalchemy.exc.DBAPIError as err:
         message = str(err.orig).strip() if err.orig is not None else str(err)
-        raise MigrationError(f"migration to {target} failed, nothing was changed: {message}") from None
+        raise MigrationError(
+            f"migration to {target} failed, nothing was changed: {message}"
+        ) from None
     except MigrationError:
         raise
     except Exception as err:  # A revision's own bug: its transaction was never committed.
@@ -247,7 +256,9 @@ def sql(target: str, dim: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memories.migrate")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upgrade", help="migrate the database to a revision (the newest by default)")
+    up = sub.add_parser(
+        "upgrade", help="migrate the database to a revision (the newest by default)"
+    )
     up.add_argument("--to", default="head", help="the revision to end at (default: head)")
     up.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
     up.add_argument("--json", action="store_true")

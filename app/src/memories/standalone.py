@@ -43,11 +43,16 @@ def init_cluster(pgdata: Path) -> None:
     subprocess.run(
         [
             str(PG_BIN / "initdb"),
-            "--pgdata", str(scratch),
-            "--username", "memories",
-            "--auth-local", "trust",
-            "--auth-host", "reject",
-            "--encoding", "UTF8",
+            "--pgdata",
+            str(scratch),
+            "--username",
+            "memories",
+            "--auth-local",
+            "trust",
+            "--auth-host",
+            "reject",
+            "--encoding",
+            "UTF8",
             "--no-instructions",
         ],
         check=True,
@@ -101,9 +106,12 @@ def main() -> int:
     postgres = subprocess.Popen(
         [
             str(PG_BIN / "postgres"),
-            "-D", str(pgdata),
-            "-c", "listen_addresses=",
-            "-c", f"unix_socket_directories={SOCKET_DIR}",
+            "-D",
+            str(pgdata),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            f"unix_socket_directories={SOCKET_DIR}",
         ],
         # Our own process group, so a Ctrl-C on `docker run -it` reaches only us.
         process_group=0,

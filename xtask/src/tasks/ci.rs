@@ -9,6 +9,7 @@ use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::image::Cache;
+use crate::run::docker;
 use crate::run::interrupt;
 use crate::run::label;
 use crate::run::plan::{self, Plan, Step, Task};
@@ -31,6 +32,9 @@ pub enum CiStep {
     Hadolint,
     /// actionlint on .github/workflows.
     Actionlint,
+    /// The app's own checks: ruff (lint and format), mypy and the unit tests, in the server
+    /// Dockerfile's `check` target (nothing on the host but Docker).
+    Python,
     /// `cargo xtask build`: every image.
     Build,
     /// The Docker-backed tests: images, waits, stacks, releases, bundles.
@@ -53,13 +57,14 @@ pub struct Request {
 }
 
 impl CiStep {
-    pub const ALL: [CiStep; 10] = [
+    pub const ALL: [CiStep; 11] = [
         CiStep::Fmt,
         CiStep::Clippy,
         CiStep::Unit,
         CiStep::Repo,
         CiStep::Hadolint,
         CiStep::Actionlint,
+        CiStep::Python,
         CiStep::Build,
         CiStep::Docker,
         CiStep::E2e,
@@ -74,6 +79,7 @@ impl CiStep {
             CiStep::Repo => "repo",
             CiStep::Hadolint => "hadolint",
             CiStep::Actionlint => "actionlint",
+            CiStep::Python => "python",
             CiStep::Build => "build",
             CiStep::Docker => "docker",
             CiStep::E2e => "e2e",
@@ -147,6 +153,11 @@ impl Commands {
                     .map_or_else(|| Utf8PathBuf::from("actionlint"), tools::Tools::actionlint);
                 vec![Step::new(program.as_str(), &self.root).arg("-no-color")]
             }
+            CiStep::Python => vec![
+                docker::cli(&self.root)
+                    .args(["buildx", "build", "--file", "docker/server/Dockerfile"])
+                    .args(["--target", "check", "--output", "type=cacheonly", "."]),
+            ],
             CiStep::Build => vec![self.xtask().arg("build").args(self.cache_args())],
             CiStep::Docker => vec![self.cargo().args(["test", "--package", "tests"])],
             CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
