@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::{
     Cleanup, arm64_machine, docker, docker_output, http, published_port, pyproject_version,
-    require_docker, unique_name, wait_for_200, xtask_ok,
+    require_docker, unique_name, wait_for_200, xtask_ok, xtask_process,
 };
 
 /// `cargo xtask build --json`, once for the whole binary.
@@ -379,4 +379,43 @@ fn server_start_up_fails_in_one_line_when_the_database_is_wrong_or_absent() {
         assert!(last.starts_with(says), "{env:?}: {stderr}");
         assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
     }
+}
+
+/// A build in which nothing that reaches the image changed (its bake definition, the files it
+/// copies) is answered from the image store: the same refs, digests and platforms as the
+/// build that made them, and no bake. An edited input, or a ref gone from the store, builds
+/// again.
+#[test]
+fn a_build_with_nothing_changed_answers_from_the_store_and_an_edit_builds_again() {
+    require_docker();
+    let copy = tests::RepoCopy::new("0.0.0.dev5");
+    let build = || {
+        let output = xtask_process()
+            .env("MEMORIES_ROOT", &copy.root)
+            .args(["build", "server", "--json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        let built: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (built, stderr.contains("nothing to build"))
+    };
+    let (first, reused) = build();
+    assert!(!reused, "the first build of a new copy builds");
+    let (again, reused) = build();
+    assert!(reused, "nothing changed: nothing to build");
+    assert_eq!(again, first, "the same refs, digests and platforms as the full build");
+
+    let init = copy.path("app/src/memories/__init__.py");
+    let text = std::fs::read_to_string(&init).unwrap();
+    std::fs::write(&init, format!("{text}# an edit\n")).unwrap();
+    let (edited, reused) = build();
+    assert!(!reused, "an edited input builds again");
+    assert_ne!(edited["images"][0]["platforms"], first["images"][0]["platforms"]);
+
+    let reference = edited["images"][0]["refs"][0].as_str().unwrap().to_owned();
+    docker(&["image", "rm", &reference]);
+    let (rebuilt, reused) = build();
+    assert!(!reused, "a ref gone from the store builds again");
+    assert_eq!(rebuilt["images"][0]["platforms"], edited["images"][0]["platforms"]);
 }

@@ -181,3 +181,43 @@ fn flags_reach_the_plan() {
     // The generator, the bake, then each archive pushed.
     assert_eq!(items, ["buildx", "buildx", "\"push\"", "\"push\""]);
 }
+
+#[test]
+fn a_fingerprint_follows_the_inputs_but_not_this_runs_scratch_names() {
+    let root = Utf8PathBuf::try_from(std::env::temp_dir())
+        .unwrap()
+        .join(format!("noop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for input in ImageName::SERVER.inputs() {
+        let path = root.join(input);
+        if input.ends_with('/') || !input.contains('.') {
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("file"), "one").unwrap();
+        } else {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "one").unwrap();
+        }
+    }
+    let request = BuildRequest { images: vec![ImageName::SERVER], ..BuildRequest::default() };
+    let planned = || plan(&root, &revision(), &request);
+    let first = noop::fingerprint(&planned()).unwrap();
+    assert_eq!(noop::fingerprint(&planned()).unwrap(), first, "a plan made again is the same");
+    let mut other_scratch = planned();
+    let at = other_scratch.step.args.iter().position(|a| a == "--metadata-file").unwrap();
+    other_scratch.step.args[at + 1] = root.join("target/xtask/bake-metadata-1.json").to_string();
+    assert_eq!(noop::fingerprint(&other_scratch).unwrap(), first, "scratch names do not count");
+
+    let input = root.join(&ImageName::SERVER.inputs()[0]);
+    let file = if input.is_dir() { input.join("file") } else { input };
+    std::fs::write(&file, "two").unwrap();
+    assert_ne!(noop::fingerprint(&planned()).unwrap(), first, "an input's content counts");
+    std::fs::create_dir_all(root.join("app/__pycache__")).unwrap();
+    let changed = noop::fingerprint(&planned()).unwrap();
+    std::fs::write(root.join("app/__pycache__/x.pyc"), "bytecode").unwrap();
+    assert_eq!(noop::fingerprint(&planned()).unwrap(), changed, "no context holds bytecode");
+
+    let uncached = BuildRequest { no_cache: true, ..request.clone() };
+    let plan = plan(&root, &revision(), &uncached);
+    assert!(noop::reuse(&plan, &first).unwrap().is_none(), "--no-cache always builds");
+    let _ = std::fs::remove_dir_all(&root);
+}
