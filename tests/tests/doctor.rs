@@ -17,3 +17,23 @@ fn doctor_passes_here_with_the_local_registry() {
     }
     assert!(report.contains("linux/arm64"), "the builder can do arm64 here: {report}");
 }
+
+/// Each benchmark of the quick set (`cargo xtask bench`) runs, both sides, once: a peer command
+/// that broke (a flag buildx no longer takes, a compose file moved) fails CI here, not a user.
+#[test]
+fn the_quick_benchmarks_and_their_peers_run() {
+    tests::require_docker();
+    for bench in ["wait", "stack", "build", "startup"] {
+        let output = tests::xtask_process()
+            .args(["bench", bench, "--runs", "1", "--json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "bench {bench}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for side in ["ours", "peer"] {
+            let samples = report[side]["samples_ms"].as_array().map_or(0, Vec::len);
+            assert_eq!(samples, 1, "bench {bench}: {side} ran once: {report}");
+        }
+    }
+}

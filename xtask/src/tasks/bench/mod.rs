@@ -12,10 +12,8 @@ use serde_json::json;
 
 use crate::image::ImageName;
 use crate::image::version::Revision;
-use crate::image::{self, BuildRequest};
 use crate::oci;
 use crate::run::docker;
-use crate::run::label::RunDir;
 use crate::run::plan::{self, Step, Streams};
 use crate::stack::{self, Mode, Stack};
 use crate::tasks::faults;
@@ -25,28 +23,15 @@ use crate::tasks::release;
 pub use deploy::deploy;
 pub use devloop::devloop;
 
-/// A no-op `cargo xtask build server` against the hand-written commands that give the same
-/// image: a `docker buildx build` of the same Dockerfile and target, with the same tags, labels,
-/// `SOURCE_DATE_EPOCH`, attestations and OCI archive, then `docker load` of the archive.
+/// A no-op `cargo xtask build server` (nothing changed since the last build) against the
+/// bare `docker buildx build` a user would type for the same target, each warmed up first.
 pub fn build(root: &Utf8Path, runs: u32) -> Result<Report> {
     docker::require_buildx()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ours = Step::new(&cargo, root).args(["xtask", "build", "server"]);
-    let revision = Revision::read(root)?;
-    let request = BuildRequest {
-        images: vec![ImageName::SERVER],
-        output: image::Output::Store,
-        ..BuildRequest::default()
-    };
-    let plan = image::plan(root, &revision, &request);
-    let generator = plan.generator.as_ref().expect("a reproducible build has a generator");
-    // The peer's SBOM generator: built once here, removed at the end.
-    image::execute(generator).context("cannot build the SBOM generator")?;
-    let archive = RunDir::new(&root.join("target/xtask"), "bench-build-")?;
-    let peer = bare_build(root, &plan, &archive.path().join("server.tar"));
-    let measured = measure(&ours, &peer, runs);
-    let _ = docker::cli(root).args(["image", "rm"]).args(&generator.images[0].refs).capture();
-    let (ours_times, peer_times) = measured?;
+    let peer = bare_build(root);
+    let (ours_times, peer_times) = measure(&ours, &peer, runs)?;
+    let _ = docker::cli(root).args(["image", "rm", BARE_TAG]).capture();
     Ok(Report {
         name: "build",
         ours: Side::new("cargo xtask build server (no-op)", ours_times),
@@ -72,41 +57,15 @@ pub fn startup(root: &Utf8Path, runs: u32) -> Result<Report> {
     })
 }
 
-/// The hand-written commands that give what `cargo xtask build server` gives: the build of
-/// `plan`'s one target into `archive`, and its load (a shell script, as the peer is one).
-fn bare_build(root: &Utf8Path, plan: &image::BuildPlan, archive: &Utf8Path) -> Step {
-    let target = &plan.bake["target"]["server"];
-    let mut step = Step::new("sh", root).args([
-        "-c",
-        "archive=$1; shift; docker buildx build \"$@\" && docker load --quiet --input \"$archive\"",
-        "sh",
-        archive.as_str(),
-    ]);
-    // Our exporter, writing to the peer's own archive.
-    let ours = plan.images[0].archive.as_ref().expect("a reproducible build has an archive");
-    for output in target["output"].as_array().into_iter().flatten() {
-        let output = output.as_str().unwrap_or_default().replace(ours.as_str(), archive.as_str());
-        step = step.args(["--output", &output]);
-    }
-    for attest in target["attest"].as_array().into_iter().flatten() {
-        step = step.args(["--attest", attest.as_str().unwrap_or_default()]);
-    }
-    for (key, value) in target["args"].as_object().into_iter().flatten() {
-        step = step.args([
-            "--build-arg".to_owned(),
-            format!("{key}={}", value.as_str().unwrap_or_default()),
-        ]);
-    }
-    step = step.args(["--file", target["dockerfile"].as_str().unwrap_or_default()]);
-    step = step.args(["--target", target["target"].as_str().unwrap_or_default()]);
-    for tag in target["tags"].as_array().into_iter().flatten() {
-        step = step.args(["--tag", tag.as_str().unwrap_or_default()]);
-    }
-    for (key, value) in target["labels"].as_object().into_iter().flatten() {
-        step = step
-            .args(["--label".to_owned(), format!("{key}={}", value.as_str().unwrap_or_default())]);
-    }
-    step.arg(".")
+/// The tag the bare build gives its image (removed afterwards).
+const BARE_TAG: &str = "memories/bench-bare-build:latest";
+
+/// The bare build of the server's runtime target, into the image store, as a user types it.
+fn bare_build(root: &Utf8Path) -> Step {
+    let entry = ImageName::SERVER.entry();
+    docker::cli(root)
+        .args(["buildx", "build", "--load", "--file", &entry.dockerfile, "--target"])
+        .args([entry.target.as_str(), "--tag", BARE_TAG, "."])
 }
 
 /// `cargo xtask build` of every image for amd64 and arm64 from an empty BuildKit cache (pruned
