@@ -409,3 +409,24 @@ fn the_module_graph_reads_paths_lists_and_super() {
     assert!(graph["wait::checks"].contains("wait::postgres"), "{graph:?}");
     assert!(graph["stack::swarm"].contains("run::label"), "{graph:?}");
 }
+
+#[test]
+fn the_workflow_runs_every_docker_backed_suite_in_a_job_of_its_own() {
+    // A suite added under tests/tests but not to the matrix would never run on GitHub.
+    let workflow = std::fs::read_to_string(root().join(".github/workflows/ci.yml")).unwrap();
+    let listed: BTreeSet<String> = workflow
+        .lines()
+        .skip_while(|l| l.trim() != "suite:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(str::to_owned))
+        .collect();
+    let suites: BTreeSet<String> = std::fs::read_dir(root().join("tests/tests"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap().file_name().into_string().ok()?.strip_suffix(".rs").map(str::to_owned)
+        })
+        .filter(|name| name != "e2e")
+        .collect();
+    assert!(suites.len() > 10, "{suites:?}");
+    assert_eq!(listed, suites, "the ci.yml matrix lists every suite of tests/tests");
+}

@@ -264,6 +264,10 @@ pub struct CiArgs {
     /// The build cache for the build and release steps (see `cargo xtask build --help`).
     #[arg(long, value_name = "CACHE")]
     pub cache: Option<Cache>,
+    /// With the docker step: only this Docker-backed test suite (`tests/tests/NAME.rs`, e.g.
+    /// `images`), repeatable; a CI job of its own per suite runs them side by side.
+    #[arg(long = "suite", value_name = "NAME")]
+    pub suites: Vec<String>,
     #[command(flatten)]
     pub preview: PreviewArgs,
 }
@@ -545,7 +549,12 @@ impl From<PreviewArgs> for Preview {
 
 impl From<CiArgs> for ci::Request {
     fn from(args: CiArgs) -> ci::Request {
-        ci::Request { steps: args.steps, keep_going: args.keep_going, cache: args.cache }
+        ci::Request {
+            steps: args.steps,
+            keep_going: args.keep_going,
+            cache: args.cache,
+            suites: args.suites,
+        }
     }
 }
 

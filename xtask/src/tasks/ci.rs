@@ -54,6 +54,9 @@ pub struct Request {
     pub keep_going: bool,
     /// The build cache the build and release steps read and write.
     pub cache: Option<Cache>,
+    /// The Docker-backed test binaries (`tests/tests/NAME.rs`) the docker step runs; every one
+    /// when empty.
+    pub suites: Vec<String>,
 }
 
 impl CiStep {
@@ -95,6 +98,7 @@ struct Commands {
     cargo: String,
     xtask: String,
     cache: Option<Cache>,
+    suites: Vec<String>,
 }
 
 /// Stands in for the throwaway registry's address in a printed plan.
@@ -159,7 +163,11 @@ impl Commands {
                     .args(["--target", "check", "--output", "type=cacheonly", "."]),
             ],
             CiStep::Build => vec![self.xtask().arg("build").args(self.cache_args())],
-            CiStep::Docker => vec![self.cargo().args(["test", "--package", "tests"])],
+            CiStep::Docker => vec![
+                self.cargo()
+                    .args(["test", "--package", "tests"])
+                    .args(self.suites.iter().flat_map(|s| ["--test", s.as_str()])),
+            ],
             CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
             CiStep::Release => vec![
                 self.xtask()
@@ -171,6 +179,27 @@ impl Commands {
             ],
         }
     }
+}
+
+/// The suites named with `--suite`, each a Docker-backed test binary of `tests/tests` (the
+/// end-to-end suite is the e2e step's).
+fn checked_suites(root: &Utf8Path, suites: &[String]) -> Result<Vec<String>> {
+    let dir = root.join("tests/tests");
+    let known: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".rs").map(str::to_owned))
+        .filter(|name| name != "e2e")
+        .collect();
+    for suite in suites {
+        if !known.contains(suite) {
+            let mut known = known.clone();
+            known.sort();
+            bail!("no Docker-backed test suite {suite}: use one of {}", known.join(", "));
+        }
+    }
+    Ok(suites.to_vec())
 }
 
 /// Every Dockerfile under docker/, sorted, relative to the root.
@@ -226,6 +255,7 @@ pub fn task(root: &Utf8Path, args: &Request) -> Result<CiTask> {
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         xtask: plan::this_xtask()?,
         cache: args.cache.clone(),
+        suites: checked_suites(root, &args.suites)?,
     };
     Ok(CiTask { commands, steps: selected(&args.steps), keep_going: args.keep_going })
 }
@@ -372,7 +402,24 @@ mod tests {
             cargo: "cargo".into(),
             xtask: "/bin/xtask".into(),
             cache: None,
+            suites: Vec::new(),
         }
+    }
+
+    #[test]
+    fn suites_narrow_the_docker_step_to_their_test_binaries() {
+        let all = commands().of(CiStep::Docker, None, THROWAWAY);
+        assert_eq!(all[0].args, ["test", "--package", "tests"]);
+        let two = Commands { suites: vec!["images".into(), "watch".into()], ..commands() };
+        let narrowed = two.of(CiStep::Docker, None, THROWAWAY);
+        assert_eq!(
+            narrowed[0].args,
+            ["test", "--package", "tests", "--test", "images", "--test", "watch"]
+        );
+        let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let err = checked_suites(root, &["e2e".into()]).unwrap_err().to_string();
+        assert!(err.starts_with("no Docker-backed test suite e2e: use one of compose,"), "{err}");
+        assert_eq!(checked_suites(root, &["swarm".into()]).unwrap(), ["swarm"]);
     }
 
     #[test]
