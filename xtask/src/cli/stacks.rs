@@ -98,7 +98,7 @@ pub struct TestArgs {
     /// Leave the stack running afterwards, for a look (it says how to remove it).
     #[arg(long)]
     pub keep: bool,
-    /// Skip `cargo test --workspace`; run only the end-to-end suite.
+    /// Skip the unit, repository and Docker-backed tests; run only the end-to-end suite.
     #[arg(long)]
     pub e2e_only: bool,
     /// The compose project name (default: unique per run, so parallel runs never collide).
@@ -108,9 +108,13 @@ pub struct TestArgs {
     #[arg(long, default_value = "180s", value_parser = crate::wait::parse_duration)]
     pub timeout: Duration,
     /// Only the unit, repository and Docker-backed tests whose names contain this (passed to
-    /// `cargo test --workspace -- FILTER`).
+    /// `cargo test -- FILTER`).
     #[arg(long, value_name = "FILTER", conflicts_with = "e2e_only")]
     pub tests: Option<String>,
+    /// Skip each tier (unit, docker, e2e) whose inputs are unchanged since it last passed on
+    /// this machine, saying why (`ci` always runs everything).
+    #[arg(long)]
+    pub changed: bool,
     #[command(flatten)]
     pub preview: PreviewArgs,
     /// Only the end-to-end tests whose names contain this, after `--`.
@@ -437,6 +441,7 @@ impl From<TestArgs> for TestRequest {
             timeout: args.timeout,
             tests: args.tests,
             filter: args.filter,
+            changed: args.changed,
         }
     }
 }

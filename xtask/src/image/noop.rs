@@ -10,17 +10,14 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::image::{BuildPlan, Built, ImageName, PlatformImage};
 use crate::run::docker;
 use crate::run::label::RunId;
-
-/// Names no build context holds (`.dockerignore`), so no change under them reaches an image.
-const NEVER_IN_CONTEXT: [&str; 7] =
-    ["target", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"];
+use crate::run::tree;
 
 /// Whether `plan` may be answered from an earlier build: a reproducible build into the store,
 /// not asked to ignore the cache.
@@ -62,47 +59,8 @@ pub fn fingerprint(plan: &BuildPlan) -> Result<String> {
     for image in images {
         paths.extend(image.inputs().iter().cloned());
     }
-    for path in paths {
-        hash_tree(&mut hasher, &plan.root, &plan.root.join(&path))?;
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Adds every file under `path` (names, executable bits and contents, in order) to `hasher`.
-fn hash_tree(hasher: &mut Sha256, root: &Utf8Path, path: &Utf8Path) -> Result<()> {
-    let metadata = match path.symlink_metadata() {
-        Ok(metadata) => metadata,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {path}")),
-    };
-    let name = path.file_name().unwrap_or_default();
-    if NEVER_IN_CONTEXT.contains(&name) || name.ends_with(".pyc") {
-        return Ok(());
-    }
-    hasher.update(path.strip_prefix(root).unwrap_or(path).as_str().as_bytes());
-    if metadata.is_dir() {
-        let mut children: Vec<Utf8PathBuf> = path
-            .read_dir_utf8()
-            .with_context(|| format!("cannot read {path}"))?
-            .map(|entry| entry.map(|e| e.path().to_owned()))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot read {path}"))?;
-        children.sort();
-        for child in children {
-            hash_tree(hasher, root, &child)?;
-        }
-    } else if metadata.is_symlink() {
-        let target = path.read_link_utf8().with_context(|| format!("cannot read {path}"))?;
-        hasher.update(target.as_str().as_bytes());
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        let executable = metadata.permissions().mode() & 0o111 != 0;
-        hasher.update([u8::from(executable)]);
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    Ok(())
+    tree::hash_paths(&mut hasher, &plan.root, paths.iter().map(String::as_str))?;
+    Ok(tree::hex(hasher))
 }
 
 /// Where the last build of `plan`'s set of images is kept.

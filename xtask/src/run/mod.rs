@@ -1,7 +1,8 @@
 //! The bottom layer: how a task touches the machine. Every process starts through one door
 //! ([`plan::Step`]), the docker CLI is made in one place ([`docker`]), Ctrl-C and other signals
 //! set one flag ([`interrupt`]), output goes through `say!` and `out!` ([`term`]) with progress
-//! bars ([`progress`]), and what a run creates carries its label ([`label`]).
+//! bars ([`progress`]), what a run creates carries its label ([`label`]), and parts of the working tree have
+//! content fingerprints ([`tree`]).
 
 #[macro_use]
 pub mod term;
@@ -11,3 +12,4 @@ pub mod interrupt;
 pub mod label;
 pub mod plan;
 pub mod progress;
+pub mod tree;

@@ -13,9 +13,11 @@ use crate::run::docker;
 use crate::run::interrupt::{self, Interrupted};
 use crate::run::label::{self, RunId};
 use crate::run::plan::{Plan, Step, Task};
+use crate::run::tree;
 use crate::stack::services::Model;
 use crate::stack::watch::{self, WatchOptions};
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
+use crate::tasks::changed::{Decision, Green, Tier, skipped_note};
 use crate::tasks::reap;
 use crate::wait::{self, Probe, WaitOptions};
 
@@ -289,6 +291,41 @@ pub struct TestRequest {
     pub tests: Option<String>,
     /// Only the end-to-end tests whose names contain these.
     pub filter: Vec<String>,
+    /// Skip each tier whose inputs are unchanged since it last passed here
+    /// ([`crate::tasks::changed`]).
+    pub changed: bool,
+}
+
+impl TestRequest {
+    /// The tiers this run covers, in order.
+    fn tiers(&self) -> Vec<Tier> {
+        if self.e2e_only { vec![Tier::E2e] } else { vec![Tier::Unit, Tier::Docker, Tier::E2e] }
+    }
+
+    /// Whether a pass of this run makes its tiers green: only a run of every test does.
+    fn complete(&self) -> bool {
+        self.tests.is_none() && self.filter.is_empty()
+    }
+
+    /// What each tier does: runs (with its inputs' fingerprint), or is skipped (`--changed`
+    /// and nothing under its inputs changed since it last passed).
+    fn decisions(&self, root: &Utf8Path, green: &Green) -> Result<Vec<(Tier, Decision)>> {
+        self.tiers()
+            .into_iter()
+            .map(|tier| {
+                let decision = green.decide(root, tier)?;
+                let decision = match decision {
+                    Decision::Skip { .. } if self.changed => decision,
+                    Decision::Skip { .. } => {
+                        let fingerprint = tree::fingerprint(root, tier.inputs().iter().copied())?;
+                        Decision::Run { fingerprint }
+                    }
+                    run => run,
+                };
+                Ok((tier, decision))
+            })
+            .collect()
+    }
 }
 
 fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack {
@@ -296,10 +333,12 @@ fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack
     Stack::new(root, Mode::Test, project, &[Profile::Cache], stack::tag(revision))
 }
 
-/// The `cargo test` of the unit, repository and Docker-backed tests.
-fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestRequest) -> Step {
+/// The `cargo test` of a workspace tier: the unit and repository tests (`xtask`), or the
+/// Docker-backed ones (`tests`).
+fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestRequest, tier: Tier) -> Step {
+    let package = if tier == Tier::Unit { "xtask" } else { "tests" };
     Step::new(cargo, root)
-        .args(["test", "--workspace"])
+        .args(["test", "--package", package])
         .args(args.tests.iter().flat_map(|filter| ["--", filter.as_str()]))
 }
 
@@ -323,8 +362,16 @@ fn test_plan(root: &Utf8Path, args: &TestRequest, cargo: &str) -> Result<Plan> {
     let model = stack.model()?;
     let mut plan = Plan::new(format!("test on project {}", stack.project))
         .note("first removes what test runs whose process is gone left (`cargo xtask reap`)");
-    if !args.e2e_only {
-        plan = plan.step(workspace_tests(root, cargo, args));
+    let mut e2e_runs = false;
+    for (tier, decision) in args.decisions(root, &Green::read(root))? {
+        match (tier, decision) {
+            (_, Decision::Skip { passed_at }) => plan = plan.note(skipped_note(tier, &passed_at)),
+            (Tier::E2e, Decision::Run { .. }) => e2e_runs = true,
+            (_, Decision::Run { .. }) => plan = plan.step(workspace_tests(root, cargo, args, tier)),
+        }
+    }
+    if !e2e_runs {
+        return Ok(plan);
     }
     let e2e = e2e_tests(root, cargo, args).env("MEMORIES_URL", "http://127.0.0.1:<server port>");
     Ok(stack::lifecycle_plan(plan, &stack, &model, &revision, test_lifecycle(args), |plan| {
@@ -369,21 +416,47 @@ fn test_execute(root: &Utf8Path, args: &TestRequest, cargo: &str, json: bool) ->
     // This run's id labels what it and its tests create; whatever a signal or a failure
     // leaves of it is removed at the end, and what dead runs left is removed first.
     reap::as_run(root, |run| {
-        test_run(root, args, cargo, run)?;
+        let skipped = test_run(root, args, cargo, run)?;
         if json {
-            out!("{}", serde_json::json!({"run": run.to_string(), "passed": true}));
+            let skipped: Vec<&str> = skipped.iter().map(|t| t.name()).collect();
+            out!(
+                "{}",
+                serde_json::json!({"run": run.to_string(), "passed": true, "skipped": skipped})
+            );
         }
         Ok(())
     })
 }
 
-fn test_run(root: &Utf8Path, args: &TestRequest, cargo: &str, run: RunId) -> Result<()> {
-    if !args.e2e_only {
-        workspace_tests(root, cargo, args)
-            .env(label::ENV, &run.to_string())
-            .run()
-            .context("the unit, repository and Docker-backed tests failed")?;
+/// Runs the tiers that must run, each made green once it passes; returns those skipped.
+fn test_run(root: &Utf8Path, args: &TestRequest, cargo: &str, run: RunId) -> Result<Vec<Tier>> {
+    let mut green = Green::read(root);
+    let mut skipped = Vec::new();
+    for (tier, decision) in args.decisions(root, &green)? {
+        let fingerprint = match decision {
+            Decision::Skip { passed_at } => {
+                say!("{}", skipped_note(tier, &passed_at));
+                skipped.push(tier);
+                continue;
+            }
+            Decision::Run { fingerprint } => fingerprint,
+        };
+        match tier {
+            Tier::E2e => e2e_run(root, args, cargo, run)?,
+            _ => workspace_tests(root, cargo, args, tier)
+                .env(label::ENV, &run.to_string())
+                .run()
+                .with_context(|| format!("the {} tests failed", tier.name()))?,
+        }
+        if args.complete() {
+            green.passed(tier, &fingerprint)?;
+        }
     }
+    Ok(skipped)
+}
+
+/// The end-to-end suite on a stack of its own.
+fn e2e_run(root: &Utf8Path, args: &TestRequest, cargo: &str, run: RunId) -> Result<()> {
     let revision = Revision::read(root)?;
     let mut stack = test_stack(root, args, &revision);
     // A kept stack outlives the run, so it must not carry its label (the next run would reap
@@ -484,5 +557,51 @@ impl Task for RunTask {
             }
             followed
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(changed: bool, e2e_only: bool) -> TestRequest {
+        TestRequest {
+            keep: false,
+            e2e_only,
+            project: None,
+            timeout: Duration::from_secs(1),
+            tests: None,
+            filter: Vec::new(),
+            changed,
+        }
+    }
+
+    #[test]
+    fn only_changed_skips_and_only_a_green_tier() {
+        let root = camino::Utf8PathBuf::try_from(std::env::temp_dir())
+            .unwrap()
+            .join(format!("dev-changed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("app/api.py"), "v1").unwrap();
+        let mut green = Green::read(&root);
+        let fingerprint = tree::fingerprint(&root, Tier::E2e.inputs().iter().copied()).unwrap();
+        green.passed(Tier::E2e, &fingerprint).unwrap();
+        let green = Green::read(&root);
+
+        let kinds = |request: &TestRequest| -> Vec<(&str, bool)> {
+            let decisions = request.decisions(&root, &green).unwrap();
+            decisions.iter().map(|(t, d)| (t.name(), matches!(d, Decision::Skip { .. }))).collect()
+        };
+        assert_eq!(
+            kinds(&request(true, false)),
+            [("unit", false), ("docker", false), ("e2e", true)],
+            "--changed skips the green tier only"
+        );
+        assert_eq!(kinds(&request(false, false)).iter().filter(|(_, s)| *s).count(), 0);
+        assert_eq!(kinds(&request(true, true)), [("e2e", true)]);
+        let filtered = TestRequest { tests: Some("x".into()), ..request(false, false) };
+        assert!(!filtered.complete(), "a filtered run makes nothing green");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
