@@ -380,6 +380,25 @@ pub fn pyproject_version() -> String {
     line.split('"').nth(1).expect("a quoted version").to_owned()
 }
 
+/// Sets the app's version in the repository (or copy) at `root`, where a release bumps it: in
+/// `app/pyproject.toml` and in the project's own entry of `app/uv.lock`, which every image
+/// build checks with `uv sync --locked` (as `uv lock` would write it).
+pub fn set_app_version(root: &std::path::Path, version: &str) {
+    let old = pyproject_version();
+    let edit = |relative: &str, from: String, to: String| {
+        let path = root.join(relative);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&from), "{relative} has no `{from}`");
+        std::fs::write(&path, text.replacen(&from, &to, 1)).unwrap();
+    };
+    edit("app/pyproject.toml", format!("version = \"{old}\""), format!("version = \"{version}\""));
+    edit(
+        "app/uv.lock",
+        format!("name = \"memories\"\nversion = \"{old}\""),
+        format!("name = \"memories\"\nversion = \"{version}\""),
+    );
+}
+
 /// What `platform.machine()` says inside a server image run as linux/arm64 (under qemu here),
 /// after importing the app and its compiled dependencies.
 pub fn arm64_machine(server_image: &str) -> String {
@@ -530,14 +549,7 @@ impl RepoCopy {
             copy_tree(&source.join(dir), &root.join(dir));
         }
         std::fs::copy(source.join(".dockerignore"), root.join(".dockerignore")).unwrap();
-        let pyproject = root.join("app/pyproject.toml");
-        let text = std::fs::read_to_string(&pyproject).unwrap();
-        let text = text.replacen(
-            &format!("version = \"{}\"", pyproject_version()),
-            &format!("version = \"{version}\""),
-            1,
-        );
-        std::fs::write(&pyproject, text).unwrap();
+        set_app_version(&root, version);
         let git = |args: &[&str]| {
             let output = Command::new("git")
                 .args(["-c", "user.name=tests", "-c", "user.email=tests@localhost"])

@@ -213,10 +213,17 @@ fn clone_at_version(dir: &std::path::Path, version: &str) {
         let source = repo_root();
         git(&["clone", "--quiet", source.to_str().unwrap(), "."]);
     }
+    // A clone may already be at another version (an earlier call): the lock follows it.
     let pyproject = dir.join("app/pyproject.toml");
     let text = std::fs::read_to_string(&pyproject).unwrap();
-    let line = text.lines().find(|l| l.starts_with("version")).unwrap();
-    std::fs::write(&pyproject, text.replace(line, &format!("version = \"{version}\""))).unwrap();
+    let line = text.lines().find(|l| l.starts_with("version")).unwrap().to_owned();
+    let current = line.split('"').nth(1).unwrap().to_owned();
+    std::fs::write(&pyproject, text.replace(&line, &format!("version = \"{version}\""))).unwrap();
+    let lock = dir.join("app/uv.lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let entry = |v: &str| format!("name = \"memories\"\nversion = \"{v}\"");
+    assert!(text.contains(&entry(&current)), "uv.lock locks memories {current}");
+    std::fs::write(&lock, text.replacen(&entry(&current), &entry(version), 1)).unwrap();
     git(&["commit", "--quiet", "--all", "--message", &format!("version {version}")]);
 }
 

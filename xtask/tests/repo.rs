@@ -181,6 +181,13 @@ fn python_dependencies_are_locked() {
     let lock = std::fs::read_to_string(root().join("app/uv.lock"))
         .expect("app/uv.lock: run `uv lock` in app/ and commit it");
     assert!(lock.contains("name = \"memories\""), "uv.lock does not lock the memories project");
+    // The images' `uv sync --locked` refuses a lock whose project version is not pyproject's.
+    let pyproject = std::fs::read_to_string(root().join("app/pyproject.toml")).unwrap();
+    let version = pyproject.lines().find(|l| l.starts_with("version = ")).unwrap();
+    assert!(
+        lock.contains(&format!("name = \"memories\"\n{version}\n")),
+        "app/uv.lock does not lock app/pyproject.toml's {version}: run `uv lock` in app/"
+    );
 }
 
 #[test]
