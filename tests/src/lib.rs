@@ -532,7 +532,8 @@ impl Drop for FaultyRegistry {
 }
 
 /// A copy of the repository's build inputs (`app/`, `compose/`, `docker/`, `.dockerignore`) in
-/// a git repository of its own, with app version `version`, for tests that edit sources under
+/// a git repository of its own (ignoring what the repository ignores, so that what a task
+/// writes under `target/` does not make the tree dirty), with app version `version`, for tests that edit sources under
 /// a running task (`MEMORIES_ROOT` points xtask at it). Its images get tags of their own
 /// (`<version>`, `<version>-<sha>`, `sha-<sha>`); dropping it removes those tags and the copy.
 pub struct RepoCopy {
@@ -548,7 +549,9 @@ impl RepoCopy {
         for dir in ["app", "compose", "docker"] {
             copy_tree(&source.join(dir), &root.join(dir));
         }
-        std::fs::copy(source.join(".dockerignore"), root.join(".dockerignore")).unwrap();
+        for file in [".dockerignore", ".gitignore"] {
+            std::fs::copy(source.join(file), root.join(file)).unwrap();
+        }
         set_app_version(&root, version);
         let git = |args: &[&str]| {
             let output = Command::new("git")
