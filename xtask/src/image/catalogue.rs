@@ -129,15 +129,14 @@ impl fmt::Debug for ImageName {
     }
 }
 
-/// The catalogue of the repository root, read on first use. `main` loads it with
-/// [`load`] before anything else, so a broken file is reported there as an error.
+/// The catalogue of the repository root. `main` loads it with [`load`] before anything else,
+/// so a broken file is reported there, in one line, before any task starts; read here on
+/// first use only where nothing loaded it (unit tests), where a broken file is a panic (never
+/// an exit, which would skip what a task cleans up).
 pub fn catalogue() -> &'static Catalogue {
     CATALOGUE.get_or_init(|| {
         let root = crate::project_root();
-        Catalogue::read(&root).unwrap_or_else(|e| {
-            say!("error: {e:#}");
-            std::process::exit(1)
-        })
+        Catalogue::read(&root).unwrap_or_else(|e| panic!("{e:#} (main loads the catalogue first)"))
     })
 }
 
