@@ -35,6 +35,11 @@ impl Tier {
     /// The paths whose content decides the tier's outcome. The unit tier reads the Dockerfiles,
     /// compose files, docs and workflows it checks; the others run what the images and the
     /// stack are made of.
+    /// The content fingerprint of the tier's inputs in the tree at `root`.
+    pub fn fingerprint(self, root: &Utf8Path) -> Result<String> {
+        tree::fingerprint(root, self.inputs().iter().copied())
+    }
+
     pub fn inputs(self) -> &'static [&'static str] {
         const BUILD: [&str; 4] = ["Cargo.toml", "Cargo.lock", ".cargo", "rust-toolchain.toml"];
         match self {
@@ -112,16 +117,12 @@ impl Green {
         Green { file, tiers }
     }
 
-    /// Whether `tier` must run in the tree at `root`.
-    pub fn decide(&self, root: &Utf8Path, tier: Tier) -> Result<Decision> {
-        let fingerprint = tree::fingerprint(root, tier.inputs().iter().copied())?;
-        let kept = &self.tiers.get(tier.name()).cloned().unwrap_or_default();
-        Ok(match (kept["fingerprint"].as_str(), kept["passed_at"].as_str()) {
-            (Some(kept), Some(at)) if kept == fingerprint => {
-                Decision::Skip { passed_at: at.to_owned() }
-            }
-            _ => Decision::Run { fingerprint },
-        })
+    /// When `tier` last passed with its inputs at `fingerprint`, if it did.
+    pub fn passed_at(&self, tier: Tier, fingerprint: &str) -> Option<String> {
+        let kept = self.tiers.get(tier.name())?;
+        (kept["fingerprint"].as_str() == Some(fingerprint))
+            .then(|| kept["passed_at"].as_str().map(str::to_owned))
+            .flatten()
     }
 
     /// Notes that `tier` passed with the inputs `fingerprint` (taken before it ran: a change
@@ -166,26 +167,18 @@ mod tests {
         std::fs::write(root.join("docs/a.md"), "doc").unwrap();
 
         let mut green = Green::read(&root);
-        let Decision::Run { fingerprint } = green.decide(&root, Tier::E2e).unwrap() else {
-            panic!("a tier that never passed runs");
-        };
-        green.passed(Tier::E2e, &fingerprint).unwrap();
+        let passed_at =
+            |green: &Green, tier: Tier| green.passed_at(tier, &tier.fingerprint(&root).unwrap());
+        assert_eq!(passed_at(&green, Tier::E2e), None, "a tier that never passed runs");
+        green.passed(Tier::E2e, &Tier::E2e.fingerprint(&root).unwrap()).unwrap();
         let green = Green::read(&root);
-        let Decision::Skip { passed_at } = green.decide(&root, Tier::E2e).unwrap() else {
-            panic!("nothing changed: skipped");
-        };
-        assert!(skipped_note(Tier::E2e, &passed_at).starts_with("skipped e2e: nothing under"));
+        let at = passed_at(&green, Tier::E2e).expect("nothing changed: skipped");
+        assert!(skipped_note(Tier::E2e, &at).starts_with("skipped e2e: nothing under"));
         std::fs::write(root.join("docs/a.md"), "another doc").unwrap();
-        assert!(
-            matches!(green.decide(&root, Tier::E2e).unwrap(), Decision::Skip { .. }),
-            "the docs are not an input of e2e"
-        );
-        assert!(
-            matches!(green.decide(&root, Tier::Unit).unwrap(), Decision::Run { .. }),
-            "the unit tier never passed here"
-        );
+        assert!(passed_at(&green, Tier::E2e).is_some(), "the docs are not an input of e2e");
+        assert_eq!(passed_at(&green, Tier::Unit), None, "the unit tier never passed here");
         std::fs::write(root.join("app/src/api.py"), "v2").unwrap();
-        assert!(matches!(green.decide(&root, Tier::E2e).unwrap(), Decision::Run { .. }));
+        assert_eq!(passed_at(&green, Tier::E2e), None);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

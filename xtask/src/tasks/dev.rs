@@ -13,7 +13,6 @@ use crate::run::docker;
 use crate::run::interrupt::{self, Interrupted};
 use crate::run::label::{self, RunId};
 use crate::run::plan::{Plan, Step, Task};
-use crate::run::tree;
 use crate::stack::services::Model;
 use crate::stack::watch::{self, WatchOptions};
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
@@ -313,14 +312,10 @@ impl TestRequest {
         self.tiers()
             .into_iter()
             .map(|tier| {
-                let decision = green.decide(root, tier)?;
-                let decision = match decision {
-                    Decision::Skip { .. } if self.changed => decision,
-                    Decision::Skip { .. } => {
-                        let fingerprint = tree::fingerprint(root, tier.inputs().iter().copied())?;
-                        Decision::Run { fingerprint }
-                    }
-                    run => run,
+                let fingerprint = tier.fingerprint(root)?;
+                let decision = match green.passed_at(tier, &fingerprint) {
+                    Some(passed_at) if self.changed => Decision::Skip { passed_at },
+                    _ => Decision::Run { fingerprint },
                 };
                 Ok((tier, decision))
             })
@@ -585,7 +580,7 @@ mod tests {
         std::fs::create_dir_all(root.join("app")).unwrap();
         std::fs::write(root.join("app/api.py"), "v1").unwrap();
         let mut green = Green::read(&root);
-        let fingerprint = tree::fingerprint(&root, Tier::E2e.inputs().iter().copied()).unwrap();
+        let fingerprint = Tier::E2e.fingerprint(&root).unwrap();
         green.passed(Tier::E2e, &fingerprint).unwrap();
         let green = Green::read(&root);
 
