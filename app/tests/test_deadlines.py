@@ -99,3 +99,21 @@ def test_work_queued_past_its_deadline_never_starts(database: Database) -> None:
     release.set()
     holder.join()
     assert ran == [], "work that waited past its deadline for a connection never ran"
+
+
+def test_the_pool_retries_a_lost_database_steadily_not_with_a_growing_backoff() -> None:
+    # psycopg_pool's default waits 1, 2, 4, 8, 16 s between attempts: a database back after a
+    # few seconds would wait for the pool's next try, with every request answered 503 meanwhile.
+    import psycopg_pool.base
+    import psycopg_pool.pool
+
+    Database("postgresql://memories@127.0.0.1:1/memories")
+    assert psycopg_pool.pool.AttemptWithBackoff is psycopg_pool.base.AttemptWithBackoff, (
+        "the pool no longer retries with the policy memories.db sets"
+    )
+    attempt = psycopg_pool.base.AttemptWithBackoff(timeout=300)
+    delays = []
+    for _ in range(12):
+        attempt.update_delay(time.monotonic())
+        delays.append(attempt.delay)
+    assert all(0 < d <= db.RECONNECT_EVERY * 1.2 for d in delays), delays

@@ -131,8 +131,11 @@ fn data_survives_a_server_restart() {
     docker(&["restart", "--time", "5", &server_container(&project)]);
     let (port, _) = stack();
     wait_for_200(port, "/v1/health", Duration::from_secs(60));
-    let (_, found, _) = get_json(port, &search_path(&embedding(250, 0.7), 1));
-    assert_eq!(found[0]["id"].as_i64(), Some(id), "{found}");
+    // The suite may run again on a kept stack, which holds the rows of earlier runs at the same
+    // distance: the row is among the nearest, not necessarily first.
+    let (_, found, _) = get_json(port, &search_path(&embedding(250, 0.7), 20));
+    let ids: Vec<i64> = found.as_array().unwrap().iter().filter_map(|r| r["id"].as_i64()).collect();
+    assert!(ids.contains(&id), "{found}");
 }
 
 /// Input that PostgreSQL or pgvector cannot store as given is refused with 422 and a reason,

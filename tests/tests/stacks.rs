@@ -53,7 +53,10 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
             .lines()
             .filter(|l| l.contains("error") || l.contains("panicked") || l.contains("FAILED"))
             .collect();
-        assert!(output.status.success(), "{project}: {errors:#?}");
+        // What `test` printed of its stack when the suite failed: `ps` and each service's
+        // last log lines.
+        let state = stderr.find("--- state of stack").map_or("", |at| &stderr[at..]);
+        assert!(output.status.success(), "{project}: {errors:#?}\n{state}");
         assert!(stderr.contains("test result: ok. 9 passed"), "{project} ran the e2e suite");
         assert_eq!(
             leftovers(&project_label(project)),

@@ -43,6 +43,28 @@ CONNECTION_SETTINGS = {
 }
 
 
+# How often the pool tries again to connect while the database is away. psycopg_pool's own
+# retries back off (1 s, 2 s, 4 s, 8 s, ... for up to 5 minutes), so after a database restart
+# of a few seconds the pool could wait 8 s or more before its next attempt, and meanwhile every
+# request got 503 from a database that was back. One connection attempt every half second to a
+# database that is away costs nothing.
+RECONNECT_EVERY = 0.5
+
+
+def _retry_steadily() -> None:
+    """Makes the pool retry a failed connection every `RECONNECT_EVERY` seconds, never slower.
+
+    psycopg_pool has no setting for it: this sets its retry policy's class attributes (the
+    process has one pool). `test_deadlines.py` counts the attempts, so an upgrade that moves
+    them fails there, not in production.
+    """
+    from psycopg_pool.base import AttemptWithBackoff
+
+    AttemptWithBackoff.INITIAL_DELAY = RECONNECT_EVERY
+    AttemptWithBackoff.DELAY_JITTER = 0.2
+    AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
 # How long the caller waits past a request's deadline for the work's own outcome. The work
 # enforces the deadline itself (the server cancels a statement at it, and a transaction
 # finished after it is rolled back), so the answer the client gets is what happened; only a
@@ -68,6 +90,7 @@ class Database:
     """
 
     def __init__(self, url: str, max_size: int = 8, timeout: float = 3.0) -> None:
+        _retry_steadily()
         self.pool = ConnectionPool(
             url,
             min_size=1,
