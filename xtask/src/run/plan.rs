@@ -249,6 +249,21 @@ impl Step {
         Ok(supervised.into())
     }
 
+    /// Like [`Step::run`], with the step's stdout and stderr written to `log` (replaced) in
+    /// the order they came, for a step that runs beside others whose output must not mix
+    /// with its own. The caller shows the log.
+    pub fn run_logged(&self, log: &camino::Utf8Path) -> Result<()> {
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        let file = std::fs::File::create(log).with_context(|| format!("cannot create {log}"))?;
+        let output = self.supervise(Stop::OnInterrupt, Capture::File(file))?.output;
+        if interrupt::is_set() {
+            return Err(Interrupted.into());
+        }
+        self.check(&output.status)
+    }
+
     fn echo(&self) {
         if !self.quiet {
             say!("$ {self}");
@@ -277,6 +292,7 @@ impl Step {
             Capture::Stdout => expression.stdout_capture(),
             Capture::Nothing if self.stdout_is_data => expression,
             Capture::Nothing => expression.stdout_to_stderr(),
+            Capture::File(file) => expression.stdout_file(file).stderr_to_stdout(),
         };
         for (key, value) in &self.env {
             expression = expression.env(key, value);

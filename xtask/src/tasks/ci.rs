@@ -1,9 +1,11 @@
 //! `cargo xtask ci`: every check CI makes, in order, as xtask steps, so "green locally" means
 //! "green in CI"; then one summary table (or JSON) with each step's status and time.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use clap::ValueEnum;
 use serde_json::{Value, json};
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 use crate::image::Cache;
 use crate::run::docker;
 use crate::run::interrupt;
-use crate::run::label;
+use crate::run::label::{self, RunId};
 use crate::run::plan::{self, Plan, Step, Task};
 use crate::tasks::reap;
 use crate::tasks::registry::Throwaway;
@@ -163,11 +165,12 @@ impl Commands {
                     .args(["--target", "check", "--output", "type=cacheonly", "."]),
             ],
             CiStep::Build => vec![self.xtask().arg("build").args(self.cache_args())],
-            CiStep::Docker => vec![
-                self.cargo()
-                    .args(["test", "--package", "tests"])
-                    .args(self.suites.iter().flat_map(|s| ["--test", s.as_str()])),
-            ],
+            CiStep::Docker => {
+                let [builds, stacks] = lanes(&self.suites());
+                let mut steps = vec![self.compile_docker_tests()];
+                steps.extend(builds.iter().chain(&stacks).map(|suite| self.docker_suite(suite)));
+                steps
+            }
             CiStep::E2e => vec![self.xtask().args(["test", "--e2e-only"])],
             CiStep::Release => vec![
                 self.xtask()
@@ -181,21 +184,69 @@ impl Commands {
     }
 }
 
-/// The suites named with `--suite`, each a Docker-backed test binary of `tests/tests` (the
-/// end-to-end suite is the e2e step's).
-fn checked_suites(root: &Utf8Path, suites: &[String]) -> Result<Vec<String>> {
-    let dir = root.join("tests/tests");
-    let known: Vec<String> = std::fs::read_dir(&dir)
+impl Commands {
+    /// The suites the docker step runs: those named with `--suite`, or every one.
+    fn suites(&self) -> Vec<String> {
+        if self.suites.is_empty() { docker_suites(&self.root) } else { self.suites.clone() }
+    }
+
+    /// Builds the Docker-backed test binaries once, before the lanes run them.
+    fn compile_docker_tests(&self) -> Step {
+        self.cargo()
+            .args(["test", "--package", "tests", "--no-run"])
+            .args(self.suites.iter().flat_map(|s| ["--test", s.as_str()]))
+    }
+
+    /// One Docker-backed suite, `tests/tests/SUITE.rs`.
+    fn docker_suite(&self, suite: &str) -> Step {
+        self.cargo().args(["test", "--package", "tests", "--test", suite])
+    }
+}
+
+/// The suites of the docker step's first lane: those that build images for two platforms
+/// from empty caches (busy on CPU, and careful to build under names of their own). The second
+/// lane runs every other suite, the stacks and swarms that mostly wait, and those that build
+/// only under the names `cargo xtask build` gives this checkout (the swarm tests re-point
+/// `memories/*:<version>`, so everything that builds those stays in one lane). A new suite
+/// goes to the second lane unless it is named here. Each lane took about 1,100 s alone on a
+/// 2-core machine (stop 35's `cargo xtask ci`: reproducible 628 s, release 448 s, doctor 35 s;
+/// stacks 416 s, swarm 304 s, images 151 s, swarm_nodes 108 s, the rest 180 s).
+const BUILDS_LANE: [&str; 3] = ["reproducible", "release", "doctor"];
+
+/// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
+/// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
+/// (its longest, started while the other lane is busiest).
+fn lanes(suites: &[String]) -> [Vec<String>; 2] {
+    let builds: Vec<String> = BUILDS_LANE
+        .iter()
+        .filter(|name| suites.iter().any(|s| s == *name))
+        .map(|name| (*name).to_owned())
+        .collect();
+    let mut stacks: Vec<String> = suites.iter().filter(|s| !builds.contains(s)).cloned().collect();
+    stacks.sort_by_key(|s| (s != "stacks", s.clone()));
+    [builds, stacks]
+}
+
+/// Every Docker-backed test binary, `tests/tests/NAME.rs` but the end-to-end suite (the e2e
+/// step's), sorted.
+fn docker_suites(root: &Utf8Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(root.join("tests/tests"))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".rs").map(str::to_owned))
         .filter(|name| name != "e2e")
         .collect();
+    found.sort();
+    found
+}
+
+/// The suites named with `--suite`, each a Docker-backed test binary of `tests/tests` (the
+/// end-to-end suite is the e2e step's).
+fn checked_suites(root: &Utf8Path, suites: &[String]) -> Result<Vec<String>> {
+    let known = docker_suites(root);
     for suite in suites {
         if !known.contains(suite) {
-            let mut known = known.clone();
-            known.sort();
             bail!("no Docker-backed test suite {suite}: use one of {}", known.join(", "));
         }
     }
@@ -283,7 +334,7 @@ impl Task for CiTask {
 }
 
 fn run(commands: &Commands, steps: &[CiStep], keep_going: bool, json: bool) -> Result<()> {
-    let outcomes = run_steps(steps, keep_going, |step| execute(commands, step));
+    let outcomes = run_steps(steps, keep_going, |step| execute(commands, step, keep_going));
     print_summary(&outcomes, json);
     if interrupt::is_set() {
         return Err(interrupt::Interrupted.into());
@@ -335,7 +386,7 @@ fn run_steps(
     outcomes
 }
 
-fn execute(commands: &Commands, step: CiStep) -> Result<()> {
+fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
     let linters = match step {
         CiStep::Hadolint | CiStep::Actionlint => Some(tools::ensure(&commands.root)?),
         _ => None,
@@ -348,15 +399,98 @@ fn execute(commands: &Commands, step: CiStep) -> Result<()> {
     let steps = commands.of(step, linters.as_ref(), address);
     let result = match step {
         // The Docker-backed tests are a test run: what they leave is removed at the end.
-        CiStep::Docker => reap::as_run(&commands.root, |run| {
-            steps.into_iter().try_for_each(|s| s.env(label::ENV, &run.to_string()).run())
-        }),
+        CiStep::Docker => {
+            reap::as_run(&commands.root, |run| docker_lanes(commands, run, keep_going))
+        }
         _ => steps.iter().try_for_each(Step::run),
     };
     if let Some(registry) = &registry {
         registry.untag_local(&format!("{}/ci", registry.address));
     }
     result
+}
+
+/// How one suite of the docker step went.
+struct SuiteOutcome {
+    suite: String,
+    lane: &'static str,
+    status: Status,
+    duration: Duration,
+}
+
+/// The docker step: the test binaries built once, then the two [`lanes`] at the same time.
+/// Each suite's output goes to `target/xtask/ci/SUITE.log` and is shown whole when the suite
+/// ends, so the lanes' outputs never mix; a table of each suite's time ends the step. After a
+/// failure neither lane starts another suite, unless `keep_going`.
+fn docker_lanes(commands: &Commands, run: RunId, keep_going: bool) -> Result<()> {
+    let run = run.to_string();
+    commands.compile_docker_tests().env(label::ENV, &run).run()?;
+    let logs = commands.root.join("target/xtask/ci");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {logs}"))?;
+    let failed = AtomicBool::new(false);
+    let showing = Mutex::new(());
+    let started = Instant::now();
+    let lane = |name: &'static str, suites: &[String]| {
+        let mut outcomes = Vec::new();
+        for suite in suites {
+            let stop = interrupt::is_set() || (failed.load(Ordering::SeqCst) && !keep_going);
+            if stop {
+                let duration = Duration::ZERO;
+                let (suite, status) = (suite.clone(), Status::Skipped);
+                outcomes.push(SuiteOutcome { suite, lane: name, status, duration });
+                continue;
+            }
+            let log = logs.join(format!("{suite}.log"));
+            let begun = Instant::now();
+            let result = commands.docker_suite(suite).env(label::ENV, &run).run_logged(&log);
+            let duration = begun.elapsed();
+            let status = if result.is_ok() { Status::Passed } else { Status::Failed };
+            if result.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            let _shown = showing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            say!("==> ci: docker: {suite} ({name} lane), its output ({log}):");
+            let text = std::fs::read(&log).unwrap_or_default();
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &text);
+            say!(
+                "==> ci: docker: {suite} {} in {:.1}s{}",
+                status.as_str(),
+                duration.as_secs_f64(),
+                result.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+            );
+            outcomes.push(SuiteOutcome { suite: suite.clone(), lane: name, status, duration });
+        }
+        outcomes
+    };
+    let [builds, stacks] = lanes(&commands.suites());
+    let outcomes: Vec<SuiteOutcome> = std::thread::scope(|scope| {
+        let first = scope.spawn(|| lane("builds", &builds));
+        let second = lane("stacks", &stacks);
+        let mut first = first.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        first.extend(second);
+        first
+    });
+    let wall = started.elapsed();
+    say!("{:<14} {:<7} {:<8} {:>9}", "suite", "lane", "status", "time");
+    for o in &outcomes {
+        let time = format!("{:.1}s", o.duration.as_secs_f64());
+        say!("{:<14} {:<7} {:<8} {:>9}", o.suite, o.lane, o.status.as_str(), time);
+    }
+    let sum: Duration = outcomes.iter().map(|o| o.duration).sum();
+    say!(
+        "the suites took {:.1}s one after another, {:.1}s in two lanes",
+        sum.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    if interrupt::is_set() {
+        return Err(interrupt::Interrupted.into());
+    }
+    let failures: Vec<&str> =
+        outcomes.iter().filter(|o| o.status == Status::Failed).map(|o| o.suite.as_str()).collect();
+    if !failures.is_empty() {
+        bail!("the Docker-backed suites {} failed (their output is above)", failures.join(", "));
+    }
+    Ok(())
 }
 
 fn print_summary(outcomes: &[Outcome], json: bool) {
@@ -406,20 +540,55 @@ mod tests {
         }
     }
 
+    fn repo() -> &'static Utf8Path {
+        Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+    }
+
     #[test]
     fn suites_narrow_the_docker_step_to_their_test_binaries() {
-        let all = commands().of(CiStep::Docker, None, THROWAWAY);
-        assert_eq!(all[0].args, ["test", "--package", "tests"]);
-        let two = Commands { suites: vec!["images".into(), "watch".into()], ..commands() };
-        let narrowed = two.of(CiStep::Docker, None, THROWAWAY);
+        let shown = |commands: &Commands| -> Vec<String> {
+            commands.of(CiStep::Docker, None, THROWAWAY).iter().map(|s| s.to_string()).collect()
+        };
+        let two = Commands {
+            root: repo().to_owned(),
+            suites: vec!["images".into(), "reproducible".into()],
+            ..commands()
+        };
         assert_eq!(
-            narrowed[0].args,
-            ["test", "--package", "tests", "--test", "images", "--test", "watch"]
+            shown(&two),
+            [
+                "cargo test --package tests --no-run --test images --test reproducible",
+                "cargo test --package tests --test reproducible",
+                "cargo test --package tests --test images",
+            ]
         );
-        let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let all = shown(&Commands { root: repo().to_owned(), ..commands() });
+        assert_eq!(all[0], "cargo test --package tests --no-run");
+        assert_eq!(all.len(), 1 + docker_suites(repo()).len(), "{all:?}");
+        let root = repo();
         let err = checked_suites(root, &["e2e".into()]).unwrap_err().to_string();
         assert!(err.starts_with("no Docker-backed test suite e2e: use one of compose,"), "{err}");
         assert_eq!(checked_suites(root, &["swarm".into()]).unwrap(), ["swarm"]);
+    }
+
+    #[test]
+    fn every_suite_runs_in_exactly_one_lane_and_the_builds_lane_names_real_suites() {
+        let suites = docker_suites(repo());
+        for name in BUILDS_LANE {
+            assert!(suites.iter().any(|s| s == name), "BUILDS_LANE names no suite {name}");
+        }
+        let [builds, stacks] = lanes(&suites);
+        assert_eq!(builds, BUILDS_LANE);
+        assert_eq!(stacks[0], "stacks", "the longest of its lane starts first");
+        let mut both: Vec<String> = builds.iter().chain(&stacks).cloned().collect();
+        both.sort();
+        assert_eq!(both, suites, "each suite once");
+        // The swarm tests re-point the local version tags: what builds those shares a lane.
+        for name in ["swarm", "swarm_nodes", "images", "stacks", "wait"] {
+            assert!(stacks.iter().any(|s| s == name), "{name} runs in the stacks lane");
+        }
+        let [builds, stacks] = lanes(&["watch".into(), "doctor".into()]);
+        assert_eq!((builds, stacks), (vec!["doctor".to_owned()], vec!["watch".to_owned()]));
     }
 
     #[test]

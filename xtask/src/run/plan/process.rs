@@ -154,12 +154,14 @@ pub(super) enum Stop {
 }
 
 /// What [`Step::supervise`] keeps of the command's output.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) enum Capture {
     /// Stdout goes to our stderr (or stdout for data), stderr passes through.
     Nothing,
     Stdout,
     Both,
+    /// Stdout and stderr, in the order they were written, into one file.
+    File(std::fs::File),
 }
 
 pub(super) struct Supervised {
