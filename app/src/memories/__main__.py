@@ -46,6 +46,12 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # One JSON line per request on stdout, the message alone (memories.telemetry).
+    access = logging.getLogger("memories.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
     log = logging.getLogger("memories")
     try:
         settings = config.load()

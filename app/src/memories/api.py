@@ -16,11 +16,13 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, field_validator
 
 from . import __version__, auth
 from .config import Settings
 from .db import Database, Unavailable
+from .telemetry import Observe, Telemetry, route_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -258,6 +260,8 @@ def create_app(settings: Settings) -> FastAPI:
     database = Database(settings.database_url, timeout=settings.request_timeout)
     cache = Cache(settings.redis_url, settings.cache_ttl)
     dim = settings.embedding_dim
+    telemetry = Telemetry(otlp=settings.otlp_endpoint is not None, revision=settings.revision)
+    telemetry.pool_stats = database.pool.get_stats
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -265,6 +269,7 @@ def create_app(settings: Settings) -> FastAPI:
         database.open(timeout=settings.db_wait_timeout)
         yield
         database.close()
+        telemetry.shutdown()
 
     app = FastAPI(title="memories", version=__version__, lifespan=lifespan)
 
@@ -282,6 +287,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, err: Unavailable) -> JSONResponse:
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, err)
+        telemetry.unavailable.add(1, {"route": route_of(request.scope)})
         return JSONResponse(
             status_code=503,
             content={"detail": "the database is unavailable, try again shortly"},
@@ -308,6 +314,11 @@ def create_app(settings: Settings) -> FastAPI:
         if private:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "ok", "version": __version__, "database": "ok"})
+
+    # For Prometheus on the stack's network: open like health (the proxy never forwards it).
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/version")
     def version() -> dict:
@@ -340,6 +351,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
             )
             cache.invalidate()
+            telemetry.inserts.add(1)
             return {"id": row[0]}
         digest = hashlib.sha256(json.dumps([memory.text, vector]).encode()).digest()
         stored, memory_id = database.run(
@@ -347,6 +359,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         if stored:
             cache.invalidate()
+            telemetry.inserts.add(1)
         else:
             response.headers["Idempotent-Replayed"] = "true"
         return {"id": memory_id}
@@ -356,6 +369,7 @@ def create_app(settings: Settings) -> FastAPI:
         key, cached = cache.get(vector, k)
         if cached is not None:
             response.headers["X-Cache"] = "hit"
+            telemetry.searches.add(1, {"cache": "hit"})
             return cached
         rows = database.run(
             lambda conn: conn.execute(
@@ -367,6 +381,7 @@ def create_app(settings: Settings) -> FastAPI:
         results = [{"id": r[0], "text": r[1], "distance": float(r[2])} for r in rows]
         cache.put(key, results)
         response.headers["X-Cache"] = "miss" if cache.client is not None else "off"
+        telemetry.searches.add(1, {"cache": response.headers["X-Cache"]})
         return results
 
     @app.get("/v1/memories/search")
@@ -386,6 +401,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Added last, so it runs first: a request without a key is refused before its body
         # is read.
         app.add_middleware(auth.RequireKey, keys=keys)
+    # Added last of all, so it sees every request, those the key check or the limit refuse too.
+    app.add_middleware(Observe, telemetry=telemetry)
 
     if settings.otlp_endpoint:
         _instrument(app)

@@ -19,7 +19,8 @@ import time
 
 log = logging.getLogger("memories")
 
-OPEN_PATHS = frozenset({"/v1/health"})
+# `/metrics` is for Prometheus on the stack's network; the proxy never forwards it.
+OPEN_PATHS = frozenset({"/v1/health", "/metrics"})
 
 
 class KeyFileError(Exception):

@@ -40,6 +40,9 @@ class Settings:
     max_body: int
     # The API key file (memories.auth); None: no keys needed (dev).
     api_keys_file: str | None
+    # The source revision this build came from, for the `memories_build_info` metric
+    # (`MEMORIES_REVISION`; "unknown" when not given).
+    revision: str = "unknown"
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -170,4 +173,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         migrate_on_start=_flag(env, "MIGRATE_ON_START"),
         max_body=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
         api_keys_file=env.get("API_KEYS_FILE") or None,
+        revision=env.get("MEMORIES_REVISION") or "unknown",
     )
