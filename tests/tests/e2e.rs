@@ -294,3 +294,42 @@ fn an_insert_answered_503_behind_a_lock_is_never_stored_and_a_retry_stores_one_r
     assert!(misused.body.contains("Idempotency-Key"), "{}", misused.body);
     assert_eq!(count_texts(&project, &text), 1);
 }
+
+/// The value of the series `line_start` (a metric name and its labels, as Prometheus's text
+/// format writes them) in the server's `GET /metrics`, or 0 when it has none yet.
+fn metric(port: u16, line_start: &str) -> f64 {
+    let response = http("GET", port, "/metrics", None).expect("GET /metrics answers");
+    assert_eq!(response.status, 200, "{}", response.body);
+    response
+        .body
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn the_server_counts_its_requests_by_route_and_status_and_names_each_one() {
+    // Alone: the counts must move by exactly what this test sends.
+    let _alone = STACK.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (port, _) = stack();
+    let ok = r#"memories_requests_total{method="GET",route="/v1/version",status="200"}"#;
+    let bad = r#"memories_requests_total{method="GET",route="/v1/memories/search",status="422"}"#;
+    let unmatched = r#"memories_requests_total{method="GET",route="unmatched",status="404"}"#;
+    let before = (metric(port, ok), metric(port, bad), metric(port, unmatched));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, _, headers) = get_json(port, "/v1/version");
+        assert_eq!(status, 200);
+        let id = headers.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap();
+        ids.push(id.trim().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each request its own id: {ids:?}");
+    assert_eq!(get_json(port, "/v1/memories/search?embedding=x").0, 422);
+    assert_eq!(get_json(port, "/no/such/path/42").0, 404);
+    let after = (metric(port, ok), metric(port, bad), metric(port, unmatched));
+    assert_eq!(after, (before.0 + 3.0, before.1 + 1.0, before.2 + 1.0));
+    assert_eq!(metric(port, "memories_build_info{"), 1.0, "the build's info");
+}

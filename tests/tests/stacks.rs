@@ -57,7 +57,7 @@ fn two_parallel_test_runs_pass_and_leave_nothing_behind() {
         // last log lines.
         let state = stderr.find("--- state of stack").map_or("", |at| &stderr[at..]);
         assert!(output.status.success(), "{project}: {errors:#?}\n{state}");
-        assert!(stderr.contains("test result: ok. 9 passed"), "{project} ran the e2e suite");
+        assert!(stderr.contains("test result: ok. 10 passed"), "{project} ran the e2e suite");
         assert_eq!(
             leftovers(&project_label(project)),
             Vec::<String>::new(),
@@ -746,6 +746,7 @@ fn prod_edge_limits_fit_real_searches_and_refuse_floods() {
     let body = json!({"text": "a real embedding", "embedding": embedding}).to_string();
     let created = http("POST", port, "/v1/memories", Some(&body)).unwrap();
     assert_eq!(created.status, 201, "{}", created.body);
+    a_request_is_traced_from_the_edge_to_one_server_line(&project, port, &created);
     let values: Vec<String> = embedding.iter().map(|v| format!("{v:?}")).collect();
     let query = format!("/v1/memories/search?k=1&embedding={}", values.join("%2C"));
     assert!(query.len() > 30_000, "a long line: {}", query.len());
@@ -823,6 +824,74 @@ fn prod_edge_limits_fit_real_searches_and_refuse_floods() {
     assert!(answers.iter().all(|a| a.status == 200 || a.status == 429), "nothing else fails");
     assert!(limited.iter().all(|a| a.headers.contains("retry-after: 1")), "{:?}", limited[0]);
     eprintln!("burst of 60: {} limited", limited.len());
+}
+
+/// The id the edge gave `created` (its `X-Request-Id`) is in one proxy access line and in
+/// exactly one line of all the servers' logs; a client's own `traceparent` is replaced at the
+/// edge; the servers' metrics counted the insert, and the edge never serves them.
+fn a_request_is_traced_from_the_edge_to_one_server_line(
+    project: &str,
+    port: u16,
+    created: &tests::Response,
+) {
+    let id = created
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {}", created.headers))
+        .trim()
+        .to_owned();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let forged = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer =
+        tests::http_with("GET", port, "/v1/version", &[("traceparent", forged)], None).unwrap();
+    assert!(!answer.headers.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{}", answer.headers);
+    let metrics = http("GET", port, "/metrics", None).unwrap();
+    assert_eq!(metrics.status, 404, "the edge never serves the metrics: {}", metrics.body);
+
+    let logs = |service: &str| -> Vec<String> {
+        let containers = tests::service_containers(project, service);
+        let mut lines = Vec::new();
+        for container in containers.lines() {
+            let out = tests::docker_output(&["logs", container]);
+            lines.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+            lines.extend(String::from_utf8_lossy(&out.stderr).lines().map(str::to_owned));
+        }
+        lines
+    };
+    // The access lines are written as the answers go out: give them a moment to be logged.
+    let start = Instant::now();
+    let (proxy, server) = loop {
+        let (proxy, server) = (logs("proxy"), logs("server"));
+        let found = |lines: &[String]| lines.iter().filter(|l| l.contains(&id)).count();
+        if (found(&proxy) >= 1 && found(&server) >= 1) || start.elapsed() > Duration::from_secs(10)
+        {
+            break (proxy, server);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let proxy: Vec<&String> = proxy.iter().filter(|l| l.contains(&id)).collect();
+    assert_eq!(proxy.len(), 1, "{proxy:#?}");
+    let line: Value = serde_json::from_str(proxy[0]).expect("the proxy logs JSON");
+    assert_eq!((line["method"].as_str(), line["status"].as_u64()), (Some("POST"), Some(201)));
+    let server: Vec<&String> = server.iter().filter(|l| l.contains(&id)).collect();
+    assert_eq!(server.len(), 1, "exactly one server line: {server:#?}");
+    let line: Value = serde_json::from_str(server[0]).expect("the server logs JSON");
+    assert_eq!(line["route"], "/v1/memories", "{line}");
+    assert_eq!(line["continued"], true, "the server continued the edge's trace: {line}");
+
+    let count = "memories_requests_total{method=\"POST\",route=\"/v1/memories\",status=\"201\"}";
+    let mut counted = 0.0;
+    for server in tests::service_containers(project, "server").lines() {
+        let read = "import urllib.request\n\
+                    print(urllib.request.urlopen('http://127.0.0.1:8283/metrics').read().decode())";
+        let text = docker(&["exec", server, "python", "-c", read]);
+        counted += text
+            .lines()
+            .find_map(|l| l.strip_prefix(count))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+    }
+    assert_eq!(counted, 1.0, "the insert, counted once over the servers");
 }
 
 /// API keys on a prod stack: 401 without a key or with a wrong or revoked one, health open
