@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use camino::Utf8PathBuf;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use crate::image::{BuildPlan, Built, ImageName, PlatformImage};
 use crate::run::docker;
 use crate::run::label::RunId;
-use crate::run::tree;
+use crate::run::{atomic, tree};
 
 /// Whether `plan` may be answered from an earlier build: a reproducible build into the store,
 /// not asked to ignore the cache.
@@ -140,11 +140,6 @@ pub fn record(plan: &BuildPlan, fingerprint: &str, built: &[Built]) -> Result<()
         })
         .collect();
     let kept = json!({"fingerprint": fingerprint, "built": entries});
-    let dir = file.parent().expect("a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-    // Written whole and renamed, so a build killed meanwhile leaves the old record or none.
-    let partial = file.with_extension(format!("json.{}", std::process::id()));
-    std::fs::write(&partial, format!("{kept:#}\n"))
-        .with_context(|| format!("cannot write {partial}"))?;
-    std::fs::rename(&partial, &file).with_context(|| format!("cannot write {file}"))
+    // Replaced whole, so a build killed meanwhile leaves the old record or none.
+    atomic::write(&file, format!("{kept:#}\n").as_bytes())
 }

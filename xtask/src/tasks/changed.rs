@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 
 use crate::image::version::rfc3339_utc;
-use crate::run::tree;
+use crate::run::{atomic, tree};
 
 /// One tier of `cargo xtask test`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,12 +133,8 @@ impl Green {
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
         let entry = json!({"fingerprint": fingerprint, "passed_at": rfc3339_utc(now)});
         self.tiers.insert(tier.name().to_owned(), entry);
-        let dir = self.file.parent().expect("a directory");
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-        let partial = self.file.with_extension(format!("json.{}", std::process::id()));
         let text = serde_json::to_string_pretty(&self.tiers).expect("JSON serialises");
-        std::fs::write(&partial, text).with_context(|| format!("cannot write {partial}"))?;
-        std::fs::rename(&partial, &self.file).with_context(|| format!("cannot write {}", self.file))
+        atomic::write(&self.file, text.as_bytes())
     }
 }
 
