@@ -182,9 +182,7 @@ impl Commands {
             ],
         }
     }
-}
 
-impl Commands {
     /// The suites the docker step runs: those named with `--suite`, or every one.
     fn suites(&self) -> Vec<String> {
         if self.suites.is_empty() { docker_suites(&self.root) } else { self.suites.clone() }
