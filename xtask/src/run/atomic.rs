@@ -48,10 +48,9 @@ mod tests {
         write(&file, b"one").unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "one");
 
-        // A writer killed between write and rename: a process that has exited.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        // A writer killed between write and rename: an id no process can have (Linux's
+        // process ids stay below 2^22).
+        let dead = u32::MAX;
         let abandoned = dir.join(format!(".green.json.partial-{dead}"));
         std::fs::write(&abandoned, b"half").unwrap();
         // A writer still running (init never exits), and another file's partial.
