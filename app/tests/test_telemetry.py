@@ -150,3 +150,11 @@ def test_pool_gauges_and_build_info(telemetry: Telemetry) -> None:
     assert sample(text, "memories_db_pool_connections", state="idle") == 1
     assert sample(text, "memories_db_pool_waiting") == 2
     assert sample(text, "memories_build_info", version=__version__, revision="abc1234") == 1
+
+
+def test_database_up_is_asked_at_each_scrape(telemetry: Telemetry) -> None:
+    assert "memories_db_up" not in telemetry.exposition().decode(), "no database, no gauge"
+    answers = iter([1, 0])
+    telemetry.database_up = lambda: next(answers)
+    assert sample(telemetry.exposition().decode(), "memories_db_up") == 1
+    assert sample(telemetry.exposition().decode(), "memories_db_up") == 0

@@ -234,8 +234,10 @@ fn a_database_that_does_not_answer_gives_503_fast_and_no_error_text() {
     assert_eq!(response.status, 503, "{}", response.body);
     assert!(response.headers.contains("retry-after"), "{}", response.headers);
     assert!(!response.body.contains("connection"), "{}", response.body);
+    assert_eq!(metric(port, "memories_db_up "), 0.0, "a scrape sees the database away");
     drop(paused);
     wait_for_200(port, "/v1/health", Duration::from_secs(30));
+    assert_eq!(metric(port, "memories_db_up "), 1.0, "and back");
     let (status, found, _) = get_json(port, &search_path(&embedding(330, 0.1), 1));
     assert_eq!(status, 200, "{found}");
     // The insert answered 503 was rolled back when its stuck statement returned.

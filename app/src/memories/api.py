@@ -263,6 +263,16 @@ def create_app(settings: Settings) -> FastAPI:
     telemetry = Telemetry(otlp=settings.otlp_endpoint is not None, revision=settings.revision)
     telemetry.pool_stats = database.pool.get_stats
 
+    def database_up() -> int:
+        # Asked at each scrape, with a deadline short enough for the scrape's own.
+        try:
+            database.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=0.5)
+        except (Unavailable, psycopg.Error):
+            return 0
+        return 1
+
+    telemetry.database_up = database_up
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Open the first connection before serving, so the first health check is a quick one.

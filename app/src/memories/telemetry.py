@@ -90,7 +90,8 @@ class Telemetry:
     """The server's instruments and the readers that take them out.
 
     `pool_stats` is read at each collection: a function returning psycopg_pool's
-    `get_stats()` (its `pool_size`, `pool_available` and `requests_waiting`).
+    `get_stats()` (its `pool_size`, `pool_available` and `requests_waiting`). So is
+    `database_up`: 1 when the database answers a query within its short deadline, else 0.
     """
 
     def __init__(self, otlp: bool = False, revision: str = "unknown") -> None:
@@ -132,6 +133,13 @@ class Telemetry:
             "memories.searches", unit="1", description="searches, by where the answer came from"
         )
         self.pool_stats: Callable[[], dict[str, int]] | None = None
+        self.database_up: Callable[[], int] | None = None
+        meter.create_observable_gauge(
+            "memories.db.up",
+            callbacks=[self._database_up],
+            unit="1",
+            description="1 when the database answered a query at this scrape, else 0",
+        )
         meter.create_observable_gauge(
             "memories.db.pool.connections",
             callbacks=[self._pool_connections],
@@ -158,6 +166,9 @@ class Telemetry:
         stats = self.pool_stats()
         size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
         return [Observation(size - idle, {"state": "in_use"}), Observation(idle, {"state": "idle"})]
+
+    def _database_up(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [] if self.database_up is None else [Observation(self.database_up())]
 
     def _pool_waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.pool_stats is None:
