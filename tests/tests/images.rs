@@ -51,7 +51,7 @@ fn every_image_builds_with_its_tags_labels_and_digest() {
     .unwrap();
     let images = built()["images"].as_array().expect("images");
     let names: Vec<&str> = images.iter().map(|i| i["image"].as_str().unwrap()).collect();
-    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy"]);
+    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
     for image in images {
         let digest = image["digest"].as_str().expect("a digest per image");
         assert!(digest.starts_with("sha256:"), "{digest}");
@@ -72,7 +72,7 @@ fn every_image_builds_with_its_tags_labels_and_digest() {
 
 #[test]
 fn runtime_images_run_as_non_root() {
-    for image in ["server", "standalone", "db", "redis", "proxy"] {
+    for image in ["server", "standalone", "db", "redis", "proxy", "prometheus"] {
         let uid = docker(&["run", "--rm", "--entrypoint", "id", &image_ref(image), "-u"]);
         assert_ne!(uid, "0", "{image} runs as root");
     }

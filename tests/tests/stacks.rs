@@ -21,7 +21,7 @@ fn built() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         require_docker();
-        xtask_ok(&["build", "server", "db", "redis", "proxy", "standalone"]);
+        xtask_ok(&["build", "server", "db", "redis", "proxy", "standalone", "prometheus"]);
     });
 }
 
@@ -892,6 +892,92 @@ fn a_request_is_traced_from_the_edge_to_one_server_line(
             .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
     }
     assert_eq!(counted, 1.0, "the insert, counted once over the servers");
+}
+
+/// One instant query to the stack's Prometheus, from inside its container: the value of each
+/// series it answers.
+fn prometheus_query(prometheus: &str, expr: &str) -> Vec<f64> {
+    let out = docker(&[
+        "exec",
+        prometheus,
+        "promtool",
+        "query",
+        "instant",
+        "-o",
+        "json",
+        "http://127.0.0.1:9090",
+        expr,
+    ]);
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    answer
+        .as_array()
+        .unwrap_or_else(|| panic!("{expr}: {out}"))
+        .iter()
+        .map(|s| s["value"][1].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Monitoring on a prod stack (MONITORING=on): 100 requests through the proxy, 10 of them
+/// invalid, reach Prometheus as 100 requests and 10 client errors summed over the two server
+/// replicas, each of which it scrapes; a wrong MONITORING is refused before anything starts.
+#[test]
+fn prod_monitoring_counts_requests_over_every_replica() {
+    built();
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-prod-mon");
+    cleanup.project(&project);
+    let port = free_port();
+    let prod = |monitoring: &str| {
+        xtask_process()
+            .args(["prod", "up", "--no-build"])
+            .env("POSTGRES_PASSWORD", unique_name("mon-pw"))
+            .env("API_KEYS", "off")
+            .env("TLS", "off")
+            .env("PROXY_PORT", port.to_string())
+            .env("COMPOSE_PROJECT_NAME", &project)
+            .env("BACKUP_EVERY", "off")
+            .env("MONITORING", monitoring)
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    let refused = prod("yes");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("MONITORING=yes is not a choice: set on"), "{stderr}");
+    assert_eq!(leftovers(&project_label(&project)), Vec::<String>::new(), "nothing started");
+
+    let up = prod("on");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    for n in 0..100 {
+        let (path, status) = if n % 10 == 0 {
+            ("/v1/memories/search?embedding=x", 422)
+        } else {
+            ("/v1/version", 200)
+        };
+        let answer = http("GET", port, path, None).expect("an answer");
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+    }
+    let prometheus = first_container(&project, "prometheus", Duration::from_secs(30));
+    let requests = r#"sum(memories_requests_total{route!~"/v1/health|/metrics"})"#;
+    let client_errors = r#"sum(memories_requests_total{status=~"4.."})"#;
+    let replicas = r#"count(up{job="server"} == 1)"#;
+    let start = Instant::now();
+    let seen = loop {
+        let seen = (
+            prometheus_query(&prometheus, requests),
+            prometheus_query(&prometheus, client_errors),
+            prometheus_query(&prometheus, replicas),
+        );
+        if seen == (vec![100.0], vec![10.0], vec![2.0]) || start.elapsed() > Duration::from_secs(60)
+        {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(seen, (vec![100.0], vec![10.0], vec![2.0]), "requests, 4xx, replicas scraped");
+    let rules = prometheus_query(&prometheus, "count(ALERTS) or vector(0)");
+    assert_eq!(rules, vec![0.0], "no alert fires on a healthy stack");
 }
 
 /// API keys on a prod stack: 401 without a key or with a wrong or revoked one, health open

@@ -276,9 +276,9 @@ mod tests {
     #[test]
     fn the_repository_catalogue_declares_every_image_once_in_order() {
         let names: Vec<&str> = ImageName::all().iter().map(|i| i.as_str()).collect();
-        assert_eq!(names[..5], ["server", "standalone", "db", "redis", "proxy"]);
+        assert_eq!(names[..6], ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
         let released: Vec<&str> = ImageName::released().iter().map(|i| i.as_str()).collect();
-        assert_eq!(released, ["server", "standalone", "db", "redis", "proxy"]);
+        assert_eq!(released, ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
         assert!(ImageName::SERVER < ImageName::DB && ImageName::DB < ImageName::NODE);
         assert_eq!(ImageName::named("proxy").entry().target, "proxy");
         let unknown = ImageName::parse("nginx").unwrap_err();

@@ -87,6 +87,9 @@ pub enum Profile {
     /// An OpenTelemetry collector receiving the server's traces (its upstream image must be
     /// pullable).
     Otel,
+    /// Prometheus scraping the servers, with alert rules (prod, `MONITORING=on`).
+    #[value(skip)]
+    Monitoring,
 }
 
 impl Profile {
@@ -94,6 +97,7 @@ impl Profile {
         match self {
             Profile::Cache => "cache",
             Profile::Otel => "otel",
+            Profile::Monitoring => "monitoring",
         }
     }
 }
@@ -242,7 +246,8 @@ impl Stack {
     pub fn all_profiles(&self) -> Stack {
         let profiles = match self.mode {
             Mode::Run => Vec::new(),
-            Mode::Dev | Mode::Test | Mode::Prod => vec![Profile::Cache, Profile::Otel],
+            Mode::Dev | Mode::Test => vec![Profile::Cache, Profile::Otel],
+            Mode::Prod => vec![Profile::Cache, Profile::Otel, Profile::Monitoring],
         };
         Stack { profiles, ..self.clone() }
     }

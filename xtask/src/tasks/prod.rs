@@ -16,7 +16,7 @@ use crate::stack::migrations;
 use crate::stack::services::Model;
 use crate::stack::swarm;
 use crate::stack::tls::Edge;
-use crate::stack::{self, Lifecycle, Mode, Stack};
+use crate::stack::{self, Lifecycle, Mode, Profile, Stack};
 use crate::tasks::dev::{long_lived, print_endpoints};
 
 mod release_phase;
@@ -85,6 +85,11 @@ pub fn task(root: &Utf8Path, action: ProdAction, env_files: Vec<Utf8PathBuf>) ->
     let project = stack::project_name("memories-prod");
     let mut stack = Stack::new(root, Mode::Prod, project, &[], stack::tag(&revision));
     stack.env_files = env_files;
+    match stack.setting("MONITORING").as_deref() {
+        None | Some("" | "off") => {}
+        Some("on") => stack.profiles.push(Profile::Monitoring),
+        Some(other) => bail!("MONITORING={other} is not a choice: set on (Prometheus) or off"),
+    }
     // The tasks that start or print the stack check how it serves HTTPS (files read and
     // checked) before anything else; the rest name the same compose files from the settings.
     let starts =
