@@ -201,15 +201,15 @@ impl Commands {
     }
 }
 
-/// The suites of the docker step's first lane: those that build images for two platforms
-/// from empty caches (busy on CPU, and careful to build under names of their own). The second
-/// lane runs every other suite, the stacks and swarms that mostly wait, and those that build
-/// only under the names `cargo xtask build` gives this checkout (the swarm tests re-point
-/// `memories/*:<version>`, so everything that builds those stays in one lane). A new suite
-/// goes to the second lane unless it is named here. Each lane took about 1,100 s alone on a
-/// 2-core machine (stop 35's `cargo xtask ci`: reproducible 628 s, release 448 s, doctor 35 s;
-/// stacks 416 s, swarm 304 s, images 151 s, swarm_nodes 108 s, the rest 180 s).
-const BUILDS_LANE: [&str; 3] = ["reproducible", "release", "doctor"];
+/// The suites of the docker step's first lane: those that build only under names of their
+/// own (`localhost/repro-*`), busy on CPU for minutes. The second lane runs every other suite:
+/// each of those may write this checkout's own tags (`memories/*:<version>`: the swarm tests
+/// build them from a checkout, the release tests load a bundle of them, the benchmarks build
+/// them), and two writers of one tag at once make one of them find the other's image. A CI run
+/// with `release` and `doctor` in this lane failed on exactly that: a bundle's
+/// `memories/db:<version>` loaded while the swarm test rebuilt it. A new suite goes to the
+/// second lane unless it is named here.
+const BUILDS_LANE: [&str; 1] = ["reproducible"];
 
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
 /// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
@@ -582,11 +582,11 @@ mod tests {
         both.sort();
         assert_eq!(both, suites, "each suite once");
         // The swarm tests re-point the local version tags: what builds those shares a lane.
-        for name in ["swarm", "swarm_nodes", "images", "stacks", "wait"] {
+        for name in ["swarm", "swarm_nodes", "images", "stacks", "wait", "release", "doctor"] {
             assert!(stacks.iter().any(|s| s == name), "{name} runs in the stacks lane");
         }
-        let [builds, stacks] = lanes(&["watch".into(), "doctor".into()]);
-        assert_eq!((builds, stacks), (vec!["doctor".to_owned()], vec!["watch".to_owned()]));
+        let [builds, stacks] = lanes(&["watch".into(), "reproducible".into()]);
+        assert_eq!((builds, stacks), (vec!["reproducible".to_owned()], vec!["watch".to_owned()]));
     }
 
     #[test]
