@@ -209,7 +209,12 @@ impl Commands {
 /// with `release` and `doctor` in this lane failed on exactly that: a bundle's
 /// `memories/db:<version>` loaded while the swarm test rebuilt it. A new suite goes to the
 /// second lane unless it is named here.
-const BUILDS_LANE: [&str; 1] = ["reproducible"];
+///
+/// Empty for now, so every suite runs in one lane: with `reproducible` beside the rest, a CI run
+/// failed when one of two parallel `test` runs could not build its stack (`docker buildx bake`
+/// failed while `reproducible` emptied BuildKit's cache mounts), and the cause is not yet
+/// pinned down. Put `reproducible` back here once it is: it halves the step.
+const BUILDS_LANE: [&str; 0] = [];
 
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
 /// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
@@ -556,8 +561,8 @@ mod tests {
             shown(&two),
             [
                 "cargo test --package tests --no-run --test images --test reproducible",
-                "cargo test --package tests --test reproducible",
                 "cargo test --package tests --test images",
+                "cargo test --package tests --test reproducible",
             ]
         );
         let all = shown(&Commands { root: repo().to_owned(), ..commands() });
@@ -576,7 +581,7 @@ mod tests {
             assert!(suites.iter().any(|s| s == name), "BUILDS_LANE names no suite {name}");
         }
         let [builds, stacks] = lanes(&suites);
-        assert_eq!(builds, BUILDS_LANE);
+        assert_eq!(builds, BUILDS_LANE.map(str::to_owned));
         assert_eq!(stacks[0], "stacks", "the longest of its lane starts first");
         let mut both: Vec<String> = builds.iter().chain(&stacks).cloned().collect();
         both.sort();
@@ -585,8 +590,8 @@ mod tests {
         for name in ["swarm", "swarm_nodes", "images", "stacks", "wait", "release", "doctor"] {
             assert!(stacks.iter().any(|s| s == name), "{name} runs in the stacks lane");
         }
-        let [builds, stacks] = lanes(&["watch".into(), "reproducible".into()]);
-        assert_eq!((builds, stacks), (vec!["reproducible".to_owned()], vec!["watch".to_owned()]));
+        let [_, stacks] = lanes(&["watch".into(), "stacks".into()]);
+        assert_eq!(stacks, ["stacks", "watch"], "stacks first, the rest in order");
     }
 
     #[test]
