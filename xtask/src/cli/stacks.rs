@@ -171,12 +171,15 @@ pub enum ProdAction {
         #[arg(long, default_value = "300s", value_parser = crate::wait::parse_duration)]
         timeout: Duration,
     },
-    /// Per service of a swarm stack: desired and running replicas, image (by digest), update
-    /// state.
+    /// The prod stack's services (compose: `compose ps`; with --stack, a swarm stack's
+    /// desired and running replicas, images by digest, update states and backups' health),
+    /// and, when monitoring runs (MONITORING=on), the last five minutes' request rate, error
+    /// rate and p99 per scrape job and the alerts, e.g. `cargo xtask prod status --stack
+    /// memories --json`.
     Status {
-        /// The stack name.
-        #[arg(long, default_value = "memories", value_parser = parse_project)]
-        stack: String,
+        /// The swarm stack; the compose prod stack on this engine when not given.
+        #[arg(long, value_parser = parse_project)]
+        stack: Option<String>,
     },
     /// Return services of a swarm stack to their previous spec (every one that has one when
     /// none is named), and wait until they have.

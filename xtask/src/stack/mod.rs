@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod backup;
 mod lifecycle;
 pub mod migrations;
+pub mod monitoring;
 mod secrets;
 pub mod services;
 pub mod swarm;

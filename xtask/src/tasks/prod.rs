@@ -20,6 +20,7 @@ use crate::stack::{self, Lifecycle, Mode, Profile, Stack};
 use crate::tasks::dev::{long_lived, print_endpoints};
 
 mod release_phase;
+mod status;
 
 use release_phase::{DB_SERVICE, release_phase};
 
@@ -45,8 +46,9 @@ pub enum ProdAction {
         source: DeploySource,
         timeout: Duration,
     },
+    /// The compose prod stack's status, or swarm stack `stack`'s.
     Status {
-        stack: String,
+        stack: Option<String>,
     },
     /// Return `services` (every one with a previous spec when empty) to their previous spec.
     Rollback {
@@ -178,11 +180,8 @@ fn execute(
             let source = deploy_source(revision, source);
             deploy_swarm(&stack, revision, &name, &source, timeout)
         }
-        ProdAction::Status { stack: name } => {
-            let statuses = swarm::status(&stack.root, &name)?;
-            print_status(&statuses, Some(&backup::swarm_summary(&stack, &name)), json);
-            Ok(())
-        }
+        ProdAction::Status { stack: Some(name) } => status::swarm(&stack, &name, json),
+        ProdAction::Status { stack: None } => status::compose(&stack, json),
         ProdAction::Keys(file, action) => {
             let file = match file.or_else(|| stack.setting("API_KEYS_FILE").map(Into::into)) {
                 Some(file) => file,
@@ -232,7 +231,7 @@ fn execute(
                 format!("the rollback of {} did not complete", targets.join(", "))
             })?;
             say!("rolled back {}", targets.join(", "));
-            print_status(&swarm::status(&stack.root, &name)?, None, json);
+            status::print(&swarm::status(&stack.root, &name)?, None, None, json);
             Ok(())
         }
     }
@@ -290,48 +289,6 @@ fn deploy_source(revision: &Revision, source: DeploySource) -> swarm::Source {
         },
         DeploySource::Release(file) => swarm::Source::Release(file),
         DeploySource::Local { build } => swarm::Source::Local { build },
-    }
-}
-
-/// The services' states, and the backups' health when `backups` is given (see
-/// [`backup::swarm_summary`]); `--json`: `{"services": [...], "backups": {...}}`.
-fn print_status(statuses: &[swarm::ServiceStatus], backups: Option<&Value>, json: bool) {
-    if json {
-        let all: Vec<Value> = statuses.iter().map(swarm::ServiceStatus::to_json).collect();
-        let mut status = serde_json::json!({"services": all});
-        if let Some(backups) = backups {
-            status["backups"] = backups.clone();
-        }
-        out!("{status:#}");
-        return;
-    }
-    out!("{:<24} {:>8}  {:<20} IMAGE", "SERVICE", "REPLICAS", "UPDATE");
-    for s in statuses {
-        out!(
-            "{:<24} {:>8}  {:<20} {}",
-            s.service,
-            format!("{}/{}", s.running, s.desired),
-            s.update.as_deref().unwrap_or("-"),
-            s.image
-        );
-    }
-    for s in statuses.iter().filter(|s| s.update.is_some()) {
-        if let Some(message) = &s.message {
-            out!("{}: {message}", s.service);
-        }
-    }
-    if let Some(backups) = backups {
-        let health = &backups["health"];
-        let status = health["status"].as_str().unwrap_or("unknown");
-        match health["problem"].as_str() {
-            Some(problem) => out!("backups: {status}: {problem}"),
-            None => out!(
-                "backups: {status}: newest {} (finished {}), WAL archived up to {}",
-                backups["newest"].as_str().unwrap_or("-"),
-                backups["newest_finished"].as_str().unwrap_or("-"),
-                backups["wal_archived_up_to"].as_str().unwrap_or("-")
-            ),
-        }
     }
 }
 
@@ -534,11 +491,7 @@ fn prod_plan(stack: &Stack, revision: &Revision, action: &ProdAction) -> Result<
                 swarm_stack.as_ref().map(|name| format!("<the running {name}_proxy task>"));
             plan.step(certs_step(stack, container.as_deref(), *renew))
         }
-        ProdAction::Status { stack: name } => plan.note(format!(
-            "reads the services of stack {name} (`docker service inspect`, `docker service ps`) \
-             and the backups' health in its db task on this engine (as `prod backups --stack \
-             {name}` does)"
-        )),
+        ProdAction::Status { stack: name } => plan.note(status::describe(stack, name.as_deref())),
         ProdAction::Rollback { stack: name, services, .. } => {
             let services = match services.is_empty() {
                 true => vec!["<each service with a previous spec>".to_owned()],

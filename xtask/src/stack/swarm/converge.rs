@@ -127,7 +127,7 @@ pub(super) fn decide(status: &ServiceStatus, expect: Expect, changed: bool) -> A
         }
         (Some("paused" | "rollback_paused"), _) => {
             return Attempt::Failed(format!(
-                "the update is paused: {message}; see `cargo xtask prod status`"
+                "the update is paused: {message}; see `cargo xtask prod status --stack NAME`"
             ));
         }
         // A rollback of an earlier deploy (a service this deploy left unchanged, such as the
