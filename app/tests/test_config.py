@@ -97,3 +97,22 @@ def test_flags_and_delays_read_as_written() -> None:
     assert settings.migrate_on_start is True
     assert settings.shutdown_delay == 0.0
     assert settings.port == 8283, "an empty value is the default"
+
+
+def test_otlp_endpoints_follow_the_sdk_each_signal_first_then_the_common_one() -> None:
+    settings = config.load({"DATABASE_URL": URL})
+    assert (settings.otlp_traces, settings.otlp_metrics) == (None, None)
+    common = "http://otel-collector:4318"
+    settings = config.load({"DATABASE_URL": URL, "OTEL_EXPORTER_OTLP_ENDPOINT": common})
+    assert (settings.otlp_traces, settings.otlp_metrics) == (common, common)
+    # Prometheus takes metrics only: pointing the metrics alone there leaves traces off.
+    metrics = "http://prometheus:9090/api/v1/otlp/v1/metrics"
+    settings = config.load({"DATABASE_URL": URL, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": metrics})
+    assert (settings.otlp_traces, settings.otlp_metrics) == (None, metrics)
+
+
+@pytest.mark.parametrize("raw", ["otel-collector:4318", "ftp://x", "http://", "http://a b"])
+def test_an_otlp_endpoint_that_is_not_an_http_url_is_refused(raw: str) -> None:
+    env = {"DATABASE_URL": URL, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": raw}
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=.* is not an http"):
+        config.load(env)

@@ -521,6 +521,20 @@ fn prod_is_hardened_keeps_its_password_secret_and_restarts_crashed_servers() {
         start.elapsed()
     );
 
+    // Status without monitoring: the containers, and one line that says monitoring is off.
+    let status = prod(&["status"]);
+    assert!(status.contains("monitoring: not running: set MONITORING=on"), "{status}");
+    let status: Value = serde_json::from_str(&prod(&["status", "--json"])).unwrap();
+    let states: Vec<(&str, &str)> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["service"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    let running = [("db", "running"), ("proxy", "running"), ("server", "running")];
+    assert_eq!(states, [running[0], running[1], running[2], running[2]], "{status:#}");
+    assert_eq!(status["monitoring"]["running"], false, "{status:#}");
+
     // Every db task pointed at the prod project (a leftover COMPOSE_PROJECT_NAME) is refused
     // before it runs anything: the row survives, and so does the volume once the containers
     // are gone.
@@ -919,7 +933,8 @@ fn prometheus_query(prometheus: &str, expr: &str) -> Vec<f64> {
 
 /// Monitoring on a prod stack (MONITORING=on): 100 requests through the proxy, 10 of them
 /// invalid, reach Prometheus as 100 requests and 10 client errors summed over the two server
-/// replicas, each of which it scrapes; a wrong MONITORING is refused before anything starts.
+/// replicas, each of which it scrapes; `prod status` reports them; a wrong MONITORING is refused
+/// before anything starts.
 #[test]
 fn prod_monitoring_counts_requests_over_every_replica() {
     built();
@@ -978,6 +993,26 @@ fn prod_monitoring_counts_requests_over_every_replica() {
     assert_eq!(seen, (vec![100.0], vec![10.0], vec![2.0]), "requests, 4xx, replicas scraped");
     let rules = prometheus_query(&prometheus, "count(ALERTS) or vector(0)");
     assert_eq!(rules, vec![0.0], "no alert fires on a healthy stack");
+
+    // `prod status` carries the same: both replicas up, requests counted, no server error,
+    // a p99, no alert.
+    let status = xtask_process()
+        .args(["prod", "status", "--json"])
+        .env("COMPOSE_PROJECT_NAME", &project)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let monitoring = &status["monitoring"];
+    assert_eq!(monitoring["running"], true, "{status:#}");
+    let server = monitoring["jobs"].as_array().unwrap().iter().find(|j| j["job"] == "server");
+    let server = server.unwrap_or_else(|| panic!("no server job: {status:#}"));
+    assert_eq!((&server["targets_up"], &server["targets"]), (&json!(2), &json!(2)), "{server}");
+    assert!(server["requests_per_second"].as_f64().unwrap() > 0.0, "{server}");
+    assert_eq!(server["error_ratio"], 0.0, "client errors are not server errors: {server}");
+    assert!(server["p99_seconds"].as_f64().unwrap() > 0.0, "{server}");
+    assert_eq!(monitoring["alerts"], json!([]), "{status:#}");
 }
 
 /// API keys on a prod stack: 401 without a key or with a wrong or revoked one, health open

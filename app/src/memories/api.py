@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 from . import __version__, auth
 from .config import Settings
 from .db import Database, Unavailable
-from .telemetry import Observe, Telemetry, route_of
+from .telemetry import Observe, Telemetry, resource, route_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -260,7 +260,7 @@ def create_app(settings: Settings) -> FastAPI:
     database = Database(settings.database_url, timeout=settings.request_timeout)
     cache = Cache(settings.redis_url, settings.cache_ttl)
     dim = settings.embedding_dim
-    telemetry = Telemetry(otlp=settings.otlp_endpoint is not None, revision=settings.revision)
+    telemetry = Telemetry(otlp=settings.otlp_metrics is not None, revision=settings.revision)
     telemetry.pool_stats = database.pool.get_stats
 
     def database_up() -> int:
@@ -414,23 +414,21 @@ def create_app(settings: Settings) -> FastAPI:
     # Added last of all, so it sees every request, those the key check or the limit refuse too.
     app.add_middleware(Observe, telemetry=telemetry)
 
-    if settings.otlp_endpoint:
+    if settings.otlp_traces:
         _instrument(app)
     return app
 
 
 def _instrument(app: FastAPI) -> None:
-    """Exports traces over OTLP/HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT`."""
+    """Exports traces over OTLP/HTTP (to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+    `OTEL_EXPORTER_OTLP_ENDPOINT`, as the SDK's exporter reads them)."""
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "memories", "service.version": __version__})
-    )
+    provider = TracerProvider(resource=resource())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -25,7 +26,10 @@ class Settings:
     database_url: str
     embedding_dim: int
     redis_url: str | None
-    otlp_endpoint: str | None
+    # Where traces and metrics are pushed over OTLP/HTTP, each when set: the signal's own
+    # `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    otlp_traces: str | None
+    otlp_metrics: str | None
     host: str
     port: int
     db_wait_timeout: float
@@ -69,6 +73,22 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
     return value
+
+
+def _otlp(env: dict[str, str], signal: str) -> str | None:
+    """The OTLP/HTTP endpoint of `signal`, as the OpenTelemetry SDK reads it: its own setting
+    first, else the common one; an endpoint that is not an http(s) URL is refused here rather
+    than failing every export later."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        raw = env.get(name, "")
+        if raw == "":
+            continue
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+            raise ConfigError(
+                f"{name}={raw!r} is not an http(s) URL: use e.g. http://otel-collector:4318"
+            )
+        return raw
+    return None
 
 
 def _delay(env: dict[str, str], name: str) -> float:
@@ -163,7 +183,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
         database_url=database_url(env),
         embedding_dim=embedding_dim(env),
         redis_url=env.get("REDIS_URL") or None,
-        otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        otlp_traces=_otlp(env, "TRACES"),
+        otlp_metrics=_otlp(env, "METRICS"),
         host=env.get("HOST", "0.0.0.0"),
         port=_int(env, "PORT", 8283, 1, 65535),
         db_wait_timeout=_float(env, "DB_WAIT_TIMEOUT", 30.0),

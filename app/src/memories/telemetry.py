@@ -3,10 +3,13 @@ proxy's.
 
 Metrics are OpenTelemetry instruments with two readers: Prometheus scrapes `GET /metrics` (the
 SDK's Prometheus reader, into a registry of this server's own), and when
-`OTEL_EXPORTER_OTLP_ENDPOINT` is set the same instruments are also pushed over OTLP/HTTP (every
-`OTEL_METRIC_EXPORT_INTERVAL` ms, the SDK's setting). The SDK rather than prometheus-client
-alone: the OTLP path needs the SDK anyway (it already exports the traces), and one set of
-instruments read twice cannot drift apart the way two sets could.
+`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (else `OTEL_EXPORTER_OTLP_ENDPOINT`) is set the same
+instruments are also pushed over OTLP/HTTP (every `OTEL_METRIC_EXPORT_INTERVAL` ms, the SDK's
+setting). Each replica pushes as its own `service.instance.id` (its host name), so a
+collector summing over replicas adds them up rather than keeping the last.
+The SDK rather than prometheus-client alone: the OTLP path needs the SDK anyway (it already
+exports the traces), and one set of instruments read twice cannot drift apart the way two sets
+could.
 
 Every request carries a W3C trace context: a valid `traceparent` from the client (the proxy's)
 is continued, else a new trace is started. Its trace id is the request id: the server logs it in
@@ -20,6 +23,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -79,6 +83,19 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+def resource() -> Resource:
+    """Who is reporting, for traces and pushed metrics: the service, its version, and this
+    replica (its host name: the container's id under compose and swarm), which keeps the
+    replicas' pushed series apart."""
+    return Resource.create(
+        {
+            "service.name": "memories",
+            "service.version": __version__,
+            "service.instance.id": socket.gethostname(),
+        }
+    )
+
+
 def _nonzero_hex(size: int) -> str:
     while True:
         value = secrets.token_hex(size)
@@ -108,7 +125,7 @@ class Telemetry:
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         self.provider = MeterProvider(
             metric_readers=readers,
-            resource=Resource.create({"service.name": "memories", "service.version": __version__}),
+            resource=resource(),
             views=[
                 View(
                     instrument_name="memories.request.duration",
