@@ -102,6 +102,28 @@ pub fn require_docker() {
     }
 }
 
+/// `repository:tag` of each local image (those matching `filter` when given, e.g.
+/// `NAMESPACE/*`), one per line. With the containerd image store, a listing that meets an
+/// image being removed at that moment (another test's, or this run's teardown in another
+/// thread) fails with `content digest ...: not found`: the listing is a walk of images and
+/// then of their content, not one snapshot. That answer is asked again, up to 10 times 0.1 s
+/// apart; any other failure panics.
+pub fn image_refs(filter: Option<&str>) -> String {
+    let mut args = vec!["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"];
+    args.extend(filter);
+    for _ in 0..10 {
+        let output = docker_output(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            return String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned();
+        }
+        let racing = stderr.contains("content digest") && stderr.contains("not found");
+        assert!(racing, "docker {} failed: {}", args.join(" "), stderr.trim());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("docker {} met an image being removed 10 times in a row", args.join(" "))
+}
+
 /// Runs `docker ARGS...` and returns its stdout, panicking with its stderr on failure.
 pub fn docker(args: &[&str]) -> String {
     let output = docker_output(args);
@@ -480,9 +502,9 @@ fn namespace(address: &str, name: &str) -> String {
 
 /// Removes every local tag under `address/`: once its registry is gone it names nothing.
 fn remove_local_tags(address: &str) {
-    let listed = docker_output(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let listed = image_refs(None);
     let prefix = format!("{address}/");
-    for reference in String::from_utf8_lossy(&listed.stdout).lines() {
+    for reference in listed.lines() {
         if reference.starts_with(&prefix) {
             let _ = docker_output(&["image", "rm", reference]);
         }

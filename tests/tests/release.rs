@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port,
+    Cleanup, FaultyRegistry, Registry, arm64_machine, docker, docker_output, free_port, image_refs,
     pyproject_version, repo_root, unique_name, wait_for_200, xtask_captured, xtask_ok,
     xtask_process,
 };
@@ -339,8 +339,7 @@ fn a_release_with_one_failed_build_pushes_nothing_and_leaves_no_tags() {
             assert!(inspect(&reference).is_none(), "{reference} was pushed");
         }
     }
-    let local =
-        docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", &format!("{namespace}/*")]);
+    let local = image_refs(Some(&format!("{namespace}/*")));
     assert_eq!(local, "", "a failed release leaves no local tags");
 }
 
