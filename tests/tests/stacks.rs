@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::{
-    Cleanup, docker, free_port, http, leftovers, repo_root, require_docker, unique_name, xtask_ok,
-    xtask_process,
+    Cleanup, docker, free_port, http, image_refs, leftovers, repo_root, require_docker,
+    unique_name, xtask_ok, xtask_process,
 };
 
 fn project_label(project: &str) -> String {
@@ -218,7 +218,7 @@ fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
     }
     let mut left = leftovers(&project_label(&project));
     left.extend(leftovers(&run_label));
-    let tags = docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let tags = image_refs(None);
     left.extend(tags.lines().filter(|t| t.contains(&run)).map(|t| format!("image {t}")));
     if !left.is_empty() {
         return Err(format!("{case}: left {left:?}:\n{rest}"));
@@ -933,8 +933,9 @@ fn prometheus_query(prometheus: &str, expr: &str) -> Vec<f64> {
 
 /// Monitoring on a prod stack (MONITORING=on): 100 requests through the proxy, 10 of them
 /// invalid, reach Prometheus as 100 requests and 10 client errors summed over the two server
-/// replicas, each of which it scrapes; `prod status` reports them; a wrong MONITORING is refused
-/// before anything starts.
+/// replicas, each of which it scrapes; `prod status` reports them; with the database paused its
+/// alert fires within 60 s and resolves after; a wrong MONITORING is refused before anything
+/// starts.
 #[test]
 fn prod_monitoring_counts_requests_over_every_replica() {
     built();
@@ -998,8 +999,7 @@ fn prod_monitoring_counts_requests_over_every_replica() {
     // a p99, no alert. A rate needs two samples of a series, and the counts above may have come
     // from the first scrape that saw them: ask until the rates are there (health checks go on
     // counting), at most 30 s.
-    let start = Instant::now();
-    let status = loop {
+    let prod_status = || {
         let status = xtask_process()
             .args(["prod", "status", "--json"])
             .env("COMPOSE_PROJECT_NAME", &project)
@@ -1007,7 +1007,11 @@ fn prod_monitoring_counts_requests_over_every_replica() {
             .output()
             .unwrap();
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        serde_json::from_slice::<Value>(&status.stdout).unwrap()
+    };
+    let start = Instant::now();
+    let status = loop {
+        let status = prod_status();
         let rated = status["monitoring"]["jobs"]
             .as_array()
             .is_some_and(|jobs| jobs.iter().any(|j| j["p99_seconds"].is_number()));
@@ -1025,6 +1029,37 @@ fn prod_monitoring_counts_requests_over_every_replica() {
     assert_eq!(server["error_ratio"], 0.0, "client errors are not server errors: {server}");
     assert!(server["p99_seconds"].as_f64().is_some_and(|p| p > 0.0), "{server}");
     assert_eq!(monitoring["alerts"], json!([]), "{status:#}");
+
+    // The database paused: each scrape's `SELECT 1` misses its deadline, and the database alert
+    // (15 s of no answer) fires within 60 s, in Prometheus and in `prod status`; it resolves once
+    // the database is back. The database is unpaused before anything is asserted.
+    let db = first_container(&project, "db", Duration::from_secs(5));
+    let firing =
+        r#"count(ALERTS{alertname="MemoriesDatabaseDown",alertstate="firing"}) or vector(0)"#;
+    let wait_for = |expected: f64| {
+        let start = Instant::now();
+        loop {
+            if prometheus_query(&prometheus, firing) == [expected] {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    docker(&["pause", &db]);
+    let fired = wait_for(1.0);
+    let status = prod_status();
+    docker(&["unpause", &db]);
+    let fired = fired.unwrap_or_else(|| panic!("the database alert did not fire within 60 s"));
+    eprintln!("database alert firing {:.1} s after the pause", fired.as_secs_f64());
+    let alerts = &status["monitoring"]["alerts"];
+    let down = json!({"alert": "MemoriesDatabaseDown", "state": "firing", "severity": "page"});
+    assert!(alerts.as_array().is_some_and(|a| a.contains(&down)), "{status:#}");
+    let resolved = wait_for(0.0);
+    let resolved = resolved.unwrap_or_else(|| panic!("the database alert still fires 60 s after"));
+    eprintln!("database alert resolved {:.1} s after the unpause", resolved.as_secs_f64());
 }
 
 /// API keys on a prod stack: 401 without a key or with a wrong or revoked one, health open
