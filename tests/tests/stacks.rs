@@ -933,7 +933,8 @@ fn prometheus_query(prometheus: &str, expr: &str) -> Vec<f64> {
 
 /// Monitoring on a prod stack (MONITORING=on): 100 requests through the proxy, 10 of them
 /// invalid, reach Prometheus as 100 requests and 10 client errors summed over the two server
-/// replicas, each of which it scrapes; `prod status` reports them; with the database paused its
+/// replicas, each of which it scrapes, and the same again over OTLP through the receiver;
+/// `prod status` reports them; with the database paused its
 /// alert fires within 60 s and resolves after; a wrong MONITORING is refused before anything
 /// starts.
 #[test]
@@ -953,6 +954,9 @@ fn prod_monitoring_counts_requests_over_every_replica() {
             .env("COMPOSE_PROJECT_NAME", &project)
             .env("BACKUP_EVERY", "off")
             .env("MONITORING", monitoring)
+            // The OTLP path too: each server pushes every second to the receiver.
+            .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://otlp:4318/v1/metrics")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
             .current_dir(repo_root())
             .output()
             .unwrap()
@@ -975,23 +979,33 @@ fn prod_monitoring_counts_requests_over_every_replica() {
         assert_eq!(answer.status, status, "{path}: {}", answer.body);
     }
     let prometheus = first_container(&project, "prometheus", Duration::from_secs(30));
-    let requests = r#"sum(memories_requests_total{route!~"/v1/health|/metrics"})"#;
-    let client_errors = r#"sum(memories_requests_total{status=~"4.."})"#;
-    let replicas = r#"count(up{job="server"} == 1)"#;
-    let start = Instant::now();
-    let seen = loop {
-        let seen = (
-            prometheus_query(&prometheus, requests),
-            prometheus_query(&prometheus, client_errors),
-            prometheus_query(&prometheus, replicas),
-        );
-        if seen == (vec![100.0], vec![10.0], vec![2.0]) || start.elapsed() > Duration::from_secs(60)
-        {
-            break seen;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
-    assert_eq!(seen, (vec![100.0], vec![10.0], vec![2.0]), "requests, 4xx, replicas scraped");
+    // The same numbers by either path: scraped from each replica (job `server`), and pushed by
+    // each over OTLP to the receiver (job `otlp`, each replica its own `exported_instance`).
+    for (path, job, replicas) in [
+        ("scrape", "server", r#"count(up{job="server"} == 1)"#),
+        ("OTLP", "otlp", r#"count(count by (exported_instance) (memories_db_up{job="otlp"}))"#),
+    ] {
+        let requests =
+            format!(r#"sum(memories_requests_total{{job="{job}",route!~"/v1/health|/metrics"}})"#);
+        let client_errors = format!(r#"sum(memories_requests_total{{job="{job}",status=~"4.."}})"#);
+        let start = Instant::now();
+        let seen = loop {
+            let seen = (
+                prometheus_query(&prometheus, &requests),
+                prometheus_query(&prometheus, &client_errors),
+                prometheus_query(&prometheus, replicas),
+            );
+            if seen == (vec![100.0], vec![10.0], vec![2.0])
+                || start.elapsed() > Duration::from_secs(60)
+            {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let what = format!("by {path}: requests, 4xx, replicas");
+        assert_eq!(seen, (vec![100.0], vec![10.0], vec![2.0]), "{what}");
+        eprintln!("{what}: {seen:?} after {:.1} s", start.elapsed().as_secs_f64());
+    }
     let rules = prometheus_query(&prometheus, "count(ALERTS) or vector(0)");
     assert_eq!(rules, vec![0.0], "no alert fires on a healthy stack");
 

@@ -111,21 +111,31 @@ class Telemetry:
     `database_up`: 1 when the database answers a query within its short deadline, else 0.
     """
 
-    def __init__(self, otlp: bool = False, revision: str = "unknown") -> None:
+    def __init__(
+        self,
+        otlp: bool = False,
+        revision: str = "unknown",
+        push: MetricReader | None = None,
+        reporter: Resource | None = None,
+    ) -> None:
+        """`otlp` pushes over OTLP/HTTP as the SDK's settings say; `push` is a reader of the
+        caller's own to push with instead, and `reporter` who reports (else `resource()`)."""
         self.registry = CollectorRegistry(auto_describe=True)
         readers: list[MetricReader] = [
             PrometheusMetricReader(
                 disable_target_info=True, scope_info_enabled=False, registry=self.registry
             )
         ]
-        if otlp:
+        if push is not None:
+            readers.append(push)
+        elif otlp:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         self.provider = MeterProvider(
             metric_readers=readers,
-            resource=resource(),
+            resource=reporter or resource(),
             views=[
                 View(
                     instrument_name="memories.request.duration",
