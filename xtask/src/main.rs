@@ -166,7 +166,11 @@ fn run_bench(root: &Utf8Path, bench: Option<Bench>, all_json: bool) -> Result<()
         Some(Bench::Flaky { runs, rate, json }) => (bench::flaky(root, runs, rate)?, json),
         Some(Bench::Startup { runs, json }) => (bench::startup(root, runs)?, json),
         Some(Bench::Devloop { runs, json }) => (bench::devloop(root, runs)?, json),
-        Some(Bench::Deploy { runs, json }) => (bench::deploy(root, runs)?, json),
+        Some(Bench::Deploy { runs, monitoring, json }) => {
+            let peer =
+                if monitoring { bench::DeployPeer::Unmonitored } else { bench::DeployPeer::Naive };
+            (bench::deploy(root, runs, peer)?, json)
+        }
     };
     report.print(json);
     Ok(())

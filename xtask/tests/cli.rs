@@ -1073,6 +1073,10 @@ fn version_flag_names_the_app_version() {
     assert!(said.contains(&format!("revision {head}")), "{said}");
     let short = xtask(&["-V"]).output().unwrap();
     assert_eq!(text(&short.stdout), said, "-V is --version");
+    // A subcommand's names its whole command line.
+    let nested = xtask(&["prod", "keys", "--version"]).output().unwrap();
+    let nested = text(&nested.stdout);
+    assert!(nested.starts_with(&format!("cargo xtask prod keys {app} (the app")), "{nested}");
 }
 
 /// Bad TLS input is refused before anything runs, in one line naming the cause: no way to

@@ -202,9 +202,19 @@ pub fn parse(version: &str) -> Cli {
     use clap::{CommandFactory, FromArgMatches};
     // clap takes a version it keeps for the whole run: leaked once, at start.
     let version: &'static str = Box::leak(version.to_owned().into_boxed_str());
-    let command = Cli::command().version(version);
+    let command = full_names(Cli::command().version(version), "cargo xtask");
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Names every subcommand of `command` by its whole command line (`cargo xtask dev`), which
+/// `--version` prints; clap's own would be `cargo xtask-dev`.
+fn full_names(command: clap::Command, prefix: &str) -> clap::Command {
+    let names: Vec<String> = command.get_subcommands().map(|s| s.get_name().to_owned()).collect();
+    names.into_iter().fold(command, |command, name| {
+        let full = format!("{prefix} {name}");
+        command.mut_subcommand(&name, |sub| full_names(sub.display_name(full.clone()), &full))
+    })
 }
 
 /// Parses a probe spec. Its error is clap's own error with our message: clap's usual
@@ -326,7 +336,7 @@ pub enum Bench {
         json: bool,
     },
     /// Detection lag after a port opens at a random moment: `cargo xtask wait-for` against a
-    /// `nc -z; sleep 1` loop, interleaved.
+    /// `nc -z; sleep 1` loop (bash's `/dev/tcp` where nc is missing), interleaved.
     Wait {
         /// Runs of each side.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=500))]
@@ -378,6 +388,11 @@ pub enum Bench {
         /// Updates of each side (each is a fresh stack: minutes).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
         runs: u32,
+        /// Measure what monitoring costs instead: `prod deploy --swarm` with MONITORING=on
+        /// (Prometheus scraping every replica, the servers pushing over OTLP every 5 s) against
+        /// the same with it off.
+        #[arg(long)]
+        monitoring: bool,
         /// Print JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,

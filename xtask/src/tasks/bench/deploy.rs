@@ -12,6 +12,13 @@
 //! has new labels; the db and proxy keep their layers (each image has its own epoch), so ours
 //! keeps them running.
 //!
+//! With `--monitoring`, both sides are ours and the question is what monitoring costs: the
+//! measured side runs with `MONITORING=on` (Prometheus scraping every replica every 5 s, the
+//! servers pushing their metrics over OTLP every 5 s to the receiver, which it scrapes too), the
+//! peer with it off. After the measured update, `prod status --stack` must see every server
+//! replica up and the OTLP receiver answering, or the run fails: monitoring that did not run
+//! would cost nothing.
+//!
 //! The load goes over HTTPS, as clients reach a prod stack: the proxy serves the benchmark's
 //! certificate for `localhost` (`xtask/src/stack/tls/bench.pem`, issued by `bench-ca.pem`, valid until
 //! 2100; made for this and nothing else), and each request makes a new TLS connection.
@@ -42,6 +49,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const VERSION_A: &str = "1.0.0";
 const VERSION_B: &str = "1.0.1";
 const DIMENSIONS: usize = 384;
+
+/// What ours is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployPeer {
+    /// The same images deployed the naive way (`docker stack deploy`, swarm's defaults).
+    Naive,
+    /// Ours again, monitoring off, while ours runs with it on.
+    Unmonitored,
+}
 
 /// What one request saw.
 struct Outcome {
@@ -166,6 +182,8 @@ struct BenchStack<'a> {
     /// The proxy's plain-HTTP port (it only redirects) and its HTTPS port, where the load goes.
     port: u16,
     https_port: u16,
+    /// Runs with MONITORING=on and the servers pushing over OTLP.
+    monitoring: bool,
 }
 
 impl BenchStack<'_> {
@@ -184,21 +202,62 @@ impl BenchStack<'_> {
 
     /// `cargo xtask prod deploy --swarm` of `version`, as a user runs it.
     fn ours(&self, version: &str) -> Result<()> {
-        Step::new(&plan::this_xtask()?, self.root)
-            .args([
-                "prod",
-                "deploy",
-                "--swarm",
-                "--stack",
-                &self.name,
-                "--registry",
-                self.namespace,
-            ])
-            .args(["--version", version, "--env-file", self.env_file.as_str(), "--timeout", "300s"])
-            .env("PROXY_PORT", &self.port.to_string())
-            .env("HTTPS_PORT", &self.https_port.to_string())
-            .run()
-            .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
+        let mut step = Step::new(&plan::this_xtask()?, self.root);
+        for (key, value) in self.monitoring_env() {
+            step = step.env(key, value);
+        }
+        step.args([
+            "prod",
+            "deploy",
+            "--swarm",
+            "--stack",
+            &self.name,
+            "--registry",
+            self.namespace,
+        ])
+        .args(["--version", version, "--env-file", self.env_file.as_str(), "--timeout", "300s"])
+        .env("PROXY_PORT", &self.port.to_string())
+        .env("HTTPS_PORT", &self.https_port.to_string())
+        .run()
+        .with_context(|| format!("cargo xtask prod deploy of {version} failed"))
+    }
+
+    /// The settings of this side's monitoring, on or off.
+    fn monitoring_env(&self) -> Vec<(&'static str, &'static str)> {
+        if self.monitoring {
+            vec![
+                ("MONITORING", "on"),
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://otlp:4318/v1/metrics"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+            ]
+        } else {
+            vec![("MONITORING", "off")]
+        }
+    }
+
+    /// What `prod status --stack` says monitoring saw: each scrape job's targets up, in one
+    /// line; an error unless every server replica and the OTLP receiver answer and the
+    /// receiver holds pushed requests.
+    fn monitoring_seen(&self) -> Result<String> {
+        let step = Step::new(&plan::this_xtask()?, self.root)
+            .args(["prod", "status", "--stack", &self.name, "--json"])
+            .quiet();
+        let status: Value = serde_json::from_str(&step.capture()?.stdout_of(&step)?)
+            .context("prod status --json printed no JSON")?;
+        let jobs = status["monitoring"]["jobs"].as_array().cloned().unwrap_or_default();
+        let job = |name: &str| jobs.iter().find(|j| j["job"] == name).cloned();
+        let seen: Vec<String> = jobs
+            .iter()
+            .map(|j| format!("{} {}/{}", j["job"], j["targets_up"], j["targets"]).replace('"', ""))
+            .collect();
+        let up = |j: &Value| j["targets_up"] == j["targets"] && j["targets"].as_u64() > Some(0);
+        let server_up = job("server").is_some_and(|j| up(&j) && j["targets"] == 2);
+        let pushed =
+            job("otlp").is_some_and(|j| up(&j) && j["requests_per_second"].as_f64() > Some(0.0));
+        if !server_up || !pushed {
+            anyhow::bail!("monitoring on the swarm stack {} is not whole: {status}", self.name);
+        }
+        Ok(seen.join(", "))
     }
 
     /// The naive update to version B: every service moved to B's image, deployed with swarm's
@@ -254,9 +313,14 @@ impl Drop for BenchStack<'_> {
     }
 }
 
-/// Pushes version A of the server, db and proxy images, built from HEAD in a clone in `work`,
+/// Pushes version A of the server, db and proxy images (and prometheus for `monitoring`), built from HEAD in a clone in `work`,
 /// and version B, built from a second commit there that changes only the server's code.
-fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()> {
+fn push_versions(
+    root: &Utf8Path,
+    namespace: &str,
+    work: &Utf8Path,
+    monitoring: bool,
+) -> Result<()> {
     let checkout = work.join("checkout");
     let git = |dir: &Utf8Path, args: &[&str]| -> Result<String> {
         let step = Step::new("git", dir).args(args.iter().copied()).quiet();
@@ -278,7 +342,10 @@ fn push_versions(root: &Utf8Path, namespace: &str, work: &Utf8Path) -> Result<()
             git(&checkout, &[&identity[..], &commit[..]].concat())?;
         }
         let revision = Revision::read(&checkout)?;
-        let images = vec![ImageName::SERVER, ImageName::DB, ImageName::named("proxy")];
+        let mut images = vec![ImageName::SERVER, ImageName::DB, ImageName::named("proxy")];
+        if monitoring {
+            images.push(ImageName::named("prometheus"));
+        }
         let request = BuildRequest { images, ..BuildRequest::default() };
         let built = image::execute(&image::plan(&checkout, &revision, &request))?;
         for image in &built {
@@ -327,7 +394,8 @@ fn latencies(outcomes: &[Outcome]) -> Vec<Duration> {
     outcomes.iter().map(|o| o.latency).collect()
 }
 
-pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
+pub fn deploy(root: &Utf8Path, runs: u32, peer: DeployPeer) -> Result<Report> {
+    let monitoring = peer == DeployPeer::Unmonitored;
     docker::require_cli()?;
     let work = root.join(format!("target/xtask/bench-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {work}"))?;
@@ -348,9 +416,10 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
         let ca = tls.join("bench-ca.pem");
         let agent = crate::wait::net::https_agent(Some(ca.as_str())).map_err(anyhow::Error::msg)?;
         stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
-        let measured = (|| -> Result<[Vec<Outcome>; 2]> {
-            push_versions(root, &namespace, &work)?;
+        let measured = (|| -> Result<([Vec<Outcome>; 2], Vec<String>)> {
+            push_versions(root, &namespace, &work, monitoring)?;
             let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+            let mut monitored = Vec::new();
             for run in 1..=runs {
                 for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
                     let stack = BenchStack {
@@ -361,30 +430,48 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
                         name: format!("membench{side}r{run}p{}", std::process::id()),
                         port: free_port()?,
                         https_port: free_port()?,
+                        monitoring: monitoring && side == 0,
                     };
-                    let who = ["ours", "naive"][side];
+                    let who = match (side, peer) {
+                        (0, DeployPeer::Naive) => "ours",
+                        (0, DeployPeer::Unmonitored) => "ours with monitoring",
+                        (_, DeployPeer::Naive) => "naive",
+                        (_, DeployPeer::Unmonitored) => "ours without monitoring",
+                    };
                     say!("run {run}/{runs}: {who} deploys {VERSION_A}");
                     stack.ours(VERSION_A)?;
                     say!("run {run}/{runs}: {who} update to {VERSION_B} under load");
-                    let outcomes = under_load(stack.https_port, &agent, || match side {
-                        0 => stack.ours(VERSION_B),
-                        _ => stack.naive(),
+                    let outcomes = under_load(stack.https_port, &agent, || match (side, peer) {
+                        (1, DeployPeer::Naive) => stack.naive(),
+                        _ => stack.ours(VERSION_B),
                     })?;
                     seen[side].extend(outcomes);
+                    if stack.monitoring {
+                        monitored.push(stack.monitoring_seen()?);
+                    }
                 }
             }
-            Ok(seen)
+            Ok((seen, monitored))
         })();
         // Whatever happened, the local tags of the registry's images go with it.
         registry.untag_local(&namespace);
-        let seen = measured?;
+        let (seen, monitored) = measured?;
         let [ours_seen, naive_seen] = seen;
         let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
+        let (ours_name, peer_name) = match peer {
+            DeployPeer::Naive => ("ours", "naive"),
+            DeployPeer::Unmonitored => ("monitored", "unmonitored"),
+        };
+        let watched = if monitored.is_empty() {
+            String::new()
+        } else {
+            format!("; monitoring saw, after each update: {}", monitored.join("; "))
+        };
         let note = format!(
-            "failed requests: ours {} of {}{}, naive {} of {}{}; p99 latency: ours {:.0} ms, \
-             naive {:.0} ms ({RATE} requests/s over HTTPS through the proxy, each on a new \
-             connection; a request fails on a non-2xx \
-             answer, an error or {}s without one)",
+            "failed requests: {ours_name} {} of {}{}, {peer_name} {} of {}{}; p99 latency: \
+             {ours_name} {:.0} ms, {peer_name} {:.0} ms ({RATE} requests/s over HTTPS through \
+             the proxy, each on a new connection; a request fails on a non-2xx \
+             answer, an error or {}s without one){watched}",
             failed(&ours_seen),
             ours_seen.len(),
             reasons(&ours_seen),
@@ -395,10 +482,19 @@ pub fn deploy(root: &Utf8Path, runs: u32) -> Result<Report> {
             super::ms(p99(&naive_seen)),
             REQUEST_TIMEOUT.as_secs()
         );
+        let (ours_label, peer_label) = match peer {
+            DeployPeer::Naive => {
+                ("request latency, prod deploy (ours)", "request latency, naive stack deploy")
+            }
+            DeployPeer::Unmonitored => (
+                "request latency, prod deploy, monitoring on",
+                "request latency, prod deploy, monitoring off",
+            ),
+        };
         Ok(Report {
             name: "deploy",
-            ours: Side::new("request latency, prod deploy (ours)", latencies(&ours_seen)),
-            peer: Side::new("request latency, naive stack deploy", latencies(&naive_seen)),
+            ours: Side::new(ours_label, latencies(&ours_seen)),
+            peer: Side::new(peer_label, latencies(&naive_seen)),
             others: Vec::new(),
             note: Some(note),
         })

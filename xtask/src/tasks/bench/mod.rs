@@ -20,7 +20,7 @@ use crate::tasks::faults;
 use crate::tasks::registry::Throwaway;
 use crate::tasks::release;
 
-pub use deploy::deploy;
+pub use deploy::{DeployPeer, deploy};
 pub use devloop::devloop;
 
 /// A no-op `cargo xtask build server` (nothing changed since the last build) against the
