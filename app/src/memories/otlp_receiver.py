@@ -225,9 +225,8 @@ class Store(Collector):
                         try:
                             name, series = series_of(metric, key)
                             self._check_type(key, name, series)
-                            growth = len(series.points) - len(
-                                sender.families.get(name, Series("", "", "")).points
-                            )
+                            kept = sender.families.get(name)
+                            growth = len(series.points) - (len(kept.points) if kept else 0)
                             if sender.series_count() + growth > MAX_SERIES:
                                 raise Refusal(len(series.points), f"more than {MAX_SERIES} series")
                             sender.families[name] = series
@@ -297,7 +296,8 @@ def _family(name: str, parts: list[Series]) -> Family:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """`POST /v1/metrics`, `GET /metrics` and `GET /healthz`; anything else is 404 or 405."""
+    """`POST /v1/metrics`, `GET /metrics` and `GET /healthz`; another path is 404, another
+    method 501 (the standard library's answer)."""
 
     store: Store
     registry: CollectorRegistry

@@ -313,8 +313,9 @@ impl Drop for BenchStack<'_> {
     }
 }
 
-/// Pushes version A of the server, db and proxy images (and prometheus for `monitoring`), built from HEAD in a clone in `work`,
-/// and version B, built from a second commit there that changes only the server's code.
+/// Pushes version A of the server, db and proxy images (and prometheus for `monitoring`), built
+/// from HEAD in a clone in `work`, and version B, built from a second commit there that changes
+/// only the server's code.
 fn push_versions(
     root: &Utf8Path,
     namespace: &str,
