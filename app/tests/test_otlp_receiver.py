@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -205,3 +207,94 @@ def test_points_it_cannot_show_truthfully_are_refused_in_partial_success(receive
     _, text = call(receiver, "GET", "/metrics")
     names = {name for name, _ in samples(text.decode())}
     assert names == {"memories_db_up"}, "only what was taken is shown"
+
+
+def serving(server: otlp_receiver.Server) -> int:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+def test_a_client_that_stalls_is_cut_off() -> None:
+    server = otlp_receiver.serve(0, stale_after=300, deadline=0.5)
+    port = serving(server)
+    try:
+        # Connected, nothing sent: closed after the deadline.
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+        started = time.monotonic()
+        assert silent.recv(1024) == b""
+        assert time.monotonic() - started < 4
+        silent.close()
+        # Headers sent, the body dribbled a byte at a time: 408 once the deadline has passed,
+        # though no single read waited that long.
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(
+            b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\n"
+        )
+        answer = b""
+        for _ in range(40):
+            try:
+                slow.sendall(b"\0")
+            except OSError:
+                break
+            time.sleep(0.1)
+            slow.setblocking(False)
+            try:
+                answer += slow.recv(1024)
+            except BlockingIOError:
+                pass
+            slow.setblocking(True)
+            if answer:
+                break
+        assert answer.startswith(b"HTTP/1.0 408"), answer
+        slow.close()
+        # The receiver still serves.
+        assert call(port, "GET", "/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_over_the_bound_get_503_without_a_thread() -> None:
+    server = otlp_receiver.serve(0, stale_after=300, deadline=30, max_connections=2)
+    port = serving(server)
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        # The two idle connections hold both slots: a third is refused at once.
+        time.sleep(0.2)
+        status, _ = call(port, "GET", "/healthz")
+        assert status == 503
+        for connection in held:
+            connection.close()
+        # Their threads see the close and give their slots back.
+        for _ in range(50):
+            if call(port, "GET", "/healthz")[0] == 200:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the slots were never given back")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_senders_and_series_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_receiver, "MAX_SENDERS", 2)
+    monkeypatch.setattr(otlp_receiver, "MAX_SERIES", 2)
+    store = otlp_receiver.Store(stale_after=300)
+    assert store.take(gauge_request("a", 1.0), now=1.0) == (0, [])
+    assert store.take(gauge_request("b", 1.0), now=1.0) == (0, [])
+    # A third sender is refused whole, the two kept stay.
+    assert store.take(gauge_request("c", 1.0), now=1.0) == (1, ["more than 2 senders"])
+    assert set(store.senders) == {("memories", "a"), ("memories", "b")}
+    # A kept sender may send the series it has again and grow to the bound, not past it.
+    assert store.take(gauge_request("a", 2.0), now=2.0) == (0, [])
+    assert store.take(gauge_request("a", 1.0, name="memories.other"), now=2.0) == (0, [])
+    third = gauge_request("a", 1.0, name="memories.third")
+    assert store.take(third, now=2.0) == (1, ["more than 2 series"])
+    assert sorted(store.senders[("memories", "a")].families) == [
+        "memories_db_up",
+        "memories_other",
+    ]
+    # A forgotten sender's place is free again.
+    assert store.take(gauge_request("c", 1.0), now=400.0) == (0, [])

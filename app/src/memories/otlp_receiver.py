@@ -16,6 +16,8 @@ decode is refused (400), and points the receiver cannot show truthfully (delta t
 exponential histograms, summaries, a type other than an earlier one of the same name, more
 series than the bound) are refused in the answer's `partial_success`, with the reason. A sender
 that has not pushed for `--stale-after` seconds (a replica that was replaced) is forgotten.
+A client that stalls is cut off: each request must arrive within 10 s, and at most 64
+connections are served at once (one more gets 503 at once, without a thread).
 
 It runs from the server's image (`python -m memories.otlp_receiver`), whose locked environment
 already holds the OTLP protobuf classes and prometheus-client; `--check` is its healthcheck.
@@ -64,6 +66,10 @@ MAX_BODY = 4 * 1024 * 1024
 # Series kept per sender, and senders kept: a sender cannot grow the receiver without bound.
 MAX_SERIES = 10_000
 MAX_SENDERS = 1_000
+# Connections served at once, and how long one may take to send its request: a client that
+# connects and stalls, or many of them, cannot hold the receiver's threads.
+MAX_CONNECTIONS = 64
+REQUEST_DEADLINE = 10.0
 PROTOBUF = "application/x-protobuf"
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
@@ -302,6 +308,10 @@ class Handler(BaseHTTPRequestHandler):
     store: Store
     registry: CollectorRegistry
     server_version = "memories-otlp-receiver"
+    # Each read from the socket waits at most this long (the standard library applies it in
+    # `setup`); the body's whole read has `deadline` on top.
+    timeout = REQUEST_DEADLINE
+    deadline = REQUEST_DEADLINE
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
@@ -323,7 +333,11 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(413, f"the body is over {MAX_BODY} bytes\n".encode())
             self.close_connection = True
             return
-        body = self.rfile.read(int(length))
+        body = self._read_body(int(length))
+        if body is None:
+            self._answer(408, b"the body did not arrive in time\n")
+            self.close_connection = True
+            return
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if content_type != PROTOBUF:
             self._answer(415, f"not {PROTOBUF}: {content_type or 'no type'}\n".encode())
@@ -347,6 +361,25 @@ class Handler(BaseHTTPRequestHandler):
             log.warning("refused %d points: %s", refused, answer.partial_success.error_message)
         self._answer(200, answer.SerializeToString(), PROTOBUF)
 
+    def _read_body(self, length: int) -> bytes | None:
+        """The body's `length` bytes, or `None` when they do not all arrive within `deadline`
+        (a client that sends a byte at a time never resets it)."""
+        ends = time.monotonic() + self.deadline
+        chunks: list[bytes] = []
+        left = length
+        while left > 0:
+            if time.monotonic() > ends:
+                return None
+            try:
+                chunk = self.rfile.read1(min(left, 65536))
+            except TimeoutError:
+                return None
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
     def _answer(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -368,12 +401,52 @@ def _gunzip(body: bytes) -> bytes:
     return data
 
 
-def serve(port: int, stale_after: float) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """Serves each connection on a thread of its own, at most `MAX_CONNECTIONS` at once: one
+    more is answered 503 at once and closed, without a thread."""
+
+    daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self.slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        if not self.slots.acquire(blocking=False):
+            log.warning("over %d connections: refused %s", self.max_connections, client_address)
+            try:
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve(
+    port: int,
+    stale_after: float,
+    deadline: float = REQUEST_DEADLINE,
+    max_connections: int = MAX_CONNECTIONS,
+) -> Server:
+    """A receiver on `port` (0: any free one), not yet serving; see `Handler` and `Server`."""
     store = Store(stale_after)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(store)
-    handler = type("BoundHandler", (Handler,), {"store": store, "registry": registry})
-    return ThreadingHTTPServer(("0.0.0.0", port), handler)
+    bound = {"store": store, "registry": registry, "timeout": deadline, "deadline": deadline}
+    handler = type("BoundHandler", (Handler,), bound)
+    server_class = type("BoundServer", (Server,), {"max_connections": max_connections})
+    return server_class(("0.0.0.0", port), handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ use crate::stack::{self, Lifecycle, Mode, Profile, Stack};
 use crate::tasks::dev::{long_lived, print_endpoints};
 
 mod release_phase;
-mod status;
+pub mod status;
 
 use release_phase::{DB_SERVICE, release_phase};
 

@@ -36,6 +36,7 @@ use super::{Report, Side, free_port};
 use crate::image::version::Revision;
 use crate::image::{self, BuildRequest, ImageName};
 use crate::run::plan::{self, Step};
+use crate::stack::monitoring::JobFigures;
 use crate::stack::services::Model;
 use crate::stack::tls::Edge;
 use crate::stack::{self, Mode, Stack};
@@ -235,27 +236,33 @@ impl BenchStack<'_> {
         }
     }
 
-    /// What `prod status --stack` says monitoring saw: each scrape job's targets up, in one
-    /// line; an error unless every server replica and the OTLP receiver answer and the
+    /// What monitoring saw, as `prod status --stack` asks it: each scrape job's targets up, in
+    /// one line; an error unless both server replicas and the OTLP receiver answer and the
     /// receiver holds pushed requests.
     fn monitoring_seen(&self) -> Result<String> {
-        let step = Step::new(&plan::this_xtask()?, self.root)
-            .args(["prod", "status", "--stack", &self.name, "--json"])
-            .quiet();
-        let status: Value = serde_json::from_str(&step.capture()?.stdout_of(&step)?)
-            .context("prod status --json printed no JSON")?;
-        let jobs = status["monitoring"]["jobs"].as_array().cloned().unwrap_or_default();
-        let job = |name: &str| jobs.iter().find(|j| j["job"] == name).cloned();
-        let seen: Vec<String> = jobs
+        let stack = self.prod_stack();
+        let statuses = swarm::status(self.root, &self.name)?;
+        let summary = match prod::status::swarm_monitoring(&stack, &self.name, &statuses)? {
+            prod::status::Monitoring::Running(summary) => summary,
+            prod::status::Monitoring::Absent(why) => {
+                anyhow::bail!("monitoring on the swarm stack {}: {why}", self.name)
+            }
+        };
+        let job = |name: &str| summary.jobs.iter().find(|j| j.job == name);
+        let up = |j: &JobFigures| j.targets_up == j.targets && j.targets > 0;
+        let server_up = job("server").is_some_and(|j| up(j) && j.targets == 2);
+        let pushed = job("otlp").is_some_and(|j| up(j) && j.requests_per_second > Some(0.0));
+        let seen: Vec<String> = summary
+            .jobs
             .iter()
-            .map(|j| format!("{} {}/{}", j["job"], j["targets_up"], j["targets"]).replace('"', ""))
+            .map(|j| format!("{} {}/{}", j.job, j.targets_up, j.targets))
             .collect();
-        let up = |j: &Value| j["targets_up"] == j["targets"] && j["targets"].as_u64() > Some(0);
-        let server_up = job("server").is_some_and(|j| up(&j) && j["targets"] == 2);
-        let pushed =
-            job("otlp").is_some_and(|j| up(&j) && j["requests_per_second"].as_f64() > Some(0.0));
         if !server_up || !pushed {
-            anyhow::bail!("monitoring on the swarm stack {} is not whole: {status}", self.name);
+            anyhow::bail!(
+                "monitoring on the swarm stack {} is not whole: {}",
+                self.name,
+                summary.lines().join("; ")
+            );
         }
         Ok(seen.join(", "))
     }

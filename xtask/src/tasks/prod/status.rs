@@ -125,21 +125,30 @@ pub fn compose(stack: &Stack, json: bool) -> Result<()> {
 pub fn swarm(stack: &Stack, name: &str, json: bool) -> Result<()> {
     let statuses = swarm::status(&stack.root, name)?;
     let backups = backup::swarm_summary(stack, name);
-    let service = format!("{name}_prometheus");
-    let monitoring = if !statuses.iter().any(|s| s.service == service) {
-        Monitoring::Absent(format!(
-            "not running: {TURN_ON} and deploy again with `cargo xtask prod deploy --swarm`"
-        ))
-    } else {
-        match swarm::task_containers(&stack.root, &service)?.into_iter().next() {
-            Some(id) => Monitoring::ask(&docker::cli(&stack.root).args(["exec", &id])),
-            None => Monitoring::Absent(format!(
-                "no task of {service} runs on this engine: ask on its node (a manager)"
-            )),
-        }
-    };
+    let monitoring = swarm_monitoring(stack, name, &statuses)?;
     print(&statuses, Some(&backups), Some(&monitoring), json);
     Ok(())
+}
+
+/// What the monitoring of swarm stack `name` says, asked of its Prometheus task on this engine;
+/// `statuses` are the stack's services ([`swarm::status`]).
+pub fn swarm_monitoring(
+    stack: &Stack,
+    name: &str,
+    statuses: &[swarm::ServiceStatus],
+) -> Result<Monitoring> {
+    let service = format!("{name}_prometheus");
+    if !statuses.iter().any(|s| s.service == service) {
+        return Ok(Monitoring::Absent(format!(
+            "not running: {TURN_ON} and deploy again with `cargo xtask prod deploy --swarm`"
+        )));
+    }
+    Ok(match swarm::task_containers(&stack.root, &service)?.into_iter().next() {
+        Some(id) => Monitoring::ask(&docker::cli(&stack.root).args(["exec", &id])),
+        None => Monitoring::Absent(format!(
+            "no task of {service} runs on this engine: ask on its node (a manager)"
+        )),
+    })
 }
 
 /// The services' states, the backups' health when `backups` is given (see
