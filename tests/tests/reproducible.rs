@@ -1,6 +1,7 @@
 //! Reproducible images: two `cargo xtask build`s of one commit for amd64 and arm64, each from
 //! empty BuildKit caches (every step run again, every cache mount emptied), give every image the
-//! same manifest digest on both platforms.
+//! same manifest digest on both platforms. Each has cache mounts of its own (`CACHE_SPACE`), so
+//! the builds of other tests running beside it are not disturbed.
 //!
 //! No exemption: the db image carries no cluster prepared at build time (one stamped with the
 //! time, a pid and a random nonce), it initialises its database on a first start.
@@ -8,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use tests::{Cleanup, docker, require_docker, unique_name, xtask_ok};
+use tests::{Cleanup, require_docker, unique_name, xtask_ok};
 
 /// Every image of the catalogue (`cargo xtask images list`), released or not, but those built
 /// for the build machine only (`platforms = "build"`: sbom, the generator every reproducible
@@ -30,9 +31,9 @@ fn images() -> Vec<String> {
 type Built = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
 
 fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
-    // Cache mounts (package lists, uv's wheel cache) survive `--no-cache`; emptying them makes
-    // the build fetch everything again, as on a fresh machine.
-    docker(&["buildx", "prune", "--force", "--filter", "type=exec.cachemount"]);
+    // `--no-cache` also gives the build cache mounts of its own (package lists, uv's wheel
+    // cache), empty, so it fetches everything again as on a fresh machine, while builds beside
+    // it keep theirs.
     let images = images();
     let mut args = vec!["build"];
     args.extend(images.iter().map(String::as_str));

@@ -105,6 +105,39 @@ fn no_dockerfile_has_a_syntax_line() {
 }
 
 #[test]
+fn every_cache_mount_is_named_apart_by_cache_space() {
+    // `build --no-cache` passes `CACHE_SPACE` so that its cache mounts start empty without
+    // emptying anyone else's: a mount that ignores it would carry package lists and wheels from
+    // an earlier build into a build that claims to start fresh.
+    for path in dockerfiles() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut declared = false;
+        for instruction in instructions(&text) {
+            let mut words = instruction.split_whitespace();
+            match words.next().unwrap_or_default().to_ascii_uppercase().as_str() {
+                "FROM" => declared = false,
+                "ARG" => declared |= words.any(|w| w.split('=').next() == Some("CACHE_SPACE")),
+                _ => {}
+            }
+            for mount in instruction.split_whitespace().filter_map(|w| w.strip_prefix("--mount=")) {
+                let options: BTreeMap<&str, &str> =
+                    mount.split(',').filter_map(|o| o.split_once('=')).collect();
+                if options.get("type") != Some(&"cache") {
+                    continue;
+                }
+                let id = options.get("id").copied().unwrap_or_default();
+                assert!(
+                    id.ends_with("$CACHE_SPACE") && declared,
+                    "{}: the cache mount `{mount}` must have an id ending in $CACHE_SPACE, in a \
+                     stage that declares `ARG CACHE_SPACE`",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn the_only_external_base_is_debian_trixie_slim() {
     for path in dockerfiles() {
         let text = std::fs::read_to_string(&path).unwrap();

@@ -46,7 +46,9 @@ pub struct BuildArgs {
     /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
-    /// Build every step again, ignoring the build cache.
+    /// Build every step again, ignoring the build cache, with empty cache mounts of this run's
+    /// own (package lists, pip's and uv's caches), as on a fresh machine; other builds' mounts
+    /// stay as they are.
     #[arg(long)]
     pub no_cache: bool,
     #[arg(long, value_name = "CACHE", help = CACHE_HELP)]

@@ -315,6 +315,10 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         Box::new(plan(root, revision, &request))
     });
     let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
+    let cache_space = request.no_cache.then(|| {
+        RunId::of_process(std::process::id())
+            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string())
+    });
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {
@@ -341,6 +345,12 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             "args": { "SOURCE_DATE_EPOCH": epoch.to_string() },
             "output": [exporter],
         });
+        // `--no-cache` builds as a fresh machine does: the Dockerfiles name their cache mounts
+        // with `CACHE_SPACE` appended, so this run's mounts start empty and no other build's
+        // are touched. Only build stages declare it; no image's files or config depend on it.
+        if let Some(space) = &cache_space {
+            target["args"]["CACHE_SPACE"] = format!("-{space}").into();
+        }
         if let Some(generator) = &generator_ref {
             target["attest"] =
                 json!(["type=provenance,mode=max", format!("type=sbom,generator={generator}")]);

@@ -126,6 +126,9 @@ fn flags_reach_the_plan() {
     let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
     assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
     assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
+    let cached = BuildRequest { no_cache: false, ..request.clone() };
+    let cached = crate::image::plan(Utf8Path::new("/repo"), &revision(), &cached);
+    assert!(cached.bake["target"]["db"]["args"].get("CACHE_SPACE").is_none());
     assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
     let db = &plan.bake["target"]["db"];
     assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
@@ -138,9 +141,13 @@ fn flags_reach_the_plan() {
              compression-level=1"
         )])
     );
-    assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
-    let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
     let run = RunId::of_process(std::process::id()).unwrap();
+    assert_eq!(
+        db["args"],
+        json!({"SOURCE_DATE_EPOCH": "1600000000", "CACHE_SPACE": format!("-{run}")}),
+        "--no-cache has cache mounts of its own"
+    );
+    let generator = &plan.generator.as_ref().expect("an SBOM generator").images[0].refs[0];
     assert_eq!(*generator, format!("memories/run-{run}/sbom:0.4.2-abcdef0"));
     assert_eq!(
         db["attest"],
