@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
-from memories import otlp_receiver
+from memories import healthcheck, otlp_receiver
 from memories.telemetry import Telemetry
 
 Labels = frozenset[tuple[str, str]]
@@ -298,3 +300,30 @@ def test_senders_and_series_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     ]
     # A forgotten sender's place is free again.
     assert store.take(gauge_request("c", 1.0), now=400.0) == (0, [])
+
+
+def test_the_healthcheck_asks_the_receiver_without_importing_it(receiver: int) -> None:
+    assert healthcheck.main([str(receiver), "/healthz"]) == 0
+    # Another path answers 404: unhealthy, as is a port nobody listens on.
+    assert healthcheck.main([str(receiver), "/v1/health"]) == 1
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        assert healthcheck.main([str(unused.getsockname()[1]), "/healthz"]) == 1
+    assert healthcheck.main(["4318", "healthz"]) == 2
+    assert healthcheck.main(["port"]) == 2
+    # It stays light: the receiver's protobuf classes are not among what it imports.
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "memories.healthcheck",
+            str(receiver),
+            "/healthz",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    assert "protobuf" not in imported and "opentelemetry" not in imported, imported

@@ -20,7 +20,8 @@ A client that stalls is cut off: each request must arrive within 10 s, and at mo
 connections are served at once (one more gets 503 at once, without a thread).
 
 It runs from the server's image (`python -m memories.otlp_receiver`), whose locked environment
-already holds the OTLP protobuf classes and prometheus-client; `--check` is its healthcheck.
+already holds the OTLP protobuf classes and prometheus-client; its healthcheck is
+`python -m memories.healthcheck 4318 /healthz`, which imports none of them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -461,17 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         default=300.0,
         help="forget a sender that has not pushed for this many seconds (default 300)",
     )
-    parser.add_argument(
-        "--check", action="store_true", help="exit 0 when a receiver answers on --port"
-    )
     args = parser.parse_args(argv)
-    if args.check:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/healthz", timeout=2):
-                return 0
-        except OSError as err:
-            print(f"otlp receiver: not answering: {err}", file=sys.stderr)
-            return 1
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     server = serve(args.port, args.stale_after)
 
