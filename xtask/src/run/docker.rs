@@ -24,6 +24,26 @@ pub fn buildx(root: &Utf8Path, builder: Option<&str>) -> Step {
     }
 }
 
+/// Runs an image listing (`docker image ls ...`, `step`) through `capture`, asking again while
+/// the engine answers that a listed image's content is gone: the containerd image store fails
+/// the whole listing with `content digest ... not found` when another process removes an image
+/// while it is read. Any other failure is the answer.
+pub fn image_listing(step: &Step, capture: impl Fn(&Step) -> Result<Captured>) -> Result<String> {
+    for _ in 0..10 {
+        let answer = capture(step)?;
+        if answer.success() || !met_a_removal(&answer.stderr) {
+            return answer.stdout_of(step);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("`{}` met an image being removed 10 times in a row: run it again", step.short())
+}
+
+/// Whether a failed image listing met an image another process was removing.
+fn met_a_removal(stderr: &str) -> bool {
+    stderr.contains("content digest") && stderr.contains("not found")
+}
+
 /// Checks that the docker CLI is on PATH: cheap enough for every run.
 pub fn require_cli() -> Result<()> {
     if which::which("docker").is_err() {
@@ -87,6 +107,15 @@ fn engine_query(args: &[&str]) -> Option<Captured> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listing_that_met_a_removal_is_told_from_other_failures() {
+        let raced = "Error response from daemon: failed to get image size: content digest \
+                     sha256:4f2c: not found";
+        assert!(super::met_a_removal(raced));
+        assert!(!super::met_a_removal("Cannot connect to the Docker daemon"));
+        assert!(!super::met_a_removal("invalid reference format: not found"));
+    }
+
     use super::*;
 
     #[test]

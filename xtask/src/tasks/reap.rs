@@ -117,7 +117,11 @@ pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftover
     // from inspecting the images whose repository names a run.
     let listing = docker::cli(root).args(["image", "ls", "--no-trunc", "--format"]);
     let listing = listing.arg("{{.ID}}\t{{.Repository}}");
-    let listed = query(listing, when).context("cannot list image tags")?;
+    let listed = docker::image_listing(&listing.quiet(), |step| match when {
+        When::Before => step.capture(),
+        When::Cleanup => step.capture_regardless(),
+    });
+    let listed = listed.context("cannot list image tags")?;
     let mut ids: Vec<&str> = listed
         .lines()
         .filter_map(|line| line.split_once('\t'))

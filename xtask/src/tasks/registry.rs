@@ -60,10 +60,11 @@ impl Throwaway {
     /// Removes the local tags of images pushed under `namespace` of this registry: once the
     /// registry is gone they would name nothing.
     pub fn untag_local(&self, namespace: &str) {
-        let listed = docker::cli(&self.root)
+        let listing = docker::cli(&self.root)
             .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
             .arg(format!("{namespace}/*"))
-            .read();
+            .quiet();
+        let listed = docker::image_listing(&listing, |step| step.capture_regardless());
         let refs: Vec<String> = listed.unwrap_or_default().lines().map(str::to_owned).collect();
         if !refs.is_empty() {
             let _ = docker::cli(&self.root).args(["image", "rm"]).args(refs).run_regardless();
