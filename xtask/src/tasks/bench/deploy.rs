@@ -424,9 +424,11 @@ pub fn deploy(root: &Utf8Path, runs: u32, peer: DeployPeer) -> Result<Report> {
         let ca = tls.join("bench-ca.pem");
         let agent = crate::wait::net::https_agent(Some(ca.as_str())).map_err(anyhow::Error::msg)?;
         stack::write_mode(&env_file, password.as_bytes(), 0o600)?;
-        let measured = (|| -> Result<([Vec<Outcome>; 2], Vec<String>)> {
+        type Measured = ([Vec<Outcome>; 2], [Vec<Duration>; 2], Vec<String>);
+        let measured = (|| -> Result<Measured> {
             push_versions(root, &namespace, &work, monitoring)?;
             let mut seen: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+            let mut p99s: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
             let mut monitored = Vec::new();
             for run in 1..=runs {
                 for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
@@ -453,17 +455,22 @@ pub fn deploy(root: &Utf8Path, runs: u32, peer: DeployPeer) -> Result<Report> {
                         (1, DeployPeer::Naive) => stack.naive(),
                         _ => stack.ours(VERSION_B),
                     })?;
+                    p99s[side].push(p99(&outcomes));
                     seen[side].extend(outcomes);
                     if stack.monitoring {
                         monitored.push(stack.monitoring_seen()?);
                     }
                 }
             }
-            Ok((seen, monitored))
+            Ok((seen, p99s, monitored))
         })();
         // Whatever happened, the local tags of the registry's images go with it.
         registry.untag_local(&namespace);
-        let (seen, monitored) = measured?;
+        let (seen, p99s, monitored) = measured?;
+        let per_run = |p99s: &[Duration]| -> String {
+            let each: Vec<String> = p99s.iter().map(|d| format!("{:.0}", super::ms(*d))).collect();
+            each.join(", ")
+        };
         let [ours_seen, naive_seen] = seen;
         let failed = |o: &[Outcome]| o.iter().filter(|o| o.failure.is_some()).count();
         let (ours_name, peer_name) = match peer {
@@ -479,7 +486,8 @@ pub fn deploy(root: &Utf8Path, runs: u32, peer: DeployPeer) -> Result<Report> {
             "failed requests: {ours_name} {} of {}{}, {peer_name} {} of {}{}; p99 latency: \
              {ours_name} {:.0} ms, {peer_name} {:.0} ms ({RATE} requests/s over HTTPS through \
              the proxy, each on a new connection; a request fails on a non-2xx \
-             answer, an error or {}s without one){watched}",
+             answer, an error or {}s without one); p99 of each run: {ours_name} {} ms, \
+             {peer_name} {} ms{watched}",
             failed(&ours_seen),
             ours_seen.len(),
             reasons(&ours_seen),
@@ -488,7 +496,9 @@ pub fn deploy(root: &Utf8Path, runs: u32, peer: DeployPeer) -> Result<Report> {
             reasons(&naive_seen),
             super::ms(p99(&ours_seen)),
             super::ms(p99(&naive_seen)),
-            REQUEST_TIMEOUT.as_secs()
+            REQUEST_TIMEOUT.as_secs(),
+            per_run(&p99s[0]),
+            per_run(&p99s[1]),
         );
         let (ours_label, peer_label) = match peer {
             DeployPeer::Naive => {
