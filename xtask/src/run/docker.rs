@@ -107,16 +107,16 @@ fn engine_query(args: &[&str]) -> Option<Captured> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_listing_that_met_a_removal_is_told_from_other_failures() {
         let raced = "Error response from daemon: failed to get image size: content digest \
                      sha256:4f2c: not found";
-        assert!(super::met_a_removal(raced));
-        assert!(!super::met_a_removal("Cannot connect to the Docker daemon"));
-        assert!(!super::met_a_removal("invalid reference format: not found"));
+        assert!(met_a_removal(raced));
+        assert!(!met_a_removal("Cannot connect to the Docker daemon"));
+        assert!(!met_a_removal("invalid reference format: not found"));
     }
-
-    use super::*;
 
     #[test]
     fn buildx_constructor_sets_the_builder_before_the_subcommand() {
