@@ -302,8 +302,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let archives =
         reproducible.then(|| RunDir::planned(&root.join("target/xtask"), ARCHIVES_PREFIX));
     let generator = reproducible.then(|| {
-        let run = RunId::of_process(std::process::id())
-            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
+        let run = RunId::name_of_this_process();
         let request = BuildRequest {
             images: vec![ImageName::SBOM],
             tags: Some(vec![revision.build_tags()[1].clone()]),
@@ -315,10 +314,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         Box::new(plan(root, revision, &request))
     });
     let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
-    let cache_space = request.no_cache.then(|| {
-        RunId::of_process(std::process::id())
-            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string())
-    });
+    let cache_space = request.no_cache.then(RunId::name_of_this_process);
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {

@@ -24,8 +24,7 @@ pub struct RunDir(Utf8PathBuf);
 impl RunDir {
     /// The path [`RunDir::new`] makes in this process, for plans.
     pub fn planned(parent: &Utf8Path, prefix: &str) -> Utf8PathBuf {
-        let owner = RunId::of_process(std::process::id())
-            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string());
+        let owner = RunId::name_of_this_process();
         parent.join(format!("{prefix}{owner}"))
     }
 
@@ -91,6 +90,13 @@ impl RunId {
     /// The id of a run owned by process `pid` of this machine.
     pub fn of_process(pid: u32) -> Option<RunId> {
         Some(RunId { host: host_hash()?, pid, start: process_start(pid)? })
+    }
+
+    /// This process's run id as text, or `pid<N>` where `/proc` cannot name it: for the names
+    /// of what a run plans to make.
+    pub fn name_of_this_process() -> String {
+        RunId::of_process(std::process::id())
+            .map_or_else(|| format!("pid{}", std::process::id()), |run| run.to_string())
     }
 
     pub fn parse(text: &str) -> Option<RunId> {
