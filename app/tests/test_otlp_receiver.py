@@ -302,8 +302,14 @@ def test_senders_and_series_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     assert store.take(gauge_request("c", 1.0), now=400.0) == (0, [])
 
 
-def test_the_healthcheck_asks_the_receiver_without_importing_it(receiver: int) -> None:
-    assert healthcheck.main([str(receiver), "/healthz"]) == 0
+def test_the_healthcheck_asks_the_receiver_without_importing_it(
+    receiver: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It reads each answer to its end, so the receiver never sees it leave halfway.
+    caplog.set_level("DEBUG", logger=otlp_receiver.log.name)
+    for _ in range(10):
+        assert healthcheck.main([str(receiver), "/healthz"]) == 0
+    assert not [r for r in caplog.records if "left before its answer" in r.getMessage()]
     # Another path answers 404: unhealthy, as is a port nobody listens on.
     assert healthcheck.main([str(receiver), "/v1/health"]) == 1
     with socket.socket() as unused:
@@ -327,3 +333,17 @@ def test_the_healthcheck_asks_the_receiver_without_importing_it(receiver: int) -
         check=True,
     ).stderr
     assert "protobuf" not in imported and "opentelemetry" not in imported, imported
+
+
+def test_a_client_that_leaves_before_its_answer_leaves_no_traceback(
+    receiver: int, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that asks and closes at once, unread data pending: the kernel resets the
+    # connection under the receiver's answer.
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", receiver), timeout=5) as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            rude.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert call(receiver, "GET", "/healthz")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]

@@ -51,7 +51,7 @@ fn every_image_builds_with_its_tags_labels_and_digest() {
     .unwrap();
     let images = built()["images"].as_array().expect("images");
     let names: Vec<&str> = images.iter().map(|i| i["image"].as_str().unwrap()).collect();
-    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
+    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"]);
     for image in images {
         let digest = image["digest"].as_str().expect("a digest per image");
         assert!(digest.starts_with("sha256:"), "{digest}");
@@ -72,10 +72,49 @@ fn every_image_builds_with_its_tags_labels_and_digest() {
 
 #[test]
 fn runtime_images_run_as_non_root() {
-    for image in ["server", "standalone", "db", "redis", "proxy", "prometheus"] {
+    for image in ["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"] {
         let uid = docker(&["run", "--rm", "--entrypoint", "id", &image_ref(image), "-u"]);
         assert_ne!(uid, "0", "{image} runs as root");
     }
+}
+
+/// The receiver's image runs the receiver, turns healthy by its own healthcheck, and holds the
+/// locked dependencies but none of the server's code: a release of new server code must leave it
+/// as it was (its inputs in `docker/images.toml` are its own files).
+#[test]
+fn otlp_image_serves_the_receiver_turns_healthy_and_holds_none_of_the_server() {
+    let image = image_ref("otlp");
+    let mut cleanup = Cleanup::default();
+    let name = unique_name("memories-otlp-test");
+    cleanup.container(&name);
+    docker(&["run", "--detach", "--name", &name, "--publish", "127.0.0.1::4318", &image]);
+    let port = published_port(&name, 4318);
+    wait_for_200(port, "/healthz", Duration::from_secs(30));
+    let metrics = http("GET", port, "/metrics", None).unwrap();
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let started = Instant::now();
+    loop {
+        let health = docker(&["inspect", "--format", "{{.State.Health.Status}}", &name]);
+        if health == "healthy" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{name} is {health}, not healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let server = docker_output(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        &image,
+        "-c",
+        "import memories.api",
+    ]);
+    let said = String::from_utf8_lossy(&server.stderr);
+    assert!(
+        !server.status.success() && said.contains("No module named 'memories.api'"),
+        "the otlp image holds the server's code: {said}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn built() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         require_docker();
-        xtask_ok(&["build", "server", "db", "redis", "proxy", "standalone", "prometheus"]);
+        xtask_ok(&["build", "server", "db", "redis", "proxy", "standalone", "prometheus", "otlp"]);
     });
 }
 

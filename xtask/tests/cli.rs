@@ -74,7 +74,7 @@ fn dry_run_prints_the_bake_plan_and_runs_no_docker_command() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(
-        stdout.starts_with("# build server standalone db redis proxy prometheus (dry run"),
+        stdout.starts_with("# build server standalone db redis proxy prometheus otlp (dry run"),
         "{stdout}"
     );
     assert!(
@@ -128,22 +128,22 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     assert!(output.status.success(), "{}", text(&output.stderr));
     let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(plan["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
-    assert_eq!(plan["images"].as_array().unwrap().len(), 6);
+    assert_eq!(plan["images"].as_array().unwrap().len(), 7);
     let requests: Vec<&Value> =
         plan["plan"].as_array().unwrap().iter().filter_map(|item| item.get("registry")).collect();
     let with = |action: &str| -> Vec<&Value> {
         requests.iter().copied().filter(|r| r["action"] == action).collect()
     };
-    assert_eq!(with("read").len(), 30, "five refs of six images");
+    assert_eq!(with("read").len(), 35, "five refs of seven images");
     let pushes = with("push");
-    assert_eq!(pushes.len(), 6, "one push per image");
+    assert_eq!(pushes.len(), 7, "one push per image");
     assert_eq!(pushes[0]["refs"].as_array().unwrap().len(), 2, "under both immutable refs");
     assert!(pushes[0]["archive"].as_str().unwrap().ends_with(".tar"), "{:#}", pushes[0]);
     let copies = with("copy");
-    assert_eq!(copies.len(), 18, "the three moving tags of each image are manifest copies");
+    assert_eq!(copies.len(), 21, "the three moving tags of each image are manifest copies");
     let last = copies.last().unwrap();
-    assert_eq!(last["to"], "127.0.0.1:9/acme/prometheus:latest", "latest moves last");
-    assert_eq!(last["from"], "127.0.0.1:9/acme/prometheus@sha256:<built>");
+    assert_eq!(last["to"], "127.0.0.1:9/acme/otlp:latest", "latest moves last");
+    assert_eq!(last["from"], "127.0.0.1:9/acme/otlp@sha256:<built>");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
 
     let (text_plan, log) =

@@ -13,6 +13,20 @@ import socket
 import sys
 
 
+def read_answer(conn: socket.socket, limit: int = 65536) -> bytes:
+    """Reads the answer to its end (an HTTP/1.0 server closes after it), at most `limit` bytes.
+
+    Closing with the answer half read would make the kernel reset the connection, and the
+    server would see a client that vanished in the middle of its answer."""
+    answer = b""
+    while len(answer) < limit:
+        chunk = conn.recv(limit - len(answer))
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) > 2 or (args and not args[0].isdigit()) or (len(args) == 2 and args[1][:1] != "/"):
@@ -23,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
             conn.settimeout(2)
-            conn.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            head = conn.recv(64)
+            conn.sendall(
+                f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+            )
+            head = read_answer(conn)
     except OSError as err:
         print(f"unhealthy: {err}", file=sys.stderr)
         return 1

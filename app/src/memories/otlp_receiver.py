@@ -19,9 +19,10 @@ that has not pushed for `--stale-after` seconds (a replica that was replaced) is
 A client that stalls is cut off: each request must arrive within 10 s, and at most 64
 connections are served at once (one more gets 503 at once, without a thread).
 
-It runs from the server's image (`python -m memories.otlp_receiver`), whose locked environment
-already holds the OTLP protobuf classes and prometheus-client; its healthcheck is
-`python -m memories.healthcheck 4318 /healthz`, which imports none of them.
+It runs from an image of its own, the server Dockerfile's `otlp` target: the server's locked
+environment (the OTLP protobuf classes, prometheus-client), this module and the healthcheck's,
+and nothing else of the app, so it must import nothing else of it. Its healthcheck is
+`python -m memories.healthcheck 4318 /healthz`, which imports none of those dependencies.
 """
 
 from __future__ import annotations
@@ -431,6 +432,16 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        """A client that left before its answer was written is its own business: one debug
+        line, not socketserver's traceback on stderr. Anything else is logged with its
+        traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("%s left before its answer: %s", client_address, error)
+        else:
+            log.exception("while serving %s", client_address)
 
 
 def serve(

@@ -276,9 +276,15 @@ mod tests {
     #[test]
     fn the_repository_catalogue_declares_every_image_once_in_order() {
         let names: Vec<&str> = ImageName::all().iter().map(|i| i.as_str()).collect();
-        assert_eq!(names[..6], ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
+        assert_eq!(
+            names[..7],
+            ["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"]
+        );
         let released: Vec<&str> = ImageName::released().iter().map(|i| i.as_str()).collect();
-        assert_eq!(released, ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
+        assert_eq!(
+            released,
+            ["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"]
+        );
         assert!(ImageName::SERVER < ImageName::DB && ImageName::DB < ImageName::NODE);
         assert_eq!(ImageName::named("proxy").entry().target, "proxy");
         let unknown = ImageName::parse("nginx").unwrap_err();

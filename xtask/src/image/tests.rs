@@ -32,7 +32,7 @@ fn default_plan_builds_every_image_in_one_bake_and_loads() {
     );
     assert_eq!(
         plan.bake["group"]["default"]["targets"],
-        json!(["server", "standalone", "db", "redis", "proxy", "prometheus"])
+        json!(["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"])
     );
     let server = &plan.bake["target"]["server"];
     assert_eq!(server["dockerfile"], "docker/server/Dockerfile");

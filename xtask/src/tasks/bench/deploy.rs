@@ -352,7 +352,7 @@ fn push_versions(
         let revision = Revision::read(&checkout)?;
         let mut images = vec![ImageName::SERVER, ImageName::DB, ImageName::named("proxy")];
         if monitoring {
-            images.push(ImageName::named("prometheus"));
+            images.extend([ImageName::named("prometheus"), ImageName::named("otlp")]);
         }
         let request = BuildRequest { images, ..BuildRequest::default() };
         let built = image::execute(&image::plan(&checkout, &revision, &request))?;

@@ -175,7 +175,7 @@ fn every_image_is_the_default() {
     request.images.clear();
     let plan = plan(Utf8Path::new("/repo"), &revision("1.4.2", false), &request).unwrap();
     let names: Vec<&str> = plan.images.iter().map(|i| i.image.as_str()).collect();
-    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy", "prometheus"]);
+    assert_eq!(names, ["server", "standalone", "db", "redis", "proxy", "prometheus", "otlp"]);
 }
 
 fn found(digest: &str, version: Option<&str>) -> FoundIndex {
