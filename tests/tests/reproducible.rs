@@ -1,11 +1,7 @@
-//! Reproducible images: a `cargo xtask build` of one commit for amd64 and arm64 from empty
-//! BuildKit caches (every step run again, every cache mount emptied) gives every image the same
-//! manifest digest on both platforms as a build of the same commit that may take every step
-//! from the cache. A cached step's result is what an earlier run of that step made, so the two
-//! builds compare two runs of every step, as two builds from empty caches would, at the cost of
-//! one: on a machine that built this commit before, the first build takes seconds. The build from
-//! empty caches has cache mounts of its own (`CACHE_SPACE`), so the builds of other tests running
-//! beside it are not disturbed.
+//! Reproducible images: two `cargo xtask build`s of one commit for amd64 and arm64, each from
+//! empty BuildKit caches (every step run again, every cache mount emptied), give every image the
+//! same manifest digest on both platforms. Each has cache mounts of its own (`CACHE_SPACE`), so
+//! the builds of other tests running beside it are not disturbed.
 //!
 //! No exemption: the db image carries no cluster prepared at build time (one stamped with the
 //! time, a pid and a random nonce), it initialises its database on a first start.
@@ -34,25 +30,21 @@ fn images() -> Vec<String> {
 /// Image → platform → (manifest digest, layer digests).
 type Built = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
 
-/// Which build cache a build may read.
-#[derive(Clone, Copy)]
-enum Caches {
-    /// The build cache, as a developer's build does: steps run before are not run again.
-    Read,
-    /// None: `--no-cache` also gives the build cache mounts of its own (package lists, uv's
-    /// wheel cache), empty, so it fetches everything again as on a fresh machine, while builds
-    /// beside it keep theirs.
-    Empty,
-}
-
-fn build(caches: Caches, registry: &str, cleanup: &mut Cleanup) -> Built {
+fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
+    // `--no-cache` also gives the build cache mounts of its own (package lists, uv's wheel
+    // cache), empty, so it fetches everything again as on a fresh machine, while builds beside
+    // it keep theirs.
     let images = images();
     let mut args = vec!["build"];
     args.extend(images.iter().map(String::as_str));
-    args.extend(["--platform", "linux/amd64,linux/arm64", "--registry", registry, "--json"]);
-    if let Caches::Empty = caches {
-        args.push("--no-cache");
-    }
+    args.extend([
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--no-cache",
+        "--registry",
+        registry,
+        "--json",
+    ]);
     let out: Value = serde_json::from_str(&xtask_ok(&args)).expect("build --json prints JSON");
     let mut built = Built::new();
     for image in out["images"].as_array().expect("images") {
@@ -75,11 +67,11 @@ fn build(caches: Caches, registry: &str, cleanup: &mut Cleanup) -> Built {
 }
 
 #[test]
-fn a_build_from_empty_caches_gives_the_digests_of_a_cached_build() {
+fn two_builds_from_empty_caches_give_the_same_digests() {
     require_docker();
     let mut cleanup = Cleanup::default();
-    let first = build(Caches::Read, &unique_name("localhost/repro-a"), &mut cleanup);
-    let second = build(Caches::Empty, &unique_name("localhost/repro-b"), &mut cleanup);
+    let first = build_from_empty_caches(&unique_name("localhost/repro-a"), &mut cleanup);
+    let second = build_from_empty_caches(&unique_name("localhost/repro-b"), &mut cleanup);
     let mut every = images();
     every.sort_unstable();
     assert_eq!(first.keys().cloned().collect::<Vec<_>>(), every);
