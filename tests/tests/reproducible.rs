@@ -1,7 +1,14 @@
-//! Reproducible images: two `cargo xtask build`s of one commit for amd64 and arm64, each from
-//! empty BuildKit caches (every step run again, every cache mount emptied), give every image the
-//! same manifest digest on both platforms. Each has cache mounts of its own (`CACHE_SPACE`), so
-//! the builds of other tests running beside it are not disturbed.
+//! Reproducible images: a `cargo xtask build` of one commit for amd64 and arm64 that may take
+//! every step from the cache, and one from empty BuildKit caches (every step run again, every
+//! cache mount emptied), give every image the same manifest digest on both platforms.
+//!
+//! Both date their images a day from now (`SOURCE_DATE_EPOCH`), later than any step of either
+//! ran, so the export's rewrite-timestamp (which lowers only times newer than the epoch) hides
+//! nothing: a file that kept the time its step ran, or its checkout's time, differs between the
+//! cached step and the one run again, on a cold machine as on a warm one. That is how a cached
+//! build once differed from a fresh one (a cached step had run before the commit it built).
+//! The build from empty caches has cache mounts of its own (`CACHE_SPACE`), so the builds of
+//! other tests running beside it are not disturbed.
 //!
 //! No exemption: the db image carries no cluster prepared at build time (one stamped with the
 //! time, a pid and a random nonce), it initialises its database on a first start.
@@ -9,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use tests::{Cleanup, require_docker, unique_name, xtask_ok};
+use tests::{Cleanup, require_docker, unique_name, xtask_ok, xtask_process};
 
 /// Every image of the catalogue (`cargo xtask images list`), released or not, but those built
 /// for the build machine only (`platforms = "build"`: sbom, the generator every reproducible
@@ -30,22 +37,34 @@ fn images() -> Vec<String> {
 /// Image → platform → (manifest digest, layer digests).
 type Built = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
 
-fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
-    // `--no-cache` also gives the build cache mounts of its own (package lists, uv's wheel
-    // cache), empty, so it fetches everything again as on a fresh machine, while builds beside
-    // it keep theirs.
+/// Which build cache a build may read.
+#[derive(Clone, Copy)]
+enum Caches {
+    /// The build cache, as a developer's build does: steps run before are not run again.
+    Read,
+    /// None: `--no-cache` also gives the build cache mounts of its own (package lists, uv's
+    /// wheel cache), empty, so it fetches everything again as on a fresh machine, while builds
+    /// beside it keep theirs.
+    Empty,
+}
+
+fn build(caches: Caches, epoch: u64, registry: &str, cleanup: &mut Cleanup) -> Built {
     let images = images();
     let mut args = vec!["build"];
     args.extend(images.iter().map(String::as_str));
-    args.extend([
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "--no-cache",
-        "--registry",
-        registry,
-        "--json",
-    ]);
-    let out: Value = serde_json::from_str(&xtask_ok(&args)).expect("build --json prints JSON");
+    args.extend(["--platform", "linux/amd64,linux/arm64", "--registry", registry, "--json"]);
+    if let Caches::Empty = caches {
+        args.push("--no-cache");
+    }
+    let output = xtask_process()
+        .args(&args)
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("cannot run xtask");
+    assert!(output.status.success(), "xtask {} failed: {:?}", args.join(" "), output.status);
+    let out: Value = serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
     let mut built = Built::new();
     for image in out["images"].as_array().expect("images") {
         for reference in image["refs"].as_array().unwrap() {
@@ -67,11 +86,13 @@ fn build_from_empty_caches(registry: &str, cleanup: &mut Cleanup) -> Built {
 }
 
 #[test]
-fn two_builds_from_empty_caches_give_the_same_digests() {
+fn a_cached_build_and_one_from_empty_caches_give_the_same_digests() {
     require_docker();
     let mut cleanup = Cleanup::default();
-    let first = build_from_empty_caches(&unique_name("localhost/repro-a"), &mut cleanup);
-    let second = build_from_empty_caches(&unique_name("localhost/repro-b"), &mut cleanup);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let epoch = now.as_secs() + 86_400;
+    let first = build(Caches::Read, epoch, &unique_name("localhost/repro-a"), &mut cleanup);
+    let second = build(Caches::Empty, epoch, &unique_name("localhost/repro-b"), &mut cleanup);
     let mut every = images();
     every.sort_unstable();
     assert_eq!(first.keys().cloned().collect::<Vec<_>>(), every);

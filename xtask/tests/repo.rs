@@ -470,3 +470,92 @@ fn the_workflow_runs_every_docker_backed_suite_in_a_job_of_its_own() {
     assert!(suites.len() > 10, "{suites:?}");
     assert_eq!(listed, suites, "the ci.yml matrix lists every suite of tests/tests");
 }
+
+/// The Dockerfile and target stage of every image whose reproducibility is checked (all but
+/// those built for the build machine only), from `docker/images.toml`.
+fn checked_targets() -> Vec<(PathBuf, String)> {
+    let text = std::fs::read_to_string(root().join("docker/images.toml")).unwrap();
+    let mut found = Vec::new();
+    for table in text.split("\n[[image]]\n").skip(1) {
+        let field = |key: &str| {
+            table.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        if field("platforms").as_deref() != Some("build") {
+            found.push((root().join(field("dockerfile").unwrap()), field("target").unwrap()));
+        }
+    }
+    assert!(found.len() >= 7, "{found:?}");
+    found
+}
+
+#[test]
+fn every_file_of_an_image_is_dated_by_its_content_not_by_when_or_where_it_was_built() {
+    // `rewrite-timestamp` lowers only file times newer than the epoch: a time a cached step
+    // ran, or a checkout's time, can be older and would stay (docs/images.md, "Cached or not,
+    // the same"). So an image's own stages only copy from stages whose last step that writes
+    // files dates them (`find ... -newermt @946684800 -exec touch ...`), never from the
+    // checkout, and run nothing.
+    const DATES: &str = "-newermt @946684800 -exec touch --no-dereference --date=@946684800";
+    for (path, target) in checked_targets() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut stages: Vec<(String, String, Vec<String>)> = Vec::new();
+        for instruction in instructions(&text) {
+            let keyword = instruction.split_whitespace().next().unwrap().to_ascii_uppercase();
+            if keyword == "FROM" {
+                let args: Vec<&str> = instruction
+                    .split_whitespace()
+                    .skip(1)
+                    .filter(|w| !w.starts_with("--"))
+                    .collect();
+                stages.push((args.last().unwrap().to_string(), args[0].to_owned(), Vec::new()));
+            } else if let Some((_, _, body)) = stages.last_mut() {
+                body.push(instruction);
+            }
+        }
+        let stage = |name: &str| stages.iter().find(|(n, _, _)| n == name);
+        let where_ = path.display();
+        let mut chain = vec![target.clone()];
+        while let Some((_, base, _)) = stage(chain.last().unwrap()) {
+            if stage(base).is_none() || base == "target" {
+                break;
+            }
+            chain.push(base.clone());
+        }
+        for name in &chain {
+            let (_, _, body) = stage(name).unwrap();
+            for instruction in body {
+                let keyword = instruction.split_whitespace().next().unwrap().to_ascii_uppercase();
+                assert!(
+                    keyword != "RUN" && keyword != "ADD",
+                    "{where_}: stage {name} of image target {target} must not `{keyword}`: do it \
+                     in a stage it copies from"
+                );
+                if keyword != "COPY" {
+                    continue;
+                }
+                let from = instruction.split_whitespace().find_map(|w| w.strip_prefix("--from="));
+                let Some(from) = from else {
+                    panic!(
+                        "{where_}: stage {name} copies from the checkout (`{instruction}`): copy \
+                         into a stage's root that dates its files, then from that stage"
+                    );
+                };
+                let (_, _, source) = stage(from).unwrap_or_else(|| panic!("{where_}: no {from}"));
+                let last = source
+                    .iter()
+                    .rev()
+                    .find(|i| i.starts_with("RUN") || i.starts_with("COPY"))
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                assert!(
+                    last.starts_with("RUN") && last.contains(DATES),
+                    "{where_}: stage {from}, copied into image target {target}, must end with a \
+                     RUN that dates its files (`find DIR {DATES} {{}} +`)"
+                );
+            }
+        }
+    }
+}
