@@ -2,6 +2,7 @@
 //! (with the `cache` profile), discovers the server's port, and passes it in `MEMORIES_URL`,
 //! with the compose project in `MEMORIES_PROJECT`.
 
+use std::io::Write as _;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -266,19 +267,36 @@ fn an_insert_answered_503_behind_a_lock_is_never_stored_and_a_retry_stores_one_r
         http_with("POST", port, "/v1/memories", &[("Idempotency-Key", key)], Some(body)).unwrap()
     };
     // A lock held past the request's deadline (3 s): PostgreSQL cancels the waiting insert at
-    // the deadline, so the 503 is the whole story.
-    let lock = "begin; lock table memories in access exclusive mode; select pg_sleep(5); commit;";
+    // the deadline, so the 503 is the whole story. The lock is held from a psql session fed
+    // on stdin until the request has its answer, and the request is sent only once
+    // PostgreSQL shows the lock granted: `docker exec` can take seconds to start on a loaded
+    // machine, and a fixed wait let the insert in first (and the lock then outlived the test).
     let db = db_container(&project);
     let mut locker = std::process::Command::new("docker")
-        .args(["exec", &db, "psql", "-U", "memories", "-d", "memories", "-c", lock])
+        .args(["exec", "-i", &db, "psql", "-U", "memories", "-d", "memories"])
+        .args(["-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    let mut hold = locker.stdin.take().unwrap();
+    hold.write_all(b"begin; lock table memories in access exclusive mode;\n").unwrap();
+    hold.flush().unwrap();
+    let granted = "SELECT count(*) FROM pg_locks WHERE relation = 'memories'::regclass \
+                   AND mode = 'AccessExclusiveLock' AND granted";
+    let asked = std::time::Instant::now();
+    while docker(&["exec", &db, "psql", "-U", "memories", "-d", "memories", "-At", "-c", granted])
+        != "1"
+    {
+        assert!(asked.elapsed() < Duration::from_secs(60), "the lock was never granted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let refused = post(&key, &body);
+    hold.write_all(b"commit;\n").unwrap();
+    drop(hold);
+    assert!(locker.wait().unwrap().success(), "the locking session failed");
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.headers.contains("retry-after"), "{}", refused.headers);
-    assert!(locker.wait().unwrap().success());
     assert_eq!(count_texts(&project, &text), 0, "the refused insert is not stored");
 
     // The retry the 503 invites, twice with the same key: one row, the same answer.
