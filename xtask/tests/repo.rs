@@ -52,6 +52,8 @@ struct Stage {
     user: Option<String>,
     healthcheck: bool,
     copies_from: Vec<String>,
+    /// Every instruction after its FROM, continuation lines joined.
+    body: Vec<String>,
 }
 
 /// The stages of a Dockerfile by name (unnamed ones by index), in order.
@@ -71,6 +73,7 @@ fn stages(text: &str) -> Vec<(String, Stage)> {
             continue;
         }
         let (_, stage) = stages.last_mut().expect("an instruction before FROM");
+        stage.body.push(instruction.clone());
         match keyword.as_str() {
             "USER" => stage.user = Some(rest.join(" ")),
             "HEALTHCHECK" => stage.healthcheck = rest.first() != Some(&"NONE"),
@@ -501,32 +504,18 @@ fn every_file_of_an_image_is_dated_by_its_content_not_by_when_or_where_it_was_bu
     const DATES: &str = "-newermt @946684800 -exec touch --no-dereference --date=@946684800";
     for (path, target) in checked_targets() {
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut stages: Vec<(String, String, Vec<String>)> = Vec::new();
-        for instruction in instructions(&text) {
-            let keyword = instruction.split_whitespace().next().unwrap().to_ascii_uppercase();
-            if keyword == "FROM" {
-                let args: Vec<&str> = instruction
-                    .split_whitespace()
-                    .skip(1)
-                    .filter(|w| !w.starts_with("--"))
-                    .collect();
-                stages.push((args.last().unwrap().to_string(), args[0].to_owned(), Vec::new()));
-            } else if let Some((_, _, body)) = stages.last_mut() {
-                body.push(instruction);
-            }
-        }
-        let stage = |name: &str| stages.iter().find(|(n, _, _)| n == name);
+        let stages = stages(&text);
+        let stage = |name: &str| stages.iter().find(|(n, _)| n == name).map(|(_, s)| s);
         let where_ = path.display();
         let mut chain = vec![target.clone()];
-        while let Some((_, base, _)) = stage(chain.last().unwrap()) {
-            if stage(base).is_none() || base == "target" {
+        while let Some(current) = stage(chain.last().unwrap()) {
+            if stage(&current.base).is_none() || current.base == "target" {
                 break;
             }
-            chain.push(base.clone());
+            chain.push(current.base.clone());
         }
         for name in &chain {
-            let (_, _, body) = stage(name).unwrap();
-            for instruction in body {
+            for instruction in &stage(name).unwrap().body {
                 let keyword = instruction.split_whitespace().next().unwrap().to_ascii_uppercase();
                 assert!(
                     keyword != "RUN" && keyword != "ADD",
@@ -543,8 +532,9 @@ fn every_file_of_an_image_is_dated_by_its_content_not_by_when_or_where_it_was_bu
                          into a stage's root that dates its files, then from that stage"
                     );
                 };
-                let (_, _, source) = stage(from).unwrap_or_else(|| panic!("{where_}: no {from}"));
+                let source = stage(from).unwrap_or_else(|| panic!("{where_}: no {from}"));
                 let last = source
+                    .body
                     .iter()
                     .rev()
                     .find(|i| i.starts_with("RUN") || i.starts_with("COPY"))
