@@ -422,16 +422,18 @@ fn server_start_up_fails_in_one_line_when_the_database_is_wrong_or_absent() {
 
 /// A build in which nothing that reaches the image changed (its bake definition, the files it
 /// copies) is answered from the image store: the same refs, digests and platforms as the
-/// build that made them, and no bake. An edited input, or a ref gone from the store, builds
-/// again.
+/// build that made them, and no bake, also for an image first built beside another. An edited
+/// input, or a ref gone from the store, builds again.
 #[test]
 fn a_build_with_nothing_changed_answers_from_the_store_and_an_edit_builds_again() {
     require_docker();
     let copy = tests::RepoCopy::new("0.0.0.dev5");
-    let build = || {
+    let build_these = |images: &[&str]| {
         let output = xtask_process()
             .env("MEMORIES_ROOT", &copy.root)
-            .args(["build", "server", "--json"])
+            .arg("build")
+            .args(images)
+            .arg("--json")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -439,11 +441,15 @@ fn a_build_with_nothing_changed_answers_from_the_store_and_an_edit_builds_again(
         let built: Value = serde_json::from_slice(&output.stdout).unwrap();
         (built, stderr.contains("nothing to build"))
     };
-    let (first, reused) = build();
+    let build = || build_these(&["server"]);
+    let (both, reused) = build_these(&["server", "standalone"]);
     assert!(!reused, "the first build of a new copy builds");
-    let (again, reused) = build();
+    let (again, reused) = build_these(&["server", "standalone"]);
     assert!(reused, "nothing changed: nothing to build");
-    assert_eq!(again, first, "the same refs, digests and platforms as the full build");
+    assert_eq!(again, both, "the same refs, digests and platforms as the full build");
+    let (first, reused) = build();
+    assert!(reused, "an image built beside another is answered alone: nothing to build");
+    assert_eq!(first["images"][0], both["images"][0], "the same as built beside the other");
 
     let init = copy.path("app/src/memories/__init__.py");
     let text = std::fs::read_to_string(&init).unwrap();

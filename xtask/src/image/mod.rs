@@ -429,8 +429,8 @@ pub struct Built {
 /// [`Output::Push`] pushed to the registry instead, and removed whatever happens.
 pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     docker::require_cli()?;
-    let fingerprint = noop::fingerprint(plan)?;
-    if let Some(built) = noop::reuse(plan, &fingerprint)? {
+    let fingerprints = noop::fingerprints(plan)?;
+    if let Some(built) = noop::reuse(plan, &fingerprints)? {
         let names: Vec<&str> = plan.images.iter().map(|i| i.image.as_str()).collect();
         say!(
             "nothing that reaches {} changed since it was built, and the image store holds \
@@ -442,8 +442,8 @@ pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     let built = build(plan)?;
     // A file changed while the build ran may or may not be in it: kept only when the inputs
     // are the ones fingerprinted before.
-    if noop::fingerprint(plan)? == fingerprint {
-        noop::record(plan, &fingerprint, &built)?;
+    if noop::fingerprints(plan)? == fingerprints {
+        noop::record(plan, &fingerprints, &built)?;
     }
     Ok(built)
 }

@@ -190,12 +190,12 @@ fn flags_reach_the_plan() {
 }
 
 #[test]
-fn a_fingerprint_follows_the_inputs_but_not_this_runs_scratch_names() {
+fn a_fingerprint_follows_its_images_inputs_but_not_this_runs_scratch_names_or_other_images() {
     let root = Utf8PathBuf::try_from(std::env::temp_dir())
         .unwrap()
         .join(format!("noop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    for input in ImageName::SERVER.inputs() {
+    for input in ImageName::SERVER.inputs().iter().chain(ImageName::DB.inputs()) {
         let path = root.join(input);
         if input.ends_with('/') || !input.contains('.') {
             std::fs::create_dir_all(&path).unwrap();
@@ -207,24 +207,35 @@ fn a_fingerprint_follows_the_inputs_but_not_this_runs_scratch_names() {
     }
     let request = BuildRequest { images: vec![ImageName::SERVER], ..BuildRequest::default() };
     let planned = || plan(&root, &revision(), &request);
-    let first = noop::fingerprint(&planned()).unwrap();
-    assert_eq!(noop::fingerprint(&planned()).unwrap(), first, "a plan made again is the same");
+    let server = |plan: &BuildPlan| noop::fingerprint(plan, ImageName::SERVER).unwrap();
+    let first = server(&planned());
+    assert_eq!(server(&planned()), first, "a plan made again is the same");
     let mut other_scratch = planned();
     let at = other_scratch.step.args.iter().position(|a| a == "--metadata-file").unwrap();
     other_scratch.step.args[at + 1] = root.join("target/xtask/bake-metadata-1.json").to_string();
-    assert_eq!(noop::fingerprint(&other_scratch).unwrap(), first, "scratch names do not count");
+    assert_eq!(server(&other_scratch), first, "scratch names do not count");
+
+    let both = BuildRequest { images: vec![ImageName::SERVER, ImageName::DB], ..request.clone() };
+    let both = plan(&root, &revision(), &both);
+    assert_eq!(server(&both), first, "an image built beside others is the same image");
+    let db = noop::fingerprint(&both, ImageName::DB).unwrap();
+    let db_input = root.join(&ImageName::DB.inputs()[0]);
+    let db_file = if db_input.is_dir() { db_input.join("file") } else { db_input };
+    std::fs::write(&db_file, "two").unwrap();
+    assert_ne!(noop::fingerprint(&both, ImageName::DB).unwrap(), db, "the db's input counts");
+    assert_eq!(server(&both), first, "for the db alone");
 
     let input = root.join(&ImageName::SERVER.inputs()[0]);
     let file = if input.is_dir() { input.join("file") } else { input };
     std::fs::write(&file, "two").unwrap();
-    assert_ne!(noop::fingerprint(&planned()).unwrap(), first, "an input's content counts");
+    assert_ne!(server(&planned()), first, "an input's content counts");
     std::fs::create_dir_all(root.join("app/__pycache__")).unwrap();
-    let changed = noop::fingerprint(&planned()).unwrap();
+    let changed = server(&planned());
     std::fs::write(root.join("app/__pycache__/x.pyc"), "bytecode").unwrap();
-    assert_eq!(noop::fingerprint(&planned()).unwrap(), changed, "no context holds bytecode");
+    assert_eq!(server(&planned()), changed, "no context holds bytecode");
 
     let uncached = BuildRequest { no_cache: true, ..request.clone() };
     let plan = plan(&root, &revision(), &uncached);
-    assert!(noop::reuse(&plan, &first).unwrap().is_none(), "--no-cache always builds");
+    assert!(noop::reuse(&plan, &[first]).unwrap().is_none(), "--no-cache always builds");
     let _ = std::fs::remove_dir_all(&root);
 }

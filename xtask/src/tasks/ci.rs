@@ -201,23 +201,25 @@ impl Commands {
     }
 }
 
-/// The suites of the docker step's first lane: those that build only under names of their
-/// own (`localhost/repro-*`), busy on CPU for minutes. The second lane runs every other suite:
-/// each of those may write this checkout's own tags (`memories/*:<version>`: the swarm tests
-/// build them from a checkout, the release tests load a bundle of them, the benchmarks build
-/// them), and two writers of one tag at once make one of them find the other's image. A CI run
-/// with `release` and `doctor` in this lane failed on exactly that: a bundle's
-/// `memories/db:<version>` loaded while the swarm test rebuilt it. A new suite goes to the
-/// second lane unless it is named here.
+/// The suites of the docker step's first lane: the reproducibility test, which builds only
+/// under names of its own (`localhost/repro-*`) and is busy on CPU for minutes, and two that
+/// build nothing. The second lane runs every other suite: each of those may write this
+/// checkout's own tags (`memories/*:<version>`: the swarm tests build them from a checkout,
+/// the release tests load a bundle of them, the benchmarks build them), and two writers of one
+/// tag at once make one of them find the other's image. A CI run with `release` and `doctor`
+/// in this lane failed on exactly that: a bundle's `memories/db:<version>` loaded while the
+/// swarm test rebuilt it. A new suite goes to the second lane unless it is named here.
 ///
-/// Empty for now, so every suite runs in one lane. `reproducible` beside the rest failed two CI
-/// runs. In the first it emptied BuildKit's cache mounts (`buildx prune`) while the other lane
-/// built; it prunes nothing now (`--no-cache` has cache mounts of its own). In the second, with
-/// no prune, five parallel `cargo xtask test` runs of the stacks suite each failed their bake
-/// with `DeadlineExceeded: context deadline exceeded` while the engine unpacked the db image
-/// into its store (11.9 s), under the load of `reproducible`'s two-platform builds. Two lanes
-/// need a machine with room for both, or suites that ask less of the engine at once.
-const BUILDS_LANE: [&str; 0] = [];
+/// `reproducible` beside the rest failed two CI runs before. In the first it emptied
+/// BuildKit's cache mounts (`buildx prune`) while the other lane built; it prunes nothing now
+/// (`--no-cache` has cache mounts of its own). In the second, five parallel `cargo xtask test`
+/// runs of the stacks suite each failed their bake with `DeadlineExceeded: context deadline
+/// exceeded` under the load of its two-platform builds: BuildKit gave up waiting for a
+/// session of five bakes started at once. Those runs bake no more: the stacks suite builds its
+/// images first, and a stack's build of images built before (even beside others) is answered
+/// from the image store (`crate::image::noop`), so the second lane's stacks ask little of the
+/// engine at once.
+const BUILDS_LANE: [&str; 3] = ["reproducible", "compose", "reap"];
 
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
 /// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
@@ -564,8 +566,9 @@ mod tests {
             shown(&two),
             [
                 "cargo test --package tests --no-run --test images --test reproducible",
-                "cargo test --package tests --test images",
+                // The first lane's, then the second's: the two run at once.
                 "cargo test --package tests --test reproducible",
+                "cargo test --package tests --test images",
             ]
         );
         let all = shown(&Commands { root: repo().to_owned(), ..commands() });
