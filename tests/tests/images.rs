@@ -442,9 +442,9 @@ fn a_build_with_nothing_changed_answers_from_the_store_and_an_edit_builds_again(
         (built, stderr.contains("nothing to build"))
     };
     let build = || build_these(&["server"]);
-    let (both, reused) = build_these(&["server", "standalone"]);
+    let (both, reused) = build_these(&["server", "redis"]);
     assert!(!reused, "the first build of a new copy builds");
-    let (again, reused) = build_these(&["server", "standalone"]);
+    let (again, reused) = build_these(&["server", "redis"]);
     assert!(reused, "nothing changed: nothing to build");
     assert_eq!(again, both, "the same refs, digests and platforms as the full build");
     let (first, reused) = build();

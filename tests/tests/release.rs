@@ -74,6 +74,11 @@ fn digests(registry: &str, images: &[&str]) -> BTreeMap<String, String> {
     digests
 }
 
+/// The platform of the releases whose promise does not depend on how many there are: half
+/// the exports and pushes of both. The first test, the signed one and the new image's release
+/// for both.
+const ONE_PLATFORM: [&str; 2] = ["--platform", "linux/amd64"];
+
 /// The flags every release here uses: the tree may be dirty while developing.
 fn release(registry: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["release", "server", "db", "--registry", registry, "--allow-dirty"];
@@ -152,6 +157,7 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     let v = version["version"].as_str().unwrap();
     let mut child = xtask_process()
         .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .args(ONE_PLATFORM)
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -176,7 +182,7 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     assert_eq!(inspect(&format!("{namespace}/db:{v}")), None, "db was not pushed yet");
     assert_eq!(inspect(&format!("{namespace}/server:latest")), None, "latest never moved");
 
-    let again = release(&namespace, &["--json"]);
+    let again = release(&namespace, &[&ONE_PLATFORM[..], &["--json"]].concat());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "a re-run without --force finishes the release: {stderr}");
     let reported: Value = serde_json::from_slice(&again.stdout).unwrap();
@@ -190,7 +196,7 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     assert_eq!(reported["images"][0]["digest"], first, "the server the first run pushed stays");
     assert_eq!(reported["images"][0]["refs"].as_array().unwrap().len(), 5);
 
-    let complete = release(&namespace, &[]);
+    let complete = release(&namespace, &ONE_PLATFORM);
     assert_eq!(complete.status.code(), Some(1), "a finished release is not released twice");
     let stderr = String::from_utf8_lossy(&complete.stderr);
     assert!(stderr.contains("already in the registry with every tag in place"), "{stderr}");
@@ -227,15 +233,14 @@ fn clone_at_version(dir: &std::path::Path, version: &str) {
     git(&["commit", "--quiet", "--all", "--message", &format!("version {version}")]);
 }
 
-/// `cargo xtask release redis` in the clone at `dir`. The clone's xtask is built into a target
-/// directory of its own (kept between runs): in this one it would replace the `xtask` binary
-/// that the other tests run, and its repository root is the clone's.
+/// `cargo xtask release redis` in the clone at `dir`: this checkout's xtask (the clone's code
+/// is the same, committed) with the clone as its repository root (`MEMORIES_ROOT`), so its
+/// version and revision are the clone's.
 fn release_from(dir: &std::path::Path, namespace: &str) -> std::process::Output {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clone-target");
-    Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "xtask", "--", "release", "redis", "--json"])
-        .args(["--registry", namespace])
-        .env("CARGO_TARGET_DIR", target)
+    xtask_process()
+        .args(["release", "redis", "--json", "--registry", namespace])
+        .args(ONE_PLATFORM)
+        .env("MEMORIES_ROOT", dir)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
@@ -277,7 +282,7 @@ fn a_release_through_a_flaky_registry_is_retried_to_the_end() {
     // One request in five fails: a 500, a 429, a reset connection or a delay.
     let flaky = FaultyRegistry::start(&registry, "20%", 20261123);
     let namespace = flaky.namespace("flaky");
-    let output = release(&namespace, &["--json"]);
+    let output = release(&namespace, &[&ONE_PLATFORM[..], &["--json"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let reported: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -324,6 +329,7 @@ fn a_release_with_one_failed_build_pushes_nothing_and_leaves_no_tags() {
     let path = docker_breaking_db(&dir);
     let output = xtask_process()
         .args(["release", "server", "db", "--registry", &namespace, "--allow-dirty"])
+        .args(ONE_PLATFORM)
         .env("PATH", path)
         .current_dir(repo_root())
         .stdin(Stdio::null())

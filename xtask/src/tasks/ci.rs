@@ -201,25 +201,26 @@ impl Commands {
     }
 }
 
-/// The suites of the docker step's first lane: the reproducibility test, which builds only
-/// under names of its own (`localhost/repro-*`) and is busy on CPU for minutes, and two that
-/// build nothing. The second lane runs every other suite: each of those may write this
-/// checkout's own tags (`memories/*:<version>`: the swarm tests build them from a checkout,
-/// the release tests load a bundle of them, the benchmarks build them), and two writers of one
-/// tag at once make one of them find the other's image. A CI run with `release` and `doctor`
+/// The suites of the docker step's first lane: those that build only under names of their
+/// own (`localhost/repro-*`) or build nothing. The second lane runs every other suite: each
+/// of those may write this checkout's own tags (`memories/*:<version>`: the swarm tests build
+/// them from a checkout, the release tests load a bundle of them, the benchmarks build them),
+/// and two writers of one tag at once make one of them find the other's image. A CI run with `release` and `doctor`
 /// in this lane failed on exactly that: a bundle's `memories/db:<version>` loaded while the
 /// swarm test rebuilt it. A new suite goes to the second lane unless it is named here.
 ///
-/// `reproducible` beside the rest failed two CI runs before. In the first it emptied
-/// BuildKit's cache mounts (`buildx prune`) while the other lane built; it prunes nothing now
-/// (`--no-cache` has cache mounts of its own). In the second, five parallel `cargo xtask test`
-/// runs of the stacks suite each failed their bake with `DeadlineExceeded: context deadline
-/// exceeded` under the load of its two-platform builds: BuildKit gave up waiting for a
-/// session of five bakes started at once. Those runs bake no more: the stacks suite builds its
-/// images first, and a stack's build of images built before (even beside others) is answered
-/// from the image store (`crate::image::noop`), so the second lane's stacks ask little of the
-/// engine at once.
-const BUILDS_LANE: [&str; 3] = ["reproducible", "compose", "reap"];
+/// Empty, so every suite runs in one lane: on 2 cores two lanes are no faster. With
+/// `reproducible`, `compose` and `reap` in this lane (a CI run of 37db5c5), the second lane's
+/// stacks, db, doctor and images suites took 1,032 s beside the reproducibility test's
+/// 1,012 s; one after another they take about 960 s (295, 22, 25, 145 and 473 s). Both lanes
+/// spend most of their time on CPU (the exports' layer recompression, the builds), so they
+/// only shared the two cores. Two earlier tries failed: once the reproducibility test emptied
+/// BuildKit's cache mounts (`buildx prune`) while the other lane built (it prunes nothing
+/// now: `--no-cache` has cache mounts of its own), once five parallel `cargo xtask test` runs
+/// failed their bake with `DeadlineExceeded` under its load (they bake no more: a stack's
+/// images built before are answered from the image store, `crate::image::noop`). A lane
+/// earns its place on a machine with cores to spare, or beside suites that mostly wait.
+const BUILDS_LANE: [&str; 0] = [];
 
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
 /// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
@@ -566,9 +567,8 @@ mod tests {
             shown(&two),
             [
                 "cargo test --package tests --no-run --test images --test reproducible",
-                // The first lane's, then the second's: the two run at once.
-                "cargo test --package tests --test reproducible",
                 "cargo test --package tests --test images",
+                "cargo test --package tests --test reproducible",
             ]
         );
         let all = shown(&Commands { root: repo().to_owned(), ..commands() });
