@@ -6,20 +6,31 @@ receiver's is `4318 /healthz`); the port defaults to `PORT`, else 8283.
 It runs every second while a container starts, so it uses a bare socket rather than urllib
 (which imports http, email and ssl) and stays around 20 ms of CPU; importing the receiver
 itself would cost about ten times that.
+
+The whole check, connection and answer, gets `TIMEOUT` seconds: a server that answers a byte
+at a time, or never closes, is unhealthy then, not a check that never ends.
 """
 
 import os
 import socket
 import sys
+import time
+
+TIMEOUT = 2.0
 
 
-def read_answer(conn: socket.socket, limit: int = 65536) -> bytes:
-    """Reads the answer to its end (an HTTP/1.0 server closes after it), at most `limit` bytes.
+def read_answer(conn: socket.socket, deadline: float, limit: int = 65536) -> bytes:
+    """Reads the answer to its end (an HTTP/1.0 server closes after it), at most `limit` bytes,
+    until `deadline` (a `time.monotonic()` value), after which it raises `TimeoutError`.
 
     Closing with the answer half read would make the kernel reset the connection, and the
     server would see a client that vanished in the middle of its answer."""
     answer = b""
     while len(answer) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {TIMEOUT:g} s")
+        conn.settimeout(left)
         chunk = conn.recv(limit - len(answer))
         if not chunk:
             break
@@ -34,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     port = int(args[0]) if args else int(os.environ.get("PORT", "8283"))
     path = args[1] if len(args) == 2 else "/v1/health"
+    deadline = time.monotonic() + TIMEOUT
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-            conn.settimeout(2)
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
             conn.sendall(
                 f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
             )
-            head = read_answer(conn)
+            head = read_answer(conn, deadline)
     except OSError as err:
         print(f"unhealthy: {err}", file=sys.stderr)
         return 1
