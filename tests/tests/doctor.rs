@@ -37,3 +37,24 @@ fn the_quick_benchmarks_and_their_peers_run() {
         }
     }
 }
+
+/// The edit-to-serving benchmark (`cargo xtask bench devloop`, not in the quick set: three dev
+/// stacks) runs each of its three sides once. Its copies of the repository once failed every
+/// build (`uv sync --locked` refused a lock whose project version the copy had not followed),
+/// and nothing ran it.
+#[test]
+fn the_devloop_benchmark_runs_all_three_sides() {
+    tests::require_docker();
+    let output = tests::xtask_process()
+        .args(["bench", "devloop", "--runs", "1", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench devloop: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sides = [&report["ours"], &report["peer"], &report["others"][0]];
+    for side in sides {
+        let samples = side["samples_ms"].as_array().map_or(0, Vec::len);
+        assert_eq!(samples, 1, "each side ran once: {report}");
+    }
+}

@@ -70,15 +70,8 @@ impl Copy {
         }
         std::fs::copy(source.join(".dockerignore"), copy.root.join(".dockerignore"))
             .context("cannot copy .dockerignore")?;
-        let pyproject = copy.root.join("app/pyproject.toml");
-        let text = std::fs::read_to_string(&pyproject).context("cannot read the copy")?;
         let version = Revision::read(source)?.version.to_string();
-        let text = text.replacen(
-            &format!("version = \"{version}\""),
-            &format!("version = \"{COPY_VERSION}\""),
-            1,
-        );
-        std::fs::write(&pyproject, text).context("cannot write the copy")?;
+        set_app_version(&copy.root, &version, COPY_VERSION)?;
         std::fs::write(copy.root.join("compose/bench-watch.yaml"), COMPOSE_WATCH_OVERLAY)?;
         let git = |args: &[&str]| {
             Step::new("git", &copy.root)
@@ -165,6 +158,24 @@ impl Drop for Copy {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// Sets the app's version in the copy at `root` from `old` to `new`, where a release bumps it:
+/// in `app/pyproject.toml` and in the project's own entry of `app/uv.lock`, which every image
+/// build checks (`uv sync --locked` refuses a lock that does not match the project).
+fn set_app_version(root: &Utf8Path, old: &str, new: &str) -> Result<()> {
+    let edit = |relative: &str, from: String, to: String| -> Result<()> {
+        let path = root.join(relative);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        if !text.contains(&from) {
+            bail!("{path} has no `{}`: cannot set the copy's version", from.replace('\n', " "));
+        }
+        std::fs::write(&path, text.replacen(&from, &to, 1))
+            .with_context(|| format!("cannot write {path}"))
+    };
+    edit("app/pyproject.toml", format!("version = \"{old}\""), format!("version = \"{new}\""))?;
+    let entry = |version: &str| format!("name = \"memories\"\nversion = \"{version}\"");
+    edit("app/uv.lock", entry(old), entry(new))
 }
 
 fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
@@ -278,4 +289,35 @@ pub fn devloop(root: &Utf8Path, runs: u32) -> Result<Report> {
              side on its own copy of the repository"
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use camino::Utf8PathBuf;
+
+    use super::{COPY_VERSION, set_app_version};
+    use crate::image::version::Revision;
+
+    #[test]
+    fn a_copys_version_is_set_in_the_project_and_its_lock() {
+        let repo = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = Utf8PathBuf::try_from(std::env::temp_dir())
+            .unwrap()
+            .join(format!("devloop-version-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        for file in ["app/pyproject.toml", "app/uv.lock"] {
+            std::fs::copy(repo.join(file), root.join(file)).unwrap();
+        }
+        let version = Revision::read(&repo).unwrap().version.to_string();
+        set_app_version(&root, &version, COPY_VERSION).unwrap();
+        let read = |file: &str| std::fs::read_to_string(root.join(file)).unwrap();
+        let want = format!("version = \"{COPY_VERSION}\"");
+        assert!(read("app/pyproject.toml").contains(&want));
+        assert!(read("app/uv.lock").contains(&format!("name = \"memories\"\n{want}")));
+
+        let err = set_app_version(&root, &version, "9.9.9").unwrap_err().to_string();
+        assert!(err.ends_with("cannot set the copy's version"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
