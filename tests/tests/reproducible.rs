@@ -56,6 +56,15 @@ fn build(caches: Caches, epoch: u64, registry: &str, cleanup: &mut Cleanup) -> B
     if let Caches::Empty = caches {
         args.push("--no-cache");
     }
+    // Every ref the build may load is removed at the end, also after a build that failed
+    // half-way (its first images loaded, a later one not).
+    let planned: Value =
+        serde_json::from_str(&xtask_ok(&[&args[..], &["--dry-run"]].concat())).unwrap();
+    for image in planned["images"].as_array().expect("a plan lists its images") {
+        for reference in image["refs"].as_array().unwrap() {
+            cleanup.image(reference.as_str().unwrap());
+        }
+    }
     let output = xtask_process()
         .args(&args)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
@@ -67,9 +76,6 @@ fn build(caches: Caches, epoch: u64, registry: &str, cleanup: &mut Cleanup) -> B
     let out: Value = serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
     let mut built = Built::new();
     for image in out["images"].as_array().expect("images") {
-        for reference in image["refs"].as_array().unwrap() {
-            cleanup.image(reference.as_str().unwrap());
-        }
         let platforms = image["platforms"]
             .as_array()
             .expect("a reproducible build reports its platforms")
