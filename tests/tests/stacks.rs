@@ -899,7 +899,22 @@ fn a_request_is_traced_from_the_edge_to_one_server_line(
     for server in tests::service_containers(project, "server").lines() {
         let read = "import urllib.request\n\
                     print(urllib.request.urlopen('http://127.0.0.1:8283/metrics').read().decode())";
-        let text = docker(&["exec", server, "python", "-c", read]);
+        let out = tests::docker_output(&["exec", server, "python", "-c", read]);
+        if !out.status.success() {
+            // Once (a CI run of f25b157, under the load of the suite's other tests) a server
+            // refused this connection. Say what the container went through, for the next time.
+            let state = "{{json .State}} restarts={{.RestartCount}}";
+            let state = tests::docker_output(&["inspect", "--format", state, server]);
+            let logs = tests::docker_output(&["logs", "--tail", "30", server]);
+            panic!(
+                "reading {server}'s metrics failed: {}\nits state: {}\nits last lines:\n{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&state.stdout),
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr),
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
         counted += text
             .lines()
             .find_map(|l| l.strip_prefix(count))
