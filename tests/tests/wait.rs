@@ -330,6 +330,7 @@ fn compose_log_exec_and_file_probes() {
     ]);
     let (code, _, stderr) = wait_for(&["--timeout", "30s", &format!("compose://{project}/app")]);
     assert_eq!(code, Some(0), "{stderr}");
+    every_replica_of_a_compose_service_must_be_healthy();
 
     let logs = container(
         &mut cleanup,
@@ -356,6 +357,53 @@ fn compose_log_exec_and_file_probes() {
     assert_eq!(code, Some(0), "{stderr}");
     writer.join().unwrap();
     let _ = std::fs::remove_file(path);
+}
+
+/// Two replicas that stay "starting" until told: with one healthy, the service is not ready
+/// (the one made healthy is the one `docker ps` lists first, which a wait that looked at one
+/// container took for the service); with both, it is. A `compose run` beside them, exited, does
+/// not count.
+fn every_replica_of_a_compose_service_must_be_healthy() {
+    let mut cleanup = Cleanup::default();
+    let project = unique_name("memories-wait-replicas");
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{project}.yaml"));
+    std::fs::write(
+        &file,
+        "services:\n  app:\n    image: debian:trixie-slim\n    command: [sleep, \"60\"]\n    \
+         stop_grace_period: 1s\n    deploy: {replicas: 2}\n    healthcheck:\n      \
+         test: [CMD, test, -e, /tmp/up]\n      interval: 300ms\n      start_period: 60s\n      \
+         start_interval: 300ms\n",
+    )
+    .unwrap();
+    cleanup.compose(&project, &file);
+    let compose = |args: &[&str]| {
+        let mut all = vec!["compose", "--project-name", &project, "--file", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        docker(&all)
+    };
+    compose(&["up", "--detach"]);
+    // Exited, and left in place: it would fail the wait if it counted.
+    compose(&["run", "--no-deps", "--no-TTY", "app", "true"]);
+    let replicas = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.oneoff=False",
+        "--format",
+        "{{.ID}}",
+    ]);
+    let replicas: Vec<&str> = replicas.lines().collect();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    docker(&["exec", replicas[0], "touch", "/tmp/up"]);
+    let probe = format!("compose://{project}/app");
+    let (code, json, stderr) = wait_for(&["--timeout", "3s", &probe]);
+    assert_eq!(code, Some(124), "one replica of two is not ready, so it times out: {stderr}");
+    let last = json["probes"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(last.contains(replicas[1]) && last.contains("health starting"), "{json}");
+    docker(&["exec", replicas[1], "touch", "/tmp/up"]);
+    let (code, _, stderr) = wait_for(&["--timeout", "30s", &probe]);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]

@@ -3,21 +3,19 @@
 
 use std::time::Duration;
 
-use super::docker::{Container, Events, compose_container, docker, health, log};
+use super::docker::{Events, compose_health, docker, health, log};
 use super::net::{connect, http, https, https_agent, redis};
 use super::postgres;
 use super::{Attempt, Check, Clock, Probe};
 
 pub fn for_probe(probe: &Probe) -> Box<dyn Check> {
-    Box::new(ProbeCheck { probe: probe.clone(), events: None, container: None, agent: None })
+    Box::new(ProbeCheck { probe: probe.clone(), events: None, agent: None })
 }
 
 struct ProbeCheck {
     probe: Probe,
     /// `docker events` for the probe's container, started on the first wait.
     events: Option<Events>,
-    /// The container of a compose service, once found (it keeps its id until recreated).
-    container: Option<String>,
     /// The HTTPS client of an https probe, made on its first attempt.
     agent: Option<ureq::Agent>,
 }
@@ -62,30 +60,7 @@ impl Check for ProbeCheck {
                 redis(host, *port, password.as_deref(), timeout)
             }
             Probe::Healthy { container } => health(container, timeout),
-            Probe::ComposeHealthy { project, service } => {
-                let found = match &self.container {
-                    Some(id) => Ok(Some(id.clone())),
-                    None => compose_container(project, service, timeout),
-                };
-                match found {
-                    Ok(Some(id)) => match Container::inspect(&id, timeout) {
-                        // A container that vanished (recreated) is looked up again next time.
-                        Ok(Container::Missing) => {
-                            self.container = None;
-                            Container::Missing.attempt(&id)
-                        }
-                        Ok(observed) => {
-                            self.container = Some(id.clone());
-                            observed.attempt(&id)
-                        }
-                        Err(e) => Attempt::NotYet(e),
-                    },
-                    Ok(None) => Attempt::NotYet(format!(
-                        "no container yet for service {service} of project {project}"
-                    )),
-                    Err(e) => Attempt::NotYet(e),
-                }
-            }
+            Probe::ComposeHealthy { project, service } => compose_health(project, service, timeout),
             Probe::Log { container, text, times } => log(container, text, *times, timeout),
             Probe::Exec { container, argv } => {
                 let mut args = vec!["exec", container.as_str()];

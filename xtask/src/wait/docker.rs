@@ -146,13 +146,41 @@ pub fn health(container: &str, timeout: Duration) -> Attempt {
     }
 }
 
-pub fn compose_container(
-    project: &str,
-    service: &str,
-    timeout: Duration,
-) -> Result<Option<String>, String> {
-    let ids = compose_service_ps(project, service, "{{.ID}}", timeout)?;
-    Ok(ids.lines().next().map(str::to_owned))
+/// Ready when a compose service has a container and every one of its containers (each
+/// replica) is healthy: a stack with one replica up and another still starting is not ready.
+/// A replica that failed decides at once; otherwise the first one still waited for says why.
+pub fn compose_health(project: &str, service: &str, timeout: Duration) -> Attempt {
+    let ids = match compose_service_ps(project, service, "{{.ID}}", timeout) {
+        Ok(ids) => ids,
+        Err(e) => return Attempt::NotYet(e),
+    };
+    let attempts = ids.lines().map(|id| match Container::inspect(id, timeout) {
+        Ok(observed) => observed.attempt(id),
+        Err(e) => Attempt::NotYet(e),
+    });
+    every_replica(attempts).unwrap_or_else(|| {
+        Attempt::NotYet(format!("no container yet for service {service} of project {project}"))
+    })
+}
+
+/// What a service's replicas together say: failed if one failed, ready if all are, `None`
+/// when there is none.
+fn every_replica(attempts: impl Iterator<Item = Attempt>) -> Option<Attempt> {
+    let mut decided = None;
+    for attempt in attempts {
+        match attempt {
+            Attempt::Ready => {
+                decided.get_or_insert(Attempt::Ready);
+            }
+            Attempt::Failed(e) => return Some(Attempt::Failed(e)),
+            not_yet => {
+                if !matches!(decided, Some(Attempt::NotYet(_))) {
+                    decided = Some(not_yet);
+                }
+            }
+        }
+    }
+    decided
 }
 
 /// `docker ps --all` of a compose service's containers, one line per container in `format`.
@@ -170,6 +198,9 @@ pub fn compose_service_ps(
             &format!("label=com.docker.compose.project={project}"),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
+            // The service's own containers, not a `compose run` beside them (a migration).
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
             "--format",
             format,
         ],
@@ -242,5 +273,20 @@ mod tests {
         assert_eq!(healthy.attempt("c"), Attempt::Ready);
         assert!(matches!(Container::Missing.attempt("c"), Attempt::NotYet(_)));
         assert!(Container::parse("not json").is_err());
+    }
+
+    #[test]
+    fn a_service_is_ready_when_every_replica_is() {
+        let ready = || Attempt::Ready;
+        let starting =
+            |c: &str| Attempt::NotYet(format!("container {c} is running, health starting"));
+        let all = |attempts: Vec<Attempt>| every_replica(attempts.into_iter());
+        assert_eq!(all(vec![]), None);
+        assert_eq!(all(vec![ready(), ready()]), Some(Attempt::Ready));
+        // One replica up, one starting: not ready, and it says which one is waited for.
+        assert_eq!(all(vec![ready(), starting("b")]), Some(starting("b")));
+        assert_eq!(all(vec![starting("a"), ready(), starting("c")]), Some(starting("a")));
+        let failed = Attempt::Failed("container b exited with code 1".into());
+        assert_eq!(all(vec![starting("a"), failed.clone(), ready()]), Some(failed));
     }
 }

@@ -24,7 +24,8 @@ accepted probe forms:
   redis://[:PASS@]HOST[:PORT]              PING answers PONG (password also from
                                            REDISCLI_AUTH or ?password_file=PATH)
   docker://CONTAINER                       the container's healthcheck reports healthy
-  compose://PROJECT/SERVICE                the same, for a compose service's container
+  compose://PROJECT/SERVICE                the same, for every container (replica)
+                                           of a compose service
   log://CONTAINER?contains=TEXT[&times=N]  the container's log holds TEXT (N times)
   exec://CONTAINER?arg=PROGRAM&arg=ARG...  the command exits 0 inside the container
   file:///PATH                             the file exists";
