@@ -2,11 +2,13 @@
 //! every step from the cache, and one from empty BuildKit caches (every step run again, every
 //! cache mount emptied), give every image the same manifest digest on both platforms.
 //!
-//! Both date their images a day from now (`SOURCE_DATE_EPOCH`), later than any step of either
-//! ran, so the export's rewrite-timestamp (which lowers only times newer than the epoch) hides
-//! nothing: a file that kept the time its step ran, or its checkout's time, differs between the
-//! cached step and the one run again, on a cold machine as on a warm one. That is how a cached
-//! build once differed from a fresh one (a cached step had run before the commit it built).
+//! Both date their images a day from now (`SOURCE_DATE_EPOCH`), an epoch no build used before.
+//! The export keeps file times as the steps left them, so a file that kept the time its step
+//! ran, or its checkout's time, differs between the cached step and the one run again. That is
+//! how a cached build once differed from a fresh one (a cached step had run before the commit
+//! it built). The cached build's layers were mostly first exported by other builds (a dev
+//! build's `type=docker`, at gzip's default level); its zstd blobs must still be the fresh
+//! build's, converted from the layers' content.
 //! The build from empty caches has cache mounts of its own (`CACHE_SPACE`), so the builds of
 //! other tests running beside it are not disturbed.
 //!

@@ -496,9 +496,9 @@ fn checked_targets() -> Vec<(PathBuf, String)> {
 
 #[test]
 fn every_file_of_an_image_is_dated_by_its_content_not_by_when_or_where_it_was_built() {
-    // `rewrite-timestamp` lowers only file times newer than the epoch: a time a cached step
-    // ran, or a checkout's time, can be older and would stay (docs/images.md, "Cached or not,
-    // the same"). So an image's own stages only copy from stages whose last step that writes
+    // The export keeps file times as they are: the time a cached step ran, or a checkout's
+    // time, would make an image depend on the cache and the checkout (docs/images.md, "Cached
+    // or not, the same"). So an image's own stages only copy from stages whose last step that writes
     // files dates them (`find ... -newermt @946684800 -exec touch ...`), never from the
     // checkout, and run nothing.
     const DATES: &str = "-newermt @946684800 -exec touch --no-dereference --date=@946684800";

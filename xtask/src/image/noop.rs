@@ -2,7 +2,7 @@
 //! changed since an earlier one (its bake target, the bake command, every file it copies, and
 //! the SBOM generator's definition and files) gives the same image, so when the store still
 //! holds it under every ref, with the digest that build reported, it is what this build
-//! returns, and the export (the layers' recompression, most of a cached build's time) is not
+//! returns, and the export (every layer written out again, most of a cached build's time) is not
 //! paid again. The answer is per image: a build of `server` after one of `server db` (or of
 //! every image, as `cargo xtask build` does) reuses what that build made. A build answers from
 //! the store only when every image it asks for can be; `--no-cache` always builds.

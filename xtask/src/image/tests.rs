@@ -137,8 +137,8 @@ fn flags_reach_the_plan() {
     assert_eq!(
         db["output"],
         json!([format!(
-            "type=oci,dest={archives}/db.tar,rewrite-timestamp=true,compression=gzip,\
-             compression-level=1"
+            "type=oci,dest={archives}/db.tar,compression=zstd,compression-level=3,\
+             force-compression=true"
         )])
     );
     let run = RunId::of_process(std::process::id()).unwrap();

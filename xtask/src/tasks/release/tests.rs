@@ -132,8 +132,8 @@ fn plan_reads_every_ref_builds_everything_pushes_each_archive_then_moves_tags() 
     assert_eq!(
         server["output"],
         json!([format!(
-            "type=oci,dest={archive},rewrite-timestamp=true,compression=gzip,\
-             compression-level=1"
+            "type=oci,dest={archive},compression=zstd,compression-level=3,\
+             force-compression=true"
         )]),
         "nothing is pushed by the build, which is reproducible"
     );
