@@ -162,7 +162,7 @@ fn run_bench(root: &Utf8Path, bench: Option<Bench>, all_json: bool) -> Result<()
         Some(Bench::Wait { runs, json }) => (bench::wait(root, runs)?, json),
         Some(Bench::Stack { runs, json }) => (bench::stack(root, runs)?, json),
         Some(Bench::Release { runs, json }) => (bench::release(root, runs)?, json),
-        Some(Bench::Cache { runs, json }) => (bench::cache(root, runs)?, json),
+        Some(Bench::Cache { runs, platform, json }) => (bench::cache(root, runs, &platform)?, json),
         Some(Bench::Flaky { runs, rate, json }) => (bench::flaky(root, runs, rate)?, json),
         Some(Bench::Startup { runs, json }) => (bench::startup(root, runs)?, json),
         Some(Bench::Devloop { runs, json }) => (bench::devloop(root, runs)?, json),

@@ -356,14 +356,22 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
-    /// `cargo xtask build` of every image for linux/amd64 and linux/arm64 from an empty BuildKit
-    /// cache with a warm registry cache (`--cache registry=...`) against the same with no
-    /// cache, interleaved, to a throwaway registry. Clears this machine's build cache before
-    /// every run.
+    /// `cargo xtask build` of every image (for linux/amd64 and linux/arm64 unless `--platform`
+    /// says otherwise) from an empty BuildKit cache with a warm registry cache
+    /// (`--cache registry=...`) against the same with no cache, interleaved, to a throwaway
+    /// registry. Clears this machine's build cache before every run.
     Cache {
         /// Runs of each side (each run is two builds from an empty cache: minutes).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
         runs: u32,
+        /// The platforms both sides build, comma-separated, e.g. `linux/amd64`.
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_parser = crate::image::platform::parse_list,
+            default_value = crate::tasks::release::DEFAULT_PLATFORMS
+        )]
+        platform: PlatformList,
         /// Print JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,

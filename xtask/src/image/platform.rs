@@ -63,6 +63,19 @@ impl fmt::Display for Platform {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformList(pub Vec<Platform>);
 
+impl fmt::Display for PlatformList {
+    /// Comma-separated, as `--platform` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, platform) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{platform}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Parses a comma-separated list, keeping the first occurrence of each platform in order.
 pub fn parse_list(raw: &str) -> Result<PlatformList, String> {
     let mut platforms: Vec<Platform> = Vec::new();

@@ -11,6 +11,7 @@ use camino::Utf8Path;
 use serde_json::json;
 
 use crate::image::ImageName;
+use crate::image::platform::PlatformList;
 use crate::image::version::Revision;
 use crate::oci;
 use crate::run::docker;
@@ -68,18 +69,18 @@ fn bare_build(root: &Utf8Path) -> Step {
         .args([entry.target.as_str(), "--tag", BARE_TAG, "."])
 }
 
-/// `cargo xtask build` of every image for amd64 and arm64 from an empty BuildKit cache (pruned
+/// `cargo xtask build` of every image for `platforms` from an empty BuildKit cache (pruned
 /// before every run), with a warm registry cache (`--cache registry=...`, written by one build
 /// before the first run) against the same with nothing, interleaved. The warm side writes the
 /// cache back as well, as a CI run does.
-pub fn cache(root: &Utf8Path, runs: u32) -> Result<Report> {
+pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Report> {
     docker::require_buildx()?;
     let registry = Throwaway::start(root)?;
     let exe = plan::this_xtask()?;
     let cache = format!("registry={}/bench/cache", registry.address);
     let build = |cached: bool| {
         let step = Step::new(&exe, root)
-            .args(["build", "--platform", release::DEFAULT_PLATFORMS, "--registry"])
+            .args(["build", "--platform", &platforms.to_string(), "--registry"])
             .arg(format!("{}/bench", registry.address));
         if cached { step.args(["--cache", &cache]) } else { step }
     };
@@ -98,8 +99,11 @@ pub fn cache(root: &Utf8Path, runs: u32) -> Result<Report> {
     let [warm, cold] = samples;
     Ok(Report {
         name: "cache",
-        ours: Side::new("build, empty BuildKit cache, warm registry cache", warm),
-        peer: Side::new("build, empty BuildKit cache, no cache", cold),
+        ours: Side::new(
+            format!("build {platforms}, empty BuildKit cache, warm registry cache"),
+            warm,
+        ),
+        peer: Side::new(format!("build {platforms}, empty BuildKit cache, no cache"), cold),
         others: Vec::new(),
         note: None,
     })
