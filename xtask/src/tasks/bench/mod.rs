@@ -78,10 +78,11 @@ pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Rep
     let registry = Throwaway::start(root)?;
     let exe = plan::this_xtask()?;
     let cache = format!("registry={}/bench/cache", registry.address);
+    let namespace = format!("{}/bench", registry.address);
     let build = |cached: bool| {
         let step = Step::new(&exe, root)
             .args(["build", "--platform", &platforms.to_string(), "--registry"])
-            .arg(format!("{}/bench", registry.address));
+            .arg(&namespace);
         if cached { step.args(["--cache", &cache]) } else { step }
     };
     say!("writing the registry cache: {}", build(true));
@@ -92,10 +93,13 @@ pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Rep
             let what = if side == 0 { "with the registry cache" } else { "from nothing" };
             say!("run {run}/{runs}: build from an empty BuildKit cache, {what}");
             docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
+            // Without the images the last build left in the store, or a build with the same
+            // inputs would answer from there (`nothing to build`) and time no build at all.
+            registry.untag_local(&namespace);
             samples[side].push(time(&build(side == 0))?);
         }
     }
-    registry.untag_local(&format!("{}/bench", registry.address));
+    registry.untag_local(&namespace);
     let [warm, cold] = samples;
     Ok(Report {
         name: "cache",
