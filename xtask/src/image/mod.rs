@@ -189,6 +189,11 @@ impl fmt::Display for Cache {
     }
 }
 
+/// How every cache export compresses its layers: as reproducible builds do ([`Output`]), so a
+/// cache export reuses the blobs the image's export made (and the other way round), and a
+/// build from an imported cache exports its blobs as they came, with no conversion.
+const CACHE_COMPRESSION: &str = "compression=zstd,compression-level=3,force-compression=true";
+
 impl Cache {
     /// The `cache-from` and `cache-to` entries of one image. A local cache is read only when it
     /// exists: buildx would warn about a missing one, and a first run has none.
@@ -200,7 +205,7 @@ impl Cache {
                     vec![format!("type=registry,ref={reference}")],
                     vec![format!(
                         "type=registry,ref={reference},mode=max,image-manifest=true,\
-                         oci-mediatypes=true"
+                         oci-mediatypes=true,{CACHE_COMPRESSION}"
                     )],
                 )
             }
@@ -211,11 +216,11 @@ impl Cache {
                 } else {
                     Vec::new()
                 };
-                (from, vec![format!("type=local,dest={dir},mode=max")])
+                (from, vec![format!("type=local,dest={dir},mode=max,{CACHE_COMPRESSION}")])
             }
             Cache::Gha => (
                 vec![format!("type=gha,scope={image}")],
-                vec![format!("type=gha,scope={image},mode=max")],
+                vec![format!("type=gha,scope={image},mode=max,{CACHE_COMPRESSION}")],
             ),
         }
     }

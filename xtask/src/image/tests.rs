@@ -95,7 +95,11 @@ fn caches_are_one_flag_with_a_scope_per_image() {
         (from, to),
         (
             vec!["type=gha,scope=server".to_owned()],
-            vec!["type=gha,scope=server,mode=max".to_owned()]
+            vec![
+                "type=gha,scope=server,mode=max,compression=zstd,compression-level=3,\
+                 force-compression=true"
+                    .to_owned()
+            ]
         )
     );
     // A local cache that is not there yet is only written.
@@ -103,7 +107,14 @@ fn caches_are_one_flag_with_a_scope_per_image() {
     let local = Cache::Local(Utf8PathBuf::try_from(dir.clone()).unwrap());
     let (from, to) = local.entries(ImageName::DB);
     assert!(from.is_empty());
-    assert_eq!(to, [format!("type=local,dest={}/db,mode=max", dir.display())]);
+    assert_eq!(
+        to,
+        [format!(
+            "type=local,dest={}/db,mode=max,compression=zstd,compression-level=3,\
+             force-compression=true",
+            dir.display()
+        )]
+    );
     std::fs::create_dir_all(dir.join("db")).unwrap();
     std::fs::write(dir.join("db/index.json"), "{}").unwrap();
     assert_eq!(local.entries(ImageName::DB).0, [format!("type=local,src={}/db", dir.display())]);
@@ -159,7 +170,7 @@ fn flags_reach_the_plan() {
     assert_eq!(
         db["cache-to"],
         json!(["type=registry,ref=127.0.0.1:5000/acme/cache:db,mode=max,image-manifest=true,\
-             oci-mediatypes=true"])
+             oci-mediatypes=true,compression=zstd,compression-level=3,force-compression=true"])
     );
     let generator = plan.generator.as_ref().unwrap();
     assert_eq!(
