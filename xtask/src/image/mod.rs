@@ -89,12 +89,26 @@ pub fn repository(registry: Option<&str>, image: ImageName) -> String {
     }
 }
 
+/// How reproducible builds, and every cache export, compress layers: zstd, forced.
+///
+/// BuildKit reuses a layer's compressed blob when it has one of the asked type, whatever level
+/// made it, so with gzip a layer first exported by a dev build (`type=docker`, gzip's default
+/// level) or a user's own `docker buildx build` would keep that blob, and the digest would
+/// depend on the cache. Nothing else here makes zstd blobs, and `force-compression` converts
+/// every other layer (the base image's too) from its content, so the same layers give the same
+/// blobs on any machine. A converted blob is kept: the next export of a cached layer only writes
+/// it. The cache exports compress alike, so an image export reuses the blobs a cache import
+/// brought and the other way round, with no layer compressed twice. Pulling zstd layers takes
+/// Docker Engine 23 or later.
+const COMPRESSION: &str = "compression=zstd,compression-level=3,force-compression=true";
+
 /// Where built images go.
 ///
 /// Reproducible builds go through an OCI archive, which `docker load` takes into the store
 /// unchanged (same index, same digests), and `--json` reads each platform's manifest and layers
 /// from. The layers' file times are the Dockerfiles' own (every file dated 2000-01-01, held by
-/// a repository check), their compression is the one below whoever built them first.
+/// a repository check), and their compression ([`COMPRESSION`]) does not depend on which build
+/// compressed a layer first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Output {
     /// Loaded into the local image store (`type=docker`), ready for `docker run`: the fast path
@@ -114,17 +128,7 @@ impl Output {
     fn exporter(self, archive: &Utf8Path) -> String {
         match self {
             Output::Load => "type=docker".to_owned(),
-            // zstd, forced: BuildKit reuses a layer's compressed blob when it has one of the
-            // asked type, whatever level made it, so with gzip a layer first exported by a dev
-            // build (`type=docker`, gzip's default level) or a user's own `docker buildx build`
-            // would keep that blob, and the digest would depend on the cache. Nothing else here
-            // makes zstd blobs, and `force-compression` converts every other layer (the base
-            // image's too) from its content, so the same layers give the same blobs on any
-            // machine. A converted blob is kept: the next export of a cached layer only
-            // writes it. Pulling zstd layers takes Docker Engine 23 or later.
-            Output::Store | Output::Push => format!(
-                "type=oci,dest={archive},compression=zstd,compression-level=3,force-compression=true"
-            ),
+            Output::Store | Output::Push => format!("type=oci,dest={archive},{COMPRESSION}"),
         }
     }
 }
@@ -189,11 +193,6 @@ impl fmt::Display for Cache {
     }
 }
 
-/// How every cache export compresses its layers: as reproducible builds do ([`Output`]), so a
-/// cache export reuses the blobs the image's export made (and the other way round), and a
-/// build from an imported cache exports its blobs as they came, with no conversion.
-const CACHE_COMPRESSION: &str = "compression=zstd,compression-level=3,force-compression=true";
-
 impl Cache {
     /// The `cache-from` and `cache-to` entries of one image. A local cache is read only when it
     /// exists: buildx would warn about a missing one, and a first run has none.
@@ -205,7 +204,7 @@ impl Cache {
                     vec![format!("type=registry,ref={reference}")],
                     vec![format!(
                         "type=registry,ref={reference},mode=max,image-manifest=true,\
-                         oci-mediatypes=true,{CACHE_COMPRESSION}"
+                         oci-mediatypes=true,{COMPRESSION}"
                     )],
                 )
             }
@@ -216,11 +215,11 @@ impl Cache {
                 } else {
                     Vec::new()
                 };
-                (from, vec![format!("type=local,dest={dir},mode=max,{CACHE_COMPRESSION}")])
+                (from, vec![format!("type=local,dest={dir},mode=max,{COMPRESSION}")])
             }
             Cache::Gha => (
                 vec![format!("type=gha,scope={image}")],
-                vec![format!("type=gha,scope={image},mode=max,{CACHE_COMPRESSION}")],
+                vec![format!("type=gha,scope={image},mode=max,{COMPRESSION}")],
             ),
         }
     }
@@ -338,9 +337,9 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
         let exporter = request.output.exporter(archive.as_deref().unwrap_or(Utf8Path::new("")));
         // BuildKit's own build argument: the image config's times (files are dated by the
-        // Dockerfiles). No stage declares it, so it never reaches a
-        // `RUN` step's environment or cache key. It is the image's own epoch, not the commit's:
-        // an image whose inputs did not change keeps its layers, so a deploy keeps it running.
+        // Dockerfiles). No stage declares it, so it never reaches a `RUN` step's environment
+        // or cache key. It is the image's own epoch, not the commit's: an image whose inputs
+        // did not change keeps its layers, so a deploy keeps it running.
         let mut target = json!({
             "context": ".",
             "dockerfile": source.dockerfile,
