@@ -7,8 +7,8 @@
 //! ran, or its checkout's time, differs between the cached step and the one run again. That is
 //! how a cached build once differed from a fresh one (a cached step had run before the commit
 //! it built). The cached build's layers were mostly first exported by other builds (a dev
-//! build's `type=docker`, at gzip's default level); its zstd blobs must still be the fresh
-//! build's, converted from the layers' content.
+//! build's `type=docker`, uncompressed); its zstd blobs must still be the fresh build's,
+//! converted from the layers' content.
 //! The build from empty caches has cache mounts of its own (`CACHE_SPACE`), so the builds of
 //! other tests running beside it are not disturbed.
 //!
