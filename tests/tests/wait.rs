@@ -376,6 +376,8 @@ fn every_replica_of_a_compose_service_must_be_healthy() {
     )
     .unwrap();
     cleanup.compose(&project, &file);
+    // `compose down` leaves the one-off `compose run` container below: remove it by its label.
+    cleanup.project(&project);
     let compose = |args: &[&str]| {
         let mut all = vec!["compose", "--project-name", &project, "--file", file.to_str().unwrap()];
         all.extend_from_slice(args);
