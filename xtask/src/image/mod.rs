@@ -93,12 +93,13 @@ pub fn repository(registry: Option<&str>, image: ImageName) -> String {
 ///
 /// BuildKit reuses a layer's compressed blob when it has one of the asked type, whatever level
 /// made it, so with gzip a layer first exported by a user's own `docker buildx build` (gzip at
-/// its default level) would keep that blob, and the digest would depend on the cache. Nothing else here makes zstd blobs, and `force-compression` converts
-/// every other layer (the base image's too) from its content, so the same layers give the same
-/// blobs on any machine. A converted blob is kept: the next export of a cached layer only writes
-/// it. The cache exports compress alike, so an image export reuses the blobs a cache import
-/// brought and the other way round, with no layer compressed twice. Pulling zstd layers takes
-/// Docker Engine 23 or later.
+/// its default level) would keep that blob, and the digest would depend on the cache. Nothing
+/// else here makes zstd blobs, and `force-compression` converts every other layer (the base
+/// image's too) from its content, so the same layers give the same blobs on any machine. A
+/// converted blob is kept: the next export of a cached layer only writes it. The cache exports
+/// compress alike, so an image export reuses the blobs a cache import brought and the other
+/// way round, with no layer compressed twice. Pulling zstd layers takes Docker Engine 23 or
+/// later.
 const COMPRESSION: &str = "compression=zstd,compression-level=3,force-compression=true";
 
 /// How dev builds (`type=docker`) store new layers: uncompressed. Their images go from BuildKit
