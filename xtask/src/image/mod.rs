@@ -104,7 +104,7 @@ const COMPRESSION: &str = "compression=zstd,compression-level=3,force-compressio
 
 /// How dev builds (`type=docker`) store new layers: uncompressed. Their images go from BuildKit
 /// to the local image store and no further, so compressing a layer only to unpack it at once is
-/// waste: gzip took 12.8 of a fresh db image's 15.9 s export. The store keeps each new layer's
+/// waste: gzip took 12.8 s of a fresh db image's 15.9 s export. The store keeps each new layer's
 /// tar beside its unpacked snapshot (the base image's layers stay as pulled). Reproducible
 /// builds convert from the layers' content ([`COMPRESSION`]), so they are not affected.
 const DEV_COMPRESSION: &str = "compression=uncompressed";
