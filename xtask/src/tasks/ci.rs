@@ -202,29 +202,35 @@ impl Commands {
 }
 
 /// The suites of the docker step's first lane: those that build only under names of their
-/// own (`localhost/repro-*`) or build nothing. The second lane runs every other suite: each
-/// of those may write this checkout's own tags (`memories/*:<version>`: the swarm tests build
-/// them from a checkout, the release tests load a bundle of them, the benchmarks build them),
-/// and two writers of one tag at once make one of them find the other's image. A CI run with `release` and `doctor`
-/// in this lane failed on exactly that: a bundle's `memories/db:<version>` loaded while the
-/// swarm test rebuilt it. A new suite goes to the second lane unless it is named here.
+/// own (`localhost/repro-*`) and start no container on a network of the engine. The second
+/// lane runs every other suite: each of those may write this checkout's own tags
+/// (`memories/*:<version>`: the swarm tests build them from a checkout, the release tests load
+/// a bundle of them, the benchmarks build them), and two writers of one tag at once make one
+/// of them find the other's image. A CI run with `release` and `doctor` in this lane failed on
+/// exactly that: a bundle's `memories/db:<version>` loaded while the swarm test rebuilt it. A
+/// new suite goes to the second lane unless it is named here.
 ///
-/// Empty, so every suite runs in one lane: on 2 cores two lanes are no faster. With
-/// `reproducible`, `compose` and `reap` in this lane (a CI run of 37db5c5), the second lane's
-/// stacks, db, doctor and images suites took 1,032 s beside the reproducibility test's
-/// 1,012 s; one after another they take about 960 s (295, 22, 25, 145 and 473 s). Both lanes
-/// spend most of their time on CPU (the exports' layer recompression, the builds), so they
-/// only shared the two cores. Two earlier tries failed: once the reproducibility test emptied
-/// BuildKit's cache mounts (`buildx prune`) while the other lane built (it prunes nothing
-/// now: `--no-cache` has cache mounts of its own), once five parallel `cargo xtask test` runs
-/// failed their bake with `DeadlineExceeded` under its load (they bake no more: a stack's
-/// images built before are answered from the image store, `crate::image::noop`). A lane
-/// earns its place on a machine with cores to spare, or beside suites that mostly wait.
-const BUILDS_LANE: [&str; 0] = [];
+/// The reproducibility test spends its time on CPU (two builds of every image for two
+/// platforms, one with every step run again, arm64 under emulation); the swarm suites mostly
+/// wait (two thirds of their time: swarm's update windows, `monitor` and `delay` in
+/// `compose/prod.yaml`). So the second lane starts with [`SWARM_SUITES`], which run beside
+/// the reproducibility test and nothing else. Those two kinds can share the machine where the
+/// swarm suites and the stacks cannot: `swarm init` and `swarm leave` break the name
+/// resolution of containers that run on bridge networks at that moment (moby/moby#45144,
+/// #51491), and the reproducibility test runs none (its build steps resolve names through the
+/// host's resolver, as every BuildKit step does). Beside suites that are themselves busy on
+/// CPU a lane gains nothing on 2 cores: with `reproducible` beside the stacks, db, doctor and
+/// images suites (a CI run of 37db5c5), those took 1,032 s beside its 1,012 s, where one after
+/// another all five took about 960 s.
+const BUILDS_LANE: [&str; 1] = ["reproducible"];
+
+/// The suites that turn swarm mode on and off: the second lane runs them first, while the
+/// first lane runs only [`BUILDS_LANE`], so no compose stack runs beside them.
+const SWARM_SUITES: [&str; 2] = ["swarm", "swarm_nodes"];
 
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
-/// the builds lane in [`BUILDS_LANE`]'s order, the other alphabetically with `stacks` first
-/// (its longest, started while the other lane is busiest).
+/// the builds lane in [`BUILDS_LANE`]'s order; the other with [`SWARM_SUITES`] first (in that
+/// order), then `stacks` (its longest), then the rest alphabetically.
 fn lanes(suites: &[String]) -> [Vec<String>; 2] {
     let builds: Vec<String> = BUILDS_LANE
         .iter()
@@ -232,7 +238,10 @@ fn lanes(suites: &[String]) -> [Vec<String>; 2] {
         .map(|name| (*name).to_owned())
         .collect();
     let mut stacks: Vec<String> = suites.iter().filter(|s| !builds.contains(s)).cloned().collect();
-    stacks.sort_by_key(|s| (s != "stacks", s.clone()));
+    stacks.sort_by_key(|s| {
+        let swarm = SWARM_SUITES.iter().position(|name| name == s);
+        (swarm.unwrap_or(SWARM_SUITES.len()), s != "stacks", s.clone())
+    });
     [builds, stacks]
 }
 
@@ -567,8 +576,8 @@ mod tests {
             shown(&two),
             [
                 "cargo test --package tests --no-run --test images --test reproducible",
-                "cargo test --package tests --test images",
                 "cargo test --package tests --test reproducible",
+                "cargo test --package tests --test images",
             ]
         );
         let all = shown(&Commands { root: repo().to_owned(), ..commands() });
@@ -583,12 +592,12 @@ mod tests {
     #[test]
     fn every_suite_runs_in_exactly_one_lane_and_the_builds_lane_names_real_suites() {
         let suites = docker_suites(repo());
-        for name in BUILDS_LANE {
-            assert!(suites.iter().any(|s| s == name), "BUILDS_LANE names no suite {name}");
+        for name in BUILDS_LANE.iter().chain(&SWARM_SUITES) {
+            assert!(suites.iter().any(|s| s == name), "no suite {name}");
         }
         let [builds, stacks] = lanes(&suites);
         assert_eq!(builds, BUILDS_LANE.map(str::to_owned));
-        assert_eq!(stacks[0], "stacks", "the longest of its lane starts first");
+        assert_eq!(stacks[..3], ["swarm", "swarm_nodes", "stacks"], "the swarm suites first");
         let mut both: Vec<String> = builds.iter().chain(&stacks).cloned().collect();
         both.sort();
         assert_eq!(both, suites, "each suite once");
@@ -596,8 +605,11 @@ mod tests {
         for name in ["swarm", "swarm_nodes", "images", "stacks", "wait", "release", "doctor"] {
             assert!(stacks.iter().any(|s| s == name), "{name} runs in the stacks lane");
         }
-        let [_, stacks] = lanes(&["watch".into(), "stacks".into()]);
-        assert_eq!(stacks, ["stacks", "watch"], "stacks first, the rest in order");
+        let [_, stacks] = lanes(&["watch".into(), "stacks".into(), "db".into()]);
+        assert_eq!(stacks, ["stacks", "db", "watch"], "stacks first, the rest in order");
+        let [builds, stacks] = lanes(&["stacks".into(), "swarm_nodes".into(), "swarm".into()]);
+        assert!(builds.is_empty(), "{builds:?}");
+        assert_eq!(stacks, ["swarm", "swarm_nodes", "stacks"]);
     }
 
     #[test]
