@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check CI makes, in order, as xtask steps, so "green locally" means
 //! "green in CI"; then one summary table (or JSON) with each step's status and time.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -418,7 +419,10 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
     let result = match step {
         // The Docker-backed tests are a test run: what they leave is removed at the end.
         CiStep::Docker => {
-            reap::as_run(&commands.root, |run| docker_lanes(commands, run, keep_going))
+            let before = docker_objects(&commands.root)?;
+            let result =
+                reap::as_run(&commands.root, |run| docker_lanes(commands, run, keep_going));
+            result.and_then(|()| check_unlabelled(&before, &docker_objects(&commands.root)?))
         }
         _ => steps.iter().try_for_each(Step::run),
     };
@@ -426,6 +430,67 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
         registry.untag_local(&format!("{}/ci", registry.address));
     }
     result
+}
+
+/// The engine's containers, networks and volumes: each one's ID and what to call it
+/// (`container NAME`).
+fn docker_objects(root: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    let mut objects = BTreeMap::new();
+    let lists: [(&str, &[&str]); 3] = [
+        ("container", &["ps", "--all", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]),
+        ("network", &["network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}"]),
+        ("volume", &["volume", "ls", "--format", "{{.Name}} {{.Name}}"]),
+    ];
+    for (kind, args) in lists {
+        let listed = docker::cli(root).args(args.iter().copied()).quiet().capture()?;
+        if !listed.success() {
+            bail!("cannot list the engine's {kind}s: {}", listed.stderr.trim());
+        }
+        for line in listed.stdout.lines() {
+            if let Some((id, name)) = line.trim().split_once(' ') {
+                objects.insert(id.to_owned(), format!("{kind} {name}"));
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// What is in `after` and was not in `before`, said in one line: what the docker step left
+/// although its run's objects were removed, so none of it carries the run label (a test that
+/// creates it without the label, and does not remove it).
+fn unlabelled(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Option<String> {
+    let left: Vec<&str> =
+        after.iter().filter(|(id, _)| !before.contains_key(*id)).map(|(_, o)| o.as_str()).collect();
+    if left.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the Docker-backed suites left {} object(s) that carry no run label ({}): find the test \
+         that creates them and label them ({}=RUN) or remove them in its clean-up",
+        left.len(),
+        left.join(", "),
+        label::LABEL
+    ))
+}
+
+/// Fails the docker step on [`unlabelled`] objects under CI (`CI` set), where nothing else
+/// runs on the machine; elsewhere only warns, since a stack the developer started meanwhile
+/// would be listed too.
+fn check_unlabelled(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Result<()> {
+    match unlabelled(before, after) {
+        Some(message) if std::env::var_os("CI").is_some() => bail!("{message}"),
+        Some(message) => {
+            say!("warning: {message} (unless you made them while the suites ran)");
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 /// How one suite of the docker step went.
@@ -610,6 +675,29 @@ mod tests {
         let [builds, stacks] = lanes(&["stacks".into(), "swarm_nodes".into(), "swarm".into()]);
         assert!(builds.is_empty(), "{builds:?}");
         assert_eq!(stacks, ["swarm", "swarm_nodes", "stacks"]);
+    }
+
+    #[test]
+    fn objects_the_docker_step_left_are_named() {
+        let objects = |list: &[(&str, &str)]| -> BTreeMap<String, String> {
+            list.iter().map(|(id, o)| ((*id).to_owned(), (*o).to_owned())).collect()
+        };
+        let before = objects(&[("n1", "network bridge"), ("v1", "volume kept")]);
+        assert_eq!(unlabelled(&before, &before), None);
+        let fewer = objects(&[("n1", "network bridge")]);
+        assert_eq!(unlabelled(&before, &fewer), None, "what went is no leftover");
+        let after = objects(&[
+            ("c9", "container memories-wait-7-1-app-run-1"),
+            ("n1", "network bridge"),
+            ("v1", "volume kept"),
+            ("v2", "volume memories-wait-7-1_data"),
+        ]);
+        assert_eq!(
+            unlabelled(&before, &after).unwrap(),
+            "the Docker-backed suites left 2 object(s) that carry no run label (container \
+             memories-wait-7-1-app-run-1, volume memories-wait-7-1_data): find the test that \
+             creates them and label them (memories.run=RUN) or remove them in its clean-up"
+        );
     }
 
     #[test]
