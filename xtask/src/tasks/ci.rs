@@ -419,10 +419,11 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
     let result = match step {
         // The Docker-backed tests are a test run: what they leave is removed at the end.
         CiStep::Docker => {
-            let before = docker_objects(&commands.root)?;
+            let before = reap::objects(&commands.root, reap::When::Before)?;
             let result =
                 reap::as_run(&commands.root, |run| docker_lanes(commands, run, keep_going));
-            result.and_then(|()| check_unlabelled(&before, &docker_objects(&commands.root)?))
+            let after = || reap::objects(&commands.root, reap::When::Before);
+            result.and_then(|()| check_unlabelled(&before, &after()?))
         }
         _ => steps.iter().try_for_each(Step::run),
     };
@@ -430,29 +431,6 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
         registry.untag_local(&format!("{}/ci", registry.address));
     }
     result
-}
-
-/// The engine's containers, networks and volumes: each one's ID and what to call it
-/// (`container NAME`).
-fn docker_objects(root: &Utf8Path) -> Result<BTreeMap<String, String>> {
-    let mut objects = BTreeMap::new();
-    let lists: [(&str, &[&str]); 3] = [
-        ("container", &["ps", "--all", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]),
-        ("network", &["network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}"]),
-        ("volume", &["volume", "ls", "--format", "{{.Name}} {{.Name}}"]),
-    ];
-    for (kind, args) in lists {
-        let listed = docker::cli(root).args(args.iter().copied()).quiet().capture()?;
-        if !listed.success() {
-            bail!("cannot list the engine's {kind}s: {}", listed.stderr.trim());
-        }
-        for line in listed.stdout.lines() {
-            if let Some((id, name)) = line.trim().split_once(' ') {
-                objects.insert(id.to_owned(), format!("{kind} {name}"));
-            }
-        }
-    }
-    Ok(objects)
 }
 
 /// What is in `after` and was not in `before`, said in one line: what the docker step left

@@ -26,6 +26,18 @@ pub struct Leftovers {
     pub tags: Vec<String>,
 }
 
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Container => "container",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+            Kind::Secret => "secret",
+        }
+    }
+}
+
 impl Leftovers {
     fn is_empty(&self) -> bool {
         self.services.is_empty()
@@ -68,25 +80,45 @@ enum Kind {
     Secret,
 }
 
+/// How the engine lists containers, networks and volumes: the command, the Go template of an
+/// object's ID (a volume's is its name) and of its name.
+const LISTINGS: [(Kind, &[&str], &str, &str); 3] = [
+    (Kind::Container, &["ps", "--all", "--no-trunc"], "{{.ID}}", "{{.Names}}"),
+    (Kind::Network, &["network", "ls", "--no-trunc"], "{{.ID}}", "{{.Name}}"),
+    (Kind::Volume, &["volume", "ls"], "{{.Name}}", "{{.Name}}"),
+];
+
+/// Every container, network and volume the engine has, labelled or not: each one's ID and
+/// what to call it (`container NAME`).
+pub fn objects(root: &Utf8Path, when: When) -> Result<BTreeMap<String, String>> {
+    let mut objects = BTreeMap::new();
+    for (kind, command, id, name) in LISTINGS {
+        let listing = docker::cli(root)
+            .args(command.iter().copied())
+            .args(["--format".to_owned(), format!("{id}\t{name}")]);
+        let what = kind.as_str();
+        let listed = query(listing, when).with_context(|| format!("cannot list {what}s"))?;
+        for (id, name) in listed.lines().filter_map(|line| line.split_once('\t')) {
+            objects.insert(id.to_owned(), format!("{what} {name}"));
+        }
+    }
+    Ok(objects)
+}
+
 /// Lists what every run left, by run: labelled containers, networks and volumes, and image
 /// tags whose repository names a run.
 pub fn inventory(root: &Utf8Path, when: When) -> Result<BTreeMap<RunId, Leftovers>> {
     let mut runs: BTreeMap<RunId, Leftovers> = BTreeMap::new();
     let label = format!("{{{{.Label \"{LABEL}\"}}}}");
-    let listings = [
-        (Kind::Container, ["ps", "--all", "--no-trunc"].as_slice(), "{{.ID}}"),
-        (Kind::Network, &["network", "ls", "--no-trunc"], "{{.ID}}"),
-        (Kind::Volume, &["volume", "ls"], "{{.Name}}"),
-    ];
-    for (kind, command, id) in listings {
+    for (kind, command, id, _) in LISTINGS {
         let listing = docker::cli(root).args(command.iter().copied()).args([
             "--filter".to_owned(),
             format!("label={LABEL}"),
             "--format".to_owned(),
             format!("{id}\t{label}"),
         ]);
-        let listed =
-            query(listing, when).with_context(|| format!("cannot list labelled {}", command[0]))?;
+        let listed = query(listing, when)
+            .with_context(|| format!("cannot list labelled {}s", kind.as_str()))?;
         add_labelled(&mut runs, kind, &listed);
     }
     if is_swarm_manager(root, when)? {
