@@ -605,20 +605,31 @@ impl RepoCopy {
 
 impl Drop for RepoCopy {
     fn drop(&mut self) {
-        for tag in [self.version.clone(), format!("{}-{}", self.version, self.sha)] {
-            for image in ["db", "server", "redis", "proxy", "standalone"] {
-                let _ = docker_output(&["image", "rm", &format!("memories/{image}:{tag}")]);
+        // Every image a build in the copy tagged (its catalogue may name images this
+        // checkout's does not): `<version>`, `<version>-<sha>`, `sha-<sha>`, and their `-dirty`
+        // forms.
+        let (version, sha) = (&self.version, &self.sha);
+        let ours = [
+            version.clone(),
+            format!("{version}-{sha}"),
+            format!("sha-{sha}"),
+            format!("{version}-{sha}-dirty"),
+            format!("sha-{sha}-dirty"),
+        ];
+        let listed = docker_output(&[
+            "image",
+            "ls",
+            "--filter",
+            "reference=memories/*",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ]);
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        for reference in listed.lines() {
+            let tag = reference.rsplit_once(':').map_or("", |(_, tag)| tag);
+            if ours.iter().any(|t| t == tag) {
+                let _ = docker_output(&["image", "rm", reference]);
             }
-        }
-        for image in ["db", "server", "redis", "proxy", "standalone"] {
-            let _ = docker_output(&["image", "rm", &format!("memories/{image}:sha-{}", self.sha)]);
-            let _ = docker_output(&[
-                "image",
-                "rm",
-                &format!("memories/{image}:sha-{}-dirty", self.sha),
-            ]);
-            let dirty = format!("memories/{image}:{}-{}-dirty", self.version, self.sha);
-            let _ = docker_output(&["image", "rm", &dirty]);
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }

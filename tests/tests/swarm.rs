@@ -27,9 +27,12 @@ use tests::{
 };
 
 /// A clone of the repository at HEAD, where the test commits: `cargo xtask` runs on it through
-/// `MEMORIES_ROOT`, with this checkout's xtask.
+/// `MEMORIES_ROOT`, with this checkout's xtask. Its builds name their images under a registry
+/// name of their own (`--registry`), so they never move this checkout's tags
+/// (`memories/NAME:<version>-<sha>` of the same commit): other suites run from those.
 struct Checkout {
     dir: std::path::PathBuf,
+    names: String,
 }
 
 impl Checkout {
@@ -40,7 +43,7 @@ impl Checkout {
         let root = repo_root();
         git(&root, &["clone", "--quiet", "--no-checkout", ".", dir.to_str().unwrap()]);
         git(&dir, &["checkout", "--quiet", "--detach", &head]);
-        Checkout { dir }
+        Checkout { dir, names: tests::unique_name("localhost/swarm-build") }
     }
 
     fn xtask_ok(&self, args: &[&str]) -> String {
@@ -60,13 +63,21 @@ impl Checkout {
         git(&self.dir, &[&identity[..], &["commit", "--quiet", "--message", line]].concat());
     }
 
-    /// The local tags `cargo xtask build` gives `images` here (`memories/NAME:<version>-<sha>`).
-    fn built_tags(&self, images: &[&str]) -> Vec<String> {
-        let mut args = vec!["build"];
+    /// `cargo xtask build` of `images` here, under this checkout's own names; every ref it
+    /// loads is removed by `cleanup`. Returns each image's `<version>-<sha>` ref.
+    fn build(&self, images: &[&str], cleanup: &mut Cleanup) -> Vec<String> {
+        let mut args = vec!["build", "--registry", self.names.as_str()];
         args.extend(images);
-        args.extend(["--dry-run", "--json"]);
-        let plan: Value = serde_json::from_str(&self.xtask_ok(&args)).unwrap();
-        let tags = images.iter().map(|i| plan["bake"]["target"][i]["tags"][1].as_str().unwrap());
+        let planned: Value =
+            serde_json::from_str(&self.xtask_ok(&[&args[..], &["--dry-run", "--json"]].concat()))
+                .unwrap();
+        for image in images {
+            for tag in planned["bake"]["target"][image]["tags"].as_array().unwrap() {
+                cleanup.image(tag.as_str().unwrap());
+            }
+        }
+        self.xtask_ok(&args);
+        let tags = images.iter().map(|i| planned["bake"]["target"][i]["tags"][1].as_str().unwrap());
         tags.map(str::to_owned).collect()
     }
 }
@@ -149,9 +160,9 @@ fn prod_deploys_by_digest_to_a_swarm_and_a_broken_version_rolls_back_without_a_f
     let version = pyproject_version();
     let images = ["server", "db", "proxy"];
     let checkout = Checkout::of_head(&tests::unique_name("swarm-checkout"));
-    let build_and_push = |version: &str| {
-        checkout.xtask_ok(&[&["build"], &images[..]].concat());
-        for (image, local) in images.iter().zip(checkout.built_tags(&images)) {
+    let mut built = Cleanup::default();
+    let mut build_and_push = |version: &str| {
+        for (image, local) in images.iter().zip(checkout.build(&images, &mut built)) {
             let remote = format!("{namespace}/{image}:{version}");
             docker(&["tag", &local, &remote]);
             docker(&["push", "--quiet", &remote]);
