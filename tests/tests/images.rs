@@ -464,3 +464,95 @@ fn a_build_with_nothing_changed_answers_from_the_store_and_an_edit_builds_again(
     assert!(!reused, "a ref gone from the store builds again");
     assert_eq!(rebuilt["images"][0]["platforms"], edited["images"][0]["platforms"]);
 }
+
+#[test]
+fn prune_removes_older_commits_images_and_keeps_this_ones_and_those_in_use() {
+    require_docker();
+    // Names of this test's own (`--registry`), so nothing another suite builds is pruned.
+    let names = unique_name("localhost/prune");
+    let other = unique_name("localhost/prune-other");
+    let head = {
+        let output = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(tests::repo_root())
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let (old, older) = ("0".repeat(40), "1".repeat(40));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("prune"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM debian:trixie-slim\n").unwrap();
+    let mut cleanup = Cleanup::default();
+    // Each an image of ours (the title label) built from `revision`, under `tags`. The first
+    // and the last are one image (the same labels on the same base), under two names: pruning
+    // one name leaves the image its other tag.
+    let images: [(&[String], &str); 4] = [
+        (&[format!("{names}/server:0.0.1"), format!("{names}/server:sha-0000000")], &old),
+        (&[format!("{names}/server:now")], &head),
+        (&[format!("{names}/db:used")], &older),
+        (&[format!("{other}/server:0.0.1")], &old),
+    ];
+    for (tags, revision) in images {
+        for tag in tags {
+            cleanup.image(tag);
+        }
+        let title = format!("org.opencontainers.image.title=memories-prune-{}", &revision[..1]);
+        let revision = format!("org.opencontainers.image.revision={revision}");
+        let tagged: Vec<&str> = tags.iter().flat_map(|t| ["--tag", t.as_str()]).collect();
+        let args = [&["build", "--quiet", "--label", &title, "--label", &revision], &tagged[..]];
+        docker(&[&args.concat()[..], &[dir.to_str().unwrap()]].concat());
+    }
+    let plain = format!("{names}/plain:0.0.1");
+    docker(&["tag", "debian:trixie-slim", &plain]);
+    cleanup.image(&plain);
+    let used = unique_name("prune-user");
+    docker(&["create", "--name", &used, &format!("{names}/db:used")]);
+    cleanup.container(&used);
+    let present = |tag: &str| docker_output(&["image", "inspect", tag]).status.success();
+    let tags_of = |listed: &Value| -> Vec<String> {
+        let mut tags: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["tags"].as_array().unwrap().iter().map(|t| t.to_string()))
+            .map(|t| t.trim_matches('"').to_owned())
+            .collect();
+        tags.sort();
+        tags
+    };
+    let prune = |extra: &[&str]| -> Value {
+        let out = xtask_ok(&[&["images", "prune", "--registry", &names, "--json"], extra].concat());
+        serde_json::from_str(&out).unwrap()
+    };
+
+    let planned = prune(&["--dry-run"]);
+    assert_eq!(tags_of(&planned["images"]["removed"]), images[0].0, "{planned}");
+    assert!(present(&images[0].0[0]), "a dry run removes nothing");
+
+    let pruned = prune(&[]);
+    assert_eq!(tags_of(&pruned["removed"]), images[0].0, "{pruned}");
+    let mut kept: Vec<(String, String)> = pruned["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["tags"][0].as_str().unwrap().to_owned(), k["why"].as_str().unwrap().to_owned()))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            (images[2].0[0].clone(), "in_use".into()),
+            (images[1].0[0].clone(), "this_revision".into())
+        ],
+    );
+    assert!(!present(&images[0].0[0]) && !present(&images[0].0[1]), "both old tags are gone");
+    for kept in [&images[1].0[0], &images[2].0[0], &images[3].0[0], &plain] {
+        assert!(present(kept), "{kept} stays: this commit's, in use, other names, not ours");
+    }
+
+    let all = prune(&["--all"]);
+    assert_eq!(tags_of(&all["removed"]), images[1].0, "--all removes this commit's too: {all}");
+    assert!(present(&images[2].0[0]), "what a container uses stays even so");
+    let _ = std::fs::remove_dir_all(&dir);
+}

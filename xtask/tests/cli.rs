@@ -496,7 +496,7 @@ fn a_greedy_or_cleartext_postgres_gets_no_password_and_the_wait_times_out_on_tim
 
 /// Every task that starts or changes something, as a user would call it.
 /// `BUNDLE` stands for a valid bundle's path, `SHA256` for its hash.
-const TASKS: [&[&str]; 39] = [
+const TASKS: [&[&str]; 40] = [
     &["dev"],
     &["dev", "up", "--profile", "cache", "--attach"],
     &["dev", "--watch"],
@@ -517,6 +517,7 @@ const TASKS: [&[&str]; 39] = [
     &["run", "--port", "18283"],
     &["images", "save", "server", "--platform", "linux/amd64"],
     &["images", "load", "BUNDLE", "--sha256", "SHA256"],
+    &["images", "prune"],
     &["db", "psql", "--", "--command=select 1"],
     &["db", "dump", "--output", "sentinel.dump"],
     &["db", "restore", "BUNDLE", "--clean"],
@@ -651,6 +652,7 @@ fn every_task_plans_without_docker_and_no_output_carries_a_secret() {
         let reads = |call: &str| {
             ["ps ", "volume ls ", "network ls ", "image ls ", "service ls ", "secret ls "]
                 .iter()
+                .chain(&["image inspect ", "container ls ", "container inspect "])
                 .any(|read| call.starts_with(read))
                 || call.starts_with("run --rm --network none ")
         };

@@ -251,6 +251,27 @@ pub enum ImagesAction {
         #[command(flatten)]
         preview: PreviewArgs,
     },
+    /// Remove the images older commits' builds left in the local image store: the tags of
+    /// our images (`memories/NAME:...`) built from another commit than this checkout's, unless a
+    /// container uses them. The build cache keeps their layers, so building an older commit
+    /// again stays fast. Every build leaves one set of images, and each listing of the image
+    /// store slows with their number. Do not prune while `cargo xtask test` runs: the copies
+    /// its tests build are other commits.
+    ///
+    /// Example: `cargo xtask images prune --dry-run`, then `cargo xtask images prune`
+    Prune {
+        /// Prune the images named under this registry and namespace (as `build --registry`
+        /// names them) instead of the local names `memories/<image>`.
+        #[arg(long, value_name = "REG", value_parser = parse_registry)]
+        registry: Option<String>,
+        /// Also remove this checkout's commit's images (those a container uses stay).
+        #[arg(long)]
+        all: bool,
+        /// With --dry-run, what would be removed and kept is listed (the store is only read);
+        /// with --json, what was removed and kept is printed on stdout.
+        #[command(flatten)]
+        preview: PreviewArgs,
+    },
 }
 
 impl ImagesAction {
@@ -282,6 +303,10 @@ impl ImagesAction {
                 let signing = (&transparency).into();
                 (bundle::Action::Load { file, checksum, key, signing }, preview.into())
             }
+            ImagesAction::Prune { registry, all, preview } => (
+                bundle::Action::Prune(crate::image::prune::PruneRequest { registry, all }),
+                preview.into(),
+            ),
         }
     }
 }

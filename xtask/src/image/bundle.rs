@@ -1,4 +1,5 @@
-//! `cargo xtask images save|load`: release images for a machine without a registry.
+//! `cargo xtask images save|load`: release images for a machine without a registry (and the
+//! dispatch of every `images` action).
 //!
 //! A bundle is one OCI image layout in a tar file (`oci-layout`, `index.json`,
 //! `blobs/sha256/...`, as `docker save` writes it), so skopeo (`oci-archive:FILE:REF`), crane,
@@ -50,6 +51,8 @@ pub enum Action {
     Save { request: SaveRequest, output: Option<Utf8PathBuf> },
     /// Check a bundle (and with `key`, its signature), then load it.
     Load { file: Utf8PathBuf, checksum: Checksum, key: Option<KeySource>, signing: Options },
+    /// Remove older revisions' images from the store.
+    Prune(image::prune::PruneRequest),
 }
 
 /// What `images load` checks the whole file against before it loads anything.
@@ -103,6 +106,7 @@ pub fn task(root: &Utf8Path, action: Action) -> Result<Box<dyn Task + '_>> {
             let key = key.map(|k| Key::read(&k, KeyKind::Public)).transpose()?;
             Box::new(LoadTask { root, file, checksum, key, signing })
         }
+        Action::Prune(request) => Box::new(image::prune::task(root, request)),
     })
 }
 

@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod catalogue;
 mod noop;
 pub mod platform;
+pub mod prune;
 pub mod sign;
 pub mod verify;
 pub mod version;
