@@ -202,48 +202,41 @@ impl Commands {
     }
 }
 
-/// The suites of the docker step's first lane that run while the second lane runs the
-/// [`SWARM_SUITES`]: those that build only under names of their own (`localhost/repro-*`) and
-/// start no container on a network of the engine.
+/// The suites of the docker step's first lane: those that build only under names of their
+/// own (`localhost/repro-*`) and start no container on a network of the engine. The second
+/// lane runs every other suite. Some of those write this checkout's own tags (the benchmarks
+/// build and time them), and two writers of one tag at once make one of them find the other's
+/// image: a CI run with `release` and `doctor` in this lane failed on exactly that, back when
+/// the release tests loaded a bundle of those tags while the swarm test rebuilt them (neither
+/// does any more). A new suite goes to the second lane unless it is named here.
 ///
 /// The reproducibility test spends its time on CPU (two builds of every image for two
 /// platforms, one with every step run again, arm64 under emulation); the swarm suites mostly
 /// wait (two thirds of their time: swarm's update windows, `monitor` and `delay` in
-/// `compose/prod.yaml`). Those two kinds can share the machine where the swarm suites and the
-/// stacks cannot: `swarm init` and `swarm leave` break the name resolution of containers that
-/// run on bridge networks at that moment (moby/moby#45144, #51491), and the reproducibility
-/// test runs none (its build steps resolve names through the host's resolver, as every
-/// BuildKit step does). Beside suites that are themselves busy on CPU a lane gains nothing on
-/// 2 cores: with `reproducible` beside the stacks, db, doctor and images suites (a CI run of
-/// 37db5c5), those took 1,032 s beside its 1,012 s, where one after another all five took
-/// about 960 s.
+/// `compose/prod.yaml`). So the second lane starts with [`SWARM_SUITES`], which run beside
+/// the reproducibility test and nothing else. Those two kinds can share the machine where the
+/// swarm suites and the stacks cannot: `swarm init` and `swarm leave` break the name
+/// resolution of containers that run on bridge networks at that moment (moby/moby#45144,
+/// #51491), and the reproducibility test runs none (its build steps resolve names through the
+/// host's resolver, as every BuildKit step does). Beside suites that are themselves busy on
+/// CPU a lane gains nothing on 2 cores: with `reproducible` beside the stacks, db, doctor and
+/// images suites (a CI run of 37db5c5), those took 1,032 s beside its 1,012 s, where one after
+/// another all five took about 960 s. The same held for `release` and `images` run in this
+/// lane after the swarm suites, beside `stacks` (a CI run of 70bb8da): they took 277 s and
+/// 143 s, `stacks` 339 s (about 180, 80 and 230 s one after another), the CPU 0 to 5 % idle, and
+/// the step 955 s, no faster than in one lane.
 const BUILDS_LANE: [&str; 1] = ["reproducible"];
 
 /// The suites that turn swarm mode on and off: the second lane runs them first, while the
 /// first lane runs only [`BUILDS_LANE`], so no compose stack runs beside them.
 const SWARM_SUITES: [&str; 2] = ["swarm", "swarm_nodes"];
 
-/// The suites the first lane runs after [`BUILDS_LANE`], each once the second lane is done with
-/// the [`SWARM_SUITES`], beside the stacks and the rest. They may start containers and compose
-/// stacks (swarm mode is off by then), but none of them writes or removes this checkout's own
-/// tags (`memories/NAME:<version>-<sha>`), which the suites beside them build and start: the
-/// release tests push under a registry of their own and save and load their bundle from a
-/// copy at a version of its own, the images tests build this checkout's images only where the
-/// `build` step already did (so the build answers from the store) and everything else under
-/// names of their own. Two writers of one tag at once make one of them find the other's image:
-/// a CI run with `release` and `doctor` in the first lane failed on exactly that (a bundle's
-/// `memories/db:<version>` loaded while the swarm test rebuilt it, back when both used this
-/// checkout's tags). The benchmarks (`doctor`) build and time this checkout's images, so they
-/// stay in the second lane. A new suite goes to the second lane unless it is named here.
-const AFTER_SWARM: [&str; 2] = ["release", "images"];
-
 /// `suites` split into the two lanes the docker step runs at once, each in the order it runs:
-/// the first lane [`BUILDS_LANE`], then [`AFTER_SWARM`], in those orders; the second
-/// [`SWARM_SUITES`] (in that order), then `stacks` (its longest), then the rest alphabetically.
+/// the builds lane in [`BUILDS_LANE`]'s order; the other with [`SWARM_SUITES`] first (in that
+/// order), then `stacks` (its longest), then the rest alphabetically.
 fn lanes(suites: &[String]) -> [Vec<String>; 2] {
     let builds: Vec<String> = BUILDS_LANE
         .iter()
-        .chain(&AFTER_SWARM)
         .filter(|name| suites.iter().any(|s| s == *name))
         .map(|name| (*name).to_owned())
         .collect();
@@ -500,21 +493,9 @@ fn docker_lanes(commands: &Commands, run: RunId, keep_going: bool) -> Result<()>
     let failed = AtomicBool::new(false);
     let showing = Mutex::new(());
     let started = Instant::now();
-    // Set once the second lane is past the swarm suites: the first lane's [`AFTER_SWARM`]
-    // suites wait for it.
-    let swarm_done = AtomicBool::new(false);
     let lane = |name: &'static str, suites: &[String]| {
         let mut outcomes = Vec::new();
         for suite in suites {
-            let in_second_lane = !lanes(std::slice::from_ref(suite))[1].is_empty();
-            if in_second_lane && !SWARM_SUITES.contains(&suite.as_str()) {
-                swarm_done.store(true, Ordering::SeqCst);
-            }
-            if AFTER_SWARM.contains(&suite.as_str()) {
-                while !swarm_done.load(Ordering::SeqCst) && !interrupt::is_set() {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
             let stop = interrupt::is_set() || (failed.load(Ordering::SeqCst) && !keep_going);
             if stop {
                 let duration = Duration::ZERO;
@@ -542,7 +523,6 @@ fn docker_lanes(commands: &Commands, run: RunId, keep_going: bool) -> Result<()>
             );
             outcomes.push(SuiteOutcome { suite: suite.clone(), lane: name, status, duration });
         }
-        swarm_done.store(true, Ordering::SeqCst);
         outcomes
     };
     let [builds, stacks] = lanes(&commands.suites());
@@ -657,18 +637,17 @@ mod tests {
     #[test]
     fn every_suite_runs_in_exactly_one_lane_and_the_builds_lane_names_real_suites() {
         let suites = docker_suites(repo());
-        for name in BUILDS_LANE.iter().chain(&SWARM_SUITES).chain(&AFTER_SWARM) {
+        for name in BUILDS_LANE.iter().chain(&SWARM_SUITES) {
             assert!(suites.iter().any(|s| s == name), "no suite {name}");
         }
         let [builds, stacks] = lanes(&suites);
-        assert_eq!(builds, ["reproducible", "release", "images"]);
+        assert_eq!(builds, BUILDS_LANE.map(str::to_owned));
         assert_eq!(stacks[..3], ["swarm", "swarm_nodes", "stacks"], "the swarm suites first");
         let mut both: Vec<String> = builds.iter().chain(&stacks).cloned().collect();
         both.sort();
         assert_eq!(both, suites, "each suite once");
-        // The benchmarks build and time this checkout's images: they share a lane with the
-        // stacks that start those.
-        for name in ["swarm", "swarm_nodes", "stacks", "wait", "doctor", "db", "watch"] {
+        // The swarm tests re-point the local version tags: what builds those shares a lane.
+        for name in ["swarm", "swarm_nodes", "images", "stacks", "wait", "release", "doctor"] {
             assert!(stacks.iter().any(|s| s == name), "{name} runs in the stacks lane");
         }
         let [_, stacks] = lanes(&["watch".into(), "stacks".into(), "db".into()]);
