@@ -1163,8 +1163,9 @@ fn bash_completes_cargo_xtask() {
 }
 
 /// The flags a team sets once default from the environment: `MEMORIES_REGISTRY` for
-/// `release --registry`, `MEMORIES_PLATFORMS` for `--platform` of `build`, `release` and
-/// `verify`; `--help` names the variables, a flag given still wins, and a bad value is refused.
+/// `release --registry`, `MEMORIES_PLATFORMS` for `--platform` of `build`, `release`,
+/// `verify`, `images save` and `doctor`; `--help` names the variables, a flag given still wins,
+/// and a bad value is refused.
 #[test]
 fn registry_and_platforms_default_from_the_environment() {
     let help = text(&xtask(&["release", "--help"]).output().unwrap().stdout);
@@ -1189,6 +1190,11 @@ fn registry_and_platforms_default_from_the_environment() {
     assert!(planned.contains("127.0.0.1:5000/other/server:") && !planned.contains("/team/"));
     let build = plan(&["build", "server", "--dry-run", "--json"], "x.io/y", "linux/arm64");
     assert!(build.to_string().contains("linux/arm64"), "{build}");
+    let save = plan(&["images", "save", "server", "--dry-run", "--json"], "x.io/y", "linux/arm64");
+    assert!(save.to_string().contains("linux/arm64"), "{save}");
+    assert!(!save.to_string().contains("linux/amd64"), "{save}");
+    let doctor = text(&xtask(&["doctor", "--help"]).output().unwrap().stdout);
+    assert!(doctor.contains("[env: MEMORIES_PLATFORMS]"), "{doctor}");
     let bad = xtask(&release).env("MEMORIES_REGISTRY", "http://127.0.0.1:5000").output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("scheme"), "{}", text(&bad.stderr));

@@ -110,7 +110,8 @@ pub struct ReleaseArgs {
     pub preview: PreviewArgs,
 }
 
-/// `--platform` of what is released (and verified): both platforms unless told otherwise.
+/// `--platform` of what is released (and verified, saved in a bundle, checked by `doctor`):
+/// both platforms unless told otherwise, or `MEMORIES_PLATFORMS` when a team set it.
 #[derive(Debug, Args)]
 pub struct ReleasePlatforms {
     /// The platforms, comma-separated; `x86_64` and `aarch64` are accepted for amd64 and
@@ -201,14 +202,9 @@ pub enum ImagesAction {
         /// directory). It appears only when complete.
         #[arg(long, short, value_name = "FILE")]
         output: Option<camino::Utf8PathBuf>,
-        /// Platforms to include, comma-separated.
-        #[arg(
-            long,
-            value_name = "LIST",
-            value_parser = crate::image::platform::parse_list,
-            default_value = crate::tasks::release::DEFAULT_PLATFORMS
-        )]
-        platform: PlatformList,
+        /// The platforms to include: those released.
+        #[command(flatten)]
+        platforms: ReleasePlatforms,
         /// The buildx builder to use (default: `BUILDX_BUILDER`, else the current builder).
         #[arg(long, value_name = "NAME")]
         builder: Option<String>,
@@ -280,7 +276,7 @@ impl ImagesAction {
             ImagesAction::Save {
                 images,
                 output,
-                platform,
+                platforms,
                 builder,
                 sign,
                 transparency,
@@ -288,7 +284,7 @@ impl ImagesAction {
             } => {
                 let request = bundle::SaveRequest {
                     images,
-                    platforms: platform.0,
+                    platforms: platforms.platform.0,
                     builder,
                     sign,
                     signing: (&transparency).into(),

@@ -136,10 +136,9 @@ pub struct ReapArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Platforms the builder must be able to build for.
-    #[arg(long, value_name = "LIST", value_parser = crate::image::platform::parse_list,
-          default_value = "linux/amd64,linux/arm64")]
-    pub platform: PlatformList,
+    /// The platforms the builder must be able to build for: those released.
+    #[command(flatten)]
+    pub platforms: images::ReleasePlatforms,
     /// The buildx builder to check (default: `BUILDX_BUILDER`, else the current builder).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
@@ -598,7 +597,7 @@ impl From<WaitForArgs> for wait::Request {
 impl From<DoctorArgs> for doctor::Request {
     fn from(args: DoctorArgs) -> doctor::Request {
         doctor::Request {
-            platforms: args.platform.0,
+            platforms: args.platforms.platform.0,
             builder: args.builder,
             registry: args.registry,
         }
