@@ -352,17 +352,6 @@ fn a_release_with_one_failed_build_pushes_nothing_and_leaves_no_tags() {
 #[test]
 fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let registry = Registry::start();
-    // A copy at a version of its own: the bundle's refs are removed and loaded again below,
-    // and this checkout's own tags are what the suites running beside this one start.
-    let copy = tests::RepoCopy::new("0.0.8");
-    let in_copy = |args: &[&str]| -> std::process::Output {
-        xtask_process()
-            .args(args)
-            .env("MEMORIES_ROOT", &copy.root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
     let mut cleanup = Cleanup::default();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("bundle"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -376,7 +365,6 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
         .args(["images", "save", "server", "db", "--output", bundle_arg, "--json"])
         .args(["--sign", ours.join("cosign.key").to_str().unwrap()])
         .env("COSIGN_PASSWORD", "bundle secret")
-        .env("MEMORIES_ROOT", &copy.root)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -427,7 +415,8 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     for r in &refs {
         docker(&["image", "rm", r]);
     }
-    let refused = in_copy(&["images", "load", damaged.to_str().unwrap(), "--sha256", &sha256]);
+    let refused =
+        xtask_captured(&["images", "load", damaged.to_str().unwrap(), "--sha256", &sha256]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("not the bundle that was saved"), "{stderr}");
@@ -449,11 +438,11 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
         .unwrap();
     assert!(appended.success());
     let forged = forged.to_str().unwrap();
-    let refused = in_copy(&["images", "load", forged, "--sha256", &sha256]);
+    let refused = xtask_captured(&["images", "load", forged, "--sha256", &sha256]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not the bundle that was saved"), "{stderr}");
-    let unchecked = in_copy(&["images", "load", forged, "--skip-checksum"]);
+    let unchecked = xtask_captured(&["images", "load", forged, "--skip-checksum"]);
     let stderr = String::from_utf8_lossy(&unchecked.stderr);
     assert_eq!(unchecked.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("lists no image"), "{stderr}");
@@ -463,7 +452,7 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let load_with_key = |keys: &std::path::Path| {
         let key = keys.join("cosign.pub");
         let key = key.to_str().unwrap().to_owned();
-        in_copy(&["images", "load", bundle_arg, "--sha256", &sha256, "--key", &key])
+        xtask_captured(&["images", "load", bundle_arg, "--sha256", &sha256, "--key", &key])
     };
     let wrong_key = load_with_key(&other);
     let stderr = String::from_utf8_lossy(&wrong_key.stderr);
@@ -490,7 +479,6 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     let port = free_port();
     let up = xtask_process()
         .args(["dev", "up", "--no-build"])
-        .env("MEMORIES_ROOT", &copy.root)
         .env("COMPOSE_PROJECT_NAME", &project)
         .env("DEV_SERVER_PORT", port.to_string())
         .env("DEV_DB_PORT", free_port().to_string())
@@ -502,7 +490,6 @@ fn a_bundle_brings_the_stack_up_with_no_registry_and_refuses_damage() {
     wait_for_200(port, "/v1/health", Duration::from_secs(30));
     let down = xtask_process()
         .args(["dev", "down", "--volumes"])
-        .env("MEMORIES_ROOT", &copy.root)
         .env("COMPOSE_PROJECT_NAME", &project)
         .current_dir(repo_root())
         .stdin(Stdio::null())

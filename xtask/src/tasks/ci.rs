@@ -204,11 +204,12 @@ impl Commands {
 
 /// The suites of the docker step's first lane: those that build only under names of their
 /// own (`localhost/repro-*`) and start no container on a network of the engine. The second
-/// lane runs every other suite. Some of those write this checkout's own tags (the benchmarks
-/// build and time them), and two writers of one tag at once make one of them find the other's
-/// image: a CI run with `release` and `doctor` in this lane failed on exactly that, back when
-/// the release tests loaded a bundle of those tags while the swarm test rebuilt them (neither
-/// does any more). A new suite goes to the second lane unless it is named here.
+/// lane runs every other suite. Some of those write this checkout's own tags (the release
+/// tests remove and load a bundle of them, the benchmarks build them), and two writers of one
+/// tag at once make one of them find the other's image: a CI run with `release` and `doctor` in
+/// this lane failed on exactly that, a bundle's `memories/db:<version>` loaded while the swarm
+/// test rebuilt it (that test now builds under names of its own). A new suite goes to the
+/// second lane unless it is named here.
 ///
 /// The reproducibility test spends its time on CPU (two builds of every image for two
 /// platforms, one with every step run again, arm64 under emulation); the swarm suites mostly
@@ -222,9 +223,10 @@ impl Commands {
 /// CPU a lane gains nothing on 2 cores: with `reproducible` beside the stacks, db, doctor and
 /// images suites (a CI run of 37db5c5), those took 1,032 s beside its 1,012 s, where one after
 /// another all five took about 960 s. The same held for `release` and `images` run in this
-/// lane after the swarm suites, beside `stacks` (a CI run of 70bb8da): they took 277 s and
-/// 143 s, `stacks` 339 s (about 180, 80 and 230 s one after another), the CPU 0 to 5 % idle, and
-/// the step 955 s, no faster than in one lane.
+/// lane after the swarm suites, beside `stacks` (a CI run of 70bb8da, where the bundle test
+/// saved from a copy at a version of its own): they took 277 s and 143 s, `stacks` 339 s
+/// (about 180, 80 and 230 s one after another), the CPU 0 to 5 % idle, and the step 955 s, no
+/// faster than in one lane.
 const BUILDS_LANE: [&str; 1] = ["reproducible"];
 
 /// The suites that turn swarm mode on and off: the second lane runs them first, while the
