@@ -607,15 +607,24 @@ impl Drop for RepoCopy {
     fn drop(&mut self) {
         // Every image a build in the copy tagged (its catalogue may name images this
         // checkout's does not): `<version>`, `<version>-<sha>`, `sha-<sha>`, and their `-dirty`
-        // forms.
-        let (version, sha) = (&self.version, &self.sha);
-        let ours = [
-            version.clone(),
-            format!("{version}-{sha}"),
-            format!("sha-{sha}"),
-            format!("{version}-{sha}-dirty"),
-            format!("sha-{sha}-dirty"),
-        ];
+        // forms, of its first commit and of the one a test may have made since.
+        let version = &self.version;
+        let head = Command::new("git")
+            .args(["rev-parse", "--short=7", "HEAD"])
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let mut ours = vec![version.clone()];
+        for sha in [&self.sha, &head].into_iter().filter(|sha| !sha.is_empty()) {
+            ours.extend([
+                format!("{version}-{sha}"),
+                format!("sha-{sha}"),
+                format!("{version}-{sha}-dirty"),
+                format!("sha-{sha}-dirty"),
+            ]);
+        }
         let listed = docker_output(&[
             "image",
             "ls",

@@ -423,11 +423,10 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
     let result = match step {
         // The Docker-backed tests are a test run: what they leave is removed at the end.
         CiStep::Docker => {
-            let before = reap::objects(&commands.root, reap::When::Before)?;
+            let before = engine_objects(&commands.root)?;
             let result =
                 reap::as_run(&commands.root, |run| docker_lanes(commands, run, keep_going));
-            let after = || reap::objects(&commands.root, reap::When::Before);
-            result.and_then(|()| check_unlabelled(&before, &after()?))
+            result.and_then(|()| check_unlabelled(&before, &engine_objects(&commands.root)?))
         }
         _ => steps.iter().try_for_each(Step::run),
     };
@@ -435,6 +434,19 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
         registry.untag_local(&format!("{}/ci", registry.address));
     }
     result
+}
+
+/// The engine's containers, networks and volumes ([`reap::objects`]) and its image tags, each
+/// keyed by an id and said as what it is and its name.
+fn engine_objects(root: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    let mut objects = reap::objects(root, reap::When::Before)?;
+    let listing =
+        docker::cli(root).args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]).quiet();
+    let tags = docker::image_listing(&listing, Step::capture).context("cannot list image tags")?;
+    for tag in tags.lines().filter(|t| !t.is_empty() && !t.contains("<none>")) {
+        objects.insert(format!("tag {tag}"), format!("image tag {tag}"));
+    }
+    Ok(objects)
 }
 
 /// What is in `after` and was not in `before`, said in one line: what the docker step left
@@ -451,7 +463,8 @@ fn unlabelled(
     }
     Some(format!(
         "the Docker-backed suites left {} object(s) that carry no run label ({}): find the test \
-         that creates them and label them ({}=RUN) or remove them in its clean-up",
+         that creates them and label them ({}=RUN) or remove them in its clean-up (an image \
+         tag, which has no label: remove it)",
         left.len(),
         left.join(", "),
         label::LABEL
@@ -673,12 +686,15 @@ mod tests {
             ("n1", "network bridge"),
             ("v1", "volume kept"),
             ("v2", "volume memories-wait-7-1_data"),
+            ("tag memories/tools:sha-9be762b", "image tag memories/tools:sha-9be762b"),
         ]);
         assert_eq!(
             unlabelled(&before, &after).unwrap(),
-            "the Docker-backed suites left 2 object(s) that carry no run label (container \
-             memories-wait-7-1-app-run-1, volume memories-wait-7-1_data): find the test that \
-             creates them and label them (memories.run=RUN) or remove them in its clean-up"
+            "the Docker-backed suites left 3 object(s) that carry no run label (container \
+             memories-wait-7-1-app-run-1, image tag memories/tools:sha-9be762b, volume \
+             memories-wait-7-1_data): find the test that creates them and label them \
+             (memories.run=RUN) or remove them in its clean-up (an image tag, which has no \
+             label: remove it)"
         );
     }
 
