@@ -177,6 +177,20 @@ fn a_release_killed_after_its_first_push_finishes_when_run_again() {
     }
     let status = child.wait().unwrap();
     assert!(!status.success(), "the release was killed:\n{}", seen.join("\n"));
+    // SIGKILL left what the run named for itself (its SBOM generator's tag, named by its pid):
+    // that is the reaper's.
+    let killed = format!("reference=memories/run-*-{}-*/sbom", child.id());
+    let generator = || tests::docker(&["image", "ls", "--quiet", "--filter", &killed]);
+    assert_ne!(generator(), "", "the killed release's generator is still tagged");
+    let reaped = xtask_process()
+        .arg("reap")
+        .env_remove("MEMORIES_RUN")
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(reaped.status.success(), "{}", String::from_utf8_lossy(&reaped.stderr));
+    assert_eq!(generator(), "", "cargo xtask reap removed it");
     let server = format!("{namespace}/server:{v}");
     let first = digest_of(&server);
     assert_eq!(inspect(&format!("{namespace}/db:{v}")), None, "db was not pushed yet");

@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::image::Cache;
+use crate::image::version::Revision;
 use crate::run::docker;
 use crate::run::interrupt;
 use crate::run::label::{self, RunId};
@@ -437,13 +438,22 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
 }
 
 /// The engine's containers, networks and volumes ([`reap::objects`]) and its image tags, each
-/// keyed by an id and said as what it is and its name.
+/// keyed by an id and said as what it is and its name. This checkout's own tags
+/// (`memories/NAME:<version>`, `:<version>-<sha>`, `:sha-<sha>`) are left out: the suites build
+/// the images the `build` step does not (`node`, `registry`, `tools`) and keep them, as that
+/// step keeps its own, for the next build to answer from the store.
 fn engine_objects(root: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    let ours = Revision::read(root)?.build_tags();
+    let own = |tag: &str| {
+        let Some((repository, tag)) = tag.rsplit_once(':') else { return false };
+        let image = repository.strip_prefix("memories/").filter(|name| !name.contains('/'));
+        image.is_some() && ours.iter().any(|t| t == tag)
+    };
     let mut objects = reap::objects(root, reap::When::Before)?;
     let listing =
         docker::cli(root).args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]).quiet();
     let tags = docker::image_listing(&listing, Step::capture).context("cannot list image tags")?;
-    for tag in tags.lines().filter(|t| !t.is_empty() && !t.contains("<none>")) {
+    for tag in tags.lines().filter(|t| !t.is_empty() && !t.contains("<none>") && !own(t)) {
         objects.insert(format!("tag {tag}"), format!("image tag {tag}"));
     }
     Ok(objects)
