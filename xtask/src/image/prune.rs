@@ -76,7 +76,7 @@ pub struct Selection {
 
 /// Whether `tag` (`repository:tag`) is named under `prefix` (`memories`, or a registry and
 /// namespace): its repository is `PREFIX/NAME`, one path segment below it.
-fn under(prefix: &str, tag: &str) -> bool {
+pub fn under(prefix: &str, tag: &str) -> bool {
     let repository = crate::oci::repository_of(tag);
     repository
         .strip_prefix(prefix)

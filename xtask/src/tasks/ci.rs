@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::image::Cache;
+use crate::image::prune;
 use crate::image::version::Revision;
 use crate::run::docker;
 use crate::run::interrupt;
@@ -444,10 +445,9 @@ fn execute(commands: &Commands, step: CiStep, keep_going: bool) -> Result<()> {
 /// step keeps its own, for the next build to answer from the store.
 fn engine_objects(root: &Utf8Path) -> Result<BTreeMap<String, String>> {
     let ours = Revision::read(root)?.build_tags();
-    let own = |tag: &str| {
-        let Some((repository, tag)) = tag.rsplit_once(':') else { return false };
-        let image = repository.strip_prefix("memories/").filter(|name| !name.contains('/'));
-        image.is_some() && ours.iter().any(|t| t == tag)
+    let own = |name: &str| {
+        let tag = name.rsplit_once(':').map_or("", |(_, tag)| tag);
+        prune::under("memories", name) && ours.iter().any(|t| t == tag)
     };
     let mut objects = reap::objects(root, reap::When::Before)?;
     let listing =
