@@ -445,6 +445,7 @@ impl From<TestArgs> for TestRequest {
             tests: args.tests,
             filter: args.filter,
             changed: args.changed,
+            threads: crate::tasks::ci::suite_threads(),
         }
     }
 }

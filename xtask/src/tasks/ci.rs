@@ -116,11 +116,20 @@ struct Commands {
 /// leaves the CPU idle: run alone on 2 cores, the stacks suite took 258 s with 2 at once
 /// (382 CPU-seconds, 74 % of the machine) and 187 s with 4 (6 at once: 180 s), release 151 s
 /// against 119 s, images 82 s against 72 s. A suite of one test is not changed.
+/// `cargo xtask test` runs its Docker tier so too ([`suite_threads`]).
 fn test_threads(env: Option<String>, cores: usize) -> Option<usize> {
     match env {
         Some(_) => None,
         None => Some(2 * cores.max(1)),
     }
+}
+
+/// [`test_threads`] on this machine, in its environment.
+pub fn suite_threads() -> Option<usize> {
+    test_threads(
+        std::env::var("RUST_TEST_THREADS").ok(),
+        std::thread::available_parallelism().map_or(1, usize::from),
+    )
 }
 
 /// Stands in for the throwaway registry's address in a printed plan.
@@ -353,10 +362,7 @@ pub fn task(root: &Utf8Path, args: &Request) -> Result<CiTask> {
         xtask: plan::this_xtask()?,
         cache: args.cache.clone(),
         suites: checked_suites(root, &args.suites)?,
-        test_threads: test_threads(
-            std::env::var("RUST_TEST_THREADS").ok(),
-            std::thread::available_parallelism().map_or(1, usize::from),
-        ),
+        test_threads: suite_threads(),
     };
     Ok(CiTask { commands, steps: selected(&args.steps), keep_going: args.keep_going })
 }

@@ -293,6 +293,9 @@ pub struct TestRequest {
     /// Skip each tier whose inputs are unchanged since it last passed here
     /// ([`crate::tasks::changed`]).
     pub changed: bool,
+    /// How many Docker-backed tests of one binary run at once, as `ci` runs them
+    /// ([`crate::tasks::ci::suite_threads`]); `None` leaves it to the test harness.
+    pub threads: Option<usize>,
 }
 
 impl TestRequest {
@@ -329,12 +332,15 @@ fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack
 }
 
 /// The `cargo test` of a workspace tier: the unit and repository tests (`xtask`), or the
-/// Docker-backed ones (`tests`).
+/// Docker-backed ones (`tests`), those as many at once as `ci` runs them.
 fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestRequest, tier: Tier) -> Step {
     let package = if tier == Tier::Unit { "xtask" } else { "tests" };
-    Step::new(cargo, root)
-        .args(["test", "--package", package])
-        .args(args.tests.iter().flat_map(|filter| ["--", filter.as_str()]))
+    let mut harness: Vec<String> = args.tests.iter().cloned().collect();
+    if let (Tier::Docker, Some(n)) = (tier, args.threads) {
+        harness.extend(["--test-threads".to_owned(), n.to_string()]);
+    }
+    let step = Step::new(cargo, root).args(["test", "--package", package]);
+    if harness.is_empty() { step } else { step.arg("--").args(harness) }
 }
 
 /// The `cargo test` of the end-to-end suite.
@@ -568,7 +574,26 @@ mod tests {
             tests: None,
             filter: Vec::new(),
             changed,
+            threads: Some(4),
         }
+    }
+
+    #[test]
+    fn the_docker_tier_runs_as_many_tests_at_once_as_ci_and_the_unit_tier_as_cargo_does() {
+        let root = Utf8Path::new("/repo");
+        let shown =
+            |args: &TestRequest, tier| workspace_tests(root, "cargo", args, tier).to_string();
+        let all = request(false, false);
+        assert_eq!(shown(&all, Tier::Unit), "cargo test --package xtask");
+        assert_eq!(shown(&all, Tier::Docker), "cargo test --package tests -- --test-threads 4");
+        let filtered = TestRequest { tests: Some("wait".into()), ..request(false, false) };
+        assert_eq!(shown(&filtered, Tier::Unit), "cargo test --package xtask -- wait");
+        assert_eq!(
+            shown(&filtered, Tier::Docker),
+            "cargo test --package tests -- wait --test-threads 4"
+        );
+        let harness = TestRequest { threads: None, ..request(false, false) };
+        assert_eq!(shown(&harness, Tier::Docker), "cargo test --package tests");
     }
 
     #[test]
