@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::image::platform::Platform;
 use crate::run::plan::Step;
+use crate::run::term;
 use crate::wait::{Attempt, Probe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,7 +66,7 @@ pub fn run(args: &Request) -> Result<()> {
     }
     let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
     if failed > 0 {
-        bail!("{failed} check{} failed: see the fixes above", if failed == 1 { "" } else { "s" });
+        bail!("{} failed: see the fixes above", term::count(failed, "check"));
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::run::docker;
 use crate::run::interrupt;
 use crate::run::label::{LABEL, Owner, RunId, ids_in};
 use crate::run::plan::{Plan, Step, Task};
+use crate::run::term;
 
 /// What one run left in Docker.
 #[derive(Debug, Default)]
@@ -390,10 +391,7 @@ fn summary(leftovers: &Leftovers) -> String {
         (leftovers.secrets.len(), "secret"),
         (leftovers.tags.len(), "image tag"),
     ];
-    let shown: Vec<String> = parts
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
-        .collect();
+    let shown: Vec<String> =
+        parts.iter().filter(|(n, _)| *n > 0).map(|&(n, what)| term::count(n, what)).collect();
     shown.join(", ")
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::run::term;
+
 use super::engine::{Event, ProbeReport, State};
 
 /// Progress on stderr: a live line per probe on a terminal, plain lines otherwise (under `CI`,
@@ -22,7 +24,7 @@ impl Status {
             || std::env::var_os("NO_COLOR").is_some()
             || !std::io::stderr().is_terminal();
         if !quiet && plain {
-            say!("waiting for {count} probe{}", if count == 1 { "" } else { "s" });
+            say!("waiting for {}", term::count(count, "probe"));
         }
         Status { quiet, live: !plain, drawn: 0, last_draw: None, last_plain: Instant::now() }
     }
