@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::image::version::Revision;
 use crate::run::docker;
-use crate::run::plan::{Plan, Step, Task};
+use crate::run::plan::{Captured, Plan, Step, Task};
+use crate::run::term::count;
 
 const TITLE: &str = "org.opencontainers.image.title";
 const REVISION: &str = "org.opencontainers.image.revision";
@@ -197,10 +198,47 @@ impl PruneTask<'_> {
     }
 }
 
-fn report(removed: &[Stored], kept: &[(Stored, Kept)]) -> Value {
+/// What one `docker image rm` of an image's tags did, from its answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Removal {
+    Removed,
+    /// A container was made from it since the listing: the engine refused to remove it, after
+    /// untagging these of its tags (it takes them one by one, and only the last tag of an image
+    /// in use is refused).
+    InUse {
+        untagged: Vec<String>,
+    },
+    /// Anything else, in the engine's words.
+    Failed(String),
+}
+
+/// Reads `answer`, the engine's to `docker image rm` of `image`'s tags. An `Untagged:` line
+/// counts only for a tag of `image`: the engine's other lines are not taken as ours.
+fn outcome(image: &Stored, answer: &Captured) -> Removal {
+    if answer.success() {
+        return Removal::Removed;
+    }
+    if answer.timed_out {
+        return Removal::Failed("the engine did not answer in time".into());
+    }
+    if !answer.stderr.contains("conflict") {
+        let said = answer.stderr.trim();
+        let why = if said.is_empty() { format!("{}", answer.status) } else { said.to_owned() };
+        return Removal::Failed(why);
+    }
+    let said: BTreeSet<&str> =
+        answer.stdout.lines().filter_map(|l| l.trim().strip_prefix("Untagged: ")).collect();
+    let untagged = image.tags.iter().filter(|t| said.contains(t.as_str())).cloned().collect();
+    Removal::InUse { untagged }
+}
+
+/// The `--json` report: `untagged` holds the tags removed from images the prune then had to
+/// keep.
+fn report(removed: &[Stored], kept: &[(Stored, Kept)], untagged: &[String]) -> Value {
     let image = |s: &Stored| json!({"id": s.id, "tags": s.tags, "revision": s.revision});
     json!({
         "removed": removed.iter().map(image).collect::<Vec<_>>(),
+        "untagged": untagged,
         "kept": kept
             .iter()
             .map(|(s, why)| {
@@ -210,10 +248,6 @@ fn report(removed: &[Stored], kept: &[(Stored, Kept)]) -> Value {
             })
             .collect::<Vec<_>>(),
     })
-}
-
-fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 impl Task for PruneTask<'_> {
@@ -229,7 +263,7 @@ impl Task for PruneTask<'_> {
         let mut plan = Plan::new("images prune")
             .steps(selection.remove.iter().map(|image| self.removal(image)))
             .fact("registry", self.prefix().into())
-            .fact("images", report(&selection.remove, &selection.keep));
+            .fact("images", report(&selection.remove, &selection.keep, &[]));
         for (image, why) in &selection.keep {
             plan = plan.note(format!("would keep {} ({})", image.tags.join(" "), why.as_str()));
         }
@@ -241,26 +275,31 @@ impl Task for PruneTask<'_> {
 
     fn execute(self: Box<Self>, json: bool) -> Result<()> {
         let Selection { remove, mut keep } = self.selection()?;
-        let mut removed = Vec::new();
+        let (mut removed, mut untagged) = (Vec::new(), Vec::new());
         for image in remove {
-            let step = self.removal(&image);
-            let answer = step.capture()?;
-            if answer.success() {
-                removed.push(image);
-            } else if answer.stderr.contains("conflict") {
-                // A container was made from it since the listing.
-                say!("kept {}: {}", image.tags.join(" "), Kept::InUse.as_str());
-                keep.push((image, Kept::InUse));
-            } else {
-                bail!(
-                    "cannot remove {}: {} (removed {} before it)",
+            let answer = self.removal(&image).capture()?;
+            match outcome(&image, &answer) {
+                Removal::Removed => removed.push(image),
+                Removal::InUse { untagged: gone } => {
+                    let left = image.tags.iter().filter(|t| !gone.contains(t)).cloned().collect();
+                    let image = Stored { tags: left, ..image };
+                    let first = if gone.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (the engine untagged {} first)", gone.join(" "))
+                    };
+                    say!("kept {}: {}{first}", image.tags.join(" "), Kept::InUse.as_str());
+                    untagged.extend(gone);
+                    keep.push((image, Kept::InUse));
+                }
+                Removal::Failed(why) => bail!(
+                    "cannot remove {}: {why} (removed {} before it)",
                     image.tags.join(" "),
-                    answer.stderr.trim(),
                     count(removed.len(), "image")
-                );
+                ),
             }
         }
-        let tags: usize = removed.iter().map(|i| i.tags.len()).sum();
+        let tags = removed.iter().map(|i| i.tags.len()).sum::<usize>() + untagged.len();
         say!(
             "removed {} ({}) under {}/; kept {} (this checkout's commit, or in use); the build \
              cache keeps their layers",
@@ -270,7 +309,7 @@ impl Task for PruneTask<'_> {
             count(keep.len(), "image"),
         );
         if json {
-            out!("{:#}", report(&removed, &keep));
+            out!("{:#}", report(&removed, &keep, &untagged));
         }
         Ok(())
     }
@@ -317,5 +356,44 @@ mod tests {
         let all = select(stored.clone(), None, &in_use);
         assert_eq!(all.remove.len(), 3, "--all keeps only what is in use");
         assert_eq!(all.keep, [(stored[2].clone(), Kept::InUse)]);
+    }
+
+    fn answer(code: i32, stdout: &str, stderr: &str) -> Captured {
+        use std::os::unix::process::ExitStatusExt as _;
+        Captured {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn a_removal_refused_for_a_container_made_since_the_listing_keeps_what_it_did_not_untag() {
+        let image = Stored {
+            id: "sha256:1".into(),
+            tags: vec!["memories/server:a".into(), "memories/server:b".into()],
+            revision: Some("old".into()),
+        };
+        let done = "Untagged: memories/server:a\nUntagged: memories/server:b\nDeleted: sha256:1\n";
+        assert_eq!(outcome(&image, &answer(0, done, "")), Removal::Removed);
+        // The engine's own words, when a container uses the image its last tag names.
+        let refused = "Error response from daemon: conflict: unable to delete memories/server:b \
+                       (must be forced) - container 39c9 is using its referenced image 1";
+        assert_eq!(
+            outcome(&image, &answer(1, "Untagged: memories/server:a\n", refused)),
+            Removal::InUse { untagged: vec!["memories/server:a".into()] }
+        );
+        // A line naming a tag that is not the image's is not taken as untagging it.
+        assert_eq!(
+            outcome(&image, &answer(1, "Untagged: memories/db:a\nUntagged: junk\n", refused)),
+            Removal::InUse { untagged: Vec::new() }
+        );
+        let gone = "Error response from daemon: No such image: memories/server:a";
+        assert_eq!(outcome(&image, &answer(1, "", gone)), Removal::Failed(gone.into()));
+        let killed = Captured { timed_out: true, ..answer(0, done, "") };
+        let late = Removal::Failed("the engine did not answer in time".into());
+        assert_eq!(outcome(&image, &killed), late);
+        assert_eq!(outcome(&image, &answer(1, "", "")), Removal::Failed("exit status: 1".into()));
     }
 }
