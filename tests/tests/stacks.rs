@@ -100,8 +100,9 @@ const DOCKER_TEST: &str = "container_health_healthy_unhealthy_exited_and_none";
 const E2E_TEST: &str = "health_reports_ok_and_the_version";
 
 /// Runs `cargo xtask test` in a process group of its own (only [`DOCKER_TEST`], or only
-/// [`E2E_TEST`] of the end-to-end suite), delivers `fault` when `phase` begins, and checks the exit status and
-/// that nothing of the run remains: nothing with its label, nothing of its project.
+/// [`E2E_TEST`] of the end-to-end suite), delivers `fault` when `phase` begins, and checks the
+/// exit status and that nothing of the run remains: nothing with its label, nothing of its
+/// project.
 fn interrupt_case(fault: Fault, phase: Phase) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let project = unique_name("memories-intr");
