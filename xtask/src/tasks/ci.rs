@@ -124,6 +124,19 @@ fn test_threads(env: Option<String>, cores: usize) -> Option<usize> {
     }
 }
 
+/// What `cargo test` passes to the test harness (after `--`, which it includes when there is
+/// anything to pass): `filter`, then `--test-threads N`.
+pub fn harness_args(filter: Option<&str>, threads: Option<usize>) -> Vec<String> {
+    let mut args: Vec<String> = filter.into_iter().map(str::to_owned).collect();
+    if let Some(n) = threads {
+        args.extend(["--test-threads".to_owned(), n.to_string()]);
+    }
+    if !args.is_empty() {
+        args.insert(0, "--".to_owned());
+    }
+    args
+}
+
 /// [`test_threads`] on this machine, in its environment.
 pub fn suite_threads() -> Option<usize> {
     test_threads(
@@ -226,11 +239,9 @@ impl Commands {
 
     /// One Docker-backed suite, `tests/tests/SUITE.rs`.
     fn docker_suite(&self, suite: &str) -> Step {
-        let step = self.cargo().args(["test", "--package", "tests", "--test", suite]);
-        match self.test_threads {
-            Some(n) => step.args(["--", "--test-threads", &n.to_string()]),
-            None => step,
-        }
+        self.cargo()
+            .args(["test", "--package", "tests", "--test", suite])
+            .args(harness_args(None, self.test_threads))
     }
 }
 

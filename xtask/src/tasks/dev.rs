@@ -17,6 +17,7 @@ use crate::stack::services::Model;
 use crate::stack::watch::{self, WatchOptions};
 use crate::stack::{self, Lifecycle, Mode, Profile, Stack, Teardown};
 use crate::tasks::changed::{Decision, Green, Tier, skipped_note};
+use crate::tasks::ci;
 use crate::tasks::reap;
 use crate::wait::{self, Probe, WaitOptions};
 
@@ -335,12 +336,10 @@ fn test_stack(root: &Utf8Path, args: &TestRequest, revision: &Revision) -> Stack
 /// Docker-backed ones (`tests`), those as many at once as `ci` runs them.
 fn workspace_tests(root: &Utf8Path, cargo: &str, args: &TestRequest, tier: Tier) -> Step {
     let package = if tier == Tier::Unit { "xtask" } else { "tests" };
-    let mut harness: Vec<String> = args.tests.iter().cloned().collect();
-    if let (Tier::Docker, Some(n)) = (tier, args.threads) {
-        harness.extend(["--test-threads".to_owned(), n.to_string()]);
-    }
-    let step = Step::new(cargo, root).args(["test", "--package", package]);
-    if harness.is_empty() { step } else { step.arg("--").args(harness) }
+    let threads = if tier == Tier::Docker { args.threads } else { None };
+    Step::new(cargo, root)
+        .args(["test", "--package", package])
+        .args(ci::harness_args(args.tests.as_deref(), threads))
 }
 
 /// The `cargo test` of the end-to-end suite.
