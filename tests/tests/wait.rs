@@ -17,7 +17,18 @@ use tests::{
 fn wait_for(args: &[&str]) -> (Option<i32>, Value, String) {
     let mut all = vec!["wait-for", "--json"];
     all.extend_from_slice(args);
-    let output: Output = xtask_captured(&all);
+    answer(xtask_captured(&all))
+}
+
+/// [`wait_for`] through `xtask`, a binary built before (no cargo in between), for a wait that
+/// must begin within seconds of what it waits for: `cargo run` may compile first.
+fn wait_for_with(xtask: &std::path::Path, args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut command = std::process::Command::new(xtask);
+    command.args(["wait-for", "--json"]).args(args).env("MEMORIES_RUN", tests::run_id());
+    answer(command.stdin(std::process::Stdio::null()).output().unwrap())
+}
+
+fn answer(output: Output) -> (Option<i32>, Value, String) {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     (output.status.code(), json, stderr)
@@ -246,6 +257,9 @@ fn container(cleanup: &mut Cleanup, prefix: &str, args: &[&str]) -> String {
 
 #[test]
 fn container_health_healthy_unhealthy_exited_and_none() {
+    // Built before the container starts: it turns healthy 4 s after, and the wait must see it
+    // starting first.
+    let xtask = tests::xtask_binary();
     let mut cleanup = Cleanup::default();
     let healthy = container(
         &mut cleanup,
@@ -266,7 +280,8 @@ fn container_health_healthy_unhealthy_exited_and_none() {
             "sleep 4; touch /tmp/up; sleep 60",
         ],
     );
-    let (code, json, stderr) = wait_for(&["--timeout", "30s", &format!("docker://{healthy}")]);
+    let (code, json, stderr) =
+        wait_for_with(&xtask, &["--timeout", "30s", &format!("docker://{healthy}")]);
     assert_eq!(code, Some(0), "{stderr}");
     // It saw the container still starting: it waited for the health change.
     let last = json["probes"][0]["last_error"].as_str().unwrap_or_default();
