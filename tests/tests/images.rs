@@ -389,6 +389,61 @@ fn server_builds_for_arm64_and_runs_there() {
     assert_eq!(machine, "aarch64");
 }
 
+/// A build straight into the image store (BuildKit's `type=image`, where the builder is the
+/// engine's own over the containerd store) gives the images a build through an OCI archive
+/// and `docker load` gives: the same manifest, config and layers for each platform, with the
+/// platforms read back from the store for `--json`.
+#[test]
+fn a_build_straight_into_the_store_gives_the_images_a_build_through_an_archive_gives() {
+    require_docker();
+    let mut cleanup = Cleanup::default();
+    let build = |registry: &str, store: Option<&str>| {
+        let mut build = xtask_process();
+        build.args(["build", "server", "--platform", "linux/amd64,linux/arm64", "--json"]);
+        build.args(["--registry", registry]);
+        match store {
+            Some(way) => build.env("MEMORIES_STORE_EXPORT", way),
+            None => build.env_remove("MEMORIES_STORE_EXPORT"),
+        };
+        let output = build.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let built: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output.status.success(), built, stderr)
+    };
+    let refs = |built: &Value| -> Vec<String> {
+        let refs = built["images"][0]["refs"].as_array().cloned().unwrap_or_default();
+        refs.iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+    };
+    let (ok, direct, said) = build(&unique_name("localhost/direct-test"), None);
+    refs(&direct).iter().for_each(|r| cleanup.image(r));
+    assert!(ok, "{said}");
+    let (ok, archived, said_archived) =
+        build(&unique_name("localhost/archive-test"), Some("archive"));
+    refs(&archived).iter().for_each(|r| cleanup.image(r));
+    assert!(ok, "{said_archived}");
+
+    let store = docker(&["info", "--format", "{{json .DriverStatus}}"]);
+    if store.contains("io.containerd.snapshotter.v1") {
+        assert!(!said.contains("docker load"), "the engine's own builder needs no load: {said}");
+    }
+    assert!(said_archived.contains("docker load"), "{said_archived}");
+    let platforms = &direct["images"][0]["platforms"];
+    let names: Vec<&str> =
+        platforms.as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    assert_eq!(names, ["linux/amd64", "linux/arm64"]);
+    assert_eq!(*platforms, archived["images"][0]["platforms"], "the same image either way");
+    // Each tag names the index the build reported.
+    for reference in refs(&direct) {
+        let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
+        assert_eq!(id, direct["images"][0]["digest"].as_str().unwrap(), "{reference}");
+    }
+
+    let (ok, _, said) = build(&unique_name("localhost/direct-test"), Some("straight"));
+    assert!(!ok);
+    let last = said.lines().last().unwrap_or_default();
+    assert!(last.contains("MEMORIES_STORE_EXPORT=straight is not a way to export"), "{said}");
+}
+
 #[test]
 fn server_start_up_fails_in_one_line_when_the_database_is_wrong_or_absent() {
     let image = image_ref("server");

@@ -7,7 +7,7 @@ use super::{PreviewArgs, ReadOnlyArgs, parse_registry};
 use crate::image::bundle;
 use crate::image::platform::PlatformList;
 use crate::image::sign::KeySource;
-use crate::image::{BuildRequest, Cache, ImageName, ImageParser, Output};
+use crate::image::{BuildRequest, Cache, ImageName, ImageParser, Output, StoreExport};
 use crate::run::plan::Preview;
 use crate::tasks::release::{Allowances, ReleaseRequest};
 
@@ -321,6 +321,8 @@ impl From<&BuildArgs> for BuildRequest {
             // A developer's push moves the build tags of the commit, as `docker push` did;
             // only releases hold their tags immutable.
             overwrite: true,
+            // Decided by `image::task`, from the builder.
+            store: StoreExport::Archive,
         }
     }
 }

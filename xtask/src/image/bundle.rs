@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::image::platform::Platform;
 use crate::image::sign::{Cosign, Key, KeyKind, KeySource, Options, Signer};
 use crate::image::version::Revision;
-use crate::image::{self, BuildRequest, ImageName, Output};
+use crate::image::{self, BuildRequest, ImageName, Output, StoreExport};
 use crate::oci::{Archive, Descriptor, Document, OCI_INDEX};
 use crate::run::docker;
 use crate::run::interrupt::{self, Interruptible};
@@ -206,6 +206,7 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
         no_cache: false,
         cache: None,
         overwrite: false,
+        store: StoreExport::Archive,
     };
     image::plan(root, revision, &build)
 }

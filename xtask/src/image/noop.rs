@@ -18,7 +18,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::image::{BuildPlan, Built, ImageName, PlannedImage, PlatformImage};
+use crate::image::{BuildPlan, Built, ImageName, Output, PlannedImage, PlatformImage};
 use crate::oci;
 use crate::run::docker;
 use crate::run::label::RunId;
@@ -30,9 +30,7 @@ const KEPT: usize = 8;
 /// Whether `plan` may be answered from earlier builds: a reproducible build into the store,
 /// not asked to ignore the cache.
 fn applies(plan: &BuildPlan) -> bool {
-    !plan.loads.is_empty()
-        && plan.pushes.is_empty()
-        && !plan.step.args.iter().any(|a| a == "--no-cache")
+    plan.output == Output::Store && !plan.step.args.iter().any(|a| a == "--no-cache")
 }
 
 /// The fingerprint of everything that reaches `image` in `plan`: the bake command (without

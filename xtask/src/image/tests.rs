@@ -133,6 +133,7 @@ fn flags_reach_the_plan() {
         no_cache: true,
         cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
         overwrite: false,
+        store: StoreExport::Direct,
     };
     let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
     assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
@@ -198,6 +199,55 @@ fn flags_reach_the_plan() {
         .collect();
     // The generator, the bake, then each archive pushed.
     assert_eq!(items, ["buildx", "buildx", "\"push\"", "\"push\""]);
+}
+
+#[test]
+fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through_archives() {
+    let request = BuildRequest {
+        images: vec![ImageName::SERVER],
+        output: Output::Store,
+        store: StoreExport::Direct,
+        ..BuildRequest::default()
+    };
+    let runs = |plan: &BuildPlan| -> Vec<String> {
+        let items = plan.to_plan().items;
+        let steps = items.into_iter().filter_map(|item| match item {
+            crate::run::plan::PlanItem::Run(step) => Some(step.args[0].clone()),
+            _ => None,
+        });
+        steps.collect()
+    };
+    let direct = plan(Utf8Path::new("/repo"), &revision(), &request);
+    assert_eq!(
+        direct.bake["target"]["server"]["output"],
+        json!(["type=image,oci-mediatypes=true,compression=zstd,compression-level=3,\
+                force-compression=true"])
+    );
+    assert!(direct.archives.is_none() && direct.images[0].archive.is_none());
+    assert_eq!(runs(&direct), ["buildx", "buildx"], "the generator and the bake, no load");
+
+    let archive = BuildRequest { store: StoreExport::Archive, ..request.clone() };
+    let archive = plan(Utf8Path::new("/repo"), &revision(), &archive);
+    let archives = archive.archives.clone().expect("an archive directory");
+    assert_eq!(
+        archive.bake["target"]["server"]["output"],
+        json!([format!(
+            "type=oci,dest={archives}/server.tar,compression=zstd,compression-level=3,\
+             force-compression=true"
+        )])
+    );
+    assert_eq!(runs(&archive), ["buildx", "buildx", "load"]);
+    assert_eq!(direct.bake["target"]["server"]["tags"], archive.bake["target"]["server"]["tags"]);
+
+    // A dev build (`type=docker`) and a push are the same whatever the store can take.
+    for output in [Output::Load, Output::Push] {
+        let outputs = |store| {
+            let request = BuildRequest { output, store, ..request.clone() };
+            plan(Utf8Path::new("/repo"), &revision(), &request).bake["target"]["server"]["output"]
+                .clone()
+        };
+        assert_eq!(outputs(StoreExport::Direct), outputs(StoreExport::Archive));
+    }
 }
 
 #[test]

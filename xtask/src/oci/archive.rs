@@ -33,6 +33,31 @@ impl PlatformImage {
 pub fn platform_images(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
     let layout = Archive::open(archive)?;
     let index = layout.top()?;
+    platforms_of(&layout, &index)
+}
+
+/// The platforms of the index `digest` in an archive `docker save` wrote of several images:
+/// `index.json` must name it (so a tag the save followed that moved to another image since
+/// the build is an error, not another image's platforms), and its blob must hash to it.
+pub fn saved_platform_images(layout: &Archive, digest: &str) -> Result<Vec<PlatformImage>> {
+    let top =
+        Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path))?;
+    let Some(entry) = top.manifests.iter().find(|e| e.digest == digest) else {
+        bail!("{} does not hold {digest}: was the image replaced while it was read?", layout.path);
+    };
+    let index = layout.manifest(digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))?;
+    if !is_index(&index.media_type) {
+        bail!("{}: {digest} is a single manifest, not the index of a build", layout.path);
+    }
+    let images = platforms_of(layout, &index)?;
+    if images.is_empty() {
+        bail!("{}: the index {digest} names no platform", layout.path);
+    }
+    Ok(images)
+}
+
+/// The platform images `index` lists, each manifest read from `layout`.
+fn platforms_of(layout: &Archive, index: &Manifest) -> Result<Vec<PlatformImage>> {
     let mut images = Vec::new();
     for entry in &index.document.manifests {
         let Some(platform) = entry.platform_name() else { continue };
@@ -235,5 +260,85 @@ mod tests {
         assert!(normalise("/etc/passwd").is_err());
         assert!(normalise("blobs/../../x").is_err());
         assert!(normalise("./").is_err());
+    }
+
+    /// A layout as `docker save` writes it of two built images, with `lie` applied to the
+    /// entries (name, bytes) before they are written.
+    fn saved(name: &str, lie: impl Fn(&mut Vec<(String, Vec<u8>)>)) -> (Utf8PathBuf, [String; 3]) {
+        let blob = |bytes: Vec<u8>| (blob_name(&sha256_digest(&bytes)), bytes);
+        let manifest = |layer: &str| {
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": "sha256:c0", "size": 2},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                            "digest": layer, "size": 5}]})
+            .to_string()
+            .into_bytes()
+        };
+        let (amd, arm) = (blob(manifest("sha256:1a")), blob(manifest("sha256:1b")));
+        let attestation = blob(manifest("sha256:a7"));
+        let digest = |entry: &(String, Vec<u8>)| sha256_digest(&entry.1);
+        let index = blob(
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": digest(&amd), "size": 1,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": OCI_MANIFEST, "digest": digest(&arm), "size": 1,
+                 "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": OCI_MANIFEST, "digest": digest(&attestation), "size": 1,
+                 "platform": {"architecture": "unknown", "os": "unknown"}}]})
+            .to_string()
+            .into_bytes(),
+        );
+        let single = blob(manifest("sha256:5e"));
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": OCI_INDEX, "digest": digest(&index), "size": 1,
+             "annotations": {"io.containerd.image.name": "docker.io/memories/server:t"}},
+            {"mediaType": OCI_MANIFEST, "digest": digest(&single), "size": 1,
+             "annotations": {"io.containerd.image.name": "docker.io/memories/db:t"}}]});
+        let digests = [digest(&index), digest(&amd), digest(&single)];
+        let mut entries = vec![amd, arm, attestation, index, single];
+        entries.push(("index.json".to_owned(), top.to_string().into_bytes()));
+        lie(&mut entries);
+        let path = Utf8PathBuf::try_from(std::env::temp_dir())
+            .unwrap()
+            .join(format!("saved-{name}-{}.tar", std::process::id()));
+        let mut tar = tar::Builder::new(File::create(&path).unwrap());
+        for (name, bytes) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, bytes.as_slice()).unwrap();
+        }
+        tar.finish().unwrap();
+        (path, digests)
+    }
+
+    #[test]
+    fn a_saved_index_gives_its_platforms_and_a_lying_save_is_refused() {
+        let (path, [index, amd, single]) = saved("true", |_| {});
+        let layout = Archive::open(&path).unwrap();
+        let images = saved_platform_images(&layout, &index).unwrap();
+        let platforms: Vec<(&str, &str)> =
+            images.iter().map(|i| (i.platform.as_str(), i.layers[0].as_str())).collect();
+        assert_eq!(platforms, [("linux/amd64", "sha256:1a"), ("linux/arm64", "sha256:1b")]);
+        assert_eq!(images[0].digest, amd);
+        // The build reported another image than the store holds under the ref.
+        let err = saved_platform_images(&layout, "sha256:0ther").unwrap_err().to_string();
+        assert!(err.contains("does not hold sha256:0ther"), "{err}");
+        let err = saved_platform_images(&layout, &single).unwrap_err().to_string();
+        assert!(err.contains("is a single manifest"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+
+        // A platform manifest whose bytes are not what its digest says.
+        let (path, [index, ..]) = saved("forged", |entries| {
+            let arm = |bytes: &[u8]| bytes.windows(9).any(|w| w == b"sha256:1b");
+            let forged = entries.iter_mut().find(|(_, bytes)| arm(bytes));
+            forged.unwrap().1 = b"{}".to_vec();
+        });
+        let layout = Archive::open(&path).unwrap();
+        let err = format!("{:#}", saved_platform_images(&layout, &index).unwrap_err());
+        assert!(err.contains("hashes to"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -14,7 +14,7 @@ mod registry;
 mod retry;
 mod transport;
 
-pub use archive::{Archive, PlatformImage, platform_images};
+pub use archive::{Archive, PlatformImage, platform_images, saved_platform_images};
 pub use auth::docker_config_file;
 #[cfg(test)]
 pub use inspect::inspected_for_test;

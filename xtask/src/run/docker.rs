@@ -105,6 +105,47 @@ fn engine_query(args: &[&str]) -> Option<Captured> {
     step.timeout(std::time::Duration::from_secs(20)).capture().ok()
 }
 
+/// Whether `builder` (the current one when `None`) writes images straight into the image store
+/// that `docker` commands read: BuildKit inside the engine of the current context (the `docker`
+/// driver, whose one node is that context), with the containerd image store, which holds whole
+/// multi-platform indexes (the classic store takes one platform at a time). Any query that
+/// fails answers no: the build then goes through an archive as on any builder, and a builder
+/// that cannot build says so there.
+pub fn builds_into_store(root: &Utf8Path, builder: Option<&str>) -> bool {
+    let query = |step: Step| {
+        let answer = step.quiet().capture().ok()?;
+        answer.success().then_some(answer.stdout)
+    };
+    let (inspect, context, store) = std::thread::scope(|scope| {
+        let inspect = scope.spawn(|| query(buildx(root, builder).arg("inspect")));
+        let context = scope.spawn(|| query(cli(root).args(["context", "show"])));
+        let store = query(cli(root).args(["info", "--format", "{{json .DriverStatus}}"]));
+        (inspect.join().ok().flatten(), context.join().ok().flatten(), store)
+    });
+    match (inspect, context, store) {
+        (Some(inspect), Some(context), Some(store)) => {
+            stores_builds(&inspect, context.trim(), &store)
+        }
+        _ => false,
+    }
+}
+
+/// [`builds_into_store`] from what `docker buildx inspect`, `docker context show` and
+/// `docker info --format '{{json .DriverStatus}}'` printed.
+fn stores_builds(inspect: &str, context: &str, driver_status: &str) -> bool {
+    let values = |name: &str| -> Vec<&str> {
+        let fields = inspect.lines().filter_map(|line| line.split_once(':'));
+        fields.filter(|(key, _)| key.trim() == name).map(|(_, value)| value.trim()).collect()
+    };
+    // One node, the current context's engine: a builder of several is not the engine's own.
+    let one_node = values("Endpoint") == [context];
+    let containerd =
+        serde_json::from_str::<Vec<(String, String)>>(driver_status.trim()).is_ok_and(|status| {
+            status.iter().any(|(k, v)| k == "driver-type" && v == "io.containerd.snapshotter.v1")
+        });
+    values("Driver") == ["docker"] && one_node && containerd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +165,29 @@ mod tests {
         assert_eq!(step.args, ["buildx", "--builder", "remote", "bake"]);
         assert_eq!(step.cwd, "/repo");
         assert_eq!(buildx(Utf8Path::new("/r"), None).arg("ls").args, ["buildx", "ls"]);
+    }
+
+    const DEFAULT: &str = "Name:          default\nDriver:        docker\nLast Activity: 2026-12-07 \
+                           21:41:22 +0000 UTC\n\nNodes:\nName:             default\nEndpoint:         \
+                           default\nStatus:           running\nBuildKit version: v0.13.2\n";
+    const CONTAINERD: &str = r#"[["driver-type","io.containerd.snapshotter.v1"]]"#;
+
+    #[test]
+    fn only_the_engines_own_builder_over_the_containerd_store_builds_into_it() {
+        assert!(stores_builds(DEFAULT, "default", CONTAINERD));
+        // The classic store: no multi-platform index.
+        let overlay2 = r#"[["Backing Filesystem","extfs"],["Supports d_type","true"]]"#;
+        assert!(!stores_builds(DEFAULT, "default", overlay2));
+        assert!(!stores_builds(DEFAULT, "default", "null"));
+        // Another context's engine, not the one `docker` commands talk to.
+        assert!(!stores_builds(DEFAULT, "remote", CONTAINERD));
+        // A builder container keeps its images to itself.
+        let container = DEFAULT
+            .replace("Driver:        docker", "Driver:        docker-container")
+            .replace("Endpoint:         default", "Endpoint:         unix:///var/run/docker.sock");
+        assert!(!stores_builds(&container, "default", CONTAINERD));
+        let two_nodes = format!("{DEFAULT}\nName:             b\nEndpoint:         default\n");
+        assert!(!stores_builds(&two_nodes, "default", CONTAINERD));
+        assert!(!stores_builds("", "default", CONTAINERD));
     }
 }

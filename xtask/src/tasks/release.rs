@@ -12,7 +12,7 @@ use crate::image::ImageName;
 use crate::image::platform::Platform;
 use crate::image::sign::{self, KeySource, Signer};
 use crate::image::version::Revision;
-use crate::image::{self, BuildPlan, BuildRequest, Output};
+use crate::image::{self, BuildPlan, BuildRequest, Output, StoreExport};
 use crate::oci;
 use crate::run::docker;
 use crate::run::plan::{Plan, Request, Task};
@@ -200,6 +200,7 @@ fn build_plan(
             no_cache: false,
             cache: request.cache.clone(),
             overwrite: request.allow.overwrite,
+            store: StoreExport::Archive,
         },
     )
 }
