@@ -112,9 +112,9 @@ const DEV_COMPRESSION: &str = "compression=uncompressed";
 
 /// Where built images go.
 ///
-/// Reproducible builds go through an OCI archive, which `docker load` takes into the store
-/// unchanged (same index, same digests), and `--json` reads each platform's manifest and layers
-/// from. The layers' file times are the Dockerfiles' own (every file dated 2000-01-01, held by
+/// Reproducible builds reach the store straight from BuildKit or through an OCI archive that
+/// `docker load` takes in unchanged (same index, same digests), as [`StoreExport`] says; pushes
+/// go through the archive. The layers' file times are the Dockerfiles' own (every file dated 2000-01-01, held by
 /// a repository check), and their compression ([`COMPRESSION`]) does not depend on which build
 /// compressed a layer first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -303,7 +303,8 @@ pub struct BuildRequest {
 pub struct PlannedImage {
     pub image: ImageName,
     pub refs: Vec<String>,
-    /// The OCI archive a reproducible build writes it to, before it is loaded.
+    /// The OCI archive a reproducible build writes it to, before it is loaded or pushed; none
+    /// when it goes straight into the store.
     pub archive: Option<Utf8PathBuf>,
 }
 
@@ -314,9 +315,10 @@ pub struct BuildPlan {
     pub metadata_file: Utf8PathBuf,
     pub step: Step,
     pub output: Output,
-    /// The run's directory for the archives of a reproducible build (removed afterwards).
+    /// The run's directory for the archives of a reproducible build not exported straight
+    /// into the store (removed afterwards).
     pub archives: Option<Utf8PathBuf>,
-    /// `docker load` of each archive, after the bake ([`Output::Store`]).
+    /// `docker load` of each archive, after the bake ([`Output::Store`] through archives).
     pub loads: Vec<Step>,
     /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
     pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
@@ -489,6 +491,8 @@ pub struct Built {
     pub image: ImageName,
     pub refs: Vec<String>,
     pub digest: Option<String>,
+    /// Empty for an image built straight into the store, until [`execute_described`] reads
+    /// them.
     pub platforms: Vec<PlatformImage>,
 }
 
