@@ -437,11 +437,6 @@ fn a_build_straight_into_the_store_gives_the_images_a_build_through_an_archive_g
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
         assert_eq!(id, direct["images"][0]["digest"].as_str().unwrap(), "{reference}");
     }
-
-    let (ok, _, said) = build(&unique_name("localhost/direct-test"), Some("straight"));
-    assert!(!ok);
-    let last = said.lines().last().unwrap_or_default();
-    assert!(last.contains("MEMORIES_STORE_EXPORT=straight is not a way to export"), "{said}");
 }
 
 #[test]

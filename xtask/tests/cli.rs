@@ -1215,3 +1215,28 @@ fn registry_and_platforms_default_from_the_environment() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("scheme"), "{}", text(&bad.stderr));
 }
+
+/// The environment's settings of a build are checked before anything runs, each failure one
+/// line naming the variable and what it takes.
+#[test]
+fn a_bad_store_export_or_cache_space_is_refused_in_one_line() {
+    let (path, log) = fake_docker("bad-build-env");
+    let cases = [
+        ("MEMORIES_STORE_EXPORT", "straight", "MEMORIES_STORE_EXPORT=straight is not a way"),
+        ("MEMORIES_CACHE_SPACE", "Bench 1", "MEMORIES_CACHE_SPACE=Bench 1 is not a cache space"),
+    ];
+    for (variable, value, says) in cases {
+        let output = xtask(&["build", "--dry-run"])
+            .env("PATH", &path)
+            .env("DOCKER_HOST", "tcp://127.0.0.1:9")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let calls = calls_beyond_store_queries(&log);
+    assert!(calls.is_empty(), "docker was called: {calls:?}");
+}

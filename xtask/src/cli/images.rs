@@ -321,8 +321,9 @@ impl From<&BuildArgs> for BuildRequest {
             // A developer's push moves the build tags of the commit, as `docker push` did;
             // only releases hold their tags immutable.
             overwrite: true,
-            // Decided by `image::task`, from the builder.
+            // Decided by `image::task`, from the builder and the environment.
             store: StoreExport::Archive,
+            cache_space: None,
         }
     }
 }
@@ -343,6 +344,8 @@ impl From<&ReleaseArgs> for ReleaseRequest {
             sign: args.sign.clone(),
             signing: (&args.transparency).into(),
             cache: args.cache.clone(),
+            // From the environment, in `release::task`.
+            cache_space: None,
         }
     }
 }

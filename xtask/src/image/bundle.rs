@@ -207,6 +207,7 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
         cache: None,
         overwrite: false,
         store: StoreExport::Archive,
+        cache_space: None,
     };
     image::plan(root, revision, &build)
 }

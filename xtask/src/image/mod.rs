@@ -187,6 +187,28 @@ impl StoreExport {
 /// `docker load` even where BuildKit could write into the store itself.
 pub const STORE_EXPORT_VAR: &str = "MEMORIES_STORE_EXPORT";
 
+/// A name that keeps a build's cache apart: every step of a stage that declares `CACHE_SPACE`
+/// (all the package and dependency work, and the cache mounts it uses) meets only the cache of
+/// builds with the same name. Benchmarks set it so that a build "from an empty cache" meets
+/// none of the cache that images built straight into the store hold (a prune leaves that).
+pub const CACHE_SPACE_VAR: &str = "MEMORIES_CACHE_SPACE";
+
+/// [`CACHE_SPACE_VAR`], checked: lowercase letters, digits and dashes, at most 40.
+pub fn cache_space_from_env() -> Result<Option<String>> {
+    let Ok(space) = std::env::var(CACHE_SPACE_VAR) else { return Ok(None) };
+    if space.is_empty() {
+        return Ok(None);
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if space.len() > 40 || !space.chars().all(allowed) {
+        bail!(
+            "{CACHE_SPACE_VAR}={space} is not a cache space: use at most 40 lowercase letters, \
+             digits and dashes"
+        );
+    }
+    Ok(Some(space))
+}
+
 /// Where BuildKit's cache lives between machines (`--cache`): read before a build
 /// (`cache-from`) and written after it (`cache-to`, `mode=max`: every stage's layers), one
 /// scope per image, so that a fresh CI runner builds from what the last run left.
@@ -297,6 +319,8 @@ pub struct BuildRequest {
     pub overwrite: bool,
     /// How an [`Output::Store`] build reaches the store.
     pub store: StoreExport,
+    /// See [`CACHE_SPACE_VAR`]; `--no-cache` gives the run one of its own.
+    pub cache_space: Option<String>,
 }
 
 #[derive(Debug)]
@@ -377,12 +401,14 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             registry: Some(format!("memories/run-{run}")),
             builder: request.builder.clone(),
             cache: request.cache.clone(),
+            cache_space: request.cache_space.clone(),
             ..BuildRequest::default()
         };
         Box::new(plan(root, revision, &request))
     });
     let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
-    let cache_space = request.no_cache.then(RunId::name_of_this_process);
+    let cache_space =
+        request.no_cache.then(RunId::name_of_this_process).or_else(|| request.cache_space.clone());
     let mut targets = Map::new();
     let mut planned = Vec::new();
     for &image in &images {
@@ -544,33 +570,33 @@ fn undescribed(built: &[Built]) -> bool {
 }
 
 /// Reads the platforms of the images in `built` that lack them from the store: `docker save`
-/// of one ref of each into this run's directory, then each index the build reported. The
-/// store holds them by digest, so a ref moved to another image since is an error, not a wrong
-/// answer.
+/// of each image by the digest the build reported (its id in the containerd store), not by a
+/// tag, which another build of the same commit may move meanwhile (a dev stack's build tags
+/// the same names), into this run's directory, then each index. An image gone from the store
+/// since is an error, never another image's platforms.
 fn describe_from_store(root: &Utf8Path, built: &mut [Built]) -> Result<()> {
     let mut wanted: Vec<&mut Built> = built.iter_mut().filter(|b| b.platforms.is_empty()).collect();
     if wanted.is_empty() {
         return Ok(());
     }
-    let dir = RunDir::new(&root.join("target/xtask"), SAVED_PREFIX)?;
-    let archive = dir.path().join("images.tar");
-    let mut save = docker::cli(root).args(["save", "--output", archive.as_str()]);
+    let mut digests = Vec::new();
     for image in &wanted {
-        let reference =
-            image.refs.first().with_context(|| format!("{} has no ref", image.image))?;
-        save = save.arg(reference);
-    }
-    save.run().context("cannot read the built images' platforms from the image store")?;
-    let layout = oci::Archive::open(&archive)?;
-    for image in &mut wanted {
-        let digest = image.digest.as_deref().with_context(|| {
+        let digest = image.digest.clone().with_context(|| {
             format!(
                 "the build reported no digest for {}, so its platforms are unknown",
                 image.image
             )
         })?;
+        digests.push(digest);
+    }
+    let dir = RunDir::new(&root.join("target/xtask"), SAVED_PREFIX)?;
+    let archive = dir.path().join("images.tar");
+    let save = docker::cli(root).args(["save", "--output", archive.as_str()]).args(&digests);
+    save.run().context("cannot read the built images' platforms from the image store")?;
+    let layout = oci::Archive::open(&archive)?;
+    for (image, digest) in wanted.iter_mut().zip(&digests) {
         image.platforms = oci::saved_platform_images(&layout, digest)
-            .with_context(|| format!("cannot read the platforms of {}", image.refs[0]))?;
+            .with_context(|| format!("cannot read the platforms of {} ({digest})", image.image))?;
     }
     Ok(())
 }
@@ -656,6 +682,7 @@ impl Drop for Untag<'_> {
 pub fn task(root: &Utf8Path, request: &BuildRequest) -> Result<BuildPlan> {
     let revision = Revision::read(root)?;
     let mut request = request.clone();
+    request.cache_space = cache_space_from_env()?;
     if request.output == Output::Store {
         request.store = StoreExport::detect(root, request.builder.as_deref())?;
     }

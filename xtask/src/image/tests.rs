@@ -134,13 +134,20 @@ fn flags_reach_the_plan() {
         cache: Some(Cache::Registry("127.0.0.1:5000/acme/cache".into())),
         overwrite: false,
         store: StoreExport::Direct,
+        cache_space: Some("bench-1".into()),
     };
     let plan = plan(Utf8Path::new("/repo"), &revision(), &request);
     assert_eq!(plan.step.args[..4], ["buildx", "--builder", "multi", "bake"]);
     assert_eq!(plan.step.args.last().unwrap(), "--no-cache");
-    let cached = BuildRequest { no_cache: false, ..request.clone() };
+    let cached = BuildRequest { no_cache: false, cache_space: None, ..request.clone() };
     let cached = crate::image::plan(Utf8Path::new("/repo"), &revision(), &cached);
     assert!(cached.bake["target"]["db"]["args"].get("CACHE_SPACE").is_none());
+    // A cache space of its own: every stage that declares it, the SBOM generator's too.
+    let spaced = BuildRequest { no_cache: false, ..request.clone() };
+    let spaced = crate::image::plan(Utf8Path::new("/repo"), &revision(), &spaced);
+    assert_eq!(spaced.bake["target"]["db"]["args"]["CACHE_SPACE"], "-bench-1");
+    let generator = &spaced.generator.as_ref().unwrap().bake["target"]["sbom"];
+    assert_eq!(generator["args"]["CACHE_SPACE"], "-bench-1");
     assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
     let db = &plan.bake["target"]["db"];
     assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));

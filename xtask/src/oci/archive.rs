@@ -37,8 +37,8 @@ pub fn platform_images(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
 }
 
 /// The platforms of the index `digest` in an archive `docker save` wrote of several images:
-/// `index.json` must name it (so a tag the save followed that moved to another image since
-/// the build is an error, not another image's platforms), and its blob must hash to it.
+/// `index.json` must name it (a save that wrote another image is an error, not that image's
+/// platforms), and its blob and every platform manifest's must hash to their digests.
 pub fn saved_platform_images(layout: &Archive, digest: &str) -> Result<Vec<PlatformImage>> {
     let top =
         Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path))?;

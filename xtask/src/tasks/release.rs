@@ -137,6 +137,8 @@ pub struct ReleaseRequest {
     /// The build cache to read and write beyond the builder's own.
     pub cache: Option<image::Cache>,
     pub signing: sign::Options,
+    /// See [`image::CACHE_SPACE_VAR`].
+    pub cache_space: Option<String>,
 }
 
 /// Stands for a digest known only once the build has run, in plans.
@@ -201,6 +203,7 @@ fn build_plan(
             cache: request.cache.clone(),
             overwrite: request.allow.overwrite,
             store: StoreExport::Archive,
+            cache_space: request.cache_space.clone(),
         },
     )
 }
@@ -329,7 +332,8 @@ pub fn task(root: &Utf8Path, request: &ReleaseRequest) -> Result<ReleasePlan> {
             );
         }
     }
-    plan(root, &revision, request)
+    let request = ReleaseRequest { cache_space: image::cache_space_from_env()?, ..request.clone() };
+    plan(root, &revision, &request)
 }
 
 impl Task for ReleasePlan {

@@ -10,11 +10,12 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 use serde_json::json;
 
-use crate::image::ImageName;
 use crate::image::platform::PlatformList;
 use crate::image::version::Revision;
+use crate::image::{self, ImageName};
 use crate::oci;
 use crate::run::docker;
+use crate::run::label::RunId;
 use crate::run::plan::{self, Step, Streams};
 use crate::stack::{self, Mode, Stack};
 use crate::tasks::faults;
@@ -79,16 +80,20 @@ pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Rep
     let exe = plan::this_xtask()?;
     let cache = format!("registry={}/bench/cache", registry.address);
     let namespace = format!("{}/bench", registry.address);
+    let space = cache_space();
     let build = |cached: bool| {
         let step = Step::new(&exe, root)
             .args(["build", "--platform", &platforms.to_string(), "--registry"])
-            .arg(&namespace);
+            .arg(&namespace)
+            .env(image::CACHE_SPACE_VAR, &space);
         if cached { step.args(["--cache", &cache]) } else { step }
     };
     // The build cache this machine had goes before the cache is written, not before the
     // first timed run: removing a large one keeps the disk busy after the prune returns. The
     // first warm run after pruning a CI run's 46 GB took 26.5 s, where warm runs after pruning
-    // one build took 21 to 24 s.
+    // one build took 21 to 24 s. What the prune cannot remove (the cache that images built
+    // straight into the store hold) is out of reach of this benchmark's builds: they keep
+    // their cache apart ([`cache_space`]).
     docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
     say!("writing the registry cache: {}", build(true));
     build(true).run()?;
@@ -118,6 +123,15 @@ pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Rep
     })
 }
 
+/// The cache space ([`image::CACHE_SPACE_VAR`]) of a benchmark's builds "from an empty cache":
+/// `docker buildx prune --all` leaves the cache that images in the store hold (those built
+/// straight into it: their layers are the cache's), and a build of the same steps would take
+/// them from there. A space of this run's own meets none of it; within the run, each build
+/// starts after the last one's images are gone and the cache is pruned.
+fn cache_space() -> String {
+    format!("bench-{}", RunId::name_of_this_process())
+}
+
 /// A release of every image for amd64 and arm64 against the same release for amd64 alone, each
 /// from a cold BuildKit cache (pruned before every run), pushed to a throwaway registry.
 pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
@@ -125,6 +139,7 @@ pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
     let registry = Throwaway::start(root)?;
     let exe = plan::this_xtask()?;
     let sides = [release::DEFAULT_PLATFORMS, "linux/amd64"];
+    let space = cache_space();
     let mut samples = [Vec::new(), Vec::new()];
     for run in 1..=runs {
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
@@ -133,7 +148,8 @@ pub fn release(root: &Utf8Path, runs: u32) -> Result<Report> {
             docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
             let step = Step::new(&exe, root)
                 .args(["release", "--registry", &namespace, "--platform", sides[side]])
-                .arg("--allow-dirty");
+                .arg("--allow-dirty")
+                .env(image::CACHE_SPACE_VAR, &space);
             samples[side].push(time(&step)?);
             // The next run starts without this one's images as well as without its cache.
             registry.untag_local(&namespace);

@@ -30,6 +30,7 @@ fn request(allow: Allowances) -> ReleaseRequest {
         sign: None,
         signing: sign::Options::default(),
         cache: None,
+        cache_space: None,
     }
 }
 
