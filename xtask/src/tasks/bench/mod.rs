@@ -102,10 +102,12 @@ pub fn cache(root: &Utf8Path, runs: u32, platforms: &PlatformList) -> Result<Rep
         for side in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
             let what = if side == 0 { "with the registry cache" } else { "from nothing" };
             say!("run {run}/{runs}: build from an empty BuildKit cache, {what}");
-            docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
             // Without the images the last build left in the store, or a build with the same
             // inputs would answer from there (`nothing to build`) and time no build at all.
+            // They go before the prune: images built straight into the store hold their
+            // cache, which a prune then leaves for the next build to take.
             registry.untag_local(&namespace);
+            docker::buildx(root, None).args(["prune", "--all", "--force"]).run()?;
             samples[side].push(time(&build(side == 0))?);
         }
     }
