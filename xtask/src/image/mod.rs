@@ -152,39 +152,45 @@ pub enum StoreExport {
     /// Through an OCI archive that `docker load` takes: works with any builder and store.
     #[default]
     Archive,
-    /// Straight from BuildKit into the store (`type=image`), when the builder is the engine's
-    /// own over the containerd image store ([`docker::builds_into_store`]): nothing is written
-    /// to an archive, sent to the client and loaded again, which was most of a warm build
-    /// (every image for amd64 from a warm registry cache: the bake 14.3 s and the loads 5.8 s
-    /// through archives, the bake 5.0 s straight). The bake reports each image's index digest
-    /// only; its platforms are read from the store when asked for ([`execute_described`]).
+    /// Straight from BuildKit into the store (`type=image`), asked for with
+    /// `MEMORIES_STORE_EXPORT=direct` where the builder is the engine's own over the containerd
+    /// image store ([`docker::builds_into_store`]): nothing is written to an archive, sent to
+    /// the client and loaded again, which was most of a warm build (every image for amd64 from
+    /// a warm registry cache: the bake 14.3 s and the loads 5.8 s through archives, the bake
+    /// 5.0 s straight). Not the default: the engine (26.1 here) holds the build cache of every
+    /// image exported so until it restarts, and `docker builder prune --all` frees none of it
+    /// (94 GB after a day of builds on one machine, all freed after a restart). The bake
+    /// reports each image's index digest only; its platforms are read from the store when
+    /// asked for ([`execute_described`]).
     Direct,
 }
 
 impl StoreExport {
-    /// The way this machine's `builder` (the current one when `None`) takes: [`Direct`] where
-    /// it can, unless `MEMORIES_STORE_EXPORT=archive` asks for the archive.
+    /// The way `MEMORIES_STORE_EXPORT` asks for: [`Archive`] unless it says `direct`, which
+    /// `builder` (the current one when `None`) must be able to take.
     ///
-    /// [`Direct`]: StoreExport::Direct
+    /// [`Archive`]: StoreExport::Archive
     pub fn detect(root: &Utf8Path, builder: Option<&str>) -> Result<StoreExport> {
-        match std::env::var(STORE_EXPORT_VAR) {
-            Ok(value) if value == "archive" => return Ok(StoreExport::Archive),
-            Ok(value) if !value.is_empty() => bail!(
-                "{STORE_EXPORT_VAR}={value} is not a way to export: the only value is `archive` \
-                 (unset it to build straight into the image store where the builder can)"
+        let value = std::env::var(STORE_EXPORT_VAR).unwrap_or_default();
+        match value.as_str() {
+            "" | "archive" => Ok(StoreExport::Archive),
+            "direct" if docker::builds_into_store(root, builder) => Ok(StoreExport::Direct),
+            "direct" => bail!(
+                "{STORE_EXPORT_VAR}=direct needs the engine's own builder (buildx's `docker` \
+                 driver of the current context) over the containerd image store: unset it to \
+                 build through archives"
             ),
-            _ => {}
+            _ => bail!(
+                "{STORE_EXPORT_VAR}={value} is not a way to export: use `direct` or `archive` \
+                 (the default)"
+            ),
         }
-        Ok(if docker::builds_into_store(root, builder) {
-            StoreExport::Direct
-        } else {
-            StoreExport::Archive
-        })
     }
 }
 
-/// Set to `archive`, reproducible builds into the store go through an OCI archive and
-/// `docker load` even where BuildKit could write into the store itself.
+/// `direct`: reproducible builds into the store go straight from BuildKit where the builder
+/// can ([`StoreExport::Direct`]); `archive` (the default): through an OCI archive and
+/// `docker load`.
 pub const STORE_EXPORT_VAR: &str = "MEMORIES_STORE_EXPORT";
 
 /// A name that keeps a build's cache apart: every step of a stage that declares `CACHE_SPACE`

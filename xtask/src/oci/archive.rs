@@ -323,7 +323,7 @@ mod tests {
             images.iter().map(|i| (i.platform.as_str(), i.layers[0].as_str())).collect();
         assert_eq!(platforms, [("linux/amd64", "sha256:1a"), ("linux/arm64", "sha256:1b")]);
         assert_eq!(images[0].digest, amd);
-        // The build reported another image than the store holds under the ref.
+        // A save that holds another image than the build reported.
         let err = saved_platform_images(&layout, "sha256:0ther").unwrap_err().to_string();
         assert!(err.contains("does not hold sha256:0ther"), "{err}");
         let err = saved_platform_images(&layout, &single).unwrap_err().to_string();
