@@ -442,6 +442,39 @@ fn a_build_straight_into_the_store_gives_the_images_a_build_through_an_archive_g
     }
 }
 
+/// A direct build without `--json` keeps no platforms; the same build asked again with
+/// `--json` answers from the store (nothing to build) and reads them from there.
+#[test]
+fn a_direct_no_op_build_with_json_reads_its_platforms_from_the_store() {
+    require_docker();
+    let registry = unique_name("localhost/direct-noop-test");
+    let mut cleanup = Cleanup::default();
+    let build = |json: bool| {
+        let mut build = xtask_process();
+        build.args(["build", "redis", "--registry", &registry]);
+        build.env("MEMORIES_STORE_EXPORT", "direct");
+        if json {
+            build.arg("--json");
+        }
+        let output = build.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        (String::from_utf8(output.stdout).unwrap(), stderr)
+    };
+    let (lines, _) = build(false);
+    for line in lines.lines() {
+        cleanup.image(line.split_whitespace().next().unwrap());
+    }
+    let (json, said) = build(true);
+    assert!(said.contains("nothing to build"), "{said}");
+    assert!(said.contains("docker save"), "the platforms come from the store: {said}");
+    let built: Value = serde_json::from_str(&json).unwrap();
+    let platforms = built["images"][0]["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 1, "{json}");
+    assert!(platforms[0]["digest"].as_str().unwrap().starts_with("sha256:"), "{json}");
+    assert!(!platforms[0]["layers"].as_array().unwrap().is_empty(), "{json}");
+}
+
 #[test]
 fn server_start_up_fails_in_one_line_when_the_database_is_wrong_or_absent() {
     let image = image_ref("server");

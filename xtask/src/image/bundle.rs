@@ -220,7 +220,13 @@ fn partial_files(output: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf) {
     (dir.join(format!(".{name}.saved.partial")), dir.join(format!(".{name}.partial")))
 }
 
-fn save_step(root: &Utf8Path, archive: &Utf8Path, refs: impl IntoIterator<Item = String>) -> Step {
+/// `docker save` of `refs` (tags or digests) into `archive`; the one way images leave the
+/// store as a layout, for bundles and for reading a build's platforms back.
+pub(super) fn save_step(
+    root: &Utf8Path,
+    archive: &Utf8Path,
+    refs: impl IntoIterator<Item = String>,
+) -> Step {
     docker::cli(root).args(["save", "--output", archive.as_str()]).args(refs)
 }
 

@@ -552,8 +552,7 @@ fn execute_as(plan: &BuildPlan, described: bool) -> Result<Vec<Built>> {
              every ref with the digest built then: nothing to build (--no-cache builds anyway)",
             names.join(", ")
         );
-        if described && undescribed(&built) {
-            describe_from_store(&plan.root, &mut built)?;
+        if described && describe_from_store(&plan.root, &mut built)? {
             noop::record(plan, &fingerprints, &built)?;
         }
         return Ok(built);
@@ -570,20 +569,16 @@ fn execute_as(plan: &BuildPlan, described: bool) -> Result<Vec<Built>> {
     Ok(built)
 }
 
-/// Whether an image of `built` lacks its platforms (every image has one at least).
-fn undescribed(built: &[Built]) -> bool {
-    built.iter().any(|b| b.platforms.is_empty())
-}
-
 /// Reads the platforms of the images in `built` that lack them from the store: `docker save`
 /// of each image by the digest the build reported (its id in the containerd store), not by a
 /// tag, which another build of the same commit may move meanwhile (a dev stack's build tags
 /// the same names), into this run's directory, then each index. An image gone from the store
-/// since is an error, never another image's platforms.
-fn describe_from_store(root: &Utf8Path, built: &mut [Built]) -> Result<()> {
+/// since is an error, never another image's platforms. Returns whether it read any (every
+/// image has one platform at least, so an empty list means unread).
+fn describe_from_store(root: &Utf8Path, built: &mut [Built]) -> Result<bool> {
     let mut wanted: Vec<&mut Built> = built.iter_mut().filter(|b| b.platforms.is_empty()).collect();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut digests = Vec::new();
     for image in &wanted {
@@ -597,14 +592,14 @@ fn describe_from_store(root: &Utf8Path, built: &mut [Built]) -> Result<()> {
     }
     let dir = RunDir::new(&root.join("target/xtask"), SAVED_PREFIX)?;
     let archive = dir.path().join("images.tar");
-    let save = docker::cli(root).args(["save", "--output", archive.as_str()]).args(&digests);
+    let save = bundle::save_step(root, &archive, digests.iter().cloned());
     save.run().context("cannot read the built images' platforms from the image store")?;
     let layout = oci::Archive::open(&archive)?;
     for (image, digest) in wanted.iter_mut().zip(&digests) {
         image.platforms = oci::saved_platform_images(&layout, digest)
             .with_context(|| format!("cannot read the platforms of {} ({digest})", image.image))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The prefix of the run directory [`describe_from_store`] saves images into.
