@@ -93,9 +93,12 @@ fn dry_run_prints_the_bake_plan_and_runs_no_docker_command() {
         "{stdout}"
     );
     assert!(stdout.contains("\"dockerfile\": \"docker/server/Dockerfile\""), "{stdout}");
-    // The fake answers no: the build goes through archives, loaded one by one.
-    assert!(stdout.contains("type=oci,dest="), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("docker load --quiet --input ")), "{stdout}");
+    // The fake answers no: the build goes through a layout per image, loaded at once.
+    assert!(stdout.contains("type=oci,tar=false,dest="), "{stdout}");
+    let bake = "docker --log-level fatal buildx bake --file - --metadata-file ";
+    assert!(stdout.lines().any(|l| l.starts_with(bake)), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("docker load")).count(), 1, "{stdout}");
+    assert!(stdout.lines().any(|l| l == "docker load --quiet"), "{stdout}");
     let calls = calls_beyond_store_queries(&log);
     assert!(calls.is_empty(), "docker was called: {calls:?}");
 }
@@ -169,6 +172,52 @@ fn release_dry_run_is_the_whole_plan_and_calls_neither_docker_nor_the_registry()
     let push = stdout.find("# registry: push ").expect("pushes are planned");
     assert!(bake < push, "every image builds before anything is pushed:\n{stdout}");
     assert!(!log.exists(), "docker was called: {}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
+fn a_build_into_the_store_loads_every_image_at_once_named_by_its_refs() {
+    let (path, log) = docker_baking_archives("store-load");
+    let output = xtask(&["build", "server", "db", "--registry", "127.0.0.1:5000/acme", "--json"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let loads: Vec<&str> = calls.lines().filter(|l| l.starts_with("load")).collect();
+    assert_eq!(loads, ["load --quiet"], "one load, from stdin: {calls}");
+    // What `docker load` read: one layout, each image under each of its refs, every blob once.
+    let fake = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-docker-store-load");
+    let mut loaded = tar::Archive::new(std::fs::File::open(fake.join("loaded.tar")).unwrap());
+    let mut names = Vec::new();
+    let mut index = Value::Null;
+    for entry in loaded.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_str().unwrap().to_owned();
+        if name == "index.json" {
+            index = serde_json::from_reader(&mut entry).unwrap();
+        }
+        names.push(name);
+    }
+    let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    let built: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut named = Vec::new();
+    for entry in index["manifests"].as_array().unwrap() {
+        let name = entry["annotations"]["io.containerd.image.name"].as_str().unwrap();
+        named.push((name.to_owned(), entry["digest"].as_str().unwrap().to_owned()));
+    }
+    let mut wanted = Vec::new();
+    for image in built["images"].as_array().unwrap() {
+        for reference in image["refs"].as_array().unwrap() {
+            let digest = image["digest"].as_str().unwrap().to_owned();
+            wanted.push((reference.as_str().unwrap().to_owned(), digest));
+        }
+    }
+    named.sort();
+    wanted.sort();
+    assert_eq!(named, wanted, "{index}");
+    assert_eq!(wanted.len(), 6, "three refs of each image: {built}");
 }
 
 #[test]

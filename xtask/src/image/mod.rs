@@ -22,8 +22,10 @@ use crate::image::platform::Platform;
 use crate::image::version::{Revision, rfc3339_utc};
 use crate::oci;
 use crate::run::docker;
+use crate::run::interrupt::{self, Interrupted};
 use crate::run::label::{RunDir, RunId};
-use crate::run::plan::{Plan, Step, Task};
+use crate::run::plan::{Plan, Step, Stream, Streams, Task};
+use crate::run::term;
 
 pub use crate::image::catalogue::{ImageName, ImageParser, load as load_catalogue};
 pub use crate::oci::PlatformImage;
@@ -133,14 +135,18 @@ pub enum Output {
 }
 
 impl Output {
-    /// The exporter of one image; `archive` is where a reproducible build writes it.
-    fn exporter(self, store: StoreExport, archive: &Utf8Path) -> String {
+    /// The exporter of one image; `export` is where a reproducible build writes it: an OCI
+    /// layout directory on its way into the store, an OCI archive on its way to a registry.
+    fn exporter(self, store: StoreExport, export: &Utf8Path) -> String {
         match (self, store) {
             (Output::Load, _) => format!("type=docker,{DEV_COMPRESSION}"),
             (Output::Store, StoreExport::Direct) => {
                 format!("type=image,oci-mediatypes=true,{COMPRESSION}")
             }
-            (Output::Store | Output::Push, _) => format!("type=oci,dest={archive},{COMPRESSION}"),
+            (Output::Store, StoreExport::Archive) => {
+                format!("type=oci,tar=false,dest={export},{COMPRESSION}")
+            }
+            (Output::Push, _) => format!("type=oci,dest={export},{COMPRESSION}"),
         }
     }
 }
@@ -333,9 +339,10 @@ pub struct BuildRequest {
 pub struct PlannedImage {
     pub image: ImageName,
     pub refs: Vec<String>,
-    /// The OCI archive a reproducible build writes it to, before it is loaded or pushed; none
-    /// when it goes straight into the store.
-    pub archive: Option<Utf8PathBuf>,
+    /// Where a reproducible build writes it before it is loaded or pushed: an OCI layout
+    /// directory ([`Output::Store`]) or an OCI archive ([`Output::Push`]); none when it goes
+    /// straight into the store.
+    pub export: Option<Utf8PathBuf>,
 }
 
 #[derive(Debug)]
@@ -345,11 +352,13 @@ pub struct BuildPlan {
     pub metadata_file: Utf8PathBuf,
     pub step: Step,
     pub output: Output,
-    /// The run's directory for the archives of a reproducible build not exported straight
-    /// into the store (removed afterwards).
-    pub archives: Option<Utf8PathBuf>,
-    /// `docker load` of each archive, after the bake ([`Output::Store`] through archives).
-    pub loads: Vec<Step>,
+    /// The run's directory for the layouts or archives of a reproducible build not exported
+    /// straight into the store (removed afterwards).
+    pub exports: Option<Utf8PathBuf>,
+    /// The one `docker load` of every image's layout, after the bake ([`Output::Store`]
+    /// through the client): its stdin is one layout of them all, each blob once
+    /// ([`oci::Merged`]).
+    pub load: Option<Step>,
     /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
     pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
     /// See [`BuildRequest::overwrite`].
@@ -360,8 +369,8 @@ pub struct BuildPlan {
     pub generator: Option<Box<BuildPlan>>,
 }
 
-/// The prefix of a build's archive directory in `target/xtask`.
-const ARCHIVES_PREFIX: &str = "archives-";
+/// The prefix of a build's directory of layouts or archives in `target/xtask`.
+const EXPORTS_PREFIX: &str = "exports-";
 
 impl BuildPlan {
     /// The images and their refs, for `--json`.
@@ -372,16 +381,21 @@ impl BuildPlan {
     /// What builds the images, in order: the SBOM generator's build, the one bake, the loads.
     pub fn build_steps(&self) -> Vec<Step> {
         let generator = self.generator.iter().map(|g| g.step.clone());
-        generator.chain([self.step.clone()]).chain(self.loads.iter().cloned()).collect()
+        generator.chain([self.step.clone()]).chain(self.load.iter().cloned()).collect()
     }
 
     /// The build as a dry-run plan: the one bake (with its definition as a fact), then the
-    /// loads and pushes of a reproducible build.
+    /// load or pushes of a reproducible build.
     pub fn to_plan(&self) -> Plan {
         let names: Vec<&str> = self.images.iter().map(|i| i.image.as_str()).collect();
-        Plan::new(format!("build {}", names.join(" ")))
-            .steps(self.build_steps())
-            .requests(self.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)))
+        let mut plan = Plan::new(format!("build {}", names.join(" "))).steps(self.build_steps());
+        if let (Some(_), Some(exports)) = (&self.load, &self.exports) {
+            plan = plan.note(format!(
+                "`docker load` reads one OCI layout of the images' layouts in {exports}, each \
+                 blob once"
+            ));
+        }
+        plan.requests(self.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)))
             .fact("images", self.images_json())
             .fact("bake", self.bake.clone())
     }
@@ -397,8 +411,8 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let tags = request.tags.clone().unwrap_or_else(|| revision.build_tags());
     let reproducible = request.output != Output::Load;
     let direct = request.output == Output::Store && request.store == StoreExport::Direct;
-    let archives = (reproducible && !direct)
-        .then(|| RunDir::planned(&root.join("target/xtask"), ARCHIVES_PREFIX));
+    let exports = (reproducible && !direct)
+        .then(|| RunDir::planned(&root.join("target/xtask"), EXPORTS_PREFIX));
     let generator = reproducible.then(|| {
         let run = RunId::name_of_this_process();
         let request = BuildRequest {
@@ -413,6 +427,7 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         Box::new(plan(root, revision, &request))
     });
     let generator_ref = generator.as_ref().map(|g| g.images[0].refs[0].clone());
+    let builder = request.builder.as_deref();
     let cache_space =
         request.no_cache.then(RunId::name_of_this_process).or_else(|| request.cache_space.clone());
     let mut targets = Map::new();
@@ -426,9 +441,12 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         labels.insert("org.opencontainers.image.title".into(), source.title.clone().into());
         labels.insert("org.opencontainers.image.created".into(), rfc3339_utc(epoch).into());
-        let archive = archives.as_ref().map(|dir| dir.join(format!("{image}.tar")));
+        let export = exports.as_ref().map(|dir| match request.output {
+            Output::Push => dir.join(format!("{image}.tar")),
+            _ => dir.join(image.as_str()),
+        });
         let exporter =
-            request.output.exporter(request.store, archive.as_deref().unwrap_or(Utf8Path::new("")));
+            request.output.exporter(request.store, export.as_deref().unwrap_or(Utf8Path::new("")));
         // BuildKit's own build argument: the image config's times (files are dated by the
         // Dockerfiles). No stage declares it, so it never reaches a `RUN` step's environment
         // or cache key. It is the image's own epoch, not the commit's: an image whose inputs
@@ -465,30 +483,36 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             target["cache-to"] = to.into();
         }
         targets.insert(image.as_str().into(), target);
-        planned.push(PlannedImage { image, refs, archive });
+        planned.push(PlannedImage { image, refs, export });
     }
     let names: Vec<&str> = images.iter().map(|i| i.as_str()).collect();
     let bake = json!({ "group": { "default": { "targets": names } }, "target": targets });
     // One file per process: builds running side by side must not read each other's digests.
     let metadata_file =
         root.join(format!("target/xtask/bake-metadata-{}.json", std::process::id()));
-    let mut step = docker::buildx(root, request.builder.as_deref())
-        .args(["bake", "--file", "-", "--metadata-file"])
-        .arg(metadata_file.as_str());
+    let mut step = match request.output {
+        // Images on their way into the store are written to a layout directory each, and
+        // layers that several images share are written at once: buildx's content stores lock
+        // a blob by name across directories, so one export waits for another and buildx logs
+        // each wait as `ERROR: (*service).Write failed: ... locked for ...`, though nothing
+        // failed. Only its log is quieted; a failed build still says why and exits non-zero.
+        Output::Store if exports.is_some() => {
+            docker::cli(root).args(["--log-level", "fatal"]).args(docker::buildx_args(builder))
+        }
+        _ => docker::buildx(root, builder),
+    };
+    step = step.args(["bake", "--file", "-", "--metadata-file"]).arg(metadata_file.as_str());
     if request.no_cache {
         step = step.arg("--no-cache");
     }
     let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
-    let archived = planned.iter().filter_map(|p| Some((p.archive.clone()?, p.refs.clone())));
-    let (loads, pushes) = match request.output {
-        Output::Load => (Vec::new(), Vec::new()),
-        Output::Store => {
-            let load = |(archive, _): (Utf8PathBuf, _)| {
-                docker::cli(root).args(["load", "--quiet", "--input", archive.as_str()])
-            };
-            (archived.map(load).collect(), Vec::new())
+    let exported = planned.iter().filter_map(|p| Some((p.export.clone()?, p.refs.clone())));
+    let (load, pushes) = match request.output {
+        Output::Store if exports.is_some() => {
+            (Some(docker::cli(root).args(["load", "--quiet"])), Vec::new())
         }
-        Output::Push => (Vec::new(), archived.collect()),
+        Output::Load | Output::Store => (None, Vec::new()),
+        Output::Push => (None, exported.collect()),
     };
     BuildPlan {
         images: planned,
@@ -496,8 +520,8 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
         metadata_file,
         step,
         output: request.output,
-        archives,
-        loads,
+        exports,
+        load,
         pushes,
         overwrite: request.overwrite,
         root: root.to_owned(),
@@ -615,10 +639,10 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
         }
         None => None,
     };
-    let archives = match &plan.archives {
+    let exports = match &plan.exports {
         Some(planned) => {
-            let made = RunDir::new(dir, ARCHIVES_PREFIX)?;
-            assert_eq!(made.path(), planned, "the archive directory is the planned one");
+            let made = RunDir::new(dir, EXPORTS_PREFIX)?;
+            assert_eq!(made.path(), planned, "the export directory is the planned one");
             Some(made)
         }
         None => None,
@@ -633,11 +657,17 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
         metadata[image.as_str()]["containerimage.digest"].as_str().map(str::to_owned)
     };
     let mut platforms = Vec::new();
-    for archive in plan.images.iter().filter_map(|p| p.archive.as_ref()) {
-        platforms.push(oci::platform_images(archive)?);
+    for planned in &plan.images {
+        let Some(export) = &planned.export else { continue };
+        let read = match plan.output {
+            Output::Push => oci::platform_images(&oci::Archive::open(export)?),
+            _ => oci::platform_images(&oci::LayoutDir::new(export)),
+        };
+        platforms.push(read.with_context(|| format!("cannot read {}'s export", planned.image))?);
     }
-    for load in &plan.loads {
-        load.run().context("cannot load a built image into the image store")?;
+    if let Some(load) = &plan.load {
+        load_layouts(load, &plan.images)
+            .context("cannot load the built images into the image store")?;
     }
     if !plan.pushes.is_empty() {
         let remote = oci::Registry::new(&plan.root);
@@ -652,7 +682,7 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
             say!("pushed {} as {} ({pushed})", planned.image, refs.join(", "));
         }
     }
-    drop(archives);
+    drop(exports);
     let mut platforms = platforms.into_iter();
     Ok(plan
         .images
@@ -664,6 +694,32 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
             platforms: platforms.next().unwrap_or_default(),
         })
         .collect())
+}
+
+/// Runs `load` (`docker load`) with one OCI layout of the exported `images` on its stdin,
+/// each blob once and each image named by its refs ([`oci::Merged`]): every manifest is
+/// checked and every blob opened before it starts. A failure or Ctrl-C while streaming ends
+/// its stdin early, so it loads nothing.
+fn load_layouts(load: &Step, images: &[PlannedImage]) -> Result<()> {
+    let layouts: Vec<(oci::LayoutDir, &[String])> = images
+        .iter()
+        .filter_map(|i| Some((oci::LayoutDir::new(i.export.as_deref()?), i.refs.as_slice())))
+        .collect();
+    let merged = oci::Merged::read(&layouts)?;
+    let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
+    let mut loading = load.spawn(streams)?;
+    let stdin = loading.stdin().expect("stdin is piped");
+    let what = format!("loading {}", term::count(layouts.len(), "image"));
+    let streamed = merged.write(stdin, &what);
+    let status = loading.wait()?;
+    if interrupt::is_set() {
+        return Err(Interrupted.into());
+    }
+    streamed.context("cannot stream the images' layouts to `docker load`")?;
+    if !status.success() {
+        bail!("`docker load` failed (its error is above)");
+    }
+    Ok(())
 }
 
 /// Removes local tags when dropped.

@@ -45,7 +45,7 @@ fn default_plan_builds_every_image_in_one_bake_and_loads() {
     assert_eq!(db["args"], json!({"SOURCE_DATE_EPOCH": "1600000000"}));
     assert_eq!(db["labels"]["org.opencontainers.image.created"], "2020-09-13T12:26:40Z");
     assert_eq!(db["labels"]["org.opencontainers.image.revision"], revision().commit);
-    assert!(server.get("attest").is_none() && plan.loads.is_empty() && plan.archives.is_none());
+    assert!(server.get("attest").is_none() && plan.load.is_none() && plan.exports.is_none());
     assert_eq!(
         server["tags"],
         json!([
@@ -151,7 +151,7 @@ fn flags_reach_the_plan() {
     assert_eq!(plan.bake["group"]["default"]["targets"], json!(["server", "db"]));
     let db = &plan.bake["target"]["db"];
     assert_eq!(db["platforms"], json!(["linux/amd64", "linux/arm64"]));
-    let archives = plan.archives.as_ref().expect("a pushed build is reproducible");
+    let archives = plan.exports.as_ref().expect("a pushed build is reproducible");
     assert!(archives.starts_with("/repo/target/xtask"), "{archives}");
     assert_eq!(
         db["output"],
@@ -187,7 +187,7 @@ fn flags_reach_the_plan() {
         "the SBOM generator's build is cached too"
     );
     // Nothing is loaded: each archive is pushed under both of its refs.
-    assert!(plan.loads.is_empty());
+    assert!(plan.load.is_none());
     let pushed: Vec<(String, usize)> =
         plan.pushes.iter().map(|(archive, refs)| (archive.to_string(), refs.len())).collect();
     assert_eq!(pushed, [(format!("{archives}/server.tar"), 3), (format!("{archives}/db.tar"), 3)]);
@@ -209,7 +209,7 @@ fn flags_reach_the_plan() {
 }
 
 #[test]
-fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through_archives() {
+fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through_layouts() {
     let request = BuildRequest {
         images: vec![ImageName::SERVER],
         output: Output::Store,
@@ -230,20 +230,25 @@ fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through
         json!(["type=image,oci-mediatypes=true,compression=zstd,compression-level=3,\
                 force-compression=true"])
     );
-    assert!(direct.archives.is_none() && direct.images[0].archive.is_none());
+    assert!(direct.exports.is_none() && direct.images[0].export.is_none());
     assert_eq!(runs(&direct), ["buildx", "buildx"], "the generator and the bake, no load");
 
     let archive = BuildRequest { store: StoreExport::Archive, ..request.clone() };
     let archive = plan(Utf8Path::new("/repo"), &revision(), &archive);
-    let archives = archive.archives.clone().expect("an archive directory");
+    let exports = archive.exports.clone().expect("a directory of layouts");
+    assert_eq!(archive.images[0].export.as_ref(), Some(&exports.join("server")));
     assert_eq!(
         archive.bake["target"]["server"]["output"],
         json!([format!(
-            "type=oci,dest={archives}/server.tar,compression=zstd,compression-level=3,\
+            "type=oci,tar=false,dest={exports}/server,compression=zstd,compression-level=3,\
              force-compression=true"
         )])
     );
-    assert_eq!(runs(&archive), ["buildx", "buildx", "load"]);
+    // Only this bake's log is quieted (buildx logs each wait for a shared layer as an error).
+    assert_eq!(archive.step.args[..4], ["--log-level", "fatal", "buildx", "bake"]);
+    assert_eq!(direct.step.args[..2], ["buildx", "bake"]);
+    assert_eq!(runs(&archive), ["buildx", "--log-level", "load"]);
+    assert_eq!(archive.load.as_ref().unwrap().args, ["load", "--quiet"], "one load, of all");
     assert_eq!(direct.bake["target"]["server"]["tags"], archive.bake["target"]["server"]["tags"]);
 
     // A dev build (`type=docker`) and a push are the same whatever the store can take.

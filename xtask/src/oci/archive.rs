@@ -28,36 +28,41 @@ impl PlatformImage {
     }
 }
 
-/// The platforms of the one index in an OCI archive BuildKit wrote (attestation manifests,
+/// The platforms of the one index in an OCI layout BuildKit wrote (attestation manifests,
 /// platform `unknown/unknown`, are not images and are left out).
-pub fn platform_images(archive: &Utf8Path) -> Result<Vec<PlatformImage>> {
-    let layout = Archive::open(archive)?;
+pub fn platform_images(layout: &impl ImageLayout) -> Result<Vec<PlatformImage>> {
     let index = layout.top()?;
-    platforms_of(&layout, &index)
+    platforms_of(layout, &index)
 }
 
 /// The platforms of the index `digest` in an archive `docker save` wrote of several images:
 /// `index.json` must name it (a save that wrote another image is an error, not that image's
 /// platforms), and its blob and every platform manifest's must hash to their digests.
-pub fn saved_platform_images(layout: &Archive, digest: &str) -> Result<Vec<PlatformImage>> {
+pub fn saved_platform_images(
+    layout: &impl ImageLayout,
+    digest: &str,
+) -> Result<Vec<PlatformImage>> {
     let top =
-        Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path))?;
+        Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path()))?;
     let Some(entry) = top.manifests.iter().find(|e| e.digest == digest) else {
-        bail!("{} does not hold {digest}: was the image replaced while it was read?", layout.path);
+        bail!(
+            "{} does not hold {digest}: was the image replaced while it was read?",
+            layout.path()
+        );
     };
     let index = layout.manifest(digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))?;
     if !is_index(&index.media_type) {
-        bail!("{}: {digest} is a single manifest, not the index of a build", layout.path);
+        bail!("{}: {digest} is a single manifest, not the index of a build", layout.path());
     }
     let images = platforms_of(layout, &index)?;
     if images.is_empty() {
-        bail!("{}: the index {digest} names no platform", layout.path);
+        bail!("{}: the index {digest} names no platform", layout.path());
     }
     Ok(images)
 }
 
 /// The platform images `index` lists, each manifest read from `layout`.
-fn platforms_of(layout: &Archive, index: &Manifest) -> Result<Vec<PlatformImage>> {
+fn platforms_of(layout: &impl ImageLayout, index: &Manifest) -> Result<Vec<PlatformImage>> {
     let mut images = Vec::new();
     for entry in &index.document.manifests {
         let Some(platform) = entry.platform_name() else { continue };
@@ -67,6 +72,76 @@ fn platforms_of(layout: &Archive, index: &Manifest) -> Result<Vec<PlatformImage>
         images.push(PlatformImage { platform, digest: entry.digest.clone(), layers });
     }
     Ok(images)
+}
+
+/// An OCI image layout: an archive ([`Archive`]) or a directory ([`LayoutDir`]). What it
+/// holds is read by name (`index.json`, `blobs/sha256/<hex>`); every manifest read through it
+/// must hash to its digest.
+///
+/// [`LayoutDir`]: crate::oci::LayoutDir
+pub trait ImageLayout {
+    /// The layout's file or directory, for errors.
+    fn path(&self) -> &Utf8Path;
+
+    /// The bytes of `name`; an error when the layout has none.
+    fn read(&self, name: &str) -> Result<Vec<u8>>;
+
+    /// The manifest or index `digest`, whose bytes must hash to it.
+    fn manifest(&self, digest: &str, media_type: &str) -> Result<Manifest> {
+        let bytes = self.read(&blob_name(digest))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            bail!("{}: blob {digest} hashes to {actual}", self.path());
+        }
+        let document = Document::parse(&bytes, &format!("{}: manifest {digest}", self.path()))?;
+        Ok(Manifest {
+            bytes,
+            media_type: media_type.to_owned(),
+            digest: digest.to_owned(),
+            document,
+        })
+    }
+
+    /// The one index or manifest `index.json` names.
+    fn top(&self) -> Result<Manifest> {
+        let index =
+            Document::parse(&self.read("index.json")?, &format!("index.json of {}", self.path()))?;
+        // One entry per tag the image was exported with, each naming the same index.
+        let entries = &index.manifests;
+        let digests: BTreeSet<&str> = entries.iter().map(|e| e.digest.as_str()).collect();
+        let (Some(entry), 1) = (entries.first(), digests.len()) else {
+            bail!(
+                "{} names {} images in its index.json, where an export writes one",
+                self.path(),
+                digests.len()
+            );
+        };
+        self.manifest(&entry.digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))
+    }
+
+    /// Collects the manifests below `manifest` (children before their index) and every blob
+    /// they name.
+    fn walk(
+        &self,
+        manifest: &Manifest,
+        manifests: &mut Vec<Manifest>,
+        blobs: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        if is_index(&manifest.media_type) {
+            for entry in &manifest.document.manifests {
+                let media_type = entry.media_type.as_deref().unwrap_or(OCI_MANIFEST);
+                let child = self.manifest(&entry.digest, media_type)?;
+                self.walk(&child, manifests, blobs)?;
+                manifests.push(child);
+            }
+        } else {
+            let config = manifest.document.config.iter();
+            for blob in config.chain(&manifest.document.layers) {
+                blobs.insert(blob.digest.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An OCI archive (an image layout in a tar file, as BuildKit's `type=oci` exporter and
@@ -89,10 +164,6 @@ impl Archive {
         Ok(Archive { path: path.to_owned(), entries: entries(path, shown)? })
     }
 
-    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
-        self.get(name)?.with_context(|| format!("{} has no {name}", self.path))
-    }
-
     /// The bytes of entry `name`, or `None` when the archive has none.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let Some(&(offset, size)) = self.entries.get(name) else { return Ok(None) };
@@ -109,61 +180,15 @@ impl Archive {
             .copied()
             .with_context(|| format!("{} has no blob {digest}", self.path))
     }
+}
 
-    pub(crate) fn manifest(&self, digest: &str, media_type: &str) -> Result<Manifest> {
-        let bytes = self.read(&blob_name(digest))?;
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
-            bail!("{}: blob {digest} hashes to {actual}", self.path);
-        }
-        let document = Document::parse(&bytes, &format!("{}: manifest {digest}", self.path))?;
-        Ok(Manifest {
-            bytes,
-            media_type: media_type.to_owned(),
-            digest: digest.to_owned(),
-            document,
-        })
+impl ImageLayout for Archive {
+    fn path(&self) -> &Utf8Path {
+        &self.path
     }
 
-    /// The one index or manifest `index.json` names.
-    pub(crate) fn top(&self) -> Result<Manifest> {
-        let index =
-            Document::parse(&self.read("index.json")?, &format!("index.json of {}", self.path))?;
-        // One entry per tag the image was exported with, each naming the same index.
-        let entries = &index.manifests;
-        let digests: BTreeSet<&str> = entries.iter().map(|e| e.digest.as_str()).collect();
-        let (Some(entry), 1) = (entries.first(), digests.len()) else {
-            bail!(
-                "{} names {} images in its index.json; a push takes an archive of one",
-                self.path,
-                digests.len()
-            );
-        };
-        self.manifest(&entry.digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))
-    }
-
-    /// Collects the manifests below `manifest` (children before their index) and every blob
-    /// they name.
-    pub(crate) fn walk(
-        &self,
-        manifest: &Manifest,
-        manifests: &mut Vec<Manifest>,
-        blobs: &mut BTreeSet<String>,
-    ) -> Result<()> {
-        if is_index(&manifest.media_type) {
-            for entry in &manifest.document.manifests {
-                let media_type = entry.media_type.as_deref().unwrap_or(OCI_MANIFEST);
-                let child = self.manifest(&entry.digest, media_type)?;
-                self.walk(&child, manifests, blobs)?;
-                manifests.push(child);
-            }
-        } else {
-            let config = manifest.document.config.iter();
-            for blob in config.chain(&manifest.document.layers) {
-                blobs.insert(blob.digest.clone());
-            }
-        }
-        Ok(())
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        self.get(name)?.with_context(|| format!("{} has no {name}", self.path))
     }
 }
 

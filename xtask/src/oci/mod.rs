@@ -1,5 +1,5 @@
 //! Everything we know of OCI images and registries, in one package: refs, manifests and
-//! indexes, the OCI archive reader, logins, the registry client with its retries, and the
+//! indexes, the OCI archive and layout readers, logins, the registry client with its retries, and the
 //! operations a release needs. Other modules ask it typed questions; no registry JSON is read
 //! outside it.
 
@@ -7,6 +7,7 @@ mod archive;
 mod auth;
 mod client;
 mod inspect;
+mod layout;
 mod manifest;
 mod model;
 mod reference;
@@ -19,6 +20,7 @@ pub use auth::docker_config_file;
 #[cfg(test)]
 pub use inspect::inspected_for_test;
 pub use inspect::{FoundIndex, Inspected};
+pub use layout::{LayoutDir, Merged};
 pub use manifest::OCI_INDEX;
 pub use model::{Descriptor, Document};
 pub use reference::{full_name, repository_of};

@@ -17,10 +17,15 @@ pub fn cli(root: &Utf8Path) -> Step {
 ///
 /// Without `builder`, buildx itself honours `BUILDX_BUILDER`, then the current builder.
 pub fn buildx(root: &Utf8Path, builder: Option<&str>) -> Step {
-    let step = cli(root).arg("buildx");
+    cli(root).args(buildx_args(builder))
+}
+
+/// The arguments that start a buildx command on `builder` (the current one when `None`), for
+/// a step that gives the docker CLI options of its own first.
+pub fn buildx_args(builder: Option<&str>) -> Vec<&str> {
     match builder {
-        Some(name) => step.args(["--builder", name]),
-        None => step,
+        Some(name) => vec!["buildx", "--builder", name],
+        None => vec!["buildx"],
     }
 }
 

@@ -223,13 +223,19 @@ pub fn docker_baking_archives(test: &str) -> (String, PathBuf) {
     let script = format!(
         r#"#!/bin/sh
 echo "$@" >> '{log}'
+[ "$1" = --log-level ] && shift 2
 case "$1 $2" in
 "buildx bake")
     while [ $# -gt 0 ]; do [ "$1" = --metadata-file ] && out=$2; shift; done
     for dest in $(grep -o 'dest=[^,]*' | cut -d= -f2); do
-        cp '{dir}'/"$(basename "$dest")" "$dest"
+        case "$dest" in
+        *.tar) cp '{dir}'/"$(basename "$dest")" "$dest" ;;
+        *) mkdir -p "$dest" && tar -xf '{dir}'/"$(basename "$dest").tar" -C "$dest" ;;
+        esac
     done
     cp '{dir}/metadata.json' "$out" ;;
+"load --quiet")
+    cat > '{dir}/loaded.tar' ;;
 "save --output")
     [ -f '{dir}/save.tar' ] && cp --sparse=always '{dir}/save.tar' "$3" ;;
 esac

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
 use super::{Body, Call, Client, MANIFEST_LIMIT, UPLOADERS, absolute, blob_key, encode, explain};
-use crate::oci::archive::Archive;
+use crate::oci::archive::{Archive, ImageLayout};
 use crate::oci::auth::Access;
 use crate::oci::reference::{Reference, Repository, display, display_repo};
 use crate::oci::retry::Failure;

@@ -129,7 +129,7 @@ fn plan_reads_every_ref_builds_everything_pushes_each_archive_then_moves_tags() 
     );
     let server = &plan.build.bake["target"]["server"];
     assert_eq!(server["platforms"], json!(["linux/amd64", "linux/arm64"]));
-    let archive = plan.build.images[0].archive.clone().unwrap();
+    let archive = plan.build.images[0].export.clone().unwrap();
     assert_eq!(
         server["output"],
         json!([format!(
