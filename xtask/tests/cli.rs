@@ -1271,7 +1271,7 @@ fn registry_and_platforms_default_from_the_environment() {
 fn a_bad_store_export_or_cache_space_is_refused_in_one_line() {
     let (path, log) = fake_docker("bad-build-env");
     let cases = [
-        ("MEMORIES_STORE_EXPORT", "straight", "MEMORIES_STORE_EXPORT=straight is not a way"),
+        ("MEMORIES_STORE_EXPORT", "archive", "MEMORIES_STORE_EXPORT=archive is not a way"),
         ("MEMORIES_CACHE_SPACE", "Bench 1", "MEMORIES_CACHE_SPACE=Bench 1 is not a cache space"),
     ];
     for (variable, value, says) in cases {

@@ -322,7 +322,7 @@ impl From<&BuildArgs> for BuildRequest {
             // only releases hold their tags immutable.
             overwrite: true,
             // Decided by `image::task`, from the builder and the environment.
-            store: StoreExport::Archive,
+            store: StoreExport::Load,
             cache_space: None,
         }
     }

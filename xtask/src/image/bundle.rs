@@ -206,7 +206,7 @@ fn build_plan(root: &Utf8Path, revision: &Revision, request: &SaveRequest) -> im
         no_cache: false,
         cache: None,
         overwrite: false,
-        store: StoreExport::Archive,
+        store: StoreExport::Load,
         cache_space: None,
     };
     image::plan(root, revision, &build)

@@ -114,11 +114,11 @@ const DEV_COMPRESSION: &str = "compression=uncompressed";
 
 /// Where built images go.
 ///
-/// Reproducible builds reach the store straight from BuildKit or through an OCI archive that
+/// Reproducible builds reach the store straight from BuildKit or through OCI layouts that
 /// `docker load` takes in unchanged (same index, same digests), as [`StoreExport`] says; pushes
-/// go through the archive. The layers' file times are the Dockerfiles' own (every file dated 2000-01-01, held by
-/// a repository check), and their compression ([`COMPRESSION`]) does not depend on which build
-/// compressed a layer first.
+/// go through an OCI archive. The layers' file times are the Dockerfiles' own (every file dated
+/// 2000-01-01, held by a repository check), and their compression ([`COMPRESSION`]) does not
+/// depend on which build compressed a layer first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Output {
     /// Loaded into the local image store (`type=docker`), ready for `docker run`: the fast path
@@ -143,7 +143,7 @@ impl Output {
             (Output::Store, StoreExport::Direct) => {
                 format!("type=image,oci-mediatypes=true,{COMPRESSION}")
             }
-            (Output::Store, StoreExport::Archive) => {
+            (Output::Store, StoreExport::Load) => {
                 format!("type=oci,tar=false,dest={export},{COMPRESSION}")
             }
             (Output::Push, _) => format!("type=oci,dest={export},{COMPRESSION}"),
@@ -155,15 +155,17 @@ impl Output {
 /// images: the same manifest, config and layers for each platform (`tests/tests/images.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StoreExport {
-    /// Through an OCI archive that `docker load` takes: works with any builder and store.
+    /// Through the client: BuildKit writes each image's OCI layout into a directory of this
+    /// run, and one `docker load` takes them all in, each blob once ([`oci::Merged`]). Works
+    /// with any builder and store.
     #[default]
-    Archive,
+    Load,
     /// Straight from BuildKit into the store (`type=image`), asked for with
     /// `MEMORIES_STORE_EXPORT=direct` where the builder is the engine's own over the containerd
-    /// image store ([`docker::builds_into_store`]): nothing is written to an archive, sent to
-    /// the client and loaded again, which was most of a warm build (every image for amd64 from
-    /// a warm registry cache: the bake 14.3 s and the loads 5.8 s through archives, the bake
-    /// 5.0 s straight). Not the default: the engine (26.1 here) holds the build cache of every
+    /// image store ([`docker::builds_into_store`]): nothing is sent to the client and loaded
+    /// again, which was most of a warm build (every image for amd64 from a warm registry
+    /// cache: the bake 14.3 s and the loads 5.8 s through an archive per image, the bake 5.0 s
+    /// straight). Not the default: the engine (26.1 here) holds the build cache of every
     /// image exported so until it restarts, and `docker builder prune --all` frees none of it
     /// (94 GB after a day of builds on one machine, all freed after a restart). The bake
     /// reports each image's index digest only; its platforms are read from the store when
@@ -172,31 +174,31 @@ pub enum StoreExport {
 }
 
 impl StoreExport {
-    /// The way `MEMORIES_STORE_EXPORT` asks for: [`Archive`] unless it says `direct`, which
+    /// The way `MEMORIES_STORE_EXPORT` asks for: [`Load`] unless it says `direct`, which
     /// `builder` (the current one when `None`) must be able to take.
     ///
-    /// [`Archive`]: StoreExport::Archive
+    /// [`Load`]: StoreExport::Load
     pub fn detect(root: &Utf8Path, builder: Option<&str>) -> Result<StoreExport> {
         let value = std::env::var(STORE_EXPORT_VAR).unwrap_or_default();
         match value.as_str() {
-            "" | "archive" => Ok(StoreExport::Archive),
+            "" | "load" => Ok(StoreExport::Load),
             "direct" if docker::builds_into_store(root, builder) => Ok(StoreExport::Direct),
             "direct" => bail!(
                 "{STORE_EXPORT_VAR}=direct needs the engine's own builder (buildx's `docker` \
                  driver of the current context) over the containerd image store: unset it to \
-                 build through archives"
+                 build through `docker load`"
             ),
             _ => bail!(
-                "{STORE_EXPORT_VAR}={value} is not a way to export: use `direct` or `archive` \
-                 (the default)"
+                "{STORE_EXPORT_VAR}={value} is not a way to export: use `direct` or `load` (the \
+                 default)"
             ),
         }
     }
 }
 
 /// `direct`: reproducible builds into the store go straight from BuildKit where the builder
-/// can ([`StoreExport::Direct`]); `archive` (the default): through an OCI archive and
-/// `docker load`.
+/// can ([`StoreExport::Direct`]); `load` (the default): through the client and `docker load`
+/// ([`StoreExport::Load`]).
 pub const STORE_EXPORT_VAR: &str = "MEMORIES_STORE_EXPORT";
 
 /// A name that keeps a build's cache apart: every step of a stage that declares `CACHE_SPACE`
@@ -553,8 +555,8 @@ pub struct Built {
 }
 
 /// Runs a planned build and reads the digests back from buildx's metadata file; a
-/// reproducible build's archives are then loaded into the image store, or for
-/// [`Output::Push`] pushed to the registry instead, and removed whatever happens. An image
+/// reproducible build's layouts are then loaded into the image store, or for [`Output::Push`]
+/// its archives pushed to the registry instead, and removed whatever happens. An image
 /// built straight into the store ([`StoreExport::Direct`]) comes without its platforms.
 pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
     execute_as(plan, false)

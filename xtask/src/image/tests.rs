@@ -233,7 +233,7 @@ fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through
     assert!(direct.exports.is_none() && direct.images[0].export.is_none());
     assert_eq!(runs(&direct), ["buildx", "buildx"], "the generator and the bake, no load");
 
-    let archive = BuildRequest { store: StoreExport::Archive, ..request.clone() };
+    let archive = BuildRequest { store: StoreExport::Load, ..request.clone() };
     let archive = plan(Utf8Path::new("/repo"), &revision(), &archive);
     let exports = archive.exports.clone().expect("a directory of layouts");
     assert_eq!(archive.images[0].export.as_ref(), Some(&exports.join("server")));
@@ -258,7 +258,7 @@ fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through
             plan(Utf8Path::new("/repo"), &revision(), &request).bake["target"]["server"]["output"]
                 .clone()
         };
-        assert_eq!(outputs(StoreExport::Direct), outputs(StoreExport::Archive));
+        assert_eq!(outputs(StoreExport::Direct), outputs(StoreExport::Load));
     }
 }
 

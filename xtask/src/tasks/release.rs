@@ -202,7 +202,7 @@ fn build_plan(
             no_cache: false,
             cache: request.cache.clone(),
             overwrite: request.allow.overwrite,
-            store: StoreExport::Archive,
+            store: StoreExport::Load,
             cache_space: request.cache_space.clone(),
         },
     )
