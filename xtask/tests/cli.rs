@@ -221,6 +221,22 @@ fn a_build_into_the_store_loads_every_image_at_once_named_by_its_refs() {
 }
 
 #[test]
+fn a_load_that_fails_says_so_not_that_its_pipe_closed() {
+    let (path, _) = docker_baking_archives("store-load-fails");
+    let output = xtask(&["build", "server", "db"])
+        .env("PATH", path)
+        .env("FAKE_LOAD_FAILS", "write /var/lib/docker: no space left on device")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no space left on device"), "the engine's reason is shown: {stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.contains("`docker load` failed (its error is above)"), "{last}");
+    assert!(!last.contains("Broken pipe"), "{last}");
+}
+
+#[test]
 fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_tag() {
     let (path, log) = docker_baking_archives("push-refused");
     // The first manifest write for server meets a 500; every blob request for db is refused.

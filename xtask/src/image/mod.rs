@@ -156,7 +156,7 @@ impl Output {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StoreExport {
     /// Through the client: BuildKit writes each image's OCI layout into a directory of this
-    /// run, and one `docker load` takes them all in, each blob once ([`oci::Merged`]). Works
+    /// run, and one `docker load` takes them all in, each blob once ([`oci::Loadable`]). Works
     /// with any builder and store.
     #[default]
     Load,
@@ -341,9 +341,9 @@ pub struct BuildRequest {
 pub struct PlannedImage {
     pub image: ImageName,
     pub refs: Vec<String>,
-    /// Where a reproducible build writes it before it is loaded or pushed: an OCI layout
-    /// directory ([`Output::Store`]) or an OCI archive ([`Output::Push`]); none when it goes
-    /// straight into the store.
+    /// Where a reproducible build writes it before it is loaded or pushed: the build's one
+    /// OCI layout directory ([`Output::Store`]) or an OCI archive of its own ([`Output::Push`]);
+    /// none when it goes straight into the store.
     pub export: Option<Utf8PathBuf>,
 }
 
@@ -357,9 +357,8 @@ pub struct BuildPlan {
     /// The run's directory for the layouts or archives of a reproducible build not exported
     /// straight into the store (removed afterwards).
     pub exports: Option<Utf8PathBuf>,
-    /// The one `docker load` of every image's layout, after the bake ([`Output::Store`]
-    /// through the client): its stdin is one layout of them all, each blob once
-    /// ([`oci::Merged`]).
+    /// The one `docker load` of the build's layout, after the bake ([`Output::Store`] through
+    /// the client): its stdin is that layout, each image named by its refs ([`oci::Loadable`]).
     pub load: Option<Step>,
     /// Each archive and the refs it is pushed as, after the bake ([`Output::Push`]).
     pub pushes: Vec<(Utf8PathBuf, Vec<String>)>,
@@ -373,6 +372,10 @@ pub struct BuildPlan {
 
 /// The prefix of a build's directory of layouts or archives in `target/xtask`.
 const EXPORTS_PREFIX: &str = "exports-";
+
+/// The one OCI layout in a build's exports directory that images on their way into the store
+/// are written to.
+const LAYOUT: &str = "layout";
 
 impl BuildPlan {
     /// The images and their refs, for `--json`.
@@ -393,8 +396,8 @@ impl BuildPlan {
         let mut plan = Plan::new(format!("build {}", names.join(" "))).steps(self.build_steps());
         if let (Some(_), Some(exports)) = (&self.load, &self.exports) {
             plan = plan.note(format!(
-                "`docker load` reads one OCI layout of the images' layouts in {exports}, each \
-                 blob once"
+                "`docker load` reads the images from the OCI layout {exports}/{LAYOUT}, each \
+                 named by its refs"
             ));
         }
         plan.requests(self.pushes.iter().map(|(archive, refs)| oci::push_request(archive, refs)))
@@ -443,9 +446,11 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
             revision.labels().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         labels.insert("org.opencontainers.image.title".into(), source.title.clone().into());
         labels.insert("org.opencontainers.image.created".into(), rfc3339_utc(epoch).into());
+        // One layout for every image on its way into the store: an export finds the layers
+        // another wrote there already and skips them.
         let export = exports.as_ref().map(|dir| match request.output {
             Output::Push => dir.join(format!("{image}.tar")),
-            _ => dir.join(image.as_str()),
+            _ => dir.join(LAYOUT),
         });
         let exporter =
             request.output.exporter(request.store, export.as_deref().unwrap_or(Utf8Path::new("")));
@@ -493,11 +498,11 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let metadata_file =
         root.join(format!("target/xtask/bake-metadata-{}.json", std::process::id()));
     let mut step = match request.output {
-        // Images on their way into the store are written to a layout directory each, and
-        // layers that several images share are written at once: buildx's content stores lock
-        // a blob by name across directories, so one export waits for another and buildx logs
-        // each wait as `ERROR: (*service).Write failed: ... locked for ...`, though nothing
-        // failed. Only its log is quieted; a failed build still says why and exits non-zero.
+        // Images on their way into the store are written to one layout, and a layer several
+        // of them share is written by one export while the others wait for its lock, then
+        // find it there. buildx logs each wait as `ERROR: (*service).Write failed: ... locked
+        // for ...`, though nothing failed. Only its log is quieted; a failed build still says
+        // why and exits non-zero.
         Output::Store if exports.is_some() => {
             docker::cli(root).args(["--log-level", "fatal"]).args(docker::buildx_args(builder))
         }
@@ -622,7 +627,7 @@ fn describe_from_store(root: &Utf8Path, built: &mut [Built]) -> Result<bool> {
     save.run().context("cannot read the built images' platforms from the image store")?;
     let layout = oci::Archive::open(&archive)?;
     for (image, digest) in wanted.iter_mut().zip(&digests) {
-        image.platforms = oci::saved_platform_images(&layout, digest)
+        image.platforms = oci::platform_images_in(&layout, digest)
             .with_context(|| format!("cannot read the platforms of {} ({digest})", image.image))?;
     }
     Ok(true)
@@ -659,16 +664,26 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
         metadata[image.as_str()]["containerimage.digest"].as_str().map(str::to_owned)
     };
     let mut platforms = Vec::new();
+    let mut loaded = Vec::new();
     for planned in &plan.images {
         let Some(export) = &planned.export else { continue };
         let read = match plan.output {
             Output::Push => oci::platform_images(&oci::Archive::open(export)?),
-            _ => oci::platform_images(&oci::LayoutDir::new(export)),
+            _ => {
+                let digest = digest_of(planned.image).with_context(|| {
+                    format!("the build reported no digest for {}", planned.image)
+                })?;
+                let read = oci::platform_images_in(&oci::LayoutDir::new(export), &digest);
+                loaded.push((digest, planned.refs.as_slice()));
+                read
+            }
         };
         platforms.push(read.with_context(|| format!("cannot read {}'s export", planned.image))?);
     }
-    if let Some(load) = &plan.load {
-        load_layouts(load, &plan.images)
+    if let (Some(load), Some(export)) =
+        (&plan.load, plan.images.iter().find_map(|i| i.export.as_ref()))
+    {
+        load_layout(load, &oci::LayoutDir::new(export), &loaded)
             .context("cannot load the built images into the image store")?;
     }
     if !plan.pushes.is_empty() {
@@ -698,30 +713,29 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
         .collect())
 }
 
-/// Runs `load` (`docker load`) with one OCI layout of the exported `images` on its stdin,
-/// each blob once and each image named by its refs ([`oci::Merged`]): every manifest is
+/// Runs `load` (`docker load`) with the `images` (each an index digest and its refs) of the
+/// build's `layout` on its stdin, each named by its refs ([`oci::Loadable`]): every manifest is
 /// checked and every blob opened before it starts. A failure or Ctrl-C while streaming ends
 /// its stdin early, so it loads nothing.
-fn load_layouts(load: &Step, images: &[PlannedImage]) -> Result<()> {
-    let layouts: Vec<(oci::LayoutDir, &[String])> = images
-        .iter()
-        .filter_map(|i| Some((oci::LayoutDir::new(i.export.as_deref()?), i.refs.as_slice())))
-        .collect();
-    let merged = oci::Merged::read(&layouts)?;
+fn load_layout(load: &Step, layout: &oci::LayoutDir, images: &[(String, &[String])]) -> Result<()> {
+    let merged = oci::Loadable::read(layout, images)?;
     let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
     let mut loading = load.spawn(streams)?;
     let stdin = loading.stdin().expect("stdin is piped");
-    let what = format!("loading {}", term::count(layouts.len(), "image"));
+    let what = format!("loading {}", term::count(images.len(), "image"));
     let streamed = merged.write(stdin, &what);
     let status = loading.wait()?;
     if interrupt::is_set() {
         return Err(Interrupted.into());
     }
-    streamed.context("cannot stream the images' layouts to `docker load`")?;
-    if !status.success() {
-        bail!("`docker load` failed (its error is above)");
+    // A load that stopped reading closed the pipe: its own error says why, ours would not.
+    match streamed {
+        Err(e) if status.success() || e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot stream the images' layouts to `docker load`")
+        }
+        _ if !status.success() => bail!("`docker load` failed (its error is above)"),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Removes local tags when dropped.

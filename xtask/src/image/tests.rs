@@ -236,11 +236,12 @@ fn a_store_build_goes_straight_into_the_store_where_the_builder_can_else_through
     let archive = BuildRequest { store: StoreExport::Load, ..request.clone() };
     let archive = plan(Utf8Path::new("/repo"), &revision(), &archive);
     let exports = archive.exports.clone().expect("a directory of layouts");
-    assert_eq!(archive.images[0].export.as_ref(), Some(&exports.join("server")));
+    // One layout for every image: a layer they share is written once.
+    assert_eq!(archive.images[0].export.as_ref(), Some(&exports.join("layout")));
     assert_eq!(
         archive.bake["target"]["server"]["output"],
         json!([format!(
-            "type=oci,tar=false,dest={exports}/server,compression=zstd,compression-level=3,\
+            "type=oci,tar=false,dest={exports}/layout,compression=zstd,compression-level=3,\
              force-compression=true"
         )])
     );

@@ -35,13 +35,11 @@ pub fn platform_images(layout: &impl ImageLayout) -> Result<Vec<PlatformImage>> 
     platforms_of(layout, &index)
 }
 
-/// The platforms of the index `digest` in an archive `docker save` wrote of several images:
-/// `index.json` must name it (a save that wrote another image is an error, not that image's
-/// platforms), and its blob and every platform manifest's must hash to their digests.
-pub fn saved_platform_images(
-    layout: &impl ImageLayout,
-    digest: &str,
-) -> Result<Vec<PlatformImage>> {
+/// The platforms of the index `digest` in a layout of several images (as `docker save` or a
+/// bake's exports into one directory write it): `index.json` must name it (a layout that holds
+/// another image is an error, not that image's platforms), and its blob and every platform
+/// manifest's must hash to their digests.
+pub fn platform_images_in(layout: &impl ImageLayout, digest: &str) -> Result<Vec<PlatformImage>> {
     let top =
         Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path()))?;
     let Some(entry) = top.manifests.iter().find(|e| e.digest == digest) else {
@@ -343,15 +341,15 @@ mod tests {
     fn a_saved_index_gives_its_platforms_and_a_lying_save_is_refused() {
         let (path, [index, amd, single]) = saved("true", |_| {});
         let layout = Archive::open(&path).unwrap();
-        let images = saved_platform_images(&layout, &index).unwrap();
+        let images = platform_images_in(&layout, &index).unwrap();
         let platforms: Vec<(&str, &str)> =
             images.iter().map(|i| (i.platform.as_str(), i.layers[0].as_str())).collect();
         assert_eq!(platforms, [("linux/amd64", "sha256:1a"), ("linux/arm64", "sha256:1b")]);
         assert_eq!(images[0].digest, amd);
         // A save that holds another image than the build reported.
-        let err = saved_platform_images(&layout, "sha256:0ther").unwrap_err().to_string();
+        let err = platform_images_in(&layout, "sha256:0ther").unwrap_err().to_string();
         assert!(err.contains("does not hold sha256:0ther"), "{err}");
-        let err = saved_platform_images(&layout, &single).unwrap_err().to_string();
+        let err = platform_images_in(&layout, &single).unwrap_err().to_string();
         assert!(err.contains("is a single manifest"), "{err}");
         std::fs::remove_file(&path).unwrap();
 
@@ -362,7 +360,7 @@ mod tests {
             forged.unwrap().1 = b"{}".to_vec();
         });
         let layout = Archive::open(&path).unwrap();
-        let err = format!("{:#}", saved_platform_images(&layout, &index).unwrap_err());
+        let err = format!("{:#}", platform_images_in(&layout, &index).unwrap_err());
         assert!(err.contains("hashes to"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }

@@ -1,7 +1,7 @@
-//! OCI image layouts in directories, as BuildKit's `type=oci,tar=false` exporter writes them,
-//! and the one stream that takes several of them into the image store: `docker load` reads a
-//! tar of one layout, so the images of a build are sent to it as one layout that holds each
-//! blob once (most layers are shared: the base image's, Python's).
+//! OCI image layouts in directories, as BuildKit's `type=oci,tar=false` exporter writes them
+//! (a build writes all its images into one, so each layer they share is written once: the base
+//! image's, Python's), and the stream that takes a build's images from one into the image
+//! store: `docker load` reads a tar of a layout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -80,9 +80,9 @@ fn is_layout_name(name: &str) -> bool {
     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// One layout of the images of several layouts, as `docker load` takes it: what it holds is
-/// read and checked before the first byte is written ([`Merged::write`]).
-pub struct Merged {
+/// The images of a layout, as `docker load` takes them: what it holds is read and checked
+/// before the first byte is written ([`Loadable::write`]).
+pub struct Loadable {
     index: Document,
     /// Every manifest and index, by digest: bytes that hashed to it.
     manifests: BTreeMap<String, Vec<u8>>,
@@ -90,17 +90,24 @@ pub struct Merged {
     blobs: BTreeMap<String, (File, u64)>,
 }
 
-impl Merged {
-    /// Reads the one image of each layout (its `index.json` must name one), every manifest
-    /// below it (each must hash to its digest) and opens every blob they name; the image is
-    /// named by each of its refs (`docker load` tags it so: `io.containerd.image.name`). A blob
-    /// missing or not a regular file is an error here, before `docker load` is started.
-    pub fn read(images: &[(LayoutDir, &[String])]) -> Result<Merged> {
+impl Loadable {
+    /// Reads the `images` (each an index digest and its refs) of `layout`: its `index.json`
+    /// must name each digest (a layout that holds another image is an error, not that image);
+    /// every manifest below must hash to its digest, and every blob they name is opened. Each
+    /// image is named by each of its refs (`docker load` tags it so:
+    /// `io.containerd.image.name`), whatever the layout's own names. A blob missing or not a
+    /// regular file is an error here, before `docker load` is started.
+    pub fn read(layout: &LayoutDir, images: &[(String, &[String])]) -> Result<Loadable> {
+        let index = layout.read("index.json")?;
+        let index = Document::parse(&index, &format!("index.json of {}", layout.path()))?;
         let mut entries: Vec<Descriptor> = Vec::new();
         let mut manifests = BTreeMap::new();
         let mut blobs = BTreeMap::new();
-        for (layout, refs) in images {
-            let top = layout.top()?;
+        for (digest, refs) in images {
+            let Some(entry) = index.manifests.iter().find(|e| e.digest == *digest) else {
+                bail!("{} does not hold {digest}, the image the build reported", layout.path());
+            };
+            let top = layout.manifest(digest, entry.media_type.as_deref().unwrap_or(OCI_INDEX))?;
             for raw in refs.iter() {
                 let reference = Reference::parse(raw)?;
                 let annotations = BTreeMap::from([
@@ -135,7 +142,7 @@ impl Merged {
             manifests: entries,
             ..Document::default()
         };
-        Ok(Merged { index, manifests, blobs })
+        Ok(Loadable { index, manifests, blobs })
     }
 
     /// The bytes of the blobs (not manifests) it holds, each counted once.

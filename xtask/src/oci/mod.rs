@@ -15,12 +15,12 @@ mod registry;
 mod retry;
 mod transport;
 
-pub use archive::{Archive, PlatformImage, platform_images, saved_platform_images};
+pub use archive::{Archive, PlatformImage, platform_images, platform_images_in};
 pub use auth::docker_config_file;
 #[cfg(test)]
 pub use inspect::inspected_for_test;
 pub use inspect::{FoundIndex, Inspected};
-pub use layout::{LayoutDir, Merged};
+pub use layout::{LayoutDir, Loadable};
 pub use manifest::OCI_INDEX;
 pub use model::{Descriptor, Document};
 pub use reference::{full_name, repository_of};

@@ -205,19 +205,30 @@ pub fn oci_archive(seed: &str) -> (Vec<u8>, String) {
     (archive.into_inner().unwrap(), digest(&index))
 }
 
-/// A `docker` whose bake writes a real OCI archive for each image (server and db) and reports
-/// its digest, and whose `save` copies `save.tar` from its directory when a test put one there;
-/// every other call succeeds. Returns PATH with it first, and its log of calls.
+/// A `docker` whose bake writes a real OCI archive for each image (server and db), or both into
+/// one OCI layout directory, and reports their digests; whose `load` keeps what it read as
+/// `loaded.tar` (or fails, saying `FAKE_LOAD_FAILS`, when that is set); whose `save` copies
+/// `save.tar` from its directory when a test put one there; every other call succeeds.
+/// Returns PATH with it first, and its log of calls.
 pub fn docker_baking_archives(test: &str) -> (String, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-docker-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut metadata = serde_json::Map::new();
+    // Both images in one layout as well, as a bake into one directory writes them.
+    let layout = dir.join("layout");
+    let mut entries = Vec::new();
     for image in ["server", "db"] {
         let (archive, digest) = oci_archive(image);
+        tar::Archive::new(archive.as_slice()).unpack(&layout).unwrap();
+        let top: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        entries.extend(top["manifests"].as_array().unwrap().iter().cloned());
         std::fs::write(dir.join(format!("{image}.tar")), archive).unwrap();
         metadata.insert(image.into(), serde_json::json!({"containerimage.digest": digest}));
     }
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": entries});
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
     std::fs::write(dir.join("metadata.json"), Value::Object(metadata).to_string()).unwrap();
     let log = dir.join("calls.log");
     let script = format!(
@@ -230,11 +241,15 @@ case "$1 $2" in
     for dest in $(grep -o 'dest=[^,]*' | cut -d= -f2); do
         case "$dest" in
         *.tar) cp '{dir}'/"$(basename "$dest")" "$dest" ;;
-        *) mkdir -p "$dest" && tar -xf '{dir}'/"$(basename "$dest").tar" -C "$dest" ;;
+        *) mkdir -p "$dest" && cp -r '{dir}/layout/.' "$dest" ;;
         esac
     done
     cp '{dir}/metadata.json' "$out" ;;
 "load --quiet")
+    if [ -n "$FAKE_LOAD_FAILS" ]; then
+        echo "Error response from daemon: $FAKE_LOAD_FAILS" >&2
+        exit 1
+    fi
     cat > '{dir}/loaded.tar' ;;
 "save --output")
     [ -f '{dir}/save.tar' ] && cp --sparse=always '{dir}/save.tar' "$3" ;;

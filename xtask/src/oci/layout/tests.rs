@@ -22,9 +22,9 @@ fn put(dir: &Utf8Path, bytes: &[u8]) -> String {
     digest
 }
 
-/// A layout of one image, as `type=oci,tar=false` writes it: an index of one amd64 manifest
-/// (config, the layers `layers` and one of its own) under the name `name`. Returns the index's
-/// digest and the layer of its own.
+/// Adds an image to the layout at `dir`, as `type=oci,tar=false` writes it: an index of one
+/// amd64 manifest (config, the layers `layers` and one of its own) under the name `name`.
+/// Returns the index's digest and the layer of its own.
 fn image(dir: &Utf8Path, name: &str, layers: &[&str]) -> (String, String) {
     let config = put(dir, format!("{{\"config\":{{}},\"name\":\"{name}\"}}").as_bytes());
     let own = put(dir, format!("the layer of {name}").as_bytes());
@@ -41,9 +41,13 @@ fn image(dir: &Utf8Path, name: &str, layers: &[&str]) -> (String, String) {
         {"mediaType": OCI_MANIFEST, "digest": manifest, "size": 1,
          "platform": {"architecture": "amd64", "os": "linux"}}]});
     let index = put(dir, index.to_string().as_bytes());
-    let top = serde_json::json!({"schemaVersion": 2, "manifests": [
-        {"mediaType": OCI_INDEX, "digest": index, "size": 1,
-         "annotations": {"org.opencontainers.image.ref.name": format!("docker.io/memories/{name}:t")}}]});
+    let mut top: serde_json::Value = std::fs::read(dir.join("index.json"))
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+        .unwrap_or_else(|_| serde_json::json!({"schemaVersion": 2, "manifests": []}));
+    let name = format!("docker.io/memories/{name}:t");
+    let entry = serde_json::json!({"mediaType": OCI_INDEX, "digest": index, "size": 1,
+        "annotations": {"org.opencontainers.image.ref.name": name}});
+    top["manifests"].as_array_mut().unwrap().push(entry);
     std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     (index, own)
@@ -64,27 +68,29 @@ fn entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn two_layouts_stream_as_one_that_holds_each_blob_once() {
+fn the_images_of_a_layout_stream_each_blob_once_named_by_their_refs() {
     let root = scratch("two");
-    let (server, db) = (root.join("server"), root.join("db"));
-    let (server_index, server_own) = image(&server, "server", &["the base layer"]);
-    let (db_index, db_own) = image(&db, "db", &["the base layer"]);
+    let (server_index, server_own) = image(&root, "server", &["the base layer"]);
+    let (db_index, db_own) = image(&root, "db", &["the base layer"]);
+    // An image of the layout that the build did not report is not loaded.
+    let (other_index, other_own) = image(&root, "other", &[]);
     let server_refs = ["memories/server:1".to_owned(), "memories/server:sha-abc".to_owned()];
     let db_refs = ["127.0.0.1:5000/acme/db:1".to_owned()];
-    let layouts =
-        [(LayoutDir::new(&server), &server_refs[..]), (LayoutDir::new(&db), &db_refs[..])];
-    assert_eq!(crate::oci::platform_images(&layouts[0].0).unwrap()[0].layers[1], server_own);
+    let layout = LayoutDir::new(&root);
+    let platforms = crate::oci::platform_images_in(&layout, &server_index).unwrap();
+    assert_eq!(platforms[0].layers[1], server_own);
+    let images = [(server_index.clone(), &server_refs[..]), (db_index.clone(), &db_refs[..])];
 
-    let merged = Merged::read(&layouts).unwrap();
+    let loadable = Loadable::read(&layout, &images).unwrap();
     let shared = "the base layer".len() as u64;
     let own = |name: &str| format!("the layer of {name}").len() as u64;
-    let configs = [&server, &db].map(|dir| {
-        let config = format!("{{\"config\":{{}},\"name\":\"{}\"}}", dir.file_name().unwrap());
+    let configs = ["server", "db"].map(|name| {
+        let config = format!("{{\"config\":{{}},\"name\":\"{name}\"}}");
         config.len() as u64
     });
-    assert_eq!(merged.blob_bytes(), shared + own("server") + own("db") + configs[0] + configs[1]);
+    assert_eq!(loadable.blob_bytes(), shared + own("server") + own("db") + configs[0] + configs[1]);
     let mut stream = Vec::new();
-    merged.write(&mut stream, "loading").unwrap();
+    loadable.write(&mut stream, "loading").unwrap();
     let entries = entries(&stream);
 
     let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
@@ -116,21 +122,21 @@ fn two_layouts_stream_as_one_that_holds_each_blob_once() {
         ]
     );
     assert!(names.contains(&blob_name(&db_own).as_str()));
+    assert!(!names.contains(&blob_name(&other_own).as_str()), "{names:?}");
+    assert!(!names.contains(&blob_name(&other_index).as_str()), "{names:?}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn a_layout_that_lies_is_refused_before_anything_is_streamed() {
+    let refs = ["memories/server:1".to_owned()];
     let refused = |name: &str, lie: &dyn Fn(&Utf8Path, &str)| -> String {
-        let root = scratch(name);
-        let dir = root.join("server");
-        let (_, own) = image(&dir, "server", &[]);
+        let dir = scratch(name);
+        let (index, own) = image(&dir, "server", &[]);
         lie(&dir, &own);
-        let refs = ["memories/server:1".to_owned()];
-        let err =
-            format!("{:#}", Merged::read(&[(LayoutDir::new(&dir), &refs[..])]).err().unwrap());
-        std::fs::remove_dir_all(&root).unwrap();
-        err
+        let read = Loadable::read(&LayoutDir::new(&dir), &[(index, &refs[..])]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        format!("{:#}", read.err().unwrap())
     };
     // A layer that is a link to a file outside the layout, readable by us.
     let outside = scratch("outside").join("secret");
@@ -156,25 +162,32 @@ fn a_layout_that_lies_is_refused_before_anything_is_streamed() {
     });
     assert!(err.contains("hashes to"), "{err}");
 
-    // A digest that names a file outside the blobs.
-    let err = refused("climbs", &|dir, _| {
-        let escape = r#"{"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.index.v1+json",
-             "digest": "sha256:../../../etc/passwd", "size": 1}]}"#;
-        std::fs::write(dir.join("index.json"), escape).unwrap();
+    // A layout that holds another image than the one the build reported.
+    let err = refused("another", &|dir, _| {
+        std::fs::write(dir.join("index.json"), r#"{"schemaVersion": 2, "manifests": []}"#).unwrap();
     });
+    assert!(err.contains("does not hold sha256:"), "{err}");
+
+    // A digest that names a file outside the blobs.
+    let dir = scratch("climbs");
+    let escape = "sha256:../../../etc/passwd";
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_INDEX, "digest": escape, "size": 1}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    let read = Loadable::read(&LayoutDir::new(&dir), &[(escape.to_owned(), &refs[..])]);
+    let err = format!("{:#}", read.err().unwrap());
     assert!(err.contains("is not a file of an OCI layout"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_blob_that_changes_after_it_was_checked_fails_the_stream() {
-    let root = scratch("changed");
-    let dir = root.join("server");
-    let (_, own) = image(&dir, "server", &["a base layer"]);
+    let dir = scratch("changed");
+    let (index, own) = image(&dir, "server", &["a base layer"]);
     let refs = ["memories/server:1".to_owned()];
-    let merged = Merged::read(&[(LayoutDir::new(&dir), &refs[..])]).unwrap();
+    let loadable = Loadable::read(&LayoutDir::new(&dir), &[(index, &refs[..])]).unwrap();
     std::fs::write(dir.join(blob_name(&own)), "the layer of server, and more").unwrap();
-    let err = merged.write(io::sink(), "loading").unwrap_err().to_string();
+    let err = loadable.write(io::sink(), "loading").unwrap_err().to_string();
     assert!(err.contains(&format!("blob {own} changed while it was read")), "{err}");
-    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
