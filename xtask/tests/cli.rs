@@ -237,6 +237,36 @@ fn a_load_that_fails_says_so_not_that_its_pipe_closed() {
 }
 
 #[test]
+fn ctrl_c_during_the_load_stops_it_and_leaves_no_layout() {
+    use std::time::{Duration, Instant};
+    let (path, _) = docker_baking_archives("store-load-hangs");
+    let fake = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-docker-store-load-hangs");
+    let child = xtask(&["build", "server", "db"])
+        .env("PATH", path)
+        .env("FAKE_LOAD_HANGS", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fake.join("load-started").exists() {
+        assert!(Instant::now() < deadline, "the load never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, took, stderr) = interrupt(child);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(2), "it took {took:?} to stop: {stderr}");
+    let exports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xtask");
+    let left: Vec<String> = std::fs::read_dir(exports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("exports-") && name.contains(&format!("-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "the layouts were left: {left:?}");
+}
+
+#[test]
 fn a_transient_push_failure_is_retried_a_definite_one_stops_before_any_moving_tag() {
     let (path, log) = docker_baking_archives("push-refused");
     // The first manifest write for server meets a 500; every blob request for db is refused.

@@ -207,7 +207,8 @@ pub fn oci_archive(seed: &str) -> (Vec<u8>, String) {
 
 /// A `docker` whose bake writes a real OCI archive for each image (server and db), or both into
 /// one OCI layout directory, and reports their digests; whose `load` keeps what it read as
-/// `loaded.tar` (or fails, saying `FAKE_LOAD_FAILS`, when that is set); whose `save` copies
+/// `loaded.tar` (or fails, saying `FAKE_LOAD_FAILS`, or hangs, with `FAKE_LOAD_HANGS`, when
+/// that is set); whose `save` copies
 /// `save.tar` from its directory when a test put one there; every other call succeeds.
 /// Returns PATH with it first, and its log of calls.
 pub fn docker_baking_archives(test: &str) -> (String, PathBuf) {
@@ -246,6 +247,10 @@ case "$1 $2" in
     done
     cp '{dir}/metadata.json' "$out" ;;
 "load --quiet")
+    if [ -n "$FAKE_LOAD_HANGS" ]; then
+        : > '{dir}/load-started'
+        exec sleep 30
+    fi
     if [ -n "$FAKE_LOAD_FAILS" ]; then
         echo "Error response from daemon: $FAKE_LOAD_FAILS" >&2
         exit 1
