@@ -155,9 +155,9 @@ impl Output {
 /// images: the same manifest, config and layers for each platform (`tests/tests/images.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StoreExport {
-    /// Through the client: BuildKit writes each image's OCI layout into a directory of this
-    /// run, and one `docker load` takes them all in, each blob once ([`oci::Loadable`]). Works
-    /// with any builder and store.
+    /// Through the client: BuildKit writes every image into one OCI layout in a directory of
+    /// this run (a layer they share is written once), and one `docker load` takes them all in
+    /// ([`oci::Loadable`]). Works with any builder and store.
     #[default]
     Load,
     /// Straight from BuildKit into the store (`type=image`), asked for with
@@ -560,7 +560,7 @@ pub struct Built {
 }
 
 /// Runs a planned build and reads the digests back from buildx's metadata file; a
-/// reproducible build's layouts are then loaded into the image store, or for [`Output::Push`]
+/// reproducible build's layout is then loaded into the image store, or for [`Output::Push`]
 /// its archives pushed to the registry instead, and removed whatever happens. An image
 /// built straight into the store ([`StoreExport::Direct`]) comes without its platforms.
 pub fn execute(plan: &BuildPlan) -> Result<Vec<Built>> {
@@ -718,12 +718,12 @@ fn build(plan: &BuildPlan) -> Result<Vec<Built>> {
 /// checked and every blob opened before it starts. A failure or Ctrl-C while streaming ends
 /// its stdin early, so it loads nothing.
 fn load_layout(load: &Step, layout: &oci::LayoutDir, images: &[(String, &[String])]) -> Result<()> {
-    let merged = oci::Loadable::read(layout, images)?;
+    let loadable = oci::Loadable::read(layout, images)?;
     let streams = Streams { stdin: Stream::Piped, stdout: Stream::Null, stderr: Stream::Inherit };
     let mut loading = load.spawn(streams)?;
     let stdin = loading.stdin().expect("stdin is piped");
     let what = format!("loading {}", term::count(images.len(), "image"));
-    let streamed = merged.write(stdin, &what);
+    let streamed = loadable.write(stdin, &what);
     let status = loading.wait()?;
     if interrupt::is_set() {
         return Err(Interrupted.into());
@@ -731,7 +731,7 @@ fn load_layout(load: &Step, layout: &oci::LayoutDir, images: &[(String, &[String
     // A load that stopped reading closed the pipe: its own error says why, ours would not.
     match streamed {
         Err(e) if status.success() || e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot stream the images' layouts to `docker load`")
+            Err(e).context("cannot stream the images' layout to `docker load`")
         }
         _ if !status.success() => bail!("`docker load` failed (its error is above)"),
         _ => Ok(()),

@@ -44,7 +44,7 @@ pub fn platform_images_in(layout: &impl ImageLayout, digest: &str) -> Result<Vec
         Document::parse(&layout.read("index.json")?, &format!("index.json of {}", layout.path()))?;
     let Some(entry) = top.manifests.iter().find(|e| e.digest == digest) else {
         bail!(
-            "{} does not hold {digest}: was the image replaced while it was read?",
+            "{} does not hold {digest}: was the image replaced or removed while it was read?",
             layout.path()
         );
     };
