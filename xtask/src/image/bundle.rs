@@ -25,7 +25,7 @@ use crate::image::platform::Platform;
 use crate::image::sign::{Cosign, Key, KeyKind, KeySource, Options, Signer};
 use crate::image::version::Revision;
 use crate::image::{self, BuildRequest, ImageName, Output, StoreExport};
-use crate::oci::{Archive, Descriptor, Document, OCI_INDEX};
+use crate::oci::{self, Archive, Descriptor, Document, OCI_INDEX};
 use crate::run::docker;
 use crate::run::interrupt::{self, Interruptible};
 use crate::run::label::RunDir;
@@ -438,7 +438,7 @@ fn copy_layout<W: Write>(
     let progress = Arc::new(Progress::bytes(what, total));
     let mut tar = tar::Builder::new(sink);
     for (name, text) in front {
-        tar.append_data(&mut header(text.len() as u64), name, text.as_slice())?;
+        tar.append_data(&mut oci::tar_header(text.len() as u64), name, text.as_slice())?;
     }
     let reader = Counted::new(BufReader::new(File::open(source)?), progress);
     let mut archive = tar::Archive::new(reader);
@@ -452,14 +452,6 @@ fn copy_layout<W: Write>(
         tar.append_data(&mut head, &name, &mut Interruptible(&mut entry))?;
     }
     tar.into_inner()
-}
-
-fn header(size: u64) -> tar::Header {
-    let mut header = tar::Header::new_ustar();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header
 }
 
 fn hash_file(path: &Utf8Path) -> Result<(u64, String)> {
@@ -571,7 +563,7 @@ fn wanted_entries(index: &Document, metadata: &Value) -> Result<Vec<Descriptor>>
         // Made from the (signed) metadata, not copied: no annotation of the file's own (a second
         // name, say) reaches `docker load`.
         let annotations = [
-            (CONTAINERD_NAME.to_owned(), crate::oci::full_name(reference)?),
+            (CONTAINERD_NAME.to_owned(), oci::full_name(reference)?),
             (REF_NAME.to_owned(), reference.to_owned()),
         ];
         wanted.push(Descriptor {

@@ -157,10 +157,10 @@ impl Loadable {
         let mut tar = tar::Builder::new(sink);
         let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
         let index = serde_json::to_vec(&self.index).expect("an index serialises");
-        tar.append_data(&mut header(layout.len() as u64), "oci-layout", layout.as_slice())?;
-        tar.append_data(&mut header(index.len() as u64), "index.json", index.as_slice())?;
+        tar.append_data(&mut tar_header(layout.len() as u64), "oci-layout", layout.as_slice())?;
+        tar.append_data(&mut tar_header(index.len() as u64), "index.json", index.as_slice())?;
         for (digest, bytes) in &self.manifests {
-            let mut head = header(bytes.len() as u64);
+            let mut head = tar_header(bytes.len() as u64);
             tar.append_data(&mut head, blob_name(digest), bytes.as_slice())?;
         }
         for (digest, (file, size)) in self.blobs {
@@ -168,7 +168,7 @@ impl Loadable {
             // stream fail, not a tar whose entries are out of step.
             let mut reader = Interruptible(Counted::new(BufReader::new(file), progress.clone()));
             let mut data = (&mut reader).take(size);
-            tar.append_data(&mut header(size), blob_name(&digest), &mut data)?;
+            tar.append_data(&mut tar_header(size), blob_name(&digest), &mut data)?;
             if data.limit() != 0 || reader.read(&mut [0])? != 0 {
                 return Err(io::Error::other(format!("blob {digest} changed while it was read")));
             }
@@ -177,7 +177,9 @@ impl Loadable {
     }
 }
 
-fn header(size: u64) -> tar::Header {
+/// The header of a tar entry of `size` bytes that xtask writes for `docker load` (a layout's
+/// file): mode 0644, dated 1970.
+pub fn tar_header(size: u64) -> tar::Header {
     let mut header = tar::Header::new_ustar();
     header.set_size(size);
     header.set_mode(0o644);

@@ -20,7 +20,7 @@ pub use auth::docker_config_file;
 #[cfg(test)]
 pub use inspect::inspected_for_test;
 pub use inspect::{FoundIndex, Inspected};
-pub use layout::{LayoutDir, Loadable};
+pub use layout::{LayoutDir, Loadable, tar_header};
 pub use manifest::OCI_INDEX;
 pub use model::{Descriptor, Document};
 pub use reference::{full_name, repository_of};

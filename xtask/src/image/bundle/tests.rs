@@ -34,7 +34,7 @@ fn saved_layout(dir: &Utf8Path) -> Utf8PathBuf {
         ("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}".to_vec()),
     ];
     for (name, bytes) in files {
-        tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
+        tar.append_data(&mut oci::tar_header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
     }
     tar.finish().unwrap();
     path
@@ -128,7 +128,8 @@ fn a_bundle_that_names_nothing_or_other_digests_is_refused() {
         let index = Archive::open(&saved).unwrap().get(INDEX).unwrap().unwrap();
         let mut tar = tar::Builder::new(File::create(&bundle).unwrap());
         for (name, bytes) in [(INDEX, index.clone()), (METADATA, asked.to_string().into_bytes())] {
-            tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice()).unwrap();
+            tar.append_data(&mut oci::tar_header(bytes.len() as u64), name, bytes.as_slice())
+                .unwrap();
         }
         tar.finish().unwrap();
         let archive = Archive::open(&bundle).unwrap();
@@ -157,7 +158,7 @@ fn a_bundle_that_names_nothing_or_other_digests_is_refused() {
     assert!(err.contains("its entry `blobs/sha256/aaaa` ends after the end"), "{err}");
     let no_metadata = dir.join("no-metadata.tar");
     let mut tar = tar::Builder::new(File::create(&no_metadata).unwrap());
-    tar.append_data(&mut header(2), INDEX, b"{}".as_slice()).unwrap();
+    tar.append_data(&mut oci::tar_header(2), INDEX, b"{}".as_slice()).unwrap();
     tar.finish().unwrap();
     let archive = Archive::open(&no_metadata).unwrap();
     let err = Layout::read(&archive, &no_metadata).err().unwrap().to_string();
