@@ -487,8 +487,19 @@ impl Registry {
 }
 
 impl Drop for Registry {
-    /// Removes the registry and every local tag that names an image in it.
+    /// Removes the registry and every local tag that names an image in it. A test that failed
+    /// first gets the end of the registry's log on stderr: an answer such as a 500 is
+    /// explained there, and the container is gone after.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = docker_output(&["logs", "--tail", "40", &self.container]);
+            eprintln!(
+                "the end of the test registry's log ({}):\n{}{}",
+                self.container,
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
         let _ = docker_output(&["rm", "--force", "--volumes", &self.container]);
         remove_local_tags(&self.address);
     }
