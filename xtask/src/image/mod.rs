@@ -416,6 +416,8 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     let tags = request.tags.clone().unwrap_or_else(|| revision.build_tags());
     let reproducible = request.output != Output::Load;
     let direct = request.output == Output::Store && request.store == StoreExport::Direct;
+    // Into the store through one layout and `docker load` ([`StoreExport::Load`]).
+    let loaded = request.output == Output::Store && !direct;
     let exports = (reproducible && !direct)
         .then(|| RunDir::planned(&root.join("target/xtask"), EXPORTS_PREFIX));
     let generator = reproducible.then(|| {
@@ -497,16 +499,15 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     // One file per process: builds running side by side must not read each other's digests.
     let metadata_file =
         root.join(format!("target/xtask/bake-metadata-{}.json", std::process::id()));
-    let mut step = match request.output {
-        // Images on their way into the store are written to one layout, and a layer several
-        // of them share is written by one export while the others wait for its lock, then
-        // find it there. buildx logs each wait as `ERROR: (*service).Write failed: ... locked
-        // for ...`, though nothing failed. Only its log is quieted; a failed build still says
-        // why and exits non-zero.
-        Output::Store if exports.is_some() => {
-            docker::cli(root).args(["--log-level", "fatal"]).args(docker::buildx_args(builder))
-        }
-        _ => docker::buildx(root, builder),
+    // Images on their way into the store are written to one layout, and a layer several of
+    // them share is written by one export while the others wait for its lock, then find it
+    // there. buildx logs each wait as `ERROR: (*service).Write failed: ... locked for ...`,
+    // though nothing failed. Only its log is quieted; a failed build still says why and exits
+    // non-zero.
+    let mut step = if loaded {
+        docker::cli(root).args(["--log-level", "fatal"]).args(docker::buildx_args(builder))
+    } else {
+        docker::buildx(root, builder)
     };
     step = step.args(["bake", "--file", "-", "--metadata-file"]).arg(metadata_file.as_str());
     if request.no_cache {
@@ -514,12 +515,10 @@ pub fn plan(root: &Utf8Path, revision: &Revision, request: &BuildRequest) -> Bui
     }
     let step = step.stdin(serde_json::to_string_pretty(&bake).expect("bake JSON serialises"));
     let exported = planned.iter().filter_map(|p| Some((p.export.clone()?, p.refs.clone())));
-    let (load, pushes) = match request.output {
-        Output::Store if exports.is_some() => {
-            (Some(docker::cli(root).args(["load", "--quiet"])), Vec::new())
-        }
-        Output::Load | Output::Store => (None, Vec::new()),
-        Output::Push => (None, exported.collect()),
+    let load = loaded.then(|| docker::cli(root).args(["load", "--quiet"]));
+    let pushes = match request.output {
+        Output::Push => exported.collect(),
+        Output::Load | Output::Store => Vec::new(),
     };
     BuildPlan {
         images: planned,

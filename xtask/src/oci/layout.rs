@@ -23,8 +23,8 @@ const IMAGE_NAME: &str = "io.containerd.image.name";
 /// The OCI annotation of an image's tag in a layout.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// An OCI image layout in a directory. Only `index.json`, `oci-layout` and blobs named by a
-/// sha256 digest are read from it, each a regular file (a link is refused, wherever it
+/// An OCI image layout in a directory. Only `index.json` and blobs named by a sha256 digest are
+/// read from it, each a regular file (a link is refused, wherever it
 /// points): a digest from a document names no other file.
 #[derive(Debug, Clone)]
 pub struct LayoutDir {
@@ -70,10 +70,10 @@ impl ImageLayout for LayoutDir {
     }
 }
 
-/// Whether `name` is one a layout's reader asks for: `index.json`, `oci-layout`, or
-/// `blobs/sha256/` and 64 lowercase hex digits.
+/// Whether `name` is one a layout's reader asks for: `index.json`, or `blobs/sha256/` and 64
+/// lowercase hex digits (xtask writes its own `oci-layout` for `docker load`).
 fn is_layout_name(name: &str) -> bool {
-    if name == "index.json" || name == "oci-layout" {
+    if name == "index.json" {
         return true;
     }
     let Some(hex) = name.strip_prefix("blobs/sha256/") else { return false };
